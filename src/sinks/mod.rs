@@ -1,0 +1,5 @@
+//! Sinks: where results leave faceflow. Now: the JSON Lines metadata stream.
+
+pub mod json;
+
+pub use json::{FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, SinkError};

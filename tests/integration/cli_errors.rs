@@ -1,0 +1,108 @@
+//! Bad input gets a one-line error and a non-zero exit, never a panic.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Runs faceflow expecting failure; returns the stderr, checked to be one `error:` line.
+fn fails(args: &[&str]) -> String {
+    let started = Instant::now();
+    let out = bin().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{args:?} took {:?}",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {stderr:?}"
+    );
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn missing_file() {
+    let e = fails(&["run", "--input", "/no/such/clip.mp4", "--json", "-"]);
+    assert_eq!(e, "error: /no/such/clip.mp4: no such file");
+}
+
+#[test]
+fn empty_file_and_text_file_named_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let e = fails(&["run", "--input", empty.to_str().unwrap()]);
+    assert!(e.ends_with("empty.mp4: file is empty"), "{e}");
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "this is not a video\n".repeat(50)).unwrap();
+    let e = fails(&[
+        "run",
+        "--input",
+        text.to_str().unwrap(),
+        "--json",
+        dir.path().join("o.jsonl").to_str().unwrap(),
+    ]);
+    assert!(e.contains("notes.mp4"), "{e}");
+}
+
+#[test]
+fn unknown_uri_scheme() {
+    let e = fails(&["run", "--input", "gopher://host/video"]);
+    assert!(e.contains("unsupported URI scheme 'gopher'"), "{e}");
+}
+
+#[test]
+fn pipeline_file_unknown_key_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[source]\ninput = \"x.mp4\"\nspeed = 3\n").unwrap();
+    let e = fails(&["run", p.to_str().unwrap()]);
+    assert!(e.contains("bad.toml:3:1: unknown field `speed`"), "{e}");
+    let e = fails(&["run", "/no/such/pipeline.toml"]);
+    assert!(e.contains("cannot read /no/such/pipeline.toml"), "{e}");
+}
+
+#[test]
+fn bad_detector_settings() {
+    let e = fails(&["run", "--input", "testsrc://", "--scale-factor", "1.5"]);
+    assert!(e.contains("scale_factor"), "{e}");
+}
+
+#[test]
+fn detect_reports_bad_images_but_keeps_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("gray.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128]))
+        .save(&good)
+        .unwrap();
+    let bad = dir.path().join("fake.jpg");
+    std::fs::write(&bad, "not an image").unwrap();
+    let out = bin()
+        .args([
+            "detect",
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+            "/no/such.png",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let rec: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["width"], 64);
+    assert_eq!(rec["faces"].as_array().unwrap().len(), 0);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("fake.jpg: not a readable image"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/no/such.png: no such file"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}

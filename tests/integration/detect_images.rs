@@ -1,0 +1,51 @@
+//! `faceflow detect` on still images: records and aligned crops.
+
+use crate::util::*;
+
+#[test]
+fn detect_writes_records_and_aligned_crops() {
+    let Some(img) = shared_data("utkface/100_0_0_20170112213500903.jpg.chip.jpg") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let crops = dir.path().join("crops");
+    let out = run_ok(
+        bin()
+            .args(["detect", "--json", "--crops"])
+            .arg(&crops)
+            .args(["--crop-size", "96"])
+            .arg(&img),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["image"].as_str().unwrap(), img.to_str().unwrap());
+    assert_eq!(
+        (rec["width"].as_u64(), rec["height"].as_u64()),
+        (Some(200), Some(200))
+    );
+    let faces = rec["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 1, "{text}");
+    let crop_path = crops.join("100_0_0_20170112213500903.jpg.chip_face0.png");
+    let crop = image::open(&crop_path).unwrap().to_rgb8();
+    assert_eq!(crop.dimensions(), (96, 96));
+    // The warp puts the nose on the template's nose (48, 57.6 in a 96 px crop with the default
+    // margin): the area around it is face, not black border. (UTKFace chips are tight, so the
+    // margin reaches past the chip and the top of the crop is black.)
+    let centre: Vec<f64> = (48..68)
+        .flat_map(|y| (36..60).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            crop.get_pixel(x, y)
+                .0
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / 3.0
+        })
+        .collect();
+    let mean = centre.iter().sum::<f64>() / centre.len() as f64;
+    let black = centre.iter().filter(|&&v| v < 8.0).count();
+    assert!(
+        mean > 60.0 && black == 0,
+        "crop centre mean {mean}, {black} black pixels"
+    );
+}

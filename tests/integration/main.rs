@@ -1,0 +1,9 @@
+//! Integration tests: the real `faceflow` binary on real GStreamer pipelines and real data.
+
+mod util;
+
+mod cli_errors;
+mod detect_images;
+mod parity;
+mod rtsp;
+mod run_video;

@@ -1,0 +1,123 @@
+//! `faceflow run` on a generated test pattern and on real clips.
+
+use crate::util::*;
+
+#[test]
+fn test_pattern_gives_one_record_per_frame_in_order_with_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let out = run_ok(
+        bin()
+            .args([
+                "run",
+                "--input",
+                "testsrc://ball?frames=40&size=320x240&fps=20",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 40);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+        assert_eq!(r["stream"], "0");
+        assert_eq!(r["width"], 320);
+        assert_eq!(r["height"], 240);
+        let pts = r["pts_ms"].as_f64().unwrap();
+        assert!((pts - i as f64 * 50.0).abs() < 1e-6, "frame {i} pts {pts}");
+        assert!(r["faces"].is_array());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("40 frames decoded, 40 reported, 0 dropped"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_to_stdout_and_max_frames() {
+    let out = run_ok(bin().args([
+        "run",
+        "--input",
+        "testsrc://smpte?frames=50&size=160x120",
+        "--json",
+        "-",
+        "--max-frames",
+        "7",
+    ]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["frame"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(frames, (0..7).collect::<Vec<_>>());
+}
+
+#[test]
+fn real_clip_has_faces_inside_the_frame_on_nearly_every_frame() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-male.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("male.jsonl");
+    run_ok(
+        bin()
+            .args(["run", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 62);
+    let mut with_faces = 0;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+        assert_eq!(
+            r["source"].as_str().unwrap(),
+            format!("file://{}", clip.canonicalize().unwrap().display())
+        );
+        let (w, h) = (r["width"].as_f64().unwrap(), r["height"].as_f64().unwrap());
+        let faces = r["faces"].as_array().unwrap();
+        if !faces.is_empty() {
+            with_faces += 1;
+        }
+        for f in faces {
+            let b = bbox(f);
+            assert!(
+                b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w && b[3] <= h && b[0] < b[2] && b[1] < b[3],
+                "frame {i}: {b:?}"
+            );
+            assert_eq!(f["landmarks"].as_array().unwrap().len(), 5);
+            let s = f["score"].as_f64().unwrap();
+            assert!(s > 0.7 && s <= 1.0);
+        }
+    }
+    // One man in every frame, turning his head: the reference MTCNN finds him in all 62.
+    assert!(
+        with_faces as f64 >= 0.9 * 62.0,
+        "faces on {with_faces} of 62 frames"
+    );
+}
+
+#[test]
+fn pipeline_file_with_flag_overrides() {
+    let Some(clip) = shared_data("video/intel_face-demographics-walking.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("walk.jsonl");
+    run_ok(
+        bin()
+            .current_dir(project_root())
+            .args(["run", "pipelines/file-to-json.toml", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json)
+            .args(["--max-frames", "10"]),
+    );
+    assert_eq!(read_jsonl(&json).len(), 10);
+}

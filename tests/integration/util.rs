@@ -1,0 +1,63 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_faceflow"))
+}
+
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under ../shared/data. Under CI (CI=true) a missing file fails the test; elsewhere the test
+/// says it skipped and gets `None`.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let path = project_root().join("../shared/data").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("shared data missing under CI: {}", path.display());
+    }
+    eprintln!("SKIPPED: {} not found", path.display());
+    None
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn faceflow");
+    assert!(
+        out.status.success(),
+        "faceflow failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("read jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn bbox(face: &Value) -> [f64; 4] {
+    let b = face["bbox"].as_array().expect("bbox");
+    [
+        b[0].as_f64().unwrap(),
+        b[1].as_f64().unwrap(),
+        b[2].as_f64().unwrap(),
+        b[3].as_f64().unwrap(),
+    ]
+}
+
+pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: [f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 { 0.0 } else { inter / union }
+}
