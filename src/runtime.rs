@@ -103,7 +103,11 @@ pub fn session_from_memory(model: &[u8], intra_threads: usize) -> Result<Session
     let env = environment()?;
     let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_inter_threads(1)?;
+        .with_inter_threads(1)?
+        // Several sessions (P-, R-, O-Net, later the attribute model) and GStreamer share few
+        // cores: idle pool threads must sleep, not spin, or they starve the session that runs.
+        .with_intra_op_spinning(false)?
+        .with_inter_op_spinning(false)?;
     if intra_threads > 0 {
         builder = builder.with_intra_threads(intra_threads)?;
     }

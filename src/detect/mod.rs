@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::{self, RuntimeError};
 use boxes::{Candidate, candidates_from_pnet, crop_rect, regress, regress_pnet, square};
 use nms::{BoxF, Overlap, nms};
-use pyramid::{PixelRect, RgbView, pyramid_scales, resize_area_normalized, scaled_size};
+use pyramid::{
+    IntegralImage, PixelRect, RgbView, pyramid_scales, resize_area_normalized, scaled_size,
+};
 
 /// Reference defaults (facenet-pytorch `MTCNN()`).
 pub const DEFAULT_MIN_FACE_PX: f64 = 20.0;
@@ -155,7 +157,7 @@ pub struct Mtcnn {
     rnet: Session,
     onet: Session,
     input: Vec<f32>,
-    scratch: Vec<f32>,
+    integral: IntegralImage,
 }
 
 fn load_network(
@@ -200,7 +202,7 @@ impl Mtcnn {
             rnet,
             onet,
             input: Vec::new(),
-            scratch: Vec::new(),
+            integral: IntegralImage::new(),
         })
     }
 
@@ -223,15 +225,29 @@ impl Mtcnn {
         if width == 0 || height == 0 {
             return Ok(Vec::new());
         }
+        let t0 = std::time::Instant::now();
+        self.integral.rebuild(image);
         let proposals = self.stage_pnet(image)?;
+        let t1 = std::time::Instant::now();
         if proposals.is_empty() {
             return Ok(Vec::new());
         }
         let refined = self.stage_rnet(image, &proposals)?;
+        let t2 = std::time::Instant::now();
         if refined.is_empty() {
             return Ok(Vec::new());
         }
-        self.stage_onet(image, &refined)
+        let faces = self.stage_onet(image, &refined)?;
+        tracing::trace!(
+            pnet_ms = (t1 - t0).as_secs_f64() * 1e3,
+            rnet_ms = (t2 - t1).as_secs_f64() * 1e3,
+            onet_ms = t2.elapsed().as_secs_f64() * 1e3,
+            proposals = proposals.len(),
+            refined = refined.len(),
+            faces = faces.len(),
+            "mtcnn stages"
+        );
+        Ok(faces)
     }
 
     /// P-Net over the pyramid: squared proposals with their P-Net scores.
@@ -253,7 +269,7 @@ impl Mtcnn {
         for scale in scales {
             let (sw, sh) = scaled_size(image.width as u32, image.height as u32, scale);
             self.input.resize(3 * sw * sh, 0.0);
-            resize_area_normalized(image, full, sw, sh, &mut self.input, &mut self.scratch);
+            resize_area_normalized(&self.integral, full, sw, sh, &mut self.input);
             let input = TensorRef::from_array_view(([1usize, 3, sh, sw], &self.input[..]))
                 .map_err(inference("P-Net"))?;
             let outputs = self
@@ -296,14 +312,7 @@ impl Mtcnn {
             if let Some(rect) = crop_rect(b, image.width, image.height) {
                 let start = self.input.len();
                 self.input.resize(start + per_crop, 0.0);
-                resize_area_normalized(
-                    image,
-                    rect,
-                    side,
-                    side,
-                    &mut self.input[start..],
-                    &mut self.scratch,
-                );
+                resize_area_normalized(&self.integral, rect, side, side, &mut self.input[start..]);
                 kept.push(*b);
             }
         }

@@ -73,15 +73,88 @@ fn area_window(i: usize, out_len: usize, in_len: usize) -> (usize, usize) {
     (start, end)
 }
 
-/// Resamples `rect` of `src` to `out_w × out_h` with area averaging and writes normalised planar
-/// CHW floats into `out` (length `3 * out_w * out_h`). `scratch` is reused between calls.
+/// Per-channel summed-area table of an RGB8 image, built once per frame so that every pyramid level
+/// and every R-Net/O-Net crop is area-resampled in O(1) per output pixel.
+///
+/// Sums are `u32` with wrapping arithmetic: a rectangle's sum is a difference of four entries, which
+/// is exact modulo 2³², hence exact for any rectangle under 16.8 M pixels (255 × area < 2³²).
+pub struct IntegralImage {
+    width: usize,
+    height: usize,
+    /// `(height + 1) × (width + 1) × 3`, row-major, channels interleaved.
+    sums: Vec<u32>,
+}
+
+impl IntegralImage {
+    pub fn new() -> Self {
+        Self {
+            width: 0,
+            height: 0,
+            sums: Vec::new(),
+        }
+    }
+
+    /// Rebuilds the table for `src`, reusing its allocation.
+    pub fn rebuild(&mut self, src: RgbView<'_>) {
+        let (w, h) = (src.width, src.height);
+        let stride = (w + 1) * 3;
+        self.width = w;
+        self.height = h;
+        self.sums.clear();
+        self.sums.resize((h + 1) * stride, 0);
+        for y in 0..h {
+            let row = &src.data[y * w * 3..(y + 1) * w * 3];
+            let (above, below) = self.sums.split_at_mut((y + 1) * stride);
+            let above = &above[y * stride..];
+            let below = &mut below[..stride];
+            let mut acc = [0u32; 3];
+            for x in 0..w {
+                for c in 0..3 {
+                    acc[c] = acc[c].wrapping_add(u32::from(row[x * 3 + c]));
+                    below[(x + 1) * 3 + c] = above[(x + 1) * 3 + c].wrapping_add(acc[c]);
+                }
+            }
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// Sum of channel values over `[x0, x1) × [y0, y1)`.
+    #[inline]
+    fn rect_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [u32; 3] {
+        let stride = (self.width + 1) * 3;
+        let (a, b) = (y0 * stride, y1 * stride);
+        let (l, r) = (x0 * 3, x1 * 3);
+        std::array::from_fn(|c| {
+            self.sums[b + r + c]
+                .wrapping_sub(self.sums[a + r + c])
+                .wrapping_sub(self.sums[b + l + c])
+                .wrapping_add(self.sums[a + l + c])
+        })
+    }
+}
+
+impl Default for IntegralImage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resamples `rect` of the image behind `integral` to `out_w × out_h` with area averaging (PyTorch's
+/// `interpolate(mode="area")`) and writes normalised planar CHW floats into `out`
+/// (length `3 * out_w * out_h`).
 pub fn resize_area_normalized(
-    src: RgbView<'_>,
+    integral: &IntegralImage,
     rect: PixelRect,
     out_w: usize,
     out_h: usize,
     out: &mut [f32],
-    scratch: &mut Vec<f32>,
 ) {
     let in_w = rect.x1 - rect.x0;
     let in_h = rect.y1 - rect.y0;
@@ -90,51 +163,27 @@ pub fn resize_area_normalized(
         "empty resize"
     );
     assert!(
-        rect.x1 <= src.width && rect.y1 <= src.height,
+        rect.x1 <= integral.width && rect.y1 <= integral.height,
         "rect outside image"
     );
     assert_eq!(out.len(), 3 * out_w * out_h);
-
-    // Pass 1: average columns, per source row → scratch [in_h][out_w][3].
-    scratch.clear();
-    scratch.resize(in_h * out_w * 3, 0.0);
-    let col_windows: Vec<(usize, usize)> =
-        (0..out_w).map(|ox| area_window(ox, out_w, in_w)).collect();
-    for ry in 0..in_h {
-        let row_start = ((rect.y0 + ry) * src.width + rect.x0) * 3;
-        let row = &src.data[row_start..row_start + in_w * 3];
-        let dst = &mut scratch[ry * out_w * 3..(ry + 1) * out_w * 3];
-        for (ox, &(a, b)) in col_windows.iter().enumerate() {
-            let mut acc = [0f32; 3];
-            for px in row[a * 3..b * 3].chunks_exact(3) {
-                acc[0] += f32::from(px[0]);
-                acc[1] += f32::from(px[1]);
-                acc[2] += f32::from(px[2]);
-            }
-            let n = (b - a) as f32;
-            dst[ox * 3] = acc[0] / n;
-            dst[ox * 3 + 1] = acc[1] / n;
-            dst[ox * 3 + 2] = acc[2] / n;
-        }
-    }
-
-    // Pass 2: average rows, write planar normalised output.
+    let cols: Vec<(usize, usize)> = (0..out_w)
+        .map(|ox| {
+            let (a, b) = area_window(ox, out_w, in_w);
+            (rect.x0 + a, rect.x0 + b)
+        })
+        .collect();
     let plane = out_w * out_h;
     for oy in 0..out_h {
         let (a, b) = area_window(oy, out_h, in_h);
-        let n = (b - a) as f32;
-        for ox in 0..out_w {
-            let mut acc = [0f32; 3];
-            for ry in a..b {
-                let p = &scratch[(ry * out_w + ox) * 3..(ry * out_w + ox) * 3 + 3];
-                acc[0] += p[0];
-                acc[1] += p[1];
-                acc[2] += p[2];
-            }
+        let (y0, y1) = (rect.y0 + a, rect.y0 + b);
+        for (ox, &(x0, x1)) in cols.iter().enumerate() {
+            let n = ((x1 - x0) * (y1 - y0)) as f32;
+            let sum = integral.rect_sum(x0, y0, x1, y1);
             let o = oy * out_w + ox;
-            out[o] = normalize(acc[0] / n);
-            out[plane + o] = normalize(acc[1] / n);
-            out[2 * plane + o] = normalize(acc[2] / n);
+            out[o] = normalize(sum[0] as f32 / n);
+            out[plane + o] = normalize(sum[1] as f32 / n);
+            out[2 * plane + o] = normalize(sum[2] as f32 / n);
         }
     }
 }
@@ -203,7 +252,9 @@ mod tests {
             x1: 4,
             y1: 2,
         };
-        resize_area_normalized(view, rect, 2, 1, &mut out, &mut Vec::new());
+        let mut integral = IntegralImage::new();
+        integral.rebuild(view);
+        resize_area_normalized(&integral, rect, 2, 1, &mut out);
         for c in 0..3 {
             assert!((out[c * 2] - normalize(0.0)).abs() < 1e-6);
             assert!((out[c * 2 + 1] - normalize(255.0)).abs() < 1e-6);
@@ -222,8 +273,102 @@ mod tests {
             y1: 3,
         };
         let mut out = vec![0f32; 3];
-        resize_area_normalized(view, rect, 1, 1, &mut out, &mut Vec::new());
+        let mut integral = IntegralImage::new();
+        integral.rebuild(view);
+        resize_area_normalized(&integral, rect, 1, 1, &mut out);
         // pixel values are their index: (6 + 7 + 11 + 12) / 4 = 9
         assert!((out[0] - normalize(9.0)).abs() < 1e-6);
+    }
+
+    /// Direct (no summed-area table) PyTorch adaptive average pooling, for comparison.
+    fn naive_area(view: RgbView<'_>, rect: PixelRect, out_w: usize, out_h: usize) -> Vec<f32> {
+        let (in_w, in_h) = (rect.x1 - rect.x0, rect.y1 - rect.y0);
+        let mut out = vec![0f32; 3 * out_w * out_h];
+        for oy in 0..out_h {
+            let (a, b) = area_window(oy, out_h, in_h);
+            for ox in 0..out_w {
+                let (l, r) = area_window(ox, out_w, in_w);
+                for c in 0..3 {
+                    let mut sum = 0f64;
+                    for y in a..b {
+                        for x in l..r {
+                            sum += view.data[((rect.y0 + y) * view.width + rect.x0 + x) * 3 + c]
+                                as f64;
+                        }
+                    }
+                    let n = ((b - a) * (r - l)) as f64;
+                    out[c * out_w * out_h + oy * out_w + ox] = normalize((sum / n) as f32);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn integral_resize_equals_direct_pooling_down_and_up() {
+        let (w, h) = (37, 23);
+        let mut state = 7u32;
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|_| {
+                state = state.wrapping_mul(1103515245).wrapping_add(12345);
+                (state >> 16) as u8
+            })
+            .collect();
+        let view = RgbView::new(&data, w, h).unwrap();
+        let mut integral = IntegralImage::new();
+        integral.rebuild(view);
+        let rects = [
+            PixelRect {
+                x0: 0,
+                y0: 0,
+                x1: w,
+                y1: h,
+            },
+            PixelRect {
+                x0: 3,
+                y0: 5,
+                x1: 30,
+                y1: 21,
+            },
+            PixelRect {
+                x0: 10,
+                y0: 2,
+                x1: 14,
+                y1: 5,
+            },
+        ];
+        for rect in rects {
+            for (ow, oh) in [(24, 24), (13, 7), (48, 48), (1, 1)] {
+                let mut out = vec![0f32; 3 * ow * oh];
+                resize_area_normalized(&integral, rect, ow, oh, &mut out);
+                let expected = naive_area(view, rect, ow, oh);
+                for (a, b) in out.iter().zip(&expected) {
+                    assert!((a - b).abs() < 1e-5, "{rect:?} -> {ow}x{oh}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrapping_sums_stay_exact_past_u32() {
+        // 5000×4000 white: table entries reach 5.1 G and wrap past u32; rectangle sums (each under
+        // 2³²) must still come out exact, and nothing may overflow-panic.
+        let (w, h) = (5000, 4000);
+        let data = vec![255u8; w * h * 3];
+        let view = RgbView::new(&data, w, h).unwrap();
+        let mut integral = IntegralImage::new();
+        integral.rebuild(view);
+        let mut out = vec![0f32; 3 * 4];
+        let rect = PixelRect {
+            x0: 3000,
+            y0: 2000,
+            x1: w,
+            y1: h,
+        };
+        resize_area_normalized(&integral, rect, 2, 2, &mut out);
+        assert!(
+            out.iter().all(|v| (v - normalize(255.0)).abs() < 1e-6),
+            "{out:?}"
+        );
     }
 }
