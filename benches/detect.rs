@@ -9,7 +9,7 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use faceflow::detect::nms::{BoxF, Overlap, nms};
-use faceflow::detect::pyramid::{PixelRect, RgbView, resize_area_normalized};
+use faceflow::detect::pyramid::{IntegralImage, PixelRect, RgbView, resize_area_normalized};
 use faceflow::detect::{DetectConfig, Mtcnn};
 
 /// The portrait letterboxed into a 854×480 frame, as in the demo clip.
@@ -57,6 +57,11 @@ fn bench_detect(c: &mut Criterion) {
     group.finish();
 
     let view = RgbView::new(&frame, 854, 480).unwrap_or_else(|| unreachable!());
+    let mut integral = IntegralImage::new();
+    c.bench_function("integral_image_854x480", |b| {
+        b.iter(|| integral.rebuild(black_box(view)))
+    });
+    integral.rebuild(view);
     let full = PixelRect {
         x0: 0,
         y0: 0,
@@ -64,9 +69,8 @@ fn bench_detect(c: &mut Criterion) {
         y1: 480,
     };
     let mut out = vec![0f32; 3 * 513 * 289];
-    let mut scratch = Vec::new();
     c.bench_function("area_resize_854x480_to_513x289", |b| {
-        b.iter(|| resize_area_normalized(view, full, 513, 289, black_box(&mut out), &mut scratch))
+        b.iter(|| resize_area_normalized(&integral, full, 513, 289, black_box(&mut out)))
     });
 }
 

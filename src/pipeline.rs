@@ -1,6 +1,7 @@
 //! A pipeline: its configuration file (`pipelines/*.toml`) and the graph built from it:
 //! source → detect → JSON sink.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::align::AlignConfig;
 use crate::detect::{DetectConfig, Face, Mtcnn};
-use crate::graph::{self, Control, Graph, Received, WhenFull};
+use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::sinks::{FrameRecord, JsonConfig, JsonLinesWriter};
 use crate::sources::{Frame, Source, SourceConfig, SourceStats};
 
@@ -130,13 +131,80 @@ impl RunSummary {
     }
 }
 
+/// A frame with its faces, numbered in the order it left the source queue.
 struct Detected {
+    seq: u64,
     frame: Frame,
     faces: Vec<Face>,
 }
 
+/// The source queue shared by the detect workers: taking a frame and numbering it happen together.
+struct Dispatch {
+    input: Input<Frame>,
+    next_seq: u64,
+    finished: bool,
+}
+
 /// Progress callback: frames reported so far.
 pub type Progress = Box<dyn FnMut(u64, Duration) + Send>;
+
+fn detect_worker(
+    detector: &mut Mtcnn,
+    dispatch: &Mutex<Dispatch>,
+    out: &Output<Detected>,
+    control: &Control,
+) -> Result<(), String> {
+    loop {
+        let (seq, frame) = {
+            let Ok(mut d) = dispatch.lock() else {
+                return Err("frame dispatch poisoned".into());
+            };
+            if d.finished {
+                return Ok(());
+            }
+            match d.input.recv(control) {
+                Received::Item(frame) => {
+                    d.next_seq += 1;
+                    (d.next_seq - 1, frame)
+                }
+                Received::Eos | Received::Disconnected => {
+                    d.finished = true;
+                    return Ok(());
+                }
+            }
+        };
+        let faces = detector
+            .detect(&frame.rgb, frame.width as usize, frame.height as usize)
+            .map_err(|e| format!("frame {}: {e}", frame.index))?;
+        if out.send(Detected { seq, frame, faces }, control) == Sent::Closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes records in decode order: workers finish frames out of order, so the sink holds back a
+/// frame until all before it are written.
+struct Reorder {
+    pending: BTreeMap<u64, Detected>,
+    next_seq: u64,
+}
+
+impl Reorder {
+    fn push(&mut self, d: Detected) {
+        self.pending.insert(d.seq, d);
+    }
+
+    /// The next frame in order; with `flush`, also frames after a gap (a worker that failed).
+    fn pop(&mut self, flush: bool) -> Option<Detected> {
+        let d = match self.pending.remove(&self.next_seq) {
+            Some(d) => d,
+            None if flush => self.pending.pop_first()?.1,
+            None => return None,
+        };
+        self.next_seq = d.seq + 1;
+        Some(d)
+    }
+}
 
 /// Builds every stage, then runs the graph until end of stream, a stop request or the first error.
 pub fn run(
@@ -148,7 +216,14 @@ pub fn run(
     // Build everything before anything starts: a bad model or output path fails here.
     let source = Source::build(&config.source, "0")?;
     let info = source.info();
-    let mut detector = Mtcnn::new(config.detect.clone())?;
+    let workers = config.detect.effective_workers();
+    let worker_config = DetectConfig {
+        threads: config.detect.threads_per_worker(workers),
+        ..config.detect.clone()
+    };
+    let detectors = (0..workers)
+        .map(|_| Mtcnn::new(worker_config.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut writer = JsonLinesWriter::create(&config.json)?;
     let when_full = if info.live {
         WhenFull::DropOldest
@@ -157,8 +232,11 @@ pub fn run(
     };
     let (frames_out, frames_in) =
         graph::channel::<Frame>("frames", config.source.queue_frames, when_full);
-    let (detected_out, detected_in) =
-        graph::channel::<Detected>("detected", config.queue_frames.max(1), WhenFull::Block);
+    let (detected_out, detected_in) = graph::channel::<Detected>(
+        "detected",
+        config.queue_frames.max(2 * workers),
+        WhenFull::Block,
+    );
 
     let source_stats = Arc::new(Mutex::new(SourceStats::default()));
     let sink_counts = Arc::new(Mutex::new((0u64, 0u64)));
@@ -175,53 +253,68 @@ pub fn run(
         }
         Ok(())
     });
-    graph.add_stage("detect", move |c| {
-        loop {
-            match frames_in.recv(c) {
-                Received::Item(frame) => {
-                    let faces = detector
-                        .detect(&frame.rgb, frame.width as usize, frame.height as usize)
-                        .map_err(|e| format!("frame {}: {e}", frame.index))?;
-                    detected_out.send(Detected { frame, faces }, c);
-                }
-                Received::Eos => {
-                    detected_out.send_eos(c);
-                    return Ok(());
-                }
-                Received::Disconnected => return Ok(()),
-            }
-        }
-    });
+    let dispatch = Arc::new(Mutex::new(Dispatch {
+        input: frames_in,
+        next_seq: 0,
+        finished: false,
+    }));
+    for (w, mut detector) in detectors.into_iter().enumerate() {
+        let dispatch = dispatch.clone();
+        let out = detected_out.clone();
+        graph.add_stage(format!("detect-{w}"), move |c| {
+            let result = detect_worker(&mut detector, &dispatch, &out, c);
+            // Each worker ends its share of the stream; the sink waits for all of them.
+            out.send_eos(c);
+            result
+        });
+    }
+    drop(detected_out);
     let counts = sink_counts.clone();
     graph.add_stage("json", move |c| {
         let mut last_progress = Instant::now();
-        let result = loop {
-            match detected_in.recv(c) {
+        let mut reorder = Reorder {
+            pending: BTreeMap::new(),
+            next_seq: 0,
+        };
+        let mut eos_seen = 0usize;
+        let result = 'run: loop {
+            let done = match detected_in.recv(c) {
                 Received::Item(d) => {
-                    let record = FrameRecord {
-                        stream: d.frame.stream.id.clone(),
-                        source: d.frame.stream.uri.clone(),
-                        frame: d.frame.index,
-                        pts_ms: d.frame.pts_ms,
-                        width: d.frame.width,
-                        height: d.frame.height,
-                        faces: d.faces,
-                    };
-                    if let Err(e) = writer.write(&record) {
-                        break Err(e.to_string());
-                    }
-                    if let Ok(mut n) = counts.lock() {
-                        n.0 += 1;
-                        n.1 += record.faces.len() as u64;
-                        if let Some(p) = progress.as_mut()
-                            && last_progress.elapsed() >= Duration::from_millis(500)
-                        {
-                            p(n.0, started.elapsed());
-                            last_progress = Instant::now();
-                        }
+                    reorder.push(d);
+                    false
+                }
+                Received::Eos => {
+                    eos_seen += 1;
+                    eos_seen >= workers
+                }
+                Received::Disconnected => true,
+            };
+            while let Some(d) = reorder.pop(done) {
+                let record = FrameRecord {
+                    stream: d.frame.stream.id.clone(),
+                    source: d.frame.stream.uri.clone(),
+                    frame: d.frame.index,
+                    pts_ms: d.frame.pts_ms,
+                    width: d.frame.width,
+                    height: d.frame.height,
+                    faces: d.faces,
+                };
+                if let Err(e) = writer.write(&record) {
+                    break 'run Err(e.to_string());
+                }
+                if let Ok(mut n) = counts.lock() {
+                    n.0 += 1;
+                    n.1 += record.faces.len() as u64;
+                    if let Some(p) = progress.as_mut()
+                        && last_progress.elapsed() >= Duration::from_millis(500)
+                    {
+                        p(n.0, started.elapsed());
+                        last_progress = Instant::now();
                     }
                 }
-                Received::Eos | Received::Disconnected => break Ok(()),
+            }
+            if done {
+                break Ok(());
             }
         };
         // Flush whatever ended the run: complete lines already produced are never lost.

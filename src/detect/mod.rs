@@ -84,8 +84,12 @@ pub struct DetectConfig {
     pub nms_onet_min: f32,
     /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
     pub models_dir: Option<PathBuf>,
-    /// ONNX Runtime threads per network (0: one per core).
+    /// ONNX Runtime threads per network (0: one per core with one worker, else one).
     pub threads: usize,
+    /// Detector workers in a video pipeline, each on its own frames (0: one per core). On few cores
+    /// several single-threaded workers beat one multi-threaded one: MTCNN's small convolutions
+    /// parallelise poorly inside a frame.
+    pub workers: usize,
 }
 
 impl Default for DetectConfig {
@@ -100,11 +104,30 @@ impl Default for DetectConfig {
             nms_onet_min: DEFAULT_NMS_ONET_MIN,
             models_dir: None,
             threads: 0,
+            workers: 0,
         }
     }
 }
 
 impl DetectConfig {
+    /// Workers to run: `workers`, or one per available core.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// Threads per ONNX Runtime session when `workers` detectors run side by side.
+    pub fn threads_per_worker(&self, workers: usize) -> usize {
+        match (self.threads, workers) {
+            (0, 0 | 1) => 0,
+            (0, _) => 1,
+            (n, _) => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), DetectError> {
         let bad = |m: String| Err(DetectError::Config(m));
         if !(self.min_face_px.is_finite() && self.min_face_px >= 1.0) {

@@ -81,6 +81,17 @@ pub struct Output<T> {
     evict: Option<Receiver<Packet<T>>>,
 }
 
+// Several workers may feed one channel (each sends its own end-of-stream).
+impl<T> Clone for Output<T> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            tx: self.tx.clone(),
+            evict: self.evict.clone(),
+        }
+    }
+}
+
 /// The receiving end of a bounded stage channel.
 pub struct Input<T> {
     name: &'static str,
