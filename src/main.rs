@@ -55,17 +55,33 @@ struct DetectorFlags {
     #[arg(long, value_name = "PX")]
     min_face: Option<f64>,
     /// Face-probability thresholds of P-Net, R-Net, O-Net [default: 0.6,0.7,0.7].
-    #[arg(long, value_name = "P,R,O", value_delimiter = ',', num_args = 3)]
-    thresholds: Option<Vec<f32>>,
+    #[arg(long, value_name = "P,R,O", value_parser = parse_thresholds)]
+    thresholds: Option<[f32; 3]>,
     /// Ratio between pyramid scales, in (0, 1) [default: 0.709].
     #[arg(long, value_name = "RATIO")]
     scale_factor: Option<f64>,
     /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
     #[arg(long, value_name = "DIR")]
     mtcnn_models: Option<PathBuf>,
-    /// ONNX Runtime threads per network [default: one per core].
+    /// ONNX Runtime threads per network [default: 1 with several workers, else one per core].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Detector workers for video, each on its own frames [default: one per core].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+}
+
+fn parse_thresholds(s: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = s
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("'{v}' is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(values)
+        .map_err(|v| format!("expected three values P,R,O, got {}", v.len()))
 }
 
 impl DetectorFlags {
@@ -73,8 +89,11 @@ impl DetectorFlags {
         if let Some(v) = self.min_face {
             cfg.min_face_px = v;
         }
-        if let Some(v) = &self.thresholds {
-            cfg.thresholds = [v[0], v[1], v[2]];
+        if let Some(v) = self.thresholds {
+            cfg.thresholds = v;
+        }
+        if let Some(v) = self.workers {
+            cfg.workers = v;
         }
         if let Some(v) = self.scale_factor {
             cfg.scale_factor = v;

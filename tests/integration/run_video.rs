@@ -121,3 +121,48 @@ fn pipeline_file_with_flag_overrides() {
     );
     assert_eq!(read_jsonl(&json).len(), 10);
 }
+
+#[test]
+fn interrupt_finishes_frames_in_flight_and_leaves_complete_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("long.jsonl");
+    let mut child = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=100000&size=640x480",
+            "--json",
+        ])
+        .arg(&json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let records = read_jsonl(&json);
+    assert!(!records.is_empty());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{n} frames decoded, {n} reported",
+            n = records.len()
+        )),
+        "{stderr}"
+    );
+}
