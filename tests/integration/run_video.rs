@@ -126,7 +126,7 @@ fn pipeline_file_with_flag_overrides() {
 fn interrupt_finishes_frames_in_flight_and_leaves_complete_json() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("long.jsonl");
-    let mut child = bin()
+    let child = bin()
         .args([
             "run",
             "--input",
