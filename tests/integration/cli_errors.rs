@@ -106,3 +106,58 @@ fn detect_reports_bad_images_but_keeps_the_good_ones() {
     assert!(stderr.contains("/no/such.png: no such file"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
+
+#[test]
+fn onnx_runtime_that_cannot_be_loaded() {
+    let out = bin()
+        .env("ORT_DYLIB_PATH", "/no/such/libonnxruntime.so")
+        .args(["detect", "x.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.trim(),
+        "error: ORT_DYLIB_PATH=/no/such/libonnxruntime.so does not exist"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libonnxruntime.so");
+    std::fs::write(&fake, "not a library").unwrap();
+    let out = bin()
+        .env("ORT_DYLIB_PATH", &fake)
+        .args(["detect", "x.png"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with("error: cannot load ONNX Runtime from"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn missing_or_corrupt_mtcnn_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = fails(&[
+        "detect",
+        "--mtcnn-models",
+        dir.path().to_str().unwrap(),
+        "x.png",
+    ]);
+    assert!(
+        e.contains("cannot read model") && e.contains("pnet.onnx"),
+        "{e}"
+    );
+    for net in ["pnet", "rnet", "onet"] {
+        std::fs::write(dir.path().join(format!("{net}.onnx")), "garbage").unwrap();
+    }
+    let e = fails(&[
+        "detect",
+        "--mtcnn-models",
+        dir.path().to_str().unwrap(),
+        "x.png",
+    ]);
+    assert!(e.contains("pnet.onnx"), "{e}");
+}
