@@ -16,10 +16,10 @@ use crate::sources::{Frame, Source, SourceConfig, SourceStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -55,9 +55,9 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// Reads a pipeline file; unknown keys and syntax errors name the file, line and column.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| PipelineError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Self::parse(&text, path)
     }

@@ -42,10 +42,10 @@ static ONET_ONNX: &[u8] = include_bytes!("../../models/mtcnn/onet.onnx");
 pub enum DetectError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot read model {path}: {source}")]
+    #[error("cannot read model {path}: {reason}")]
     ModelRead {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("model {path}: {message}")]
     ModelLoad { path: PathBuf, message: String },
@@ -193,9 +193,9 @@ fn load_network(
         None => Ok(runtime::session_from_memory(built_in, threads)?),
         Some(dir) => {
             let path = dir.join(format!("{name}.onnx"));
-            let bytes = std::fs::read(&path).map_err(|source| DetectError::ModelRead {
+            let bytes = std::fs::read(&path).map_err(|reason| DetectError::ModelRead {
                 path: path.clone(),
-                source,
+                reason,
             })?;
             runtime::session_from_memory(&bytes, threads).map_err(|e| DetectError::ModelLoad {
                 path,

@@ -10,15 +10,15 @@ use crate::detect::Face;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {reason}")]
     Create {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("cannot write {target}: {source}")]
+    #[error("cannot write {target}: {reason}")]
     Write {
         target: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -78,14 +78,14 @@ impl JsonLinesWriter {
         }
         let path = Path::new(&config.path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| SinkError::Create {
+            std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
                 path: path.to_path_buf(),
-                source,
+                reason,
             })?;
         }
-        let file = File::create(path).map_err(|source| SinkError::Create {
+        let file = File::create(path).map_err(|reason| SinkError::Create {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Ok(Self {
             out: Box::new(BufWriter::new(file)),
@@ -106,9 +106,9 @@ impl JsonLinesWriter {
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
-        let err = |source| SinkError::Write {
+        let err = |reason| SinkError::Write {
             target: self.target.clone(),
-            source,
+            reason,
         };
         // Serialise first so a line is written whole or not at all.
         let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
@@ -122,9 +122,9 @@ impl JsonLinesWriter {
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|source| SinkError::Write {
+        self.out.flush().map_err(|reason| SinkError::Write {
             target: self.target.clone(),
-            source,
+            reason,
         })
     }
 
