@@ -293,20 +293,21 @@ impl Mtcnn {
             let (sw, sh) = scaled_size(image.width as u32, image.height as u32, scale);
             self.input.resize(3 * sw * sh, 0.0);
             resize_area_normalized(&self.integral, full, sw, sh, &mut self.input);
-            let input = TensorRef::from_array_view(([1usize, 3, sh, sw], &self.input[..]))
-                .map_err(inference("P-Net"))?;
-            let outputs = self
-                .pnet
-                .run(ort::inputs!["input" => input])
-                .map_err(inference("P-Net"))?;
-            let (reg_shape, reg) = outputs["reg"]
-                .try_extract_tensor::<f32>()
-                .map_err(inference("P-Net"))?;
-            let (_, prob) = outputs["prob"]
-                .try_extract_tensor::<f32>()
-                .map_err(inference("P-Net"))?;
-            let (map_h, map_w) = (reg_shape[2] as usize, reg_shape[3] as usize);
+            let [(reg_shape, reg), (_, prob)] = run_network(
+                &mut self.pnet,
+                "P-Net",
+                &self.input,
+                [1, 3, sh, sw],
+                ["reg", "prob"],
+            )?;
+            let &[_, _, map_h, map_w] = reg_shape.as_slice() else {
+                return Err(unexpected_shape("P-Net"));
+            };
+            let (map_h, map_w) = (map_h as usize, map_w as usize);
             let plane = map_h * map_w;
+            if reg.len() < 4 * plane || prob.len() < 2 * plane {
+                return Err(unexpected_shape("P-Net"));
+            }
             let cands = candidates_from_pnet(
                 &prob[plane..2 * plane],
                 &reg[..4 * plane],
@@ -353,19 +354,16 @@ impl Mtcnn {
             return Ok(Vec::new());
         }
         let n = boxes.len();
-        let input =
-            TensorRef::from_array_view(([n, 3, RNET_INPUT_PX, RNET_INPUT_PX], &self.input[..]))
-                .map_err(inference("R-Net"))?;
-        let outputs = self
-            .rnet
-            .run(ort::inputs!["input" => input])
-            .map_err(inference("R-Net"))?;
-        let (_, reg) = outputs["reg"]
-            .try_extract_tensor::<f32>()
-            .map_err(inference("R-Net"))?;
-        let (_, prob) = outputs["prob"]
-            .try_extract_tensor::<f32>()
-            .map_err(inference("R-Net"))?;
+        let [(_, reg), (_, prob)] = run_network(
+            &mut self.rnet,
+            "R-Net",
+            &self.input,
+            [n, 3, RNET_INPUT_PX, RNET_INPUT_PX],
+            ["reg", "prob"],
+        )?;
+        if reg.len() < 4 * n || prob.len() < 2 * n {
+            return Err(unexpected_shape("R-Net"));
+        }
         let passed: Vec<Candidate> = (0..n)
             .filter(|&i| prob[2 * i + 1] > self.config.thresholds[1])
             .map(|i| Candidate {
@@ -387,22 +385,16 @@ impl Mtcnn {
             return Ok(Vec::new());
         }
         let n = boxes.len();
-        let input =
-            TensorRef::from_array_view(([n, 3, ONET_INPUT_PX, ONET_INPUT_PX], &self.input[..]))
-                .map_err(inference("O-Net"))?;
-        let outputs = self
-            .onet
-            .run(ort::inputs!["input" => input])
-            .map_err(inference("O-Net"))?;
-        let (_, reg) = outputs["reg"]
-            .try_extract_tensor::<f32>()
-            .map_err(inference("O-Net"))?;
-        let (_, marks) = outputs["landmarks"]
-            .try_extract_tensor::<f32>()
-            .map_err(inference("O-Net"))?;
-        let (_, prob) = outputs["prob"]
-            .try_extract_tensor::<f32>()
-            .map_err(inference("O-Net"))?;
+        let [(_, reg), (_, marks), (_, prob)] = run_network(
+            &mut self.onet,
+            "O-Net",
+            &self.input,
+            [n, 3, ONET_INPUT_PX, ONET_INPUT_PX],
+            ["reg", "landmarks", "prob"],
+        )?;
+        if reg.len() < 4 * n || marks.len() < 10 * n || prob.len() < 2 * n {
+            return Err(unexpected_shape("O-Net"));
+        }
         let mut faces = Vec::new();
         let mut final_boxes = Vec::new();
         for i in 0..n {
@@ -452,6 +444,37 @@ impl Mtcnn {
             .filter(|f| f.bbox[2] > f.bbox[0] && f.bbox[3] > f.bbox[1])
             .collect())
     }
+}
+
+/// A custom model whose outputs do not have MTCNN's shapes.
+fn unexpected_shape(network: &'static str) -> DetectError {
+    DetectError::Inference {
+        network,
+        message: "outputs do not have the expected shapes".into(),
+    }
+}
+
+/// Runs one network on `input` (NCHW `shape`) and copies out the named outputs with their shapes.
+fn run_network<const N: usize>(
+    session: &mut Session,
+    network: &'static str,
+    input: &[f32],
+    shape: [usize; 4],
+    names: [&str; N],
+) -> Result<[(Vec<i64>, Vec<f32>); N], DetectError> {
+    let err = inference(network);
+    let tensor = TensorRef::from_array_view((shape, input)).map_err(&err)?;
+    let outputs = session.run(ort::inputs!["input" => tensor]).map_err(&err)?;
+    let mut result: [(Vec<i64>, Vec<f32>); N] = std::array::from_fn(|_| Default::default());
+    for (slot, name) in result.iter_mut().zip(names) {
+        let value = outputs.get(name).ok_or_else(|| DetectError::Inference {
+            network,
+            message: format!("model has no output '{name}'"),
+        })?;
+        let (dims, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
+        *slot = (dims.to_vec(), data.to_vec());
+    }
+    Ok(result)
 }
 
 fn nms_of(cands: &[Candidate], threshold: f32, overlap: Overlap) -> Vec<usize> {
