@@ -446,6 +446,9 @@ impl Mtcnn {
     }
 }
 
+/// One network output: its shape and its values.
+type NetOutput = (Vec<i64>, Vec<f32>);
+
 /// A custom model whose outputs do not have MTCNN's shapes.
 fn unexpected_shape(network: &'static str) -> DetectError {
     DetectError::Inference {
@@ -461,11 +464,11 @@ fn run_network<const N: usize>(
     input: &[f32],
     shape: [usize; 4],
     names: [&str; N],
-) -> Result<[(Vec<i64>, Vec<f32>); N], DetectError> {
+) -> Result<[NetOutput; N], DetectError> {
     let err = inference(network);
     let tensor = TensorRef::from_array_view((shape, input)).map_err(&err)?;
     let outputs = session.run(ort::inputs!["input" => tensor]).map_err(&err)?;
-    let mut result: [(Vec<i64>, Vec<f32>); N] = std::array::from_fn(|_| Default::default());
+    let mut result: [NetOutput; N] = std::array::from_fn(|_| Default::default());
     for (slot, name) in result.iter_mut().zip(names) {
         let value = outputs.get(name).ok_or_else(|| DetectError::Inference {
             network,
