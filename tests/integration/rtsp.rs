@@ -78,12 +78,7 @@ fn check_live_run(extra: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("30 frames decoded"), "{stderr}");
     // Live: frames may be dropped when behind, but every decoded frame is reported or counted.
-    let dropped: usize = stderr
-        .split(" reported, ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("summary line");
+    let dropped = dropped_from_summary(&stderr);
     assert_eq!(records.len() + dropped, 30, "{stderr}");
     let frames: Vec<u64> = records
         .iter()

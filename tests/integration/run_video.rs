@@ -166,3 +166,36 @@ fn interrupt_finishes_frames_in_flight_and_leaves_complete_json() {
         "{stderr}"
     );
 }
+
+#[test]
+fn live_source_drops_oldest_frames_when_behind_and_counts_them() {
+    // 300 fps live pattern at 640×480: detection cannot keep up, so the queue drops old frames.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("live.jsonl");
+    let out = run_ok(
+        bin()
+            .args([
+                "run",
+                "--input",
+                "testsrc://smpte?frames=150&size=640x480&fps=300&live=true",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let dropped = dropped_from_summary(&stderr);
+    assert!(stderr.contains("150 frames decoded"), "{stderr}");
+    assert_eq!(records.len() + dropped, 150, "{stderr}");
+    assert!(
+        dropped > 0,
+        "a 300 fps live source was never behind: {stderr}"
+    );
+    let frames: Vec<u64> = records
+        .iter()
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+    // The newest frame is never the one dropped.
+    assert_eq!(*frames.last().unwrap(), 149);
+}

@@ -61,3 +61,13 @@ pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let union = area(a) + area(b) - inter;
     if union <= 0.0 { 0.0 } else { inter / union }
 }
+
+/// Frames dropped behind a live source, from the end summary on stderr.
+pub fn dropped_from_summary(stderr: &str) -> usize {
+    stderr
+        .split(" reported, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
+}
