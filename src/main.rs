@@ -270,15 +270,25 @@ fn cmd_detect(args: DetectArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut failures = 0usize;
-    for path in &args.images {
+    let show_progress = args.images.len() > 1 && std::io::stderr().is_terminal();
+    for (done, path) in args.images.iter().enumerate() {
+        if show_progress {
+            eprint!("\rimage {}/{} ", done + 1, args.images.len());
+        }
         match detect_one(&mut detector, path, args.crops.as_deref(), &align_config) {
             Ok(record) => writer.write(&record)?,
             Err(e) => {
                 // Keep going: one unreadable image must not cost the results of the others.
+                if show_progress {
+                    eprint!("\r\x1b[K");
+                }
                 eprintln!("error: {}", one_line(&e));
                 failures += 1;
             }
         }
+    }
+    if show_progress {
+        eprint!("\r\x1b[K");
     }
     writer.flush()?;
     if failures > 0 {
