@@ -3,11 +3,13 @@
 //! warps them to a canonical crop, and sinks write JSON Lines.
 //!
 //! Modules follow the data: [`sources`] → [`graph`] → [`detect`] → [`align`] → [`sinks`];
-//! [`pipeline`] wires them from a configuration file.
+//! [`pipeline`] wires them from a configuration file; [`model`] holds what the attribute model's
+//! trainer and runtime share.
 
 pub mod align;
 pub mod detect;
 pub mod graph;
+pub mod model;
 pub mod pipeline;
 pub mod runtime;
 pub mod sinks;
