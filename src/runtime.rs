@@ -107,7 +107,9 @@ pub fn session_from_memory(model: &[u8], intra_threads: usize) -> Result<Session
         // Several sessions (P-, R-, O-Net, later the attribute model) and GStreamer share few
         // cores: idle pool threads must sleep, not spin, or they starve the session that runs.
         .with_intra_op_spinning(false)?
-        .with_inter_op_spinning(false)?;
+        .with_inter_op_spinning(false)?
+        // Batch sizes change every frame: per-shape memory plans and the arena would only grow.
+        .with_memory_pattern(false)?;
     if intra_threads > 0 {
         builder = builder.with_intra_threads(intra_threads)?;
     }

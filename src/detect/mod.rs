@@ -457,7 +457,12 @@ fn unexpected_shape(network: &'static str) -> DetectError {
     }
 }
 
-/// Runs one network on `input` (NCHW `shape`) and copies out the named outputs with their shapes.
+/// Crops per R-Net / O-Net call: intermediate activations grow with the batch (R-Net ≈ 55 kB per
+/// crop), and a dark, busy frame can yield thousands of proposals.
+const MAX_BATCH: usize = 256;
+
+/// Runs one network on `input` (NCHW `shape`) in batches of at most [`MAX_BATCH`] and copies out the
+/// named outputs, concatenated along the batch axis, with the shape of the last batch.
 fn run_network<const N: usize>(
     session: &mut Session,
     network: &'static str,
@@ -466,16 +471,25 @@ fn run_network<const N: usize>(
     names: [&str; N],
 ) -> Result<[NetOutput; N], DetectError> {
     let err = inference(network);
-    let tensor = TensorRef::from_array_view((shape, input)).map_err(&err)?;
-    let outputs = session.run(ort::inputs!["input" => tensor]).map_err(&err)?;
+    let per_item = shape[1] * shape[2] * shape[3];
     let mut result: [NetOutput; N] = std::array::from_fn(|_| Default::default());
-    for (slot, name) in result.iter_mut().zip(names) {
-        let value = outputs.get(name).ok_or_else(|| DetectError::Inference {
-            network,
-            message: format!("model has no output '{name}'"),
-        })?;
-        let (dims, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
-        *slot = (dims.to_vec(), data.to_vec());
+    let mut start = 0;
+    while start < shape[0] {
+        let n = (shape[0] - start).min(MAX_BATCH);
+        let chunk = &input[start * per_item..(start + n) * per_item];
+        let tensor =
+            TensorRef::from_array_view(([n, shape[1], shape[2], shape[3]], chunk)).map_err(&err)?;
+        let outputs = session.run(ort::inputs!["input" => tensor]).map_err(&err)?;
+        for (slot, name) in result.iter_mut().zip(names) {
+            let value = outputs.get(name).ok_or_else(|| DetectError::Inference {
+                network,
+                message: format!("model has no output '{name}'"),
+            })?;
+            let (dims, data) = value.try_extract_tensor::<f32>().map_err(&err)?;
+            slot.0 = dims.to_vec();
+            slot.1.extend_from_slice(data);
+        }
+        start += n;
     }
     Ok(result)
 }
