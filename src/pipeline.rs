@@ -341,6 +341,44 @@ pub fn run(
 mod tests {
     use super::*;
 
+    fn detected(seq: u64) -> Detected {
+        let stream = Arc::new(crate::sources::StreamInfo {
+            id: "0".into(),
+            uri: "testsrc://".into(),
+            live: false,
+        });
+        Detected {
+            seq,
+            frame: Frame {
+                stream,
+                index: seq,
+                pts_ms: 0.0,
+                width: 0,
+                height: 0,
+                rgb: Vec::new(),
+            },
+            faces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reorder_restores_sequence_and_flushes_past_gaps_at_the_end() {
+        let mut r = Reorder {
+            pending: BTreeMap::new(),
+            next_seq: 0,
+        };
+        r.push(detected(1));
+        assert!(r.pop(false).is_none(), "frame 1 must wait for frame 0");
+        r.push(detected(0));
+        assert_eq!(r.pop(false).map(|d| d.seq), Some(0));
+        assert_eq!(r.pop(false).map(|d| d.seq), Some(1));
+        // Frame 2 lost (a worker failed): 3 waits until the end, then comes out.
+        r.push(detected(3));
+        assert!(r.pop(false).is_none());
+        assert_eq!(r.pop(true).map(|d| d.seq), Some(3));
+        assert!(r.pop(true).is_none());
+    }
+
     #[test]
     fn unknown_keys_name_file_line_and_key() {
         let text = "[source]\ninput = \"a.mp4\"\n\n[detect]\nmin_face = 20\n";
