@@ -38,6 +38,9 @@ pub enum PipelineError {
     Sink(#[from] crate::sinks::SinkError),
     #[error(transparent)]
     Stage(#[from] graph::StageError),
+    /// A failure of the input stream; the message already names the input.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Everything a `faceflow run` needs; each section and key is optional in the file.
@@ -324,7 +327,10 @@ pub fn run(
     let outcome = graph.run();
     let stats = source_stats.lock().map(|s| s.clone()).unwrap_or_default();
     let (reported, faces) = sink_counts.lock().map(|n| *n).unwrap_or_default();
-    outcome?;
+    outcome.map_err(|e| match e.stage.as_str() {
+        "source" => PipelineError::Input(e.message),
+        _ => PipelineError::Stage(e),
+    })?;
     Ok(RunSummary {
         stream: info.id.clone(),
         source: info.uri.clone(),

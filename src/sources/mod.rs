@@ -462,7 +462,10 @@ impl Source {
                         .map(|s| s.name().to_string())
                         .unwrap_or_else(|| "pipeline".into());
                     tracing::debug!(element, debug = ?err.debug(), "GStreamer error");
-                    return Some(self.stream_error(format!("{} ({element})", err.error())));
+                    return Some(self.stream_error(format!(
+                        "{} (GStreamer element {element})",
+                        err.error().to_string().trim_end_matches('.')
+                    )));
                 }
                 gst::MessageView::Warning(w) => {
                     tracing::warn!(input = %self.input, "GStreamer warning: {}", w.error());

@@ -48,7 +48,7 @@ fn empty_file_and_text_file_named_mp4() {
         "--json",
         dir.path().join("o.jsonl").to_str().unwrap(),
     ]);
-    assert!(e.contains("notes.mp4"), "{e}");
+    assert!(e.contains("notes.mp4") && e.contains("text file"), "{e}");
 }
 
 #[test]
@@ -160,4 +160,10 @@ fn missing_or_corrupt_mtcnn_models() {
         "x.png",
     ]);
     assert!(e.contains("pnet.onnx"), "{e}");
+}
+
+#[test]
+fn rtsp_camera_that_refuses_the_connection() {
+    let e = fails(&["run", "--input", "rtsp://127.0.0.1:1/stream", "--json", "-"]);
+    assert!(e.starts_with("error: rtsp://127.0.0.1:1/stream: "), "{e}");
 }
