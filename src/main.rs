@@ -163,11 +163,16 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    // Without -v only warnings show: plain lines, no timestamps, for people rather than log files.
+    let _ = if verbose == 0 {
+        builder.without_time().with_ansi(false).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn main() -> ExitCode {

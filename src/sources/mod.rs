@@ -412,6 +412,7 @@ impl Source {
         }
         let mut stats = SourceStats::default();
         let mut video_info: Option<(gst::Caps, gst_video::VideoInfo)> = None;
+        let mut last_pts_ms: Option<f64> = None;
         loop {
             if control.stop_requested() {
                 tracing::info!(stream = %self.info.id, "source stopping on request");
@@ -430,12 +431,14 @@ impl Source {
                         return Err(e);
                     }
                     tracing::info!(stream = %self.info.id, frames = stats.decoded, "end of stream");
+                    self.warn_if_short(last_pts_ms, &video_info);
                     break;
                 }
                 continue;
             };
             let frame = self.frame_from_sample(&sample, stats.decoded, &mut video_info)?;
             stats.decoded += 1;
+            last_pts_ms = Some(frame.pts_ms);
             match out.send(frame, control) {
                 Sent::Delivered => {}
                 Sent::DroppedOldest(n) => stats.dropped_behind += n,
@@ -446,6 +449,39 @@ impl Source {
             }
         }
         Ok(stats)
+    }
+
+    /// A file whose stream ends well before the duration its header announces is truncated or
+    /// damaged: every frame that decoded was delivered, and the user is told the rest is missing.
+    fn warn_if_short(
+        &self,
+        last_pts_ms: Option<f64>,
+        video_info: &Option<(gst::Caps, gst_video::VideoInfo)>,
+    ) {
+        if self.info.live || self.max_frames > 0 {
+            return;
+        }
+        let Some(duration) = self.pipeline.query_duration::<gst::ClockTime>() else {
+            return;
+        };
+        let duration_ms = duration.nseconds() as f64 / 1e6;
+        let frame_ms = video_info
+            .as_ref()
+            .map(|(_, info)| info.fps())
+            .filter(|fps| fps.numer() > 0)
+            .map_or(100.0, |fps| {
+                1000.0 * fps.denom() as f64 / fps.numer() as f64
+            });
+        let reached_ms = last_pts_ms.map_or(0.0, |pts| pts + frame_ms);
+        // Containers round durations and audio may outlast video a little: allow a few frames.
+        if reached_ms + 3.0 * frame_ms < duration_ms {
+            tracing::warn!(
+                "{}: stream ended at {:.2} s of {:.2} s: the file looks truncated or damaged; every frame that decoded was processed",
+                self.input,
+                reached_ms / 1000.0,
+                duration_ms / 1000.0
+            );
+        }
     }
 
     /// The first error on the bus within `wait`, as a one-line error.

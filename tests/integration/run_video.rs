@@ -199,3 +199,40 @@ fn live_source_drops_oldest_frames_when_behind_and_counts_them() {
     // The newest frame is never the one dropped.
     assert_eq!(*frames.last().unwrap(), 149);
 }
+
+#[test]
+fn truncated_file_reports_every_decoded_frame_then_warns() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-male.mp4") else {
+        return;
+    };
+    let bytes = std::fs::read(&clip).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let json = dir.path().join("cut.jsonl");
+    let out = run_ok(
+        bin()
+            .args(["run", "--input"])
+            .arg(&cut)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    assert!(
+        records.len() > 10 && records.len() < 62,
+        "{} records",
+        records.len()
+    );
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("truncated or damaged"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{n} frames decoded, {n} reported",
+            n = records.len()
+        )),
+        "{stderr}"
+    );
+}
