@@ -153,18 +153,9 @@ fn interrupt_finishes_frames_in_flight_and_leaves_complete_json() {
     assert_eq!(out.status.code(), Some(130));
     let records = read_jsonl(&json);
     assert!(!records.is_empty());
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r["frame"], i as u64);
-    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "{n} frames decoded, {n} reported",
-            n = records.len()
-        )),
-        "{stderr}"
-    );
+    assert_contiguous_and_all_reported(&records, &stderr);
 }
 
 #[test]
@@ -184,18 +175,11 @@ fn live_source_drops_oldest_frames_when_behind_and_counts_them() {
     );
     let records = read_jsonl(&json);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let dropped = dropped_from_summary(&stderr);
-    assert!(stderr.contains("150 frames decoded"), "{stderr}");
-    assert_eq!(records.len() + dropped, 150, "{stderr}");
+    let (frames, dropped) = assert_live_accounting(&records, &stderr, 150);
     assert!(
         dropped > 0,
         "a 300 fps live source was never behind: {stderr}"
     );
-    let frames: Vec<u64> = records
-        .iter()
-        .map(|r| r["frame"].as_u64().unwrap())
-        .collect();
-    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
     // The newest frame is never the one dropped.
     assert_eq!(*frames.last().unwrap(), 149);
 }
@@ -223,16 +207,7 @@ fn truncated_file_reports_every_decoded_frame_then_warns() {
         "{} records",
         records.len()
     );
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r["frame"], i as u64);
-    }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("truncated or damaged"), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "{n} frames decoded, {n} reported",
-            n = records.len()
-        )),
-        "{stderr}"
-    );
+    assert_contiguous_and_all_reported(&records, &stderr);
 }

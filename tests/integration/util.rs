@@ -71,3 +71,36 @@ pub fn dropped_from_summary(stderr: &str) -> usize {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
 }
+
+/// A file run: frames numbered 0.. without gaps, and the summary says every decoded frame was reported.
+pub fn assert_contiguous_and_all_reported(records: &[Value], stderr: &str) {
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+    }
+    let n = records.len();
+    assert!(
+        stderr.contains(&format!("{n} frames decoded, {n} reported")),
+        "{stderr}"
+    );
+}
+
+/// A live run of `decoded` frames: reported + dropped = decoded, frame numbers strictly increase.
+/// Returns (frame numbers, dropped).
+pub fn assert_live_accounting(
+    records: &[Value],
+    stderr: &str,
+    decoded: usize,
+) -> (Vec<u64>, usize) {
+    assert!(
+        stderr.contains(&format!("{decoded} frames decoded")),
+        "{stderr}"
+    );
+    let dropped = dropped_from_summary(stderr);
+    assert_eq!(records.len() + dropped, decoded, "{stderr}");
+    let frames: Vec<u64> = records
+        .iter()
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+    (frames, dropped)
+}
