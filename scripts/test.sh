@@ -4,4 +4,5 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 scripts/deps.sh
-cargo test --locked "$@"
+# Feature `train` builds the trainer (burn) too, so its smoke run and export parity are tested.
+cargo test --locked --features train "$@"

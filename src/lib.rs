@@ -2,15 +2,20 @@
 //! of stage threads joined by bounded channels, MTCNN finds faces and their landmarks, alignment
 //! warps them to a canonical crop, and sinks write JSON Lines.
 //!
-//! Modules follow the data: [`sources`] → [`graph`] → [`detect`] → [`align`] → [`sinks`];
+//! Modules follow the data: [`sources`] → [`graph`] → [`detect`] → [`align`] → [`attributes`] →
+//! [`sinks`];
 //! [`pipeline`] wires them from a configuration file; [`model`] holds what the attribute model's
-//! trainer and runtime share.
+//! trainer and runtime share; `train` (feature `train`) is the trainer.
 
 pub mod align;
+pub mod attributes;
 pub mod detect;
+pub mod eval;
 pub mod graph;
 pub mod model;
 pub mod pipeline;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+#[cfg(feature = "train")]
+pub mod train;

@@ -11,10 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use faceflow::align::{self, AlignConfig};
+use faceflow::attributes::AttributeModel;
 use faceflow::detect::{DetectConfig, Mtcnn};
 use faceflow::graph::Control;
-use faceflow::pipeline::{self, PipelineConfig};
-use faceflow::sinks::{ImageRecord, JsonConfig, JsonLinesWriter};
+use faceflow::model::AgeGrouping;
+use faceflow::pipeline::{self, AttributesConfig, PipelineConfig};
+use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
 
 /// Exit status after an interrupted (Ctrl-C) run, as shells report SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -47,6 +49,85 @@ enum Command {
     Run(RunArgs),
     /// Detect faces in still images, one JSON record per image.
     Detect(DetectArgs),
+    /// Detect faces in still images and estimate age group, gender and race of each.
+    Analyze(AnalyzeArgs),
+    /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and PNG.
+    Eval(EvalArgs),
+    /// Train the age/gender/race model on labelled face folders and export it to ONNX.
+    #[cfg(feature = "train")]
+    Train(Box<TrainArgs>),
+}
+
+#[cfg(feature = "train")]
+#[derive(Args)]
+struct TrainArgs {
+    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); append @TASKS when it only has some
+    /// labels, e.g. faces@race. Repeat for several sources.
+    #[arg(long = "source", value_name = "DIR[@TASKS]", value_parser = faceflow::model::dataset::Source::parse)]
+    sources: Vec<faceflow::model::dataset::Source>,
+    /// Run folder: checkpoints, state.json, validation history, the exported model.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its saved settings are used).
+    #[arg(long)]
+    resume: bool,
+    /// Only export the run in --out to ONNX (no training).
+    #[arg(long)]
+    export_only: bool,
+    /// With --export-only: export the best validation epoch instead of the last checkpoint.
+    #[arg(long)]
+    best: bool,
+    /// Heads to train: age, age,gender or age,gender,race.
+    #[arg(long, default_value = "age,gender,race")]
+    tasks: String,
+    #[arg(long, default_value_t = 30)]
+    epochs: u32,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Peak learning rate (AdamW; warm-up, then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.02)]
+    weight_decay: f64,
+    /// Fraction of images (by content hash) held out for validation.
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Loss weights of age, gender, race.
+    #[arg(long, value_name = "A,G,R", value_parser = parse_thresholds, default_value = "1,1,1")]
+    loss_weights: [f32; 3],
+    /// Weight classes by inverse square-root frequency.
+    #[arg(long)]
+    balance_classes: bool,
+    /// Split the training images in two sources: one with age+gender labels, one with race only.
+    #[arg(long)]
+    simulate_multi_source: bool,
+    /// Use only this many images (a deterministic subset), e.g. for a smoke run.
+    #[arg(long, value_name = "N")]
+    max_images: Option<usize>,
+    /// Network size: default or tiny (smoke tests).
+    #[arg(long, default_value = "default")]
+    net: String,
+    #[arg(long)]
+    no_augment: bool,
+    /// Age readout that picks the best epoch: 3, 5 or 10 groups, or years (MAE).
+    #[arg(long, default_value = "5", value_parser = faceflow::train::AgeReadout::parse)]
+    age_readout: faceflow::train::AgeReadout,
+    /// Crop cache folder (crops from faceflow's detector and alignment).
+    #[arg(long, value_name = "DIR", default_value = ".cache/crops")]
+    cache: PathBuf,
+    /// Where to write the ONNX model [default: OUT/faceattr.onnx].
+    #[arg(long, value_name = "PATH")]
+    export: Option<PathBuf>,
+    /// Training threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    train_threads: Option<usize>,
+    /// Save a checkpoint every N steps as well as after every epoch.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    checkpoint_every: u64,
+    #[command(flatten)]
+    detector: DetectorFlags,
 }
 
 #[derive(Args, Clone, Default)]
@@ -134,6 +215,78 @@ struct RunArgs {
     max_frames: Option<u64>,
     #[command(flatten)]
     detector: DetectorFlags,
+    #[command(flatten)]
+    attributes: AttributeFlags,
+    /// Detection only: no age, gender or race.
+    #[arg(long)]
+    no_attributes: bool,
+}
+
+#[derive(Args, Clone, Default)]
+struct AttributeFlags {
+    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx].
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Age groups to report: 3 (1-26, 27-52, 53-80), 5 (1-11, 12-23, 24-39, 40-55, 56-80) or 10
+    /// (eight-year bins) [default: 5].
+    #[arg(long, value_name = "N", value_parser = parse_age_groups)]
+    age_groups: Option<u32>,
+}
+
+fn parse_age_groups(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n @ (3 | 5 | 10)) => Ok(n),
+        _ => Err(format!("'{s}': age groups must be 3, 5 or 10")),
+    }
+}
+
+impl AttributeFlags {
+    fn apply(&self, cfg: &mut AttributesConfig) {
+        if let Some(m) = &self.model {
+            cfg.model = Some(m.clone());
+        }
+        if let Some(n) = self.age_groups {
+            cfg.age_groups = n;
+        }
+    }
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); repeat for several.
+    #[arg(long = "source", value_name = "DIR[@TASKS]", required = true, value_parser = faceflow::model::dataset::Source::parse)]
+    sources: Vec<faceflow::model::dataset::Source>,
+    /// Which images: all, or the trainer's validation / training part (same seed and fraction).
+    #[arg(long, default_value = "all", value_parser = faceflow::eval::Split::parse)]
+    split: faceflow::eval::Split,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.15)]
+    val_fraction: f64,
+    /// Score only the first N images of the split.
+    #[arg(long, value_name = "N")]
+    max_images: Option<usize>,
+    /// Report folder: report.json, report.md, confusion_*.png, accuracy_per_age_group*.png.
+    #[arg(long, value_name = "DIR", default_value = "eval-report")]
+    report: PathBuf,
+    #[command(flatten)]
+    attributes: AttributeFlags,
+    #[command(flatten)]
+    detector: DetectorFlags,
+}
+
+#[derive(Args)]
+struct AnalyzeArgs {
+    /// Images to read (JPEG, PNG, BMP, WebP).
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
+    /// Write JSON Lines to PATH (--json=PATH), or to standard output (--json, the default).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    json: Option<String>,
+    #[command(flatten)]
+    attributes: AttributeFlags,
+    #[command(flatten)]
+    detector: DetectorFlags,
 }
 
 #[derive(Args)]
@@ -181,6 +334,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Detect(args) => cmd_detect(args),
+        Command::Analyze(args) => cmd_analyze(args),
+        Command::Eval(args) => cmd_eval(args),
+        #[cfg(feature = "train")]
+        Command::Train(args) => cmd_train(*args),
     };
     match result {
         Ok(code) => code,
@@ -237,6 +394,10 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         config.source.max_frames = v;
     }
     args.detector.apply(&mut config.detect);
+    args.attributes.apply(&mut config.attributes);
+    if args.no_attributes {
+        config.attributes.enabled = false;
+    }
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
@@ -268,19 +429,31 @@ fn cmd_detect(args: DetectArgs) -> Result<ExitCode> {
     }
     align_config.validate()?;
     let mut detector = Mtcnn::new(detect)?;
-    let mut writer = JsonLinesWriter::create(&JsonConfig {
-        path: args.json.unwrap_or_else(|| "-".into()),
-    })?;
     if let Some(dir) = &args.crops {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let crops = args.crops.clone();
+    process_images(&args.images, args.json, |path| {
+        detect_one(&mut detector, None, path, crops.as_deref(), &align_config)
+    })
+}
+
+/// Writes one record per image; a failed image is reported and the others still processed.
+fn process_images(
+    images: &[PathBuf],
+    json: Option<String>,
+    mut one: impl FnMut(&Path) -> Result<ImageRecord>,
+) -> Result<ExitCode> {
+    let mut writer = JsonLinesWriter::create(&JsonConfig {
+        path: json.unwrap_or_else(|| "-".into()),
+    })?;
     let mut failures = 0usize;
-    let show_progress = args.images.len() > 1 && std::io::stderr().is_terminal();
-    for (done, path) in args.images.iter().enumerate() {
+    let show_progress = images.len() > 1 && std::io::stderr().is_terminal();
+    for (done, path) in images.iter().enumerate() {
         if show_progress {
-            eprint!("\rimage {}/{} ", done + 1, args.images.len());
+            eprint!("\rimage {}/{} ", done + 1, images.len());
         }
-        match detect_one(&mut detector, path, args.crops.as_deref(), &align_config) {
+        match one(path) {
             Ok(record) => writer.write(&record)?,
             Err(e) => {
                 // Keep going: one unreadable image must not cost the results of the others.
@@ -299,14 +472,98 @@ fn cmd_detect(args: DetectArgs) -> Result<ExitCode> {
     if failures > 0 {
         bail!(
             "{failures} of {} images could not be processed",
-            args.images.len()
+            images.len()
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn cmd_analyze(args: AnalyzeArgs) -> Result<ExitCode> {
+    let mut detect = DetectConfig::default();
+    args.detector.apply(&mut detect);
+    let mut attributes = AttributesConfig::default();
+    args.attributes.apply(&mut attributes);
+    let (mut model, grouping) = attributes.load()?.context("attributes are switched off")?;
+    let mut detector = Mtcnn::new(detect)?;
+    let align_config = AlignConfig::default();
+    process_images(&args.images, args.json, |path| {
+        detect_one(
+            &mut detector,
+            Some((&mut model, grouping)),
+            path,
+            None,
+            &align_config,
+        )
+    })
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
+    use faceflow::eval;
+    let mut detect = DetectConfig::default();
+    args.detector.apply(&mut detect);
+    let mut attributes = AttributesConfig::default();
+    args.attributes.apply(&mut attributes);
+    let model_path = attributes.model_path();
+    let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
+    let mut detector = Mtcnn::new(detect)?;
+    let opts = eval::EvalOptions {
+        sources: args.sources,
+        split: args.split,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        max_images: args.max_images,
+    };
+    let (samples, scan) = eval::select(&opts)?;
+    eprintln!(
+        "eval: {} images ({} malformed names skipped, {} duplicate copies removed, {} dropped for conflicting labels)",
+        samples.len(),
+        scan.malformed.len(),
+        scan.duplicates,
+        scan.conflicting
+    );
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progress = |done: usize, total: usize| {
+        if (tty && done.is_multiple_of(20)) || done == total || (!tty && done.is_multiple_of(1000))
+        {
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            if tty {
+                eprint!("\reval: {done}/{total} images, {rate:.0}/s ");
+            } else {
+                eprintln!("eval: {done}/{total} images, {rate:.0}/s");
+            }
+        }
+    };
+    let report = eval::evaluate(
+        &mut detector,
+        &mut model,
+        &model_path.display().to_string(),
+        &samples,
+        &opts,
+        &mut progress,
+    );
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let written = eval::write_report(&args.report, &report)?;
+    if !eval::plot::has_font() {
+        tracing::warn!("no DejaVu Sans font found: charts are drawn without text");
+    }
+    println!("{}", report.tally.line());
+    eprintln!(
+        "eval: report in {} ({} files)",
+        args.report.display(),
+        written.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An attribute model and the age grouping to report.
+type Attributes<'a> = Option<(&'a mut AttributeModel, AgeGrouping)>;
+
 fn detect_one(
     detector: &mut Mtcnn,
+    attributes: Attributes<'_>,
     path: &Path,
     crops: Option<&Path>,
     align_config: &AlignConfig,
@@ -348,10 +605,134 @@ fn detect_one(
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
     }
+    let faces = match attributes {
+        None => faces.into_iter().map(FaceRecord::detection).collect(),
+        Some((model, grouping)) => {
+            let (w, h) = (width as usize, height as usize);
+            let crops: Vec<Option<Vec<u8>>> = faces
+                .iter()
+                .map(|f| faceflow::attributes::crop_for_model(image.as_raw(), w, h, f))
+                .collect();
+            let valid: Vec<Vec<u8>> = crops.iter().flatten().cloned().collect();
+            let mut predictions = model
+                .predict(&valid)
+                .with_context(|| format!("{}: attribute model failed", path.display()))?
+                .into_iter();
+            let spec = model.spec().clone();
+            faces
+                .into_iter()
+                .zip(crops)
+                .map(|(face, crop)| match (crop, predictions.next()) {
+                    (Some(_), Some(p)) => FaceRecord::with_attributes(face, &p, &spec, grouping),
+                    _ => FaceRecord::detection(face),
+                })
+                .collect()
+        }
+    };
     Ok(ImageRecord {
         image: path.display().to_string(),
         width,
         height,
         faces,
     })
+}
+
+#[cfg(feature = "train")]
+fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
+    use faceflow::model::spec::Task;
+    use faceflow::train::{self, TrainConfig, net::NetShape};
+
+    if let Some(n) = args.train_threads {
+        // burn's CPU backend sizes its rayon pool from this on first use.
+        // SAFETY: set before any other thread of this process exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
+    }
+    if args.export_only {
+        let (model, state) = train::load_model(&args.out, args.best)?;
+        let path = args
+            .export
+            .unwrap_or_else(|| args.out.join("faceattr.onnx"));
+        let side = faceflow::model::spec::INPUT_PX as usize;
+        // Parity on a fixed pseudo-random batch: no data needed to export.
+        let input: Vec<f32> = (0..4 * 3 * side * side)
+            .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 4.0)
+            .collect();
+        let diff = train::export_run(&model, &state, &path, input, 4)?;
+        eprintln!(
+            "train: exported {} (epoch {}; ONNX Runtime vs burn max |difference| {diff:.2e})",
+            path.display(),
+            if args.best {
+                state.best_epoch.unwrap_or(0)
+            } else {
+                state.epoch
+            }
+        );
+        if diff > 1e-4 {
+            bail!("ONNX Runtime differs from burn by {diff:e} (more than 1e-4)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tasks = Task::parse_list(&args.tasks)?;
+    let net = match args.net.as_str() {
+        "default" => NetShape::default(),
+        "tiny" => NetShape::tiny(),
+        other => bail!("--net must be default or tiny, not '{other}'"),
+    };
+    let config = TrainConfig {
+        sources: args
+            .sources
+            .iter()
+            .map(|s| (s.dir.clone(), s.tasks.clone()))
+            .collect(),
+        tasks,
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        val_fraction: args.val_fraction,
+        seed: args.seed,
+        loss_weights: args.loss_weights,
+        balance_classes: args.balance_classes,
+        simulate_multi_source: args.simulate_multi_source,
+        max_images: args.max_images,
+        net,
+        augment: !args.no_augment,
+        age_readout: args.age_readout,
+        ..TrainConfig::default()
+    };
+    let mut detect = DetectConfig::default();
+    args.detector.apply(&mut detect);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let result = ctrlc::set_handler(move || {
+            if hits.fetch_add(1, Ordering::SeqCst) == 0 {
+                eprintln!("\nfaceflow: stopping after this batch (Ctrl-C again to quit at once)");
+                stop.store(true, Ordering::SeqCst);
+            } else {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        });
+        if let Err(e) = result {
+            tracing::warn!("cannot install Ctrl-C handler: {e}");
+        }
+    }
+    let opts = train::RunOptions {
+        out_dir: args.out.clone(),
+        cache_dir: args.cache,
+        resume: args.resume,
+        detect,
+        workers,
+        checkpoint_every_steps: args.checkpoint_every,
+        progress: std::io::stderr().is_terminal(),
+        stop,
+        export_path: args.export,
+    };
+    let outcome = train::train(config, &opts)?;
+    if outcome.stopped {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
 }

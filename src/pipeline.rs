@@ -1,5 +1,5 @@
 //! A pipeline: its configuration file (`pipelines/*.toml`) and the graph built from it:
-//! source → detect → JSON sink.
+//! source → detect (one worker per core) → attributes (batched across frames) → JSON sink.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::align::AlignConfig;
-use crate::detect::{DetectConfig, Face, Mtcnn};
+use crate::attributes::{self, AttributeModel};
+use crate::detect::{DetectConfig, Mtcnn};
 use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
-use crate::sinks::{FrameRecord, JsonConfig, JsonLinesWriter};
+use crate::model::AgeGrouping;
+use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter};
 use crate::sources::{Frame, Source, SourceConfig, SourceStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub enum PipelineError {
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
     #[error(transparent)]
+    Attributes(#[from] crate::attributes::AttributeError),
+    #[error(transparent)]
     Stage(#[from] graph::StageError),
     /// A failure of the input stream; the message already names the input.
     #[error("{0}")]
@@ -50,9 +54,69 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     pub detect: DetectConfig,
     pub align: AlignConfig,
+    pub attributes: AttributesConfig,
     pub json: JsonConfig,
     /// Frames queued between detect and the sinks.
     pub queue_frames: usize,
+}
+
+/// The age/gender/race stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributesConfig {
+    /// Run the attribute model on every face (false: detection only).
+    pub enabled: bool,
+    /// ONNX model exported by `faceflow train` [default: models/faceattr.onnx].
+    pub model: Option<PathBuf>,
+    /// Age groups reported: 3, 5 or 10.
+    pub age_groups: u32,
+    /// Most faces per model call.
+    pub max_batch: usize,
+    /// Longest a face waits for faces of later frames to fill a batch, milliseconds.
+    pub max_wait_ms: u64,
+    /// ONNX Runtime threads of the attribute model.
+    pub threads: usize,
+}
+
+impl Default for AttributesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: None,
+            age_groups: 5,
+            max_batch: 32,
+            max_wait_ms: 10,
+            threads: 1,
+        }
+    }
+}
+
+impl AttributesConfig {
+    pub fn grouping(&self) -> Result<AgeGrouping, PipelineError> {
+        AgeGrouping::from_count(self.age_groups)
+            .map_err(|e| PipelineError::Invalid(format!("attributes: {e}")))
+    }
+
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(attributes::default_model_path)
+    }
+
+    /// Loads the model when the stage is on.
+    pub fn load(&self) -> Result<Option<(AttributeModel, AgeGrouping)>, PipelineError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let grouping = self.grouping()?;
+        if self.max_batch == 0 {
+            return Err(PipelineError::Invalid(
+                "attributes: max_batch must be at least 1".into(),
+            ));
+        }
+        let model = AttributeModel::load(&self.model_path(), self.threads.max(1))?;
+        Ok(Some((model, grouping)))
+    }
 }
 
 impl PipelineConfig {
@@ -90,6 +154,7 @@ impl PipelineConfig {
         self.align
             .validate()
             .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        self.attributes.grouping()?;
         Ok(())
     }
 }
@@ -138,7 +203,7 @@ impl RunSummary {
 struct Detected {
     seq: u64,
     frame: Frame,
-    faces: Vec<Face>,
+    faces: Vec<FaceRecord>,
 }
 
 /// The source queue shared by the detect workers: taking a frame and numbering it happen together.
@@ -179,7 +244,81 @@ fn detect_worker(
         let faces = detector
             .detect(&frame.rgb, frame.width as usize, frame.height as usize)
             .map_err(|e| format!("frame {}: {e}", frame.index))?;
+        let faces = faces.into_iter().map(FaceRecord::detection).collect();
         if out.send(Detected { seq, frame, faces }, control) == Sent::Closed {
+            return Ok(());
+        }
+    }
+}
+
+/// Adds age, gender and race to the faces of frames from `upstream` detect workers. Faces of
+/// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
+/// more. Ends after every upstream worker's end-of-stream and forwards one.
+fn attributes_stage(
+    model: &mut AttributeModel,
+    grouping: AgeGrouping,
+    config: &AttributesConfig,
+    input: &Input<Detected>,
+    out: &Output<Detected>,
+    upstream: usize,
+    control: &Control,
+) -> Result<(), String> {
+    let mut eos_seen = 0usize;
+    let max_wait = Duration::from_millis(config.max_wait_ms);
+    loop {
+        let mut batch = Vec::new();
+        let mut ended = false;
+        match input.recv(control) {
+            Received::Item(d) => batch.push(d),
+            Received::Eos => {
+                eos_seen += 1;
+                ended = eos_seen >= upstream;
+            }
+            Received::Disconnected => ended = true,
+        }
+        let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
+        let deadline = Instant::now() + max_wait;
+        while !ended && faces > 0 && faces < config.max_batch {
+            match input.recv_until(deadline, control) {
+                None => break,
+                Some(Received::Item(d)) => {
+                    faces += d.faces.len();
+                    batch.push(d);
+                }
+                Some(Received::Eos) => {
+                    eos_seen += 1;
+                    ended = eos_seen >= upstream;
+                }
+                Some(Received::Disconnected) => ended = true,
+            }
+        }
+        if faces > 0 {
+            let mut crops = Vec::with_capacity(faces);
+            let mut slots = Vec::with_capacity(faces);
+            for (b, d) in batch.iter().enumerate() {
+                let (w, h) = (d.frame.width as usize, d.frame.height as usize);
+                for (f, face) in d.faces.iter().enumerate() {
+                    if let Some(crop) = attributes::crop_for_model(&d.frame.rgb, w, h, &face.face) {
+                        crops.push(crop);
+                        slots.push((b, f));
+                    }
+                }
+            }
+            let predictions = model
+                .predict(&crops)
+                .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
+            let spec = model.spec().clone();
+            for ((b, f), p) in slots.into_iter().zip(&predictions) {
+                let face = &mut batch[b].faces[f];
+                *face = FaceRecord::with_attributes(face.face.clone(), p, &spec, grouping);
+            }
+        }
+        for d in batch {
+            if out.send(d, control) == Sent::Closed {
+                return Ok(());
+            }
+        }
+        if ended {
             return Ok(());
         }
     }
@@ -227,6 +366,7 @@ pub fn run(
     let detectors = (0..workers)
         .map(|_| Mtcnn::new(worker_config.clone()))
         .collect::<Result<Vec<_>, _>>()?;
+    let attribute_model = config.attributes.load()?;
     let mut writer = JsonLinesWriter::create(&config.json)?;
     let when_full = if info.live {
         WhenFull::DropOldest
@@ -272,6 +412,32 @@ pub fn run(
         });
     }
     drop(detected_out);
+    // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
+    let (to_sink, sink_upstream) = match attribute_model {
+        Some((mut model, grouping)) => {
+            let (annotated_out, annotated_in) = graph::channel::<Detected>(
+                "annotated",
+                config.queue_frames.max(2 * workers),
+                WhenFull::Block,
+            );
+            let attr_config = config.attributes.clone();
+            graph.add_stage("attributes", move |c| {
+                let result = attributes_stage(
+                    &mut model,
+                    grouping,
+                    &attr_config,
+                    &detected_in,
+                    &annotated_out,
+                    workers,
+                    c,
+                );
+                annotated_out.send_eos(c);
+                result
+            });
+            (annotated_in, 1)
+        }
+        None => (detected_in, workers),
+    };
     let counts = sink_counts.clone();
     graph.add_stage("json", move |c| {
         let mut last_progress = Instant::now();
@@ -281,14 +447,14 @@ pub fn run(
         };
         let mut eos_seen = 0usize;
         let result = 'run: loop {
-            let done = match detected_in.recv(c) {
+            let done = match to_sink.recv(c) {
                 Received::Item(d) => {
                     reorder.push(d);
                     false
                 }
                 Received::Eos => {
                     eos_seen += 1;
-                    eos_seen >= workers
+                    eos_seen >= sink_upstream
                 }
                 Received::Disconnected => true,
             };

@@ -231,6 +231,40 @@ impl<T> Input<T> {
     }
 }
 
+impl<T> Input<T> {
+    /// Like [`recv`](Self::recv), but gives up at `deadline` (`None`): lets a stage gather a
+    /// batch for at most a bounded wait.
+    pub fn recv_until(
+        &self,
+        deadline: std::time::Instant,
+        control: &Control,
+    ) -> Option<Received<T>> {
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return match self.rx.try_recv() {
+                    Ok(Packet::Item(t)) => Some(Received::Item(t)),
+                    Ok(Packet::Eos) => Some(Received::Eos),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        Some(Received::Disconnected)
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                };
+            }
+            match self.rx.recv_timeout((deadline - now).min(POLL)) {
+                Ok(Packet::Item(t)) => return Some(Received::Item(t)),
+                Ok(Packet::Eos) => return Some(Received::Eos),
+                Err(RecvTimeoutError::Disconnected) => return Some(Received::Disconnected),
+                Err(RecvTimeoutError::Timeout) => {
+                    if control.has_error() {
+                        return Some(Received::Disconnected);
+                    }
+                }
+            }
+        }
+    }
+}
+
 type StageFn = Box<dyn FnOnce(&Control) -> Result<(), String> + Send>;
 
 /// A set of built stages, started together.

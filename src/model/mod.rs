@@ -6,6 +6,10 @@
 
 use std::fmt;
 
+pub mod dataset;
+pub mod readout;
+pub mod spec;
+
 /// Gender labels, in model output order (UTKFace codes 0, 1).
 pub const GENDER_LABELS: [&str; 2] = ["male", "female"];
 /// Race labels, in model output order (UTKFace codes 0–4).

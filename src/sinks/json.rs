@@ -7,6 +7,49 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::detect::Face;
+use crate::model::AgeGrouping;
+use crate::model::readout::{AgeJson, LabelJson, Prediction};
+use crate::model::spec::{ModelSpec, Task};
+
+/// One face in a record: the detection, plus the attributes when a model ran.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FaceRecord {
+    #[serde(flatten)]
+    pub face: Face,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub age: Option<AgeJson>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gender: Option<LabelJson>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub race: Option<LabelJson>,
+}
+
+impl FaceRecord {
+    /// A face without attributes.
+    pub fn detection(face: Face) -> Self {
+        Self {
+            face,
+            age: None,
+            gender: None,
+            race: None,
+        }
+    }
+
+    /// A face with the attributes its model was trained for.
+    pub fn with_attributes(
+        face: Face,
+        prediction: &Prediction,
+        spec: &ModelSpec,
+        grouping: AgeGrouping,
+    ) -> Self {
+        Self {
+            face,
+            age: spec.has(Task::Age).then(|| prediction.age_json(grouping)),
+            gender: spec.has(Task::Gender).then(|| prediction.gender_json()),
+            race: spec.has(Task::Race).then(|| prediction.race_json()),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -45,7 +88,7 @@ pub struct FrameRecord {
     pub pts_ms: f64,
     pub width: u32,
     pub height: u32,
-    pub faces: Vec<Face>,
+    pub faces: Vec<FaceRecord>,
 }
 
 /// One still image's record (`faceflow detect`).
@@ -54,7 +97,7 @@ pub struct ImageRecord {
     pub image: String,
     pub width: u32,
     pub height: u32,
-    pub faces: Vec<Face>,
+    pub faces: Vec<FaceRecord>,
 }
 
 /// Writes one JSON object per line. Standard output is flushed after every line (a reader on a
@@ -157,6 +200,38 @@ mod tests {
         }
     }
 
+    fn face() -> Face {
+        Face {
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            score: 0.5,
+            landmarks: [[1.0, 1.0], [2.0, 1.0], [1.5, 2.0], [1.0, 3.0], [2.0, 3.0]],
+        }
+    }
+
+    #[test]
+    fn attributes_follow_the_documented_schema() {
+        let mut age = vec![-20f32; crate::model::FINE_AGE_BINS];
+        age[crate::model::fine_bin_of(34)] = 20.0;
+        let p = Prediction::from_logits(&age, &[0.0, 4.0], &[0.0, 0.0, 5.0, 0.0, 0.0]);
+        let spec = ModelSpec::current(&[Task::Age, Task::Gender, Task::Race]);
+        let record = FaceRecord::with_attributes(face(), &p, &spec, AgeGrouping::Three);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(
+            json.ends_with(r#""age":{"group":"27-52","index":1,"years":34.0,"probs":[0.0,1.0,0.0]},"gender":{"label":"female","prob":0.982},"race":{"label":"asian","prob":0.974}}"#),
+            "{json}"
+        );
+        let back: FaceRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record);
+        // A model trained without race reports no race.
+        let spec = ModelSpec::current(&[Task::Age, Task::Gender]);
+        let record = FaceRecord::with_attributes(face(), &p, &spec, AgeGrouping::Five);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(
+            json.contains(r#""group":"24-39""#) && !json.contains("race"),
+            "{json}"
+        );
+    }
+
     #[test]
     fn records_follow_the_documented_schema() {
         let buf = Shared::default();
@@ -168,11 +243,7 @@ mod tests {
             pts_ms: 0.0,
             width: 854,
             height: 480,
-            faces: vec![Face {
-                bbox: [1.0, 2.0, 3.0, 4.0],
-                score: 0.5,
-                landmarks: [[1.0, 1.0], [2.0, 1.0], [1.5, 2.0], [1.0, 3.0], [2.0, 3.0]],
-            }],
+            faces: vec![FaceRecord::detection(face())],
         };
         w.write(&record).unwrap();
         w.write(&ImageRecord {

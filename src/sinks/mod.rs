@@ -2,4 +2,4 @@
 
 pub mod json;
 
-pub use json::{FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, SinkError};
+pub use json::{FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, SinkError};

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attributes;
 mod cli_errors;
 mod detect_images;
 mod parity;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The study's comparison on faceflow's own validation split: tasks {age, age+gender, age+gender+race}
+# and the multi-source setting (half the training images with age+gender labels only, half with race
+# only). One fine-age model serves 3, 5 and 10 groups, so each run fills one row for all groupings.
+# Every run resumes where it stopped: re-run this script until it prints the table.
+#
+#   models/study.sh [EPOCHS]      (default 6; about 12 min an epoch on 2 cores)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+epochs=${1:-6}
+data=../shared/data/utkface
+bin=target/release/faceflow
+[ -x "$bin" ] || cargo build --release --locked --features train
+run() { # name, extra flags...
+  local name=$1; shift
+  local out=runs/study-$name
+  local resume=(); [ -f "$out/state.json" ] && resume=(--resume)
+  "$bin" train --source "$data" --out "$out" --epochs "$epochs" "${resume[@]}" "$@"
+  "$bin" eval --source "$data" --split validation --model "$out/faceattr.onnx" \
+    --report "$out/eval" > "$out/eval.txt"
+}
+run age --tasks age
+run age-gender --tasks age,gender
+run age-gender-race --tasks age,gender,race
+run multi-source --tasks age,gender,race --simulate-multi-source
+printf '| tasks | age 3 | age 5 | age 10 | MAE | gender | race |\n|---|---|---|---|---|---|---|\n'
+for name in age age-gender age-gender-race multi-source; do
+  python3 - "$name" "runs/study-$name/eval/report.json" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+report = json.load(open(path))
+t, tasks = report["tally"], report["spec"]["tasks"]
+def acc(c):
+    total = sum(map(sum, c["counts"])) + sum(c["missed"])
+    return sum(c["counts"][i][i] for i in range(len(c["labels"]))) / total
+ages = {n: acc(c) for n, c in t["age"]}
+mae = t["age_abs_error_sum"] / max(t["age_count"], 1)
+head = lambda task: f"{acc(t[task]):.3f}" if task in tasks else "—"
+print(f"| {name} | {ages[3]:.3f} | {ages[5]:.3f} | {ages[10]:.3f} | {mae:.2f} | {head('gender')} | {head('race')} |")
+PY
+done

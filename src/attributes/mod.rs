@@ -1,0 +1,226 @@
+//! The attribute stage's model: age, gender and race from aligned face crops, on ONNX Runtime.
+//!
+//! A model file is accepted only when the spec in its metadata matches this build's interface
+//! ([`crate::model::spec`]); crops are made with the same alignment and normalisation the trainer
+//! used.
+
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::align::align_face;
+use crate::detect::Face;
+use crate::model::readout::Prediction;
+use crate::model::spec::{
+    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, INPUT_PX, METADATA_KEY, ModelSpec, RACE_OUTPUT,
+    SpecError, model_align, normalise_into,
+};
+use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
+use crate::runtime;
+
+/// The default model, relative to the project (or installed share) folder.
+pub const DEFAULT_MODEL: &str = "models/faceattr.onnx";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttributeError {
+    #[error("{path}: cannot read the attribute model: {reason}")]
+    Read {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("{path}: not a loadable ONNX model: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Spec { path: PathBuf, source: SpecError },
+    #[error("{path}: the model's {what} do not match its spec: {detail}")]
+    Graph {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("attribute model: {0}")]
+    Inference(String),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+}
+
+/// Crops per ONNX Runtime call.
+const MAX_BATCH: usize = 64;
+
+pub struct AttributeModel {
+    session: Session,
+    spec: ModelSpec,
+    input: Vec<f32>,
+}
+
+/// Where the default model is: next to the executable's project (target/<profile>/faceflow →
+/// models/), an installed share folder, or the source tree this binary was built from.
+pub fn default_model_path() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join(DEFAULT_MODEL));
+        candidates.push(dir.join("../share/faceflow").join(DEFAULT_MODEL));
+        candidates.push(dir.join("../..").join(DEFAULT_MODEL));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL));
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL))
+}
+
+impl AttributeModel {
+    /// Loads and checks a model file; `threads` ONNX Runtime threads (0: one per core).
+    pub fn load(path: &Path, threads: usize) -> Result<Self, AttributeError> {
+        let bytes = std::fs::read(path).map_err(|reason| AttributeError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Self::from_bytes(&bytes, threads, path)
+    }
+
+    /// As [`load`](Self::load), from bytes; `path` names the model in messages.
+    pub fn from_bytes(bytes: &[u8], threads: usize, path: &Path) -> Result<Self, AttributeError> {
+        let session = runtime::session_from_memory(bytes, threads).map_err(|e| match e {
+            runtime::RuntimeError::Ort(message) => AttributeError::Load {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => AttributeError::Runtime(other),
+        })?;
+        let spec_text = session.metadata().ok().and_then(|m| m.custom(METADATA_KEY));
+        let spec = ModelSpec::from_metadata(spec_text.as_deref()).map_err(|source| {
+            AttributeError::Spec {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let names = |outlets: &[ort::value::Outlet]| {
+            outlets
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        let inputs = names(session.inputs());
+        if inputs != [INPUT_NAME] {
+            return Err(AttributeError::Graph {
+                path: path.to_path_buf(),
+                what: "inputs",
+                detail: format!("{inputs:?}, expected [\"{INPUT_NAME}\"]"),
+            });
+        }
+        let outputs = names(session.outputs());
+        for name in [AGE_OUTPUT, GENDER_OUTPUT, RACE_OUTPUT] {
+            if !outputs.iter().any(|o| o == name) {
+                return Err(AttributeError::Graph {
+                    path: path.to_path_buf(),
+                    what: "outputs",
+                    detail: format!("{outputs:?} lack \"{name}\""),
+                });
+            }
+        }
+        Ok(Self {
+            session,
+            spec,
+            input: Vec::new(),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Raw logits for normalised planar input (`batch × 3 × INPUT_PX²`): age, gender, race, each
+    /// flattened row-major.
+    pub fn logits(&mut self, input: &[f32], batch: usize) -> Result<[Vec<f32>; 3], AttributeError> {
+        let side = INPUT_PX as usize;
+        let per = 3 * side * side;
+        if input.len() != batch * per {
+            return Err(AttributeError::Inference(format!(
+                "input holds {} values, expected {} for {batch} crops",
+                input.len(),
+                batch * per
+            )));
+        }
+        let err = |e: ort::Error| AttributeError::Inference(e.to_string());
+        let mut out: [Vec<f32>; 3] = Default::default();
+        let widths = [FINE_AGE_BINS, GENDER_LABELS.len(), RACE_LABELS.len()];
+        let mut start = 0;
+        while start < batch {
+            let n = (batch - start).min(MAX_BATCH);
+            let chunk = &input[start * per..(start + n) * per];
+            let tensor = TensorRef::from_array_view(([n, 3, side, side], chunk)).map_err(err)?;
+            let outputs = self
+                .session
+                .run(ort::inputs![INPUT_NAME => tensor])
+                .map_err(err)?;
+            for ((slot, name), width) in out
+                .iter_mut()
+                .zip([AGE_OUTPUT, GENDER_OUTPUT, RACE_OUTPUT])
+                .zip(widths)
+            {
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| AttributeError::Inference(format!("no output {name}")))?;
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+                if data.len() != n * width {
+                    return Err(AttributeError::Inference(format!(
+                        "{name} has {} values for {n} crops, expected {}",
+                        data.len(),
+                        n * width
+                    )));
+                }
+                slot.extend_from_slice(data);
+            }
+            start += n;
+        }
+        Ok(out)
+    }
+
+    /// Predictions for aligned crops (packed RGB8, `INPUT_PX`² each), batched.
+    pub fn predict(&mut self, crops: &[Vec<u8>]) -> Result<Vec<Prediction>, AttributeError> {
+        let side = INPUT_PX as usize;
+        let per = 3 * side * side;
+        let mut input = std::mem::take(&mut self.input);
+        input.clear();
+        input.resize(crops.len() * per, 0.0);
+        for (i, crop) in crops.iter().enumerate() {
+            if crop.len() != side * side * 3 {
+                return Err(AttributeError::Inference(format!(
+                    "crop {i} has {} bytes, expected {}",
+                    crop.len(),
+                    side * side * 3
+                )));
+            }
+            normalise_into(crop, &mut input[i * per..(i + 1) * per]);
+        }
+        let result = self.logits(&input, crops.len());
+        self.input = input;
+        let [age, gender, race] = result?;
+        let (g, r) = (GENDER_LABELS.len(), RACE_LABELS.len());
+        Ok((0..crops.len())
+            .map(|i| {
+                Prediction::from_logits(
+                    &age[i * FINE_AGE_BINS..(i + 1) * FINE_AGE_BINS],
+                    &gender[i * g..(i + 1) * g],
+                    &race[i * r..(i + 1) * r],
+                )
+            })
+            .collect())
+    }
+}
+
+/// The model's aligned crop of one face (packed RGB8, `INPUT_PX`²), or `None` for degenerate
+/// landmarks.
+pub fn crop_for_model(
+    frame_rgb: &[u8],
+    width: usize,
+    height: usize,
+    face: &Face,
+) -> Option<Vec<u8>> {
+    align_face(frame_rgb, width, height, &face.landmarks, &model_align())
+}

@@ -1,0 +1,312 @@
+//! `faceflow eval`: an exported attribute model run end to end (decode → detect → align →
+//! attributes, largest face per image) over a labelled folder, scored against the file-name labels.
+//! An image without a face counts as wrong. Writes JSON, Markdown and PNG charts.
+
+pub mod plot;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::attributes::{AttributeModel, crop_for_model};
+use crate::detect::{Face, Mtcnn};
+use crate::model::AgeGrouping;
+use crate::model::dataset::{self, DatasetError, Sample, Source};
+use crate::model::readout::{Tally, Truth};
+use crate::model::spec::ModelSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("no images to evaluate ({0})")]
+    Empty(String),
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Which part of the labelled data to score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    All,
+    /// The trainer's validation part for the same seed and fraction.
+    Validation,
+    Training,
+}
+
+impl Split {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Self::All),
+            "validation" | "val" => Ok(Self::Validation),
+            "training" | "train" => Ok(Self::Training),
+            other => Err(format!("'{other}': expected all, validation or training")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub sources: Vec<Source>,
+    pub split: Split,
+    pub seed: u64,
+    pub val_fraction: f64,
+    pub max_images: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub spec: ModelSpec,
+    pub split: Split,
+    pub seed: u64,
+    pub val_fraction: f64,
+    pub tally: Tally,
+    pub detect_ms_per_image: f64,
+    pub attributes_ms_per_face: f64,
+    pub seconds: f64,
+    pub no_face: Vec<String>,
+}
+
+impl EvalReport {
+    pub fn accuracy(&self, grouping: AgeGrouping) -> f64 {
+        self.tally.age_accuracy(grouping)
+    }
+}
+
+/// The samples of the chosen split, in a stable order.
+pub fn select(opts: &EvalOptions) -> Result<(Vec<Sample>, dataset::ScanReport), EvalError> {
+    let mut report = dataset::scan(&opts.sources)?;
+    let mut samples: Vec<Sample> = std::mem::take(&mut report.samples)
+        .into_iter()
+        .filter(|s| match opts.split {
+            Split::All => true,
+            Split::Validation => dataset::is_validation(s, opts.seed, opts.val_fraction),
+            Split::Training => !dataset::is_validation(s, opts.seed, opts.val_fraction),
+        })
+        .collect();
+    samples.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(n) = opts.max_images {
+        // A deterministic sample spread over the whole folder, not the first names.
+        samples.sort_by_key(|s| dataset::is_validation_key(s, opts.seed ^ 0x5eed));
+        samples.truncate(n);
+        samples.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    if samples.is_empty() {
+        return Err(EvalError::Empty(format!("split {:?}", opts.split)));
+    }
+    Ok((samples, report))
+}
+
+fn largest(faces: &[Face]) -> Option<&Face> {
+    faces.iter().max_by(|a, b| {
+        let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
+        area(a).total_cmp(&area(b))
+    })
+}
+
+/// Scores `samples`; `progress(done, total)` after each image. Unreadable images count as missed.
+pub fn evaluate(
+    detector: &mut Mtcnn,
+    model: &mut AttributeModel,
+    model_name: &str,
+    samples: &[Sample],
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> EvalReport {
+    let started = Instant::now();
+    let (mut detect_s, mut attr_s, mut faces) = (0f64, 0f64, 0usize);
+    let mut tally = Tally::default();
+    let mut no_face = Vec::new();
+    let spec = model.spec().clone();
+    for (i, sample) in samples.iter().enumerate() {
+        let truth = Truth {
+            age_years: sample.has_age.then_some(sample.labels.age_years),
+            gender: sample.has_gender.then_some(sample.labels.gender),
+            race: sample.has_race.then_some(sample.labels.race),
+        };
+        let t0 = Instant::now();
+        let prediction = (|| {
+            let image = image::ImageReader::open(&sample.path)
+                .ok()?
+                .with_guessed_format()
+                .ok()?
+                .decode()
+                .ok()?
+                .to_rgb8();
+            let (w, h) = (image.width() as usize, image.height() as usize);
+            let found = detector.detect(image.as_raw(), w, h).ok()?;
+            let face = largest(&found)?;
+            let crop = crop_for_model(image.as_raw(), w, h, face)?;
+            detect_s += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            let p = model.predict(&[crop]).ok()?.into_iter().next();
+            attr_s += t1.elapsed().as_secs_f64();
+            faces += 1;
+            p
+        })();
+        if prediction.is_none() {
+            no_face.push(sample.path.display().to_string());
+        }
+        tally.add(&truth, prediction.as_ref());
+        progress(i + 1, samples.len());
+    }
+    EvalReport {
+        model: model_name.to_string(),
+        spec,
+        split: opts.split,
+        seed: opts.seed,
+        val_fraction: opts.val_fraction,
+        tally,
+        detect_ms_per_image: 1000.0 * detect_s / faces.max(1) as f64,
+        attributes_ms_per_face: 1000.0 * attr_s / faces.max(1) as f64,
+        seconds: started.elapsed().as_secs_f64(),
+        no_face,
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
+    std::fs::write(path, bytes).map_err(|e| EvalError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The Markdown report: headline numbers, per-class accuracy and confusion tables.
+pub fn markdown(report: &EvalReport) -> String {
+    let t = &report.tally;
+    let mut md = String::new();
+    let _ = writeln!(md, "# faceflow eval: {}\n", report.model);
+    let _ = writeln!(
+        md,
+        "Split: {:?} (seed {}, validation fraction {}), {} images, {} without a face (counted wrong). \
+         Age metrics on ages 1-80 ({} images). Trained tasks: {}.\n",
+        report.split,
+        report.seed,
+        report.val_fraction,
+        t.images,
+        t.faces_missed,
+        t.age.first().map(|(_, c)| c.total()).unwrap_or(0),
+        report
+            .spec
+            .tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    let _ = writeln!(md, "| metric | value |\n|---|---|");
+    for g in AgeGrouping::ALL {
+        let _ = writeln!(md, "| age, {} groups | {:.3} |", g.len(), t.age_accuracy(g));
+    }
+    let _ = writeln!(md, "| age MAE (years) | {:.2} |", t.age_mae());
+    let _ = writeln!(md, "| gender | {:.3} |", t.gender.accuracy());
+    let _ = writeln!(md, "| race | {:.3} |", t.race.accuracy());
+    let _ = writeln!(
+        md,
+        "| detect + align, ms per image | {:.1} |\n| attributes, ms per face (batch 1) | {:.2} |\n",
+        report.detect_ms_per_image, report.attributes_ms_per_face
+    );
+    let mut confusions: Vec<(String, &crate::model::readout::Confusion)> = t
+        .age
+        .iter()
+        .map(|(n, c)| (format!("Age, {n} groups"), c))
+        .collect();
+    confusions.push(("Gender".into(), &t.gender));
+    confusions.push(("Race".into(), &t.race));
+    for (title, c) in confusions {
+        let _ = writeln!(md, "## {title}\n");
+        let _ = writeln!(
+            md,
+            "Rows: true class; columns: predicted; last column: no face found.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| true \\ predicted | {} | no face | accuracy |",
+            c.labels.join(" | ")
+        );
+        let _ = writeln!(md, "|---|{}---|---|", "---|".repeat(c.labels.len()));
+        let per_class = c.per_class_accuracy();
+        for (i, label) in c.labels.iter().enumerate() {
+            let cells: Vec<String> = c.counts[i].iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {:.3} |",
+                cells.join(" | "),
+                c.missed[i],
+                per_class[i]
+            );
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+/// Writes report.json, report.md and the PNG charts into `dir`; returns the files written.
+pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, EvalError> {
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::Write {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut written = Vec::new();
+    let json = serde_json::to_vec_pretty(report).map_err(|e| EvalError::Write {
+        path: dir.join("report.json"),
+        reason: e.to_string(),
+    })?;
+    for (name, bytes) in [
+        ("report.json", json),
+        ("report.md", markdown(report).into_bytes()),
+    ] {
+        write(&dir.join(name), &bytes)?;
+        written.push(dir.join(name));
+    }
+    let png_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: image::ImageError| EvalError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        }
+    };
+    let t = &report.tally;
+    let mut charts: Vec<(String, String, &crate::model::readout::Confusion)> = t
+        .age
+        .iter()
+        .map(|(n, c)| {
+            (
+                format!("confusion_age{n}.png"),
+                format!("Age, {n} groups: accuracy {:.3}", c.accuracy()),
+                c,
+            )
+        })
+        .collect();
+    charts.push((
+        "confusion_gender.png".into(),
+        format!("Gender: accuracy {:.3}", t.gender.accuracy()),
+        &t.gender,
+    ));
+    charts.push((
+        "confusion_race.png".into(),
+        format!("Race: accuracy {:.3}", t.race.accuracy()),
+        &t.race,
+    ));
+    for (name, title, c) in charts {
+        let path = dir.join(&name);
+        plot::confusion_png(&path, &title, &c.labels, &c.counts).map_err(png_error(&path))?;
+        written.push(path);
+    }
+    for (n, c) in &t.age {
+        let path = dir.join(format!("accuracy_per_age_group{n}.png"));
+        plot::bars_png(
+            &path,
+            &format!("Accuracy per age group ({n} groups)"),
+            &c.labels,
+            &c.per_class_accuracy(),
+        )
+        .map_err(png_error(&path))?;
+        written.push(path);
+    }
+    Ok(written)
+}

@@ -1,0 +1,313 @@
+//! Reading the attribute model's logits: softmax per head, age groups as sums of fine bins, age in
+//! years as the expectation, and the accuracy tallies the trainer and `faceflow eval` share.
+
+use serde::Serialize;
+
+use super::{AgeGrouping, FINE_AGE_MAX_YEARS, GENDER_LABELS, RACE_LABELS, expected_years};
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&v| (v - max).exp()).collect();
+    let total: f32 = exp.iter().sum();
+    exp.into_iter().map(|v| v / total).collect()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+/// One face's probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// One probability per fine age bin (1 … 80+ years).
+    pub age_fine: Vec<f32>,
+    pub gender: Vec<f32>,
+    pub race: Vec<f32>,
+}
+
+impl Prediction {
+    pub fn from_logits(age: &[f32], gender: &[f32], race: &[f32]) -> Self {
+        Self {
+            age_fine: softmax(age),
+            gender: softmax(gender),
+            race: softmax(race),
+        }
+    }
+
+    /// Most probable group and the group probabilities.
+    pub fn age_group(&self, grouping: AgeGrouping) -> (usize, Vec<f32>) {
+        let probs = grouping.group_probs(&self.age_fine);
+        (argmax(&probs), probs)
+    }
+
+    pub fn age_years(&self) -> f32 {
+        expected_years(&self.age_fine)
+    }
+
+    pub fn gender(&self) -> (usize, f32) {
+        let i = argmax(&self.gender);
+        (i, self.gender[i])
+    }
+
+    pub fn race(&self) -> (usize, f32) {
+        let i = argmax(&self.race);
+        (i, self.race[i])
+    }
+
+    /// The per-face JSON fields.
+    pub fn age_json(&self, grouping: AgeGrouping) -> AgeJson {
+        let (index, probs) = self.age_group(grouping);
+        AgeJson {
+            group: grouping.label(index).unwrap_or_default(),
+            index,
+            years: round_to(self.age_years(), 10.0),
+            probs: probs.into_iter().map(|p| round_to(p, 1000.0)).collect(),
+        }
+    }
+
+    pub fn gender_json(&self) -> LabelJson {
+        let (i, p) = self.gender();
+        LabelJson {
+            label: GENDER_LABELS[i].to_string(),
+            prob: round_to(p, 1000.0),
+        }
+    }
+
+    pub fn race_json(&self) -> LabelJson {
+        let (i, p) = self.race();
+        LabelJson {
+            label: RACE_LABELS[i].to_string(),
+            prob: round_to(p, 1000.0),
+        }
+    }
+}
+
+fn round_to(v: f32, scale: f32) -> f32 {
+    (v * scale).round() / scale
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AgeJson {
+    pub group: String,
+    pub index: usize,
+    pub years: f32,
+    pub probs: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct LabelJson {
+    pub label: String,
+    pub prob: f32,
+}
+
+/// The labels of one evaluated image; `None` where the source has no such label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Truth {
+    pub age_years: Option<u32>,
+    pub gender: Option<usize>,
+    pub race: Option<usize>,
+}
+
+/// A square confusion matrix, rows = truth, columns = prediction; `missed` counts images whose
+/// face was not found (always wrong).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Confusion {
+    pub labels: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
+    pub missed: Vec<u64>,
+}
+
+impl Confusion {
+    pub fn new(labels: Vec<String>) -> Self {
+        let n = labels.len();
+        Self {
+            labels,
+            counts: vec![vec![0; n]; n],
+            missed: vec![0; n],
+        }
+    }
+
+    pub fn add(&mut self, truth: usize, predicted: Option<usize>) {
+        match predicted {
+            Some(p) => self.counts[truth][p] += 1,
+            None => self.missed[truth] += 1,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum::<u64>() + self.missed.iter().sum::<u64>()
+    }
+
+    pub fn correct(&self) -> u64 {
+        (0..self.labels.len()).map(|i| self.counts[i][i]).sum()
+    }
+
+    /// Accuracy with missed faces counted wrong; NaN with no samples.
+    pub fn accuracy(&self) -> f64 {
+        self.correct() as f64 / self.total() as f64
+    }
+
+    /// Accuracy within each true class.
+    pub fn per_class_accuracy(&self) -> Vec<f64> {
+        (0..self.labels.len())
+            .map(|i| {
+                let n = self.counts[i].iter().sum::<u64>() + self.missed[i];
+                self.counts[i][i] as f64 / n as f64
+            })
+            .collect()
+    }
+}
+
+/// Accumulates predictions against labels. Age metrics use ages 1–80, as the study did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tally {
+    pub images: u64,
+    pub faces_missed: u64,
+    pub age: Vec<(u32, Confusion)>,
+    pub age_abs_error_sum: f64,
+    pub age_count: u64,
+    pub gender: Confusion,
+    pub race: Confusion,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        let labels = |g: AgeGrouping| (0..g.len()).filter_map(|i| g.label(i)).collect();
+        Self {
+            images: 0,
+            faces_missed: 0,
+            age: AgeGrouping::ALL
+                .iter()
+                .map(|&g| (g.len() as u32, Confusion::new(labels(g))))
+                .collect(),
+            age_abs_error_sum: 0.0,
+            age_count: 0,
+            gender: Confusion::new(GENDER_LABELS.iter().map(|s| s.to_string()).collect()),
+            race: Confusion::new(RACE_LABELS.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+}
+
+impl Tally {
+    pub fn add(&mut self, truth: &Truth, prediction: Option<&Prediction>) {
+        self.images += 1;
+        if prediction.is_none() {
+            self.faces_missed += 1;
+        }
+        if let Some(age) = truth.age_years.filter(|&a| a <= FINE_AGE_MAX_YEARS) {
+            for (count, confusion) in &mut self.age {
+                let grouping = AgeGrouping::from_count(*count).unwrap_or(AgeGrouping::Five);
+                confusion.add(
+                    grouping.group_of(age),
+                    prediction.map(|p| p.age_group(grouping).0),
+                );
+            }
+            if let Some(p) = prediction {
+                self.age_abs_error_sum += f64::from((p.age_years() - age as f32).abs());
+                self.age_count += 1;
+            }
+        }
+        if let Some(g) = truth.gender {
+            self.gender.add(g, prediction.map(|p| p.gender().0));
+        }
+        if let Some(r) = truth.race {
+            self.race.add(r, prediction.map(|p| p.race().0));
+        }
+    }
+
+    pub fn age_accuracy(&self, grouping: AgeGrouping) -> f64 {
+        self.age
+            .iter()
+            .find(|(n, _)| *n as usize == grouping.len())
+            .map(|(_, c)| c.accuracy())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Mean absolute error in years over faces found (ages 1–80).
+    pub fn age_mae(&self) -> f64 {
+        self.age_abs_error_sum / self.age_count as f64
+    }
+
+    /// One line: `age3 0.801 age5 … mae 5.4 gender 0.93 race 0.85 (N images, M without a face)`.
+    pub fn line(&self) -> String {
+        format!(
+            "age3 {:.3} age5 {:.3} age10 {:.3} mae {:.2} gender {:.3} race {:.3} ({} images, {} without a face)",
+            self.age_accuracy(AgeGrouping::Three),
+            self.age_accuracy(AgeGrouping::Five),
+            self.age_accuracy(AgeGrouping::Ten),
+            self.age_mae(),
+            self.gender.accuracy(),
+            self.race.accuracy(),
+            self.images,
+            self.faces_missed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FINE_AGE_BINS, fine_bin_of};
+
+    fn peaked(age: u32, gender: usize, race: usize) -> Prediction {
+        let mut a = vec![0f32; FINE_AGE_BINS];
+        a[fine_bin_of(age)] = 20.0;
+        let mut g = vec![0f32; 2];
+        g[gender] = 5.0;
+        let mut r = vec![0f32; 5];
+        r[race] = 5.0;
+        Prediction::from_logits(&a, &g, &r)
+    }
+
+    #[test]
+    fn softmax_is_stable_and_normalised() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0]);
+        assert!((p[0] - 0.5).abs() < 1e-6 && p[2] == 0.0);
+        assert!((softmax(&[0.3, -2.0, 7.0]).iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn json_readout_uses_the_study_labels() {
+        let p = peaked(34, 1, 2);
+        let age = p.age_json(AgeGrouping::Three);
+        assert_eq!(age.group, "27-52");
+        assert_eq!(age.index, 1);
+        assert!((age.years - 34.0).abs() < 0.1);
+        assert_eq!(age.probs.len(), 3);
+        assert_eq!(p.age_json(AgeGrouping::Five).group, "24-39");
+        assert_eq!(p.gender_json().label, "female");
+        assert_eq!(p.race_json().label, "asian");
+        assert!(p.race_json().prob > 0.9);
+    }
+
+    #[test]
+    fn tally_counts_missed_faces_wrong_and_skips_ages_over_80() {
+        let mut t = Tally::default();
+        let truth = |age, gender, race| Truth {
+            age_years: Some(age),
+            gender: Some(gender),
+            race: Some(race),
+        };
+        t.add(&truth(30, 0, 0), Some(&peaked(30, 0, 0)));
+        t.add(&truth(30, 0, 1), Some(&peaked(40, 0, 0)));
+        t.add(&truth(60, 1, 1), None);
+        t.add(&truth(95, 1, 1), Some(&peaked(80, 1, 1)));
+        assert_eq!(t.images, 4);
+        assert_eq!(t.faces_missed, 1);
+        // Ages 30, 30, 60 count; 95 does not. 3 groups: 30→30 right, 40 vs 30 right, missed wrong.
+        assert!((t.age_accuracy(AgeGrouping::Three) - 2.0 / 3.0).abs() < 1e-9);
+        // 10 groups: 40 is 33-40, 30 is 25-32: wrong.
+        assert!((t.age_accuracy(AgeGrouping::Ten) - 1.0 / 3.0).abs() < 1e-9);
+        assert!((t.age_mae() - 5.0).abs() < 0.05, "{}", t.age_mae());
+        assert!((t.gender.accuracy() - 0.75).abs() < 1e-9);
+        assert!((t.race.accuracy() - 0.5).abs() < 1e-9);
+        assert_eq!(t.race.missed[1], 1);
+        assert_eq!(t.race.per_class_accuracy()[0], 1.0);
+    }
+}

@@ -1,0 +1,326 @@
+//! The attribute model's interface: what goes in (an aligned crop, normalised), what comes out
+//! (three heads of logits), and the version of that contract. The trainer writes a [`ModelSpec`]
+//! into every exported ONNX file's metadata; the runtime reads it back and refuses a model whose
+//! interface differs from the one this build of faceflow speaks.
+
+use serde::{Deserialize, Serialize};
+
+use super::{FINE_AGE_MAX_YEARS, FINE_AGE_MIN_YEARS, GENDER_LABELS, RACE_LABELS};
+use crate::align::AlignConfig;
+
+/// Version of the interface below. Bump it whenever a field's meaning changes.
+pub const SPEC_VERSION: u32 = 1;
+/// ONNX metadata key holding the JSON [`ModelSpec`].
+pub const METADATA_KEY: &str = "faceflow.spec";
+
+/// Side of the square aligned crop the model sees, pixels.
+pub const INPUT_PX: u32 = 64;
+/// Margin around the alignment template: age and gender need hair, forehead and jaw.
+pub const INPUT_MARGIN: f32 = 0.25;
+/// Per-channel normalisation in pixel units: `(value − mean) / std`.
+pub const INPUT_MEAN: [f32; 3] = [127.5; 3];
+pub const INPUT_STD: [f32; 3] = [64.0; 3];
+
+/// Stable ONNX tensor names.
+pub const INPUT_NAME: &str = "crop";
+pub const AGE_OUTPUT: &str = "age_logits";
+pub const GENDER_OUTPUT: &str = "gender_logits";
+pub const RACE_OUTPUT: &str = "race_logits";
+
+/// A task the model was trained on. Every exported model has all three heads; a head whose task was
+/// not trained is not reported by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Age,
+    Gender,
+    Race,
+}
+
+impl Task {
+    pub const ALL: [Task; 3] = [Task::Age, Task::Gender, Task::Race];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Age => "age",
+            Task::Gender => "gender",
+            Task::Race => "race",
+        }
+    }
+
+    /// Parses a comma-separated list such as `age,gender,race` (sorted, without repeats).
+    pub fn parse_list(text: &str) -> Result<Vec<Task>, SpecError> {
+        let mut tasks = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let task = match part {
+                "age" => Task::Age,
+                "gender" => Task::Gender,
+                "race" => Task::Race,
+                other => {
+                    return Err(SpecError::UnknownTask(other.to_string()));
+                }
+            };
+            if !tasks.contains(&task) {
+                tasks.push(task);
+            }
+        }
+        tasks.sort();
+        Ok(tasks)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown task '{0}' (tasks are age, gender, race)")]
+    UnknownTask(String),
+    #[error(
+        "has no faceflow model spec in its metadata (key {METADATA_KEY}); export it with `faceflow train`"
+    )]
+    Missing,
+    #[error("has an unreadable model spec: {0}")]
+    Unreadable(String),
+    #[error("was made for model spec version {found}, this faceflow reads version {expected}")]
+    Version { found: u32, expected: u32 },
+    #[error("does not match this faceflow: {what} is {found}, expected {expected}")]
+    Mismatch {
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("was trained on no task")]
+    NoTask,
+}
+
+/// The input contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    /// Always NCHW, RGB.
+    pub layout: String,
+    pub size_px: u32,
+    /// Alignment template (faceflow's five-point template) and margin around it.
+    pub template: String,
+    pub margin: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// The output contract: logits per head, in label order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub age: String,
+    /// One bin per year from `age_min_years` to `age_max_years`; the last bin also holds older ages.
+    pub age_min_years: u32,
+    pub age_max_years: u32,
+    pub gender: String,
+    pub gender_labels: Vec<String>,
+    pub race: String,
+    pub race_labels: Vec<String>,
+}
+
+/// What a model was trained for and how; informative, not part of the interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub epochs: u32,
+    #[serde(default)]
+    pub images: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub spec_version: u32,
+    pub input: InputSpec,
+    pub outputs: OutputSpec,
+    /// Heads that were trained.
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub training: TrainingInfo,
+}
+
+/// Name of faceflow's landmark template (see [`crate::align::TEMPLATE_UNIT`]).
+pub const TEMPLATE_NAME: &str = "faceflow-5pt-v1";
+
+impl ModelSpec {
+    /// The spec of this build of faceflow, for a model trained on `tasks`.
+    pub fn current(tasks: &[Task]) -> Self {
+        Self {
+            spec_version: SPEC_VERSION,
+            input: InputSpec {
+                name: INPUT_NAME.into(),
+                layout: "NCHW-RGB".into(),
+                size_px: INPUT_PX,
+                template: TEMPLATE_NAME.into(),
+                margin: INPUT_MARGIN,
+                mean: INPUT_MEAN,
+                std: INPUT_STD,
+            },
+            outputs: OutputSpec {
+                age: AGE_OUTPUT.into(),
+                age_min_years: FINE_AGE_MIN_YEARS,
+                age_max_years: FINE_AGE_MAX_YEARS,
+                gender: GENDER_OUTPUT.into(),
+                gender_labels: GENDER_LABELS.iter().map(|s| s.to_string()).collect(),
+                race: RACE_OUTPUT.into(),
+                race_labels: RACE_LABELS.iter().map(|s| s.to_string()).collect(),
+            },
+            tasks: tasks.to_vec(),
+            training: TrainingInfo::default(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain data cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a spec from the metadata value and checks it against this build.
+    pub fn from_metadata(value: Option<&str>) -> Result<Self, SpecError> {
+        let text = value.ok_or(SpecError::Missing)?;
+        // Read the version first: a future spec may not parse as this one.
+        let version: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| SpecError::Unreadable(e.to_string()))?;
+        let found = version
+            .get("spec_version")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| SpecError::Unreadable("no spec_version".into()))?;
+        if found != u64::from(SPEC_VERSION) {
+            return Err(SpecError::Version {
+                found: found as u32,
+                expected: SPEC_VERSION,
+            });
+        }
+        let spec: ModelSpec =
+            serde_json::from_str(text).map_err(|e| SpecError::Unreadable(e.to_string()))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Checks that the interface equals this build's; the trained tasks may be any non-empty set.
+    pub fn check(&self) -> Result<(), SpecError> {
+        let expected = ModelSpec::current(&self.tasks);
+        let mismatch = |what, found: String, expected: String| SpecError::Mismatch {
+            what,
+            found,
+            expected,
+        };
+        if self.input != expected.input {
+            let (f, e) = (&self.input, &expected.input);
+            return Err(if f.size_px != e.size_px {
+                mismatch("input size", f.size_px.to_string(), e.size_px.to_string())
+            } else if f.template != e.template || f.margin != e.margin {
+                mismatch(
+                    "alignment",
+                    format!("{} margin {}", f.template, f.margin),
+                    format!("{} margin {}", e.template, e.margin),
+                )
+            } else {
+                mismatch(
+                    "input",
+                    serde_json::to_string(f).unwrap_or_default(),
+                    serde_json::to_string(e).unwrap_or_default(),
+                )
+            });
+        }
+        if self.outputs != expected.outputs {
+            return Err(mismatch(
+                "outputs",
+                serde_json::to_string(&self.outputs).unwrap_or_default(),
+                serde_json::to_string(&expected.outputs).unwrap_or_default(),
+            ));
+        }
+        if self.tasks.is_empty() {
+            return Err(SpecError::NoTask);
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, task: Task) -> bool {
+        self.tasks.contains(&task)
+    }
+}
+
+/// How faces are aligned for the attribute model: faceflow's template, the model's size and margin.
+pub fn model_align() -> AlignConfig {
+    AlignConfig {
+        crop_px: INPUT_PX,
+        margin: INPUT_MARGIN,
+    }
+}
+
+/// Writes one packed RGB8 crop (`INPUT_PX`², row-major) into `out` as normalised planar CHW floats.
+/// Shared by trainer and runtime, so both feed the network identical numbers.
+pub fn normalise_into(crop_rgb8: &[u8], out: &mut [f32]) {
+    let plane = (INPUT_PX * INPUT_PX) as usize;
+    debug_assert!(crop_rgb8.len() >= plane * 3 && out.len() >= plane * 3);
+    for (i, px) in crop_rgb8.chunks_exact(3).take(plane).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) - INPUT_MEAN[c]) / INPUT_STD[c];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_metadata_and_mismatches_are_named() {
+        let spec = ModelSpec::current(&[Task::Age, Task::Gender]);
+        let back = ModelSpec::from_metadata(Some(&spec.to_json())).unwrap();
+        assert_eq!(back, spec);
+        assert!(back.has(Task::Gender) && !back.has(Task::Race));
+
+        assert_eq!(ModelSpec::from_metadata(None), Err(SpecError::Missing));
+        let mut other = spec.clone();
+        other.input.size_px = 96;
+        let e = ModelSpec::from_metadata(Some(&other.to_json())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "does not match this faceflow: input size is 96, expected 64"
+        );
+        let mut future = serde_json::to_value(&spec).unwrap();
+        future["spec_version"] = 9.into();
+        let e = ModelSpec::from_metadata(Some(&future.to_string())).unwrap_err();
+        assert!(matches!(e, SpecError::Version { found: 9, .. }));
+        let mut labels = spec.clone();
+        labels.outputs.race_labels.swap(0, 1);
+        assert!(ModelSpec::from_metadata(Some(&labels.to_json())).is_err());
+        let none = ModelSpec::current(&[]);
+        assert_eq!(
+            ModelSpec::from_metadata(Some(&none.to_json())),
+            Err(SpecError::NoTask)
+        );
+        assert!(matches!(
+            ModelSpec::from_metadata(Some("{")),
+            Err(SpecError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn task_lists_parse() {
+        assert_eq!(
+            Task::parse_list("race, age,age").unwrap(),
+            vec![Task::Age, Task::Race]
+        );
+        assert!(Task::parse_list("age,height").is_err());
+    }
+
+    #[test]
+    fn normalisation_is_planar_and_centred() {
+        let side = INPUT_PX as usize;
+        let mut crop = vec![0u8; side * side * 3];
+        crop[0] = 255; // R of pixel 0
+        crop[4] = 128; // G of pixel 1
+        let mut out = vec![0f32; side * side * 3];
+        normalise_into(&crop, &mut out);
+        assert!((out[0] - 127.5 / 64.0).abs() < 1e-6);
+        assert!((out[side * side + 1] - 0.5 / 64.0).abs() < 1e-6);
+        assert!((out[2 * side * side] + 127.5 / 64.0).abs() < 1e-6);
+    }
+}

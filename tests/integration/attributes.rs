@@ -1,0 +1,315 @@
+//! Age, gender and race: `analyze`, `run` with the attribute stage, `eval`, model checks, and (with
+//! feature `train`) a smoke run of the trainer with export parity.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const AGE3: [&str; 3] = ["1-26", "27-52", "53-80"];
+const AGE10: [&str; 10] = [
+    "1-8", "9-16", "17-24", "25-32", "33-40", "41-48", "49-56", "57-64", "65-72", "73-80",
+];
+
+fn default_model() -> PathBuf {
+    project_root().join("models/faceattr.onnx")
+}
+
+/// Checks one face's attribute fields against the documented schema and label sets.
+fn assert_attributes(face: &Value, groups: &[&str]) {
+    let age = &face["age"];
+    let index = age["index"].as_u64().expect("age.index") as usize;
+    assert_eq!(age["group"].as_str(), Some(groups[index]), "{face}");
+    let probs: Vec<f64> = age["probs"]
+        .as_array()
+        .expect("age.probs")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(probs.len(), groups.len());
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 0.01, "{probs:?}");
+    let best = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert!(
+        (probs[best] - probs[index]).abs() < 1e-6,
+        "index is the argmax"
+    );
+    let years = age["years"].as_f64().expect("age.years");
+    assert!((1.0..=80.0).contains(&years), "{years}");
+    assert!(["male", "female"].contains(&face["gender"]["label"].as_str().unwrap()));
+    let p = face["gender"]["prob"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&p), "{p}");
+    assert!(
+        ["white", "black", "asian", "indian", "others"]
+            .contains(&face["race"]["label"].as_str().unwrap())
+    );
+}
+
+#[test]
+fn analyze_reports_age_gender_race_per_face() {
+    let (Some(a), Some(b)) = (
+        shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg"),
+        shared_data("utkface/100_0_0_20170112213500903.jpg.chip.jpg"),
+    ) else {
+        return;
+    };
+    let out = run_ok(
+        bin()
+            .args(["analyze", "--json", "--age-groups", "3"])
+            .arg(&a)
+            .arg(&b),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["image"].as_str(), a.to_str());
+    for r in &records {
+        let faces = r["faces"].as_array().unwrap();
+        assert!(!faces.is_empty(), "{r}");
+        for face in faces {
+            assert_attributes(face, &AGE3);
+        }
+    }
+}
+
+#[test]
+fn run_adds_attributes_to_every_face_and_detection_only_on_request() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-female.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    run_ok(
+        bin()
+            .args(["run", "--age-groups", "10", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 23);
+    let mut faces = 0;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64);
+        for face in r["faces"].as_array().unwrap() {
+            assert_attributes(face, &AGE10);
+            faces += 1;
+        }
+    }
+    assert!(faces >= 20, "{faces} faces");
+
+    run_ok(
+        bin()
+            .args(["run", "--no-attributes", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    let face = records
+        .iter()
+        .flat_map(|r| r["faces"].as_array().unwrap().iter())
+        .next()
+        .expect("a face");
+    assert!(
+        face.get("bbox").is_some() && face.get("age").is_none(),
+        "{face}"
+    );
+}
+
+fn expect_error(args: &[&str], extra: &[&Path], needle: &str) {
+    let out = bin().args(args).args(extra).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{stderr} lacks {needle:?}");
+    assert!(!stderr.contains("panicked"));
+}
+
+/// A copy of the default model with `from` replaced by `to` (same length) in its spec.
+fn edited_model(dir: &Path, from: &str, to: &str) -> PathBuf {
+    assert_eq!(from.len(), to.len(), "protobuf lengths must not change");
+    let mut bytes = std::fs::read(default_model()).unwrap();
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from} not in the model's spec"));
+    bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+    let path = dir.join(format!("edited-{}.onnx", to.replace(['"', ':'], "")));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn bad_models_are_refused_with_one_line() {
+    let Some(img) = shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.onnx");
+    let text = dir.path().join("text.onnx");
+    std::fs::write(&text, "not a model").unwrap();
+    let mtcnn = project_root().join("models/mtcnn/pnet.onnx");
+    let wrong_size = edited_model(dir.path(), "\"size_px\":64", "\"size_px\":96");
+    let future = edited_model(dir.path(), "\"spec_version\":1", "\"spec_version\":7");
+    for (model, needle) in [
+        (&missing, "cannot read the attribute model"),
+        (&text, "not a loadable ONNX model"),
+        (&mtcnn, "has no faceflow model spec"),
+        (&wrong_size, "input size is 96, expected 64"),
+        (&future, "spec version 7"),
+    ] {
+        expect_error(&["analyze", "--model"], &[model, &img], needle);
+        expect_error(
+            &[
+                "run",
+                "--input",
+                "testsrc://ball?frames=2",
+                "--json",
+                "/dev/null",
+                "--model",
+            ],
+            &[model],
+            needle,
+        );
+    }
+    let out = bin()
+        .args(["analyze", "--age-groups", "4"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("age groups must be 3, 5 or 10"));
+}
+
+#[test]
+fn eval_writes_json_markdown_and_charts() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let out = run_ok(
+        bin()
+            .arg("eval")
+            .arg("--source")
+            .arg(&utk)
+            .args(["--split", "validation", "--max-images", "30", "--report"])
+            .arg(&report),
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with("age3 ") && line.contains("(30 images"),
+        "{line}"
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["tally"]["images"], 30);
+    assert_eq!(json["split"], "validation");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("| age, 5 groups |") && md.contains("## Race"));
+    for name in [
+        "confusion_age5.png",
+        "confusion_race.png",
+        "accuracy_per_age_group10.png",
+    ] {
+        let img = image::open(report.join(name)).unwrap();
+        assert!(img.width() > 100 && img.height() > 100, "{name}");
+    }
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let train = |epochs: &str, resume: bool| {
+        let mut cmd = bin();
+        cmd.arg("train")
+            .arg("--source")
+            .arg(&utk)
+            .arg("--out")
+            .arg(&run)
+            .arg("--cache")
+            .arg(&cache)
+            .args(["--net", "tiny", "--max-images", "240", "--batch", "16"])
+            .args(["--epochs", epochs]);
+        if resume {
+            cmd.arg("--resume");
+        }
+        run_ok(&mut cmd)
+    };
+    let out = train("1", false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("malformed names skipped"), "{stderr}");
+    assert!(stderr.contains("epoch 1/1"), "{stderr}");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["history"].as_array().unwrap().len(), 1);
+    // The trainer compared ONNX Runtime with burn's forward pass on real crops.
+    let check = std::fs::read_to_string(run.join("export_check.txt")).unwrap();
+    let diff: f64 = check
+        .lines()
+        .find_map(|l| l.strip_prefix("max_abs_diff "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(diff <= 1e-4, "{check}");
+    // A second run into the same folder must not overwrite it silently.
+    let again = bin()
+        .arg("train")
+        .arg("--source")
+        .arg(&utk)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // Resume continues with epoch 2 and the crop cache is reused.
+    let out = train("2", true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("resumed") && stderr.contains("epoch 2/2"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("new crops"), "cache not reused: {stderr}");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["history"].as_array().unwrap().len(), 2);
+    // The exported model is one the runtime accepts.
+    let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
+    let out = run_ok(
+        bin()
+            .args(["analyze", "--json", "--model"])
+            .arg(run.join("faceattr.onnx"))
+            .arg(&img),
+    );
+    let record: Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_attributes(
+        &record["faces"][0],
+        &["1-11", "12-23", "24-39", "40-55", "56-80"],
+    );
+}
