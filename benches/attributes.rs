@@ -1,0 +1,53 @@
+//! Attribute model benchmarks: models/faceattr.onnx on aligned 64×64 crops, batch 1, 8 and 32, on
+//! one ONNX Runtime thread (as the pipeline's attribute stage runs it); and the crop warp.
+//!
+//!     cargo bench --bench attributes
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use faceflow::attributes::{AttributeModel, crop_for_model, default_model_path};
+use faceflow::detect::Face;
+use faceflow::model::spec::INPUT_PX;
+
+fn bench_attributes(c: &mut Criterion) {
+    let mut model = match AttributeModel::load(&default_model_path(), 1) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cannot load the attribute model: {e}");
+            return;
+        }
+    };
+    let side = INPUT_PX as usize;
+    // Varied pixels: a constant crop could take shortcuts nowhere, but keep it honest anyway.
+    let crop: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 251) as u8).collect();
+    let mut group = c.benchmark_group("faceattr_64px");
+    for batch in [1usize, 8, 32] {
+        let crops = vec![crop.clone(); batch];
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("batch_{batch}"), |b| {
+            b.iter(|| black_box(model.predict(black_box(&crops)).map(|p| p.len())))
+        });
+    }
+    group.finish();
+
+    let (w, h) = (854usize, 480usize);
+    let frame: Vec<u8> = (0..w * h * 3).map(|i| (i % 253) as u8).collect();
+    let face = Face {
+        bbox: [300.0, 100.0, 420.0, 250.0],
+        score: 0.99,
+        landmarks: [
+            [335.0, 160.0],
+            [385.0, 160.0],
+            [360.0, 190.0],
+            [340.0, 220.0],
+            [380.0, 220.0],
+        ],
+    };
+    c.bench_function("align_crop_64px", |b| {
+        b.iter(|| black_box(crop_for_model(black_box(&frame), w, h, &face)))
+    });
+}
+
+criterion_group!(benches, bench_attributes);
+criterion_main!(benches);
