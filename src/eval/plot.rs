@@ -102,6 +102,21 @@ fn fill(img: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, colour: Rgb<u8>) {
     }
 }
 
+/// A white picture with a centred title.
+fn canvas(w: u32, h: u32, title: &str) -> RgbImage {
+    let mut img = RgbImage::from_pixel(w, h, WHITE);
+    draw_text(
+        &mut img,
+        title,
+        w as f32 / 2.0,
+        18.0,
+        18.0,
+        Anchor::Centre,
+        BLACK,
+    );
+    img
+}
+
 /// White → dark blue.
 fn heat(v: f64) -> Rgb<u8> {
     let t = v.clamp(0.0, 1.0);
@@ -120,16 +135,7 @@ pub fn confusion_png(
     let cell = if n > 6 { 52 } else { 80 };
     let (left, top) = (90u32, 70u32);
     let (w, h) = (left + n * cell + 20, top + n * cell + 50);
-    let mut img = RgbImage::from_pixel(w, h, WHITE);
-    draw_text(
-        &mut img,
-        title,
-        w as f32 / 2.0,
-        18.0,
-        18.0,
-        Anchor::Centre,
-        BLACK,
-    );
+    let mut img = canvas(w, h, title);
     draw_text(
         &mut img,
         "predicted",
@@ -205,16 +211,7 @@ pub fn bars_png(
     let bar = 56u32;
     let (left, top, plot_h) = (50u32, 50u32, 260u32);
     let (w, h) = (left + n * bar + 20, top + plot_h + 50);
-    let mut img = RgbImage::from_pixel(w, h, WHITE);
-    draw_text(
-        &mut img,
-        title,
-        w as f32 / 2.0,
-        18.0,
-        18.0,
-        Anchor::Centre,
-        BLACK,
-    );
+    let mut img = canvas(w, h, title);
     for tick in 0..=4 {
         let v = f64::from(tick) / 4.0;
         let y = top + plot_h - (v * f64::from(plot_h)) as u32;
