@@ -356,11 +356,16 @@ fn one_line(e: &anyhow::Error) -> String {
 /// Ctrl-C / SIGTERM: the first asks the graph to stop (frames in flight finish, outputs are
 /// flushed); a second exits at once.
 fn install_interrupt_handler(control: Control) {
+    on_interrupt("stopping", move || control.request_stop());
+}
+
+/// Runs `first` on the first Ctrl-C / SIGTERM (after saying `what`); a second exits at once.
+fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
     let hits = Arc::new(AtomicUsize::new(0));
     let result = ctrlc::set_handler(move || {
         if hits.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("faceflow: stopping (press Ctrl-C again to quit at once)");
-            control.request_stop();
+            eprintln!("\nfaceflow: {what} (press Ctrl-C again to quit at once)");
+            first();
         } else {
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
@@ -706,18 +711,9 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let result = ctrlc::set_handler(move || {
-            if hits.fetch_add(1, Ordering::SeqCst) == 0 {
-                eprintln!("\nfaceflow: stopping after this batch (Ctrl-C again to quit at once)");
-                stop.store(true, Ordering::SeqCst);
-            } else {
-                std::process::exit(i32::from(EXIT_INTERRUPTED));
-            }
+        on_interrupt("stopping after this batch", move || {
+            stop.store(true, Ordering::SeqCst)
         });
-        if let Err(e) = result {
-            tracing::warn!("cannot install Ctrl-C handler: {e}");
-        }
     }
     let opts = train::RunOptions {
         out_dir: args.out.clone(),

@@ -265,6 +265,7 @@ fn attributes_stage(
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;
     let max_wait = Duration::from_millis(config.max_wait_ms);
+    let spec = model.spec().clone();
     loop {
         let mut batch = Vec::new();
         let mut ended = false;
@@ -307,7 +308,6 @@ fn attributes_stage(
             let predictions = model
                 .predict(&crops)
                 .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
-            let spec = model.spec().clone();
             for ((b, f), p) in slots.into_iter().zip(&predictions) {
                 let face = &mut batch[b].faces[f];
                 *face = FaceRecord::with_attributes(face.face.clone(), p, &spec, grouping);

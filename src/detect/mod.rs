@@ -172,6 +172,17 @@ pub struct Face {
     pub landmarks: [[f32; 2]; 5],
 }
 
+impl Face {
+    pub fn area(&self) -> f32 {
+        (self.bbox[2] - self.bbox[0]) * (self.bbox[3] - self.bbox[1])
+    }
+}
+
+/// The largest face by box area: the one an image is about (evaluation, training crops).
+pub fn largest_face(faces: &[Face]) -> Option<&Face> {
+    faces.iter().max_by(|a, b| a.area().total_cmp(&b.area()))
+}
+
 /// The three MTCNN networks and reusable buffers. One per worker thread: ONNX Runtime sessions run
 /// through `&mut self`.
 pub struct Mtcnn {

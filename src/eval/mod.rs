@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::attributes::{AttributeModel, crop_for_model};
-use crate::detect::{Face, Mtcnn};
+use crate::detect::{Mtcnn, largest_face};
 use crate::model::AgeGrouping;
 use crate::model::dataset::{self, DatasetError, Sample, Source};
 use crate::model::readout::{Tally, Truth};
@@ -101,13 +101,6 @@ pub fn select(opts: &EvalOptions) -> Result<(Vec<Sample>, dataset::ScanReport), 
     Ok((samples, report))
 }
 
-fn largest(faces: &[Face]) -> Option<&Face> {
-    faces.iter().max_by(|a, b| {
-        let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
-        area(a).total_cmp(&area(b))
-    })
-}
-
 /// Scores `samples`; `progress(done, total)` after each image. Unreadable images count as missed.
 pub fn evaluate(
     detector: &mut Mtcnn,
@@ -139,7 +132,7 @@ pub fn evaluate(
                 .to_rgb8();
             let (w, h) = (image.width() as usize, image.height() as usize);
             let found = detector.detect(image.as_raw(), w, h).ok()?;
-            let face = largest(&found)?;
+            let face = largest_face(&found)?;
             let crop = crop_for_model(image.as_raw(), w, h, face)?;
             detect_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();

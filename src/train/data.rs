@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::align::{Similarity, warp_rgb};
-use crate::detect::{DetectConfig, Face, Mtcnn};
+use crate::detect::{DetectConfig, Mtcnn, largest_face};
 use crate::model::dataset::{Sample, content_hash};
 use crate::model::spec::{INPUT_PX, model_align};
 
@@ -183,14 +183,6 @@ impl CropCache {
     }
 }
 
-/// The face to use from an image: the largest box (as the evaluation does).
-pub fn largest_face(faces: &[Face]) -> Option<&Face> {
-    faces.iter().max_by(|a, b| {
-        let area = |f: &Face| (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]);
-        area(a).total_cmp(&area(b))
-    })
-}
-
 /// Decodes an image, detects faces and returns the largest one aligned into a `CACHE_PX` crop
 /// whose centre `INPUT_PX` square is exactly the model's aligned crop.
 pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec<u8>>, String> {
@@ -229,6 +221,7 @@ pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Face;
 
     fn face(x2: f32, y2: f32) -> Face {
         Face {

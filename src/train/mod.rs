@@ -461,7 +461,7 @@ fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<Prediction>
         let crops: Vec<Vec<u8>> = chunk.iter().map(|it| augment::centre(&it.crop)).collect();
         augment::normalise_batch(&crops, &mut input);
         let x = Tensor::<4>::from_data(
-            TensorData::new(input.clone(), [chunk.len(), 3, side, side]),
+            TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
         );
         let (a, g, r) = model.forward(x);
@@ -758,8 +758,10 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                     race_n += 1;
                 }
             }
-            let x =
-                Tensor::<4>::from_data(TensorData::new(input.clone(), [n, 3, side, side]), &device);
+            let x = Tensor::<4>::from_data(
+                TensorData::new(std::mem::take(&mut input), [n, 3, side, side]),
+                &device,
+            );
             let (age_logits, gender_logits, race_logits) = model.forward(x);
             let [wa, wg, wr] = config.loss_weights;
             let mut loss = soft_cross_entropy(
