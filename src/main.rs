@@ -213,6 +213,14 @@ struct RunArgs {
     /// Stop after this many decoded frames.
     #[arg(long, value_name = "N")]
     max_frames: Option<u64>,
+    /// Live cameras: reconnect at most N times in a row after the stream fails or stalls
+    /// [default: forever].
+    #[arg(long, value_name = "N")]
+    reconnect_attempts: Option<u32>,
+    /// Live cameras: no frame for this long is a stall, and the camera is reconnected
+    /// [default: 5000].
+    #[arg(long, value_name = "MS")]
+    stall_timeout_ms: Option<u64>,
     #[command(flatten)]
     detector: DetectorFlags,
     #[command(flatten)]
@@ -397,6 +405,12 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(v) = args.max_frames {
         config.source.max_frames = v;
+    }
+    if args.reconnect_attempts.is_some() {
+        config.source.reconnect_attempts = args.reconnect_attempts;
+    }
+    if let Some(v) = args.stall_timeout_ms {
+        config.source.stall_timeout_ms = v;
     }
     args.detector.apply(&mut config.detect);
     args.attributes.apply(&mut config.attributes);

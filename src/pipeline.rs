@@ -150,6 +150,26 @@ impl PipelineConfig {
                 "no input: give --input or set [source] input in the pipeline file".into(),
             ));
         }
+        let source = &self.source;
+        if source.connect_attempts == 0 {
+            return Err(PipelineError::Invalid(
+                "source connect_attempts must be at least 1".into(),
+            ));
+        }
+        if source.stall_timeout_ms < 100 {
+            return Err(PipelineError::Invalid(format!(
+                "source stall_timeout_ms = {} is too short (at least 100)",
+                source.stall_timeout_ms
+            )));
+        }
+        if source.reconnect_backoff_ms == 0
+            || source.reconnect_backoff_max_ms < source.reconnect_backoff_ms
+        {
+            return Err(PipelineError::Invalid(
+                "source reconnect_backoff_ms must be at least 1 and at most reconnect_backoff_max_ms"
+                    .into(),
+            ));
+        }
         self.detect.validate()?;
         self.align
             .validate()
@@ -167,6 +187,9 @@ pub struct RunSummary {
     pub frames_decoded: u64,
     pub frames_reported: u64,
     pub frames_dropped: u64,
+    /// Live sources: successful reconnections and the time without frames they cost.
+    pub reconnects: u32,
+    pub gap_seconds: f64,
     pub faces: u64,
     pub seconds: f64,
     /// True when the run ended early on a stop request (Ctrl-C).
@@ -181,7 +204,7 @@ impl RunSummary {
             0.0
         };
         format!(
-            "stream {} ({}): {} frames decoded, {} reported, {} dropped (behind live source); {} faces; {:.1} s, {:.1} fps{}",
+            "stream {} ({}): {} frames decoded, {} reported, {} dropped (behind live source); {} faces; {:.1} s, {:.1} fps{}{}",
             self.stream,
             self.source,
             self.frames_decoded,
@@ -190,6 +213,16 @@ impl RunSummary {
             self.faces,
             self.seconds,
             fps,
+            if self.reconnects > 0 {
+                format!(
+                    "; {} reconnection{}, {:.1} s without frames",
+                    self.reconnects,
+                    if self.reconnects == 1 { "" } else { "s" },
+                    self.gap_seconds
+                )
+            } else {
+                String::new()
+            },
             if self.interrupted {
                 "; interrupted"
             } else {
@@ -466,6 +499,7 @@ pub fn run(
                     pts_ms: d.frame.pts_ms,
                     width: d.frame.width,
                     height: d.frame.height,
+                    gap_before_ms: d.frame.gap_before_ms,
                     faces: d.faces,
                 };
                 if let Err(e) = writer.write(&record) {
@@ -503,6 +537,8 @@ pub fn run(
         frames_decoded: stats.decoded,
         frames_reported: reported,
         frames_dropped: stats.dropped_behind,
+        reconnects: stats.reconnects,
+        gap_seconds: stats.gap_ms / 1e3,
         faces,
         seconds: started.elapsed().as_secs_f64(),
         interrupted: control.stop_requested(),
@@ -528,6 +564,7 @@ mod tests {
                 width: 0,
                 height: 0,
                 rgb: Vec::new(),
+                gap_before_ms: None,
             },
             faces: Vec::new(),
         }

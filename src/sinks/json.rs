@@ -88,6 +88,9 @@ pub struct FrameRecord {
     pub pts_ms: f64,
     pub width: u32,
     pub height: u32,
+    /// Only on the first frame after a live source reconnected: milliseconds without frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_before_ms: Option<f64>,
     pub faces: Vec<FaceRecord>,
 }
 
@@ -243,6 +246,7 @@ mod tests {
             pts_ms: 0.0,
             width: 854,
             height: 480,
+            gap_before_ms: None,
             faces: vec![FaceRecord::detection(face())],
         };
         w.write(&record).unwrap();

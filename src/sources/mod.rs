@@ -3,10 +3,14 @@
 //!
 //! Files never drop a frame: when the graph falls behind, the full channel blocks decoding. Live
 //! sources (RTSP, webcams, a live test pattern) drop the oldest queued frame instead, and count it.
+//!
+//! Live cameras fail: one that errors, ends its stream or stalls (no frame within
+//! `stall_timeout_ms`, with or without end-of-stream) is rebuilt and reconnected with exponential
+//! backoff. Frame numbers and timestamps continue across the gap, and the gap is reported.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -53,6 +57,18 @@ pub struct SourceConfig {
     pub queue_frames: usize,
     /// Stop after this many decoded frames (0: no limit).
     pub max_frames: u64,
+    /// Live cameras: no frame for this long counts as a stall, and the camera is reconnected
+    /// (the first frame of a connection may take twice as long).
+    pub stall_timeout_ms: u64,
+    /// Attempts to make the first connection to a live camera before giving up.
+    pub connect_attempts: u32,
+    /// Reconnection attempts in a row after a live camera that was streaming fails; absent:
+    /// forever.
+    pub reconnect_attempts: Option<u32>,
+    /// First wait before reconnecting; it doubles with every failed attempt.
+    pub reconnect_backoff_ms: u64,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_backoff_max_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -64,6 +80,11 @@ impl Default for SourceConfig {
             live: None,
             queue_frames: 8,
             max_frames: 0,
+            stall_timeout_ms: 5000,
+            connect_attempts: 3,
+            reconnect_attempts: None,
+            reconnect_backoff_ms: 500,
+            reconnect_backoff_max_ms: 30_000,
         }
     }
 }
@@ -79,6 +100,8 @@ pub struct Frame {
     pub width: u32,
     pub height: u32,
     pub rgb: Vec<u8>,
+    /// Set on the first frame after a live source reconnected: how long no frame came.
+    pub gap_before_ms: Option<f64>,
 }
 
 /// Identity of a stream, shared by its frames.
@@ -92,10 +115,14 @@ pub struct StreamInfo {
 }
 
 /// Frame counts of one stream, for the end summary.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceStats {
     pub decoded: u64,
     pub dropped_behind: u64,
+    /// Successful reconnections of a live source.
+    pub reconnects: u32,
+    /// Time without frames across all reconnections, milliseconds.
+    pub gap_ms: f64,
 }
 
 /// Where the frames come from, parsed from the `input` string.
@@ -255,9 +282,12 @@ fn check_file(input: &str, path: &Path) -> Result<(), SourceError> {
 pub struct Source {
     input: String,
     info: Arc<StreamInfo>,
+    kind: InputKind,
+    config: SourceConfig,
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
-    max_frames: u64,
+    /// Live cameras (not files or test patterns) are reconnected when they fail or stall.
+    reconnects: bool,
 }
 
 fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
@@ -267,106 +297,186 @@ fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
     }
 }
 
+/// How one connection of a source ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ended {
+    EndOfStream,
+    /// Stop request, frame limit reached, or nobody downstream any more.
+    Finished,
+    /// No frame within the stall timeout.
+    Stalled(Duration),
+}
+
+/// Wait before reconnection attempt `attempt` (1, 2, …): `initial`, doubling, at most `max`.
+pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(30);
+    initial.saturating_mul(1u32 << doublings).min(max)
+}
+
+/// Keeps a live stream's timestamps increasing across reconnections: each new connection's
+/// running time starts again at 0, so it is shifted onto wall-clock time since the first frame.
+#[derive(Debug, Default)]
+struct PtsClock {
+    /// When the stream's first frame came, and its timestamp.
+    first_frame: Option<(Instant, f64)>,
+    offset_ms: f64,
+    /// The next frame starts a new connection.
+    rebase: bool,
+    last_ms: Option<f64>,
+}
+
+impl PtsClock {
+    fn place(&mut self, raw_ms: f64, now: Instant) -> f64 {
+        let (first_at, first_ms) = *self.first_frame.get_or_insert((now, raw_ms));
+        if std::mem::take(&mut self.rebase) {
+            self.offset_ms = first_ms + now.duration_since(first_at).as_secs_f64() * 1e3 - raw_ms;
+        }
+        let mut pts_ms = raw_ms + self.offset_ms;
+        if self.offset_ms != 0.0
+            && let Some(last) = self.last_ms
+            && pts_ms <= last
+        {
+            pts_ms = last + 1.0;
+        }
+        self.last_ms = Some(pts_ms);
+        pts_ms
+    }
+}
+
+/// Where a source stands across connections.
+#[derive(Debug)]
+struct Session {
+    stats: SourceStats,
+    clock: PtsClock,
+    last_frame_at: Option<Instant>,
+    /// Set while reconnecting: since when no frame came.
+    gap_since: Option<Instant>,
+    /// Failed attempts in a row (reset by a frame).
+    failures: u32,
+    /// Caps and format of the current connection.
+    video_info: Option<(gst::Caps, gst_video::VideoInfo)>,
+}
+
+/// Builds the GStreamer pipeline of `kind`: source → (decode) → videoconvert → RGB appsink.
+fn build_pipeline(
+    input: &str,
+    kind: &InputKind,
+    config: &SourceConfig,
+    stream_id: &str,
+) -> Result<(gst::Pipeline, gst_app::AppSink, String, bool), SourceError> {
+    let pipeline = gst::Pipeline::with_name(&format!("source-{stream_id}"));
+    let convert = gst::ElementFactory::make("videoconvert")
+        .build()
+        .map_err(|e| build_err(input, e))?;
+    let rgb_caps = gst_video::VideoCapsBuilder::new()
+        .format(gst_video::VideoFormat::Rgb)
+        .build();
+    let appsink = gst_app::AppSink::builder()
+        .caps(&rgb_caps)
+        .sync(false)
+        .max_buffers(2)
+        .drop(false)
+        .build();
+    pipeline
+        .add_many([&convert, appsink.upcast_ref()])
+        .map_err(|e| build_err(input, e))?;
+    convert.link(&appsink).map_err(|e| build_err(input, e))?;
+
+    let (uri, live) = match kind {
+        InputKind::TestPattern(spec) => {
+            let src = gst::ElementFactory::make("videotestsrc")
+                .property("is-live", spec.live)
+                // frames=0: endless (soak runs).
+                .property(
+                    "num-buffers",
+                    if spec.frames == 0 {
+                        -1
+                    } else {
+                        i32::try_from(spec.frames).unwrap_or(i32::MAX)
+                    },
+                )
+                .property_from_str("pattern", &spec.pattern)
+                .build()
+                .map_err(|e| build_err(input, e))?;
+            let caps = gst_video::VideoCapsBuilder::new()
+                .width(spec.width as i32)
+                .height(spec.height as i32)
+                .framerate(gst::Fraction::new(spec.fps as i32, 1))
+                .build();
+            let filter = gst::ElementFactory::make("capsfilter")
+                .property("caps", &caps)
+                .build()
+                .map_err(|e| build_err(input, e))?;
+            pipeline
+                .add_many([&src, &filter])
+                .map_err(|e| build_err(input, e))?;
+            gst::Element::link_many([&src, &filter, &convert]).map_err(|e| build_err(input, e))?;
+            (input.to_string(), spec.live)
+        }
+        InputKind::Uri { uri, live } => {
+            let decode = gst::ElementFactory::make("uridecodebin")
+                .property("uri", uri)
+                .build()
+                .map_err(|e| build_err(input, e))?;
+            let (tcp, latency) = (config.rtsp_tcp, config.rtsp_latency_ms);
+            decode.connect("source-setup", false, move |args| {
+                if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok())
+                    && src.find_property("latency").is_some()
+                    && src.find_property("protocols").is_some()
+                {
+                    src.set_property("latency", latency);
+                    if tcp {
+                        src.set_property_from_str("protocols", "tcp");
+                    }
+                }
+                None
+            });
+            pipeline.add(&decode).map_err(|e| build_err(input, e))?;
+            let convert_weak = convert.downgrade();
+            let pipeline_weak = pipeline.downgrade();
+            decode.connect_pad_added(move |_, pad| {
+                let is_video = pad
+                    .current_caps()
+                    .or_else(|| Some(pad.query_caps(None)))
+                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
+                    .unwrap_or(false);
+                if is_video
+                    && let Some(convert) = convert_weak.upgrade()
+                    && let Some(sink) = convert.static_pad("sink")
+                    && !sink.is_linked()
+                {
+                    let _ = pad.link(&sink);
+                    return;
+                }
+                // Audio and extra video streams go to a fakesink so they never block the demuxer.
+                if let Some(pipeline) = pipeline_weak.upgrade()
+                    && let Ok(fake) = gst::ElementFactory::make("fakesink")
+                        .property("sync", false)
+                        .property("async", false)
+                        .build()
+                    && pipeline.add(&fake).is_ok()
+                {
+                    let _ = fake.sync_state_with_parent();
+                    if let Some(sink) = fake.static_pad("sink") {
+                        let _ = pad.link(&sink);
+                    }
+                }
+            });
+            (uri.clone(), *live)
+        }
+    };
+    Ok((pipeline, appsink, uri, live))
+}
+
 impl Source {
     /// Builds the pipeline for stream `stream_id`; nothing runs until [`Source::run`].
     pub fn build(config: &SourceConfig, stream_id: &str) -> Result<Self, SourceError> {
         init_gstreamer()?;
         let input = config.input.as_str();
         let kind = parse_input(input, config.live)?;
-        let pipeline = gst::Pipeline::with_name(&format!("source-{stream_id}"));
-        let convert = gst::ElementFactory::make("videoconvert")
-            .build()
-            .map_err(|e| build_err(input, e))?;
-        let rgb_caps = gst_video::VideoCapsBuilder::new()
-            .format(gst_video::VideoFormat::Rgb)
-            .build();
-        let appsink = gst_app::AppSink::builder()
-            .caps(&rgb_caps)
-            .sync(false)
-            .max_buffers(2)
-            .drop(false)
-            .build();
-        pipeline
-            .add_many([&convert, appsink.upcast_ref()])
-            .map_err(|e| build_err(input, e))?;
-        convert.link(&appsink).map_err(|e| build_err(input, e))?;
-
-        let (uri, live) = match &kind {
-            InputKind::TestPattern(spec) => {
-                let src = gst::ElementFactory::make("videotestsrc")
-                    .property("is-live", spec.live)
-                    .property("num-buffers", spec.frames as i32)
-                    .property_from_str("pattern", &spec.pattern)
-                    .build()
-                    .map_err(|e| build_err(input, e))?;
-                let caps = gst_video::VideoCapsBuilder::new()
-                    .width(spec.width as i32)
-                    .height(spec.height as i32)
-                    .framerate(gst::Fraction::new(spec.fps as i32, 1))
-                    .build();
-                let filter = gst::ElementFactory::make("capsfilter")
-                    .property("caps", &caps)
-                    .build()
-                    .map_err(|e| build_err(input, e))?;
-                pipeline
-                    .add_many([&src, &filter])
-                    .map_err(|e| build_err(input, e))?;
-                gst::Element::link_many([&src, &filter, &convert])
-                    .map_err(|e| build_err(input, e))?;
-                (input.to_string(), spec.live)
-            }
-            InputKind::Uri { uri, live } => {
-                let decode = gst::ElementFactory::make("uridecodebin")
-                    .property("uri", uri)
-                    .build()
-                    .map_err(|e| build_err(input, e))?;
-                let (tcp, latency) = (config.rtsp_tcp, config.rtsp_latency_ms);
-                decode.connect("source-setup", false, move |args| {
-                    if let Some(src) = args.get(1).and_then(|v| v.get::<gst::Element>().ok())
-                        && src.find_property("latency").is_some()
-                        && src.find_property("protocols").is_some()
-                    {
-                        src.set_property("latency", latency);
-                        if tcp {
-                            src.set_property_from_str("protocols", "tcp");
-                        }
-                    }
-                    None
-                });
-                pipeline.add(&decode).map_err(|e| build_err(input, e))?;
-                let convert_weak = convert.downgrade();
-                let pipeline_weak = pipeline.downgrade();
-                decode.connect_pad_added(move |_, pad| {
-                    let is_video = pad
-                        .current_caps()
-                        .or_else(|| Some(pad.query_caps(None)))
-                        .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                        .unwrap_or(false);
-                    if is_video
-                        && let Some(convert) = convert_weak.upgrade()
-                        && let Some(sink) = convert.static_pad("sink")
-                        && !sink.is_linked()
-                    {
-                        let _ = pad.link(&sink);
-                        return;
-                    }
-                    // Audio and extra video streams go to a fakesink so they never block the demuxer.
-                    if let Some(pipeline) = pipeline_weak.upgrade()
-                        && let Ok(fake) = gst::ElementFactory::make("fakesink")
-                            .property("sync", false)
-                            .property("async", false)
-                            .build()
-                        && pipeline.add(&fake).is_ok()
-                    {
-                        let _ = fake.sync_state_with_parent();
-                        if let Some(sink) = fake.static_pad("sink") {
-                            let _ = pad.link(&sink);
-                        }
-                    }
-                });
-                (uri.clone(), *live)
-            }
-        };
+        let (pipeline, appsink, uri, live) = build_pipeline(input, &kind, config, stream_id)?;
+        let reconnects =
+            live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
         Ok(Self {
             input: input.to_string(),
             info: Arc::new(StreamInfo {
@@ -374,9 +484,11 @@ impl Source {
                 uri,
                 live,
             }),
+            kind,
+            config: config.clone(),
             pipeline,
             appsink,
-            max_frames: config.max_frames,
+            reconnects,
         })
     }
 
@@ -392,14 +504,97 @@ impl Source {
     }
 
     /// Plays the pipeline and sends every decoded frame to `out` until end of stream, a stop
-    /// request or an error. Always leaves the pipeline in the Null state.
-    pub fn run(self, out: &Output<Frame>, control: &Control) -> Result<SourceStats, SourceError> {
-        let result = self.pump(out, control);
-        let _ = self.pipeline.set_state(gst::State::Null);
-        result
+    /// request or an error; live cameras that fail or stall are reconnected (see the module
+    /// docs). Always leaves the pipeline in the Null state.
+    pub fn run(
+        mut self,
+        out: &Output<Frame>,
+        control: &Control,
+    ) -> Result<SourceStats, SourceError> {
+        let mut session = Session {
+            stats: SourceStats::default(),
+            clock: PtsClock::default(),
+            last_frame_at: None,
+            gap_since: None,
+            failures: 0,
+            video_info: None,
+        };
+        loop {
+            let outcome = self.pump(out, control, &mut session);
+            let _ = self.pipeline.set_state(gst::State::Null);
+            let reason = match outcome {
+                Ok(Ended::Finished) => return Ok(session.stats),
+                Ok(Ended::EndOfStream) if !self.reconnects => return Ok(session.stats),
+                Err(e) if !self.reconnects => return Err(e),
+                Ok(Ended::EndOfStream) => "the stream ended".to_string(),
+                Ok(Ended::Stalled(waited)) => {
+                    format!("no frame for {:.1} s", waited.as_secs_f64())
+                }
+                Err(SourceError::Stream { message, .. }) => message,
+                Err(e) => e.to_string(),
+            };
+            session.failures += 1;
+            let streamed = session.stats.decoded > 0;
+            let limit = if streamed {
+                self.config.reconnect_attempts
+            } else {
+                Some(self.config.connect_attempts.saturating_sub(1))
+            };
+            if limit.is_some_and(|n| session.failures > n) {
+                let tries = session.failures;
+                return Err(self.stream_error(if streamed {
+                    format!(
+                        "{reason}; gave up after {} reconnection attempts",
+                        tries - 1
+                    )
+                } else {
+                    format!("{reason} (tried {tries} times)")
+                }));
+            }
+            let delay = backoff_delay(
+                session.failures,
+                Duration::from_millis(self.config.reconnect_backoff_ms),
+                Duration::from_millis(self.config.reconnect_backoff_max_ms),
+            );
+            let of = limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+            let message = format!(
+                "{}: {reason}; {} in {:.1} s (attempt {} of {of})",
+                self.input,
+                if streamed {
+                    "reconnecting"
+                } else {
+                    "connecting again"
+                },
+                delay.as_secs_f64(),
+                session.failures,
+            );
+            // A camera that never answered ends in one error line; retries show with -v.
+            if streamed {
+                tracing::warn!("{message}");
+            } else {
+                tracing::info!("{message}");
+            }
+            if session.gap_since.is_none() {
+                session.gap_since = Some(session.last_frame_at.unwrap_or_else(Instant::now));
+            }
+            if !sleep_unless_stopped(delay, control) {
+                return Ok(session.stats);
+            }
+            let (pipeline, appsink, _, _) =
+                build_pipeline(&self.input, &self.kind, &self.config, &self.info.id)?;
+            self.pipeline = pipeline;
+            self.appsink = appsink;
+            session.video_info = None;
+            session.clock.rebase = true;
+        }
     }
 
-    fn pump(&self, out: &Output<Frame>, control: &Control) -> Result<SourceStats, SourceError> {
+    fn pump(
+        &self,
+        out: &Output<Frame>,
+        control: &Control,
+        session: &mut Session,
+    ) -> Result<Ended, SourceError> {
         let bus = self
             .pipeline
             .bus()
@@ -410,13 +605,14 @@ impl Source {
                 .bus_error(&bus, Duration::from_secs(2))
                 .unwrap_or_else(|| self.stream_error("cannot start the pipeline".into())));
         }
-        let mut stats = SourceStats::default();
-        let mut video_info: Option<(gst::Caps, gst_video::VideoInfo)> = None;
+        let stall_timeout = Duration::from_millis(self.config.stall_timeout_ms.max(1));
+        let connected_at = Instant::now();
+        let mut frames_here = 0u64;
         let mut last_pts_ms: Option<f64> = None;
         loop {
             if control.stop_requested() {
                 tracing::info!(stream = %self.info.id, "source stopping on request");
-                break;
+                return Ok(Ended::Finished);
             }
             if let Some(e) = self.bus_error(&bus, Duration::ZERO) {
                 return Err(e);
@@ -430,25 +626,51 @@ impl Source {
                     if let Some(e) = self.bus_error(&bus, Duration::ZERO) {
                         return Err(e);
                     }
-                    tracing::info!(stream = %self.info.id, frames = stats.decoded, "end of stream");
-                    self.warn_if_short(last_pts_ms, &video_info);
-                    break;
+                    tracing::info!(stream = %self.info.id, frames = session.stats.decoded, "end of stream");
+                    self.warn_if_short(last_pts_ms, &session.video_info);
+                    return Ok(Ended::EndOfStream);
+                }
+                if self.reconnects {
+                    let (since, allowed) = match session.last_frame_at {
+                        Some(t) if frames_here > 0 => (t, stall_timeout),
+                        _ => (connected_at, stall_timeout * 2),
+                    };
+                    let waited = since.elapsed();
+                    if waited > allowed {
+                        return Ok(Ended::Stalled(waited));
+                    }
                 }
                 continue;
             };
-            let frame = self.frame_from_sample(&sample, stats.decoded, &mut video_info)?;
-            stats.decoded += 1;
+            let now = Instant::now();
+            let mut frame =
+                self.frame_from_sample(&sample, session.stats.decoded, &mut session.video_info)?;
+            frame.pts_ms = session.clock.place(frame.pts_ms, now);
+            if let Some(since) = session.gap_since.take() {
+                let gap_ms = now.duration_since(since).as_secs_f64() * 1e3;
+                session.stats.reconnects += 1;
+                session.stats.gap_ms += gap_ms;
+                frame.gap_before_ms = Some(gap_ms);
+                tracing::warn!(
+                    "{}: reconnected; no frames for {:.1} s",
+                    self.input,
+                    gap_ms / 1e3
+                );
+            }
+            session.failures = 0;
+            session.last_frame_at = Some(now);
+            session.stats.decoded += 1;
+            frames_here += 1;
             last_pts_ms = Some(frame.pts_ms);
             match out.send(frame, control) {
                 Sent::Delivered => {}
-                Sent::DroppedOldest(n) => stats.dropped_behind += n,
-                Sent::Closed => break,
+                Sent::DroppedOldest(n) => session.stats.dropped_behind += n,
+                Sent::Closed => return Ok(Ended::Finished),
             }
-            if self.max_frames > 0 && stats.decoded >= self.max_frames {
-                break;
+            if self.config.max_frames > 0 && session.stats.decoded >= self.config.max_frames {
+                return Ok(Ended::Finished);
             }
         }
-        Ok(stats)
     }
 
     /// A file whose stream ends well before the duration its header announces is truncated or
@@ -458,7 +680,7 @@ impl Source {
         last_pts_ms: Option<f64>,
         video_info: &Option<(gst::Caps, gst_video::VideoInfo)>,
     ) {
-        if self.info.live || self.max_frames > 0 {
+        if self.info.live || self.config.max_frames > 0 {
             return;
         }
         let Some(duration) = self.pipeline.query_duration::<gst::ClockTime>() else {
@@ -575,8 +797,22 @@ impl Source {
             width: width as u32,
             height: height as u32,
             rgb,
+            gap_before_ms: None,
         })
     }
+}
+
+/// Sleeps for `delay` in short steps; false when a stop was requested meanwhile.
+fn sleep_unless_stopped(delay: Duration, control: &Control) -> bool {
+    let until = Instant::now() + delay;
+    while !control.stop_requested() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    false
 }
 
 #[cfg(test)]
@@ -608,6 +844,35 @@ mod tests {
         assert!(parse_input("testsrc://ball?size=0x10", None).is_err());
         assert!(parse_input("testsrc://ball?frames=many", None).is_err());
         assert!(parse_input("testsrc://ball?colour=red", None).is_err());
+    }
+
+    #[test]
+    fn reconnection_backoff_doubles_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        let waits: Vec<u128> = (1..=8)
+            .map(|attempt| backoff_delay(attempt, ms(500), ms(10_000)).as_millis())
+            .collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+        assert_eq!(backoff_delay(0, ms(500), ms(10_000)), ms(500));
+        assert_eq!(backoff_delay(u32::MAX, ms(500), ms(30_000)), ms(30_000));
+    }
+
+    #[test]
+    fn timestamps_continue_on_wall_time_across_a_reconnection() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut clock = PtsClock::default();
+        // A file or first connection keeps its own timestamps.
+        assert_eq!(clock.place(100.0, at(0)), 100.0);
+        assert_eq!(clock.place(140.0, at(40)), 140.0);
+        // The camera comes back 3 s later; its running time starts again near 0.
+        clock.rebase = true;
+        let after_gap = clock.place(5.0, at(3040));
+        assert!((after_gap - 3140.0).abs() < 1e-6, "{after_gap}");
+        assert!((clock.place(45.0, at(3080)) - 3180.0).abs() < 1e-6);
+        // A reconnected stream whose clock jumps back never yields an earlier timestamp.
+        let back = clock.place(0.0, at(3100));
+        assert!(back > 3180.0, "{back}");
     }
 
     #[test]

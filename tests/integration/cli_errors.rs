@@ -164,6 +164,8 @@ fn missing_or_corrupt_mtcnn_models() {
 
 #[test]
 fn rtsp_camera_that_refuses_the_connection() {
+    // Three attempts (the default), 0.5 s and 1 s apart, then one error line.
     let e = fails(&["run", "--input", "rtsp://127.0.0.1:1/stream", "--json", "-"]);
     assert!(e.starts_with("error: rtsp://127.0.0.1:1/stream: "), "{e}");
+    assert!(e.ends_with("(tried 3 times)"), "{e}");
 }

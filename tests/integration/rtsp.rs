@@ -1,5 +1,8 @@
 //! `faceflow run` against an RTSP server started inside the test (gst-rtsp-server on 127.0.0.1).
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use gstreamer as gst;
 use gstreamer::glib;
 use gstreamer_rtsp_server as rtsp_server;
@@ -7,37 +10,58 @@ use gstreamer_rtsp_server::prelude::*;
 
 use crate::util::*;
 
-/// A live H.264 test stream at rtsp://127.0.0.1:PORT/test, served until dropped.
+/// A live H.264 test stream at rtsp://127.0.0.1:PORT/test, served until stopped or dropped.
 struct TestServer {
-    port: i32,
+    port: u16,
+    server: rtsp_server::RTSPServer,
+    /// A valve before the encoder: closed, the camera stalls (no data, no end of stream).
+    gate: Arc<Mutex<Option<gst::Element>>>,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestServer {
     fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// Serves on `port` (0: any free port); a restarted camera comes back on its old port.
+    fn start_on(port: u16) -> Self {
         gst::init().unwrap();
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
-        server.set_service("0");
+        server.set_service(&port.to_string());
         let factory = rtsp_server::RTSPMediaFactory::new();
         factory.set_launch(
             "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=20/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )",
+             ! valve name=gate drop=false ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )",
         );
         factory.set_shared(true);
+        let gate = Arc::new(Mutex::new(None));
+        let gate_slot = gate.clone();
+        factory.connect_media_configure(move |_, media| {
+            let bin = media.element().downcast::<gst::Bin>().ok();
+            if let (Some(valve), Ok(mut slot)) =
+                (bin.and_then(|b| b.by_name("gate")), gate_slot.lock())
+            {
+                *slot = Some(valve);
+            }
+        });
         server.mount_points().unwrap().add_factory("/test", factory);
         let ctx = glib::MainContext::new();
         let _source = server.attach(Some(&ctx)).unwrap();
-        let port = server.bound_port();
+        let port = u16::try_from(server.bound_port()).unwrap();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
         let ml = main_loop.clone();
+        let keep = server.clone();
         let thread = std::thread::spawn(move || {
-            let _keep = server;
+            let _keep = keep;
             ctx.with_thread_default(|| ml.run()).unwrap();
         });
         Self {
             port,
+            server,
+            gate,
             main_loop,
             thread: Some(thread),
         }
@@ -46,14 +70,112 @@ impl TestServer {
     fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/test", self.port)
     }
-}
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
+    /// Stops (or restarts) the flow of frames while connections stay up.
+    fn set_stalled(&self, stalled: bool) {
+        let gate = self.gate.lock().unwrap();
+        gate.as_ref()
+            .expect("the stream is not playing")
+            .set_property("drop", stalled);
+    }
+
+    /// The camera goes away: clients are disconnected, streaming stops, the port closes.
+    fn stop(mut self) -> u16 {
+        self.shut_down();
+        self.port
+    }
+
+    fn shut_down(&mut self) {
+        self.server
+            .client_filter(Some(&mut |_, _| rtsp_server::RTSPFilterResult::Remove));
         self.main_loop.quit();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Starts `faceflow run` on `url` with JSON on standard output, collecting records as they come.
+struct LiveRun {
+    child: std::process::Child,
+    records: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl LiveRun {
+    fn start(url: &str, extra: &[&str]) -> Self {
+        let mut child = bin()
+            .args(["run", "--input", url, "--no-attributes", "--json", "-"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, records) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let record: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(record).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            records,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until `n` records have come (panics after `limit`).
+    fn wait_for_records(&mut self, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.seen.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.records.recv_timeout(left) {
+                Ok(r) => self.seen.push(r),
+                Err(e) => panic!("only {} of {n} records: {e:?}", self.seen.len()),
+            }
+        }
+    }
+
+    /// Waits for the exit (kills and panics after `limit`); returns the status, all records and
+    /// standard error.
+    fn finish(
+        mut self,
+        limit: Duration,
+    ) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("faceflow did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.seen.extend(self.records.iter());
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, self.seen, stderr)
     }
 }
 
@@ -104,4 +226,116 @@ fn rtsp_stream_over_udp() {
 #[test]
 fn rtsp_stream_over_tcp() {
     check_live_run(&["--rtsp-tcp", "--rtsp-latency-ms", "100"]);
+}
+
+#[test]
+fn camera_that_goes_away_and_comes_back_is_reconnected() {
+    let server = TestServer::start();
+    let url = server.url();
+    let mut run = LiveRun::start(
+        &url,
+        &[
+            "--max-frames",
+            "60",
+            "--stall-timeout-ms",
+            "1500",
+            "--reconnect-attempts",
+            "20",
+        ],
+    );
+    run.wait_for_records(15, Duration::from_secs(60));
+    let port = server.stop();
+    let stopped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let _restarted = TestServer::start_on(port);
+    let (status, records, stderr) = run.finish(Duration::from_secs(90));
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Every decoded frame is reported or counted as dropped, in order, across the reconnection.
+    assert_live_accounting(&records, &stderr, 60);
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
+    assert!(stderr.contains("1 reconnection,"), "{stderr}");
+    // The gap is on the first record after it, and timestamps keep increasing through it.
+    let gaps: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r["gap_before_ms"].as_f64())
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert!(gaps[0] >= 3000.0, "{gaps:?}");
+    assert!(
+        gaps[0] < stopped_at.elapsed().as_secs_f64() * 1e3,
+        "{gaps:?}"
+    );
+    let pts: Vec<f64> = records
+        .iter()
+        .map(|r| r["pts_ms"].as_f64().unwrap())
+        .collect();
+    assert!(pts.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
+    assert!(
+        pts.windows(2).any(|w| w[1] - w[0] >= 2500.0),
+        "no jump over the gap: {pts:?}"
+    );
+}
+
+#[test]
+fn camera_that_stays_away_ends_with_one_error_after_the_configured_attempts() {
+    let server = TestServer::start();
+    let url = server.url();
+    let mut run = LiveRun::start(
+        &url,
+        &[
+            "--rtsp-tcp",
+            "--stall-timeout-ms",
+            "1000",
+            "--reconnect-attempts",
+            "2",
+        ],
+    );
+    run.wait_for_records(10, Duration::from_secs(60));
+    server.stop();
+    let stopped_at = Instant::now();
+    let (status, records, stderr) = run.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(20),
+        "took {:?} to give up",
+        stopped_at.elapsed()
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with(&format!("error: {url}: ")), "{stderr}");
+    assert!(
+        last.ends_with("gave up after 2 reconnection attempts"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // What came before the camera went away is all there, numbered from 0.
+    let frames: Vec<u64> = records
+        .iter()
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    assert!(frames.len() >= 10 && frames[0] == 0, "{frames:?}");
+    assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+}
+
+#[test]
+fn camera_that_stalls_without_ending_is_detected_and_reconnected() {
+    let server = TestServer::start();
+    let mut run = LiveRun::start(
+        &server.url(),
+        &["--max-frames", "50", "--stall-timeout-ms", "1000"],
+    );
+    run.wait_for_records(15, Duration::from_secs(60));
+    server.set_stalled(true);
+    std::thread::sleep(Duration::from_secs(3));
+    server.set_stalled(false);
+    let (status, records, stderr) = run.finish(Duration::from_secs(90));
+    assert!(status.success(), "{stderr}");
+    assert_live_accounting(&records, &stderr, 50);
+    assert!(stderr.contains("no frame for 1."), "{stderr}");
+    assert!(stderr.contains("1 reconnection,"), "{stderr}");
+    let gaps: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r["gap_before_ms"].as_f64())
+        .collect();
+    assert!(gaps.len() == 1 && gaps[0] >= 1000.0, "{gaps:?}");
 }
