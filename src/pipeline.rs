@@ -633,3 +633,123 @@ mod tests {
         assert!(n >= 3);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A pipeline file's error names the file, a line that exists (or the one after the end) and
+    /// a column, on one line.
+    fn assert_positioned(err: &PipelineError, text: &str) -> Result<(), TestCaseError> {
+        let msg = err.to_string();
+        prop_assert!(!msg.contains('\n'), "{}", msg);
+        let rest = msg.strip_prefix("p.toml:");
+        prop_assert!(rest.is_some(), "{}", msg);
+        let mut parts = rest.unwrap_or_default().splitn(3, ':');
+        let line: usize = parts.next().unwrap_or_default().parse().unwrap_or(0);
+        let column: usize = parts.next().unwrap_or_default().parse().unwrap_or(0);
+        prop_assert!(line >= 1 && line <= text.lines().count() + 1, "{}", msg);
+        prop_assert!(column >= 1, "{}", msg);
+        Ok(())
+    }
+
+    fn config() -> impl Strategy<Value = PipelineConfig> {
+        (
+            "[^\u{0}]{0,40}",
+            any::<bool>(),
+            0u32..5000,
+            1usize..64,
+            0u64..(i64::MAX as u64),
+            proptest::option::of(0u32..100),
+            (1.0f64..400.0, 0.05f64..0.99, 0usize..8),
+            (
+                any::<bool>(),
+                prop::sample::select(vec![3u32, 5, 10]),
+                1usize..128,
+            ),
+        )
+            .prop_map(
+                |(input, tcp, latency, queue, max_frames, reconnect, detect, attributes)| {
+                    let mut c = PipelineConfig::default();
+                    c.source.input = input;
+                    c.source.rtsp_tcp = tcp;
+                    c.source.rtsp_latency_ms = latency;
+                    c.source.queue_frames = queue;
+                    c.source.max_frames = max_frames;
+                    c.source.reconnect_attempts = reconnect;
+                    (
+                        c.detect.min_face_px,
+                        c.detect.scale_factor,
+                        c.detect.workers,
+                    ) = (detect.0, detect.1, detect.2);
+                    (
+                        c.attributes.enabled,
+                        c.attributes.age_groups,
+                        c.attributes.max_batch,
+                    ) = attributes;
+                    c
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_fails_with_a_position(text in "\\PC{0,200}") {
+            if let Err(e) = PipelineConfig::parse(&text, Path::new("p.toml")) {
+                assert_positioned(&e, &text)?;
+            }
+        }
+
+        #[test]
+        fn toml_like_text_parses_or_fails_with_a_position(
+            lines in prop::collection::vec(
+                prop_oneof![
+                    Just("[source]".to_string()),
+                    Just("[detect]".to_string()),
+                    Just("[attributes]".to_string()),
+                    "[a-z_]{1,12} = [0-9a-z\"\\.\\[\\], -]{0,12}",
+                    "\\PC{0,20}",
+                ],
+                0..12,
+            )
+        ) {
+            let text = lines.join("\n");
+            match PipelineConfig::parse(&text, Path::new("p.toml")) {
+                Ok(config) => { let _ = config.validate(); }
+                Err(e) => assert_positioned(&e, &text)?,
+            }
+        }
+
+        #[test]
+        fn written_configs_read_back_equal(config in config()) {
+            let text = toml::to_string(&config).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back = PipelineConfig::parse(&text, Path::new("p.toml"))
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            prop_assert_eq!(back, config);
+        }
+
+        #[test]
+        fn an_unknown_key_is_named_at_its_line(config in config(), at in any::<prop::sample::Index>()) {
+            let text = toml::to_string(&config).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut lines: Vec<&str> = text.lines().collect();
+            // After a section header, so the key lands inside a section with deny_unknown_fields.
+            let headers: Vec<usize> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with('[') && !l.starts_with("[["))
+                .map(|(i, _)| i)
+                .collect();
+            prop_assume!(!headers.is_empty());
+            let header = headers[at.index(headers.len())];
+            lines.insert(header + 1, "frobnicate = 1");
+            let text = lines.join("\n");
+            let err = PipelineConfig::parse(&text, Path::new("p.toml"))
+                .err()
+                .ok_or_else(|| TestCaseError::fail("unknown key accepted"))?;
+            let msg = err.to_string();
+            prop_assert!(msg.starts_with(&format!("p.toml:{}:", header + 2)), "{}\n{}", msg, text);
+            prop_assert!(msg.contains("frobnicate"), "{}", msg);
+        }
+    }
+}

@@ -341,3 +341,72 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn point(range: f32) -> impl Strategy<Value = [f32; 2]> {
+        [-range..range, -range..range]
+    }
+
+    proptest! {
+        #[test]
+        fn any_landmarks_give_a_whole_crop_or_none(
+            landmarks in [point(1e30), point(1e30), point(1e30), point(1e30), point(1e30)],
+            width in 0usize..48,
+            height in 0usize..48,
+            crop_px in 8u32..96,
+            margin in 0f32..2.0,
+        ) {
+            let grey = vec![200u8; width * height * 3];
+            let config = AlignConfig { crop_px, margin };
+            if let Some(crop) = align_face(&grey, width, height, &landmarks, &config) {
+                prop_assert_eq!(crop.len(), (crop_px * crop_px * 3) as usize);
+                prop_assert!(crop.iter().all(|&v| v <= 200));
+            }
+        }
+
+        #[test]
+        fn faces_near_and_past_the_frame_edges_align(
+            landmarks in [point(80.0), point(80.0), point(80.0), point(80.0), point(80.0)],
+            width in 1usize..64,
+            height in 1usize..64,
+        ) {
+            let grey = vec![200u8; width * height * 3];
+            let config = AlignConfig::default();
+            if let Some(crop) = align_face(&grey, width, height, &landmarks, &config) {
+                prop_assert_eq!(crop.len(), (config.crop_px * config.crop_px * 3) as usize);
+                prop_assert!(crop.iter().all(|&v| v <= 200));
+            }
+        }
+
+        #[test]
+        fn landmarks_of_a_moved_template_map_back_onto_it(
+            scale in 0.05f32..20.0,
+            angle in -3.1f32..3.1,
+            tx in -2000f32..2000.0,
+            ty in -2000f32..2000.0,
+        ) {
+            let config = AlignConfig::default();
+            let template = config.template_in_crop();
+            let frame_from_template = Similarity {
+                a: scale * angle.cos(),
+                b: scale * angle.sin(),
+                tx,
+                ty,
+            };
+            let landmarks = template.map(|p| frame_from_template.apply(p));
+            let m = crop_from_frame(&landmarks, &config);
+            prop_assert!(m.is_some());
+            let m = m.unwrap_or(frame_from_template);
+            for (p, t) in landmarks.iter().zip(template) {
+                let q = m.apply(*p);
+                prop_assert!((q[0] - t[0]).abs() < 0.05 && (q[1] - t[1]).abs() < 0.05,
+                    "{:?} -> {:?}, want {:?}", p, q, t);
+            }
+            prop_assert!((m.scale() * scale - 1.0).abs() < 1e-3);
+        }
+    }
+}

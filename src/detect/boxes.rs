@@ -174,3 +174,39 @@ mod tests {
         assert_eq!(crop_rect(&BoxF::new(0.0, -20.0, 10.0, -1.0), 30, 100), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn crops_stay_inside_the_frame_whatever_the_box(
+            x1 in prop::num::f32::ANY,
+            y1 in prop::num::f32::ANY,
+            x2 in prop::num::f32::ANY,
+            y2 in prop::num::f32::ANY,
+            frame_w in 0usize..5000,
+            frame_h in 0usize..5000,
+        ) {
+            if let Some(r) = crop_rect(&BoxF::new(x1, y1, x2, y2), frame_w, frame_h) {
+                prop_assert!(r.x0 < r.x1 && r.x1 <= frame_w, "{:?} in {}x{}", r, frame_w, frame_h);
+                prop_assert!(r.y0 < r.y1 && r.y1 <= frame_h, "{:?} in {}x{}", r, frame_w, frame_h);
+            }
+        }
+
+        #[test]
+        fn squared_boxes_keep_their_centre_and_longer_side(
+            x in -1e4f32..1e4, y in -1e4f32..1e4, w in 0f32..1e4, h in 0f32..1e4,
+        ) {
+            let b = BoxF::new(x, y, x + w, y + h);
+            let s = square(&b);
+            let tol = 1e-3 * (1.0 + x.abs().max(y.abs()) + w.max(h));
+            prop_assert!((s.width() - s.height()).abs() <= tol);
+            prop_assert!((s.width() - b.width().max(b.height())).abs() <= tol);
+            prop_assert!(((s.x1 + s.x2) - (b.x1 + b.x2)).abs() <= tol);
+            prop_assert!(((s.y1 + s.y2) - (b.y1 + b.y2)).abs() <= tol);
+        }
+    }
+}

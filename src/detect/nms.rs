@@ -136,3 +136,53 @@ mod tests {
         assert!(nms(&[], &[], 0.5, Overlap::Union).is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Up to hundreds of boxes, many overlapping, some reaching past the frame's edges.
+    fn scored_boxes() -> impl Strategy<Value = Vec<(BoxF, f32)>> {
+        prop::collection::vec(
+            (
+                -40f32..400.0,
+                -40f32..400.0,
+                0f32..200.0,
+                0f32..200.0,
+                0f32..=1.0,
+            )
+                .prop_map(|(x, y, w, h, s)| (BoxF::new(x, y, x + w, y + h), s)),
+            0..400,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn nms_keeps_a_maximal_set_of_boxes_that_do_not_overlap(
+            items in scored_boxes(),
+            threshold in 0.05f32..0.95,
+            by_min in any::<bool>(),
+        ) {
+            let overlap = if by_min { Overlap::Min } else { Overlap::Union };
+            let (boxes, scores): (Vec<BoxF>, Vec<f32>) = items.into_iter().unzip();
+            let keep = nms(&boxes, &scores, threshold, overlap);
+            let mut seen = vec![false; boxes.len()];
+            for &k in &keep {
+                prop_assert!(!seen[k], "index {} kept twice", k);
+                seen[k] = true;
+            }
+            prop_assert!(keep.windows(2).all(|w| scores[w[0]] >= scores[w[1]]));
+            for (a, &i) in keep.iter().enumerate() {
+                for &j in &keep[a + 1..] {
+                    prop_assert!(overlap_of(&boxes[i], &boxes[j], overlap) <= threshold);
+                }
+            }
+            // Every dropped box lost to a kept box at least as confident.
+            for j in (0..boxes.len()).filter(|&j| !seen[j]) {
+                prop_assert!(keep.iter().any(|&i| scores[i] >= scores[j]
+                    && overlap_of(&boxes[i], &boxes[j], overlap) > threshold));
+            }
+        }
+    }
+}

@@ -372,3 +372,32 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_pyramid_level_fits_a_pnet_window(
+            width in 0u32..20_000,
+            height in 0u32..20_000,
+            min_face_px in 1.0f64..2000.0,
+            factor in 0.05f64..0.95,
+        ) {
+            let scales = pyramid_scales(width, height, min_face_px, factor);
+            prop_assert!(scales.len() < 400);
+            prop_assert!(scales.windows(2).all(|w| w[1] < w[0]));
+            for &s in &scales {
+                let (w, h) = scaled_size(width, height, s);
+                prop_assert!(s.is_finite() && s > 0.0);
+                prop_assert!(w >= 12 && h >= 12, "{}x{} at {} -> {}x{}", width, height, s, w, h);
+            }
+            // A frame whose shorter side holds a minimum face gets at least one level.
+            if f64::from(width.min(height)) >= min_face_px {
+                prop_assert!(!scales.is_empty());
+            }
+        }
+    }
+}

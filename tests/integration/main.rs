@@ -5,6 +5,7 @@ mod util;
 mod attributes;
 mod cli_errors;
 mod detect_images;
+mod geometry;
 mod parity;
 mod rtsp;
 mod run_video;
