@@ -217,6 +217,10 @@ struct RunArgs {
     /// [default: forever].
     #[arg(long, value_name = "N")]
     reconnect_attempts: Option<u32>,
+    /// Print a health line (frames, queue depths, resident memory) to standard error every this
+    /// many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    stats_every: Option<f64>,
     /// Live cameras: no frame for this long is a stall, and the camera is reconnected
     /// [default: 5000].
     #[arg(long, value_name = "MS")]
@@ -412,6 +416,9 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     if let Some(v) = args.stall_timeout_ms {
         config.source.stall_timeout_ms = v;
     }
+    if let Some(v) = args.stats_every {
+        config.stats_interval_s = v;
+    }
     args.detector.apply(&mut config.detect);
     args.attributes.apply(&mut config.attributes);
     if args.no_attributes {
@@ -427,7 +434,16 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         }) as pipeline::Progress
     });
     let had_progress = progress.is_some();
-    let summary = pipeline::run(&config, control, progress);
+    let hooks = pipeline::RunHooks {
+        progress,
+        health: Some(Box::new(move |health: &pipeline::Health| {
+            if had_progress {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("{}", health.line());
+        })),
+    };
+    let summary = pipeline::run(&config, control, hooks);
     if had_progress {
         eprint!("\r\x1b[K");
     }

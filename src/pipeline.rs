@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use crate::detect::{DetectConfig, Mtcnn};
 use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::model::AgeGrouping;
 use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter};
-use crate::sources::{Frame, Source, SourceConfig, SourceStats};
+use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -58,6 +59,8 @@ pub struct PipelineConfig {
     pub json: JsonConfig,
     /// Frames queued between detect and the sinks.
     pub queue_frames: usize,
+    /// Report health (frames, queue depths, memory) every this many seconds; 0: never.
+    pub stats_interval_s: f64,
 }
 
 /// The age/gender/race stage.
@@ -175,6 +178,12 @@ impl PipelineConfig {
             .validate()
             .map_err(|e| PipelineError::Invalid(e.to_string()))?;
         self.attributes.grouping()?;
+        if !(self.stats_interval_s >= 0.0 && self.stats_interval_s.is_finite()) {
+            return Err(PipelineError::Invalid(format!(
+                "stats_interval_s = {} must be 0 (off) or a number of seconds",
+                self.stats_interval_s
+            )));
+        }
         Ok(())
     }
 }
@@ -248,6 +257,60 @@ struct Dispatch {
 
 /// Progress callback: frames reported so far.
 pub type Progress = Box<dyn FnMut(u64, Duration) + Send>;
+
+/// Health callback, every `stats_interval_s`.
+pub type HealthReport = Box<dyn FnMut(&Health) + Send>;
+
+/// Callbacks of a run.
+#[derive(Default)]
+pub struct RunHooks {
+    pub progress: Option<Progress>,
+    pub health: Option<HealthReport>,
+}
+
+/// How a running pipeline is doing: counts so far, queue depths, resident memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub seconds: f64,
+    pub frames_decoded: u64,
+    pub frames_reported: u64,
+    pub frames_dropped: u64,
+    pub faces: u64,
+    /// Resident memory of the process (Linux), MiB.
+    pub rss_mb: Option<f64>,
+    /// Queue name, items waiting, capacity.
+    pub queues: Vec<(&'static str, usize, usize)>,
+}
+
+impl Health {
+    /// One `key=value` line, easy to read and to parse.
+    pub fn line(&self) -> String {
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .map(|(name, depth, cap)| format!("{name}:{depth}/{cap}"))
+            .collect();
+        format!(
+            "stats: t={:.0}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}",
+            self.seconds,
+            self.frames_decoded,
+            self.frames_reported,
+            self.frames_dropped,
+            self.faces,
+            self.rss_mb
+                .map_or_else(|| "?".into(), |m| format!("{m:.1}")),
+            queues.join(",")
+        )
+    }
+}
+
+/// Resident memory of this process in MiB (from /proc; `None` elsewhere).
+pub fn resident_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
 
 fn detect_worker(
     detector: &mut Mtcnn,
@@ -381,16 +444,57 @@ impl Reorder {
     }
 }
 
+/// Reports [`Health`] at a fixed interval while the graph runs.
+struct Monitor {
+    every: Duration,
+    started: Instant,
+    source: Arc<SourceCounters>,
+    sink: Arc<Mutex<(u64, u64)>>,
+    probes: Vec<graph::QueueProbe>,
+}
+
+impl Monitor {
+    fn run(&self, mut report: HealthReport, done: &AtomicBool) {
+        let mut next = self.started + self.every;
+        while !done.load(Ordering::SeqCst) {
+            if Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            next += self.every;
+            let (reported, faces) = self.sink.lock().map(|n| *n).unwrap_or_default();
+            report(&Health {
+                seconds: self.started.elapsed().as_secs_f64(),
+                frames_decoded: self.source.decoded.load(Ordering::Relaxed),
+                frames_reported: reported,
+                frames_dropped: self.source.dropped_behind.load(Ordering::Relaxed),
+                faces,
+                rss_mb: resident_memory_mb(),
+                queues: self
+                    .probes
+                    .iter()
+                    .map(|p| (p.name, p.depth(), p.capacity))
+                    .collect(),
+            });
+        }
+    }
+}
+
 /// Builds every stage, then runs the graph until end of stream, a stop request or the first error.
 pub fn run(
     config: &PipelineConfig,
     control: Control,
-    mut progress: Option<Progress>,
+    hooks: RunHooks,
 ) -> Result<RunSummary, PipelineError> {
+    let RunHooks {
+        mut progress,
+        health,
+    } = hooks;
     config.validate()?;
     // Build everything before anything starts: a bad model or output path fails here.
     let source = Source::build(&config.source, "0")?;
     let info = source.info();
+    let source_counters = source.counters();
     let workers = config.detect.effective_workers();
     let worker_config = DetectConfig {
         threads: config.detect.threads_per_worker(workers),
@@ -429,6 +533,7 @@ pub fn run(
         }
         Ok(())
     });
+    let mut probes = vec![frames_in.probe(), detected_in.probe()];
     let dispatch = Arc::new(Mutex::new(Dispatch {
         input: frames_in,
         next_seq: 0,
@@ -453,6 +558,7 @@ pub fn run(
                 config.queue_frames.max(2 * workers),
                 WhenFull::Block,
             );
+            probes.push(annotated_in.probe());
             let attr_config = config.attributes.clone();
             graph.add_stage("attributes", move |c| {
                 let result = attributes_stage(
@@ -524,7 +630,29 @@ pub fn run(
         writer.flush().map_err(|e| e.to_string())?;
         result
     });
-    let outcome = graph.run();
+    let outcome = match health {
+        Some(report) if config.stats_interval_s > 0.0 => {
+            let monitor = Monitor {
+                every: Duration::from_secs_f64(config.stats_interval_s),
+                started,
+                source: source_counters,
+                sink: sink_counts.clone(),
+                probes,
+            };
+            let done = AtomicBool::new(false);
+            let done = &done;
+            std::thread::scope(|scope| {
+                scope.spawn(move || monitor.run(report, done));
+                let outcome = graph.run();
+                done.store(true, Ordering::SeqCst);
+                outcome
+            })
+        }
+        _ => {
+            drop(probes);
+            graph.run()
+        }
+    };
     let stats = source_stats.lock().map(|s| s.clone()).unwrap_or_default();
     let (reported, faces) = sink_counts.lock().map(|n| *n).unwrap_or_default();
     outcome.map_err(|e| match e.stage.as_str() {

@@ -210,6 +210,32 @@ pub enum Received<T> {
     Disconnected,
 }
 
+/// Reads how full a channel is, for periodic health reports. It holds a receiving end, so a
+/// channel with a probe never reports `Sent::Closed`; stages end on end-of-stream or the stop flag.
+pub struct QueueProbe {
+    pub name: &'static str,
+    pub capacity: usize,
+    depth: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl QueueProbe {
+    /// Items waiting now.
+    pub fn depth(&self) -> usize {
+        (self.depth)()
+    }
+}
+
+impl<T: Send + 'static> Input<T> {
+    pub fn probe(&self) -> QueueProbe {
+        let rx = self.rx.clone();
+        QueueProbe {
+            name: self.name,
+            capacity: rx.capacity().unwrap_or(0),
+            depth: Box::new(move || rx.len()),
+        }
+    }
+}
+
 impl<T> Input<T> {
     pub fn name(&self) -> &'static str {
         self.name

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -123,6 +124,13 @@ pub struct SourceStats {
     pub reconnects: u32,
     /// Time without frames across all reconnections, milliseconds.
     pub gap_ms: f64,
+}
+
+/// Live frame counts of a running source, read by health reports while it runs.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    pub decoded: AtomicU64,
+    pub dropped_behind: AtomicU64,
 }
 
 /// Where the frames come from, parsed from the `input` string.
@@ -288,6 +296,7 @@ pub struct Source {
     appsink: gst_app::AppSink,
     /// Live cameras (not files or test patterns) are reconnected when they fail or stall.
     reconnects: bool,
+    counters: Arc<SourceCounters>,
 }
 
 fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
@@ -489,11 +498,17 @@ impl Source {
             pipeline,
             appsink,
             reconnects,
+            counters: Arc::default(),
         })
     }
 
     pub fn info(&self) -> Arc<StreamInfo> {
         self.info.clone()
+    }
+
+    /// Frame counts, updated while [`Source::run`] runs.
+    pub fn counters(&self) -> Arc<SourceCounters> {
+        self.counters.clone()
     }
 
     fn stream_error(&self, message: String) -> SourceError {
@@ -662,10 +677,18 @@ impl Source {
             session.stats.decoded += 1;
             frames_here += 1;
             last_pts_ms = Some(frame.pts_ms);
-            match out.send(frame, control) {
-                Sent::Delivered => {}
-                Sent::DroppedOldest(n) => session.stats.dropped_behind += n,
-                Sent::Closed => return Ok(Ended::Finished),
+            let sent = out.send(frame, control);
+            if let Sent::DroppedOldest(n) = sent {
+                session.stats.dropped_behind += n;
+            }
+            self.counters
+                .decoded
+                .store(session.stats.decoded, Ordering::Relaxed);
+            self.counters
+                .dropped_behind
+                .store(session.stats.dropped_behind, Ordering::Relaxed);
+            if sent == Sent::Closed {
+                return Ok(Ended::Finished);
             }
             if self.config.max_frames > 0 && session.stats.decoded >= self.config.max_frames {
                 return Ok(Ended::Finished);

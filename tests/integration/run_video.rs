@@ -211,3 +211,49 @@ fn truncated_file_reports_every_decoded_frame_then_warns() {
     assert!(stderr.contains("truncated or damaged"), "{stderr}");
     assert_contiguous_and_all_reported(&records, &stderr);
 }
+
+#[test]
+fn health_lines_report_counts_queues_and_memory_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let out = run_ok(
+        bin()
+            .args([
+                "run",
+                "--input",
+                "testsrc://ball?frames=0&size=320x240&fps=20&live=true",
+                "--max-frames",
+                "40",
+                "--stats-every",
+                "0.5",
+                "--json",
+            ])
+            .arg(&json),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stats: Vec<&str> = stderr.lines().filter(|l| l.starts_with("stats: ")).collect();
+    // 40 frames at 20 fps take 2 s: three or four reports.
+    assert!(stats.len() >= 2, "{stderr}");
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing in {line}"))
+            .to_string()
+    };
+    let mut last_decoded = 0;
+    for line in &stats {
+        let decoded: u64 = field(line, "decoded").parse().unwrap();
+        let reported: u64 = field(line, "reported").parse().unwrap();
+        let dropped: u64 = field(line, "dropped").parse().unwrap();
+        assert!(decoded >= last_decoded && reported + dropped <= decoded, "{line}");
+        last_decoded = decoded;
+        let rss: f64 = field(line, "rss_mb").parse().unwrap();
+        assert!(rss > 10.0 && rss < 4096.0, "{line}");
+        let queues = field(line, "queues");
+        assert!(queues.starts_with("frames:") && queues.contains(",detected:"), "{line}");
+        assert!(queues.contains("/8,"), "{line}");
+    }
+    assert!(last_decoded > 0 && last_decoded <= 40);
+    let records = read_jsonl(&json);
+    assert_live_accounting(&records, &stderr, 40);
+}
