@@ -339,3 +339,40 @@ fn camera_that_stalls_without_ending_is_detected_and_reconnected() {
         .collect();
     assert!(gaps.len() == 1 && gaps[0] >= 1000.0, "{gaps:?}");
 }
+
+#[test]
+fn ctrl_c_while_the_camera_is_away_exits_promptly_with_complete_json() {
+    let server = TestServer::start();
+    let mut run = LiveRun::start(&server.url(), &["--stall-timeout-ms", "1000"]);
+    run.wait_for_records(10, Duration::from_secs(60));
+    server.stop();
+    // Now reconnecting with backoff, forever by default.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let interrupted_at = Instant::now();
+    let (status, records, stderr) = run.finish(Duration::from_secs(30));
+    assert!(
+        interrupted_at.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        interrupted_at.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let (frames, _) = assert_live_accounting(&records, &stderr, records_decoded(&stderr));
+    assert_eq!(frames[0], 0);
+}
+
+/// The decoded count of the end summary.
+fn records_decoded(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("): ")?;
+            rest.split_once(" frames decoded")?.0.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no summary in {stderr}"))
+}

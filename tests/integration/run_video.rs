@@ -231,7 +231,10 @@ fn health_lines_report_counts_queues_and_memory_while_running() {
             .arg(&json),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let stats: Vec<&str> = stderr.lines().filter(|l| l.starts_with("stats: ")).collect();
+    let stats: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stats: "))
+        .collect();
     // 40 frames at 20 fps take 2 s: three or four reports.
     assert!(stats.len() >= 2, "{stderr}");
     let field = |line: &str, key: &str| -> String {
@@ -245,12 +248,18 @@ fn health_lines_report_counts_queues_and_memory_while_running() {
         let decoded: u64 = field(line, "decoded").parse().unwrap();
         let reported: u64 = field(line, "reported").parse().unwrap();
         let dropped: u64 = field(line, "dropped").parse().unwrap();
-        assert!(decoded >= last_decoded && reported + dropped <= decoded, "{line}");
+        assert!(
+            decoded >= last_decoded && reported + dropped <= decoded,
+            "{line}"
+        );
         last_decoded = decoded;
         let rss: f64 = field(line, "rss_mb").parse().unwrap();
         assert!(rss > 10.0 && rss < 4096.0, "{line}");
         let queues = field(line, "queues");
-        assert!(queues.starts_with("frames:") && queues.contains(",detected:"), "{line}");
+        assert!(
+            queues.starts_with("frames:") && queues.contains(",detected:"),
+            "{line}"
+        );
         assert!(queues.contains("/8,"), "{line}");
     }
     assert!(last_decoded > 0 && last_decoded <= 40);
