@@ -79,6 +79,8 @@ pub struct AttributesConfig {
     pub max_wait_ms: u64,
     /// ONNX Runtime threads of the attribute model.
     pub threads: usize,
+    /// Also run each face mirrored and average (steadier, twice the model cost).
+    pub flip_average: bool,
 }
 
 impl Default for AttributesConfig {
@@ -90,6 +92,7 @@ impl Default for AttributesConfig {
             max_batch: 32,
             max_wait_ms: 10,
             threads: 1,
+            flip_average: false,
         }
     }
 }
@@ -117,7 +120,8 @@ impl AttributesConfig {
                 "attributes: max_batch must be at least 1".into(),
             ));
         }
-        let model = AttributeModel::load(&self.model_path(), self.threads.max(1))?;
+        let mut model = AttributeModel::load(&self.model_path(), self.threads.max(1))?;
+        model.set_flip_average(self.flip_average);
         Ok(Some((model, grouping)))
     }
 }

@@ -52,6 +52,8 @@ pub struct AttributeModel {
     session: Session,
     spec: ModelSpec,
     input: Vec<f32>,
+    /// Also run every crop mirrored and average the logits (test-time augmentation).
+    flip_average: bool,
 }
 
 /// Where the default model is: next to the executable's project (target/<profile>/faceflow →
@@ -127,11 +129,22 @@ impl AttributeModel {
             session,
             spec,
             input: Vec::new(),
+            flip_average: false,
         })
     }
 
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// Runs each crop and its mirror image and averages their logits: a face and its mirror have
+    /// the same age, gender and race, and the average is steadier than either (twice the cost).
+    pub fn set_flip_average(&mut self, on: bool) {
+        self.flip_average = on;
+    }
+
+    pub fn flip_average(&self) -> bool {
+        self.flip_average
     }
 
     /// Raw logits for normalised planar input (`batch × 3 × INPUT_PX²`): age, gender, race, each
@@ -185,9 +198,11 @@ impl AttributeModel {
     pub fn predict(&mut self, crops: &[Vec<u8>]) -> Result<Vec<Prediction>, AttributeError> {
         let side = INPUT_PX as usize;
         let per = 3 * side * side;
+        let n = crops.len();
+        let views = if self.flip_average { 2 } else { 1 };
         let mut input = std::mem::take(&mut self.input);
         input.clear();
-        input.resize(crops.len() * per, 0.0);
+        input.resize(views * n * per, 0.0);
         for (i, crop) in crops.iter().enumerate() {
             if crop.len() != side * side * 3 {
                 return Err(AttributeError::Inference(format!(
@@ -198,9 +213,31 @@ impl AttributeModel {
             }
             normalise_into(crop, &mut input[i * per..(i + 1) * per]);
         }
-        let result = self.logits(&input, crops.len());
+        if self.flip_average {
+            // Mirrors follow the originals: crop i's mirror is item n + i.
+            let (originals, mirrors) = input.split_at_mut(n * per);
+            for (row, mirrored) in originals
+                .chunks_exact(side)
+                .zip(mirrors.chunks_exact_mut(side))
+            {
+                for (m, v) in mirrored.iter_mut().zip(row.iter().rev()) {
+                    *m = *v;
+                }
+            }
+        }
+        let result = self.logits(&input, views * n);
         self.input = input;
-        let [age, gender, race] = result?;
+        let [mut age, mut gender, mut race] = result?;
+        if self.flip_average {
+            for logits in [&mut age, &mut gender, &mut race] {
+                let half = logits.len() / 2;
+                let (originals, mirrors) = logits.split_at_mut(half);
+                for (o, m) in originals.iter_mut().zip(mirrors.iter()) {
+                    *o = 0.5 * (*o + *m);
+                }
+                logits.truncate(half);
+            }
+        }
         let (g, r) = (GENDER_LABELS.len(), RACE_LABELS.len());
         Ok((0..crops.len())
             .map(|i| {

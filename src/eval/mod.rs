@@ -61,6 +61,8 @@ pub struct EvalOptions {
 pub struct EvalReport {
     pub model: String,
     pub spec: ModelSpec,
+    /// Each face was also read mirrored and the two averaged.
+    pub flip_average: bool,
     pub split: Split,
     pub seed: u64,
     pub val_fraction: f64,
@@ -150,6 +152,7 @@ pub fn evaluate(
     EvalReport {
         model: model_name.to_string(),
         spec,
+        flip_average: model.flip_average(),
         split: opts.split,
         seed: opts.seed,
         val_fraction: opts.val_fraction,
@@ -176,7 +179,7 @@ pub fn markdown(report: &EvalReport) -> String {
     let _ = writeln!(
         md,
         "Split: {:?} (seed {}, validation fraction {}), {} images, {} without a face (counted wrong). \
-         Age metrics on ages 1-80 ({} images). Trained tasks: {}.\n",
+         Age metrics on ages 1-80 ({} images). Trained tasks: {}. Mirror averaging: {}.\n",
         report.split,
         report.seed,
         report.val_fraction,
@@ -189,7 +192,8 @@ pub fn markdown(report: &EvalReport) -> String {
             .iter()
             .map(|t| t.name())
             .collect::<Vec<_>>()
-            .join("+")
+            .join("+"),
+        if report.flip_average { "on" } else { "off" }
     );
     let _ = writeln!(md, "| metric | value |\n|---|---|");
     for g in AgeGrouping::ALL {

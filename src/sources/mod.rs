@@ -312,8 +312,11 @@ enum Ended {
     EndOfStream,
     /// Stop request, frame limit reached, or nobody downstream any more.
     Finished,
-    /// No frame within the stall timeout.
-    Stalled(Duration),
+    /// No frame within the stall timeout; `streaming`: frames had come on this connection.
+    Stalled {
+        waited: Duration,
+        streaming: bool,
+    },
 }
 
 /// Wait before reconnection attempt `attempt` (1, 2, …): `initial`, doubling, at most `max`.
@@ -542,9 +545,11 @@ impl Source {
                 Ok(Ended::EndOfStream) if !self.reconnects => return Ok(session.stats),
                 Err(e) if !self.reconnects => return Err(e),
                 Ok(Ended::EndOfStream) => "the stream ended".to_string(),
-                Ok(Ended::Stalled(waited)) => {
-                    format!("no frame for {:.1} s", waited.as_secs_f64())
-                }
+                Ok(Ended::Stalled { waited, streaming }) => format!(
+                    "no frame {} {:.1} s",
+                    if streaming { "for" } else { "within" },
+                    waited.as_secs_f64()
+                ),
                 Err(SourceError::Stream { message, .. }) => message,
                 Err(e) => e.to_string(),
             };
@@ -652,7 +657,10 @@ impl Source {
                     };
                     let waited = since.elapsed();
                     if waited > allowed {
-                        return Ok(Ended::Stalled(waited));
+                        return Ok(Ended::Stalled {
+                            waited,
+                            streaming: frames_here > 0,
+                        });
                     }
                 }
                 continue;

@@ -313,3 +313,40 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
         &["1-11", "12-23", "24-39", "40-55", "56-80"],
     );
 }
+
+#[test]
+fn flip_averaging_reads_a_face_and_its_mirror_alike() {
+    use faceflow::attributes::AttributeModel;
+    use faceflow::model::spec::INPUT_PX;
+    let side = INPUT_PX as usize;
+    // A real face crop: the demo portrait through detection and alignment.
+    let image = image::open(project_root().join("samples/astronaut.png"))
+        .unwrap()
+        .to_rgb8();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut mtcnn = faceflow::detect::Mtcnn::new(Default::default()).unwrap();
+    let faces = mtcnn.detect(image.as_raw(), w, h).unwrap();
+    let face = faceflow::detect::largest_face(&faces).unwrap();
+    let crop = faceflow::attributes::crop_for_model(image.as_raw(), w, h, face).unwrap();
+    let mirror: Vec<u8> = crop
+        .chunks_exact(side * 3)
+        .flat_map(|row| {
+            row.chunks_exact(3)
+                .rev()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut model = AttributeModel::load(&default_model(), 1).unwrap();
+    let plain = model.predict(&[crop.clone(), mirror.clone()]).unwrap();
+    model.set_flip_average(true);
+    let averaged = model.predict(&[crop, mirror]).unwrap();
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+    // With averaging, a crop and its mirror are the same input twice.
+    assert!(close(&averaged[0].age_fine, &averaged[1].age_fine));
+    assert!(close(&averaged[0].gender, &averaged[1].gender));
+    assert!(close(&averaged[0].race, &averaged[1].race));
+    // Without it they differ (the network is not symmetric), so the test above has teeth.
+    assert!(!close(&plain[0].age_fine, &plain[1].age_fine));
+}
