@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -374,6 +374,14 @@ fn one_line(e: &anyhow::Error) -> String {
 
 /// Ctrl-C / SIGTERM: the first asks the graph to stop (frames in flight finish, outputs are
 /// flushed); a second exits at once.
+/// A flag raised by the first Ctrl-C / SIGTERM, for loops that stop between items.
+fn interrupt_flag(what: &'static str) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let raised = flag.clone();
+    on_interrupt(what, move || raised.store(true, Ordering::SeqCst));
+    flag
+}
+
 fn install_interrupt_handler(control: Control) {
     on_interrupt("stopping", move || control.request_stop());
 }
@@ -491,7 +499,13 @@ fn process_images(
     })?;
     let mut failures = 0usize;
     let show_progress = images.len() > 1 && std::io::stderr().is_terminal();
+    let stop = interrupt_flag("stopping after this image");
+    let mut finished = 0;
     for (done, path) in images.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        finished = done + 1;
         if show_progress {
             eprint!("\rimage {}/{} ", done + 1, images.len());
         }
@@ -511,6 +525,13 @@ fn process_images(
         eprint!("\r\x1b[K");
     }
     writer.flush()?;
+    if stop.load(Ordering::SeqCst) && finished < images.len() {
+        eprintln!(
+            "faceflow: interrupted after {finished} of {} images; their records are complete",
+            images.len()
+        );
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     if failures > 0 {
         bail!(
             "{failures} of {} images could not be processed",
@@ -544,6 +565,8 @@ fn cmd_analyze(args: AnalyzeArgs) -> Result<ExitCode> {
 }
 
 fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
+    // Before the (seconds-long) folder scan, so an early Ctrl-C is heard too.
+    let stop = interrupt_flag("stopping after this image; the report covers the images done");
     use faceflow::eval;
     let mut detect = DetectConfig::default();
     args.detector.apply(&mut detect);
@@ -583,6 +606,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
                 eprintln!("eval: {done}/{total} images, {rate:.0}/s");
             }
         }
+        !stop.load(Ordering::SeqCst)
     };
     let report = eval::evaluate(
         &mut detector,
@@ -601,10 +625,18 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     }
     println!("{}", report.tally.line());
     eprintln!(
-        "eval: report in {} ({} files)",
+        "eval: report in {} ({} files){}",
         args.report.display(),
-        written.len()
+        written.len(),
+        if report.interrupted {
+            "; interrupted"
+        } else {
+            ""
+        }
     );
+    if report.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,6 +71,8 @@ pub struct EvalReport {
     pub attributes_ms_per_face: f64,
     pub seconds: f64,
     pub no_face: Vec<String>,
+    /// Stopped early (Ctrl-C): the numbers cover only the images done.
+    pub interrupted: bool,
 }
 
 impl EvalReport {
@@ -103,19 +105,21 @@ pub fn select(opts: &EvalOptions) -> Result<(Vec<Sample>, dataset::ScanReport), 
     Ok((samples, report))
 }
 
-/// Scores `samples`; `progress(done, total)` after each image. Unreadable images count as missed.
+/// Scores `samples`; `progress(done, total)` after each image, which returns false to stop early
+/// (Ctrl-C): the report then covers the images done. Unreadable images count as missed.
 pub fn evaluate(
     detector: &mut Mtcnn,
     model: &mut AttributeModel,
     model_name: &str,
     samples: &[Sample],
     opts: &EvalOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> EvalReport {
     let started = Instant::now();
     let (mut detect_s, mut attr_s, mut faces) = (0f64, 0f64, 0usize);
     let mut tally = Tally::default();
     let mut no_face = Vec::new();
+    let mut interrupted = false;
     let spec = model.spec().clone();
     for (i, sample) in samples.iter().enumerate() {
         let truth = Truth {
@@ -147,7 +151,10 @@ pub fn evaluate(
             no_face.push(sample.path.display().to_string());
         }
         tally.add(&truth, prediction.as_ref());
-        progress(i + 1, samples.len());
+        if !progress(i + 1, samples.len()) {
+            interrupted = true;
+            break;
+        }
     }
     EvalReport {
         model: model_name.to_string(),
@@ -161,6 +168,7 @@ pub fn evaluate(
         attributes_ms_per_face: 1000.0 * attr_s / faces.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
         no_face,
+        interrupted,
     }
 }
 
@@ -195,6 +203,13 @@ pub fn markdown(report: &EvalReport) -> String {
             .join("+"),
         if report.flip_average { "on" } else { "off" }
     );
+    if report.interrupted {
+        let _ = writeln!(
+            md,
+            "**Interrupted**: these numbers cover only the first {} images.\n",
+            t.images
+        );
+    }
     let _ = writeln!(md, "| metric | value |\n|---|---|");
     for g in AgeGrouping::ALL {
         let _ = writeln!(md, "| age, {} groups | {:.3} |", g.len(), t.age_accuracy(g));

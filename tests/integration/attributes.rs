@@ -350,3 +350,30 @@ fn flip_averaging_reads_a_face_and_its_mirror_alike() {
     // Without it they differ (the network is not symmetric), so the test above has teeth.
     assert!(!close(&plain[0].age_fine, &plain[1].age_fine));
 }
+
+#[test]
+fn interrupted_eval_writes_a_report_of_the_images_done() {
+    let Some(dir) = shared_data("utkface") else {
+        return;
+    };
+    let report = tempfile::tempdir().unwrap();
+    let (out, took) = interrupt_after(
+        bin()
+            .args(["eval", "--source"])
+            .arg(&dir)
+            .arg("--report")
+            .arg(report.path()),
+        std::time::Duration::from_secs(6),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["interrupted"], true);
+    let images = json["tally"]["images"].as_u64().unwrap();
+    assert!(images > 0 && images < 20_000, "{images}");
+    let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
+    assert!(md.contains("**Interrupted**"), "{md}");
+}

@@ -49,3 +49,34 @@ fn detect_writes_records_and_aligned_crops() {
         "crop centre mean {mean}, {black} black pixels"
     );
 }
+
+#[test]
+fn interrupted_analyze_keeps_complete_records_of_the_images_done() {
+    let Some(dir) = shared_data("utkface") else {
+        return;
+    };
+    let mut images: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    images.sort();
+    images.truncate(2000);
+    let out_dir = tempfile::tempdir().unwrap();
+    let json = out_dir.path().join("faces.jsonl");
+    let (out, took) = interrupt_after(
+        bin()
+            .arg("analyze")
+            .arg(format!("--json={}", json.display()))
+            .args(&images),
+        std::time::Duration::from_secs(3),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after"), "{stderr}");
+    let records = read_jsonl(&json);
+    assert!(!records.is_empty() && records.len() < images.len());
+    for (record, image) in records.iter().zip(&images) {
+        assert_eq!(record["image"], image.display().to_string());
+    }
+}

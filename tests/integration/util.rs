@@ -104,3 +104,25 @@ pub fn assert_live_accounting(
     assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
     (frames, dropped)
 }
+
+/// Starts `cmd`, sends it SIGINT after `after`, and returns its output and how long it took to
+/// exit after the signal.
+pub fn interrupt_after(
+    cmd: &mut Command,
+    after: std::time::Duration,
+) -> (Output, std::time::Duration) {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn faceflow");
+    std::thread::sleep(after);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait for faceflow");
+    (out, signalled.elapsed())
+}
