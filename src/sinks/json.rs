@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,13 +105,18 @@ pub struct ImageRecord {
 }
 
 /// Writes one JSON object per line. Standard output is flushed after every line (a reader on a
-/// pipe sees records as they come); files are buffered and flushed at the end.
+/// pipe sees records as they come); files are buffered and flushed at least every second, always
+/// after a whole line, so `tail -f` follows a live run and a killed process leaves whole lines.
 pub struct JsonLinesWriter {
     out: Box<dyn Write + Send>,
     target: String,
     flush_each_line: bool,
     records: u64,
+    last_flush: Instant,
 }
+
+/// Longest time a complete line waits in a file writer's buffer.
+const FILE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl JsonLinesWriter {
     pub fn create(config: &JsonConfig) -> Result<Self, SinkError> {
@@ -120,6 +126,7 @@ impl JsonLinesWriter {
                 target: "standard output".into(),
                 flush_each_line: true,
                 records: 0,
+                last_flush: Instant::now(),
             });
         }
         let path = Path::new(&config.path);
@@ -134,10 +141,11 @@ impl JsonLinesWriter {
             reason,
         })?;
         Ok(Self {
-            out: Box::new(BufWriter::new(file)),
+            out: Box::new(BufWriter::with_capacity(256 * 1024, file)),
             target: config.path.clone(),
             flush_each_line: false,
             records: 0,
+            last_flush: Instant::now(),
         })
     }
 
@@ -148,6 +156,7 @@ impl JsonLinesWriter {
             target: target.into(),
             flush_each_line: false,
             records: 0,
+            last_flush: Instant::now(),
         }
     }
 
@@ -160,8 +169,9 @@ impl JsonLinesWriter {
         let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.out.write_all(&line).map_err(err)?;
-        if self.flush_each_line {
+        if self.flush_each_line || self.last_flush.elapsed() >= FILE_FLUSH_INTERVAL {
             self.out.flush().map_err(err)?;
+            self.last_flush = Instant::now();
         }
         self.records += 1;
         Ok(())

@@ -266,3 +266,32 @@ fn health_lines_report_counts_queues_and_memory_while_running() {
     let records = read_jsonl(&json);
     assert_live_accounting(&records, &stderr, 40);
 }
+
+#[test]
+fn json_file_of_a_live_run_grows_in_whole_lines_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("live.jsonl");
+    let mut child = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=0&size=320x240&fps=20&live=true",
+            "--no-attributes",
+            "--json",
+        ])
+        .arg(&json)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let text = std::fs::read_to_string(&json).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Flushed at least every second: most of 4 s of records are there, each line whole.
+    assert!(text.ends_with('\n'), "partial line at the end");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 20, "{} lines after 4 s", lines.len());
+    for line in lines {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
