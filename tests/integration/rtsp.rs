@@ -254,16 +254,21 @@ fn camera_that_goes_away_and_comes_back_is_reconnected() {
     // Every decoded frame is reported or counted as dropped, in order, across the reconnection.
     assert_live_accounting(&records, &stderr, 60);
     assert!(stderr.contains("reconnecting in"), "{stderr}");
-    assert!(stderr.contains("1 reconnection,"), "{stderr}");
-    // The gap is on the first record after it, and timestamps keep increasing through it.
+    // The gap is on the first record after it, and timestamps keep increasing through it. (A
+    // starved test machine may add a short stall of its own: at least one reconnection.)
     let gaps: Vec<f64> = records
         .iter()
         .filter_map(|r| r["gap_before_ms"].as_f64())
         .collect();
-    assert_eq!(gaps.len(), 1, "{gaps:?}");
-    assert!(gaps[0] >= 3000.0, "{gaps:?}");
+    assert!(!gaps.is_empty(), "{stderr}");
     assert!(
-        gaps[0] < stopped_at.elapsed().as_secs_f64() * 1e3,
+        stderr.contains(&format!("{} reconnection", gaps.len())),
+        "{stderr}"
+    );
+    let longest = gaps.iter().copied().fold(0.0, f64::max);
+    assert!(longest >= 3000.0, "{gaps:?}");
+    assert!(
+        longest < stopped_at.elapsed().as_secs_f64() * 1e3,
         "{gaps:?}"
     );
     let pts: Vec<f64> = records
@@ -332,12 +337,16 @@ fn camera_that_stalls_without_ending_is_detected_and_reconnected() {
     assert!(status.success(), "{stderr}");
     assert_live_accounting(&records, &stderr, 50);
     assert!(stderr.contains("no frame for 1."), "{stderr}");
-    assert!(stderr.contains("1 reconnection,"), "{stderr}");
     let gaps: Vec<f64> = records
         .iter()
         .filter_map(|r| r["gap_before_ms"].as_f64())
         .collect();
-    assert!(gaps.len() == 1 && gaps[0] >= 1000.0, "{gaps:?}");
+    assert!(!gaps.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} reconnection", gaps.len())),
+        "{stderr}"
+    );
+    assert!(gaps.iter().any(|&g| g >= 1000.0), "{gaps:?}");
 }
 
 #[test]
