@@ -10,8 +10,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 epochs=${1:-6}
 data=../shared/data/utkface
-bin=target/release/faceflow
-[ -x "$bin" ] || cargo build --release --locked --features train
+# The test-profile build is optimised and shares its build of burn with `cargo test --features
+# train` (a plain `cargo build --features train` resolves features differently and rebuilds burn).
+bin=target/debug/faceflow
+cargo test --locked --features train --no-run --quiet
 run() { # name, extra flags...
   local name=$1; shift
   local out=runs/study-$name
