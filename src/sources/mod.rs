@@ -295,7 +295,7 @@ pub struct Source {
     pipeline: gst::Pipeline,
     appsink: gst_app::AppSink,
     /// Live cameras (not files or test patterns) are reconnected when they fail or stall.
-    reconnects: bool,
+    reconnectable: bool,
     counters: Arc<SourceCounters>,
 }
 
@@ -487,7 +487,7 @@ impl Source {
         let input = config.input.as_str();
         let kind = parse_input(input, config.live)?;
         let (pipeline, appsink, uri, live) = build_pipeline(input, &kind, config, stream_id)?;
-        let reconnects =
+        let reconnectable =
             live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
         Ok(Self {
             input: input.to_string(),
@@ -500,7 +500,7 @@ impl Source {
             config: config.clone(),
             pipeline,
             appsink,
-            reconnects,
+            reconnectable,
             counters: Arc::default(),
         })
     }
@@ -542,8 +542,8 @@ impl Source {
             let _ = self.pipeline.set_state(gst::State::Null);
             let reason = match outcome {
                 Ok(Ended::Finished) => return Ok(session.stats),
-                Ok(Ended::EndOfStream) if !self.reconnects => return Ok(session.stats),
-                Err(e) if !self.reconnects => return Err(e),
+                Ok(Ended::EndOfStream) if !self.reconnectable => return Ok(session.stats),
+                Err(e) if !self.reconnectable => return Err(e),
                 Ok(Ended::EndOfStream) => "the stream ended".to_string(),
                 Ok(Ended::Stalled { waited, streaming }) => format!(
                     "no frame {} {:.1} s",
@@ -650,7 +650,7 @@ impl Source {
                     self.warn_if_short(last_pts_ms, &session.video_info);
                     return Ok(Ended::EndOfStream);
                 }
-                if self.reconnects {
+                if self.reconnectable {
                     let (since, allowed) = match session.last_frame_at {
                         Some(t) if frames_here > 0 => (t, stall_timeout),
                         _ => (connected_at, stall_timeout * 2),

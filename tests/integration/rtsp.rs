@@ -256,15 +256,7 @@ fn camera_that_goes_away_and_comes_back_is_reconnected() {
     assert!(stderr.contains("reconnecting in"), "{stderr}");
     // The gap is on the first record after it, and timestamps keep increasing through it. (A
     // starved test machine may add a short stall of its own: at least one reconnection.)
-    let gaps: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r["gap_before_ms"].as_f64())
-        .collect();
-    assert!(!gaps.is_empty(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} reconnection", gaps.len())),
-        "{stderr}"
-    );
+    let gaps = reconnection_gaps(&records, &stderr);
     let longest = gaps.iter().copied().fold(0.0, f64::max);
     assert!(longest >= 3000.0, "{gaps:?}");
     assert!(
@@ -337,15 +329,7 @@ fn camera_that_stalls_without_ending_is_detected_and_reconnected() {
     assert!(status.success(), "{stderr}");
     assert_live_accounting(&records, &stderr, 50);
     assert!(stderr.contains("no frame for 1."), "{stderr}");
-    let gaps: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r["gap_before_ms"].as_f64())
-        .collect();
-    assert!(!gaps.is_empty(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} reconnection", gaps.len())),
-        "{stderr}"
-    );
+    let gaps = reconnection_gaps(&records, &stderr);
     assert!(gaps.iter().any(|&g| g >= 1000.0), "{gaps:?}");
 }
 
@@ -371,17 +355,21 @@ fn ctrl_c_while_the_camera_is_away_exits_promptly_with_complete_json() {
     );
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    let (frames, _) = assert_live_accounting(&records, &stderr, records_decoded(&stderr));
+    let (frames, _) = assert_live_accounting(&records, &stderr, decoded_from_summary(&stderr));
     assert_eq!(frames[0], 0);
 }
 
-/// The decoded count of the end summary.
-fn records_decoded(stderr: &str) -> usize {
-    stderr
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once("): ")?;
-            rest.split_once(" frames decoded")?.0.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no summary in {stderr}"))
+/// The `gap_before_ms` of every record after a reconnection; at least one, and as many as the
+/// summary's reconnections.
+fn reconnection_gaps(records: &[serde_json::Value], stderr: &str) -> Vec<f64> {
+    let gaps: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r["gap_before_ms"].as_f64())
+        .collect();
+    assert!(!gaps.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} reconnection", gaps.len())),
+        "{stderr}"
+    );
+    gaps
 }

@@ -72,6 +72,16 @@ pub fn dropped_from_summary(stderr: &str) -> usize {
         .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
 }
 
+/// Frames decoded, from the end summary on stderr.
+pub fn decoded_from_summary(stderr: &str) -> usize {
+    stderr
+        .split(" frames decoded, ")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
+}
+
 /// A file run: frames numbered 0.. without gaps, and the summary says every decoded frame was reported.
 pub fn assert_contiguous_and_all_reported(records: &[Value], stderr: &str) {
     for (i, r) in records.iter().enumerate() {
