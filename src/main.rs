@@ -77,6 +77,11 @@ struct TrainArgs {
     /// With --export-only: export the best validation epoch instead of the last checkpoint.
     #[arg(long)]
     best: bool,
+    /// With --export-only: export the mean of these checkpoints of the run (e.g.
+    /// epoch-22.bpk,epoch-24.bpk,epoch-26.bpk), batch-norm statistics re-estimated on its training
+    /// crops; prints its validation.
+    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    average: Vec<String>,
     /// Heads to train: age, age,gender or age,gender,race.
     #[arg(long, default_value = "age,gender,race")]
     tasks: String,
@@ -661,7 +666,7 @@ fn detect_one(
         .to_rgb8();
     let (width, height) = image.dimensions();
     let faces = detector
-        .detect(image.as_raw(), width as usize, height as usize)
+        .detect_still(image.as_raw(), width as usize, height as usize)
         .with_context(|| format!("{}: detection failed", path.display()))?;
     if let Some(dir) = crops {
         let stem = path
@@ -730,7 +735,35 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
     }
     if args.export_only {
-        let (model, state) = train::load_model(&args.out, args.best)?;
+        let mut note = String::new();
+        let (model, state) = if args.average.is_empty() {
+            train::load_model(&args.out, args.best)?
+        } else {
+            if args.best {
+                bail!("--best and --average choose different networks: pass one of them");
+            }
+            let mut detect = DetectConfig::default();
+            args.detector.apply(&mut detect);
+            let opts = train::RunOptions {
+                out_dir: args.out.clone(),
+                cache_dir: args.cache.clone(),
+                resume: false,
+                detect,
+                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                checkpoint_every_steps: 0,
+                progress: std::io::stderr().is_terminal(),
+                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                export_path: None,
+            };
+            let (model, state, tally) = train::average_run(&opts, &args.average)?;
+            eprintln!(
+                "train: mean of {}: validation {}",
+                args.average.join(", "),
+                tally.line()
+            );
+            note = format!(", weights averaged over {}", args.average.join(" "));
+            (model, state)
+        };
         let path = args
             .export
             .unwrap_or_else(|| args.out.join("faceattr.onnx"));
@@ -739,15 +772,17 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         let input: Vec<f32> = (0..4 * 3 * side * side)
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 4.0)
             .collect();
-        let diff = train::export_run(&model, &state, &path, input, 4)?;
+        let diff = train::export_run(&model, &state, &path, input, 4, &note)?;
+        let which = if !args.average.is_empty() {
+            format!("mean of {}", args.average.join(", "))
+        } else if args.best {
+            format!("epoch {}", state.best_epoch.unwrap_or(0))
+        } else {
+            format!("epoch {}", state.epoch)
+        };
         eprintln!(
-            "train: exported {} (epoch {}; ONNX Runtime vs burn max |difference| {diff:.2e})",
-            path.display(),
-            if args.best {
-                state.best_epoch.unwrap_or(0)
-            } else {
-                state.epoch
-            }
+            "train: exported {} ({which}; ONNX Runtime vs burn max |difference| {diff:.2e})",
+            path.display()
         );
         if diff > 1e-4 {
             bail!("ONNX Runtime differs from burn by {diff:e} (more than 1e-4)");

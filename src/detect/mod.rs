@@ -284,6 +284,49 @@ impl Mtcnn {
         Ok(faces)
     }
 
+    /// For a still image: [`Mtcnn::detect`], and when that finds nothing, once more with a black
+    /// border around the picture. P-Net's windows and R-Net's and O-Net's squared boxes must overlap
+    /// the picture, and a face that fills a tightly cropped portrait (face datasets, profile
+    /// pictures) is often lost on the way; with room around it, it is found. Boxes and landmarks are
+    /// in the original picture's pixels, boxes clipped to it. Video does not retry: it costs a
+    /// second detection on every frame without a face.
+    pub fn detect_still(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Face>, DetectError> {
+        let faces = self.detect(rgb, width, height)?;
+        if !faces.is_empty() || width == 0 || height == 0 {
+            return Ok(faces);
+        }
+        let border_px =
+            ((width.max(height) as f32 * STILL_BORDER_FRACTION).round() as usize).max(1);
+        let padded = with_black_border(rgb, width, height, border_px);
+        let (padded_w, padded_h) = (width + 2 * border_px, height + 2 * border_px);
+        let found = self.detect(&padded, padded_w, padded_h)?;
+        let offset = border_px as f32;
+        let (w, h) = (width as f32, height as f32);
+        Ok(found
+            .into_iter()
+            .map(|mut face| {
+                let [x1, y1, x2, y2] = face.bbox;
+                face.bbox = [
+                    (x1 - offset).clamp(0.0, w),
+                    (y1 - offset).clamp(0.0, h),
+                    (x2 - offset).clamp(0.0, w),
+                    (y2 - offset).clamp(0.0, h),
+                ];
+                for point in &mut face.landmarks {
+                    point[0] -= offset;
+                    point[1] -= offset;
+                }
+                face
+            })
+            .filter(|f| f.bbox[2] > f.bbox[0] && f.bbox[3] > f.bbox[1])
+            .collect())
+    }
+
     /// P-Net over the pyramid: squared proposals with their P-Net scores.
     fn stage_pnet(&mut self, image: RgbView<'_>) -> Result<Vec<(BoxF, f32)>, DetectError> {
         let cfg = &self.config;
@@ -457,6 +500,20 @@ impl Mtcnn {
     }
 }
 
+/// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.
+const STILL_BORDER_FRACTION: f32 = 0.25;
+
+/// Packed RGB8 pixels with `border_px` black pixels added on every side.
+fn with_black_border(rgb: &[u8], width: usize, height: usize, border_px: usize) -> Vec<u8> {
+    let padded_w = width + 2 * border_px;
+    let mut out = vec![0u8; padded_w * (height + 2 * border_px) * 3];
+    for (y, row) in rgb.chunks_exact(width * 3).take(height).enumerate() {
+        let start = ((y + border_px) * padded_w + border_px) * 3;
+        out[start..start + width * 3].copy_from_slice(row);
+    }
+    out
+}
+
 /// One network output: its shape and its values.
 type NetOutput = (Vec<i64>, Vec<f32>);
 
@@ -509,4 +566,25 @@ fn nms_of(cands: &[Candidate], threshold: f32, overlap: Overlap) -> Vec<usize> {
     let boxes: Vec<BoxF> = cands.iter().map(|c| c.bbox).collect();
     let scores: Vec<f32> = cands.iter().map(|c| c.score).collect();
     nms(&boxes, &scores, threshold, overlap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn black_border_surrounds_the_unchanged_picture() {
+        // 2×1 picture: red, green.
+        let rgb = [255, 0, 0, 0, 255, 0];
+        let padded = with_black_border(&rgb, 2, 1, 1);
+        assert_eq!(padded.len(), 4 * 3 * 3);
+        let pixel = |x: usize, y: usize| &padded[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3];
+        assert_eq!(pixel(1, 1), &[255, 0, 0]);
+        assert_eq!(pixel(2, 1), &[0, 255, 0]);
+        let black = (0..4)
+            .flat_map(|x| (0..3).map(move |y| (x, y)))
+            .filter(|&(x, y)| !(y == 1 && (x == 1 || x == 2)))
+            .all(|(x, y)| pixel(x, y) == [0, 0, 0]);
+        assert!(black);
+    }
 }

@@ -137,7 +137,7 @@ pub fn evaluate(
                 .ok()?
                 .to_rgb8();
             let (w, h) = (image.width() as usize, image.height() as usize);
-            let found = detector.detect(image.as_raw(), w, h).ok()?;
+            let found = detector.detect_still(image.as_raw(), w, h).ok()?;
             let face = largest_face(&found)?;
             let crop = crop_for_model(image.as_raw(), w, h, face)?;
             detect_s += t0.elapsed().as_secs_f64();

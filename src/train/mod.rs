@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
 use burn::tensor::activation::log_softmax;
@@ -106,6 +106,15 @@ pub struct TrainConfig {
     pub augment: bool,
     pub label_smoothing: f32,
     pub age_readout: AgeReadout,
+    /// Training images (centre crops) over which batch-norm statistics are re-estimated before
+    /// each validation; 0 keeps the running averages of training. Runs saved before this setting
+    /// existed get the default.
+    #[serde(default = "default_batch_norm_images")]
+    pub batch_norm_images: usize,
+}
+
+fn default_batch_norm_images() -> usize {
+    4096
 }
 
 impl Default for TrainConfig {
@@ -128,6 +137,7 @@ impl Default for TrainConfig {
             augment: true,
             label_smoothing: 0.05,
             age_readout: AgeReadout::Groups(5),
+            batch_norm_images: default_batch_norm_images(),
         }
     }
 }
@@ -236,6 +246,11 @@ const STATE_FILE: &str = "state.json";
 const MODEL_FILE: &str = "model.bpk";
 const OPTIM_FILE: &str = "optim.bpk";
 const BEST_FILE: &str = "best.bpk";
+
+/// The network after epoch `epoch` (1-based), kept for weight averaging.
+pub fn epoch_file(epoch: u32) -> String {
+    format!("epoch-{epoch}.bpk")
+}
 
 /// Status lines go to standard error; `\r` progress only when asked for.
 fn say(line: &str) {
@@ -450,6 +465,45 @@ fn learning_rate(config: &TrainConfig, epoch_f: f64) -> f64 {
     config.lr * (0.01 + 0.99 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
 }
 
+/// Normalised planar centre crops of `items`, ready for a `[n, 3, H, W]` tensor.
+fn centre_batch(items: &[&Item], out: &mut Vec<f32>) {
+    let crops: Vec<Vec<u8>> = items.iter().map(|it| augment::centre(&it.crop)).collect();
+    out.clear();
+    augment::normalise_batch(&crops, out);
+}
+
+/// Re-estimates every batch norm's statistics as the plain mean over batches of `images` training
+/// centre crops (spread evenly over `items`), instead of the running average of the last few
+/// augmented training batches, which swings from epoch to epoch. `model` must live on an autodiff
+/// device (batch norm only updates its statistics there); gradients are never computed.
+fn recalibrate_batch_norm(model: &mut FaceAttrNet, items: &[Item], images: usize, batch: usize) {
+    let images = images.min(items.len());
+    if images == 0 || batch == 0 {
+        return;
+    }
+    let stride = items.len() as f64 / images as f64;
+    let chosen: Vec<&Item> = (0..images)
+        .map(|i| &items[((i as f64 * stride) as usize).min(items.len() - 1)])
+        .collect();
+    let device = Device::flex().autodiff();
+    let side = INPUT_PX as usize;
+    let mut input = Vec::new();
+    for (k, chunk) in chosen.chunks(batch).enumerate() {
+        // The k-th batch gets weight 1/(k+1): the statistics become the mean over all batches.
+        model.set_batch_norm_momentum(1.0 / (k as f64 + 1.0));
+        centre_batch(chunk, &mut input);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
+            &device,
+        );
+        drop(model.forward(x));
+    }
+    model.set_batch_norm_momentum(BATCH_NORM_MOMENTUM);
+}
+
+/// burn's default, which training uses.
+const BATCH_NORM_MOMENTUM: f64 = 0.1;
+
 /// Predictions of `model` (any device; evaluated without autodiff) on the centre crops of `items`.
 fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<Prediction> {
     let device = Device::flex();
@@ -457,9 +511,8 @@ fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<Prediction>
     let mut out = Vec::with_capacity(items.len());
     let mut input = Vec::new();
     for chunk in items.chunks(batch.max(1)) {
-        input.clear();
-        let crops: Vec<Vec<u8>> = chunk.iter().map(|it| augment::centre(&it.crop)).collect();
-        augment::normalise_batch(&crops, &mut input);
+        let refs: Vec<&Item> = chunk.iter().collect();
+        centre_batch(&refs, &mut input);
         let x = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
@@ -547,11 +600,12 @@ pub fn export_run(
     path: &Path,
     check_input: Vec<f32>,
     check_batch: usize,
+    note: &str,
 ) -> Result<f32, TrainError> {
     let model = model.valid();
     let tasks: Vec<&str> = state.config.tasks.iter().map(|t| t.name()).collect();
     let description = format!(
-        "faceflow train: tasks {}, {} epochs{}",
+        "faceflow train: tasks {}, {} epochs{}{note}",
         tasks.join("+"),
         state.history.len(),
         if state.config.simulate_multi_source {
@@ -591,14 +645,98 @@ pub fn export_run(
 /// Normalised centre crops of up to `n` validation (else training) items, for export checks.
 fn check_batch(val: &[Item], train: &[Item], n: usize) -> (Vec<f32>, usize) {
     let pool = if val.is_empty() { train } else { val };
-    let crops: Vec<Vec<u8>> = pool
-        .iter()
-        .take(n)
-        .map(|it| augment::centre(&it.crop))
-        .collect();
+    let chosen: Vec<&Item> = pool.iter().take(n).collect();
     let mut input = Vec::new();
-    augment::normalise_batch(&crops, &mut input);
-    (input, crops.len())
+    centre_batch(&chosen, &mut input);
+    (input, chosen.len())
+}
+
+/// Collects every float tensor of a module, in visiting order.
+struct CollectTensors(Vec<TensorData>);
+
+impl ModuleVisitor for CollectTensors {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+/// Replaces every float tensor by its mean with the same tensor of the other modules.
+struct MeanWith {
+    others: Vec<Vec<TensorData>>,
+    next: usize,
+}
+
+impl ModuleMapper for MeanWith {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let i = self.next;
+        self.next += 1;
+        let others = &self.others;
+        param.map(|tensor| {
+            let device = tensor.device();
+            let mut sum = tensor;
+            for other in others {
+                if let Some(data) = other.get(i) {
+                    sum = sum + Tensor::<D>::from_data(data.clone(), &device);
+                }
+            }
+            sum.div_scalar((others.len() + 1) as f64)
+        })
+    }
+}
+
+/// Averages the weights of networks of one shape (stochastic weight averaging over the epochs of
+/// a run's low-learning-rate tail): the mean of nearby solutions generalises better than any one.
+fn average_models(mut models: Vec<FaceAttrNet>) -> Option<FaceAttrNet> {
+    let first = models.first()?.clone();
+    let others = models
+        .drain(1..)
+        .map(|m| {
+            let mut collect = CollectTensors(Vec::new());
+            m.visit(&mut collect);
+            collect.0
+        })
+        .collect();
+    Some(first.map(&mut MeanWith { others, next: 0 }))
+}
+
+/// `faceflow train --export-only --average A,B,…`: the mean of checkpoints of the run in
+/// `opts.out_dir` (file names inside it, e.g. `epoch-24.bpk`), with batch-norm statistics
+/// re-estimated on its training crops, and its validation on the run's split.
+pub fn average_run(
+    opts: &RunOptions,
+    checkpoints: &[String],
+) -> Result<(FaceAttrNet, RunState, Tally), TrainError> {
+    let state = load_state(&opts.out_dir)?;
+    let mut models = Vec::new();
+    for name in checkpoints {
+        let path = opts.out_dir.join(name);
+        let record =
+            ModuleRecord::load(&path).map_err(|e| checkpoint_error(&path)(e.to_string()))?;
+        models.push(
+            FaceAttrNet::new(&Device::flex(), &state.config.net)
+                .try_load_record(record)
+                .map_err(|e| checkpoint_error(&path)(e.to_string()))?,
+        );
+    }
+    let mean = average_models(models)
+        .ok_or_else(|| TrainError::Config("--average needs at least one checkpoint".into()))?;
+    let Prepared {
+        train: train_items,
+        val: val_items,
+        ..
+    } = prepare(&state.config, opts)?;
+    // Batch norm only re-estimates its statistics on an autodiff device.
+    let mut model = FaceAttrNet::new(&Device::flex().autodiff(), &state.config.net)
+        .try_load_record(mean.into_record())
+        .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
+    let images = state
+        .config
+        .batch_norm_images
+        .max(default_batch_norm_images());
+    recalibrate_batch_norm(&mut model, &train_items, images, state.config.batch);
+    let model = model.valid();
+    let tally = validate(&model, &val_items);
+    Ok((model, state, tally))
 }
 
 /// Trains (or resumes) a run. Returns the final state and where the ONNX model went.
@@ -836,6 +974,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             break;
         }
         let seconds = epoch_start.elapsed().as_secs_f64();
+        recalibrate_batch_norm(
+            &mut model,
+            &train_items,
+            config.batch_norm_images,
+            config.batch,
+        );
         let tally = validate(&model.valid(), &val_items);
         let trained = (batches_per_epoch - start_batch) * config.batch;
         let log = EpochLog {
@@ -873,6 +1017,11 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                 .save(opts.out_dir.join(BEST_FILE))
                 .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
         }
+        model
+            .clone()
+            .into_record()
+            .save(opts.out_dir.join(epoch_file(epoch + 1)))
+            .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
         save_checkpoint(&opts.out_dir, &model, &optim, &state)?;
     }
     if stopped {
@@ -893,7 +1042,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         .clone()
         .unwrap_or_else(|| opts.out_dir.join("faceattr.onnx"));
     let (check_input, check_n) = check_batch(&val_items, &train_items, 16);
-    let diff = export_run(&model, &state, &path, check_input, check_n)?;
+    let diff = export_run(&model, &state, &path, check_input, check_n, "")?;
     say(&format!(
         "exported {} (ONNX Runtime vs burn on {check_n} crops: max |difference| {diff:.2e})",
         path.display()
@@ -926,6 +1075,77 @@ pub fn label_summary() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tensors(model: &FaceAttrNet) -> Vec<Vec<f32>> {
+        let mut collect = CollectTensors(Vec::new());
+        model.visit(&mut collect);
+        collect
+            .0
+            .into_iter()
+            .map(|d| d.convert::<f32>().try_to_vec::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn averaged_networks_hold_the_mean_of_every_tensor() {
+        let device = Device::flex();
+        let nets: Vec<FaceAttrNet> = (0..3)
+            .map(|seed| {
+                device.seed(seed);
+                FaceAttrNet::new(&device, &NetShape::tiny())
+            })
+            .collect();
+        let each: Vec<Vec<Vec<f32>>> = nets.iter().map(tensors).collect();
+        assert_ne!(each[0], each[1], "seeds gave identical networks");
+        let mean = tensors(&average_models(nets).unwrap());
+        assert_eq!(mean.len(), each[0].len());
+        for (t, tensor) in mean.iter().enumerate() {
+            for (i, &v) in tensor.iter().enumerate() {
+                let expected = (each[0][t][i] + each[1][t][i] + each[2][t][i]) / 3.0;
+                assert!(
+                    (v - expected).abs() < 1e-6,
+                    "tensor {t}[{i}]: {v} vs {expected}"
+                );
+            }
+        }
+        assert!(average_models(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn recalibrated_batch_norm_forgets_the_statistics_it_had() {
+        let items: Vec<Item> = (0..48u32)
+            .map(|i| Item {
+                crop: (0..data::CACHE_PX * data::CACHE_PX * 3)
+                    .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 13) as u8)
+                    .collect(),
+                truth: Truth::default(),
+            })
+            .collect();
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let mut fresh = FaceAttrNet::new(&device, &NetShape::tiny());
+        // A copy through a record: a cloned module shares its running statistics.
+        let mut disturbed = FaceAttrNet::new(&device, &NetShape::tiny())
+            .try_load_record(fresh.clone().into_record())
+            .unwrap();
+        // Training-mode passes on other pictures move the running statistics.
+        let noise = Tensor::<4>::random(
+            [8, 3, INPUT_PX as usize, INPUT_PX as usize],
+            burn::tensor::Distribution::Normal(0.5, 2.0),
+            &device,
+        );
+        drop(disturbed.forward(noise));
+        assert!(
+            tensors(&fresh.valid()) != tensors(&disturbed.valid()),
+            "the training-mode pass left the statistics alone"
+        );
+        recalibrate_batch_norm(&mut fresh, &items, 32, 16);
+        recalibrate_batch_norm(&mut disturbed, &items, 32, 16);
+        let (a, b) = (tensors(&fresh.valid()), tensors(&disturbed.valid()));
+        for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
 
     #[test]
     fn age_targets_are_distributions_centred_on_the_age() {

@@ -137,6 +137,22 @@ impl FaceAttrNet {
         }
     }
 
+    /// Sets how far one training batch moves every batch norm's running statistics (1/k at the
+    /// k-th batch makes them the plain mean over batches: see [`super::recalibrate_batch_norm`]).
+    pub fn set_batch_norm_momentum(&mut self, momentum: f64) {
+        let mut layers = vec![&mut self.stem_a, &mut self.stem_b];
+        for block in &mut self.blocks {
+            layers.push(&mut block.first);
+            layers.push(&mut block.second);
+            if let Some(projection) = &mut block.shortcut {
+                layers.push(projection);
+            }
+        }
+        for layer in layers {
+            layer.bn.momentum = momentum;
+        }
+    }
+
     /// `crops` is `[batch, 3, H, W]`, normalised; returns the logits of age bins, gender, race.
     pub fn forward(&self, crops: Tensor<4>) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
         let mut x = self.stem_b.forward_relu(self.stem_a.forward_relu(crops));

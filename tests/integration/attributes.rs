@@ -292,12 +292,38 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["history"].as_array().unwrap().len(), 2);
+    // Every epoch's network is kept, and their mean exports (batch norm re-estimated, validated).
+    let average = |files: &str| {
+        bin()
+            .arg("train")
+            .arg("--out")
+            .arg(&run)
+            .arg("--cache")
+            .arg(&cache)
+            .args(["--export-only", "--average", files, "--export"])
+            .arg(run.join("mean.onnx"))
+            .output()
+            .unwrap()
+    };
+    let out = average("epoch-1.bpk,epoch-2.bpk");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mean of epoch-1.bpk, epoch-2.bpk: validation age3 "),
+        "{stderr}"
+    );
+    assert!(run.join("mean.onnx").exists());
+    let out = average("epoch-1.bpk,epoch-9.bpk");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("epoch-9.bpk"), "{stderr}");
     // The exported model is one the runtime accepts.
     let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
     let out = run_ok(
         bin()
             .args(["analyze", "--json", "--model"])
-            .arg(run.join("faceattr.onnx"))
+            .arg(run.join("mean.onnx"))
             .arg(&img),
     );
     let record: Value = serde_json::from_str(

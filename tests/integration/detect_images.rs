@@ -80,3 +80,37 @@ fn interrupted_analyze_keeps_complete_records_of_the_images_done() {
         assert_eq!(record["image"], image.display().to_string());
     }
 }
+
+#[test]
+fn faces_filling_a_tight_portrait_are_found() {
+    // UTKFace chips where the face fills the picture: a plain MTCNN pass finds nothing in them.
+    let names = [
+        "25_0_4_20170117155154894.jpg.chip.jpg",
+        "45_0_0_20170117182929156.jpg.chip.jpg",
+    ];
+    let Some(images) = names
+        .iter()
+        .map(|n| shared_data(&format!("utkface/{n}")))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let out = run_ok(bin().args(["detect", "--json"]).args(&images));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    for rec in &records {
+        let faces = rec["faces"].as_array().unwrap();
+        assert_eq!(faces.len(), 1, "{rec}");
+        let [x1, y1, x2, y2] = bbox(&faces[0]);
+        // Boxes are in the picture's own pixels and cover most of it.
+        assert!(
+            x1 >= 0.0 && y1 >= 0.0 && x2 <= 200.0 && y2 <= 200.0,
+            "{rec}"
+        );
+        assert!((x2 - x1) * (y2 - y1) > 0.3 * 200.0 * 200.0, "{rec}");
+    }
+}

@@ -305,12 +305,14 @@ fn camera_that_stays_away_ends_with_one_error_after_the_configured_attempts() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // What came before the camera went away is all there, numbered from 0.
+    // What came before the camera went away is all there.
     let frames: Vec<u64> = records
         .iter()
         .map(|r| r["frame"].as_u64().unwrap())
         .collect();
-    assert!(frames.len() >= 10 && frames[0] == 0, "{frames:?}");
+    // Numbered from the start of the run (an error leaves no summary to say how many were
+    // dropped; a busy machine may drop the first few frames of a live camera).
+    assert!(frames.len() >= 10 && frames[0] < 30, "{frames:?}");
     assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
 }
 
@@ -355,8 +357,13 @@ fn ctrl_c_while_the_camera_is_away_exits_promptly_with_complete_json() {
     );
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    let (frames, _) = assert_live_accounting(&records, &stderr, decoded_from_summary(&stderr));
-    assert_eq!(frames[0], 0);
+    let (frames, dropped) =
+        assert_live_accounting(&records, &stderr, decoded_from_summary(&stderr));
+    // Numbered from 0; a busy machine may have dropped the first frames of a live camera.
+    assert!(
+        frames[0] as usize <= dropped,
+        "{frames:?}, {dropped} dropped"
+    );
 }
 
 /// The `gap_before_ms` of every record after a reconnection; at least one, and as many as the
