@@ -80,7 +80,13 @@ struct TrainArgs {
     /// With --export-only: export the mean of these checkpoints of the run (e.g.
     /// epoch-22.bpk,epoch-24.bpk,epoch-26.bpk), batch-norm statistics re-estimated on its training
     /// crops; prints its validation.
-    #[arg(long, value_delimiter = ',', value_name = "FILES")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "FILES",
+        requires = "export_only",
+        conflicts_with = "best"
+    )]
     average: Vec<String>,
     /// Heads to train: age, age,gender or age,gender,race.
     #[arg(long, default_value = "age,gender,race")]
@@ -739,9 +745,6 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         let (model, state) = if args.average.is_empty() {
             train::load_model(&args.out, args.best)?
         } else {
-            if args.best {
-                bail!("--best and --average choose different networks: pass one of them");
-            }
             let mut detect = DetectConfig::default();
             args.detector.apply(&mut detect);
             let opts = train::RunOptions {
