@@ -740,24 +740,24 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         // SAFETY: set before any other thread of this process exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
     }
+    let mut detect = DetectConfig::default();
+    args.detector.apply(&mut detect);
+    let opts = train::RunOptions {
+        out_dir: args.out.clone(),
+        cache_dir: args.cache.clone(),
+        resume: args.resume,
+        detect,
+        workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        checkpoint_every_steps: args.checkpoint_every,
+        progress: std::io::stderr().is_terminal(),
+        stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        export_path: args.export.clone(),
+    };
     if args.export_only {
         let mut note = String::new();
         let (model, state) = if args.average.is_empty() {
             train::load_model(&args.out, args.best)?
         } else {
-            let mut detect = DetectConfig::default();
-            args.detector.apply(&mut detect);
-            let opts = train::RunOptions {
-                out_dir: args.out.clone(),
-                cache_dir: args.cache.clone(),
-                resume: false,
-                detect,
-                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                checkpoint_every_steps: 0,
-                progress: std::io::stderr().is_terminal(),
-                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-                export_path: None,
-            };
             let (model, state, tally) = train::average_run(&opts, &args.average)?;
             eprintln!(
                 "train: mean of {}: validation {}",
@@ -820,27 +820,12 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         age_readout: args.age_readout,
         ..TrainConfig::default()
     };
-    let mut detect = DetectConfig::default();
-    args.detector.apply(&mut detect);
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let stop = stop.clone();
+        let stop = opts.stop.clone();
         on_interrupt("stopping after this batch", move || {
             stop.store(true, Ordering::SeqCst)
         });
     }
-    let opts = train::RunOptions {
-        out_dir: args.out.clone(),
-        cache_dir: args.cache,
-        resume: args.resume,
-        detect,
-        workers,
-        checkpoint_every_steps: args.checkpoint_every,
-        progress: std::io::stderr().is_terminal(),
-        stop,
-        export_path: args.export,
-    };
     let outcome = train::train(config, &opts)?;
     if outcome.stopped {
         return Ok(ExitCode::from(EXIT_INTERRUPTED));

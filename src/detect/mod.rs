@@ -306,24 +306,18 @@ impl Mtcnn {
         let (padded_w, padded_h) = (width + 2 * border_px, height + 2 * border_px);
         let found = self.detect(&padded, padded_w, padded_h)?;
         let offset = border_px as f32;
-        let (w, h) = (width as f32, height as f32);
         Ok(found
             .into_iter()
-            .map(|mut face| {
-                let [x1, y1, x2, y2] = face.bbox;
-                face.bbox = [
-                    (x1 - offset).clamp(0.0, w),
-                    (y1 - offset).clamp(0.0, h),
-                    (x2 - offset).clamp(0.0, w),
-                    (y2 - offset).clamp(0.0, h),
-                ];
+            .filter_map(|mut face| {
+                for v in &mut face.bbox {
+                    *v -= offset;
+                }
                 for point in &mut face.landmarks {
                     point[0] -= offset;
                     point[1] -= offset;
                 }
-                face
+                clipped_to_frame(face, width, height)
             })
-            .filter(|f| f.bbox[2] > f.bbox[0] && f.bbox[3] > f.bbox[1])
             .collect())
     }
 
@@ -480,24 +474,25 @@ impl Mtcnn {
             self.config.nms_onet_min,
             Overlap::Min,
         );
-        // Reported boxes lie inside the frame (regression can push them past its edges).
-        let (w, h) = (image.width as f32, image.height as f32);
         Ok(keep
             .into_iter()
-            .map(|i| {
-                let mut face = faces[i].clone();
-                let [x1, y1, x2, y2] = face.bbox;
-                face.bbox = [
-                    x1.clamp(0.0, w),
-                    y1.clamp(0.0, h),
-                    x2.clamp(0.0, w),
-                    y2.clamp(0.0, h),
-                ];
-                face
-            })
-            .filter(|f| f.bbox[2] > f.bbox[0] && f.bbox[3] > f.bbox[1])
+            .filter_map(|i| clipped_to_frame(faces[i].clone(), image.width, image.height))
             .collect())
     }
+}
+
+/// The face with its box clipped to the frame (regression can push boxes past its edges), or
+/// `None` when nothing of the box is left inside. Landmarks are kept as found.
+fn clipped_to_frame(mut face: Face, width: usize, height: usize) -> Option<Face> {
+    let (w, h) = (width as f32, height as f32);
+    let [x1, y1, x2, y2] = face.bbox;
+    face.bbox = [
+        x1.clamp(0.0, w),
+        y1.clamp(0.0, h),
+        x2.clamp(0.0, w),
+        y2.clamp(0.0, h),
+    ];
+    (face.bbox[2] > face.bbox[0] && face.bbox[3] > face.bbox[1]).then_some(face)
 }
 
 /// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.

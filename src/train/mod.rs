@@ -247,6 +247,15 @@ const MODEL_FILE: &str = "model.bpk";
 const OPTIM_FILE: &str = "optim.bpk";
 const BEST_FILE: &str = "best.bpk";
 
+/// Writes a network's weights (a `.bpk` file).
+fn save_network(model: &FaceAttrNet, path: &Path) -> Result<(), TrainError> {
+    model
+        .clone()
+        .into_record()
+        .save(path)
+        .map_err(|e| checkpoint_error(path)(e.to_string()))
+}
+
 /// The network after epoch `epoch` (1-based), kept for weight averaging.
 pub fn epoch_file(epoch: u32) -> String {
     format!("epoch-{epoch}.bpk")
@@ -466,8 +475,11 @@ fn learning_rate(config: &TrainConfig, epoch_f: f64) -> f64 {
 }
 
 /// Normalised planar centre crops of `items`, ready for a `[n, 3, H, W]` tensor.
-fn centre_batch(items: &[&Item], out: &mut Vec<f32>) {
-    let crops: Vec<Vec<u8>> = items.iter().map(|it| augment::centre(&it.crop)).collect();
+fn centre_batch<'a>(items: impl IntoIterator<Item = &'a Item>, out: &mut Vec<f32>) {
+    let crops: Vec<Vec<u8>> = items
+        .into_iter()
+        .map(|it| augment::centre(&it.crop))
+        .collect();
     out.clear();
     augment::normalise_batch(&crops, out);
 }
@@ -491,7 +503,7 @@ fn recalibrate_batch_norm(model: &mut FaceAttrNet, items: &[Item], images: usize
     for (k, chunk) in chosen.chunks(batch).enumerate() {
         // The k-th batch gets weight 1/(k+1): the statistics become the mean over all batches.
         model.set_batch_norm_momentum(1.0 / (k as f64 + 1.0));
-        centre_batch(chunk, &mut input);
+        centre_batch(chunk.iter().copied(), &mut input);
         let x = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
@@ -511,8 +523,7 @@ fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<Prediction>
     let mut out = Vec::with_capacity(items.len());
     let mut input = Vec::new();
     for chunk in items.chunks(batch.max(1)) {
-        let refs: Vec<&Item> = chunk.iter().collect();
-        centre_batch(&refs, &mut input);
+        centre_batch(chunk, &mut input);
         let x = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
@@ -548,11 +559,7 @@ fn save_checkpoint(
 ) -> Result<(), TrainError> {
     // Write to temporary names, then rename: a run killed mid-save keeps the previous checkpoint.
     let tmp = |name: &str| dir.join(format!("{name}.tmp"));
-    model
-        .clone()
-        .into_record()
-        .save(tmp(MODEL_FILE))
-        .map_err(|e| checkpoint_error(dir)(e.to_string()))?;
+    save_network(model, &tmp(MODEL_FILE))?;
     optim
         .save(tmp(OPTIM_FILE))
         .map_err(|e| checkpoint_error(dir)(e.to_string()))?;
@@ -645,10 +652,9 @@ pub fn export_run(
 /// Normalised centre crops of up to `n` validation (else training) items, for export checks.
 fn check_batch(val: &[Item], train: &[Item], n: usize) -> (Vec<f32>, usize) {
     let pool = if val.is_empty() { train } else { val };
-    let chosen: Vec<&Item> = pool.iter().take(n).collect();
     let mut input = Vec::new();
-    centre_batch(&chosen, &mut input);
-    (input, chosen.len())
+    centre_batch(pool.iter().take(n), &mut input);
+    (input, pool.len().min(n))
 }
 
 /// Collects every float tensor of a module, in visiting order.
@@ -674,10 +680,9 @@ impl ModuleMapper for MeanWith {
         param.map(|tensor| {
             let device = tensor.device();
             let mut sum = tensor;
+            // Every network was built from one shape, so the i-th tensors match.
             for other in others {
-                if let Some(data) = other.get(i) {
-                    sum = sum + Tensor::<D>::from_data(data.clone(), &device);
-                }
+                sum = sum + Tensor::<D>::from_data(other[i].clone(), &device);
             }
             sum.div_scalar((others.len() + 1) as f64)
         })
@@ -729,6 +734,8 @@ pub fn average_run(
     let mut model = FaceAttrNet::new(&Device::flex().autodiff(), &state.config.net)
         .try_load_record(mean.into_record())
         .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
+    // Averaged running statistics belong to no network: re-estimate even where the run turned
+    // re-estimation off.
     let images = state
         .config
         .batch_norm_images
@@ -1011,17 +1018,9 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         if !val_items.is_empty() && state.best_score.is_none_or(|best| score > best) {
             state.best_score = Some(score);
             state.best_epoch = Some(epoch + 1);
-            model
-                .clone()
-                .into_record()
-                .save(opts.out_dir.join(BEST_FILE))
-                .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
+            save_network(&model, &opts.out_dir.join(BEST_FILE))?;
         }
-        model
-            .clone()
-            .into_record()
-            .save(opts.out_dir.join(epoch_file(epoch + 1)))
-            .map_err(|e| checkpoint_error(&opts.out_dir)(e.to_string()))?;
+        save_network(&model, &opts.out_dir.join(epoch_file(epoch + 1)))?;
         save_checkpoint(&opts.out_dir, &model, &optim, &state)?;
     }
     if stopped {
