@@ -293,10 +293,11 @@ struct EvalArgs {
     seed: u64,
     #[arg(long, default_value_t = 0.15)]
     val_fraction: f64,
-    /// Score only the first N images of the split.
+    /// Score only N images of the split (a fixed sample spread over it, the same every time).
     #[arg(long, value_name = "N")]
     max_images: Option<usize>,
-    /// Report folder: report.json, report.md, confusion_*.png, accuracy_per_age_group*.png.
+    /// Report folder: report.json, predictions.jsonl (one line per image), report.md,
+    /// confusion_*.png, accuracy_per_age_group*.png.
     #[arg(long, value_name = "DIR", default_value = "eval-report")]
     report: PathBuf,
     #[command(flatten)]

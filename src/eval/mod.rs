@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use crate::attributes::{AttributeModel, crop_for_model};
 use crate::detect::{Mtcnn, largest_face};
-use crate::model::AgeGrouping;
 use crate::model::dataset::{self, DatasetError, Sample, Source};
-use crate::model::readout::{Tally, Truth};
+use crate::model::readout::{Correct, Prediction, Tally, Truth};
 use crate::model::spec::ModelSpec;
+use crate::model::{AgeGrouping, GENDER_LABELS, RACE_LABELS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -73,6 +73,52 @@ pub struct EvalReport {
     pub no_face: Vec<String>,
     /// Stopped early (Ctrl-C): the numbers cover only the images done.
     pub interrupted: bool,
+    /// One record per image, in the order scored (written as predictions.jsonl, not into
+    /// report.json): lets two models be compared image by image.
+    #[serde(skip)]
+    pub images: Vec<ImageResult>,
+}
+
+/// One scored image: its labels, what the model said and what was right.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageResult {
+    pub file: String,
+    pub truth: TruthLabels,
+    /// `None` when no face was found (every labelled task then counts wrong).
+    pub predicted: Option<PredictedLabels>,
+    pub correct: Correct,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TruthLabels {
+    pub age_years: Option<u32>,
+    pub gender: Option<&'static str>,
+    pub race: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictedLabels {
+    pub age_years: f32,
+    pub age3: String,
+    pub age5: String,
+    pub age10: String,
+    pub gender: String,
+    pub race: String,
+}
+
+impl PredictedLabels {
+    fn of(p: &Prediction) -> Self {
+        // The same readout as analyze's JSON.
+        let five = p.age_json(AgeGrouping::Five);
+        Self {
+            age_years: five.years,
+            age3: p.age_json(AgeGrouping::Three).group,
+            age5: five.group,
+            age10: p.age_json(AgeGrouping::Ten).group,
+            gender: p.gender_json().label,
+            race: p.race_json().label,
+        }
+    }
 }
 
 impl EvalReport {
@@ -119,6 +165,7 @@ pub fn evaluate(
     let (mut detect_s, mut attr_s, mut faces) = (0f64, 0f64, 0usize);
     let mut tally = Tally::default();
     let mut no_face = Vec::new();
+    let mut images = Vec::with_capacity(samples.len());
     let mut interrupted = false;
     let spec = model.spec().clone();
     for (i, sample) in samples.iter().enumerate() {
@@ -150,7 +197,21 @@ pub fn evaluate(
         if prediction.is_none() {
             no_face.push(sample.path.display().to_string());
         }
-        tally.add(&truth, prediction.as_ref());
+        let correct = tally.add(&truth, prediction.as_ref());
+        images.push(ImageResult {
+            file: sample
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            truth: TruthLabels {
+                age_years: truth.age_years,
+                gender: truth.gender.and_then(|g| GENDER_LABELS.get(g).copied()),
+                race: truth.race.and_then(|r| RACE_LABELS.get(r).copied()),
+            },
+            predicted: prediction.as_ref().map(PredictedLabels::of),
+            correct,
+        });
         if !progress(i + 1, samples.len()) {
             interrupted = true;
             break;
@@ -169,6 +230,7 @@ pub fn evaluate(
         seconds: started.elapsed().as_secs_f64(),
         no_face,
         interrupted,
+        images,
     }
 }
 
@@ -257,7 +319,8 @@ pub fn markdown(report: &EvalReport) -> String {
     md
 }
 
-/// Writes report.json, report.md and the PNG charts into `dir`; returns the files written.
+/// Writes report.json, predictions.jsonl (one line per image), report.md and the PNG charts into
+/// `dir`; returns the files written.
 pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::Write {
         path: dir.to_path_buf(),
@@ -268,8 +331,17 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
         path: dir.join("report.json"),
         reason: e.to_string(),
     })?;
+    let mut lines = Vec::new();
+    for image in &report.images {
+        serde_json::to_writer(&mut lines, image).map_err(|e| EvalError::Write {
+            path: dir.join("predictions.jsonl"),
+            reason: e.to_string(),
+        })?;
+        lines.push(b'\n');
+    }
     for (name, bytes) in [
         ("report.json", json),
+        ("predictions.jsonl", lines),
         ("report.md", markdown(report).into_bytes()),
     ] {
         write(&dir.join(name), &bytes)?;

@@ -194,8 +194,27 @@ impl Default for Tally {
     }
 }
 
+/// Whether one image's prediction was right, per task; `None` where the image has no such label
+/// (or, for age, an age outside 1–80). What [`Tally::add`] counted, so per-image lists and the
+/// totals cannot disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Correct {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age3: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age5: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age10: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race: Option<bool>,
+}
+
 impl Tally {
-    pub fn add(&mut self, truth: &Truth, prediction: Option<&Prediction>) {
+    /// Counts one image (`prediction` is `None` when no face was found) and says what was right.
+    pub fn add(&mut self, truth: &Truth, prediction: Option<&Prediction>) -> Correct {
+        let mut correct = Correct::default();
         self.images += 1;
         if prediction.is_none() {
             self.faces_missed += 1;
@@ -203,10 +222,17 @@ impl Tally {
         if let Some(age) = truth.age_years.filter(|&a| a <= FINE_AGE_MAX_YEARS) {
             for (count, confusion) in &mut self.age {
                 let grouping = AgeGrouping::from_count(*count).unwrap_or(AgeGrouping::Five);
-                confusion.add(
+                let (true_group, predicted) = (
                     grouping.group_of(age),
                     prediction.map(|p| p.age_group(grouping).0),
                 );
+                confusion.add(true_group, predicted);
+                let right = Some(predicted == Some(true_group));
+                match grouping {
+                    AgeGrouping::Three => correct.age3 = right,
+                    AgeGrouping::Five => correct.age5 = right,
+                    AgeGrouping::Ten => correct.age10 = right,
+                }
             }
             if let Some(p) = prediction {
                 self.age_abs_error_sum += f64::from((p.age_years() - age as f32).abs());
@@ -214,11 +240,16 @@ impl Tally {
             }
         }
         if let Some(g) = truth.gender {
-            self.gender.add(g, prediction.map(|p| p.gender().0));
+            let predicted = prediction.map(|p| p.gender().0);
+            self.gender.add(g, predicted);
+            correct.gender = Some(predicted == Some(g));
         }
         if let Some(r) = truth.race {
-            self.race.add(r, prediction.map(|p| p.race().0));
+            let predicted = prediction.map(|p| p.race().0);
+            self.race.add(r, predicted);
+            correct.race = Some(predicted == Some(r));
         }
+        correct
     }
 
     pub fn age_accuracy(&self, grouping: AgeGrouping) -> f64 {
@@ -294,10 +325,32 @@ mod tests {
             gender: Some(gender),
             race: Some(race),
         };
-        t.add(&truth(30, 0, 0), Some(&peaked(30, 0, 0)));
-        t.add(&truth(30, 0, 1), Some(&peaked(40, 0, 0)));
-        t.add(&truth(60, 1, 1), None);
-        t.add(&truth(95, 1, 1), Some(&peaked(80, 1, 1)));
+        let right = t.add(&truth(30, 0, 0), Some(&peaked(30, 0, 0)));
+        let near = t.add(&truth(30, 0, 1), Some(&peaked(40, 0, 0)));
+        let missed = t.add(&truth(60, 1, 1), None);
+        let old = t.add(&truth(95, 1, 1), Some(&peaked(80, 1, 1)));
+        let all = |b| Correct {
+            age3: Some(b),
+            age5: Some(b),
+            age10: Some(b),
+            gender: Some(b),
+            race: Some(b),
+        };
+        assert_eq!(right, all(true));
+        assert_eq!(missed, all(false));
+        // 40 vs 30: same group of 3 (27-52), different group of 10; race wrong.
+        assert_eq!(
+            near,
+            Correct {
+                age3: Some(true),
+                age5: Some(false),
+                age10: Some(false),
+                gender: Some(true),
+                race: Some(false),
+            }
+        );
+        // Over 80: no age verdict, the other tasks still count.
+        assert_eq!((old.age3, old.age10, old.gender), (None, None, Some(true)));
         assert_eq!(t.images, 4);
         assert_eq!(t.faces_missed, 1);
         // Ages 30, 30, 60 count; 95 does not. 3 groups: 30→30 right, 40 vs 30 right, missed wrong.

@@ -36,9 +36,10 @@ impl CropCache {
             path: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        // Different detector settings make different crops: one file per setting.
+        // Different detector settings make different crops: one file per setting. "still" marks
+        // crops found with the still-image retry (older caches without it are left alone).
         let key = format!(
-            "{}-{:?}-{}-{}-{}",
+            "{}-{:?}-{}-{}-{}-still",
             detect.min_face_px, detect.thresholds, detect.scale_factor, CACHE_PX, INPUT_PX
         );
         let path = dir.join(format!("crops-{:016x}.bin", content_hash(key.as_bytes())));
@@ -183,8 +184,9 @@ impl CropCache {
     }
 }
 
-/// Decodes an image, detects faces and returns the largest one aligned into a `CACHE_PX` crop
-/// whose centre `INPUT_PX` square is exactly the model's aligned crop.
+/// Decodes an image, detects faces as `analyze` and `eval` do (still-image retry included, so
+/// training sees the faces the runtime sees) and returns the largest one aligned into a `CACHE_PX`
+/// crop whose centre `INPUT_PX` square is exactly the model's aligned crop.
 pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec<u8>>, String> {
     let image = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -194,7 +196,7 @@ pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec
         .to_rgb8();
     let (width, height) = (image.width() as usize, image.height() as usize);
     let faces = detector
-        .detect(image.as_raw(), width, height)
+        .detect_still(image.as_raw(), width, height)
         .map_err(|e| e.to_string())?;
     let Some(face) = largest_face(&faces) else {
         return Ok(None);

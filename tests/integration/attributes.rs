@@ -217,6 +217,31 @@ fn eval_writes_json_markdown_and_charts() {
             .unwrap();
     assert_eq!(json["tally"]["images"], 30);
     assert_eq!(json["split"], "validation");
+    // predictions.jsonl: one record per image whose verdicts add up to the report's totals.
+    let records: Vec<Value> = std::fs::read_to_string(report.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 30);
+    let gender_right = records
+        .iter()
+        .filter(|r| r["correct"]["gender"] == true)
+        .count() as f64;
+    let gender = &json["tally"]["gender"]["counts"];
+    assert_eq!(
+        gender_right,
+        gender[0][0].as_f64().unwrap() + gender[1][1].as_f64().unwrap()
+    );
+    let first = &records[0];
+    assert!(first["file"].as_str().unwrap().ends_with(".jpg"), "{first}");
+    assert!(first["truth"]["age_years"].is_u64(), "{first}");
+    if !first["predicted"].is_null() {
+        let age5 = first["predicted"]["age5"].as_str().unwrap();
+        assert!(["1-11", "12-23", "24-39", "40-55", "56-80"].contains(&age5));
+        let right = first["correct"]["race"] == true;
+        assert_eq!(right, first["predicted"]["race"] == first["truth"]["race"]);
+    }
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("| age, 5 groups |") && md.contains("## Race"));
     for name in [
