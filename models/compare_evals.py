@@ -3,10 +3,12 @@
 
     models/compare_evals.py BASE_REPORT_DIR OTHER_REPORT_DIR...
 
-Reads predictions.jsonl (one line per image) from each report folder and prints a Markdown table:
-for each task, the other model's accuracy minus the base model's, on the images both scored, with
-the paired standard error and McNemar's exact two-sided p-value (only the images where exactly one
-of the two is right carry information). Two models that err on the same hard images differ far less
+Reads predictions.jsonl (one line per image) and report.json (the tasks each model was trained
+for) from each report folder and prints a Markdown table: for each task both models were trained
+for, the other model's accuracy minus the base model's on the images both scored, with the paired
+standard error and McNemar's exact two-sided p-value (only the images where exactly one of the two
+is right carry information); for age also the difference in absolute error (years) on the faces
+both found. Two models that err on the same hard images differ far less
 by chance than two independent accuracies suggest; this is the test that says so.
 Standard library only.
 """
@@ -16,17 +18,31 @@ import sys
 from pathlib import Path
 
 TASKS = ["age3", "age5", "age10", "gender", "race"]
+HEAD = {"age3": "age", "age5": "age", "age10": "age", "gender": "gender", "race": "race"}
 
 
 def load(report_dir):
-    path = Path(report_dir) / "predictions.jsonl"
+    """({file: record}, set of trained heads) of one report folder."""
+    folder = Path(report_dir)
+    path = folder / "predictions.jsonl"
     try:
         with open(path) as f:
-            return {r["file"]: r["correct"] for r in map(json.loads, f)}
+            records = {r["file"]: r for r in map(json.loads, f)}
+        path = folder / "report.json"
+        with open(path) as f:
+            heads = set(json.load(f)["spec"]["tasks"])
+        return records, heads
     except OSError as e:
         sys.exit(f"compare_evals: cannot read {path}: {e.strerror}")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        sys.exit(f"compare_evals: {path} is not a faceflow predictions file: {e}")
+        sys.exit(f"compare_evals: {path} is not what faceflow eval writes: {e}")
+
+
+def abs_error(record):
+    truth, predicted = record["truth"]["age_years"], record["predicted"]
+    if truth is None or predicted is None or not 1 <= truth <= 80:
+        return None
+    return abs(predicted["age_years"] - truth)
 
 
 def mcnemar_p(only_base, only_other):
@@ -39,24 +55,39 @@ def mcnemar_p(only_base, only_other):
     return min(1.0, 2 * tail)
 
 
+def mean_and_se(diffs):
+    n = len(diffs)
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
 def compare(base, other):
-    """{task: (difference, standard error, p, images)} over images both reports scored."""
+    """{task: (difference, standard error, p or None, images)} over images both reports scored,
+    for the heads both models were trained for; "mae" is the difference in absolute age error."""
+    (base, base_heads), (other, other_heads) = base, other
+    both = base.keys() & other.keys()
     out = {}
+    if "age" in base_heads & other_heads:
+        errors = [(abs_error(base[f]), abs_error(other[f])) for f in both]
+        diffs = [o - b for b, o in errors if b is not None and o is not None]
+        if len(diffs) >= 2:
+            out["mae"] = (*mean_and_se(diffs), None, len(diffs))
     for task in TASKS:
+        if HEAD[task] not in base_heads & other_heads:
+            continue
         pairs = [
-            (base[f][task], other[f][task])
-            for f in base.keys() & other.keys()
-            if task in base[f] and task in other[f]
+            (base[f]["correct"][task], other[f]["correct"][task])
+            for f in both
+            if task in base[f]["correct"] and task in other[f]["correct"]
         ]
         n = len(pairs)
         if n < 2:
             continue
-        diffs = [int(o) - int(b) for b, o in pairs]
-        mean = sum(diffs) / n
-        var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+        mean, se = mean_and_se([int(o) - int(b) for b, o in pairs])
         only_base = sum(1 for b, o in pairs if b and not o)
         only_other = sum(1 for b, o in pairs if o and not b)
-        out[task] = (mean, math.sqrt(var / n), mcnemar_p(only_base, only_other), n)
+        out[task] = (mean, se, mcnemar_p(only_base, only_other), n)
     return out
 
 
@@ -65,18 +96,25 @@ def main():
         sys.exit("usage: compare_evals.py BASE_REPORT_DIR OTHER_REPORT_DIR...")
     base_dir, others = sys.argv[1], sys.argv[2:]
     base = load(base_dir)
-    print(f"Paired differences against {base_dir} (other − base; ± one standard error; McNemar p):\n")
-    print("| model | " + " | ".join(TASKS) + " |")
-    print("|---" * (len(TASKS) + 1) + "|")
+    print(
+        f"Paired differences against {base_dir}: other − base, ± one standard error, McNemar p;"
+        " MAE in years (negative = better); — where one of the two has no such head.\n"
+    )
+    columns = TASKS[:3] + ["mae"] + TASKS[3:]
+    print("| model | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for other_dir in others:
         result = compare(base, load(other_dir))
         cells = []
-        for task in TASKS:
-            if task in result:
-                d, se, p, _ = result[task]
-                cells.append(f"{d:+.3f} ± {se:.3f} (p {p:.2f})")
-            else:
+        for task in columns:
+            if task not in result:
                 cells.append("—")
+                continue
+            d, se, p, _ = result[task]
+            if p is None:
+                cells.append(f"{d:+.2f} ± {se:.2f}")
+            else:
+                cells.append(f"{d:+.3f} ± {se:.3f} (p {p:.2f})")
         print(f"| {other_dir} | " + " | ".join(cells) + " |")
 
 
