@@ -4,8 +4,9 @@
     models/compare_evals.py BASE_REPORT_DIR OTHER_REPORT_DIR...
 
 Reads predictions.jsonl (one line per image) and report.json (the tasks each model was trained
-for) from each report folder and prints a Markdown table: for each task both models were trained
-for, the other model's accuracy minus the base model's on the images both scored, with the paired
+for) from each report folder and prints two Markdown tables: every model's own numbers (accuracy
+per task, an image without a face counting wrong; age MAE on the faces found), then, for each task
+both models were trained for, the other model's accuracy minus the base model's on the images both scored, with the paired
 standard error and McNemar's exact two-sided p-value (only the images where exactly one of the two
 is right carry information); for age also the difference in absolute error (years) on the faces
 both found. Two models that err on the same hard images differ far less
@@ -43,6 +44,20 @@ def abs_error(record):
     if truth is None or predicted is None or not 1 <= truth <= 80:
         return None
     return abs(predicted["age_years"] - truth)
+
+
+def own_numbers(report):
+    """{task: accuracy} for the trained heads, plus "mae" in years."""
+    records, heads = report
+    out = {}
+    for task in TASKS:
+        verdicts = [r["correct"][task] for r in records.values() if task in r["correct"]]
+        if HEAD[task] in heads and verdicts:
+            out[task] = sum(verdicts) / len(verdicts)
+    errors = [e for e in map(abs_error, records.values()) if e is not None]
+    if "age" in heads and errors:
+        out["mae"] = sum(errors) / len(errors)
+    return out
 
 
 def mcnemar_p(only_base, only_other):
@@ -96,11 +111,21 @@ def main():
         sys.exit("usage: compare_evals.py BASE_REPORT_DIR OTHER_REPORT_DIR...")
     base_dir, others = sys.argv[1], sys.argv[2:]
     base = load(base_dir)
+    columns = TASKS[:3] + ["mae"] + TASKS[3:]
+    print("| model | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for folder in [base_dir] + others:
+        numbers = own_numbers(base if folder == base_dir else load(folder))
+        cells = [
+            "—" if c not in numbers else f"{numbers[c]:.2f}" if c == "mae" else f"{numbers[c]:.3f}"
+            for c in columns
+        ]
+        print(f"| {folder} | " + " | ".join(cells) + " |")
+    print()
     print(
         f"Paired differences against {base_dir}: other − base, ± one standard error, McNemar p;"
         " MAE in years (negative = better); — where one of the two has no such head.\n"
     )
-    columns = TASKS[:3] + ["mae"] + TASKS[3:]
     print("| model | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for other_dir in others:

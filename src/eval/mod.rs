@@ -194,16 +194,14 @@ pub fn evaluate(
             faces += 1;
             p
         })();
+        // The path as given: names can repeat across several sources.
+        let file = sample.path.display().to_string();
         if prediction.is_none() {
-            no_face.push(sample.path.display().to_string());
+            no_face.push(file.clone());
         }
         let correct = tally.add(&truth, prediction.as_ref());
         images.push(ImageResult {
-            file: sample
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            file,
             truth: TruthLabels {
                 age_years: truth.age_years,
                 gender: truth.gender.and_then(|g| GENDER_LABELS.get(g).copied()),
