@@ -12,6 +12,7 @@ pub mod attributes;
 pub mod detect;
 pub mod eval;
 pub mod graph;
+pub mod limits;
 pub mod model;
 pub mod pipeline;
 pub mod runtime;

@@ -1,5 +1,8 @@
 //! The faceflow command line.
 
+mod cli;
+
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,336 +10,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use cli::{AnalyzeArgs, Cli, Command, DetectArgs, EvalArgs, RunArgs};
 use faceflow::align::{self, AlignConfig};
-use faceflow::attributes::AttributeModel;
-use faceflow::detect::{DetectConfig, Mtcnn};
+use faceflow::attributes::{AttributeModel, FacesInImage};
+use faceflow::detect::Mtcnn;
 use faceflow::graph::Control;
 use faceflow::model::AgeGrouping;
-use faceflow::pipeline::{self, AttributesConfig, PipelineConfig};
+use faceflow::pipeline;
 use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
 
 /// Exit status after an interrupted (Ctrl-C) run, as shells report SIGINT.
 const EXIT_INTERRUPTED: u8 = 130;
-
-#[derive(Parser)]
-#[command(
-    name = "faceflow",
-    version,
-    about = "Find faces in video and images: MTCNN detection with five landmarks, JSON Lines out",
-    long_about = "Find faces in video and images: MTCNN detection with five landmarks, JSON Lines out.\n\n\
-        Examples:\n  \
-        faceflow run --input clip.mp4 --json faces.jsonl\n  \
-        faceflow run --input rtsp://camera/stream --json -\n  \
-        faceflow run --input v4l2:///dev/video0 --json -\n  \
-        faceflow run pipelines/file-to-json.toml\n  \
-        faceflow detect --json photo1.jpg photo2.png\n\n\
-        Logs go to standard error: -v for progress details, -vv for debugging, or RUST_LOG."
-)]
-struct Cli {
-    /// More log output on standard error (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a video pipeline: decode, detect faces on every frame, write one JSON record per frame.
-    Run(RunArgs),
-    /// Detect faces in still images, one JSON record per image.
-    Detect(DetectArgs),
-    /// Detect faces in still images and estimate age group, gender and race of each.
-    Analyze(AnalyzeArgs),
-    /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and PNG.
-    Eval(EvalArgs),
-    /// Train the age/gender/race model on labelled face folders and export it to ONNX.
-    #[cfg(feature = "train")]
-    Train(Box<TrainArgs>),
-}
-
-#[cfg(feature = "train")]
-#[derive(Args)]
-struct TrainArgs {
-    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); append @TASKS when it only has some
-    /// labels, e.g. faces@race. Repeat for several sources.
-    #[arg(long = "source", value_name = "DIR[@TASKS]", value_parser = faceflow::model::dataset::Source::parse)]
-    sources: Vec<faceflow::model::dataset::Source>,
-    /// Run folder: checkpoints, state.json, validation history, the exported model.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Continue the run in --out from its last checkpoint (its saved settings are used).
-    #[arg(long)]
-    resume: bool,
-    /// Only export the run in --out to ONNX (no training).
-    #[arg(long)]
-    export_only: bool,
-    /// With --export-only: export the best validation epoch instead of the last checkpoint.
-    #[arg(long)]
-    best: bool,
-    /// With --export-only: export the mean of these checkpoints of the run (e.g.
-    /// epoch-22.bpk,epoch-24.bpk,epoch-26.bpk), batch-norm statistics re-estimated on its training
-    /// crops; prints its validation.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "FILES",
-        requires = "export_only",
-        conflicts_with = "best"
-    )]
-    average: Vec<String>,
-    /// Heads to train: age, age,gender or age,gender,race.
-    #[arg(long, default_value = "age,gender,race")]
-    tasks: String,
-    #[arg(long, default_value_t = 30)]
-    epochs: u32,
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Peak learning rate (AdamW; warm-up, then cosine decay).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 0.02)]
-    weight_decay: f64,
-    /// Fraction of images (by content hash) held out for validation.
-    #[arg(long, default_value_t = 0.15)]
-    val_fraction: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Loss weights of age, gender, race.
-    #[arg(long, value_name = "A,G,R", value_parser = parse_thresholds, default_value = "1,1,1")]
-    loss_weights: [f32; 3],
-    /// Weight classes by inverse square-root frequency.
-    #[arg(long)]
-    balance_classes: bool,
-    /// Split the training images in two sources: one with age+gender labels, one with race only.
-    #[arg(long)]
-    simulate_multi_source: bool,
-    /// Use only this many images (a deterministic subset), e.g. for a smoke run.
-    #[arg(long, value_name = "N")]
-    max_images: Option<usize>,
-    /// Network size: default or tiny (smoke tests).
-    #[arg(long, default_value = "default")]
-    net: String,
-    #[arg(long)]
-    no_augment: bool,
-    /// Age readout that picks the best epoch: 3, 5 or 10 groups, or years (MAE).
-    #[arg(long, default_value = "5", value_parser = faceflow::train::AgeReadout::parse)]
-    age_readout: faceflow::train::AgeReadout,
-    /// Crop cache folder (crops from faceflow's detector and alignment).
-    #[arg(long, value_name = "DIR", default_value = ".cache/crops")]
-    cache: PathBuf,
-    /// Where to write the ONNX model [default: OUT/faceattr.onnx].
-    #[arg(long, value_name = "PATH")]
-    export: Option<PathBuf>,
-    /// Training threads [default: one per core].
-    #[arg(long, value_name = "N")]
-    train_threads: Option<usize>,
-    /// Save a checkpoint every N steps as well as after every epoch.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    checkpoint_every: u64,
-    #[command(flatten)]
-    detector: DetectorFlags,
-}
-
-#[derive(Args, Clone, Default)]
-struct DetectorFlags {
-    /// Smallest face to find, in pixels [default: 20].
-    #[arg(long, value_name = "PX")]
-    min_face: Option<f64>,
-    /// Face-probability thresholds of P-Net, R-Net, O-Net [default: 0.6,0.7,0.7].
-    #[arg(long, value_name = "P,R,O", value_parser = parse_thresholds)]
-    thresholds: Option<[f32; 3]>,
-    /// Ratio between pyramid scales, in (0, 1) [default: 0.709].
-    #[arg(long, value_name = "RATIO")]
-    scale_factor: Option<f64>,
-    /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
-    #[arg(long, value_name = "DIR")]
-    mtcnn_models: Option<PathBuf>,
-    /// ONNX Runtime threads per network [default: 1 with several workers, else one per core].
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// Detector workers for video, each on its own frames [default: one per core].
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
-}
-
-fn parse_thresholds(s: &str) -> Result<[f32; 3], String> {
-    let values: Vec<f32> = s
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("'{v}' is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    <[f32; 3]>::try_from(values)
-        .map_err(|v| format!("expected three values P,R,O, got {}", v.len()))
-}
-
-impl DetectorFlags {
-    fn apply(&self, cfg: &mut DetectConfig) {
-        if let Some(v) = self.min_face {
-            cfg.min_face_px = v;
-        }
-        if let Some(v) = self.thresholds {
-            cfg.thresholds = v;
-        }
-        if let Some(v) = self.workers {
-            cfg.workers = v;
-        }
-        if let Some(v) = self.scale_factor {
-            cfg.scale_factor = v;
-        }
-        if let Some(v) = &self.mtcnn_models {
-            cfg.models_dir = Some(v.clone());
-        }
-        if let Some(v) = self.threads {
-            cfg.threads = v;
-        }
-    }
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Pipeline file (pipelines/*.toml); flags given here override its values.
-    #[arg(value_name = "PIPELINE.toml")]
-    pipeline: Option<PathBuf>,
-    /// Video to read: a file path, any URI GStreamer can decode (file://, http://, rtsp://),
-    /// v4l2:///dev/videoN for a webcam, or testsrc://PATTERN?frames=N&size=WxH&fps=F for a test pattern.
-    #[arg(short, long, value_name = "PATH|URI")]
-    input: Option<String>,
-    /// Where the JSON Lines go: a file, or - for standard output [default: -].
-    #[arg(long, value_name = "PATH|-")]
-    json: Option<String>,
-    /// Use RTSP over TCP.
-    #[arg(long)]
-    rtsp_tcp: bool,
-    /// RTSP jitter-buffer latency in milliseconds [default: 200].
-    #[arg(long, value_name = "MS")]
-    rtsp_latency_ms: Option<u32>,
-    /// Treat the input as live (drop the oldest frames when behind) or not; default: RTSP and
-    /// webcams are live, files are not.
-    #[arg(long, value_name = "BOOL")]
-    live: Option<bool>,
-    /// Stop after this many decoded frames.
-    #[arg(long, value_name = "N")]
-    max_frames: Option<u64>,
-    /// Live cameras: reconnect at most N times in a row after the stream fails or stalls
-    /// [default: forever].
-    #[arg(long, value_name = "N")]
-    reconnect_attempts: Option<u32>,
-    /// Print a health line (frames, queue depths, resident memory) to standard error every this
-    /// many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    stats_every: Option<f64>,
-    /// Live cameras: no frame for this long is a stall, and the camera is reconnected
-    /// [default: 5000].
-    #[arg(long, value_name = "MS")]
-    stall_timeout_ms: Option<u64>,
-    #[command(flatten)]
-    detector: DetectorFlags,
-    #[command(flatten)]
-    attributes: AttributeFlags,
-    /// Detection only: no age, gender or race.
-    #[arg(long)]
-    no_attributes: bool,
-}
-
-#[derive(Args, Clone, Default)]
-struct AttributeFlags {
-    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx].
-    #[arg(long, value_name = "PATH")]
-    model: Option<PathBuf>,
-    /// Age groups to report: 3 (1-26, 27-52, 53-80), 5 (1-11, 12-23, 24-39, 40-55, 56-80) or 10
-    /// (eight-year bins) [default: 5].
-    #[arg(long, value_name = "N", value_parser = parse_age_groups)]
-    age_groups: Option<u32>,
-    /// Also run each face mirrored and average the two (steadier, twice the model cost)
-    /// [default: true for analyze and eval, false for run].
-    #[arg(long, value_name = "BOOL")]
-    flip_average: Option<bool>,
-}
-
-fn parse_age_groups(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(n @ (3 | 5 | 10)) => Ok(n),
-        _ => Err(format!("'{s}': age groups must be 3, 5 or 10")),
-    }
-}
-
-impl AttributeFlags {
-    fn apply(&self, cfg: &mut AttributesConfig) {
-        if let Some(m) = &self.model {
-            cfg.model = Some(m.clone());
-        }
-        if let Some(n) = self.age_groups {
-            cfg.age_groups = n;
-        }
-        if let Some(v) = self.flip_average {
-            cfg.flip_average = v;
-        }
-    }
-}
-
-#[derive(Args)]
-struct EvalArgs {
-    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); repeat for several.
-    #[arg(long = "source", value_name = "DIR[@TASKS]", required = true, value_parser = faceflow::model::dataset::Source::parse)]
-    sources: Vec<faceflow::model::dataset::Source>,
-    /// Which images: all, or the trainer's validation / training part (same seed and fraction).
-    #[arg(long, default_value = "all", value_parser = faceflow::eval::Split::parse)]
-    split: faceflow::eval::Split,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    #[arg(long, default_value_t = 0.15)]
-    val_fraction: f64,
-    /// Score only N images of the split (a fixed sample spread over it, the same every time).
-    #[arg(long, value_name = "N")]
-    max_images: Option<usize>,
-    /// Report folder: report.json, predictions.jsonl (one line per image), report.md,
-    /// confusion_*.png, accuracy_per_age_group*.png.
-    #[arg(long, value_name = "DIR", default_value = "eval-report")]
-    report: PathBuf,
-    #[command(flatten)]
-    attributes: AttributeFlags,
-    #[command(flatten)]
-    detector: DetectorFlags,
-}
-
-#[derive(Args)]
-struct AnalyzeArgs {
-    /// Images to read (JPEG, PNG, BMP, WebP).
-    #[arg(value_name = "IMAGE", required = true)]
-    images: Vec<PathBuf>,
-    /// Write JSON Lines to PATH (--json=PATH), or to standard output (--json, the default).
-    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    json: Option<String>,
-    #[command(flatten)]
-    attributes: AttributeFlags,
-    #[command(flatten)]
-    detector: DetectorFlags,
-}
-
-#[derive(Args)]
-struct DetectArgs {
-    /// Images to read (JPEG, PNG, BMP, WebP).
-    #[arg(value_name = "IMAGE", required = true)]
-    images: Vec<PathBuf>,
-    /// Write JSON Lines to PATH (--json=PATH), or to standard output (--json, the default).
-    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    json: Option<String>,
-    /// Also write each face aligned to the canonical template as DIR/<image>_face<N>.png.
-    #[arg(long, value_name = "DIR")]
-    crops: Option<PathBuf>,
-    /// Side of the aligned crops in pixels [default: 112].
-    #[arg(long, value_name = "PX")]
-    crop_size: Option<u32>,
-    #[command(flatten)]
-    detector: DetectorFlags,
-}
+/// Exit status of a usage error (bad flag or value), as clap and most CLIs use.
+const EXIT_USAGE: u8 = 2;
 
 fn init_logging(verbose: u8) {
     // ONNX Runtime logs every graph transformation at info: keep it at warn unless asked for trace.
@@ -350,17 +39,22 @@ fn init_logging(verbose: u8) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        // Colour codes only for a terminal, never into files and pipes.
+        .with_ansi(std::io::stderr().is_terminal());
     // Without -v only warnings show: plain lines, no timestamps, for people rather than log files.
     let _ = if verbose == 0 {
-        builder.without_time().with_ansi(false).try_init()
+        builder.without_time().try_init()
     } else {
         builder.try_init()
     };
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
@@ -369,6 +63,10 @@ fn main() -> ExitCode {
         Command::Eval(args) => cmd_eval(args),
         #[cfg(feature = "train")]
         Command::Train(args) => cmd_train(*args),
+        #[cfg(not(feature = "train"))]
+        Command::Train { .. } => Err(anyhow::anyhow!(
+            "`faceflow train` is not in this build: build with the trainer, `cargo build --release --features train` (burn adds about 20 minutes to a clean build)"
+        )),
     };
     match result {
         Ok(code) => code,
@@ -379,9 +77,72 @@ fn main() -> ExitCode {
     }
 }
 
-/// `{:#}` joins the context chain on one line; newlines from lower layers are flattened too.
+/// Help and version as clap prints them; a usage error as one line, exit status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE))
+        }
+        _ => {
+            let subcommand = std::env::args()
+                .skip(1)
+                .find(|a| !a.starts_with('-'))
+                .filter(|a| ["run", "detect", "analyze", "eval", "train"].contains(&a.as_str()));
+            let rendered = e.render().to_string();
+            eprintln!(
+                "{}",
+                cli::usage_error_line(&rendered, subcommand.as_deref())
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once: a cause whose text the message already
+/// carries (a wrapper that printed it) is not repeated.
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.contains(text.trim()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text.trim());
+    }
+    line
+}
+
+/// Refuses a JSON output path that would overwrite an input or looks like a picture or video
+/// (`--json photo.jpg` from an older habit of a bare `--json`).
+fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
+    if json == "-" {
+        return Ok(());
+    }
+    let path = Path::new(json);
+    if inputs.contains(&path) {
+        bail!(
+            "--json {json}: that is an input; give the output file (e.g. --json faces.jsonl) or - for standard output"
+        );
+    }
+    let media = [
+        "jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "mp4", "mkv", "mov", "avi",
+        "webm",
+    ];
+    if let Some(ext) = path.extension().and_then(|e| e.to_str())
+        && media.contains(&ext.to_ascii_lowercase().as_str())
+    {
+        bail!(
+            "--json {json}: refusing to write JSON into a .{ext} file; give the output file (e.g. --json faces.jsonl) or - for standard output"
+        );
+    }
+    Ok(())
 }
 
 /// Ctrl-C / SIGTERM: the first asks the graph to stop (frames in flight finish, outputs are
@@ -415,42 +176,12 @@ fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
 }
 
 fn cmd_run(args: RunArgs) -> Result<ExitCode> {
-    let mut config = match &args.pipeline {
-        Some(path) => PipelineConfig::load(path)?,
-        None => PipelineConfig::default(),
-    };
-    if let Some(v) = args.input {
-        config.source.input = v;
-    }
-    if let Some(v) = args.json {
-        config.json = JsonConfig { path: v };
-    }
-    if args.rtsp_tcp {
-        config.source.rtsp_tcp = true;
-    }
-    if let Some(v) = args.rtsp_latency_ms {
-        config.source.rtsp_latency_ms = v;
-    }
-    if args.live.is_some() {
-        config.source.live = args.live;
-    }
-    if let Some(v) = args.max_frames {
-        config.source.max_frames = v;
-    }
-    if args.reconnect_attempts.is_some() {
-        config.source.reconnect_attempts = args.reconnect_attempts;
-    }
-    if let Some(v) = args.stall_timeout_ms {
-        config.source.stall_timeout_ms = v;
-    }
-    if let Some(v) = args.stats_every {
-        config.stats_interval_s = v;
-    }
-    args.detector.apply(&mut config.detect);
-    args.attributes.apply(&mut config.attributes);
-    if args.no_attributes {
-        config.attributes.enabled = false;
-    }
+    let config = args.config()?;
+    config.validate()?;
+    check_json_target(
+        config.json.path.as_str(),
+        &[Path::new(&config.source.input)],
+    )?;
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
@@ -476,6 +207,11 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     }
     let summary = summary?;
     eprintln!("faceflow: {}", summary.line());
+    if let Some(failure) = &summary.failure {
+        // Every frame decoded before the failure was written; the failure still fails the run.
+        eprintln!("error: {failure}");
+        return Ok(ExitCode::FAILURE);
+    }
     if summary.interrupted {
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
@@ -483,32 +219,56 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn cmd_detect(args: DetectArgs) -> Result<ExitCode> {
-    let mut detect = DetectConfig::default();
-    args.detector.apply(&mut detect);
-    let mut align_config = AlignConfig::default();
-    if let Some(px) = args.crop_size {
-        align_config.crop_px = px;
-    }
+    let (detect, align_config) = args.settings();
     align_config.validate()?;
+    let json = args.json.clone().unwrap_or_else(|| "-".into());
+    check_json_target(&json, &paths(&args.images))?;
     let mut detector = Mtcnn::new(detect)?;
     if let Some(dir) = &args.crops {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let crop_names = crop_stems(&args.images);
     let crops = args.crops.clone();
-    process_images(&args.images, args.json, |path| {
-        detect_one(&mut detector, None, path, crops.as_deref(), &align_config)
+    process_images(&args.images, json, |i, path| {
+        let crops = crops.as_deref().map(|dir| (dir, crop_names[i].as_str()));
+        detect_one(&mut detector, None, path, crops, &align_config)
     })
 }
 
-/// Writes one record per image; a failed image is reported and the others still processed.
+fn paths(images: &[PathBuf]) -> Vec<&Path> {
+    images.iter().map(PathBuf::as_path).collect()
+}
+
+/// The file-name stem of each image's crops: its own stem, with `-2`, `-3`, … for a later image
+/// whose stem is taken (a/x.jpg and b/x.jpg must not overwrite each other's crops).
+fn crop_stems(images: &[PathBuf]) -> Vec<String> {
+    let mut taken = HashSet::new();
+    images
+        .iter()
+        .map(|path| {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into());
+            let mut name = stem.clone();
+            let mut n = 1;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{stem}-{n}");
+            }
+            name
+        })
+        .collect()
+}
+
+/// Writes one record per image; a failed image is reported (and gets no record) and the others
+/// are still processed. A reader that closes the output (`| head`) ends the run quietly.
 fn process_images(
     images: &[PathBuf],
-    json: Option<String>,
-    mut one: impl FnMut(&Path) -> Result<ImageRecord>,
+    json: String,
+    mut one: impl FnMut(usize, &Path) -> Result<ImageRecord>,
 ) -> Result<ExitCode> {
-    let mut writer = JsonLinesWriter::create(&JsonConfig {
-        path: json.unwrap_or_else(|| "-".into()),
-    })?;
+    let mut writer = JsonLinesWriter::create(&JsonConfig { path: json })?;
     let mut failures = 0usize;
     let show_progress = images.len() > 1 && std::io::stderr().is_terminal();
     let stop = interrupt_flag("stopping after this image");
@@ -521,8 +281,17 @@ fn process_images(
         if show_progress {
             eprint!("\rimage {}/{} ", done + 1, images.len());
         }
-        match one(path) {
-            Ok(record) => writer.write(&record)?,
+        match one(done, path) {
+            Ok(record) => match writer.write(&record) {
+                Ok(()) => {}
+                Err(e) if e.is_broken_pipe() => {
+                    if show_progress {
+                        eprint!("\r\x1b[K");
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            },
             Err(e) => {
                 // Keep going: one unreadable image must not cost the results of the others.
                 if show_progress {
@@ -536,7 +305,10 @@ fn process_images(
     if show_progress {
         eprint!("\r\x1b[K");
     }
-    writer.flush()?;
+    match writer.flush() {
+        Err(e) if e.is_broken_pipe() => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
     if stop.load(Ordering::SeqCst) && finished < images.len() {
         eprintln!(
             "faceflow: interrupted after {finished} of {} images; their records are complete",
@@ -546,7 +318,7 @@ fn process_images(
     }
     if failures > 0 {
         bail!(
-            "{failures} of {} images could not be processed",
+            "{failures} of {} images could not be processed (they have no record)",
             images.len()
         );
     }
@@ -554,18 +326,15 @@ fn process_images(
 }
 
 fn cmd_analyze(args: AnalyzeArgs) -> Result<ExitCode> {
-    let mut detect = DetectConfig::default();
-    args.detector.apply(&mut detect);
-    // Still images: accuracy over speed, so each face is also read mirrored unless turned off.
-    let mut attributes = AttributesConfig {
-        flip_average: true,
-        ..AttributesConfig::default()
-    };
-    args.attributes.apply(&mut attributes);
+    let (detect, attributes) = args.settings();
+    attributes.validate()?;
+    detect.validate()?;
+    let json = args.json.clone().unwrap_or_else(|| "-".into());
+    check_json_target(&json, &paths(&args.images))?;
     let (mut model, grouping) = attributes.load()?.context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
     let align_config = AlignConfig::default();
-    process_images(&args.images, args.json, |path| {
+    process_images(&args.images, json, |_, path| {
         detect_one(
             &mut detector,
             Some((&mut model, grouping)),
@@ -580,14 +349,12 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     // Before the (seconds-long) folder scan, so an early Ctrl-C is heard too.
     let stop = interrupt_flag("stopping after this image; the report covers the images done");
     use faceflow::eval;
-    let mut detect = DetectConfig::default();
-    args.detector.apply(&mut detect);
-    // Still images: accuracy over speed, so each face is also read mirrored unless turned off.
-    let mut attributes = AttributesConfig {
-        flip_average: true,
-        ..AttributesConfig::default()
-    };
-    args.attributes.apply(&mut attributes);
+    let (detect, attributes) = args.settings();
+    attributes.validate()?;
+    detect.validate()?;
+    if let Some(0) = args.max_images {
+        bail!("max_images (--max-images) = 0: must be at least 1");
+    }
     let model_path = attributes.model_path();
     let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
@@ -659,7 +426,7 @@ fn detect_one(
     detector: &mut Mtcnn,
     attributes: Attributes<'_>,
     path: &Path,
-    crops: Option<&Path>,
+    crops: Option<(&Path, &str)>,
     align_config: &AlignConfig,
 ) -> Result<ImageRecord> {
     if !path.exists() {
@@ -675,11 +442,7 @@ fn detect_one(
     let faces = detector
         .detect_still(image.as_raw(), width as usize, height as usize)
         .with_context(|| format!("{}: detection failed", path.display()))?;
-    if let Some(dir) = crops {
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
+    if let Some((dir, stem)) = crops {
         for (i, face) in faces.iter().enumerate() {
             let Some(crop) = align::align_face(
                 image.as_raw(),
@@ -702,23 +465,22 @@ fn detect_one(
     let faces = match attributes {
         None => faces.into_iter().map(FaceRecord::detection).collect(),
         Some((model, grouping)) => {
-            let (w, h) = (width as usize, height as usize);
-            let crops: Vec<Option<Vec<u8>>> = faces
-                .iter()
-                .map(|f| faceflow::attributes::crop_for_model(image.as_raw(), w, h, f))
-                .collect();
-            let valid: Vec<Vec<u8>> = crops.iter().flatten().cloned().collect();
-            let mut predictions = model
-                .predict(&valid)
-                .with_context(|| format!("{}: attribute model failed", path.display()))?
-                .into_iter();
+            let image_faces = FacesInImage {
+                rgb: image.as_raw(),
+                width: width as usize,
+                height: height as usize,
+                faces: faces.iter().collect(),
+            };
+            let predicted = model
+                .predict_faces(&[image_faces])
+                .with_context(|| format!("{}: attribute model failed", path.display()))?;
             let spec = model.spec().clone();
             faces
                 .into_iter()
-                .zip(crops)
-                .map(|(face, crop)| match (crop, predictions.next()) {
-                    (Some(_), Some(p)) => FaceRecord::with_attributes(face, &p, &spec, grouping),
-                    _ => FaceRecord::detection(face),
+                .zip(predicted.into_iter().flatten())
+                .map(|(face, p)| match p {
+                    Some(p) => FaceRecord::with_attributes(face, &p, &spec, grouping),
+                    None => FaceRecord::detection(face),
                 })
                 .collect()
         }
@@ -732,7 +494,7 @@ fn detect_one(
 }
 
 #[cfg(feature = "train")]
-fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
+fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
     use faceflow::model::spec::Task;
     use faceflow::train::{self, TrainConfig, net::NetShape};
 
@@ -741,7 +503,7 @@ fn cmd_train(args: TrainArgs) -> Result<ExitCode> {
         // SAFETY: set before any other thread of this process exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
     }
-    let mut detect = DetectConfig::default();
+    let mut detect = faceflow::detect::DetectConfig::default();
     args.detector.apply(&mut detect);
     let opts = train::RunOptions {
         out_dir: args.out.clone(),

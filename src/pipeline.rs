@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::align::AlignConfig;
-use crate::attributes::{self, AttributeModel};
-use crate::detect::{DetectConfig, Mtcnn};
+use crate::attributes::{self, AttributeModel, FacesInImage};
+use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::model::AgeGrouping;
 use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter};
@@ -43,6 +43,8 @@ pub enum PipelineError {
     Attributes(#[from] crate::attributes::AttributeError),
     #[error(transparent)]
     Stage(#[from] graph::StageError),
+    #[error(transparent)]
+    Range(#[from] crate::limits::RangeError),
     /// A failure of the input stream; the message already names the input.
     #[error("{0}")]
     Input(String),
@@ -57,7 +59,8 @@ pub struct PipelineConfig {
     pub align: AlignConfig,
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
-    /// Frames queued between detect and the sinks.
+    /// Frames queued between detect and the sinks, and most frames between the source queue and
+    /// the JSON writer (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
     /// Report health (frames, queue depths, memory) every this many seconds; 0: never.
     pub stats_interval_s: f64,
@@ -109,17 +112,22 @@ impl AttributesConfig {
             .unwrap_or_else(attributes::default_model_path)
     }
 
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        use crate::limits::{MAX_THREADS, Setting};
+        Setting::flag("age_groups", "--age-groups").check_one_of(self.age_groups, &[3, 5, 10])?;
+        Setting::key("max_batch").check(self.max_batch, 1, 1024, "faces")?;
+        Setting::key("max_wait_ms").check(self.max_wait_ms, 0, 10_000, "ms")?;
+        Setting::key("threads").check(self.threads, 0, MAX_THREADS, "")?;
+        Ok(())
+    }
+
     /// Loads the model when the stage is on.
     pub fn load(&self) -> Result<Option<(AttributeModel, AgeGrouping)>, PipelineError> {
         if !self.enabled {
             return Ok(None);
         }
+        self.validate()?;
         let grouping = self.grouping()?;
-        if self.max_batch == 0 {
-            return Err(PipelineError::Invalid(
-                "attributes: max_batch must be at least 1".into(),
-            ));
-        }
         let mut model = AttributeModel::load(&self.model_path(), self.threads.max(1))?;
         model.set_flip_average(self.flip_average);
         Ok(Some((model, grouping)))
@@ -152,42 +160,32 @@ impl PipelineConfig {
     }
 
     pub fn validate(&self) -> Result<(), PipelineError> {
+        use crate::limits::{MAX_QUEUE_FRAMES, Setting};
         if self.source.input.trim().is_empty() {
             return Err(PipelineError::Invalid(
                 "no input: give --input or set [source] input in the pipeline file".into(),
             ));
         }
-        let source = &self.source;
-        if source.connect_attempts == 0 {
-            return Err(PipelineError::Invalid(
-                "source connect_attempts must be at least 1".into(),
-            ));
-        }
-        if source.stall_timeout_ms < 100 {
-            return Err(PipelineError::Invalid(format!(
-                "source stall_timeout_ms = {} is too short (at least 100)",
-                source.stall_timeout_ms
-            )));
-        }
-        if source.reconnect_backoff_ms == 0
-            || source.reconnect_backoff_max_ms < source.reconnect_backoff_ms
-        {
-            return Err(PipelineError::Invalid(
-                "source reconnect_backoff_ms must be at least 1 and at most reconnect_backoff_max_ms"
-                    .into(),
-            ));
-        }
+        self.source.validate()?;
         self.detect.validate()?;
         self.align
             .validate()
             .map_err(|e| PipelineError::Invalid(e.to_string()))?;
-        self.attributes.grouping()?;
-        if !(self.stats_interval_s >= 0.0 && self.stats_interval_s.is_finite()) {
-            return Err(PipelineError::Invalid(format!(
-                "stats_interval_s = {} must be 0 (off) or a number of seconds",
-                self.stats_interval_s
-            )));
-        }
+        self.attributes.validate()?;
+        Setting::key("queue_frames").check_or_zero(
+            self.queue_frames,
+            1,
+            MAX_QUEUE_FRAMES,
+            "frames",
+            "automatic",
+        )?;
+        Setting::flag("stats_interval_s", "--stats-every").check_or_zero(
+            self.stats_interval_s,
+            0.1,
+            86_400.0,
+            "seconds",
+            "off",
+        )?;
         Ok(())
     }
 }
@@ -207,6 +205,12 @@ pub struct RunSummary {
     pub seconds: f64,
     /// True when the run ended early on a stop request (Ctrl-C).
     pub interrupted: bool,
+    /// The reader of the JSON output went away (a closed pipe): the run stopped there.
+    pub output_closed: bool,
+    /// The source failed after it had decoded frames (they were all processed and written).
+    pub failure: Option<String>,
+    /// Most frames the JSON writer held back at once to restore decode order.
+    pub peak_reorder_frames: usize,
 }
 
 impl RunSummary {
@@ -217,31 +221,43 @@ impl RunSummary {
             0.0
         };
         format!(
-            "stream {} ({}): {} frames decoded, {} reported, {} dropped (behind live source); {} faces; {:.1} s, {:.1} fps{}{}",
+            "stream {} ({}): {} decoded, {} reported, {} dropped (behind live source); {}; {:.1} s, {:.1} fps{}{}",
             self.stream,
             self.source,
-            self.frames_decoded,
+            count(self.frames_decoded, "frame"),
             self.frames_reported,
             self.frames_dropped,
-            self.faces,
+            count(self.faces, "face"),
             self.seconds,
             fps,
             if self.reconnects > 0 {
                 format!(
-                    "; {} reconnection{}, {:.1} s without frames",
-                    self.reconnects,
-                    if self.reconnects == 1 { "" } else { "s" },
+                    "; {}, {:.1} s without frames",
+                    count(u64::from(self.reconnects), "reconnection"),
                     self.gap_seconds
                 )
             } else {
                 String::new()
             },
-            if self.interrupted {
+            if self.output_closed {
+                "; output closed by its reader"
+            } else if self.interrupted {
                 "; interrupted"
+            } else if self.failure.is_some() {
+                "; the source failed"
             } else {
                 ""
             }
         )
+    }
+}
+
+/// `1 frame`, `2 frames`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -257,6 +273,55 @@ struct Dispatch {
     input: Input<Frame>,
     next_seq: u64,
     finished: bool,
+}
+
+/// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of
+/// order and the writer holds back those that overtook a slow one; without a bound, one slow
+/// frame would let the others pull the rest of a file into that reorder buffer. A worker takes
+/// frame `seq` only once `seq < written + frames`.
+struct Window {
+    /// Sequence number of the next frame the writer will write.
+    written: Mutex<u64>,
+    advanced: Condvar,
+    frames: u64,
+}
+
+impl Window {
+    fn new(frames: usize) -> Self {
+        Self {
+            written: Mutex::new(0),
+            advanced: Condvar::new(),
+            frames: frames.max(1) as u64,
+        }
+    }
+
+    /// Waits until frame `seq` fits in the window; false when the graph failed meanwhile.
+    fn admit(&self, seq: u64, control: &Control) -> bool {
+        let Ok(mut written) = self.written.lock() else {
+            return false;
+        };
+        while seq >= *written + self.frames {
+            if control.has_error() {
+                return false;
+            }
+            match self
+                .advanced
+                .wait_timeout(written, Duration::from_millis(50))
+            {
+                Ok((guard, _)) => written = guard,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// The writer is done with every frame before `next_seq`.
+    fn advance_to(&self, next_seq: u64) {
+        if let Ok(mut written) = self.written.lock() {
+            *written = next_seq;
+        }
+        self.advanced.notify_all();
+    }
 }
 
 /// Progress callback: frames reported so far.
@@ -276,6 +341,8 @@ pub struct RunHooks {
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
     pub seconds: f64,
+    /// Seconds between health reports.
+    pub interval_s: f64,
     pub frames_decoded: u64,
     pub frames_reported: u64,
     pub frames_dropped: u64,
@@ -294,9 +361,14 @@ impl Health {
             .iter()
             .map(|(name, depth, cap)| format!("{name}:{depth}/{cap}"))
             .collect();
+        // Whole seconds unless lines come more often than that.
+        let t = if self.interval_s < 1.0 {
+            format!("{:.1}", self.seconds)
+        } else {
+            format!("{:.0}", self.seconds)
+        };
         format!(
-            "stats: t={:.0}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}",
-            self.seconds,
+            "stats: t={t}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}",
             self.frames_decoded,
             self.frames_reported,
             self.frames_dropped,
@@ -316,18 +388,25 @@ pub fn resident_memory_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// One detect worker: takes frames (in window) from the shared source queue, finds their faces.
+/// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
 fn detect_worker(
-    detector: &mut Mtcnn,
+    detector: &mut dyn FrameDetector,
     dispatch: &Mutex<Dispatch>,
+    window: &Window,
+    keep_pixels: bool,
     out: &Output<Detected>,
     control: &Control,
 ) -> Result<(), String> {
     loop {
-        let (seq, frame) = {
+        let (seq, mut frame) = {
             let Ok(mut d) = dispatch.lock() else {
                 return Err("frame dispatch poisoned".into());
             };
             if d.finished {
+                return Ok(());
+            }
+            if !window.admit(d.next_seq, control) {
                 return Ok(());
             }
             match d.input.recv(control) {
@@ -342,9 +421,12 @@ fn detect_worker(
             }
         };
         let faces = detector
-            .detect(&frame.rgb, frame.width as usize, frame.height as usize)
+            .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
             .map_err(|e| format!("frame {}: {e}", frame.index))?;
         let faces = faces.into_iter().map(FaceRecord::detection).collect();
+        if !keep_pixels {
+            frame.rgb = Vec::new();
+        }
         if out.send(Detected { seq, frame, faces }, control) == Sent::Closed {
             return Ok(());
         }
@@ -394,24 +476,30 @@ fn attributes_stage(
             }
         }
         if faces > 0 {
-            let mut crops = Vec::with_capacity(faces);
-            let mut slots = Vec::with_capacity(faces);
-            for (b, d) in batch.iter().enumerate() {
-                let (w, h) = (d.frame.width as usize, d.frame.height as usize);
-                for (f, face) in d.faces.iter().enumerate() {
-                    if let Some(crop) = attributes::crop_for_model(&d.frame.rgb, w, h, &face.face) {
-                        crops.push(crop);
-                        slots.push((b, f));
+            let images: Vec<FacesInImage<'_>> = batch
+                .iter()
+                .map(|d| FacesInImage {
+                    rgb: &d.frame.rgb,
+                    width: d.frame.width as usize,
+                    height: d.frame.height as usize,
+                    faces: d.faces.iter().map(|f| &f.face).collect(),
+                })
+                .collect();
+            let predictions = model
+                .predict_faces(&images)
+                .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
+            drop(images);
+            for (d, predicted) in batch.iter_mut().zip(predictions) {
+                for (face, p) in d.faces.iter_mut().zip(predicted) {
+                    if let Some(p) = p {
+                        *face = FaceRecord::with_attributes(face.face.clone(), &p, &spec, grouping);
                     }
                 }
             }
-            let predictions = model
-                .predict(&crops)
-                .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
-            for ((b, f), p) in slots.into_iter().zip(&predictions) {
-                let face = &mut batch[b].faces[f];
-                *face = FaceRecord::with_attributes(face.face.clone(), p, &spec, grouping);
-            }
+        }
+        // No later stage reads the pixels: release them before the frame waits to be written.
+        for d in &mut batch {
+            d.frame.rgb = Vec::new();
         }
         for d in batch {
             if out.send(d, control) == Sent::Closed {
@@ -453,35 +541,85 @@ struct Monitor {
     every: Duration,
     started: Instant,
     source: Arc<SourceCounters>,
-    sink: Arc<Mutex<(u64, u64)>>,
+    sink: Arc<Mutex<SinkCounts>>,
     probes: Vec<graph::QueueProbe>,
+}
+
+/// What the JSON writer has done so far, read by health reports and the summary.
+#[derive(Debug, Clone, Default)]
+struct SinkCounts {
+    reported: u64,
+    faces: u64,
+    /// Frames held back for order now, the most at once, and the window that bounds them.
+    reorder_pending: usize,
+    reorder_peak: usize,
+    reorder_window: usize,
+    output_closed: bool,
 }
 
 impl Monitor {
     fn run(&self, mut report: HealthReport, done: &AtomicBool) {
-        let mut next = self.started + self.every;
+        let mut next = self.started.checked_add(self.every);
         while !done.load(Ordering::SeqCst) {
-            if Instant::now() < next {
+            let Some(due) = next else {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
+            };
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep((due - now).min(Duration::from_millis(100)));
+                continue;
             }
-            next += self.every;
-            let (reported, faces) = self.sink.lock().map(|n| *n).unwrap_or_default();
+            // Catch up without a burst of lines if a report was late.
+            let mut due = due;
+            while due <= Instant::now() {
+                match due.checked_add(self.every) {
+                    Some(later) => due = later,
+                    None => break,
+                }
+            }
+            next = (due > Instant::now()).then_some(due);
+            let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
+            let (reported, faces) = (sink.reported, sink.faces);
+            let mut queues: Vec<(&'static str, usize, usize)> = self
+                .probes
+                .iter()
+                .map(|p| (p.name, p.depth(), p.capacity))
+                .collect();
+            queues.push(("reorder", sink.reorder_pending, sink.reorder_window));
             report(&Health {
                 seconds: self.started.elapsed().as_secs_f64(),
+                interval_s: self.every.as_secs_f64(),
                 frames_decoded: self.source.decoded.load(Ordering::Relaxed),
                 frames_reported: reported,
                 frames_dropped: self.source.dropped_behind.load(Ordering::Relaxed),
                 faces,
                 rss_mb: resident_memory_mb(),
-                queues: self
-                    .probes
-                    .iter()
-                    .map(|p| (p.name, p.depth(), p.capacity))
-                    .collect(),
+                queues,
             });
         }
     }
+}
+
+/// Frames between the source queue and the JSON writer: queued between stages, and held back
+/// by the writer to restore decode order.
+impl PipelineConfig {
+    pub fn frames_in_flight(&self, workers: usize) -> usize {
+        if self.queue_frames > 0 {
+            self.queue_frames
+        } else {
+            (2 * workers).max(8)
+        }
+    }
+}
+
+/// The stages of a run, built and not yet started. [`run`] builds them from the configuration;
+/// tests can stand in their own detectors.
+pub struct BuiltStages {
+    pub source: Source,
+    pub detectors: Vec<Box<dyn FrameDetector>>,
+    pub attributes: Option<(AttributeModel, AgeGrouping)>,
+    pub writer: JsonLinesWriter,
 }
 
 /// Builds every stage, then runs the graph until end of stream, a stop request or the first error.
@@ -490,25 +628,46 @@ pub fn run(
     control: Control,
     hooks: RunHooks,
 ) -> Result<RunSummary, PipelineError> {
-    let RunHooks {
-        mut progress,
-        health,
-    } = hooks;
     config.validate()?;
     // Build everything before anything starts: a bad model or output path fails here.
     let source = Source::build(&config.source, "0")?;
-    let info = source.info();
-    let source_counters = source.counters();
     let workers = config.detect.effective_workers();
     let worker_config = DetectConfig {
         threads: config.detect.threads_per_worker(workers),
         ..config.detect.clone()
     };
     let detectors = (0..workers)
-        .map(|_| Mtcnn::new(worker_config.clone()))
+        .map(|_| Mtcnn::new(worker_config.clone()).map(|m| Box::new(m) as Box<dyn FrameDetector>))
         .collect::<Result<Vec<_>, _>>()?;
-    let attribute_model = config.attributes.load()?;
-    let mut writer = JsonLinesWriter::create(&config.json)?;
+    let attributes = config.attributes.load()?;
+    let writer = JsonLinesWriter::create(&config.json)?;
+    let stages = BuiltStages {
+        source,
+        detectors,
+        attributes,
+        writer,
+    };
+    run_stages(config, stages, control, hooks)
+}
+
+/// Runs built stages: source → detect workers → (attributes) → JSON, in decode order.
+pub fn run_stages(
+    config: &PipelineConfig,
+    stages: BuiltStages,
+    control: Control,
+    hooks: RunHooks,
+) -> Result<RunSummary, PipelineError> {
+    let RunHooks { progress, health } = hooks;
+    let BuiltStages {
+        source,
+        detectors,
+        attributes: attribute_model,
+        writer,
+    } = stages;
+    let info = source.info();
+    let source_counters = source.counters();
+    let workers = detectors.len().max(1);
+    let in_flight = config.frames_in_flight(workers);
     let when_full = if info.live {
         WhenFull::DropOldest
     } else {
@@ -516,24 +675,27 @@ pub fn run(
     };
     let (frames_out, frames_in) =
         graph::channel::<Frame>("frames", config.source.queue_frames, when_full);
-    let (detected_out, detected_in) = graph::channel::<Detected>(
-        "detected",
-        config.queue_frames.max(2 * workers),
-        WhenFull::Block,
-    );
+    let (detected_out, detected_in) =
+        graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
+    // Every worker may hold a frame while the writer holds back the others.
+    let window = Arc::new(Window::new(in_flight + workers));
 
-    let source_stats = Arc::new(Mutex::new(SourceStats::default()));
-    let sink_counts = Arc::new(Mutex::new((0u64, 0u64)));
+    let source_outcome = Arc::new(Mutex::new((SourceStats::default(), None::<String>)));
+    let sink_counts = Arc::new(Mutex::new(SinkCounts {
+        reorder_window: in_flight + workers,
+        ..SinkCounts::default()
+    }));
     let started = Instant::now();
 
     let mut graph = Graph::new(control.clone());
-    let stats_slot = source_stats.clone();
+    let outcome_slot = source_outcome.clone();
     graph.add_stage("source", move |c| {
-        let result = source.run(&frames_out, c);
+        let (stats, result) = source.run(&frames_out, c);
+        // End of stream after a failure too: the frames decoded before it are still detected and
+        // written, and the failure is reported after them.
         frames_out.send_eos(c);
-        let stats = result.map_err(|e| e.to_string())?;
-        if let Ok(mut slot) = stats_slot.lock() {
-            *slot = stats;
+        if let Ok(mut slot) = outcome_slot.lock() {
+            *slot = (stats, result.err().map(|e| e.to_string()));
         }
         Ok(())
     });
@@ -543,11 +705,13 @@ pub fn run(
         next_seq: 0,
         finished: false,
     }));
+    let keep_pixels = attribute_model.is_some();
     for (w, mut detector) in detectors.into_iter().enumerate() {
         let dispatch = dispatch.clone();
+        let window = window.clone();
         let out = detected_out.clone();
         graph.add_stage(format!("detect-{w}"), move |c| {
-            let result = detect_worker(&mut detector, &dispatch, &out, c);
+            let result = detect_worker(&mut *detector, &dispatch, &window, keep_pixels, &out, c);
             // Each worker ends its share of the stream; the sink waits for all of them.
             out.send_eos(c);
             result
@@ -557,11 +721,8 @@ pub fn run(
     // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
     let (to_sink, sink_upstream) = match attribute_model {
         Some((mut model, grouping)) => {
-            let (annotated_out, annotated_in) = graph::channel::<Detected>(
-                "annotated",
-                config.queue_frames.max(2 * workers),
-                WhenFull::Block,
-            );
+            let (annotated_out, annotated_in) =
+                graph::channel::<Detected>("annotated", in_flight, WhenFull::Block);
             probes.push(annotated_in.probe());
             let attr_config = config.attributes.clone();
             graph.add_stage("attributes", move |c| {
@@ -581,63 +742,22 @@ pub fn run(
         }
         None => (detected_in, workers),
     };
-    let counts = sink_counts.clone();
-    graph.add_stage("json", move |c| {
-        let mut last_progress = Instant::now();
-        let mut reorder = Reorder {
-            pending: BTreeMap::new(),
-            next_seq: 0,
-        };
-        let mut eos_seen = 0usize;
-        let result = 'run: loop {
-            let done = match to_sink.recv(c) {
-                Received::Item(d) => {
-                    reorder.push(d);
-                    false
-                }
-                Received::Eos => {
-                    eos_seen += 1;
-                    eos_seen >= sink_upstream
-                }
-                Received::Disconnected => true,
-            };
-            while let Some(d) = reorder.pop(done) {
-                let record = FrameRecord {
-                    stream: d.frame.stream.id.clone(),
-                    source: d.frame.stream.uri.clone(),
-                    frame: d.frame.index,
-                    pts_ms: d.frame.pts_ms,
-                    width: d.frame.width,
-                    height: d.frame.height,
-                    gap_before_ms: d.frame.gap_before_ms,
-                    faces: d.faces,
-                };
-                if let Err(e) = writer.write(&record) {
-                    break 'run Err(e.to_string());
-                }
-                if let Ok(mut n) = counts.lock() {
-                    n.0 += 1;
-                    n.1 += record.faces.len() as u64;
-                    if let Some(p) = progress.as_mut()
-                        && last_progress.elapsed() >= Duration::from_millis(500)
-                    {
-                        p(n.0, started.elapsed());
-                        last_progress = Instant::now();
-                    }
-                }
-            }
-            if done {
-                break Ok(());
-            }
-        };
-        // Flush whatever ended the run: complete lines already produced are never lost.
-        writer.flush().map_err(|e| e.to_string())?;
-        result
-    });
+    let sink = JsonStage {
+        input: to_sink,
+        upstream: sink_upstream,
+        writer,
+        window,
+        counts: sink_counts.clone(),
+        progress,
+        started,
+    };
+    graph.add_stage("json", move |c| sink.run(c));
     let outcome = match health {
         Some(report) if config.stats_interval_s > 0.0 => {
             let monitor = Monitor {
-                every: Duration::from_secs_f64(config.stats_interval_s),
+                // Validated: 0.1 s to a day.
+                every: Duration::try_from_secs_f64(config.stats_interval_s)
+                    .unwrap_or(Duration::from_secs(86_400)),
                 started,
                 source: source_counters,
                 sink: sink_counts.clone(),
@@ -657,24 +777,142 @@ pub fn run(
             graph.run()
         }
     };
-    let stats = source_stats.lock().map(|s| s.clone()).unwrap_or_default();
-    let (reported, faces) = sink_counts.lock().map(|n| *n).unwrap_or_default();
-    outcome.map_err(|e| match e.stage.as_str() {
-        "source" => PipelineError::Input(e.message),
-        _ => PipelineError::Stage(e),
-    })?;
+    let (stats, failure) = source_outcome.lock().map(|s| s.clone()).unwrap_or_default();
+    let sink = sink_counts.lock().map(|n| n.clone()).unwrap_or_default();
+    outcome.map_err(PipelineError::Stage)?;
+    if let Some(message) = &failure
+        && stats.decoded == 0
+    {
+        // Nothing came: the failure is the whole story, in one line.
+        return Err(PipelineError::Input(message.clone()));
+    }
     Ok(RunSummary {
         stream: info.id.clone(),
         source: info.uri.clone(),
         frames_decoded: stats.decoded,
-        frames_reported: reported,
+        frames_reported: sink.reported,
         frames_dropped: stats.dropped_behind,
         reconnects: stats.reconnects,
         gap_seconds: stats.gap_ms / 1e3,
-        faces,
+        faces: sink.faces,
         seconds: started.elapsed().as_secs_f64(),
-        interrupted: control.stop_requested(),
+        interrupted: control.stop_requested() && !sink.output_closed,
+        output_closed: sink.output_closed,
+        failure,
+        peak_reorder_frames: sink.reorder_peak,
     })
+}
+
+/// The JSON Lines writer: restores decode order, writes one record per frame, flushes at least
+/// every second (also while no frame comes), and keeps the [`Window`] moving.
+struct JsonStage {
+    input: Input<Detected>,
+    upstream: usize,
+    writer: JsonLinesWriter,
+    window: Arc<Window>,
+    counts: Arc<Mutex<SinkCounts>>,
+    progress: Option<Progress>,
+    started: Instant,
+}
+
+/// How often the writer looks at its buffer while no frame comes.
+const IDLE_FLUSH_CHECK: Duration = Duration::from_millis(250);
+
+impl JsonStage {
+    fn run(mut self, control: &Control) -> Result<(), String> {
+        let result = self.write_all(control);
+        // Flush whatever ended the run: complete lines already produced are never lost.
+        let closed = self.counts.lock().map(|c| c.output_closed).unwrap_or(false);
+        match self.writer.flush() {
+            Err(e) if !(closed || e.is_broken_pipe()) => result.and(Err(e.to_string())),
+            _ => result,
+        }
+    }
+
+    fn write_all(&mut self, control: &Control) -> Result<(), String> {
+        let mut last_progress = Instant::now();
+        let mut reorder = Reorder {
+            pending: BTreeMap::new(),
+            next_seq: 0,
+        };
+        let mut eos_seen = 0usize;
+        let mut closed = false;
+        loop {
+            let received = self
+                .input
+                .recv_until(Instant::now() + IDLE_FLUSH_CHECK, control);
+            let done = match received {
+                None => {
+                    if !closed {
+                        self.writer.flush_if_due().map_err(|e| e.to_string())?;
+                    }
+                    continue;
+                }
+                Some(Received::Item(d)) => {
+                    reorder.push(d);
+                    false
+                }
+                Some(Received::Eos) => {
+                    eos_seen += 1;
+                    eos_seen >= self.upstream
+                }
+                Some(Received::Disconnected) => true,
+            };
+            let pending_before = reorder.pending.len();
+            while let Some(d) = reorder.pop(done) {
+                self.window.advance_to(reorder.next_seq);
+                debug_assert!(
+                    d.frame.rgb.is_empty(),
+                    "frame {} reached the writer with its pixels",
+                    d.frame.index
+                );
+                if closed {
+                    // The reader is gone: keep draining so no stage blocks, write nothing.
+                    continue;
+                }
+                let faces = d.faces.len() as u64;
+                let record = FrameRecord {
+                    stream: d.frame.stream.id.clone(),
+                    source: d.frame.stream.uri.clone(),
+                    frame: d.frame.index,
+                    pts_ms: d.frame.pts_ms,
+                    width: d.frame.width,
+                    height: d.frame.height,
+                    gap_before_ms: d.frame.gap_before_ms,
+                    faces: d.faces,
+                };
+                match self.writer.write(&record) {
+                    Ok(()) => {}
+                    Err(e) if e.is_broken_pipe() => {
+                        closed = true;
+                        control.request_stop();
+                        if let Ok(mut n) = self.counts.lock() {
+                            n.output_closed = true;
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+                if let Ok(mut n) = self.counts.lock() {
+                    n.reported += 1;
+                    n.faces += faces;
+                    if let Some(p) = self.progress.as_mut()
+                        && last_progress.elapsed() >= Duration::from_millis(500)
+                    {
+                        p(n.reported, self.started.elapsed());
+                        last_progress = Instant::now();
+                    }
+                }
+            }
+            if let Ok(mut n) = self.counts.lock() {
+                n.reorder_pending = reorder.pending.len();
+                n.reorder_peak = n.reorder_peak.max(pending_before);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -718,6 +956,77 @@ mod tests {
         assert!(r.pop(false).is_none());
         assert_eq!(r.pop(true).map(|d| d.seq), Some(3));
         assert!(r.pop(true).is_none());
+    }
+
+    /// A stand-in detector: no faces, and one frame (the `slow_call`-th detection) takes long.
+    struct SlowOnce {
+        calls: Arc<std::sync::atomic::AtomicU64>,
+        slow_call: u64,
+    }
+
+    impl FrameDetector for SlowOnce {
+        fn detect_frame(
+            &mut self,
+            _rgb: &[u8],
+            _width: usize,
+            _height: usize,
+        ) -> Result<Vec<crate::detect::Face>, crate::detect::DetectError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == self.slow_call {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    /// One slow frame must not let the other worker pull the rest of the file into the writer's
+    /// reorder buffer: the window holds it to a few frames, and every frame is still written.
+    #[test]
+    fn one_slow_frame_keeps_the_reorder_buffer_within_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("out.jsonl");
+        let mut config = PipelineConfig::default();
+        config.source.input = "testsrc://ball?frames=120&size=64x48".into();
+        config.json.path = json.display().to_string();
+        config.queue_frames = 4;
+        config.attributes.enabled = false;
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let detectors: Vec<Box<dyn FrameDetector>> = (0..2)
+            .map(|_| {
+                Box::new(SlowOnce {
+                    calls: calls.clone(),
+                    slow_call: 5,
+                }) as Box<dyn FrameDetector>
+            })
+            .collect();
+        let stages = BuiltStages {
+            source: Source::build(&config.source, "0").unwrap(),
+            detectors,
+            attributes: None,
+            writer: JsonLinesWriter::create(&config.json).unwrap(),
+        };
+        let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        assert_eq!(summary.frames_decoded, 120);
+        assert_eq!(summary.frames_reported, 120);
+        let window = config.frames_in_flight(2) + 2;
+        assert!(
+            summary.peak_reorder_frames <= window,
+            "{} frames held back, window {window}",
+            summary.peak_reorder_frames
+        );
+        assert!(
+            summary.peak_reorder_frames >= 2,
+            "the slow frame must have held others back for this test to mean anything"
+        );
+        let lines = std::fs::read_to_string(&json).unwrap();
+        let frames: Vec<u64> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["frame"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(frames, (0..120).collect::<Vec<_>>());
     }
 
     #[test]

@@ -41,21 +41,14 @@ impl Default for AlignConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AlignError {
-    #[error("crop_px must be between 8 and 1024, got {0}")]
-    CropSize(u32),
-    #[error("margin must be between 0 and 2, got {0}")]
-    Margin(f32),
-}
+#[error(transparent)]
+pub struct AlignError(#[from] crate::limits::RangeError);
 
 impl AlignConfig {
     pub fn validate(&self) -> Result<(), AlignError> {
-        if !(8..=1024).contains(&self.crop_px) {
-            return Err(AlignError::CropSize(self.crop_px));
-        }
-        if !(0.0..=2.0).contains(&self.margin) {
-            return Err(AlignError::Margin(self.margin));
-        }
+        use crate::limits::Setting;
+        Setting::flag("crop_px", "--crop-size").check(self.crop_px, 8, 1024, "pixels")?;
+        Setting::key("margin").check(self.margin, 0.0, 2.0, "")?;
         Ok(())
     }
 

@@ -56,6 +56,8 @@ pub enum DetectError {
     },
     #[error("invalid detector setting: {0}")]
     Config(String),
+    #[error(transparent)]
+    Range(#[from] crate::limits::RangeError),
     #[error("image buffer of {len} bytes is too small for {width}x{height} RGB")]
     BadImage {
         len: usize,
@@ -129,22 +131,21 @@ impl DetectConfig {
     }
 
     pub fn validate(&self) -> Result<(), DetectError> {
-        let bad = |m: String| Err(DetectError::Config(m));
-        if !(self.min_face_px.is_finite() && self.min_face_px >= 1.0) {
-            return bad(format!(
-                "min_face_px must be at least 1, got {}",
-                self.min_face_px
-            ));
-        }
-        if !(self.scale_factor > 0.0 && self.scale_factor < 1.0) {
-            return bad(format!(
-                "scale_factor must be between 0 and 1 (exclusive), got {}",
-                self.scale_factor
-            ));
-        }
+        use crate::limits::{MAX_THREADS, Setting};
+        // Below 8 px the pyramid's first level upscales a frame more than 1.5×: a 1080p frame
+        // becomes gigabytes of floats. The factor's upper bound keeps the pyramid to tens of levels.
+        Setting::flag("min_face_px", "--min-face").check(
+            self.min_face_px,
+            8.0,
+            10_000.0,
+            "pixels",
+        )?;
+        Setting::flag("scale_factor", "--scale-factor").check(self.scale_factor, 0.1, 0.95, "")?;
         for (name, t) in ["pnet", "rnet", "onet"].iter().zip(self.thresholds) {
             if !(0.0..=1.0).contains(&t) {
-                return bad(format!("{name} threshold must be within 0..1, got {t}"));
+                return Err(DetectError::Config(format!(
+                    "thresholds (--thresholds): the {name} threshold {t} must be from 0 to 1"
+                )));
             }
         }
         for (name, t) in [
@@ -154,9 +155,19 @@ impl DetectConfig {
             ("nms_onet_min", self.nms_onet_min),
         ] {
             if !(t > 0.0 && t <= 1.0) {
-                return bad(format!("{name} must be within (0, 1], got {t}"));
+                return Err(DetectError::Config(format!(
+                    "{name} = {t}: must be above 0 and at most 1"
+                )));
             }
         }
+        Setting::flag("threads", "--threads").check(self.threads, 0, MAX_THREADS, "")?;
+        Setting::flag("workers", "--workers").check_or_zero(
+            self.workers,
+            1,
+            64,
+            "",
+            "one per core",
+        )?;
         Ok(())
     }
 }
@@ -175,6 +186,27 @@ pub struct Face {
 impl Face {
     pub fn area(&self) -> f32 {
         (self.bbox[2] - self.bbox[0]) * (self.bbox[3] - self.bbox[1])
+    }
+}
+
+/// What a video pipeline's detect workers call: MTCNN, or a stand-in in tests.
+pub trait FrameDetector: Send {
+    fn detect_frame(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Face>, DetectError>;
+}
+
+impl FrameDetector for Mtcnn {
+    fn detect_frame(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<Face>, DetectError> {
+        self.detect(rgb, width, height)
     }
 }
 

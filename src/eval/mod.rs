@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::attributes::{AttributeModel, crop_for_model};
 use crate::detect::{Mtcnn, largest_face};
 use crate::model::dataset::{self, DatasetError, Sample, Source};
-use crate::model::readout::{Correct, Prediction, Tally, Truth};
+use crate::model::readout::{Correct, Prediction, Tally, Truth, fmt_metric};
 use crate::model::spec::ModelSpec;
 use crate::model::{AgeGrouping, GENDER_LABELS, RACE_LABELS};
 
@@ -70,7 +70,10 @@ pub struct EvalReport {
     pub detect_ms_per_image: f64,
     pub attributes_ms_per_face: f64,
     pub seconds: f64,
+    /// Every image counted as missed: no face found, or (also listed in `unreadable`) not a
+    /// readable image.
     pub no_face: Vec<String>,
+    pub unreadable: Vec<String>,
     /// Stopped early (Ctrl-C): the numbers cover only the images done.
     pub interrupted: bool,
     /// One record per image, in the order scored (written as predictions.jsonl, not into
@@ -165,6 +168,7 @@ pub fn evaluate(
     let (mut detect_s, mut attr_s, mut faces) = (0f64, 0f64, 0usize);
     let mut tally = Tally::default();
     let mut no_face = Vec::new();
+    let mut unreadable = Vec::new();
     let mut images = Vec::with_capacity(samples.len());
     let mut interrupted = false;
     let spec = model.spec().clone();
@@ -175,27 +179,33 @@ pub fn evaluate(
             race: sample.has_race.then_some(sample.labels.race),
         };
         let t0 = Instant::now();
-        let prediction = (|| {
-            let image = image::ImageReader::open(&sample.path)
-                .ok()?
-                .with_guessed_format()
-                .ok()?
-                .decode()
-                .ok()?
-                .to_rgb8();
-            let (w, h) = (image.width() as usize, image.height() as usize);
-            let found = detector.detect_still(image.as_raw(), w, h).ok()?;
-            let face = largest_face(&found)?;
-            let crop = crop_for_model(image.as_raw(), w, h, face)?;
-            detect_s += t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            let p = model.predict(&[crop]).ok()?.into_iter().next();
-            attr_s += t1.elapsed().as_secs_f64();
-            faces += 1;
-            p
-        })();
         // The path as given: names can repeat across several sources.
         let file = sample.path.display().to_string();
+        let picture = image::ImageReader::open(&sample.path)
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.with_guessed_format().map_err(|e| e.to_string()))
+            .and_then(|r| r.decode().map_err(|e| e.to_string()));
+        let prediction = match picture {
+            Err(reason) => {
+                // Counted as missed, like a picture without a face, but said out loud.
+                tracing::warn!("{file}: not a readable image ({reason}); counted as no face");
+                unreadable.push(file.clone());
+                None
+            }
+            Ok(picture) => (|| {
+                let image = picture.to_rgb8();
+                let (w, h) = (image.width() as usize, image.height() as usize);
+                let found = detector.detect_still(image.as_raw(), w, h).ok()?;
+                let face = largest_face(&found)?;
+                let crop = crop_for_model(image.as_raw(), w, h, face)?;
+                detect_s += t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                let p = model.predict(&[crop]).ok()?.into_iter().next();
+                attr_s += t1.elapsed().as_secs_f64();
+                faces += 1;
+                p
+            })(),
+        };
         if prediction.is_none() {
             no_face.push(file.clone());
         }
@@ -227,6 +237,7 @@ pub fn evaluate(
         attributes_ms_per_face: 1000.0 * attr_s / faces.max(1) as f64,
         seconds: started.elapsed().as_secs_f64(),
         no_face,
+        unreadable,
         interrupted,
         images,
     }
@@ -272,11 +283,16 @@ pub fn markdown(report: &EvalReport) -> String {
     }
     let _ = writeln!(md, "| metric | value |\n|---|---|");
     for g in AgeGrouping::ALL {
-        let _ = writeln!(md, "| age, {} groups | {:.3} |", g.len(), t.age_accuracy(g));
+        let _ = writeln!(
+            md,
+            "| age, {} groups | {} |",
+            g.len(),
+            fmt_metric(t.age_accuracy(g), 3)
+        );
     }
-    let _ = writeln!(md, "| age MAE (years) | {:.2} |", t.age_mae());
-    let _ = writeln!(md, "| gender | {:.3} |", t.gender.accuracy());
-    let _ = writeln!(md, "| race | {:.3} |", t.race.accuracy());
+    let _ = writeln!(md, "| age MAE (years) | {} |", fmt_metric(t.age_mae(), 2));
+    let _ = writeln!(md, "| gender | {} |", fmt_metric(t.gender.accuracy(), 3));
+    let _ = writeln!(md, "| race | {} |", fmt_metric(t.race.accuracy(), 3));
     let _ = writeln!(
         md,
         "| detect + align, ms per image | {:.1} |\n| attributes, ms per face (batch 1) | {:.2} |\n",
@@ -306,10 +322,10 @@ pub fn markdown(report: &EvalReport) -> String {
             let cells: Vec<String> = c.counts[i].iter().map(|v| v.to_string()).collect();
             let _ = writeln!(
                 md,
-                "| {label} | {} | {} | {:.3} |",
+                "| {label} | {} | {} | {} |",
                 cells.join(" | "),
                 c.missed[i],
-                per_class[i]
+                fmt_metric(per_class[i], 3)
             );
         }
         let _ = writeln!(md);
@@ -359,19 +375,19 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
         .map(|(n, c)| {
             (
                 format!("confusion_age{n}.png"),
-                format!("Age, {n} groups: accuracy {:.3}", c.accuracy()),
+                format!("Age, {n} groups: accuracy {}", fmt_metric(c.accuracy(), 3)),
                 c,
             )
         })
         .collect();
     charts.push((
         "confusion_gender.png".into(),
-        format!("Gender: accuracy {:.3}", t.gender.accuracy()),
+        format!("Gender: accuracy {}", fmt_metric(t.gender.accuracy(), 3)),
         &t.gender,
     ));
     charts.push((
         "confusion_race.png".into(),
-        format!("Race: accuracy {:.3}", t.race.accuracy()),
+        format!("Race: accuracy {}", fmt_metric(t.race.accuracy(), 3)),
         &t.race,
     ));
     for (name, title, c) in charts {

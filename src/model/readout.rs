@@ -265,19 +265,39 @@ impl Tally {
         self.age_abs_error_sum / self.age_count as f64
     }
 
-    /// One line: `age3 0.801 age5 … mae 5.4 gender 0.93 race 0.85 (N images, M without a face)`.
+    /// Images whose age was scored (a label from 1 to 80).
+    pub fn age_images(&self) -> u64 {
+        self.age.first().map_or(0, |(_, c)| c.total())
+    }
+
+    /// One line: `age3 0.801 age5 … mae 5.40 gender 0.930 race 0.850 (N images, age scored on
+    /// K; M without a face)`; `n/a` where nothing was scored.
     pub fn line(&self) -> String {
+        let age_note = if self.age_images() == self.images {
+            String::new()
+        } else {
+            format!(", age scored on {} aged 1-80", self.age_images())
+        };
         format!(
-            "age3 {:.3} age5 {:.3} age10 {:.3} mae {:.2} gender {:.3} race {:.3} ({} images, {} without a face)",
-            self.age_accuracy(AgeGrouping::Three),
-            self.age_accuracy(AgeGrouping::Five),
-            self.age_accuracy(AgeGrouping::Ten),
-            self.age_mae(),
-            self.gender.accuracy(),
-            self.race.accuracy(),
+            "age3 {} age5 {} age10 {} mae {} gender {} race {} ({} images{age_note}; {} without a face)",
+            fmt_metric(self.age_accuracy(AgeGrouping::Three), 3),
+            fmt_metric(self.age_accuracy(AgeGrouping::Five), 3),
+            fmt_metric(self.age_accuracy(AgeGrouping::Ten), 3),
+            fmt_metric(self.age_mae(), 2),
+            fmt_metric(self.gender.accuracy(), 3),
+            fmt_metric(self.race.accuracy(), 3),
             self.images,
             self.faces_missed
         )
+    }
+}
+
+/// A rate or an error with `digits` decimals; `n/a` when there was nothing to measure (NaN).
+pub fn fmt_metric(value: f64, digits: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.digits$}")
+    } else {
+        "n/a".into()
     }
 }
 

@@ -66,6 +66,13 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// The reader of a pipe went away (`faceflow … | head -1`): not a failure, a reason to stop.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, SinkError::Write { reason, .. } if reason.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
 /// Settings of the JSON Lines sink.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,13 +93,35 @@ pub struct FrameRecord {
     pub stream: String,
     pub source: String,
     pub frame: u64,
+    #[serde(serialize_with = "microseconds")]
     pub pts_ms: f64,
     pub width: u32,
     pub height: u32,
     /// Only on the first frame after a live source reconnected: milliseconds without frames.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "microseconds_opt"
+    )]
     pub gap_before_ms: Option<f64>,
     pub faces: Vec<FaceRecord>,
+}
+
+/// Milliseconds to three decimals: clock arithmetic leaves float noise (`7511.697630999999`)
+/// that means nothing below a microsecond.
+fn round_to_microseconds(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+fn microseconds<S: serde::Serializer>(ms: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_to_microseconds(*ms))
+}
+
+fn microseconds_opt<S: serde::Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_some(&round_to_microseconds(*ms)),
+        None => s.serialize_none(),
+    }
 }
 
 /// One still image's record (`faceflow detect`).
@@ -113,6 +142,8 @@ pub struct JsonLinesWriter {
     flush_each_line: bool,
     records: u64,
     last_flush: Instant,
+    /// Whole lines written since the last flush.
+    unflushed: bool,
 }
 
 /// Longest time a complete line waits in a file writer's buffer.
@@ -127,6 +158,7 @@ impl JsonLinesWriter {
                 flush_each_line: true,
                 records: 0,
                 last_flush: Instant::now(),
+                unflushed: false,
             });
         }
         let path = Path::new(&config.path);
@@ -146,6 +178,7 @@ impl JsonLinesWriter {
             flush_each_line: false,
             records: 0,
             last_flush: Instant::now(),
+            unflushed: false,
         })
     }
 
@@ -157,6 +190,7 @@ impl JsonLinesWriter {
             flush_each_line: false,
             records: 0,
             last_flush: Instant::now(),
+            unflushed: false,
         }
     }
 
@@ -169,11 +203,22 @@ impl JsonLinesWriter {
         let mut line = serde_json::to_vec(record).map_err(|e| err(std::io::Error::other(e)))?;
         line.push(b'\n');
         self.out.write_all(&line).map_err(err)?;
-        if self.flush_each_line || self.last_flush.elapsed() >= FILE_FLUSH_INTERVAL {
-            self.out.flush().map_err(err)?;
-            self.last_flush = Instant::now();
-        }
         self.records += 1;
+        self.unflushed = true;
+        if self.flush_each_line {
+            self.flush()?;
+        } else {
+            self.flush_if_due()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes lines that have waited a second or more. Call it also when no record comes (a
+    /// camera stalls), so the file never lags a run by more than about a second.
+    pub fn flush_if_due(&mut self) -> Result<(), SinkError> {
+        if self.unflushed && self.last_flush.elapsed() >= FILE_FLUSH_INTERVAL {
+            self.flush()?;
+        }
         Ok(())
     }
 
@@ -181,7 +226,10 @@ impl JsonLinesWriter {
         self.out.flush().map_err(|reason| SinkError::Write {
             target: self.target.clone(),
             reason,
-        })
+        })?;
+        self.unflushed = false;
+        self.last_flush = Instant::now();
+        Ok(())
     }
 
     pub fn records(&self) -> u64 {
@@ -279,5 +327,53 @@ mod tests {
             r#"{"image":"a.jpg","width":2,"height":3,"faces":[]}"#
         );
         assert_eq!(w.records(), 2);
+    }
+
+    /// Counts flushes, to see when buffered lines reach the file.
+    #[derive(Clone, Default)]
+    struct Flushes(Arc<Mutex<(usize, usize)>>);
+    impl Write for Flushes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.0.lock().unwrap().0 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_waiting_line_is_flushed_when_due_even_without_a_new_record() {
+        let f = Flushes::default();
+        let mut w = JsonLinesWriter::from_writer(Box::new(f.clone()), "test");
+        w.flush_if_due().unwrap();
+        assert_eq!(f.0.lock().unwrap().0, 0, "nothing to flush");
+        w.write(&serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(f.0.lock().unwrap().0, 0, "buffered for now");
+        w.last_flush -= FILE_FLUSH_INTERVAL;
+        w.flush_if_due().unwrap();
+        assert_eq!(f.0.lock().unwrap().0, 1, "due: flushed with no new record");
+        w.last_flush -= FILE_FLUSH_INTERVAL;
+        w.flush_if_due().unwrap();
+        assert_eq!(f.0.lock().unwrap().0, 1, "nothing new since");
+    }
+
+    #[test]
+    fn times_carry_no_float_noise() {
+        let record = FrameRecord {
+            stream: "0".into(),
+            source: "x".into(),
+            frame: 1,
+            pts_ms: 7511.697630999999,
+            width: 1,
+            height: 1,
+            gap_before_ms: Some(1200.0000000002),
+            faces: vec![],
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(
+            json.contains(r#""pts_ms":7511.698,"#) && json.contains(r#""gap_before_ms":1200.0,"#),
+            "{json}"
+        );
     }
 }

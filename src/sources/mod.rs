@@ -90,6 +90,40 @@ impl Default for SourceConfig {
     }
 }
 
+impl SourceConfig {
+    /// Every numeric key within its range (see [`crate::limits`]).
+    pub fn validate(&self) -> Result<(), crate::limits::RangeError> {
+        use crate::limits::{MAX_QUEUE_FRAMES, MAX_WAIT_MS, Setting};
+        Setting::flag("rtsp_latency_ms", "--rtsp-latency-ms").check(
+            self.rtsp_latency_ms,
+            0,
+            60_000,
+            "ms",
+        )?;
+        Setting::key("queue_frames").check(self.queue_frames, 1, MAX_QUEUE_FRAMES, "frames")?;
+        Setting::flag("stall_timeout_ms", "--stall-timeout-ms").check(
+            self.stall_timeout_ms,
+            100,
+            MAX_WAIT_MS,
+            "ms",
+        )?;
+        Setting::key("connect_attempts").check(self.connect_attempts, 1, 1000, "")?;
+        Setting::key("reconnect_backoff_ms").check(
+            self.reconnect_backoff_ms,
+            1,
+            MAX_WAIT_MS,
+            "ms",
+        )?;
+        Setting::key("reconnect_backoff_max_ms").check(
+            self.reconnect_backoff_max_ms,
+            self.reconnect_backoff_ms,
+            MAX_WAIT_MS,
+            "ms (at least reconnect_backoff_ms)",
+        )?;
+        Ok(())
+    }
+}
+
 /// A decoded frame, packed RGB8 (`width * height * 3` bytes).
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -150,10 +184,32 @@ pub struct TestPattern {
     pub height: u32,
     pub fps: u32,
     pub live: bool,
+    /// Fail with a stream error after this many frames (to try error handling end to end).
+    pub error_after: Option<u32>,
 }
 
 pub fn init_gstreamer() -> Result<(), SourceError> {
     gst::init().map_err(|e| SourceError::Init(e.to_string()))
+}
+
+/// The names videotestsrc accepts for its `pattern` property (smpte, ball, snow, …).
+pub fn test_patterns() -> Result<Vec<String>, SourceError> {
+    init_gstreamer()?;
+    let src = gst::ElementFactory::make("videotestsrc")
+        .build()
+        .map_err(|e| SourceError::Init(format!("videotestsrc: {e}")))?;
+    let nicks = src
+        .find_property("pattern")
+        .and_then(|pspec| gst::glib::EnumClass::with_type(pspec.value_type()))
+        .map(|class| {
+            class
+                .values()
+                .iter()
+                .map(|v| v.nick().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(nicks)
 }
 
 /// Parses `testsrc://PATTERN?frames=N&size=WxH&fps=F&live=true` (all parts optional).
@@ -174,6 +230,7 @@ fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceErro
         height: 480,
         fps: 25,
         live: false,
+        error_after: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair
@@ -185,8 +242,14 @@ fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceErro
         };
         match key {
             "frames" => spec.frames = number(value)?,
-            "fps" => spec.fps = number(value)?.max(1),
+            "fps" => {
+                spec.fps = number(value)?;
+                if !(1..=1000).contains(&spec.fps) {
+                    return Err(bad(format!("fps={value} must be from 1 to 1000")));
+                }
+            }
             "live" => spec.live = value == "true" || value == "1",
+            "error-after" => spec.error_after = Some(number(value)?),
             "size" => {
                 let (w, h) = value
                     .split_once('x')
@@ -200,7 +263,7 @@ fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceErro
             }
             other => {
                 return Err(bad(format!(
-                    "unknown key '{other}' (frames, size, fps, live)"
+                    "unknown key '{other}' (frames, size, fps, live, error-after)"
                 )));
             }
         }
@@ -213,6 +276,17 @@ fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceErro
 pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind, SourceError> {
     if let Some(rest) = input.strip_prefix("testsrc://") {
         let mut spec = parse_test_pattern(input, rest)?;
+        let patterns = test_patterns()?;
+        if !patterns.contains(&spec.pattern) {
+            return Err(SourceError::BadTestSpec {
+                input: input.to_string(),
+                message: format!(
+                    "unknown pattern '{}' (patterns: {})",
+                    spec.pattern,
+                    patterns.join(", ")
+                ),
+            });
+        }
         if let Some(live) = live_override {
             spec.live = live;
         }
@@ -253,12 +327,11 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
     }
     let path = Path::new(input);
     check_file(input, path)?;
-    let absolute = std::fs::canonicalize(path)
-        .or_else(|_| std::path::absolute(path))
-        .map_err(|e| SourceError::Build {
-            input: input.to_string(),
-            message: e.to_string(),
-        })?;
+    // Absolute but not canonical: symlinks stay as the user named them (as `detect` does).
+    let absolute = std::path::absolute(path).map_err(|e| SourceError::Build {
+        input: input.to_string(),
+        message: e.to_string(),
+    })?;
     let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|e| SourceError::Build {
         input: input.to_string(),
         message: e.to_string(),
@@ -335,6 +408,9 @@ struct PtsClock {
     /// The next frame starts a new connection.
     rebase: bool,
     last_ms: Option<f64>,
+    /// Live sources: the first frame is at 0 (a camera's running time starts when the pipeline
+    /// does, a frame interval or more before its first frame). Files keep their own timeline.
+    from_first_frame: bool,
 }
 
 impl PtsClock {
@@ -344,6 +420,9 @@ impl PtsClock {
             self.offset_ms = first_ms + now.duration_since(first_at).as_secs_f64() * 1e3 - raw_ms;
         }
         let mut pts_ms = raw_ms + self.offset_ms;
+        if self.from_first_frame {
+            pts_ms -= first_ms;
+        }
         if self.offset_ms != 0.0
             && let Some(last) = self.last_ms
             && pts_ms <= last
@@ -422,7 +501,17 @@ fn build_pipeline(
             pipeline
                 .add_many([&src, &filter])
                 .map_err(|e| build_err(input, e))?;
-            gst::Element::link_many([&src, &filter, &convert]).map_err(|e| build_err(input, e))?;
+            let mut chain = vec![src, filter];
+            if let Some(n) = spec.error_after {
+                let fail = gst::ElementFactory::make("identity")
+                    .property("error-after", i32::try_from(n).unwrap_or(i32::MAX))
+                    .build()
+                    .map_err(|e| build_err(input, e))?;
+                pipeline.add(&fail).map_err(|e| build_err(input, e))?;
+                chain.push(fail);
+            }
+            chain.push(convert.clone());
+            gst::Element::link_many(&chain).map_err(|e| build_err(input, e))?;
             (input.to_string(), spec.live)
         }
         InputKind::Uri { uri, live } => {
@@ -444,20 +533,35 @@ fn build_pipeline(
                 None
             });
             pipeline.add(&decode).map_err(|e| build_err(input, e))?;
+            // A file or web stream treated as live plays at its own frame rate, like a camera
+            // (unpaced, it would be read as fast as it decodes and most frames dropped).
+            let camera = ["rtsp", "v4l2"].iter().any(|s| uri.starts_with(s));
+            appsink.set_sync(*live && !camera);
             let convert_weak = convert.downgrade();
             let pipeline_weak = pipeline.downgrade();
-            decode.connect_pad_added(move |_, pad| {
-                let is_video = pad
+            decode.connect_pad_added(move |decode, pad| {
+                let media = pad
                     .current_caps()
                     .or_else(|| Some(pad.query_caps(None)))
-                    .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                    .unwrap_or(false);
-                if is_video
+                    .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+                    .unwrap_or_default();
+                if media.starts_with("video/")
                     && let Some(convert) = convert_weak.upgrade()
                     && let Some(sink) = convert.static_pad("sink")
                     && !sink.is_linked()
                 {
-                    let _ = pad.link(&sink);
+                    // decodebin exposes a stream it has no decoder for with its encoded caps,
+                    // which videoconvert refuses: say so rather than fail later as "not linked".
+                    if pad.link(&sink).is_err() {
+                        gst::element_error!(
+                            decode,
+                            gst::StreamError::CodecNotFound,
+                            (
+                                "no decoder for {} (install the GStreamer plugin that decodes it, e.g. gstreamer1.0-libav or gstreamer1.0-plugins-bad)",
+                                media
+                            )
+                        );
+                    }
                     return;
                 }
                 // Audio and extra video streams go to a fakesink so they never block the demuxer.
@@ -524,25 +628,41 @@ impl Source {
     /// Plays the pipeline and sends every decoded frame to `out` until end of stream, a stop
     /// request or an error; live cameras that fail or stall are reconnected (see the module
     /// docs). Always leaves the pipeline in the Null state.
+    /// The counts are returned also when the source failed: the frames it decoded before the
+    /// failure were sent on and still count.
     pub fn run(
         mut self,
         out: &Output<Frame>,
         control: &Control,
-    ) -> Result<SourceStats, SourceError> {
+    ) -> (SourceStats, Result<(), SourceError>) {
         let mut session = Session {
             stats: SourceStats::default(),
-            clock: PtsClock::default(),
+            clock: PtsClock {
+                from_first_frame: self.info.live,
+                ..PtsClock::default()
+            },
             last_frame_at: None,
             gap_since: None,
             failures: 0,
             video_info: None,
         };
+        let result = self.connect_until_done(out, control, &mut session);
+        let _ = self.pipeline.set_state(gst::State::Null);
+        (session.stats, result)
+    }
+
+    fn connect_until_done(
+        &mut self,
+        out: &Output<Frame>,
+        control: &Control,
+        session: &mut Session,
+    ) -> Result<(), SourceError> {
         loop {
-            let outcome = self.pump(out, control, &mut session);
+            let outcome = self.pump(out, control, session);
             let _ = self.pipeline.set_state(gst::State::Null);
             let reason = match outcome {
-                Ok(Ended::Finished) => return Ok(session.stats),
-                Ok(Ended::EndOfStream) if !self.reconnectable => return Ok(session.stats),
+                Ok(Ended::Finished) => return Ok(()),
+                Ok(Ended::EndOfStream) if !self.reconnectable => return Ok(()),
                 Err(e) if !self.reconnectable => return Err(e),
                 Ok(Ended::EndOfStream) => "the stream ended".to_string(),
                 Ok(Ended::Stalled { waited, streaming }) => format!(
@@ -598,7 +718,7 @@ impl Source {
                 session.gap_since = Some(session.last_frame_at.unwrap_or_else(Instant::now));
             }
             if !sleep_unless_stopped(delay, control) {
-                return Ok(session.stats);
+                return Ok(());
             }
             let (pipeline, appsink, _, _) =
                 build_pipeline(&self.input, &self.kind, &self.config, &self.info.id)?;
@@ -875,6 +995,13 @@ mod tests {
         assert!(parse_input("testsrc://ball?size=0x10", None).is_err());
         assert!(parse_input("testsrc://ball?frames=many", None).is_err());
         assert!(parse_input("testsrc://ball?colour=red", None).is_err());
+        let err = parse_input("testsrc://nosuch?frames=3", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown pattern 'nosuch' (patterns: smpte, snow,"),
+            "{err}"
+        );
+        assert!(parse_input("testsrc://ball?fps=0", None).is_err());
     }
 
     #[test]
@@ -904,6 +1031,15 @@ mod tests {
         // A reconnected stream whose clock jumps back never yields an earlier timestamp.
         let back = clock.place(0.0, at(3100));
         assert!(back > 3180.0, "{back}");
+        // A live camera's first frame is at 0 whatever its running time says.
+        let mut clock = PtsClock {
+            from_first_frame: true,
+            ..PtsClock::default()
+        };
+        assert_eq!(clock.place(33.47, at(0)), 0.0);
+        assert!((clock.place(73.47, at(40)) - 40.0).abs() < 1e-9);
+        clock.rebase = true;
+        assert!((clock.place(5.0, at(1040)) - 1040.0).abs() < 1e-6);
     }
 
     #[test]

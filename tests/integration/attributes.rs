@@ -60,7 +60,7 @@ fn analyze_reports_age_gender_race_per_face() {
     };
     let out = run_ok(
         bin()
-            .args(["analyze", "--json", "--age-groups", "3"])
+            .args(["analyze", "--json", "-", "--age-groups", "3"])
             .arg(&a)
             .arg(&b),
     );
@@ -132,7 +132,11 @@ fn expect_error(args: &[&str], extra: &[&Path], needle: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "{stderr} lacks {needle:?}");
+    assert_eq!(
+        stderr.matches(needle).count(),
+        1,
+        "{stderr}: {needle:?} once, not repeated by a wrapper"
+    );
     assert!(!stderr.contains("panicked"));
 }
 
@@ -189,7 +193,9 @@ fn bad_models_are_refused_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("age groups must be 3, 5 or 10"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("age groups must be 3, 5 or 10"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
 
 #[test]
@@ -347,7 +353,7 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
     let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
     let out = run_ok(
         bin()
-            .args(["analyze", "--json", "--model"])
+            .args(["analyze", "--json", "-", "--model"])
             .arg(run.join("mean.onnx"))
             .arg(&img),
     );

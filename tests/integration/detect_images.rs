@@ -11,7 +11,7 @@ fn detect_writes_records_and_aligned_crops() {
     let crops = dir.path().join("crops");
     let out = run_ok(
         bin()
-            .args(["detect", "--json", "--crops"])
+            .args(["detect", "--json", "-", "--crops"])
             .arg(&crops)
             .args(["--crop-size", "96"])
             .arg(&img),
@@ -95,7 +95,7 @@ fn faces_filling_a_tight_portrait_are_found() {
     else {
         return;
     };
-    let out = run_ok(bin().args(["detect", "--json"]).args(&images));
+    let out = run_ok(bin().args(["detect", "--json", "-"]).args(&images));
     let text = String::from_utf8(out.stdout).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()

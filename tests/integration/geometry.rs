@@ -102,7 +102,7 @@ fn hundreds_of_faces_in_one_frame() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crowd.png");
     grid.save(&path).unwrap();
-    let out = run_ok(bin().args(["analyze", "--json"]).arg(&path));
+    let out = run_ok(bin().args(["analyze", "--json", "-"]).arg(&path));
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
     let faces = record["faces"].as_array().unwrap();
     // 160 portraits; MTCNN misses some hard ones (profiles, babies, heavy blur).

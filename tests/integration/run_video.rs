@@ -78,7 +78,8 @@ fn real_clip_has_faces_inside_the_frame_on_nearly_every_frame() {
         assert_eq!(r["frame"], i as u64);
         assert_eq!(
             r["source"].as_str().unwrap(),
-            format!("file://{}", clip.canonicalize().unwrap().display())
+            format!("file://{}", std::path::absolute(&clip).unwrap().display()),
+            "the path as given, made absolute (symlinks not resolved)"
         );
         let (w, h) = (r["width"].as_f64().unwrap(), r["height"].as_f64().unwrap());
         let faces = r["faces"].as_array().unwrap();

@@ -62,6 +62,15 @@ pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     if union <= 0.0 { 0.0 } else { inter / union }
 }
 
+/// `1 frame`, `N frames`, as the summary counts them.
+pub fn frames(n: usize) -> String {
+    if n == 1 {
+        "1 frame".into()
+    } else {
+        format!("{n} frames")
+    }
+}
+
 /// Frames dropped behind a live source, from the end summary on stderr.
 pub fn dropped_from_summary(stderr: &str) -> usize {
     stderr
@@ -75,8 +84,12 @@ pub fn dropped_from_summary(stderr: &str) -> usize {
 /// Frames decoded, from the end summary on stderr.
 pub fn decoded_from_summary(stderr: &str) -> usize {
     stderr
-        .split(" frames decoded, ")
+        .split(" decoded, ")
         .next()
+        .and_then(|s| {
+            s.strip_suffix(" frames")
+                .or_else(|| s.strip_suffix(" frame"))
+        })
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
@@ -89,7 +102,7 @@ pub fn assert_contiguous_and_all_reported(records: &[Value], stderr: &str) {
     }
     let n = records.len();
     assert!(
-        stderr.contains(&format!("{n} frames decoded, {n} reported")),
+        stderr.contains(&format!("{} decoded, {n} reported", frames(n))),
         "{stderr}"
     );
 }
@@ -102,7 +115,7 @@ pub fn assert_live_accounting(
     decoded: usize,
 ) -> (Vec<u64>, usize) {
     assert!(
-        stderr.contains(&format!("{decoded} frames decoded")),
+        stderr.contains(&format!("{} decoded", frames(decoded))),
         "{stderr}"
     );
     let dropped = dropped_from_summary(stderr);

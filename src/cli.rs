@@ -1,0 +1,473 @@
+//! The command line: subcommands, flags, and how flags become the library's configurations.
+//! Kept apart from `main.rs` so tests can drive the real parser and validation in-process.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use faceflow::align::AlignConfig;
+use faceflow::detect::DetectConfig;
+use faceflow::pipeline::{AttributesConfig, PipelineConfig};
+use faceflow::sinks::JsonConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "faceflow",
+    version,
+    about = "Faces in video and images: MTCNN detection, five landmarks, age group, gender and race, JSON Lines out",
+    long_about = "Faces in video and images: MTCNN detection, five landmarks, age group, gender and \
+        race, JSON Lines out.\n\n\
+        Subcommands: run (video files, URIs, RTSP cameras, webcams, test patterns), detect (faces \
+        in still images), analyze (faces with age, gender and race in still images), eval (score \
+        an attribute model on a labelled folder), train (train that model; in builds with feature \
+        `train`).\n\n\
+        Examples:\n  \
+        faceflow run --input clip.mp4 --json faces.jsonl\n  \
+        faceflow run --input rtsp://camera/stream --json -\n  \
+        faceflow run --input v4l2:///dev/video0 --json -\n  \
+        faceflow run pipelines/file-to-json.toml\n  \
+        faceflow detect photo1.jpg photo2.png\n  \
+        faceflow analyze --json faces.jsonl --age-groups 3 photo.jpg\n  \
+        faceflow eval --source labelled/ --report eval/\n\n\
+        Errors are one line on standard error with a non-zero exit status (2 for a bad flag). Logs \
+        go to standard error: -v for progress details, -vv for debugging, or RUST_LOG."
+)]
+pub struct Cli {
+    /// More log output on standard error (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a video pipeline: decode, detect faces on every frame, write one JSON record per frame.
+    Run(RunArgs),
+    /// Detect faces in still images, one JSON record per image.
+    Detect(DetectArgs),
+    /// Detect faces in still images and estimate age group, gender and race of each.
+    Analyze(AnalyzeArgs),
+    /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and PNG.
+    Eval(EvalArgs),
+    /// Train the age/gender/race model on labelled face folders and export it to ONNX.
+    #[cfg(feature = "train")]
+    Train(Box<TrainArgs>),
+    /// Not in this build: says how to get the trainer.
+    #[cfg(not(feature = "train"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Train {
+        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+#[cfg(feature = "train")]
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); append @TASKS when it only has some
+    /// labels, e.g. faces@race. Repeat for several sources.
+    #[arg(long = "source", value_name = "DIR[@TASKS]", value_parser = faceflow::model::dataset::Source::parse)]
+    pub sources: Vec<faceflow::model::dataset::Source>,
+    /// Run folder: checkpoints, state.json, validation history, the exported model.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (its saved settings are used).
+    #[arg(long)]
+    pub resume: bool,
+    /// Only export the run in --out to ONNX (no training).
+    #[arg(long)]
+    pub export_only: bool,
+    /// With --export-only: export the best validation epoch instead of the last checkpoint.
+    #[arg(long)]
+    pub best: bool,
+    /// With --export-only: export the mean of these checkpoints of the run (e.g.
+    /// epoch-22.bpk,epoch-24.bpk,epoch-26.bpk), batch-norm statistics re-estimated on its training
+    /// crops; prints its validation.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "FILES",
+        requires = "export_only",
+        conflicts_with = "best"
+    )]
+    pub average: Vec<String>,
+    /// Heads to train: age, age,gender or age,gender,race.
+    #[arg(long, default_value = "age,gender,race")]
+    pub tasks: String,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: u32,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW; warm-up, then cosine decay).
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.02)]
+    pub weight_decay: f64,
+    /// Fraction of images (by content hash) held out for validation.
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Loss weights of age, gender, race.
+    #[arg(long, value_name = "A,G,R", value_parser = parse_thresholds, default_value = "1,1,1")]
+    pub loss_weights: [f32; 3],
+    /// Weight classes by inverse square-root frequency.
+    #[arg(long)]
+    pub balance_classes: bool,
+    /// Split the training images in two sources: one with age+gender labels, one with race only.
+    #[arg(long)]
+    pub simulate_multi_source: bool,
+    /// Use only this many images (a deterministic subset), e.g. for a smoke run.
+    #[arg(long, value_name = "N")]
+    pub max_images: Option<usize>,
+    /// Network size: default or tiny (smoke tests).
+    #[arg(long, default_value = "default")]
+    pub net: String,
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Age readout that picks the best epoch: 3, 5 or 10 groups, or years (MAE).
+    #[arg(long, default_value = "5", value_parser = faceflow::train::AgeReadout::parse)]
+    pub age_readout: faceflow::train::AgeReadout,
+    /// Crop cache folder (crops from faceflow's detector and alignment).
+    #[arg(long, value_name = "DIR", default_value = ".cache/crops")]
+    pub cache: PathBuf,
+    /// Where to write the ONNX model [default: OUT/faceattr.onnx].
+    #[arg(long, value_name = "PATH")]
+    pub export: Option<PathBuf>,
+    /// Training threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub train_threads: Option<usize>,
+    /// Save a checkpoint every N steps as well as after every epoch.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub checkpoint_every: u64,
+    #[command(flatten)]
+    pub detector: DetectorFlags,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct DetectorFlags {
+    /// Smallest face to find, in pixels [default: 20].
+    #[arg(long, value_name = "PX")]
+    pub min_face: Option<f64>,
+    /// Face-probability thresholds of P-Net, R-Net, O-Net [default: 0.6,0.7,0.7].
+    #[arg(long, value_name = "P,R,O", value_parser = parse_thresholds)]
+    pub thresholds: Option<[f32; 3]>,
+    /// Ratio between pyramid scales, in (0, 1) [default: 0.709].
+    #[arg(long, value_name = "RATIO")]
+    pub scale_factor: Option<f64>,
+    /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
+    #[arg(long, value_name = "DIR")]
+    pub mtcnn_models: Option<PathBuf>,
+    /// ONNX Runtime threads per network [default: 1 with several workers, else one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+pub fn parse_thresholds(s: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = s
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("'{v}' is not a number"))
+        })
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(values)
+        .map_err(|v| format!("expected three values P,R,O, got {}", v.len()))
+}
+
+impl DetectorFlags {
+    pub fn apply(&self, cfg: &mut DetectConfig) {
+        if let Some(v) = self.min_face {
+            cfg.min_face_px = v;
+        }
+        if let Some(v) = self.thresholds {
+            cfg.thresholds = v;
+        }
+        if let Some(v) = self.scale_factor {
+            cfg.scale_factor = v;
+        }
+        if let Some(v) = &self.mtcnn_models {
+            cfg.models_dir = Some(v.clone());
+        }
+        if let Some(v) = self.threads {
+            cfg.threads = v;
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Pipeline file (pipelines/*.toml); flags given here override its values.
+    #[arg(value_name = "PIPELINE.toml")]
+    pub pipeline: Option<PathBuf>,
+    /// Video to read: a file path, any URI GStreamer can decode (file://, http://, rtsp://),
+    /// v4l2:///dev/videoN for a webcam, or testsrc://PATTERN?frames=N&size=WxH&fps=F for a test pattern.
+    #[arg(short, long, value_name = "PATH|URI")]
+    pub input: Option<String>,
+    /// Where the JSON Lines go: a file, or - for standard output [default: -].
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    /// Use RTSP over TCP.
+    #[arg(long)]
+    pub rtsp_tcp: bool,
+    /// RTSP jitter-buffer latency in milliseconds [default: 200].
+    #[arg(long, value_name = "MS")]
+    pub rtsp_latency_ms: Option<u32>,
+    /// Treat the input as live (drop the oldest frames when behind) or not; default: RTSP and
+    /// webcams are live, files are not.
+    #[arg(long, value_name = "BOOL")]
+    pub live: Option<bool>,
+    /// Stop after this many decoded frames.
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<u64>,
+    /// Live cameras: reconnect at most N times in a row after the stream fails or stalls
+    /// [default: forever].
+    #[arg(long, value_name = "N")]
+    pub reconnect_attempts: Option<u32>,
+    /// Print a health line (frames, queue depths, resident memory) to standard error every this
+    /// many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub stats_every: Option<f64>,
+    /// Live cameras: no frame for this long is a stall, and the camera is reconnected
+    /// [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub stall_timeout_ms: Option<u64>,
+    /// Detector workers, each on its own frames [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub detector: DetectorFlags,
+    #[command(flatten)]
+    pub attributes: AttributeFlags,
+    #[command(flatten)]
+    pub age_groups: AgeGroupFlag,
+    /// Detection only: no age, gender or race.
+    #[arg(long)]
+    pub no_attributes: bool,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct AttributeFlags {
+    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Also run each face mirrored and average the two (steadier, twice the model cost)
+    /// [default: true for analyze and eval, false for run].
+    #[arg(long, value_name = "BOOL")]
+    pub flip_average: Option<bool>,
+}
+
+/// `--age-groups`, for the subcommands that report one grouping (eval reports all three).
+#[derive(Args, Clone, Default)]
+pub struct AgeGroupFlag {
+    /// Age groups to report: 3 (1-26, 27-52, 53-80), 5 (1-11, 12-23, 24-39, 40-55, 56-80) or 10
+    /// (eight-year bins) [default: 5].
+    #[arg(long, value_name = "N", value_parser = parse_age_groups)]
+    pub age_groups: Option<u32>,
+}
+
+impl AgeGroupFlag {
+    pub fn apply(&self, cfg: &mut AttributesConfig) {
+        if let Some(n) = self.age_groups {
+            cfg.age_groups = n;
+        }
+    }
+}
+
+pub fn parse_age_groups(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n @ (3 | 5 | 10)) => Ok(n),
+        _ => Err(format!("'{s}': age groups must be 3, 5 or 10")),
+    }
+}
+
+impl AttributeFlags {
+    pub fn apply(&self, cfg: &mut AttributesConfig) {
+        if let Some(m) = &self.model {
+            cfg.model = Some(m.clone());
+        }
+        if let Some(v) = self.flip_average {
+            cfg.flip_average = v;
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Labelled folder (UTKFace names AGE_GENDER_RACE_*.jpg); repeat for several.
+    #[arg(long = "source", value_name = "DIR[@TASKS]", required = true, value_parser = faceflow::model::dataset::Source::parse)]
+    pub sources: Vec<faceflow::model::dataset::Source>,
+    /// Which images: all, or the trainer's validation / training part (same seed and fraction).
+    #[arg(long, default_value = "all", value_parser = faceflow::eval::Split::parse)]
+    pub split: faceflow::eval::Split,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.15)]
+    pub val_fraction: f64,
+    /// Score only N images of the split (a fixed sample spread over it, the same every time).
+    #[arg(long, value_name = "N")]
+    pub max_images: Option<usize>,
+    /// Report folder: report.json, predictions.jsonl (one line per image), report.md,
+    /// confusion_*.png, accuracy_per_age_group*.png.
+    #[arg(long, value_name = "DIR", default_value = "eval-report")]
+    pub report: PathBuf,
+    #[command(flatten)]
+    pub attributes: AttributeFlags,
+    #[command(flatten)]
+    pub detector: DetectorFlags,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Images to read (JPEG, PNG, BMP, WebP).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<PathBuf>,
+    /// Where the JSON Lines go: a file, or - for standard output [default: -].
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    #[command(flatten)]
+    pub attributes: AttributeFlags,
+    #[command(flatten)]
+    pub age_groups: AgeGroupFlag,
+    #[command(flatten)]
+    pub detector: DetectorFlags,
+}
+
+#[derive(Args)]
+pub struct DetectArgs {
+    /// Images to read (JPEG, PNG, BMP, WebP).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<PathBuf>,
+    /// Where the JSON Lines go: a file, or - for standard output [default: -].
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    /// Also write each face aligned to the canonical template as DIR/<image>_face<N>.png
+    /// (images with the same name get <image>-2_face<N>.png, …).
+    #[arg(long, value_name = "DIR")]
+    pub crops: Option<PathBuf>,
+    /// Side of the aligned crops in pixels [default: 112].
+    #[arg(long, value_name = "PX")]
+    pub crop_size: Option<u32>,
+    #[command(flatten)]
+    pub detector: DetectorFlags,
+}
+
+impl RunArgs {
+    /// The pipeline file (if any) with the flags given on top; not yet validated.
+    pub fn config(&self) -> Result<PipelineConfig, faceflow::pipeline::PipelineError> {
+        let mut config = match &self.pipeline {
+            Some(path) => PipelineConfig::load(path)?,
+            None => PipelineConfig::default(),
+        };
+        if let Some(v) = &self.input {
+            config.source.input = v.clone();
+        }
+        if let Some(v) = &self.json {
+            config.json = JsonConfig { path: v.clone() };
+        }
+        if self.rtsp_tcp {
+            config.source.rtsp_tcp = true;
+        }
+        if let Some(v) = self.rtsp_latency_ms {
+            config.source.rtsp_latency_ms = v;
+        }
+        if self.live.is_some() {
+            config.source.live = self.live;
+        }
+        if let Some(v) = self.max_frames {
+            config.source.max_frames = v;
+        }
+        if self.reconnect_attempts.is_some() {
+            config.source.reconnect_attempts = self.reconnect_attempts;
+        }
+        if let Some(v) = self.stall_timeout_ms {
+            config.source.stall_timeout_ms = v;
+        }
+        if let Some(v) = self.stats_every {
+            config.stats_interval_s = v;
+        }
+        if let Some(v) = self.workers {
+            config.detect.workers = v;
+        }
+        self.detector.apply(&mut config.detect);
+        self.attributes.apply(&mut config.attributes);
+        self.age_groups.apply(&mut config.attributes);
+        if self.no_attributes {
+            config.attributes.enabled = false;
+        }
+        Ok(config)
+    }
+}
+
+impl DetectArgs {
+    pub fn settings(&self) -> (DetectConfig, AlignConfig) {
+        let mut detect = DetectConfig::default();
+        self.detector.apply(&mut detect);
+        let mut align = AlignConfig::default();
+        if let Some(px) = self.crop_size {
+            align.crop_px = px;
+        }
+        (detect, align)
+    }
+}
+
+/// Still images are read for accuracy over speed: each face is also read mirrored unless turned
+/// off.
+fn still_image_attributes(flags: &AttributeFlags) -> AttributesConfig {
+    let mut attributes = AttributesConfig {
+        flip_average: true,
+        ..AttributesConfig::default()
+    };
+    flags.apply(&mut attributes);
+    attributes
+}
+
+impl AnalyzeArgs {
+    pub fn settings(&self) -> (DetectConfig, AttributesConfig) {
+        let mut detect = DetectConfig::default();
+        self.detector.apply(&mut detect);
+        let mut attributes = still_image_attributes(&self.attributes);
+        self.age_groups.apply(&mut attributes);
+        (detect, attributes)
+    }
+}
+
+impl EvalArgs {
+    pub fn settings(&self) -> (DetectConfig, AttributesConfig) {
+        let mut detect = DetectConfig::default();
+        self.detector.apply(&mut detect);
+        (detect, still_image_attributes(&self.attributes))
+    }
+}
+
+/// A clap error as one line: its first paragraph joined, and its tip if it has one, e.g.
+/// `error: unexpected argument '--age-groups' found; tip: … (see faceflow eval --help)`.
+pub fn usage_error_line(rendered: &str, subcommand: Option<&str>) -> String {
+    let mut paragraphs = rendered.split("\n\n");
+    let first: Vec<&str> = paragraphs
+        .next()
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut line = first.join(" ");
+    if !line.starts_with("error:") {
+        line = format!("error: {line}");
+    }
+    for tip in rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"))
+    {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    let help = match subcommand {
+        Some(sub) => format!("faceflow {sub} --help"),
+        None => "faceflow --help".into(),
+    };
+    format!("{line} (see {help})")
+}
