@@ -370,6 +370,8 @@ pub struct Source {
     /// Live cameras (not files or test patterns) are reconnected when they fail or stall.
     reconnectable: bool,
     counters: Arc<SourceCounters>,
+    /// The video type decodebin said it has no decoder for, to name it in the error that follows.
+    missing_decoder: std::sync::Mutex<Option<String>>,
 }
 
 fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
@@ -556,10 +558,7 @@ fn build_pipeline(
                         gst::element_error!(
                             decode,
                             gst::StreamError::CodecNotFound,
-                            (
-                                "no decoder for {} (install the GStreamer plugin that decodes it, e.g. gstreamer1.0-libav or gstreamer1.0-plugins-bad)",
-                                media
-                            )
+                            ("{}", no_decoder_message(&media))
                         );
                     }
                     return;
@@ -606,6 +605,7 @@ impl Source {
             appsink,
             reconnectable,
             counters: Arc::default(),
+            missing_decoder: std::sync::Mutex::new(None),
         })
     }
 
@@ -871,13 +871,33 @@ impl Source {
                         .map(|s| s.name().to_string())
                         .unwrap_or_else(|| "pipeline".into());
                     tracing::debug!(element, debug = ?err.debug(), "GStreamer error");
+                    let missing = self.missing_decoder.lock().ok().and_then(|m| m.clone());
+                    if let Some(media) = missing
+                        && err.error().matches(gst::CoreError::MissingPlugin)
+                    {
+                        return Some(self.stream_error(no_decoder_message(&media)));
+                    }
                     return Some(self.stream_error(format!(
                         "{} (GStreamer element {element})",
                         err.error().to_string().trim_end_matches('.')
                     )));
                 }
                 gst::MessageView::Warning(w) => {
-                    tracing::warn!(input = %self.input, "GStreamer warning: {}", w.error());
+                    // A missing decoder is reported as this stream's error ("no decoder for …").
+                    if w.error().matches(gst::CoreError::MissingPlugin)
+                        || w.error().matches(gst::StreamError::CodecNotFound)
+                    {
+                        tracing::debug!(input = %self.input, "GStreamer warning: {}", w.error());
+                        let text = w.error().to_string();
+                        if let Some(media) = missing_media_type(&text)
+                            && media.starts_with("video/")
+                            && let Ok(mut slot) = self.missing_decoder.lock()
+                        {
+                            *slot = Some(media);
+                        }
+                    } else {
+                        tracing::warn!(input = %self.input, "GStreamer warning: {}", w.error());
+                    }
                 }
                 _ => {}
             }
@@ -953,6 +973,19 @@ impl Source {
     }
 }
 
+fn no_decoder_message(media: &str) -> String {
+    format!(
+        "no decoder for {media} (install the GStreamer plugin that decodes it, e.g. gstreamer1.0-libav or gstreamer1.0-plugins-bad)"
+    )
+}
+
+/// The media type in decodebin's "No decoder available for type 'video/x-h265, …'".
+fn missing_media_type(warning: &str) -> Option<String> {
+    let caps = warning.split_once("type '")?.1;
+    let end = caps.find([',', '\'', ';']).unwrap_or(caps.len());
+    Some(caps[..end].trim().to_string()).filter(|m| !m.is_empty())
+}
+
 /// Sleeps for `delay` in short steps; false when a stop was requested meanwhile.
 fn sleep_unless_stopped(delay: Duration, control: &Control) -> bool {
     let until = Instant::now() + delay;
@@ -1002,6 +1035,18 @@ mod tests {
             "{err}"
         );
         assert!(parse_input("testsrc://ball?fps=0", None).is_err());
+    }
+
+    #[test]
+    fn the_missing_decoder_is_read_from_decodebins_warning() {
+        assert_eq!(
+            missing_media_type(
+                "No decoder available for type 'video/x-h265, stream-format=(string)hvc1'."
+            )
+            .as_deref(),
+            Some("video/x-h265")
+        );
+        assert_eq!(missing_media_type("something else"), None);
     }
 
     #[test]

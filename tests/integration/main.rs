@@ -6,6 +6,7 @@ mod attributes;
 mod cli_errors;
 mod detect_images;
 mod geometry;
+mod hardening;
 mod parity;
 mod rtsp;
 mod run_video;

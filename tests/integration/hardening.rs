@@ -1,0 +1,350 @@
+//! The edges a new user finds: sources that fail mid-stream, closed pipes, odd flag values,
+//! undecodable streams, paths that collide, unreadable images.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A small H.264 MP4 of a test pattern: `frames` frames of 160×120 at `fps`.
+fn h264_clip(dir: &Path, name: &str, frames: u32, fps: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=ball",
+            &format!("num-buffers={frames}"),
+            "!",
+            &format!("video/x-raw,width=160,height=120,framerate={fps}/1"),
+            "!",
+            "videoconvert",
+            "!",
+            "video/x-raw,format=I420",
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success());
+    path
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A source that fails after 25 frames: every frame decoded before the failure is detected and
+/// written, the counts add up, and the failure still fails the run with its own line.
+#[test]
+fn frames_decoded_before_a_source_error_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    for _ in 0..3 {
+        let out = bin()
+            .args([
+                "run",
+                "--input",
+                "testsrc://ball?frames=200&size=160x120&error-after=25",
+                "--no-attributes",
+                "--json",
+            ])
+            .arg(&json)
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let records = read_jsonl(&json);
+        let decoded = decoded_from_summary(&stderr);
+        assert!(decoded >= 20, "{stderr}");
+        assert_live_accounting(&records, &stderr, decoded);
+        assert_eq!(records.len(), decoded, "a file-like source drops nothing");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "summary, then the error: {stderr}");
+        assert!(lines[0].contains("the source failed"), "{stderr}");
+        assert!(lines[1].starts_with("error: testsrc://"), "{stderr}");
+    }
+}
+
+/// `faceflow run … --json - | head -1`: the reader goes away, faceflow stops quietly.
+#[test]
+fn a_closed_output_pipe_stops_the_run_quietly() {
+    let mut child = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=0&size=160x120",
+            "--no-attributes",
+            "--json",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // Reader dropped here, as `head -1` exits.
+    assert!(first.starts_with("{\"stream\":\"0\""), "{first}");
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert!(stderr.contains("output closed by its reader"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn health_line_intervals_are_checked_and_sub_second_ones_tick() {
+    for bad in ["1e20", "1e19", "1e-9", "-1", "NaN", "inf"] {
+        let out = bin()
+            .args(["run", "--input", "testsrc://ball?frames=3&size=64x48"])
+            .args([
+                "--no-attributes",
+                "--json",
+                "/dev/null",
+                "--stats-every",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&out);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        if bad == "-1" {
+            // clap reads a leading dash as a flag: a usage error.
+            assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+            assert!(stderr.starts_with("error: "), "{stderr}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(
+            stderr.starts_with("error: stats_interval_s (--stats-every) = "),
+            "{stderr}"
+        );
+    }
+    let out = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=20&size=64x48&fps=10&live=true",
+        ])
+        .args([
+            "--no-attributes",
+            "--json",
+            "/dev/null",
+            "--stats-every",
+            "0.3",
+        ])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    let times: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("stats: t="))
+        .filter_map(|l| l.split('s').next())
+        .collect();
+    assert!(times.len() >= 3, "{stderr}");
+    let mut sorted = times.clone();
+    sorted.dedup();
+    assert_eq!(sorted, times, "each line its own time: {stderr}");
+    assert!(stderr.contains("reorder:"), "{stderr}");
+}
+
+#[test]
+fn logs_in_a_pipe_carry_no_colour_codes() {
+    let out = bin()
+        .args(["-v", "run", "--input", "testsrc://ball?frames=2&size=64x48"])
+        .args(["--no-attributes", "--json", "/dev/null"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
+
+#[test]
+fn one_frame_is_one_frame() {
+    let out = bin()
+        .args(["run", "--input", "testsrc://ball?frames=1&size=64x48"])
+        .args(["--no-attributes", "--json", "/dev/null"])
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(stderr.contains(": 1 frame decoded, 1 reported"), "{stderr}");
+    assert!(stderr.contains("; 0 faces;"), "{stderr}");
+}
+
+#[test]
+fn a_file_run_as_live_is_paced_like_a_camera() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), "clip.mp4", 50, 25);
+    let json = dir.path().join("out.jsonl");
+    let started = Instant::now();
+    let out = run_ok(
+        bin()
+            .args(["run", "--live", "true", "--no-attributes", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let stderr = stderr_of(&out);
+    let records = read_jsonl(&json);
+    let (_, dropped) = assert_live_accounting(&records, &stderr, 50);
+    // Unpaced, the file decoded at hundreds of frames a second and most were dropped.
+    assert!(dropped <= 5, "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "not paced"
+    );
+}
+
+#[test]
+fn a_stream_without_a_decoder_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), "clip.mp4", 10, 25);
+    // Every H.264 decoder this machine may have, ranked out of reach of decodebin.
+    let out = bin()
+        .env(
+            "GST_PLUGIN_FEATURE_RANK",
+            "avdec_h264:NONE,openh264dec:NONE,vah264dec:NONE,vaapih264dec:NONE,nvh264dec:NONE,v4l2h264dec:NONE",
+        )
+        .args(["run", "--no-attributes", "--json", "/dev/null", "--input"])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no decoder for video/x-h264"), "{stderr}");
+    assert!(stderr.contains("install"), "{stderr}");
+}
+
+#[test]
+fn sources_keep_the_path_as_given_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), "real.mp4", 3, 25);
+    let link = dir.path().join("camera-3.mp4");
+    std::os::unix::fs::symlink(&clip, &link).unwrap();
+    let json = dir.path().join("out.jsonl");
+    run_ok(
+        bin()
+            .args(["run", "--no-attributes", "--input"])
+            .arg(&link)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 3);
+    let source = records[0]["source"].as_str().unwrap();
+    assert!(source.ends_with("/camera-3.mp4"), "{source}");
+    for r in &records {
+        // Times to the microsecond at most: no float noise.
+        let pts = r["pts_ms"].as_f64().unwrap();
+        assert_eq!((pts * 1000.0).round() / 1000.0, pts, "{r}");
+    }
+}
+
+#[test]
+fn json_path_with_a_space_and_pictures_are_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("gray.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128]))
+        .save(&img)
+        .unwrap();
+    let json = dir.path().join("out.jsonl");
+    run_ok(bin().args(["detect", "--json"]).arg(&json).arg(&img));
+    assert_eq!(read_jsonl(&json).len(), 1);
+    // The old habit `--json photo.jpg other.jpg` must not turn a picture into JSON.
+    let before = std::fs::read(&img).unwrap();
+    let other = dir.path().join("other.png");
+    std::fs::copy(&img, &other).unwrap();
+    let out = bin()
+        .args(["detect", "--json"])
+        .arg(&img)
+        .arg(&other)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refusing to write JSON into a .png file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+}
+
+#[test]
+fn crops_of_images_with_the_same_name_do_not_overwrite_each_other() {
+    let Some(face) = shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::copy(&face, dir.path().join(sub).join("x.jpg")).unwrap();
+    }
+    let crops = dir.path().join("crops");
+    run_ok(
+        bin()
+            .args(["detect", "--json", "/dev/null", "--crops"])
+            .arg(&crops)
+            .arg(dir.path().join("a/x.jpg"))
+            .arg(dir.path().join("b/x.jpg")),
+    );
+    assert!(crops.join("x_face0.png").is_file());
+    assert!(crops.join("x-2_face0.png").is_file());
+}
+
+#[test]
+fn eval_names_unreadable_images_and_prints_no_nan() {
+    let Some(face) = shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("labelled");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(&face, data.join("26_1_2_20170103181524137.jpg.chip.jpg")).unwrap();
+    std::fs::write(
+        data.join("95_0_3_20170101000000000.jpg.chip.jpg"),
+        "not a jpeg",
+    )
+    .unwrap();
+    let report = dir.path().join("report");
+    let out = run_ok(
+        bin()
+            .args(["eval", "--source"])
+            .arg(&data)
+            .arg("--report")
+            .arg(&report),
+    );
+    let stderr = stderr_of(&out);
+    assert!(
+        stderr.contains("95_0_3_20170101000000000.jpg.chip.jpg: not a readable image"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("NaN"), "{stdout}");
+    assert!(
+        stdout.contains("(2 images, age scored on 1 aged 1-80; 1 without a face)"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(!md.contains("NaN"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["unreadable"].as_array().unwrap().len(), 1);
+}
