@@ -471,3 +471,331 @@ pub fn usage_error_line(rendered: &str, subcommand: Option<&str>) -> String {
     };
     format!("{line} (see {help})")
 }
+
+#[cfg(feature = "train")]
+impl TrainArgs {
+    /// What the network learns, from the flags; validated by the trainer.
+    pub fn config(&self) -> anyhow::Result<faceflow::train::TrainConfig> {
+        use faceflow::model::spec::Task;
+        use faceflow::train::{TrainConfig, net::NetShape};
+        let net = match self.net.as_str() {
+            "default" => NetShape::default(),
+            "tiny" => NetShape::tiny(),
+            other => anyhow::bail!("--net must be default or tiny, not '{other}'"),
+        };
+        Ok(TrainConfig {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| (s.dir.clone(), s.tasks.clone()))
+                .collect(),
+            tasks: Task::parse_list(&self.tasks)?,
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            val_fraction: self.val_fraction,
+            seed: self.seed,
+            loss_weights: self.loss_weights,
+            balance_classes: self.balance_classes,
+            simulate_multi_source: self.simulate_multi_source,
+            max_images: self.max_images,
+            net,
+            augment: !self.no_augment,
+            age_readout: self.age_readout,
+            ..TrainConfig::default()
+        })
+    }
+
+    /// How the run goes (not what it learns): threads, checkpoint cadence, the detector.
+    pub fn check_run_options(&self) -> anyhow::Result<()> {
+        use faceflow::limits::{MAX_THREADS, Setting};
+        if let Some(n) = self.train_threads {
+            Setting::flag("train_threads", "--train-threads").check(n, 1, MAX_THREADS, "")?;
+        }
+        Setting::flag("checkpoint_every", "--checkpoint-every").check(
+            self.checkpoint_every,
+            1,
+            u64::from(u32::MAX),
+            "steps",
+        )?;
+        let mut detect = DetectConfig::default();
+        self.detector.apply(&mut detect);
+        detect.validate()?;
+        Ok(())
+    }
+}
+
+impl EvalArgs {
+    pub fn check(&self) -> anyhow::Result<()> {
+        use faceflow::limits::Setting;
+        if let Some(n) = self.max_images {
+            Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
+        }
+        Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every numeric flag of every subcommand, driven with arbitrary values through the real
+    //! parser and the real validation: each value is either refused with one `error:` line, or
+    //! accepted and safe to run with (no overflow, no runaway pyramid, no runaway memory).
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    const DETECTOR: &[&str] = &["--min-face", "--scale-factor", "--threads", "--thresholds"];
+    const RUN: &[&str] = &[
+        "--rtsp-latency-ms",
+        "--max-frames",
+        "--reconnect-attempts",
+        "--stats-every",
+        "--stall-timeout-ms",
+        "--workers",
+        "--age-groups",
+    ];
+    const DETECT: &[&str] = &["--crop-size"];
+    const ANALYZE: &[&str] = &["--age-groups"];
+    const EVAL: &[&str] = &["--max-images", "--val-fraction", "--seed"];
+    #[cfg(feature = "train")]
+    const TRAIN: &[&str] = &[
+        "--epochs",
+        "--batch",
+        "--lr",
+        "--weight-decay",
+        "--val-fraction",
+        "--seed",
+        "--loss-weights",
+        "--max-images",
+        "--train-threads",
+        "--checkpoint-every",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "0",
+                "1",
+                "-1",
+                "2",
+                "3",
+                "5",
+                "10",
+                "0.5",
+                "0.95",
+                "0.99",
+                "NaN",
+                "nan",
+                "inf",
+                "-inf",
+                "",
+                " ",
+                "1e20",
+                "1e19",
+                "1e-9",
+                "1e300",
+                "-1e300",
+                "4294967295",
+                "4294967296",
+                "18446744073709551615",
+                "18446744073709551616",
+                "0,0,0",
+                "1,1,1",
+                "2,2,2",
+                "NaN,0.5,0.5",
+                "0.6,0.7",
+                "abc",
+                "8",
+                "10000",
+                "86400",
+                "0.1",
+            ])
+            .prop_map(String::from),
+            any::<f64>().prop_map(|v| v.to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            (0u64..100_000).prop_map(|v| v.to_string()),
+        ]
+    }
+
+    fn subcommand() -> impl Strategy<Value = (&'static str, Vec<&'static str>)> {
+        let mut all = vec![
+            ("run", [DETECTOR, RUN].concat()),
+            ("detect", [DETECTOR, DETECT].concat()),
+            ("analyze", [DETECTOR, ANALYZE].concat()),
+            ("eval", [DETECTOR, EVAL].concat()),
+        ];
+        #[cfg(feature = "train")]
+        all.push(("train", [DETECTOR, TRAIN].concat()));
+        prop::sample::select(all)
+    }
+
+    /// One line, starting with `error: `.
+    fn assert_one_error_line(line: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!line.contains('\n'), "{}", line);
+        prop_assert!(line.starts_with("error: "), "{}", line);
+        Ok(())
+    }
+
+    fn refused(e: impl Into<anyhow::Error>) -> Result<(), TestCaseError> {
+        assert_one_error_line(&format!("error: {}", crate::one_line(&e.into())))
+    }
+
+    /// An accepted configuration is safe to start: what the stages compute from it stays sane.
+    fn assert_runnable(config: &PipelineConfig) -> Result<(), TestCaseError> {
+        let d = &config.detect;
+        let scales =
+            faceflow::detect::pyramid::pyramid_scales(1920, 1080, d.min_face_px, d.scale_factor);
+        prop_assert!(scales.len() <= 100, "{} pyramid levels", scales.len());
+        let first = scales.first().copied().unwrap_or(0.0);
+        prop_assert!(
+            first * first * 1920.0 * 1080.0 * 12.0 < 1e9,
+            "first level {}",
+            first
+        );
+        let s = &config.source;
+        let now = Instant::now();
+        for ms in [2 * s.stall_timeout_ms, s.reconnect_backoff_max_ms] {
+            prop_assert!(now.checked_add(Duration::from_millis(ms)).is_some());
+        }
+        let _ = faceflow::sources::backoff_delay(
+            u32::MAX,
+            Duration::from_millis(s.reconnect_backoff_ms),
+            Duration::from_millis(s.reconnect_backoff_max_ms),
+        );
+        if config.stats_interval_s > 0.0 {
+            let every = Duration::try_from_secs_f64(config.stats_interval_s);
+            prop_assert!(every.is_ok());
+            prop_assert!(now.checked_add(every.unwrap_or_default() * 2).is_some());
+        }
+        let workers = config.detect.effective_workers();
+        prop_assert!(workers <= 64 && config.detect.threads_per_worker(workers) <= 64);
+        prop_assert!(config.frames_in_flight(workers) <= 2048);
+        Ok(())
+    }
+
+    fn check(args: &[String]) -> Result<(), TestCaseError> {
+        let cli = match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => {
+                let sub = args.get(1).map(String::as_str);
+                return assert_one_error_line(&usage_error_line(&e.render().to_string(), sub));
+            }
+        };
+        match cli.command {
+            Command::Run(run) => match run.config().map_err(anyhow::Error::from).and_then(|c| {
+                c.validate()?;
+                Ok(c)
+            }) {
+                Ok(config) => assert_runnable(&config)?,
+                Err(e) => refused(e)?,
+            },
+            Command::Detect(detect) => {
+                let (d, a) = detect.settings();
+                if let Err(e) = d.validate() {
+                    refused(e)?;
+                } else if let Err(e) = a.validate() {
+                    refused(e)?;
+                }
+            }
+            Command::Analyze(analyze) => {
+                let (d, a) = analyze.settings();
+                if let Err(e) = d.validate() {
+                    refused(e)?;
+                } else if let Err(e) = a.validate() {
+                    refused(e)?;
+                }
+            }
+            Command::Eval(eval) => {
+                let (d, a) = eval.settings();
+                for result in [
+                    eval.check(),
+                    d.validate().map_err(Into::into),
+                    a.validate().map_err(Into::into),
+                ] {
+                    if let Err(e) = result {
+                        refused(e)?;
+                        break;
+                    }
+                }
+            }
+            #[cfg(feature = "train")]
+            Command::Train(train) => {
+                let config = train.config().and_then(|c| {
+                    c.validate()?;
+                    Ok(c)
+                });
+                if let Err(e) = config.and_then(|_| train.check_run_options()) {
+                    refused(e)?;
+                }
+            }
+            #[cfg(not(feature = "train"))]
+            Command::Train { .. } => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_flag_value_is_refused_in_one_line_or_safe_to_run(
+            (sub, flags) in subcommand(),
+            picks in prop::collection::vec((any::<prop::sample::Index>(), value()), 1..4),
+        ) {
+            let mut args: Vec<String> = vec!["faceflow".into(), sub.into()];
+            match sub {
+                "run" => args.extend(["--input".into(), "testsrc://ball?frames=2".into()]),
+                "eval" | "train" => args.extend(["--source".into(), "labelled/".into()]),
+                _ => {}
+            }
+            if sub == "train" {
+                args.extend(["--out".into(), "runs/x".into()]);
+            }
+            for (index, value) in picks {
+                args.push(flags[index.index(flags.len())].to_string());
+                args.push(value);
+            }
+            if sub == "detect" || sub == "analyze" {
+                args.push("photo.jpg".into());
+            }
+            check(&args)?;
+        }
+    }
+
+    #[test]
+    fn known_bad_values_are_refused_with_the_flag_named() {
+        let run = |extra: &[&str]| -> String {
+            let mut args = vec!["faceflow", "run", "--input", "testsrc://"];
+            args.extend(extra);
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let Command::Run(run) = cli.command else {
+                panic!()
+            };
+            let err = run.config().unwrap().validate().unwrap_err();
+            crate::one_line(&err.into())
+        };
+        assert!(run(&["--stats-every", "1e20"]).starts_with("stats_interval_s (--stats-every) = "));
+        assert!(run(&["--stats-every", "1e-9"]).contains("must be 0 (off) or from 0.1 to 86400"));
+        assert!(
+            run(&["--min-face", "1"])
+                .starts_with("min_face_px (--min-face) = 1: must be from 8 to 10000 pixels")
+        );
+        assert!(run(&["--scale-factor", "0.9999999"]).contains("scale_factor (--scale-factor)"));
+        assert!(run(&["--workers", "100000"]).contains("workers (--workers) = 100000"));
+        assert!(run(&["--stall-timeout-ms", "18446744073709551615"]).contains("stall_timeout_ms"));
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_with_the_argument_named() {
+        let e = Cli::try_parse_from(["faceflow", "eval"]).err().unwrap();
+        let line = usage_error_line(&e.render().to_string(), Some("eval"));
+        assert!(
+            line.starts_with("error: the following required arguments were not provided: --source"),
+            "{line}"
+        );
+        assert!(line.ends_with("(see faceflow eval --help)"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+}

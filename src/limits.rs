@@ -108,7 +108,7 @@ fn suffix(unit: &str) -> String {
 /// arithmetic on some platforms and are never what a user meant.
 pub const MAX_WAIT_MS: u64 = 3_600_000;
 /// Worker and thread counts above this are refused: each worker holds its own networks.
-pub const MAX_THREADS: usize = 256;
+pub const MAX_THREADS: usize = 64;
 /// Queue lengths above this are refused: each queued frame may hold a decoded picture.
 pub const MAX_QUEUE_FRAMES: usize = 1024;
 

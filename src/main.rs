@@ -352,9 +352,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     let (detect, attributes) = args.settings();
     attributes.validate()?;
     detect.validate()?;
-    if let Some(0) = args.max_images {
-        bail!("max_images (--max-images) = 0: must be at least 1");
-    }
+    args.check()?;
     let model_path = attributes.model_path();
     let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
@@ -495,9 +493,9 @@ fn detect_one(
 
 #[cfg(feature = "train")]
 fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
-    use faceflow::model::spec::Task;
-    use faceflow::train::{self, TrainConfig, net::NetShape};
+    use faceflow::train;
 
+    args.check_run_options()?;
     if let Some(n) = args.train_threads {
         // burn's CPU backend sizes its rayon pool from this on first use.
         // SAFETY: set before any other thread of this process exists.
@@ -555,34 +553,8 @@ fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let tasks = Task::parse_list(&args.tasks)?;
-    let net = match args.net.as_str() {
-        "default" => NetShape::default(),
-        "tiny" => NetShape::tiny(),
-        other => bail!("--net must be default or tiny, not '{other}'"),
-    };
-    let config = TrainConfig {
-        sources: args
-            .sources
-            .iter()
-            .map(|s| (s.dir.clone(), s.tasks.clone()))
-            .collect(),
-        tasks,
-        epochs: args.epochs,
-        batch: args.batch,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        val_fraction: args.val_fraction,
-        seed: args.seed,
-        loss_weights: args.loss_weights,
-        balance_classes: args.balance_classes,
-        simulate_multi_source: args.simulate_multi_source,
-        max_images: args.max_images,
-        net,
-        augment: !args.no_augment,
-        age_readout: args.age_readout,
-        ..TrainConfig::default()
-    };
+    let config = args.config()?;
+    config.validate()?;
     {
         let stop = opts.stop.clone();
         on_interrupt("stopping after this batch", move || {

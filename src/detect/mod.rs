@@ -164,7 +164,7 @@ impl DetectConfig {
         Setting::flag("workers", "--workers").check_or_zero(
             self.workers,
             1,
-            64,
+            32,
             "",
             "one per core",
         )?;

@@ -50,6 +50,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Range(#[from] crate::limits::RangeError),
     #[error("a worker thread panicked")]
     Poisoned,
 }
@@ -144,6 +146,7 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::limits::Setting;
         let bad = |m: String| Err(TrainError::Config(m));
         if self.sources.is_empty() {
             return bad("no --source folder given".into());
@@ -151,24 +154,22 @@ impl TrainConfig {
         if self.tasks.is_empty() {
             return bad("no task to train".into());
         }
-        if self.epochs == 0 || self.batch < 2 {
-            return bad("--epochs must be at least 1 and --batch at least 2".into());
-        }
-        if !(0.0..0.9).contains(&self.val_fraction) {
+        Setting::flag("epochs", "--epochs").check(self.epochs, 1, 10_000, "")?;
+        Setting::flag("batch", "--batch").check(self.batch, 2, 4096, "images")?;
+        Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
+        if self.val_fraction >= 0.9 {
             return bad(format!(
-                "--val-fraction must be in [0, 0.9), got {}",
+                "val_fraction (--val-fraction) = {}: must be from 0 to below 0.9",
                 self.val_fraction
             ));
         }
-        if !(self.lr > 0.0 && self.lr < 1.0) {
-            return bad(format!("--lr must be in (0, 1), got {}", self.lr));
+        Setting::flag("lr", "--lr").check(self.lr, 1e-7, 1.0, "")?;
+        Setting::flag("weight_decay", "--weight-decay").check(self.weight_decay, 0.0, 1.0, "")?;
+        for w in self.loss_weights {
+            Setting::flag("loss_weights", "--loss-weights").check(w, 0.0, 1000.0, "")?;
         }
-        if self
-            .loss_weights
-            .iter()
-            .any(|w| !(w.is_finite() && *w >= 0.0))
-        {
-            return bad("loss weights must be finite and not negative".into());
+        if let Some(n) = self.max_images {
+            Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
         }
         Ok(())
     }

@@ -348,3 +348,86 @@ fn eval_names_unreadable_images_and_prints_no_nan() {
             .unwrap();
     assert_eq!(json["unreadable"].as_array().unwrap().len(), 1);
 }
+
+/// Every numeric flag at the ends of its range, on the real binary: accepted values run.
+#[test]
+fn flags_at_the_ends_of_their_ranges_run() {
+    let low = [
+        "--rtsp-latency-ms",
+        "0",
+        "--max-frames",
+        "0",
+        "--reconnect-attempts",
+        "0",
+        "--stats-every",
+        "0.1",
+        "--stall-timeout-ms",
+        "100",
+        "--workers",
+        "1",
+        "--threads",
+        "0",
+        "--min-face",
+        "8",
+        "--scale-factor",
+        "0.1",
+        "--age-groups",
+        "3",
+        "--thresholds",
+        "0,0,0",
+    ];
+    let high = [
+        "--rtsp-latency-ms",
+        "60000",
+        "--max-frames",
+        "18446744073709551615",
+        "--reconnect-attempts",
+        "4294967295",
+        "--stats-every",
+        "86400",
+        "--stall-timeout-ms",
+        "3600000",
+        "--workers",
+        "32",
+        "--threads",
+        "1",
+        "--min-face",
+        "10000",
+        "--scale-factor",
+        "0.95",
+        "--age-groups",
+        "10",
+        "--thresholds",
+        "1,1,1",
+    ];
+    let threads = ["--workers", "1", "--threads", "64"];
+    for extra in [&low[..], &high[..], &threads[..]] {
+        let out = bin()
+            .args(["run", "--input", "testsrc://ball?frames=3&size=64x48"])
+            .args(["--json", "/dev/null"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = stderr_of(&out);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        assert!(stderr.contains("3 frames decoded, 3 reported"), "{stderr}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("gray.png");
+    image::RgbImage::from_pixel(64, 48, image::Rgb([128, 128, 128]))
+        .save(&img)
+        .unwrap();
+    for extra in [
+        ["--crop-size", "8", "--min-face", "8"],
+        ["--crop-size", "1024", "--min-face", "10000"],
+    ] {
+        let out = bin()
+            .args(["detect", "--json", "/dev/null", "--crops"])
+            .arg(dir.path().join("crops"))
+            .args(extra)
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{extra:?}: {}", stderr_of(&out));
+    }
+}
