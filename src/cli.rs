@@ -147,19 +147,20 @@ pub struct TrainArgs {
 
 #[derive(Args, Clone, Default)]
 pub struct DetectorFlags {
-    /// Smallest face to find, in pixels [default: 20].
+    /// Smallest face to find, in pixels, 8 to 10000 [default: 20].
     #[arg(long, value_name = "PX")]
     pub min_face: Option<f64>,
-    /// Face-probability thresholds of P-Net, R-Net, O-Net [default: 0.6,0.7,0.7].
+    /// Face-probability thresholds of P-Net, R-Net, O-Net, each 0 to 1 [default: 0.6,0.7,0.7].
     #[arg(long, value_name = "P,R,O", value_parser = parse_thresholds)]
     pub thresholds: Option<[f32; 3]>,
-    /// Ratio between pyramid scales, in (0, 1) [default: 0.709].
+    /// Ratio between pyramid scales, 0.1 to 0.95 [default: 0.709].
     #[arg(long, value_name = "RATIO")]
     pub scale_factor: Option<f64>,
     /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
     #[arg(long, value_name = "DIR")]
     pub mtcnn_models: Option<PathBuf>,
-    /// ONNX Runtime threads per network [default: 1 with several workers, else one per core].
+    /// ONNX Runtime threads per network, 0 to 64 [default 0: 1 with several workers, else one per
+    /// core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 }
@@ -203,7 +204,9 @@ pub struct RunArgs {
     #[arg(value_name = "PIPELINE.toml")]
     pub pipeline: Option<PathBuf>,
     /// Video to read: a file path, any URI GStreamer can decode (file://, http://, rtsp://),
-    /// v4l2:///dev/videoN for a webcam, or testsrc://PATTERN?frames=N&size=WxH&fps=F for a test pattern.
+    /// v4l2:///dev/videoN for a webcam, or a test pattern
+    /// testsrc://PATTERN?frames=N&size=WxH&fps=F&live=BOOL&error-after=N (PATTERN: smpte, ball,
+    /// snow, … as videotestsrc names them; defaults smpte, 100 frames (0: endless), 640x480, 25 fps).
     #[arg(short, long, value_name = "PATH|URI")]
     pub input: Option<String>,
     /// Where the JSON Lines go: a file, or - for standard output [default: -].
@@ -212,14 +215,14 @@ pub struct RunArgs {
     /// Use RTSP over TCP.
     #[arg(long)]
     pub rtsp_tcp: bool,
-    /// RTSP jitter-buffer latency in milliseconds [default: 200].
+    /// RTSP jitter-buffer latency in milliseconds, 0 to 60000 [default: 200].
     #[arg(long, value_name = "MS")]
     pub rtsp_latency_ms: Option<u32>,
     /// Treat the input as live (drop the oldest frames when behind) or not; default: RTSP and
-    /// webcams are live, files are not.
+    /// webcams are live, files are not. A file read as live plays at its own frame rate.
     #[arg(long, value_name = "BOOL")]
     pub live: Option<bool>,
-    /// Stop after this many decoded frames.
+    /// Stop after this many decoded frames [default: 0, no limit].
     #[arg(long, value_name = "N")]
     pub max_frames: Option<u64>,
     /// Live cameras: reconnect at most N times in a row after the stream fails or stalls
@@ -227,14 +230,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub reconnect_attempts: Option<u32>,
     /// Print a health line (frames, queue depths, resident memory) to standard error every this
-    /// many seconds.
+    /// many seconds, 0.1 to 86400 [default: 0, never].
     #[arg(long, value_name = "SECONDS")]
     pub stats_every: Option<f64>,
-    /// Live cameras: no frame for this long is a stall, and the camera is reconnected
-    /// [default: 5000].
+    /// Live cameras: no frame for this long is a stall, and the camera is reconnected; 100 to
+    /// 3600000 [default: 5000].
     #[arg(long, value_name = "MS")]
     pub stall_timeout_ms: Option<u64>,
-    /// Detector workers, each on its own frames [default: one per core].
+    /// Detector workers, each on its own frames, 1 to 32 [default: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     #[command(flatten)]
@@ -250,7 +253,9 @@ pub struct RunArgs {
 
 #[derive(Args, Clone, Default)]
 pub struct AttributeFlags {
-    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx].
+    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx, looked up
+    /// beside the executable, in ../share/faceflow, two folders up (target/<profile>), then in the
+    /// source tree it was built from].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Also run each face mirrored and average the two (steadier, twice the model cost)
@@ -347,7 +352,7 @@ pub struct DetectArgs {
     /// (images with the same name get <image>-2_face<N>.png, …).
     #[arg(long, value_name = "DIR")]
     pub crops: Option<PathBuf>,
-    /// Side of the aligned crops in pixels [default: 112].
+    /// Side of the aligned crops in pixels, 8 to 1024 [default: 112].
     #[arg(long, value_name = "PX")]
     pub crop_size: Option<u32>,
     #[command(flatten)]

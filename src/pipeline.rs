@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::align::AlignConfig;
 use crate::attributes::{self, AttributeModel, FacesInImage};
 use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
@@ -56,7 +55,6 @@ pub enum PipelineError {
 pub struct PipelineConfig {
     pub source: SourceConfig,
     pub detect: DetectConfig,
-    pub align: AlignConfig,
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
@@ -117,7 +115,7 @@ impl AttributesConfig {
         Setting::flag("age_groups", "--age-groups").check_one_of(self.age_groups, &[3, 5, 10])?;
         Setting::key("max_batch").check(self.max_batch, 1, 1024, "faces")?;
         Setting::key("max_wait_ms").check(self.max_wait_ms, 0, 10_000, "ms")?;
-        Setting::key("threads").check(self.threads, 0, MAX_THREADS, "")?;
+        Setting::key("threads").check(self.threads, 1, MAX_THREADS, "")?;
         Ok(())
     }
 
@@ -128,7 +126,7 @@ impl AttributesConfig {
         }
         self.validate()?;
         let grouping = self.grouping()?;
-        let mut model = AttributeModel::load(&self.model_path(), self.threads.max(1))?;
+        let mut model = AttributeModel::load(&self.model_path(), self.threads)?;
         model.set_flip_average(self.flip_average);
         Ok(Some((model, grouping)))
     }
@@ -168,9 +166,6 @@ impl PipelineConfig {
         }
         self.source.validate()?;
         self.detect.validate()?;
-        self.align
-            .validate()
-            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
         self.attributes.validate()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
@@ -1060,16 +1055,74 @@ mod tests {
         assert!(cfg.validate().unwrap_err().to_string().contains("no input"));
     }
 
+    /// Every key a pipeline file may hold, as `section.key` (`.key` at the top level).
+    fn every_key() -> Vec<String> {
+        let mut config = PipelineConfig::default();
+        // Options appear in the written file only when set.
+        config.source.live = Some(true);
+        config.source.reconnect_attempts = Some(1);
+        config.detect.models_dir = Some("m".into());
+        config.attributes.model = Some("m".into());
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut keys = Vec::new();
+        for (name, v) in value.as_table().unwrap() {
+            match v.as_table() {
+                Some(section) => keys.extend(section.keys().map(|k| format!("{name}.{k}"))),
+                None => keys.push(format!(".{name}")),
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The keys a file shows, set or commented out (`# key = value`), and the file with every
+    /// commented key set.
+    fn shown_keys(text: &str) -> (Vec<String>, String) {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        let mut uncommented = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(name) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_string();
+            }
+            let setting = trimmed.strip_prefix("# ").unwrap_or(trimmed);
+            let key = setting.split_once(" = ").map(|(k, _)| k.trim());
+            match key {
+                Some(k)
+                    if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') =>
+                {
+                    keys.push(format!("{section}.{k}"));
+                    uncommented.push_str(setting);
+                }
+                _ => uncommented.push_str(line),
+            }
+            uncommented.push('\n');
+        }
+        keys.sort();
+        (keys, uncommented)
+    }
+
+    /// The shipped files are the reference: each shows every key with its default, commented,
+    /// so a new key must be documented there, and every commented value is itself valid.
     #[test]
-    fn shipped_pipeline_files_parse() {
+    fn shipped_pipeline_files_show_every_key_and_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                PipelineConfig::load(&path).unwrap();
-                n += 1;
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
             }
+            let config = PipelineConfig::load(&path).unwrap();
+            config.validate().unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let (keys, uncommented) = shown_keys(&text);
+            assert_eq!(keys, every_key(), "{}", path.display());
+            let all = PipelineConfig::parse(&uncommented, &path)
+                .unwrap_or_else(|e| panic!("{}: commented keys: {e}", path.display()));
+            all.validate().unwrap();
+            n += 1;
         }
         assert!(n >= 3);
     }

@@ -2,41 +2,10 @@
 //! undecodable streams, paths that collide, unreadable images.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
-
-/// A small H.264 MP4 of a test pattern: `frames` frames of 160×120 at `fps`.
-fn h264_clip(dir: &Path, name: &str, frames: u32, fps: u32) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "pattern=ball",
-            &format!("num-buffers={frames}"),
-            "!",
-            &format!("video/x-raw,width=160,height=120,framerate={fps}/1"),
-            "!",
-            "videoconvert",
-            "!",
-            "video/x-raw,format=I420",
-            "!",
-            "x264enc",
-            "speed-preset=ultrafast",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .status()
-        .expect("gst-launch-1.0");
-    assert!(status.success());
-    path
-}
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

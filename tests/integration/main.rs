@@ -8,5 +8,6 @@ mod detect_images;
 mod geometry;
 mod hardening;
 mod parity;
+mod readme;
 mod rtsp;
 mod run_video;

@@ -11,7 +11,7 @@ use gstreamer_rtsp_server::prelude::*;
 use crate::util::*;
 
 /// A live H.264 test stream at rtsp://127.0.0.1:PORT/test, served until stopped or dropped.
-struct TestServer {
+pub(crate) struct TestServer {
     port: u16,
     server: rtsp_server::RTSPServer,
     /// A valve before the encoder: closed, the camera stalls (no data, no end of stream).
@@ -21,7 +21,7 @@ struct TestServer {
 }
 
 impl TestServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_on(0)
     }
 
@@ -67,7 +67,7 @@ impl TestServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("rtsp://127.0.0.1:{}/test", self.port)
     }
 

@@ -149,3 +149,33 @@ pub fn interrupt_after(
     let out = child.wait_with_output().expect("wait for faceflow");
     (out, signalled.elapsed())
 }
+
+/// A small H.264 MP4 of a test pattern: `frames` frames of 160×120 at `fps`.
+pub fn h264_clip(dir: &Path, name: &str, frames: u32, fps: u32) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=ball",
+            &format!("num-buffers={frames}"),
+            "!",
+            &format!("video/x-raw,width=160,height=120,framerate={fps}/1"),
+            "!",
+            "videoconvert",
+            "!",
+            "video/x-raw,format=I420",
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success());
+    path
+}

@@ -1,0 +1,228 @@
+//! Every `faceflow …` command line in README.md's shell blocks, run as written (in a scratch
+//! folder holding small inputs under the names the README uses), so a stale example fails CI.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::rtsp::TestServer;
+use crate::util::*;
+
+/// How a README command is expected to behave here.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Runs to the end and exits 0.
+    Done,
+    /// Runs the trainer: needs a build with feature `train`.
+    Train,
+    /// A live camera: writes records until Ctrl-C, then exits 130.
+    Live,
+    /// A webcam: as `Live` when /dev/video0 exists, else one error line naming the device.
+    Webcam,
+}
+
+/// The README's commands, in the order they appear, with what each must do. A command changed in
+/// the README without this list, or listed here but gone from the README, fails the test.
+const COMMANDS: &[(&str, Expect)] = &[
+    (
+        "faceflow run --input clip.mp4 --json faces.jsonl",
+        Expect::Done,
+    ),
+    (
+        "faceflow run --input rtsp://host/stream --json -",
+        Expect::Live,
+    ),
+    (
+        "faceflow run --input v4l2:///dev/video0 --json -",
+        Expect::Webcam,
+    ),
+    ("faceflow run pipelines/file-to-json.toml", Expect::Done),
+    ("faceflow detect photo1.jpg photo2.png", Expect::Done),
+    (
+        "faceflow detect --json faces.jsonl --crops crops/ *.jpg",
+        Expect::Done,
+    ),
+    ("faceflow analyze --age-groups 3 photo.jpg", Expect::Done),
+    (
+        "faceflow eval --source labelled/ --report eval/",
+        Expect::Done,
+    ),
+    (
+        "faceflow train --source labelled/ --out runs/mine",
+        Expect::Train,
+    ),
+    (
+        "faceflow train --source ../shared/data/utkface --out runs/faceattr-v1 --epochs 6",
+        Expect::Train,
+    ),
+    (
+        "faceflow train --source ../shared/data/utkface --out runs/faceattr-v1 --epochs 6 --resume",
+        Expect::Train,
+    ),
+    (
+        "faceflow train --out runs/faceattr-v1 --export-only --best --export models/faceattr.onnx",
+        Expect::Train,
+    ),
+    (
+        "faceflow train --out runs/faceattr-v1 --export-only --average epoch-5.bpk,epoch-6.bpk --export mean.onnx",
+        Expect::Train,
+    ),
+    (
+        "faceflow eval --source ../shared/data/utkface --split validation --model runs/faceattr-v1/faceattr.onnx",
+        Expect::Train,
+    ),
+];
+
+/// Big inputs the README names, and the small ones that stand in for them here.
+const STAND_INS: &[(&str, &str)] = &[("../shared/data/utkface", "labelled/")];
+
+/// `faceflow …` lines of the README's ```sh blocks, comments removed.
+fn readme_commands() -> Vec<String> {
+    let text = std::fs::read_to_string(project_root().join("README.md")).unwrap();
+    let mut in_sh = false;
+    let mut commands = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_sh = line.trim() == "```sh";
+            continue;
+        }
+        if in_sh && line.starts_with("faceflow ") {
+            let command = line.split(" #").next().unwrap_or(line).trim();
+            commands.push(command.to_string());
+        }
+    }
+    commands
+}
+
+/// Small inputs under the README's names: a clip, photos, a labelled folder, and the project's
+/// pipelines and demo clip.
+fn scratch_folder(dir: &Path, utkface: &Path) {
+    h264_clip(dir, "clip.mp4", 30, 25);
+    let mut faces: Vec<_> = std::fs::read_dir(utkface)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".jpg.chip.jpg"))
+        .collect();
+    faces.sort();
+    faces.truncate(100);
+    std::fs::create_dir(dir.join("labelled")).unwrap();
+    for f in &faces {
+        std::fs::copy(f, dir.join("labelled").join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(&faces[0], dir.join("photo.jpg")).unwrap();
+    std::fs::copy(&faces[1], dir.join("photo1.jpg")).unwrap();
+    image::open(&faces[2])
+        .unwrap()
+        .save(dir.join("photo2.png"))
+        .unwrap();
+    for linked in ["pipelines", "samples"] {
+        std::os::unix::fs::symlink(project_root().join(linked), dir.join(linked)).unwrap();
+    }
+    let bin_dir = dir.join(".bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_faceflow"), bin_dir.join("faceflow")).unwrap();
+}
+
+fn shell(dir: &Path, command: &str) -> Command {
+    let path = format!(
+        "{}:{}",
+        dir.join(".bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", command]).current_dir(dir).env("PATH", path);
+    cmd
+}
+
+/// Starts a live command, waits for a few records on its standard output, then Ctrl-C.
+fn run_live(dir: &Path, command: &str) {
+    let mut child = shell(dir, &format!("exec {command}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    for _ in 0..3 {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{command}: output ended"));
+        assert!(line.unwrap().starts_with('{'), "{command}");
+        assert!(started.elapsed() < Duration::from_secs(60), "{command}");
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Keep reading so the run never blocks on a full pipe while it stops.
+    for _ in lines {}
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_readme_command_runs_as_written() {
+    let Some(utkface) = shared_data("utkface") else {
+        return;
+    };
+    let listed: Vec<&str> = COMMANDS.iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        readme_commands(),
+        listed,
+        "README commands changed: update COMMANDS in tests/integration/readme.rs (and make them run)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    scratch_folder(dir.path(), &utkface);
+    let server = TestServer::start();
+    let mut timings = BTreeMap::new();
+    for (command, expect) in COMMANDS {
+        if *expect == Expect::Train && !cfg!(feature = "train") {
+            eprintln!("SKIPPED (build without feature train): {command}");
+            continue;
+        }
+        let mut line = command.replace("rtsp://host/stream", &server.url());
+        for (big, small) in STAND_INS {
+            line = line.replace(big, small);
+        }
+        let started = Instant::now();
+        let webcam_present = Path::new("/dev/video0").exists();
+        match expect {
+            Expect::Live => run_live(dir.path(), &line),
+            Expect::Webcam if webcam_present => run_live(dir.path(), &line),
+            Expect::Webcam => {
+                let out = shell(dir.path(), &line).output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
+                assert_eq!(stderr.trim_end().lines().count(), 1, "{line}: {stderr}");
+                assert!(
+                    stderr.starts_with("error: v4l2:///dev/video0: "),
+                    "{line}: {stderr}"
+                );
+            }
+            Expect::Done | Expect::Train => {
+                let out = shell(dir.path(), &line).output().unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "{line}: {stderr}");
+                assert!(!stderr.contains("error"), "{line}: {stderr}");
+            }
+        }
+        timings.insert(line, started.elapsed());
+    }
+    // What the commands made, where the README says they go.
+    assert_eq!(
+        read_jsonl(&dir.path().join("faces.jsonl")).len(),
+        2,
+        "photo.jpg, photo1.jpg"
+    );
+    assert!(dir.path().join("crops").read_dir().unwrap().count() > 0);
+    assert!(dir.path().join("eval/report.md").is_file());
+    eprintln!("README commands: {timings:#?}");
+}
