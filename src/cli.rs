@@ -625,14 +625,14 @@ mod tests {
     }
 
     fn subcommand() -> impl Strategy<Value = (&'static str, Vec<&'static str>)> {
-        let mut all = vec![
+        let all = vec![
             ("run", [DETECTOR, RUN].concat()),
             ("detect", [DETECTOR, DETECT].concat()),
             ("analyze", [DETECTOR, ANALYZE].concat()),
             ("eval", [DETECTOR, EVAL].concat()),
+            #[cfg(feature = "train")]
+            ("train", [DETECTOR, TRAIN].concat()),
         ];
-        #[cfg(feature = "train")]
-        all.push(("train", [DETECTOR, TRAIN].concat()));
         prop::sample::select(all)
     }
 
@@ -767,6 +767,109 @@ mod tests {
             }
             check(&args)?;
         }
+    }
+
+    const PIPELINE_KEYS: &[(&str, &str)] = &[
+        ("", "queue_frames"),
+        ("", "stats_interval_s"),
+        ("source", "rtsp_latency_ms"),
+        ("source", "queue_frames"),
+        ("source", "max_frames"),
+        ("source", "stall_timeout_ms"),
+        ("source", "connect_attempts"),
+        ("source", "reconnect_attempts"),
+        ("source", "reconnect_backoff_ms"),
+        ("source", "reconnect_backoff_max_ms"),
+        ("detect", "min_face_px"),
+        ("detect", "scale_factor"),
+        ("detect", "nms_within_scale"),
+        ("detect", "nms_across_scales"),
+        ("detect", "nms_rnet"),
+        ("detect", "nms_onet_min"),
+        ("detect", "threads"),
+        ("detect", "workers"),
+        ("attributes", "age_groups"),
+        ("attributes", "max_batch"),
+        ("attributes", "max_wait_ms"),
+        ("attributes", "threads"),
+    ];
+
+    fn toml_number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "0",
+                "-1",
+                "1",
+                "3",
+                "0.5",
+                "0.1",
+                "nan",
+                "inf",
+                "-inf",
+                "1e300",
+                "-1e300",
+                "9223372036854775807",
+                "18446744073709551615",
+                "4294967296",
+                "1e-9",
+                "[1, 2]",
+            ])
+            .prop_map(String::from),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            any::<i64>().prop_map(|v| v.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// The same for every numeric key of a pipeline file, read through `run PIPELINE.toml`.
+        #[test]
+        fn any_pipeline_value_is_refused_in_one_line_or_safe_to_run(
+            picks in prop::collection::vec((any::<prop::sample::Index>(), toml_number()), 1..4),
+        ) {
+            let mut top = String::new();
+            let mut sections: std::collections::BTreeMap<&str, String> = Default::default();
+            for (index, value) in picks {
+                let (section, key) = PIPELINE_KEYS[index.index(PIPELINE_KEYS.len())];
+                let line = format!("{key} = {value}\n");
+                if section.is_empty() {
+                    top.push_str(&line);
+                } else {
+                    sections.entry(section).or_default().push_str(&line);
+                }
+            }
+            let mut text = top;
+            for (section, lines) in sections {
+                text.push_str(&format!("[{section}]\n{lines}"));
+            }
+            let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let path = dir.path().join("p.toml");
+            std::fs::write(&path, &text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let args: Vec<String> = vec![
+                "faceflow".into(),
+                "run".into(),
+                path.display().to_string(),
+                "--input".into(),
+                "testsrc://".into(),
+            ];
+            check(&args)?;
+        }
+    }
+
+    #[test]
+    fn a_repeated_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("model m.onnx: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("input size is 96, expected 64")]
+        struct Inner;
+        let e = anyhow::Error::from(Outer(Inner)).context("loading");
+        assert_eq!(
+            crate::one_line(&e),
+            "loading: model m.onnx: input size is 96, expected 64"
+        );
     }
 
     #[test]
