@@ -9,6 +9,7 @@
 
 pub mod align;
 pub mod attributes;
+pub mod console;
 pub mod detect;
 pub mod eval;
 pub mod graph;

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            faceflow::say!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -93,7 +93,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .find(|a| !a.starts_with('-'))
                 .filter(|a| ["run", "detect", "analyze", "eval", "train"].contains(&a.as_str()));
             let rendered = e.render().to_string();
-            eprintln!(
+            faceflow::say!(
                 "{}",
                 cli::usage_error_line(&rendered, subcommand.as_deref())
             );
@@ -119,30 +119,65 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// Refuses a JSON output path that would overwrite an input or looks like a picture or video
-/// (`--json photo.jpg` from an older habit of a bare `--json`).
+/// Refuses a JSON output path that would overwrite an input, a picture or a video: one named like
+/// one, or an existing file whose first bytes are one (`--json photo.jpg` from the habit of a bare
+/// `--json`, or a typo that names the input).
 fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
     if json == "-" {
         return Ok(());
     }
-    let path = Path::new(json);
-    if inputs.contains(&path) {
-        bail!(
-            "--json {json}: that is an input; give the output file (e.g. --json faces.jsonl) or - for standard output"
-        );
+    let hint = "give the output file (e.g. --json faces.jsonl) or - for standard output";
+    if json.trim().is_empty() {
+        bail!("--json is empty: {hint}");
     }
-    let media = [
-        "jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "mp4", "mkv", "mov", "avi",
-        "webm",
+    let path = Path::new(json);
+    if inputs.iter().any(|input| same_file(input, path)) {
+        bail!("--json {json}: that is an input; {hint}");
+    }
+    const MEDIA: &[&str] = &[
+        "jpg", "jpeg", "jpe", "jfif", "png", "bmp", "webp", "gif", "tif", "tiff", "avif", "heic",
+        "heif", "ico", "tga", "qoi", "pnm", "ppm", "pgm", "pbm", "exr", "hdr", "mp4", "m4v", "mkv",
+        "mov", "avi", "webm", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "wmv", "3gp", "ogv",
+        "h264", "h265", "hevc", "mjpeg",
     ];
     if let Some(ext) = path.extension().and_then(|e| e.to_str())
-        && media.contains(&ext.to_ascii_lowercase().as_str())
+        && MEDIA.contains(&ext.to_ascii_lowercase().as_str())
     {
-        bail!(
-            "--json {json}: refusing to write JSON into a .{ext} file; give the output file (e.g. --json faces.jsonl) or - for standard output"
-        );
+        bail!("--json {json}: refusing to write JSON into a .{ext} file; {hint}");
+    }
+    if let Some(kind) = existing_media(path) {
+        bail!("--json {json}: refusing to overwrite {kind}; {hint}");
     }
     Ok(())
+}
+
+/// The same file, by device and inode when both exist (paths may differ: `./a` and `a`).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
+}
+
+/// "a picture" or "a video" when `path` is an existing file that starts like one.
+fn existing_media(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path).ok()?;
+    let n = file.read(&mut head).ok()?;
+    let head = &head[..n];
+    if n >= 4 && image::guess_format(head).is_ok() {
+        return Some("a picture");
+    }
+    let video = (n >= 8 && &head[4..8] == b"ftyp")
+        || head.starts_with(&[0x1a, 0x45, 0xdf, 0xa3])
+        || head.starts_with(b"RIFF")
+        || head.starts_with(b"FLV")
+        || head.starts_with(b"OggS")
+        || head.starts_with(&[0x30, 0x26, 0xb2, 0x75])
+        || head.starts_with(&[0x00, 0x00, 0x01, 0xba]);
+    video.then_some("a video")
 }
 
 /// Ctrl-C / SIGTERM: the first asks the graph to stop (frames in flight finish, outputs are
@@ -164,8 +199,9 @@ fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
     let hits = Arc::new(AtomicUsize::new(0));
     let result = ctrlc::set_handler(move || {
         if hits.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\nfaceflow: {what} (press Ctrl-C again to quit at once)");
+            // Stop first: saying so may fail (standard error closed) and must not prevent it.
             first();
+            faceflow::say!("\nfaceflow: {what} (press Ctrl-C again to quit at once)");
         } else {
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
@@ -178,17 +214,19 @@ fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
 fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
     config.validate()?;
-    check_json_target(
-        config.json.path.as_str(),
-        &[Path::new(&config.source.input)],
-    )?;
+    let input = config.source.input.as_str();
+    let mut inputs = vec![Path::new(input.strip_prefix("file://").unwrap_or(input))];
+    if let Some(pipeline) = &args.pipeline {
+        inputs.push(pipeline);
+    }
+    check_json_target(config.json.path.as_str(), &inputs)?;
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
     let progress: Option<pipeline::Progress> = std::io::stderr().is_terminal().then(|| {
         Box::new(|frames: u64, elapsed: std::time::Duration| {
             let fps = frames as f64 / elapsed.as_secs_f64().max(1e-9);
-            eprint!("\rframes {frames}  {fps:.1} fps ");
+            faceflow::say_inline!("\rframes {frames}  {fps:.1} fps ");
         }) as pipeline::Progress
     });
     let had_progress = progress.is_some();
@@ -196,20 +234,20 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         progress,
         health: Some(Box::new(move |health: &pipeline::Health| {
             if had_progress {
-                eprint!("\r\x1b[K");
+                faceflow::say_inline!("\r\x1b[K");
             }
-            eprintln!("{}", health.line());
+            faceflow::say!("{}", health.line());
         })),
     };
     let summary = pipeline::run(&config, control, hooks);
     if had_progress {
-        eprint!("\r\x1b[K");
+        faceflow::say_inline!("\r\x1b[K");
     }
     let summary = summary?;
-    eprintln!("faceflow: {}", summary.line());
+    faceflow::say!("faceflow: {}", summary.line());
     if let Some(failure) = &summary.failure {
         // Every frame decoded before the failure was written; the failure still fails the run.
-        eprintln!("error: {failure}");
+        faceflow::say!("error: {failure}");
         return Ok(ExitCode::FAILURE);
     }
     if summary.interrupted {
@@ -279,14 +317,14 @@ fn process_images(
         }
         finished = done + 1;
         if show_progress {
-            eprint!("\rimage {}/{} ", done + 1, images.len());
+            faceflow::say_inline!("\rimage {}/{} ", done + 1, images.len());
         }
         match one(done, path) {
             Ok(record) => match writer.write(&record) {
                 Ok(()) => {}
                 Err(e) if e.is_broken_pipe() => {
                     if show_progress {
-                        eprint!("\r\x1b[K");
+                        faceflow::say_inline!("\r\x1b[K");
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -295,22 +333,22 @@ fn process_images(
             Err(e) => {
                 // Keep going: one unreadable image must not cost the results of the others.
                 if show_progress {
-                    eprint!("\r\x1b[K");
+                    faceflow::say_inline!("\r\x1b[K");
                 }
-                eprintln!("error: {}", one_line(&e));
+                faceflow::say!("error: {}", one_line(&e));
                 failures += 1;
             }
         }
     }
     if show_progress {
-        eprint!("\r\x1b[K");
+        faceflow::say_inline!("\r\x1b[K");
     }
     match writer.flush() {
         Err(e) if e.is_broken_pipe() => return Ok(ExitCode::SUCCESS),
         other => other?,
     }
     if stop.load(Ordering::SeqCst) && finished < images.len() {
-        eprintln!(
+        faceflow::say!(
             "faceflow: interrupted after {finished} of {} images; their records are complete",
             images.len()
         );
@@ -353,6 +391,9 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
     attributes.validate()?;
     detect.validate()?;
     args.check()?;
+    // The report folder first: a path that cannot be a folder fails before hours of work.
+    std::fs::create_dir_all(&args.report)
+        .with_context(|| format!("cannot create the report folder {}", args.report.display()))?;
     let model_path = attributes.model_path();
     let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
@@ -364,7 +405,7 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
         max_images: args.max_images,
     };
     let (samples, scan) = eval::select(&opts)?;
-    eprintln!(
+    faceflow::say!(
         "eval: {} images ({} malformed names skipped, {} duplicate copies removed, {} dropped for conflicting labels)",
         samples.len(),
         scan.malformed.len(),
@@ -378,9 +419,9 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
         {
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
             if tty {
-                eprint!("\reval: {done}/{total} images, {rate:.0}/s ");
+                faceflow::say_inline!("\reval: {done}/{total} images, {rate:.0}/s ");
             } else {
-                eprintln!("eval: {done}/{total} images, {rate:.0}/s");
+                faceflow::say!("eval: {done}/{total} images, {rate:.0}/s");
             }
         }
         !stop.load(Ordering::SeqCst)
@@ -394,14 +435,15 @@ fn cmd_eval(args: EvalArgs) -> Result<ExitCode> {
         &mut progress,
     );
     if tty {
-        eprint!("\r\x1b[K");
+        faceflow::say_inline!("\r\x1b[K");
     }
+    let report = report?;
     let written = eval::write_report(&args.report, &report)?;
     if !eval::plot::has_font() {
         tracing::warn!("no DejaVu Sans font found: charts are drawn without text");
     }
     println!("{}", report.tally.line());
-    eprintln!(
+    faceflow::say!(
         "eval: report in {} ({} files){}",
         args.report.display(),
         written.len(),
@@ -520,7 +562,7 @@ fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
             train::load_model(&args.out, args.best)?
         } else {
             let (model, state, tally) = train::average_run(&opts, &args.average)?;
-            eprintln!(
+            faceflow::say!(
                 "train: mean of {}: validation {}",
                 args.average.join(", "),
                 tally.line()
@@ -544,7 +586,7 @@ fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
         } else {
             format!("epoch {}", state.epoch)
         };
-        eprintln!(
+        faceflow::say!(
             "train: exported {} ({which}; ONNX Runtime vs burn max |difference| {diff:.2e})",
             path.display()
         );

@@ -200,8 +200,10 @@ pub struct RunSummary {
     pub seconds: f64,
     /// True when the run ended early on a stop request (Ctrl-C).
     pub interrupted: bool,
-    /// The reader of the JSON output went away (a closed pipe): the run stopped there.
+    /// The reader of the JSON output went away (a closed pipe): the run stopped there, and the
+    /// frames still in flight were not written.
     pub output_closed: bool,
+    pub frames_not_written: u64,
     /// The source failed after it had decoded frames (they were all processed and written).
     pub failure: Option<String>,
     /// Most frames the JSON writer held back at once to restore decode order.
@@ -215,8 +217,16 @@ impl RunSummary {
         } else {
             0.0
         };
+        let not_written = if self.output_closed {
+            format!(
+                ", {} not written (output closed by its reader)",
+                self.frames_not_written
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "stream {} ({}): {} decoded, {} reported, {} dropped (behind live source); {}; {:.1} s, {:.1} fps{}{}",
+            "stream {} ({}): {} decoded, {} reported, {} dropped (behind live source){not_written}; {}; {:.1} s, {:.1} fps{}{}",
             self.stream,
             self.source,
             count(self.frames_decoded, "frame"),
@@ -235,7 +245,7 @@ impl RunSummary {
                 String::new()
             },
             if self.output_closed {
-                "; output closed by its reader"
+                ""
             } else if self.interrupted {
                 "; interrupted"
             } else if self.failure.is_some() {
@@ -279,6 +289,9 @@ struct Window {
     written: Mutex<u64>,
     advanced: Condvar,
     frames: u64,
+    /// Workers waiting for room: whoever holds frames back (a batch being gathered) should let
+    /// them go, since no new frame can come until the writer moves on.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Window {
@@ -287,6 +300,7 @@ impl Window {
             written: Mutex::new(0),
             advanced: Condvar::new(),
             frames: frames.max(1) as u64,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -295,19 +309,32 @@ impl Window {
         let Ok(mut written) = self.written.lock() else {
             return false;
         };
-        while seq >= *written + self.frames {
+        if seq < *written + self.frames {
+            return true;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let admitted = loop {
+            if seq < *written + self.frames {
+                break true;
+            }
             if control.has_error() {
-                return false;
+                break false;
             }
             match self
                 .advanced
                 .wait_timeout(written, Duration::from_millis(50))
             {
                 Ok((guard, _)) => written = guard,
-                Err(_) => return false,
+                Err(_) => break false,
             }
-        }
-        true
+        };
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        admitted
+    }
+
+    /// A worker waits for room: no new frame comes until the writer moves on.
+    fn is_full(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 
     /// The writer is done with every frame before `next_seq`.
@@ -418,8 +445,9 @@ fn detect_worker(
         let faces = detector
             .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
             .map_err(|e| format!("frame {}: {e}", frame.index))?;
-        let faces = faces.into_iter().map(FaceRecord::detection).collect();
-        if !keep_pixels {
+        let faces: Vec<FaceRecord> = faces.into_iter().map(FaceRecord::detection).collect();
+        // Without faces, no later stage reads the pixels either.
+        if !keep_pixels || faces.is_empty() {
             frame.rgb = Vec::new();
         }
         if out.send(Detected { seq, frame, faces }, control) == Sent::Closed {
@@ -432,12 +460,11 @@ fn detect_worker(
 /// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
 /// more. Ends after every upstream worker's end-of-stream and forwards one.
 fn attributes_stage(
-    model: &mut AttributeModel,
-    grouping: AgeGrouping,
+    (model, grouping): (&mut AttributeModel, AgeGrouping),
     config: &AttributesConfig,
-    input: &Input<Detected>,
+    window: &Window,
+    (input, upstream): (&Input<Detected>, usize),
     out: &Output<Detected>,
-    upstream: usize,
     control: &Control,
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;
@@ -456,9 +483,15 @@ fn attributes_stage(
         }
         let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
         let deadline = Instant::now() + max_wait;
-        while !ended && faces > 0 && faces < config.max_batch {
-            match input.recv_until(deadline, control) {
-                None => break,
+        // Gather until the batch is full, the wait is over, or the window is: then the frames held
+        // here are what the writer waits for, and waiting longer only stalls the run.
+        while !ended && faces > 0 && faces < config.max_batch && !window.is_full() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match input.recv_until(deadline.min(now + Duration::from_millis(5)), control) {
+                None => continue,
                 Some(Received::Item(d)) => {
                     faces += d.faces.len();
                     batch.push(d);
@@ -550,6 +583,8 @@ struct SinkCounts {
     reorder_peak: usize,
     reorder_window: usize,
     output_closed: bool,
+    /// Frames that reached the writer after the output closed.
+    not_written: u64,
 }
 
 impl Monitor {
@@ -720,14 +755,14 @@ pub fn run_stages(
                 graph::channel::<Detected>("annotated", in_flight, WhenFull::Block);
             probes.push(annotated_in.probe());
             let attr_config = config.attributes.clone();
+            let window = window.clone();
             graph.add_stage("attributes", move |c| {
                 let result = attributes_stage(
-                    &mut model,
-                    grouping,
+                    (&mut model, grouping),
                     &attr_config,
-                    &detected_in,
+                    &window,
+                    (&detected_in, workers),
                     &annotated_out,
-                    workers,
                     c,
                 );
                 annotated_out.send_eos(c);
@@ -793,6 +828,7 @@ pub fn run_stages(
         seconds: started.elapsed().as_secs_f64(),
         interrupted: control.stop_requested() && !sink.output_closed,
         output_closed: sink.output_closed,
+        frames_not_written: sink.not_written,
         failure,
         peak_reorder_frames: sink.reorder_peak,
     })
@@ -814,6 +850,15 @@ struct JsonStage {
 const IDLE_FLUSH_CHECK: Duration = Duration::from_millis(250);
 
 impl JsonStage {
+    /// The reader of the output went away: stop the run, keep draining. Returns true (closed).
+    fn output_closed(&self, control: &Control) -> bool {
+        control.request_stop();
+        if let Ok(mut n) = self.counts.lock() {
+            n.output_closed = true;
+        }
+        true
+    }
+
     fn run(mut self, control: &Control) -> Result<(), String> {
         let result = self.write_all(control);
         // Flush whatever ended the run: complete lines already produced are never lost.
@@ -839,7 +884,11 @@ impl JsonStage {
             let done = match received {
                 None => {
                     if !closed {
-                        self.writer.flush_if_due().map_err(|e| e.to_string())?;
+                        match self.writer.flush_if_due() {
+                            Ok(()) => {}
+                            Err(e) if e.is_broken_pipe() => closed = self.output_closed(control),
+                            Err(e) => return Err(e.to_string()),
+                        }
                     }
                     continue;
                 }
@@ -863,6 +912,9 @@ impl JsonStage {
                 );
                 if closed {
                     // The reader is gone: keep draining so no stage blocks, write nothing.
+                    if let Ok(mut n) = self.counts.lock() {
+                        n.not_written += 1;
+                    }
                     continue;
                 }
                 let faces = d.faces.len() as u64;
@@ -879,10 +931,9 @@ impl JsonStage {
                 match self.writer.write(&record) {
                     Ok(()) => {}
                     Err(e) if e.is_broken_pipe() => {
-                        closed = true;
-                        control.request_stop();
+                        closed = self.output_closed(control);
                         if let Ok(mut n) = self.counts.lock() {
-                            n.output_closed = true;
+                            n.not_written += 1;
                         }
                         continue;
                     }

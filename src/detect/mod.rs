@@ -54,7 +54,8 @@ pub enum DetectError {
         network: &'static str,
         message: String,
     },
-    #[error("invalid detector setting: {0}")]
+    /// A setting out of range; the message names it.
+    #[error("{0}")]
     Config(String),
     #[error(transparent)]
     Range(#[from] crate::limits::RangeError),
@@ -141,12 +142,11 @@ impl DetectConfig {
             "pixels",
         )?;
         Setting::flag("scale_factor", "--scale-factor").check(self.scale_factor, 0.1, 0.95, "")?;
-        for (name, t) in ["pnet", "rnet", "onet"].iter().zip(self.thresholds) {
-            if !(0.0..=1.0).contains(&t) {
-                return Err(DetectError::Config(format!(
-                    "thresholds (--thresholds): the {name} threshold {t} must be from 0 to 1"
-                )));
-            }
+        if !self.thresholds.iter().all(|t| (0.0..=1.0).contains(t)) {
+            let [p, r, o] = self.thresholds;
+            return Err(DetectError::Config(format!(
+                "thresholds (--thresholds) = {p},{r},{o}: each must be from 0 to 1"
+            )));
         }
         for (name, t) in [
             ("nms_within_scale", self.nms_within_scale),

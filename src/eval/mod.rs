@@ -25,6 +25,8 @@ pub enum EvalError {
     Empty(String),
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("{path}: {message}")]
+    Failed { path: String, message: String },
 }
 
 /// Which part of the labelled data to score.
@@ -155,7 +157,8 @@ pub fn select(opts: &EvalOptions) -> Result<(Vec<Sample>, dataset::ScanReport), 
 }
 
 /// Scores `samples`; `progress(done, total)` after each image, which returns false to stop early
-/// (Ctrl-C): the report then covers the images done. Unreadable images count as missed.
+/// (Ctrl-C): the report then covers the images done. Unreadable images count as missed (and are
+/// named); a detector or model that fails is an error.
 pub fn evaluate(
     detector: &mut Mtcnn,
     model: &mut AttributeModel,
@@ -163,7 +166,7 @@ pub fn evaluate(
     samples: &[Sample],
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> EvalReport {
+) -> Result<EvalReport, EvalError> {
     let started = Instant::now();
     let (mut detect_s, mut attr_s, mut faces) = (0f64, 0f64, 0usize);
     let mut tally = Tally::default();
@@ -192,19 +195,33 @@ pub fn evaluate(
                 unreadable.push(file.clone());
                 None
             }
-            Ok(picture) => (|| {
+            Ok(picture) => {
                 let image = picture.to_rgb8();
                 let (w, h) = (image.width() as usize, image.height() as usize);
-                let found = detector.detect_still(image.as_raw(), w, h).ok()?;
-                let face = largest_face(&found)?;
-                let crop = crop_for_model(image.as_raw(), w, h, face)?;
-                detect_s += t0.elapsed().as_secs_f64();
-                let t1 = Instant::now();
-                let p = model.predict(&[crop]).ok()?.into_iter().next();
-                attr_s += t1.elapsed().as_secs_f64();
-                faces += 1;
-                p
-            })(),
+                // A failing detector or model is not "no face": it stops the evaluation.
+                let failed = |what: &str, e: &dyn std::fmt::Display| EvalError::Failed {
+                    path: file.clone(),
+                    message: format!("{what}: {e}"),
+                };
+                let found = detector
+                    .detect_still(image.as_raw(), w, h)
+                    .map_err(|e| failed("detection failed", &e))?;
+                match largest_face(&found).and_then(|f| crop_for_model(image.as_raw(), w, h, f)) {
+                    None => None,
+                    Some(crop) => {
+                        detect_s += t0.elapsed().as_secs_f64();
+                        let t1 = Instant::now();
+                        let p = model
+                            .predict(&[crop])
+                            .map_err(|e| failed("attribute model failed", &e))?
+                            .into_iter()
+                            .next();
+                        attr_s += t1.elapsed().as_secs_f64();
+                        faces += 1;
+                        p
+                    }
+                }
+            }
         };
         if prediction.is_none() {
             no_face.push(file.clone());
@@ -225,7 +242,7 @@ pub fn evaluate(
             break;
         }
     }
-    EvalReport {
+    Ok(EvalReport {
         model: model_name.to_string(),
         spec,
         flip_average: model.flip_average(),
@@ -240,7 +257,7 @@ pub fn evaluate(
         unreadable,
         interrupted,
         images,
-    }
+    })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {

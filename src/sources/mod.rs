@@ -248,17 +248,36 @@ fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceErro
                     return Err(bad(format!("fps={value} must be from 1 to 1000")));
                 }
             }
-            "live" => spec.live = value == "true" || value == "1",
-            "error-after" => spec.error_after = Some(number(value)?),
+            "live" => {
+                spec.live = match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("live={value} must be true or false"))),
+                }
+            }
+            "error-after" => {
+                let n = number(value)?;
+                if n == 0 {
+                    return Err(bad("error-after=0: must be at least 1".into()));
+                }
+                spec.error_after = Some(n);
+            }
             "size" => {
                 let (w, h) = value
                     .split_once('x')
                     .ok_or_else(|| bad(format!("size={value} is not WxH")))?;
                 spec.width = number(w)?;
                 spec.height = number(h)?;
-                if spec.width == 0 || spec.height == 0 || spec.width > 16384 || spec.height > 16384
+                // Up to 8K UHD: a bigger frame is gigabytes across the queues.
+                let pixels = u64::from(spec.width) * u64::from(spec.height);
+                if spec.width == 0
+                    || spec.height == 0
+                    || spec.width.max(spec.height) > 7680
+                    || pixels > 7680 * 4320
                 {
-                    return Err(bad(format!("size={value} is out of range")));
+                    return Err(bad(format!(
+                        "size={value} is out of range (sides up to 7680, at most 7680x4320 pixels)"
+                    )));
                 }
             }
             other => {
@@ -434,6 +453,13 @@ impl PtsClock {
         self.last_ms = Some(pts_ms);
         pts_ms
     }
+}
+
+/// Frames of the current connection.
+#[derive(Debug, Default)]
+struct Connection {
+    frames: u64,
+    last_pts_ms: Option<f64>,
 }
 
 /// Where a source stands across connections.
@@ -714,7 +740,9 @@ impl Source {
             } else {
                 tracing::info!("{message}");
             }
-            if session.gap_since.is_none() {
+            // A gap is time without frames after frames came; a first connection that needed
+            // several tries is not a reconnection.
+            if streamed && session.gap_since.is_none() {
                 session.gap_since = Some(session.last_frame_at.unwrap_or_else(Instant::now));
             }
             if !sleep_unless_stopped(delay, control) {
@@ -747,15 +775,14 @@ impl Source {
         }
         let stall_timeout = Duration::from_millis(self.config.stall_timeout_ms.max(1));
         let connected_at = Instant::now();
-        let mut frames_here = 0u64;
-        let mut last_pts_ms: Option<f64> = None;
+        let mut here = Connection::default();
         loop {
             if control.stop_requested() {
                 tracing::info!(stream = %self.info.id, "source stopping on request");
                 return Ok(Ended::Finished);
             }
             if let Some(e) = self.bus_error(&bus, Duration::ZERO) {
-                return Err(e);
+                return self.drain_then(e, out, control, session, &mut here);
             }
             let Some(sample) = self
                 .appsink
@@ -767,61 +794,98 @@ impl Source {
                         return Err(e);
                     }
                     tracing::info!(stream = %self.info.id, frames = session.stats.decoded, "end of stream");
-                    self.warn_if_short(last_pts_ms, &session.video_info);
+                    self.warn_if_short(here.last_pts_ms, &session.video_info);
                     return Ok(Ended::EndOfStream);
                 }
                 if self.reconnectable {
                     let (since, allowed) = match session.last_frame_at {
-                        Some(t) if frames_here > 0 => (t, stall_timeout),
+                        Some(t) if here.frames > 0 => (t, stall_timeout),
                         _ => (connected_at, stall_timeout * 2),
                     };
                     let waited = since.elapsed();
                     if waited > allowed {
                         return Ok(Ended::Stalled {
                             waited,
-                            streaming: frames_here > 0,
+                            streaming: here.frames > 0,
                         });
                     }
                 }
                 continue;
             };
-            let now = Instant::now();
-            let mut frame =
-                self.frame_from_sample(&sample, session.stats.decoded, &mut session.video_info)?;
-            frame.pts_ms = session.clock.place(frame.pts_ms, now);
-            if let Some(since) = session.gap_since.take() {
-                let gap_ms = now.duration_since(since).as_secs_f64() * 1e3;
-                session.stats.reconnects += 1;
-                session.stats.gap_ms += gap_ms;
-                frame.gap_before_ms = Some(gap_ms);
-                tracing::warn!(
-                    "{}: reconnected; no frames for {:.1} s",
-                    self.input,
-                    gap_ms / 1e3
-                );
-            }
-            session.failures = 0;
-            session.last_frame_at = Some(now);
-            session.stats.decoded += 1;
-            frames_here += 1;
-            last_pts_ms = Some(frame.pts_ms);
-            let sent = out.send(frame, control);
-            if let Sent::DroppedOldest(n) = sent {
-                session.stats.dropped_behind += n;
-            }
-            self.counters
-                .decoded
-                .store(session.stats.decoded, Ordering::Relaxed);
-            self.counters
-                .dropped_behind
-                .store(session.stats.dropped_behind, Ordering::Relaxed);
-            if sent == Sent::Closed {
-                return Ok(Ended::Finished);
-            }
-            if self.config.max_frames > 0 && session.stats.decoded >= self.config.max_frames {
-                return Ok(Ended::Finished);
+            if let Some(ended) = self.deliver(&sample, out, control, session, &mut here)? {
+                return Ok(ended);
             }
         }
+    }
+
+    /// After an error on the bus: the frames already waiting in the appsink decoded fine, so they
+    /// are sent on before the error is returned (how many wait there must not vary the output).
+    fn drain_then(
+        &self,
+        error: SourceError,
+        out: &Output<Frame>,
+        control: &Control,
+        session: &mut Session,
+        here: &mut Connection,
+    ) -> Result<Ended, SourceError> {
+        while let Some(sample) = self.appsink.try_pull_sample(gst::ClockTime::ZERO) {
+            if self
+                .deliver(&sample, out, control, session, here)?
+                .is_some()
+            {
+                break;
+            }
+        }
+        Err(error)
+    }
+
+    /// Turns one sample into a frame and sends it on; `Some` when the source should stop (frame
+    /// limit, nobody downstream).
+    fn deliver(
+        &self,
+        sample: &gst::Sample,
+        out: &Output<Frame>,
+        control: &Control,
+        session: &mut Session,
+        here: &mut Connection,
+    ) -> Result<Option<Ended>, SourceError> {
+        let now = Instant::now();
+        let mut frame =
+            self.frame_from_sample(sample, session.stats.decoded, &mut session.video_info)?;
+        frame.pts_ms = session.clock.place(frame.pts_ms, now);
+        if let Some(since) = session.gap_since.take() {
+            let gap_ms = now.duration_since(since).as_secs_f64() * 1e3;
+            session.stats.reconnects += 1;
+            session.stats.gap_ms += gap_ms;
+            frame.gap_before_ms = Some(gap_ms);
+            tracing::warn!(
+                "{}: reconnected; no frames for {:.1} s",
+                self.input,
+                gap_ms / 1e3
+            );
+        }
+        session.failures = 0;
+        session.last_frame_at = Some(now);
+        session.stats.decoded += 1;
+        here.frames += 1;
+        here.last_pts_ms = Some(frame.pts_ms);
+        let sent = out.send(frame, control);
+        if let Sent::DroppedOldest(n) = sent {
+            session.stats.dropped_behind += n;
+        }
+        self.counters
+            .decoded
+            .store(session.stats.decoded, Ordering::Relaxed);
+        self.counters
+            .dropped_behind
+            .store(session.stats.dropped_behind, Ordering::Relaxed);
+        if sent == Sent::Closed {
+            return Ok(Some(Ended::Finished));
+        }
+        if self.config.max_frames > 0 && session.stats.decoded >= self.config.max_frames {
+            return Ok(Some(Ended::Finished));
+        }
+        Ok(None)
     }
 
     /// A file whose stream ends well before the duration its header announces is truncated or
@@ -1035,6 +1099,17 @@ mod tests {
             "{err}"
         );
         assert!(parse_input("testsrc://ball?fps=0", None).is_err());
+        for bad in [
+            "live=yes",
+            "error-after=0",
+            "size=16384x16384",
+            "size=1x40000",
+        ] {
+            assert!(
+                parse_input(&format!("testsrc://ball?{bad}"), None).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -264,7 +264,7 @@ pub fn epoch_file(epoch: u32) -> String {
 
 /// Status lines go to standard error; `\r` progress only when asked for.
 fn say(line: &str) {
-    eprintln!("train: {line}");
+    crate::say!("train: {line}");
 }
 
 /// Training items, validation items, and the images where no face was found.
@@ -326,9 +326,11 @@ fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepared, TrainErr
     cache.fill(&all, &opts.detect, opts.workers, &|done, total| {
         if progress && (done % 50 == 0 || done == total) {
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprint!("\rtrain: detecting and aligning faces {done}/{total} ({rate:.0} images/s) ");
+            crate::say_inline!(
+                "\rtrain: detecting and aligning faces {done}/{total} ({rate:.0} images/s) "
+            );
             if done == total {
-                eprintln!();
+                crate::say!();
             }
         }
     })?;
@@ -966,7 +968,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                     left as f64 / rate.max(1e-9)
                 );
                 if opts.progress {
-                    eprint!("\rtrain: {line} ");
+                    crate::say_inline!("\rtrain: {line} ");
                 } else {
                     say(&line);
                 }
@@ -976,7 +978,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             }
         }
         if opts.progress {
-            eprintln!();
+            crate::say!();
         }
         if stopped {
             break;

@@ -11,8 +11,9 @@ fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A source that fails after 25 frames: every frame decoded before the failure is detected and
-/// written, the counts add up, and the failure still fails the run with its own line.
+/// A source that fails at its 25th frame: every one of the 24 frames decoded before the failure is
+/// detected and written, every time (none left behind in GStreamer's queues), the counts add up,
+/// and the failure still fails the run with its own line.
 #[test]
 fn frames_decoded_before_a_source_error_are_all_reported() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,7 +34,7 @@ fn frames_decoded_before_a_source_error_are_all_reported() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         let records = read_jsonl(&json);
         let decoded = decoded_from_summary(&stderr);
-        assert!(decoded >= 20, "{stderr}");
+        assert_eq!(decoded, 24, "{stderr}");
         assert_live_accounting(&records, &stderr, decoded);
         assert_eq!(records.len(), decoded, "a file-like source drops nothing");
         let lines: Vec<&str> = stderr.lines().collect();
@@ -72,6 +73,137 @@ fn a_closed_output_pipe_stops_the_run_quietly() {
     assert!(!stderr.contains("error"), "{stderr}");
     assert!(stderr.contains("output closed by its reader"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20));
+    // Every decoded frame is accounted for: reported, dropped or not written.
+    let decoded = decoded_from_summary(&stderr);
+    let number_before = |marker: &str| -> usize {
+        let head = stderr.split(marker).next().unwrap_or_default();
+        head.rsplit(' ').next().unwrap_or_default().parse().unwrap()
+    };
+    let (reported, dropped, not_written) = (
+        number_before(" reported"),
+        number_before(" dropped"),
+        number_before(" not written"),
+    );
+    assert_eq!(decoded, reported + dropped + not_written, "{stderr}");
+}
+
+/// Standard error that cannot be written (full, or a closed pipe) must not stop Ctrl-C.
+#[test]
+fn ctrl_c_works_when_standard_error_is_full() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let child = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=0&size=64x48&live=true",
+            "--no-attributes",
+            "--stats-every",
+            "0.2",
+            "--json",
+            "/dev/null",
+        ])
+        .stdout(Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130));
+}
+
+/// Batching faces across frames must not wait for frames the reorder window holds back.
+#[test]
+fn a_long_batch_wait_does_not_stall_the_run() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-male.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        "[detect]\nworkers = 1\n\n[attributes]\nmax_wait_ms = 2000\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = run_ok(
+        bin()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--input")
+            .arg(&clip)
+            .args(["--json", "/dev/null"]),
+    );
+    // 62 frames; each full wait would cost 2 s (about 14 s in all before the fix).
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}: {}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn eval_stops_on_a_failing_detector_and_checks_its_report_folder_first() {
+    let Some(face) = shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("labelled");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(&face, data.join("26_1_2_20170103181524137.jpg.chip.jpg")).unwrap();
+    // R-Net's weights where P-Net's should be: loads, then fails on the first picture.
+    let models = dir.path().join("mtcnn");
+    std::fs::create_dir(&models).unwrap();
+    for (to, from) in [("pnet", "rnet"), ("rnet", "rnet"), ("onet", "onet")] {
+        std::fs::copy(
+            project_root().join(format!("models/mtcnn/{from}.onnx")),
+            models.join(format!("{to}.onnx")),
+        )
+        .unwrap();
+    }
+    let out = bin()
+        .args(["eval", "--source"])
+        .arg(&data)
+        .arg("--mtcnn-models")
+        .arg(&models)
+        .arg("--report")
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("detection failed"),
+        "{stderr}"
+    );
+    // A report path that is a file fails before any image is read.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = bin()
+        .args(["eval", "--source"])
+        .arg(&data)
+        .arg("--report")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create the report folder"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("eval: 1/1"), "{stderr}");
 }
 
 #[test]

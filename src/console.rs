@@ -1,0 +1,23 @@
+//! Lines for people on standard error that never panic: a closed or full standard error
+//! (`2>/dev/full`, `2>&1 | head -1`) must not take down a run, its health reports or its Ctrl-C
+//! handler, as `eprintln!` would.
+
+/// `eprintln!` that ignores a failed write.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` (no newline, flushed: progress lines redrawn with `\r`) that ignores a failed write.
+#[macro_export]
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($arg)*);
+        let _ = err.flush();
+    }};
+}
