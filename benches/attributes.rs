@@ -1,14 +1,13 @@
-//! Attribute model benchmarks: models/faceattr.onnx on aligned 64×64 crops, batch 1, 8 and 32, on
-//! one ONNX Runtime thread (as the pipeline's attribute stage runs it); and the crop warp.
+//! Attribute model benchmarks: models/faceattr.onnx on aligned crops of its input size, batch 1, 8
+//! and 32, on one ONNX Runtime thread (as the pipeline's attribute stage runs it); and the crop warp.
 //!
 //!     cargo bench --bench attributes
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use faceflow::attributes::{AttributeModel, crop_for_model, default_model_path};
+use faceflow::attributes::{AttributeModel, default_model_path};
 use faceflow::detect::Face;
-use faceflow::model::spec::INPUT_PX;
 
 fn bench_attributes(c: &mut Criterion) {
     let mut model = match AttributeModel::load(&default_model_path(), 1) {
@@ -18,10 +17,10 @@ fn bench_attributes(c: &mut Criterion) {
             return;
         }
     };
-    let side = INPUT_PX as usize;
+    let side = model.spec().input_px();
     // Varied pixels: a constant crop could take shortcuts nowhere, but keep it honest anyway.
     let crop: Vec<u8> = (0..side * side * 3).map(|i| (i * 37 % 251) as u8).collect();
-    let mut group = c.benchmark_group("faceattr_64px");
+    let mut group = c.benchmark_group(format!("faceattr_{side}px"));
     for batch in [1usize, 8, 32] {
         let crops = vec![crop.clone(); batch];
         group.throughput(Throughput::Elements(batch as u64));
@@ -44,8 +43,8 @@ fn bench_attributes(c: &mut Criterion) {
             [380.0, 220.0],
         ],
     };
-    c.bench_function("align_crop_64px", |b| {
-        b.iter(|| black_box(crop_for_model(black_box(&frame), w, h, &face)))
+    c.bench_function(&format!("align_crop_{side}px"), |b| {
+        b.iter(|| black_box(model.crop(black_box(&frame), w, h, &face)))
     });
 }
 

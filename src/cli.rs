@@ -121,6 +121,9 @@ pub struct TrainArgs {
     /// Use only this many images (a deterministic subset), e.g. for a smoke run.
     #[arg(long, value_name = "N")]
     pub max_images: Option<usize>,
+    /// Side of the model's input crop in pixels, a multiple of 8 from 32 to 224.
+    #[arg(long, value_name = "PX", default_value_t = faceflow::model::spec::DEFAULT_INPUT_PX)]
+    pub input_px: u32,
     /// Network size: default or tiny (smoke tests).
     #[arg(long, default_value = "default")]
     pub net: String,
@@ -508,6 +511,7 @@ impl TrainArgs {
             net,
             augment: !self.no_augment,
             age_readout: self.age_readout,
+            input_px: self.input_px,
             ..TrainConfig::default()
         })
     }
@@ -576,6 +580,7 @@ mod tests {
         "--max-images",
         "--train-threads",
         "--checkpoint-every",
+        "--input-px",
     ];
 
     fn value() -> impl Strategy<Value = String> {

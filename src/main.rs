@@ -573,7 +573,7 @@ fn cmd_train(args: cli::TrainArgs) -> Result<ExitCode> {
         let path = args
             .export
             .unwrap_or_else(|| args.out.join("faceattr.onnx"));
-        let side = faceflow::model::spec::INPUT_PX as usize;
+        let side = state.config.input_px as usize;
         // Parity on a fixed pseudo-random batch: no data needed to export.
         let input: Vec<f32> = (0..4 * 3 * side * side)
             .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 4.0)

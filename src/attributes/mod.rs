@@ -13,8 +13,8 @@ use crate::align::align_face;
 use crate::detect::Face;
 use crate::model::readout::Prediction;
 use crate::model::spec::{
-    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, INPUT_PX, METADATA_KEY, ModelSpec, RACE_OUTPUT,
-    SpecError, model_align, normalise_into,
+    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, METADATA_KEY, ModelSpec, RACE_OUTPUT, SpecError,
+    model_align, normalise_into,
 };
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
 use crate::runtime;
@@ -148,10 +148,10 @@ impl AttributeModel {
         self.flip_average
     }
 
-    /// Raw logits for normalised planar input (`batch × 3 × INPUT_PX²`): age, gender, race, each
-    /// flattened row-major.
+    /// Raw logits for normalised planar input (`batch × 3 × side²`, the spec's input size): age,
+    /// gender, race, each flattened row-major.
     pub fn logits(&mut self, input: &[f32], batch: usize) -> Result<[Vec<f32>; 3], AttributeError> {
-        let side = INPUT_PX as usize;
+        let side = self.spec.input_px();
         let per = 3 * side * side;
         if input.len() != batch * per {
             return Err(AttributeError::Inference(format!(
@@ -195,9 +195,21 @@ impl AttributeModel {
         Ok(out)
     }
 
-    /// Predictions for aligned crops (packed RGB8, `INPUT_PX`² each), batched.
+    /// The model's aligned crop of one face (packed RGB8, its input size squared), or `None` for
+    /// degenerate landmarks.
+    pub fn crop(
+        &self,
+        frame_rgb: &[u8],
+        width: usize,
+        height: usize,
+        face: &Face,
+    ) -> Option<Vec<u8>> {
+        crop_for_model(frame_rgb, width, height, face, self.spec.input.size_px)
+    }
+
+    /// Predictions for aligned crops (packed RGB8, the input size squared each), batched.
     pub fn predict(&mut self, crops: &[Vec<u8>]) -> Result<Vec<Prediction>, AttributeError> {
-        let side = INPUT_PX as usize;
+        let side = self.spec.input_px();
         let per = 3 * side * side;
         let n = crops.len();
         let views = if self.flip_average { 2 } else { 1 };
@@ -252,15 +264,22 @@ impl AttributeModel {
     }
 }
 
-/// The model's aligned crop of one face (packed RGB8, `INPUT_PX`²), or `None` for degenerate
-/// landmarks.
+/// The aligned crop of one face for a model of input `size_px` (packed RGB8, `size_px`²), or
+/// `None` for degenerate landmarks.
 pub fn crop_for_model(
     frame_rgb: &[u8],
     width: usize,
     height: usize,
     face: &Face,
+    size_px: u32,
 ) -> Option<Vec<u8>> {
-    align_face(frame_rgb, width, height, &face.landmarks, &model_align())
+    align_face(
+        frame_rgb,
+        width,
+        height,
+        &face.landmarks,
+        &model_align(size_px),
+    )
 }
 
 /// One picture and the faces found in it, for [`AttributeModel::predict_faces`].
@@ -283,7 +302,7 @@ impl AttributeModel {
         let mut slots = Vec::new();
         for (i, image) in images.iter().enumerate() {
             for (j, face) in image.faces.iter().enumerate() {
-                if let Some(crop) = crop_for_model(image.rgb, image.width, image.height, face) {
+                if let Some(crop) = self.crop(image.rgb, image.width, image.height, face) {
                     crops.push(crop);
                     slots.push((i, j));
                 }
@@ -348,7 +367,7 @@ mod tests {
         let mut degenerate = face_at(50.0, 50.0, 10.0);
         degenerate.landmarks = [[50.0, 50.0]; 5];
         let alone = |m: &mut AttributeModel, f: &Face| {
-            let crop = crop_for_model(&rgb, w, h, f).unwrap();
+            let crop = m.crop(&rgb, w, h, f).unwrap();
             m.predict(&[crop]).unwrap().remove(0)
         };
         let (want_left, want_right) = (alone(&mut model, &left), alone(&mut model, &right));

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attributes::{AttributeModel, crop_for_model};
+use crate::attributes::AttributeModel;
 use crate::detect::{Mtcnn, largest_face};
 use crate::model::dataset::{self, DatasetError, Sample, Source};
 use crate::model::readout::{Correct, Prediction, Tally, Truth, fmt_metric};
@@ -206,7 +206,7 @@ pub fn evaluate(
                 let found = detector
                     .detect_still(image.as_raw(), w, h)
                     .map_err(|e| failed("detection failed", &e))?;
-                match largest_face(&found).and_then(|f| crop_for_model(image.as_raw(), w, h, f)) {
+                match largest_face(&found).and_then(|f| model.crop(image.as_raw(), w, h, f)) {
                     None => None,
                     Some(crop) => {
                         detect_s += t0.elapsed().as_secs_f64();

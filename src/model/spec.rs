@@ -13,8 +13,11 @@ pub const SPEC_VERSION: u32 = 1;
 /// ONNX metadata key holding the JSON [`ModelSpec`].
 pub const METADATA_KEY: &str = "faceflow.spec";
 
-/// Side of the square aligned crop the model sees, pixels.
-pub const INPUT_PX: u32 = 64;
+/// Side of the square aligned crop the model sees by default, pixels. A model's spec names its
+/// own size (any multiple of 8 within [`INPUT_PX_RANGE`]); the runtime crops to it.
+pub const DEFAULT_INPUT_PX: u32 = 64;
+/// Input sizes a model may have, pixels.
+pub const INPUT_PX_RANGE: std::ops::RangeInclusive<u32> = 32..=224;
 /// Margin around the alignment template: age and gender need hair, forehead and jaw.
 pub const INPUT_MARGIN: f32 = 0.25;
 /// Per-channel normalisation in pixel units: `(value − mean) / std`.
@@ -147,14 +150,19 @@ pub struct ModelSpec {
 pub const TEMPLATE_NAME: &str = "faceflow-5pt-v1";
 
 impl ModelSpec {
-    /// The spec of this build of faceflow, for a model trained on `tasks`.
+    /// The spec of this build of faceflow, for a model trained on `tasks` at the default size.
     pub fn current(tasks: &[Task]) -> Self {
+        Self::with_input(tasks, DEFAULT_INPUT_PX)
+    }
+
+    /// The spec of this build for a model whose input is `size_px` square.
+    pub fn with_input(tasks: &[Task], size_px: u32) -> Self {
         Self {
             spec_version: SPEC_VERSION,
             input: InputSpec {
                 name: INPUT_NAME.into(),
                 layout: "NCHW-RGB".into(),
-                size_px: INPUT_PX,
+                size_px,
                 template: TEMPLATE_NAME.into(),
                 margin: INPUT_MARGIN,
                 mean: INPUT_MEAN,
@@ -201,9 +209,21 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    /// Checks that the interface equals this build's; the trained tasks may be any non-empty set.
+    /// Side of the model's square input, pixels.
+    pub fn input_px(&self) -> usize {
+        self.input.size_px as usize
+    }
+
+    /// Checks that the interface is one this build speaks: its input size is any allowed size, the
+    /// rest must equal this build's; the trained tasks may be any non-empty set.
     pub fn check(&self) -> Result<(), SpecError> {
-        let expected = ModelSpec::current(&self.tasks);
+        let size = self.input.size_px;
+        let expected_size = if is_input_size(size) {
+            size
+        } else {
+            DEFAULT_INPUT_PX
+        };
+        let expected = ModelSpec::with_input(&self.tasks, expected_size);
         let mismatch = |what, found: String, expected: String| SpecError::Mismatch {
             what,
             found,
@@ -212,7 +232,15 @@ impl ModelSpec {
         if self.input != expected.input {
             let (f, e) = (&self.input, &expected.input);
             return Err(if f.size_px != e.size_px {
-                mismatch("input size", f.size_px.to_string(), e.size_px.to_string())
+                mismatch(
+                    "input size",
+                    f.size_px.to_string(),
+                    format!(
+                        "a multiple of 8 from {} to {}",
+                        INPUT_PX_RANGE.start(),
+                        INPUT_PX_RANGE.end()
+                    ),
+                )
             } else if f.template != e.template || f.margin != e.margin {
                 mismatch(
                     "alignment",
@@ -245,18 +273,23 @@ impl ModelSpec {
     }
 }
 
-/// How faces are aligned for the attribute model: faceflow's template, the model's size and margin.
-pub fn model_align() -> AlignConfig {
+/// An input size a model may have.
+pub fn is_input_size(size_px: u32) -> bool {
+    INPUT_PX_RANGE.contains(&size_px) && size_px % 8 == 0
+}
+
+/// How faces are aligned for an attribute model of input `size_px`: faceflow's template and margin.
+pub fn model_align(size_px: u32) -> AlignConfig {
     AlignConfig {
-        crop_px: INPUT_PX,
+        crop_px: size_px,
         margin: INPUT_MARGIN,
     }
 }
 
-/// Writes one packed RGB8 crop (`INPUT_PX`², row-major) into `out` as normalised planar CHW floats.
+/// Writes one packed RGB8 crop (square, row-major) into `out` as normalised planar CHW floats.
 /// Shared by trainer and runtime, so both feed the network identical numbers.
 pub fn normalise_into(crop_rgb8: &[u8], out: &mut [f32]) {
-    let plane = (INPUT_PX * INPUT_PX) as usize;
+    let plane = crop_rgb8.len() / 3;
     debug_assert!(crop_rgb8.len() >= plane * 3 && out.len() >= plane * 3);
     for (i, px) in crop_rgb8.chunks_exact(3).take(plane).enumerate() {
         for c in 0..3 {
@@ -279,10 +312,13 @@ mod tests {
         assert_eq!(ModelSpec::from_metadata(None), Err(SpecError::Missing));
         let mut other = spec.clone();
         other.input.size_px = 96;
+        let back = ModelSpec::from_metadata(Some(&other.to_json())).unwrap();
+        assert_eq!(back.input_px(), 96, "any allowed size is read");
+        other.input.size_px = 100;
         let e = ModelSpec::from_metadata(Some(&other.to_json())).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "does not match this faceflow: input size is 96, expected 64"
+            "does not match this faceflow: input size is 100, expected a multiple of 8 from 32 to 224"
         );
         let mut future = serde_json::to_value(&spec).unwrap();
         future["spec_version"] = 9.into();
@@ -313,7 +349,7 @@ mod tests {
 
     #[test]
     fn normalisation_is_planar_and_centred() {
-        let side = INPUT_PX as usize;
+        let side = DEFAULT_INPUT_PX as usize;
         let mut crop = vec![0u8; side * side * 3];
         crop[0] = 255; // R of pixel 0
         crop[4] = 128; // G of pixel 1

@@ -4,9 +4,16 @@
 use rand::Rng;
 
 use crate::align::{Similarity, warp_rgb};
-use crate::model::spec::{INPUT_PX, normalise_into};
+use crate::model::spec::normalise_into;
 
-use super::data::{CACHE_BORDER_PX, CACHE_PX};
+use super::data::CACHE_BORDER_PX;
+
+/// Sides of a cached crop and of the model crop at its centre, read from the cached crop's length
+/// (a square RGB8 crop with [`CACHE_BORDER_PX`] around the model's).
+fn sides(cached: &[u8]) -> (usize, usize) {
+    let cache = ((cached.len() / 3) as f64).sqrt().round() as usize;
+    (cache, cache.saturating_sub(2 * CACHE_BORDER_PX as usize))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
@@ -32,11 +39,8 @@ impl Default for Augment {
 
 /// The model's crop: the centre of a cached crop, no augmentation (validation, export checks).
 pub fn centre(cached: &[u8]) -> Vec<u8> {
-    let (side, cache, border) = (
-        INPUT_PX as usize,
-        CACHE_PX as usize,
-        CACHE_BORDER_PX as usize,
-    );
+    let (cache, side) = sides(cached);
+    let border = CACHE_BORDER_PX as usize;
     let mut out = Vec::with_capacity(side * side * 3);
     for y in 0..side {
         let row = ((y + border) * cache + border) * 3;
@@ -55,23 +59,17 @@ pub fn augment(cached: &[u8], params: &Augment, rng: &mut impl Rng) -> Vec<u8> {
     );
     // crop = R·s·(p − c_cache) + c_crop + shift: rotate and scale about the centre.
     let (a, b) = (scale * angle.cos(), scale * angle.sin());
-    let c_cache = (CACHE_PX as f32 - 1.0) / 2.0;
-    let c_crop = (INPUT_PX as f32 - 1.0) / 2.0;
+    let (cache, side) = sides(cached);
+    let c_cache = (cache as f32 - 1.0) / 2.0;
+    let c_crop = (side as f32 - 1.0) / 2.0;
     let crop_from_cache = Similarity {
         a,
         b,
         tx: c_crop + dx - (a * c_cache - b * c_cache),
         ty: c_crop + dy - (b * c_cache + a * c_cache),
     };
-    let side = INPUT_PX as usize;
-    let mut crop = warp_rgb(
-        cached,
-        CACHE_PX as usize,
-        CACHE_PX as usize,
-        &crop_from_cache,
-        side,
-    )
-    .unwrap_or_else(|| centre(cached));
+    let mut crop =
+        warp_rgb(cached, cache, cache, &crop_from_cache, side).unwrap_or_else(|| centre(cached));
     if params.flip && rng.random_bool(0.5) {
         for row in crop.chunks_exact_mut(side * 3) {
             for x in 0..side / 2 {
@@ -108,7 +106,7 @@ fn grey(r: u8, g: u8, b: u8) -> f32 {
 
 /// Normalised planar floats of a batch of model crops, appended to `out`.
 pub fn normalise_batch(crops: &[Vec<u8>], out: &mut Vec<f32>) {
-    let per = (INPUT_PX * INPUT_PX * 3) as usize;
+    let per = crops.first().map_or(0, Vec::len);
     let start = out.len();
     out.resize(start + per * crops.len(), 0.0);
     for (i, crop) in crops.iter().enumerate() {
@@ -122,7 +120,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn gradient_cache() -> Vec<u8> {
-        let n = CACHE_PX as usize;
+        let n = super::super::data::cache_px(64) as usize;
         let mut v = Vec::with_capacity(n * n * 3);
         for y in 0..n {
             for x in 0..n {
@@ -156,7 +154,7 @@ mod tests {
         let a = augment(&cache, &p, &mut rand::rngs::StdRng::seed_from_u64(3));
         let b = augment(&cache, &p, &mut rand::rngs::StdRng::seed_from_u64(3));
         assert_eq!(a, b);
-        assert_eq!(a.len(), (INPUT_PX * INPUT_PX * 3) as usize);
+        assert_eq!(a.len(), 64 * 64 * 3);
         // Small transforms keep the picture inside the cached border: no black corners.
         let geometric = Augment { colour: 0.0, ..p };
         for seed in 0..20 {

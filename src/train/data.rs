@@ -12,26 +12,32 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::align::{Similarity, warp_rgb};
 use crate::detect::{DetectConfig, Mtcnn, largest_face};
 use crate::model::dataset::{Sample, content_hash};
-use crate::model::spec::{INPUT_PX, model_align};
+use crate::model::spec::model_align;
 
 use super::TrainError;
 
 /// Crops are cached with this much extra border (pixels, each side) around the model's crop, so
 /// augmentation can shift, scale and rotate without running out of picture.
 pub const CACHE_BORDER_PX: u32 = 12;
-pub const CACHE_PX: u32 = INPUT_PX + 2 * CACHE_BORDER_PX;
-const CACHE_BYTES: usize = (CACHE_PX * CACHE_PX * 3) as usize;
 const CACHE_MAGIC: &[u8; 8] = b"FFCROP01";
 
-/// Aligned crops keyed by image content, `CACHE_PX`² RGB8 each; `None` where no face was found.
+/// Side of the cached crop for a model input of `input_px`.
+pub fn cache_px(input_px: u32) -> u32 {
+    input_px + 2 * CACHE_BORDER_PX
+}
+
+/// Aligned crops keyed by image content, `cache_px(input_px)`² RGB8 each; `None` where no face
+/// was found.
 pub struct CropCache {
     path: PathBuf,
+    input_px: u32,
     crops: HashMap<u64, Option<Vec<u8>>>,
 }
 
 impl CropCache {
-    /// Opens (or starts) the cache file for these detector settings in `dir`.
-    pub fn open(dir: &Path, detect: &DetectConfig) -> Result<Self, TrainError> {
+    /// Opens (or starts) the cache file for these detector settings and model input size in `dir`.
+    pub fn open(dir: &Path, detect: &DetectConfig, input_px: u32) -> Result<Self, TrainError> {
+        let cache_bytes = (cache_px(input_px) * cache_px(input_px) * 3) as usize;
         fs::create_dir_all(dir).map_err(|e| TrainError::Data {
             path: dir.to_path_buf(),
             reason: e.to_string(),
@@ -40,7 +46,11 @@ impl CropCache {
         // crops found with the still-image retry (older caches without it are left alone).
         let key = format!(
             "{}-{:?}-{}-{}-{}-still",
-            detect.min_face_px, detect.thresholds, detect.scale_factor, CACHE_PX, INPUT_PX
+            detect.min_face_px,
+            detect.thresholds,
+            detect.scale_factor,
+            cache_px(input_px),
+            input_px
         );
         let path = dir.join(format!("crops-{:016x}.bin", content_hash(key.as_bytes())));
         let mut crops = HashMap::new();
@@ -63,17 +73,21 @@ impl CropCache {
                 let found = bytes[at + 8] == 1;
                 at += 9;
                 if found {
-                    if at + CACHE_BYTES > bytes.len() {
+                    if at + cache_bytes > bytes.len() {
                         break;
                     }
-                    crops.insert(hash, Some(bytes[at..at + CACHE_BYTES].to_vec()));
-                    at += CACHE_BYTES;
+                    crops.insert(hash, Some(bytes[at..at + cache_bytes].to_vec()));
+                    at += cache_bytes;
                 } else {
                     crops.insert(hash, None);
                 }
             }
         }
-        Ok(Self { path, crops })
+        Ok(Self {
+            path,
+            input_px,
+            crops,
+        })
     }
 
     pub fn get(&self, hash: u64) -> Option<&Option<Vec<u8>>> {
@@ -147,13 +161,14 @@ impl CropCache {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(sample) = missing.get(i) else { break };
-                        let crop = match crop_largest_face(&mut detector, &sample.path) {
-                            Ok(crop) => crop,
-                            Err(e) => {
-                                tracing::warn!("{}: {e}", sample.path.display());
-                                None
-                            }
-                        };
+                        let crop =
+                            match crop_largest_face(&mut detector, &sample.path, self.input_px) {
+                                Ok(crop) => crop,
+                                Err(e) => {
+                                    tracing::warn!("{}: {e}", sample.path.display());
+                                    None
+                                }
+                            };
                         let Ok(mut guard) = out.lock() else { break };
                         let (writer, list) = &mut *guard;
                         let mut record = sample.content_hash.to_le_bytes().to_vec();
@@ -185,9 +200,13 @@ impl CropCache {
 }
 
 /// Decodes an image, detects faces as `analyze` and `eval` do (still-image retry included, so
-/// training sees the faces the runtime sees) and returns the largest one aligned into a `CACHE_PX`
-/// crop whose centre `INPUT_PX` square is exactly the model's aligned crop.
-pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec<u8>>, String> {
+/// training sees the faces the runtime sees) and returns the largest one aligned into a
+/// `cache_px(input_px)` crop whose centre `input_px` square is exactly the model's aligned crop.
+pub fn crop_largest_face(
+    detector: &mut Mtcnn,
+    path: &Path,
+    input_px: u32,
+) -> Result<Option<Vec<u8>>, String> {
     let image = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| e.to_string())?
@@ -201,7 +220,8 @@ pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec
     let Some(face) = largest_face(&faces) else {
         return Ok(None);
     };
-    let Some(model_from_frame) = crate::align::crop_from_frame(&face.landmarks, &model_align())
+    let Some(model_from_frame) =
+        crate::align::crop_from_frame(&face.landmarks, &model_align(input_px))
     else {
         return Ok(None);
     };
@@ -216,7 +236,7 @@ pub fn crop_largest_face(detector: &mut Mtcnn, path: &Path) -> Result<Option<Vec
         width,
         height,
         &cache_from_frame,
-        CACHE_PX as usize,
+        cache_px(input_px) as usize,
     ))
 }
 
@@ -244,14 +264,17 @@ mod tests {
     fn cache_reads_back_entries_and_ignores_a_torn_last_one() {
         let dir = tempfile::tempdir().unwrap();
         let detect = DetectConfig::default();
-        let path = CropCache::open(dir.path(), &detect)
+        let path = CropCache::open(dir.path(), &detect, 64)
             .unwrap()
             .path()
             .to_path_buf();
         let mut bytes = CACHE_MAGIC.to_vec();
         bytes.extend_from_slice(&7u64.to_le_bytes());
         bytes.push(1);
-        bytes.extend(std::iter::repeat_n(9u8, CACHE_BYTES));
+        bytes.extend(std::iter::repeat_n(
+            9u8,
+            (cache_px(64) * cache_px(64) * 3) as usize,
+        ));
         bytes.extend_from_slice(&8u64.to_le_bytes());
         bytes.push(0);
         // A run killed mid-write: header of a found crop without its pixels.
@@ -259,12 +282,12 @@ mod tests {
         bytes.push(1);
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, bytes).unwrap();
-        let cache = CropCache::open(dir.path(), &detect).unwrap();
+        let cache = CropCache::open(dir.path(), &detect, 64).unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(7).unwrap().as_ref().unwrap()[0], 9);
         assert_eq!(cache.get(8), Some(&None));
         assert!(cache.get(9).is_none());
         std::fs::write(&path, b"something else").unwrap();
-        assert!(CropCache::open(dir.path(), &detect).is_err());
+        assert!(CropCache::open(dir.path(), &detect, 64).is_err());
     }
 }

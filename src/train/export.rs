@@ -6,7 +6,7 @@ use burn_onnx::export::{AxisSpec, InputSpec, OnnxExporter};
 use onnx_ir::Message;
 
 use crate::model::spec::{
-    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, INPUT_PX, METADATA_KEY, ModelSpec, RACE_OUTPUT,
+    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, METADATA_KEY, ModelSpec, RACE_OUTPUT,
 };
 
 use super::TrainError;
@@ -15,7 +15,7 @@ use super::net::FaceAttrNet;
 /// Exports `model` (on a non-autodiff device, in eval mode) to ONNX bytes carrying `spec`.
 pub fn export_onnx(model: &FaceAttrNet, spec: &ModelSpec) -> Result<Vec<u8>, TrainError> {
     let device = Device::flex();
-    let side = INPUT_PX as usize;
+    let side = spec.input_px();
     // Two batch sizes so the exporter can tell the batch axis is dynamic.
     let sample = Tensor::<4>::zeros([2, 3, side, side], &device);
     let validation = Tensor::<4>::zeros([3, 3, side, side], &device);
@@ -81,7 +81,7 @@ fn rename_and_annotate(bytes: &[u8], spec: &ModelSpec) -> Result<Vec<u8>, TrainE
         .map_err(|e| TrainError::Export(format!("cannot serialise the model: {e}")))
 }
 
-/// Runs the burn network on normalised planar crops (`batch × 3 × INPUT_PX²`) and returns the three
+/// Runs the burn network on normalised planar crops (`batch × 3 × side²`) and returns the three
 /// logit arrays flattened row-major, for comparing against ONNX Runtime.
 pub fn burn_logits(
     model: &FaceAttrNet,
@@ -89,7 +89,7 @@ pub fn burn_logits(
     batch: usize,
 ) -> Result<[Vec<f32>; 3], TrainError> {
     let device = Device::flex();
-    let side = INPUT_PX as usize;
+    let side = ((input.len() / batch.max(1) / 3) as f64).sqrt().round() as usize;
     let x = Tensor::<4>::from_data(TensorData::new(input, [batch, 3, side, side]), &device);
     let (a, g, r) = model.forward(x);
     let read = |t: Tensor<2>| {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::DetectConfig;
 use crate::model::readout::{Prediction, Tally, Truth};
-use crate::model::spec::{INPUT_PX, ModelSpec, Task, TrainingInfo};
+use crate::model::spec::{DEFAULT_INPUT_PX, ModelSpec, Task, TrainingInfo};
 use crate::model::{AgeGrouping, FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS, fine_bin_of};
 
 use crate::model::dataset::{self, Sample, Source};
@@ -113,6 +113,13 @@ pub struct TrainConfig {
     /// existed get the default.
     #[serde(default = "default_batch_norm_images")]
     pub batch_norm_images: usize,
+    /// Side of the model's input crop, pixels (runs saved before this setting existed: 64).
+    #[serde(default = "default_input_px")]
+    pub input_px: u32,
+}
+
+fn default_input_px() -> u32 {
+    DEFAULT_INPUT_PX
 }
 
 fn default_batch_norm_images() -> usize {
@@ -140,6 +147,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.05,
             age_readout: AgeReadout::Groups(5),
             batch_norm_images: default_batch_norm_images(),
+            input_px: DEFAULT_INPUT_PX,
         }
     }
 }
@@ -170,6 +178,12 @@ impl TrainConfig {
         }
         if let Some(n) = self.max_images {
             Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
+        }
+        if !crate::model::spec::is_input_size(self.input_px) {
+            return bad(format!(
+                "input_px (--input-px) = {}: must be a multiple of 8 from 32 to 224",
+                self.input_px
+            ));
         }
         Ok(())
     }
@@ -318,7 +332,7 @@ fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepared, TrainErr
     for s in &mut val {
         s.set_tasks(&Task::ALL);
     }
-    let mut cache = CropCache::open(&opts.cache_dir, &opts.detect)?;
+    let mut cache = CropCache::open(&opts.cache_dir, &opts.detect, config.input_px)?;
     let all: Vec<Sample> = train.iter().chain(val.iter()).cloned().collect();
     let before = cache.len();
     let started = Instant::now();
@@ -501,12 +515,12 @@ fn recalibrate_batch_norm(model: &mut FaceAttrNet, items: &[Item], images: usize
         .map(|i| &items[((i as f64 * stride) as usize).min(items.len() - 1)])
         .collect();
     let device = Device::flex().autodiff();
-    let side = INPUT_PX as usize;
     let mut input = Vec::new();
     for (k, chunk) in chosen.chunks(batch).enumerate() {
         // The k-th batch gets weight 1/(k+1): the statistics become the mean over all batches.
         model.set_batch_norm_momentum(1.0 / (k as f64 + 1.0));
         centre_batch(chunk.iter().copied(), &mut input);
+        let side = side_of(&input, chunk.len());
         let x = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
@@ -516,17 +530,22 @@ fn recalibrate_batch_norm(model: &mut FaceAttrNet, items: &[Item], images: usize
     model.set_batch_norm_momentum(BATCH_NORM_MOMENTUM);
 }
 
+/// Side of the square crops in a normalised planar batch of `batch` crops.
+fn side_of(input: &[f32], batch: usize) -> usize {
+    ((input.len() / batch.max(1) / 3) as f64).sqrt().round() as usize
+}
+
 /// burn's default, which training uses.
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 
 /// Predictions of `model` (any device; evaluated without autodiff) on the centre crops of `items`.
 fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<Prediction> {
     let device = Device::flex();
-    let side = INPUT_PX as usize;
     let mut out = Vec::with_capacity(items.len());
     let mut input = Vec::new();
     for chunk in items.chunks(batch.max(1)) {
         centre_batch(chunk, &mut input);
+        let side = side_of(&input, chunk.len());
         let x = Tensor::<4>::from_data(
             TensorData::new(std::mem::take(&mut input), [chunk.len(), 3, side, side]),
             &device,
@@ -593,7 +612,7 @@ pub fn load_model(dir: &Path, best: bool) -> Result<(FaceAttrNet, RunState), Tra
 }
 
 fn spec_for(state: &RunState, description: &str) -> ModelSpec {
-    let mut spec = ModelSpec::current(&state.config.tasks);
+    let mut spec = ModelSpec::with_input(&state.config.tasks, state.config.input_px);
     spec.training = TrainingInfo {
         description: description.to_string(),
         epochs: state.history.len() as u32,
@@ -833,7 +852,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
 
     let weights = balance(&train_items, config.balance_classes);
     let batches_per_epoch = train_items.len() / config.batch;
-    let side = INPUT_PX as usize;
+    let side = config.input_px as usize;
     let augment_params = if config.augment {
         augment::Augment::default()
     } else {
@@ -1117,7 +1136,7 @@ mod tests {
     fn recalibrated_batch_norm_forgets_the_statistics_it_had() {
         let items: Vec<Item> = (0..48u32)
             .map(|i| Item {
-                crop: (0..data::CACHE_PX * data::CACHE_PX * 3)
+                crop: (0..data::cache_px(64) * data::cache_px(64) * 3)
                     .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 13) as u8)
                     .collect(),
                 truth: Truth::default(),
@@ -1132,7 +1151,7 @@ mod tests {
             .unwrap();
         // Training-mode passes on other pictures move the running statistics.
         let noise = Tensor::<4>::random(
-            [8, 3, INPUT_PX as usize, INPUT_PX as usize],
+            [8, 3, 64, 64],
             burn::tensor::Distribution::Normal(0.5, 2.0),
             &device,
         );

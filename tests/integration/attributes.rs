@@ -374,8 +374,8 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
 #[test]
 fn flip_averaging_reads_a_face_and_its_mirror_alike() {
     use faceflow::attributes::AttributeModel;
-    use faceflow::model::spec::INPUT_PX;
-    let side = INPUT_PX as usize;
+    let mut model = AttributeModel::load(&default_model(), 1).unwrap();
+    let side = model.spec().input_px();
     // A real face crop: the demo portrait through detection and alignment.
     let image = image::open(project_root().join("samples/astronaut.png"))
         .unwrap()
@@ -384,7 +384,7 @@ fn flip_averaging_reads_a_face_and_its_mirror_alike() {
     let mut mtcnn = faceflow::detect::Mtcnn::new(Default::default()).unwrap();
     let faces = mtcnn.detect(image.as_raw(), w, h).unwrap();
     let face = faceflow::detect::largest_face(&faces).unwrap();
-    let crop = faceflow::attributes::crop_for_model(image.as_raw(), w, h, face).unwrap();
+    let crop = model.crop(image.as_raw(), w, h, face).unwrap();
     let mirror: Vec<u8> = crop
         .chunks_exact(side * 3)
         .flat_map(|row| {
@@ -395,7 +395,6 @@ fn flip_averaging_reads_a_face_and_its_mirror_alike() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let mut model = AttributeModel::load(&default_model(), 1).unwrap();
     let plain = model.predict(&[crop.clone(), mirror.clone()]).unwrap();
     model.set_flip_average(true);
     let averaged = model.predict(&[crop, mirror]).unwrap();

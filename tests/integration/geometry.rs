@@ -136,7 +136,13 @@ fn faces_cut_by_the_frame_border_stay_inside_it() {
         let faces = mtcnn.detect(view.as_raw(), w, h).unwrap();
         assert_inside(&faces, w, h);
         for face in &faces {
-            let crop = faceflow::attributes::crop_for_model(view.as_raw(), w, h, face);
+            let crop = faceflow::attributes::crop_for_model(
+                view.as_raw(),
+                w,
+                h,
+                face,
+                faceflow::model::spec::DEFAULT_INPUT_PX,
+            );
             assert!(crop.is_some(), "no crop for {face:?}");
         }
     }
