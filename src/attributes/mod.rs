@@ -34,7 +34,7 @@ pub enum AttributeError {
     /// The reason is part of the message, not a `source`: error chains print it once.
     #[error("{path}: {reason}")]
     Spec { path: PathBuf, reason: SpecError },
-    #[error("{path}: the model's {what} do not match its spec: {detail}")]
+    #[error("{path}: the model's {what} and its spec disagree: {detail}")]
     Graph {
         path: PathBuf,
         what: &'static str,
@@ -115,6 +115,20 @@ impl AttributeModel {
                 what: "inputs",
                 detail: format!("{inputs:?}, expected [\"{INPUT_NAME}\"]"),
             });
+        }
+        // The graph's input must be the size its spec names (a static H×W; batch may vary).
+        if let Some(ort::value::ValueType::Tensor { shape, .. }) =
+            session.inputs().first().map(|o| o.dtype())
+        {
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let side = i64::from(spec.input.size_px);
+            if dims.len() != 4 || dims[1] != 3 || dims[2] != side || dims[3] != side {
+                return Err(AttributeError::Graph {
+                    path: path.to_path_buf(),
+                    what: "input shape",
+                    detail: format!("{dims:?}, its spec says [batch, 3, {side}, {side}]"),
+                });
+            }
         }
         let outputs = names(session.outputs());
         for name in [AGE_OUTPUT, GENDER_OUTPUT, RACE_OUTPUT] {

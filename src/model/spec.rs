@@ -275,7 +275,7 @@ impl ModelSpec {
 
 /// An input size a model may have.
 pub fn is_input_size(size_px: u32) -> bool {
-    INPUT_PX_RANGE.contains(&size_px) && size_px % 8 == 0
+    INPUT_PX_RANGE.contains(&size_px) && size_px.is_multiple_of(8)
 }
 
 /// How faces are aligned for an attribute model of input `size_px`: faceflow's template and margin.

@@ -170,7 +170,10 @@ fn bad_models_are_refused_with_one_line() {
         (&missing, "cannot read the attribute model"),
         (&text, "not a loadable ONNX model"),
         (&mtcnn, "has no faceflow model spec"),
-        (&wrong_size, "input size is 96, expected 64"),
+        (
+            &wrong_size,
+            "input shape and its spec disagree: [-1, 3, 64, 64], its spec says [batch, 3, 96, 96]",
+        ),
         (&future, "spec version 7"),
     ] {
         expect_error(&["analyze", "--model"], &[model, &img], needle);
@@ -432,4 +435,56 @@ fn interrupted_eval_writes_a_report_of_the_images_done() {
     assert!(images > 0 && images < 20_000, "{images}");
     let md = std::fs::read_to_string(report.path().join("report.md")).unwrap();
     assert!(md.contains("**Interrupted**"), "{md}");
+}
+
+/// A model of another input size (80 px) trains, exports with its size in the spec, and the
+/// runtime crops faces to that size for it.
+#[test]
+fn a_model_of_another_input_size_trains_exports_and_runs() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    run_ok(
+        bin()
+            .arg("train")
+            .arg("--source")
+            .arg(&utk)
+            .arg("--out")
+            .arg(&run)
+            .arg("--cache")
+            .arg(dir.path().join("cache"))
+            .args(["--net", "tiny", "--max-images", "120", "--batch", "16"])
+            .args(["--epochs", "1", "--input-px", "80"]),
+    );
+    let model = run.join("faceattr.onnx");
+    let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
+    assert_eq!(loaded.spec().input_px(), 80);
+    let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
+    let out = run_ok(
+        bin()
+            .args(["analyze", "--json", "-", "--model"])
+            .arg(&model)
+            .arg(&img),
+    );
+    let record: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(
+        record["faces"][0]["gender"]["label"].is_string(),
+        "{record}"
+    );
+    let out = bin()
+        .args(["train", "--source"])
+        .arg(&utk)
+        .arg("--out")
+        .arg(dir.path().join("other"))
+        .args(["--input-px", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("input_px (--input-px) = 100: must be a multiple of 8"),
+        "{stderr}"
+    );
 }
