@@ -9,6 +9,7 @@ use faceflow::align::AlignConfig;
 use faceflow::detect::DetectConfig;
 use faceflow::pipeline::{AttributesConfig, PipelineConfig};
 use faceflow::sinks::JsonConfig;
+use faceflow::sources::SourceConfig;
 
 #[derive(Parser)]
 #[command(
@@ -210,8 +211,9 @@ pub struct RunArgs {
     /// v4l2:///dev/videoN for a webcam, or a test pattern
     /// testsrc://PATTERN?frames=N&size=WxH&fps=F&live=BOOL&error-after=N (PATTERN: smpte, ball,
     /// snow, … as videotestsrc names them; defaults smpte, 100 frames (0: endless), 640x480, 25 fps).
+    /// Repeat for several streams in one process (stream ids "0", "1", … in the order given).
     #[arg(short, long, value_name = "PATH|URI")]
-    pub input: Option<String>,
+    pub input: Vec<String>,
     /// Where the JSON Lines go: a file, or - for standard output [default: -].
     #[arg(long, value_name = "PATH|-")]
     pub json: Option<String>,
@@ -363,35 +365,35 @@ pub struct DetectArgs {
 }
 
 impl RunArgs {
+    fn apply_source_flags(&self, source: &mut SourceConfig) {
+        if self.rtsp_tcp {
+            source.rtsp_tcp = true;
+        }
+        if let Some(v) = self.rtsp_latency_ms {
+            source.rtsp_latency_ms = v;
+        }
+        if self.live.is_some() {
+            source.live = self.live;
+        }
+        if let Some(v) = self.max_frames {
+            source.max_frames = v;
+        }
+        if self.reconnect_attempts.is_some() {
+            source.reconnect_attempts = self.reconnect_attempts;
+        }
+        if let Some(v) = self.stall_timeout_ms {
+            source.stall_timeout_ms = v;
+        }
+    }
+
     /// The pipeline file (if any) with the flags given on top; not yet validated.
     pub fn config(&self) -> Result<PipelineConfig, faceflow::pipeline::PipelineError> {
         let mut config = match &self.pipeline {
             Some(path) => PipelineConfig::load(path)?,
             None => PipelineConfig::default(),
         };
-        if let Some(v) = &self.input {
-            config.source.input = v.clone();
-        }
         if let Some(v) = &self.json {
             config.json = JsonConfig { path: v.clone() };
-        }
-        if self.rtsp_tcp {
-            config.source.rtsp_tcp = true;
-        }
-        if let Some(v) = self.rtsp_latency_ms {
-            config.source.rtsp_latency_ms = v;
-        }
-        if self.live.is_some() {
-            config.source.live = self.live;
-        }
-        if let Some(v) = self.max_frames {
-            config.source.max_frames = v;
-        }
-        if self.reconnect_attempts.is_some() {
-            config.source.reconnect_attempts = self.reconnect_attempts;
-        }
-        if let Some(v) = self.stall_timeout_ms {
-            config.source.stall_timeout_ms = v;
         }
         if let Some(v) = self.stats_every {
             config.stats_interval_s = v;
@@ -404,6 +406,31 @@ impl RunArgs {
         self.age_groups.apply(&mut config.attributes);
         if self.no_attributes {
             config.attributes.enabled = false;
+        }
+        if !self.input.is_empty() {
+            // Inputs on the command line replace the file's streams; each takes the file's (or
+            // the default) [source] settings.
+            let base = config.sources.first().unwrap_or(&config.source).clone();
+            let mut streams: Vec<SourceConfig> = self
+                .input
+                .iter()
+                .map(|input| SourceConfig {
+                    input: input.clone(),
+                    name: None,
+                    ..base.clone()
+                })
+                .collect();
+            if streams.len() == 1 {
+                config.source = streams.remove(0);
+                config.sources.clear();
+            } else {
+                config.source = SourceConfig::default();
+                config.sources = streams;
+            }
+        }
+        // Source flags apply to every stream.
+        for source in std::iter::once(&mut config.source).chain(config.sources.iter_mut()) {
+            self.apply_source_flags(source);
         }
         Ok(config)
     }

@@ -214,8 +214,11 @@ fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
 fn cmd_run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
     config.validate()?;
-    let input = config.source.input.as_str();
-    let mut inputs = vec![Path::new(input.strip_prefix("file://").unwrap_or(input))];
+    let streams = config.streams();
+    let mut inputs: Vec<&Path> = streams
+        .iter()
+        .map(|(_, s)| Path::new(s.input.strip_prefix("file://").unwrap_or(&s.input)))
+        .collect();
     if let Some(pipeline) = &args.pipeline {
         inputs.push(pipeline);
     }
@@ -244,10 +247,15 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode> {
         faceflow::say_inline!("\r\x1b[K");
     }
     let summary = summary?;
-    faceflow::say!("faceflow: {}", summary.line());
-    if let Some(failure) = &summary.failure {
-        // Every frame decoded before the failure was written; the failure still fails the run.
-        faceflow::say!("error: {failure}");
+    for line in summary.lines() {
+        faceflow::say!("faceflow: {line}");
+    }
+    let failures = summary.failures();
+    if !failures.is_empty() {
+        // Every frame a failed stream decoded was written; the failure still fails the run.
+        for failure in failures {
+            faceflow::say!("error: {failure}");
+        }
         return Ok(ExitCode::FAILURE);
     }
     if summary.interrupted {

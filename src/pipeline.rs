@@ -53,7 +53,10 @@ pub enum PipelineError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
+    /// One stream (`[source]`); several are `[[sources]]`.
     pub source: SourceConfig,
+    /// Several streams in one process, each with the keys of `[source]` and an optional `name`.
+    pub sources: Vec<SourceConfig>,
     pub detect: DetectConfig,
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
@@ -157,14 +160,50 @@ impl PipelineConfig {
         })
     }
 
+    /// The streams of the run with their ids: `[[sources]]` when given, else `[source]`. A stream's
+    /// id is its `name`, else its position ("0", "1", …).
+    pub fn streams(&self) -> Vec<(String, SourceConfig)> {
+        let list: Vec<SourceConfig> = if self.sources.is_empty() {
+            vec![self.source.clone()]
+        } else {
+            self.sources.clone()
+        };
+        list.into_iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone().unwrap_or_else(|| i.to_string()), s))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), PipelineError> {
         use crate::limits::{MAX_QUEUE_FRAMES, Setting};
-        if self.source.input.trim().is_empty() {
+        if !self.sources.is_empty() && !self.source.input.trim().is_empty() {
             return Err(PipelineError::Invalid(
-                "no input: give --input or set [source] input in the pipeline file".into(),
+                "both [source] and [[sources]] give inputs: use one of them".into(),
             ));
         }
-        self.source.validate()?;
+        let streams = self.streams();
+        if streams.len() > MAX_STREAMS {
+            return Err(PipelineError::Invalid(format!(
+                "{} streams: at most {MAX_STREAMS} in one process",
+                streams.len()
+            )));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, (id, source)) in streams.iter().enumerate() {
+            if source.input.trim().is_empty() {
+                return Err(PipelineError::Invalid(if streams.len() == 1 {
+                    "no input: give --input or set [source] input in the pipeline file".into()
+                } else {
+                    format!("stream {i} has no input")
+                }));
+            }
+            if id.trim().is_empty() || !ids.insert(id.clone()) {
+                return Err(PipelineError::Invalid(format!(
+                    "stream name '{id}' is empty or used twice: names must be unique"
+                )));
+            }
+            source.validate()?;
+        }
         self.detect.validate()?;
         self.attributes.validate()?;
         Setting::key("queue_frames").check_or_zero(
@@ -185,74 +224,122 @@ impl PipelineConfig {
     }
 }
 
-/// What a finished run reports.
+/// Most streams in one process.
+pub const MAX_STREAMS: usize = 64;
+
+/// What a finished run reports: one entry per stream, and the run as a whole.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
-    pub stream: String,
-    pub source: String,
-    pub frames_decoded: u64,
-    pub frames_reported: u64,
-    pub frames_dropped: u64,
-    /// Live sources: successful reconnections and the time without frames they cost.
-    pub reconnects: u32,
-    pub gap_seconds: f64,
-    pub faces: u64,
+    pub streams: Vec<StreamSummary>,
     pub seconds: f64,
     /// True when the run ended early on a stop request (Ctrl-C).
     pub interrupted: bool,
     /// The reader of the JSON output went away (a closed pipe): the run stopped there, and the
     /// frames still in flight were not written.
     pub output_closed: bool,
-    pub frames_not_written: u64,
-    /// The source failed after it had decoded frames (they were all processed and written).
-    pub failure: Option<String>,
     /// Most frames the JSON writer held back at once to restore decode order.
     pub peak_reorder_frames: usize,
 }
 
+/// One stream's counts: decoded = reported + dropped (+ not written when the output closed).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub source: String,
+    pub frames_decoded: u64,
+    pub frames_reported: u64,
+    pub frames_dropped: u64,
+    pub frames_not_written: u64,
+    /// Live sources: successful reconnections and the time without frames they cost.
+    pub reconnects: u32,
+    pub gap_seconds: f64,
+    pub faces: u64,
+    /// The stream ended with this error (its frames decoded before it were all written).
+    pub failure: Option<String>,
+}
+
 impl RunSummary {
-    pub fn line(&self) -> String {
+    /// The streams' counts summed, as a stream named "total".
+    pub fn total(&self) -> StreamSummary {
+        let mut t = StreamSummary {
+            stream: "total".into(),
+            source: format!("{} streams", self.streams.len()),
+            ..StreamSummary::default()
+        };
+        for s in &self.streams {
+            t.frames_decoded += s.frames_decoded;
+            t.frames_reported += s.frames_reported;
+            t.frames_dropped += s.frames_dropped;
+            t.frames_not_written += s.frames_not_written;
+            t.reconnects += s.reconnects;
+            t.gap_seconds += s.gap_seconds;
+            t.faces += s.faces;
+        }
+        t
+    }
+
+    /// One line per stream, then (with several streams) a total line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.streams.iter().map(|s| self.line(s)).collect();
+        if self.streams.len() > 1 {
+            lines.push(self.line(&self.total()));
+        }
+        lines
+    }
+
+    /// Streams that failed, with their errors.
+    pub fn failures(&self) -> Vec<&str> {
+        self.streams
+            .iter()
+            .filter_map(|s| s.failure.as_deref())
+            .collect()
+    }
+
+    fn line(&self, s: &StreamSummary) -> String {
         let fps = if self.seconds > 0.0 {
-            self.frames_reported as f64 / self.seconds
+            s.frames_reported as f64 / self.seconds
         } else {
             0.0
         };
         let not_written = if self.output_closed {
             format!(
                 ", {} not written (output closed by its reader)",
-                self.frames_not_written
+                s.frames_not_written
             )
         } else {
             String::new()
         };
+        let ending = if self.output_closed {
+            ""
+        } else if s.failure.is_some() {
+            "; the source failed"
+        } else if self.interrupted {
+            "; interrupted"
+        } else {
+            ""
+        };
+        let name = if s.stream == "total" {
+            format!("total ({})", s.source)
+        } else {
+            format!("stream {} ({})", s.stream, s.source)
+        };
         format!(
-            "stream {} ({}): {} decoded, {} reported, {} dropped (behind live source){not_written}; {}; {:.1} s, {:.1} fps{}{}",
-            self.stream,
-            self.source,
-            count(self.frames_decoded, "frame"),
-            self.frames_reported,
-            self.frames_dropped,
-            count(self.faces, "face"),
+            "{name}: {} decoded, {} reported, {} dropped (behind live source){not_written}; {}; {:.1} s, {:.1} fps{}{ending}",
+            count(s.frames_decoded, "frame"),
+            s.frames_reported,
+            s.frames_dropped,
+            count(s.faces, "face"),
             self.seconds,
             fps,
-            if self.reconnects > 0 {
+            if s.reconnects > 0 {
                 format!(
                     "; {}, {:.1} s without frames",
-                    count(u64::from(self.reconnects), "reconnection"),
-                    self.gap_seconds
+                    count(u64::from(s.reconnects), "reconnection"),
+                    s.gap_seconds
                 )
             } else {
                 String::new()
             },
-            if self.output_closed {
-                ""
-            } else if self.interrupted {
-                "; interrupted"
-            } else if self.failure.is_some() {
-                "; the source failed"
-            } else {
-                ""
-            }
         )
     }
 }
@@ -266,31 +353,24 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
-/// A frame with its faces, numbered in the order it left the source queue.
+/// A frame with its faces, numbered in the order the scheduler handed it out.
 struct Detected {
     seq: u64,
     frame: Frame,
     faces: Vec<FaceRecord>,
 }
 
-/// The source queue shared by the detect workers: taking a frame and numbering it happen together.
-struct Dispatch {
-    input: Input<Frame>,
-    next_seq: u64,
-    finished: bool,
-}
-
 /// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of
 /// order and the writer holds back those that overtook a slow one; without a bound, one slow
-/// frame would let the others pull the rest of a file into that reorder buffer. A worker takes
-/// frame `seq` only once `seq < written + frames`.
+/// frame would let the others pull the rest of a file into that reorder buffer. The scheduler
+/// hands out frame `seq` only once `seq < written + frames`.
 struct Window {
     /// Sequence number of the next frame the writer will write.
     written: Mutex<u64>,
     advanced: Condvar,
     frames: u64,
-    /// Workers waiting for room: whoever holds frames back (a batch being gathered) should let
-    /// them go, since no new frame can come until the writer moves on.
+    /// The scheduler waits for room: whoever holds frames back (a batch being gathered) should
+    /// let them go, since no new frame can come until the writer moves on.
     waiting: std::sync::atomic::AtomicUsize,
 }
 
@@ -332,7 +412,7 @@ impl Window {
         admitted
     }
 
-    /// A worker waits for room: no new frame comes until the writer moves on.
+    /// The scheduler waits for room: no new frame comes until the writer moves on.
     fn is_full(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
     }
@@ -343,6 +423,72 @@ impl Window {
             *written = next_seq;
         }
         self.advanced.notify_all();
+    }
+}
+
+/// Takes frames from every stream's queue in turn (one frame per stream per round, so a file that
+/// decodes fast cannot starve a live camera), numbers them and hands them to the detect workers
+/// through one shared queue, within the [`Window`]. A stream that ends leaves the rotation; when
+/// all have ended, each worker gets an end-of-stream.
+struct Scheduler {
+    inputs: Vec<Input<Frame>>,
+    out: Output<(u64, Frame)>,
+    workers: usize,
+    window: Arc<Window>,
+}
+
+impl Scheduler {
+    fn run(self, control: &Control) -> Result<(), String> {
+        let result = self.schedule(control);
+        for _ in 0..self.workers {
+            self.out.send_eos(control);
+        }
+        result
+    }
+
+    fn schedule(&self, control: &Control) -> Result<(), String> {
+        let n = self.inputs.len();
+        let mut open = vec![true; n];
+        let mut next_seq = 0u64;
+        let mut turn = 0usize;
+        while open.iter().any(|&o| o) {
+            if !self.window.admit(next_seq, control) {
+                return Ok(());
+            }
+            // The next stream in turn with a frame waiting; else wait for any.
+            let ready = (0..n).map(|k| (turn + k) % n).find_map(|i| {
+                open[i]
+                    .then(|| self.inputs[i].try_recv())
+                    .flatten()
+                    .map(|r| (i, r))
+            });
+            let (i, received) = match ready {
+                Some(r) => r,
+                None => {
+                    if control.has_error() {
+                        return Ok(());
+                    }
+                    let waiting: Vec<usize> = (0..n).filter(|&i| open[i]).collect();
+                    let inputs: Vec<&Input<Frame>> =
+                        waiting.iter().map(|&i| &self.inputs[i]).collect();
+                    match graph::recv_any(&inputs, Duration::from_millis(50)) {
+                        Some((k, r)) => (waiting[k], r),
+                        None => continue,
+                    }
+                }
+            };
+            match received {
+                Received::Item(frame) => {
+                    turn = (i + 1) % n;
+                    if self.out.send((next_seq, frame), control) == Sent::Closed {
+                        return Ok(());
+                    }
+                    next_seq += 1;
+                }
+                Received::Eos | Received::Disconnected => open[i] = false,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -372,7 +518,7 @@ pub struct Health {
     /// Resident memory of the process (Linux), MiB.
     pub rss_mb: Option<f64>,
     /// Queue name, items waiting, capacity.
-    pub queues: Vec<(&'static str, usize, usize)>,
+    pub queues: Vec<(String, usize, usize)>,
 }
 
 impl Health {
@@ -410,41 +556,23 @@ pub fn resident_memory_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// One detect worker: takes frames (in window) from the shared source queue, finds their faces.
+/// One detect worker: takes numbered frames from the shared queue, finds their faces.
 /// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
 fn detect_worker(
     detector: &mut dyn FrameDetector,
-    dispatch: &Mutex<Dispatch>,
-    window: &Window,
+    input: &Input<(u64, Frame)>,
     keep_pixels: bool,
     out: &Output<Detected>,
     control: &Control,
 ) -> Result<(), String> {
     loop {
-        let (seq, mut frame) = {
-            let Ok(mut d) = dispatch.lock() else {
-                return Err("frame dispatch poisoned".into());
-            };
-            if d.finished {
-                return Ok(());
-            }
-            if !window.admit(d.next_seq, control) {
-                return Ok(());
-            }
-            match d.input.recv(control) {
-                Received::Item(frame) => {
-                    d.next_seq += 1;
-                    (d.next_seq - 1, frame)
-                }
-                Received::Eos | Received::Disconnected => {
-                    d.finished = true;
-                    return Ok(());
-                }
-            }
+        let (seq, mut frame) = match input.recv(control) {
+            Received::Item(item) => item,
+            Received::Eos | Received::Disconnected => return Ok(()),
         };
         let faces = detector
             .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
-            .map_err(|e| format!("frame {}: {e}", frame.index))?;
+            .map_err(|e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index))?;
         let faces: Vec<FaceRecord> = faces.into_iter().map(FaceRecord::detection).collect();
         // Without faces, no later stage reads the pixels either.
         if !keep_pixels || faces.is_empty() {
@@ -568,7 +696,7 @@ impl Reorder {
 struct Monitor {
     every: Duration,
     started: Instant,
-    source: Arc<SourceCounters>,
+    sources: Vec<Arc<SourceCounters>>,
     sink: Arc<Mutex<SinkCounts>>,
     probes: Vec<graph::QueueProbe>,
 }
@@ -576,15 +704,50 @@ struct Monitor {
 /// What the JSON writer has done so far, read by health reports and the summary.
 #[derive(Debug, Clone, Default)]
 struct SinkCounts {
-    reported: u64,
-    faces: u64,
+    /// Per stream (by index): records written, their faces, frames not written (output closed).
+    reported: Vec<u64>,
+    faces: Vec<u64>,
+    not_written: Vec<u64>,
     /// Frames held back for order now, the most at once, and the window that bounds them.
     reorder_pending: usize,
     reorder_peak: usize,
     reorder_window: usize,
     output_closed: bool,
-    /// Frames that reached the writer after the output closed.
-    not_written: u64,
+}
+
+/// One stream's counters in [`SinkCounts`].
+struct StreamCounts<'a> {
+    reported: &'a mut u64,
+    faces: &'a mut u64,
+    not_written: &'a mut u64,
+}
+
+impl SinkCounts {
+    fn new(streams: usize, reorder_window: usize) -> Self {
+        Self {
+            reported: vec![0; streams],
+            faces: vec![0; streams],
+            not_written: vec![0; streams],
+            reorder_window,
+            ..Self::default()
+        }
+    }
+
+    fn count(&mut self, stream: usize) -> StreamCounts<'_> {
+        let grow = |v: &mut Vec<u64>| {
+            if v.len() <= stream {
+                v.resize(stream + 1, 0);
+            }
+        };
+        grow(&mut self.reported);
+        grow(&mut self.faces);
+        grow(&mut self.not_written);
+        StreamCounts {
+            reported: &mut self.reported[stream],
+            faces: &mut self.faces[stream],
+            not_written: &mut self.not_written[stream],
+        }
+    }
 }
 
 impl Monitor {
@@ -610,19 +773,27 @@ impl Monitor {
             }
             next = (due > Instant::now()).then_some(due);
             let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
-            let (reported, faces) = (sink.reported, sink.faces);
-            let mut queues: Vec<(&'static str, usize, usize)> = self
+            let (reported, faces) = (sink.reported.iter().sum(), sink.faces.iter().sum());
+            let mut queues: Vec<(String, usize, usize)> = self
                 .probes
                 .iter()
-                .map(|p| (p.name, p.depth(), p.capacity))
+                .map(|p| (p.name.to_string(), p.depth(), p.capacity))
                 .collect();
-            queues.push(("reorder", sink.reorder_pending, sink.reorder_window));
+            queues.push(("reorder".into(), sink.reorder_pending, sink.reorder_window));
             report(&Health {
                 seconds: self.started.elapsed().as_secs_f64(),
                 interval_s: self.every.as_secs_f64(),
-                frames_decoded: self.source.decoded.load(Ordering::Relaxed),
+                frames_decoded: self
+                    .sources
+                    .iter()
+                    .map(|c| c.decoded.load(Ordering::Relaxed))
+                    .sum(),
                 frames_reported: reported,
-                frames_dropped: self.source.dropped_behind.load(Ordering::Relaxed),
+                frames_dropped: self
+                    .sources
+                    .iter()
+                    .map(|c| c.dropped_behind.load(Ordering::Relaxed))
+                    .sum(),
                 faces,
                 rss_mb: resident_memory_mb(),
                 queues,
@@ -643,24 +814,33 @@ impl PipelineConfig {
     }
 }
 
+/// How a stream's source ended: its counts, and its error if it failed.
+type StreamOutcome = (SourceStats, Option<String>);
+
 /// The stages of a run, built and not yet started. [`run`] builds them from the configuration;
 /// tests can stand in their own detectors.
 pub struct BuiltStages {
-    pub source: Source,
+    pub sources: Vec<Source>,
     pub detectors: Vec<Box<dyn FrameDetector>>,
     pub attributes: Option<(AttributeModel, AgeGrouping)>,
     pub writer: JsonLinesWriter,
 }
 
-/// Builds every stage, then runs the graph until end of stream, a stop request or the first error.
+/// Builds every stage, then runs the graph until every stream has ended, a stop request or the
+/// first error.
 pub fn run(
     config: &PipelineConfig,
     control: Control,
     hooks: RunHooks,
 ) -> Result<RunSummary, PipelineError> {
     config.validate()?;
-    // Build everything before anything starts: a bad model or output path fails here.
-    let source = Source::build(&config.source, "0")?;
+    // Build everything before anything starts: a bad input, model or output path fails here.
+    let sources = config
+        .streams()
+        .iter()
+        .enumerate()
+        .map(|(index, (id, source))| Source::build(source, id, index))
+        .collect::<Result<Vec<_>, _>>()?;
     let workers = config.detect.effective_workers();
     let worker_config = DetectConfig {
         threads: config.detect.threads_per_worker(workers),
@@ -672,7 +852,7 @@ pub fn run(
     let attributes = config.attributes.load()?;
     let writer = JsonLinesWriter::create(&config.json)?;
     let stages = BuiltStages {
-        source,
+        sources,
         detectors,
         attributes,
         writer,
@@ -680,7 +860,8 @@ pub fn run(
     run_stages(config, stages, control, hooks)
 }
 
-/// Runs built stages: source → detect workers → (attributes) → JSON, in decode order.
+/// Runs built stages: sources → scheduler → detect workers → (attributes) → JSON, each stream's
+/// records in its decode order.
 pub fn run_stages(
     config: &PipelineConfig,
     stages: BuiltStages,
@@ -689,64 +870,81 @@ pub fn run_stages(
 ) -> Result<RunSummary, PipelineError> {
     let RunHooks { progress, health } = hooks;
     let BuiltStages {
-        source,
+        sources,
         detectors,
         attributes: attribute_model,
         writer,
     } = stages;
-    let info = source.info();
-    let source_counters = source.counters();
+    let infos: Vec<Arc<crate::sources::StreamInfo>> = sources.iter().map(|s| s.info()).collect();
+    let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
     let workers = detectors.len().max(1);
     let in_flight = config.frames_in_flight(workers);
-    let when_full = if info.live {
-        WhenFull::DropOldest
-    } else {
-        WhenFull::Block
-    };
-    let (frames_out, frames_in) =
-        graph::channel::<Frame>("frames", config.source.queue_frames, when_full);
-    let (detected_out, detected_in) =
-        graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
     // Every worker may hold a frame while the writer holds back the others.
     let window = Arc::new(Window::new(in_flight + workers));
-
-    let source_outcome = Arc::new(Mutex::new((SourceStats::default(), None::<String>)));
-    let sink_counts = Arc::new(Mutex::new(SinkCounts {
-        reorder_window: in_flight + workers,
-        ..SinkCounts::default()
-    }));
+    let outcomes: Arc<Mutex<Vec<StreamOutcome>>> =
+        Arc::new(Mutex::new(vec![Default::default(); sources.len()]));
+    let sink_counts = Arc::new(Mutex::new(SinkCounts::new(
+        sources.len(),
+        in_flight + workers,
+    )));
     let started = Instant::now();
 
     let mut graph = Graph::new(control.clone());
-    let outcome_slot = source_outcome.clone();
-    graph.add_stage("source", move |c| {
-        let (stats, result) = source.run(&frames_out, c);
-        // End of stream after a failure too: the frames decoded before it are still detected and
-        // written, and the failure is reported after them.
-        frames_out.send_eos(c);
-        if let Ok(mut slot) = outcome_slot.lock() {
-            *slot = (stats, result.err().map(|e| e.to_string()));
-        }
-        Ok(())
-    });
-    let mut probes = vec![frames_in.probe(), detected_in.probe()];
-    let dispatch = Arc::new(Mutex::new(Dispatch {
-        input: frames_in,
-        next_seq: 0,
-        finished: false,
-    }));
+    let mut probes = Vec::new();
+    let mut source_queues = Vec::new();
+    for (index, source) in sources.into_iter().enumerate() {
+        let info = source.info();
+        let when_full = if info.live {
+            WhenFull::DropOldest
+        } else {
+            WhenFull::Block
+        };
+        let queue = config.streams()[index].1.queue_frames;
+        let name = if infos.len() == 1 {
+            "frames".to_string()
+        } else {
+            format!("frames-{}", info.id)
+        };
+        let (frames_out, frames_in) = graph::channel::<Frame>(name, queue, when_full);
+        probes.push(frames_in.probe());
+        source_queues.push(frames_in);
+        let outcomes = outcomes.clone();
+        graph.add_stage(format!("source-{}", info.id), move |c| {
+            let (stats, result) = source.run(&frames_out, c);
+            // End of stream after a failure too: this stream's frames decoded before it are still
+            // detected and written, the failure is reported after them, the other streams go on.
+            frames_out.send_eos(c);
+            if let Ok(mut slot) = outcomes.lock()
+                && let Some(entry) = slot.get_mut(index)
+            {
+                *entry = (stats, result.err().map(|e| e.to_string()));
+            }
+            Ok(())
+        });
+    }
+    let (work_out, work_in) = graph::channel::<(u64, Frame)>("work", workers, WhenFull::Block);
+    let scheduler = Scheduler {
+        inputs: source_queues,
+        out: work_out,
+        workers,
+        window: window.clone(),
+    };
+    graph.add_stage("schedule", move |c| scheduler.run(c));
+    let (detected_out, detected_in) =
+        graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
+    probes.push(detected_in.probe());
     let keep_pixels = attribute_model.is_some();
     for (w, mut detector) in detectors.into_iter().enumerate() {
-        let dispatch = dispatch.clone();
-        let window = window.clone();
+        let input = work_in.clone();
         let out = detected_out.clone();
         graph.add_stage(format!("detect-{w}"), move |c| {
-            let result = detect_worker(&mut *detector, &dispatch, &window, keep_pixels, &out, c);
-            // Each worker ends its share of the stream; the sink waits for all of them.
+            let result = detect_worker(&mut *detector, &input, keep_pixels, &out, c);
+            // Each worker ends its share of the stream; the next stage waits for all of them.
             out.send_eos(c);
             result
         });
     }
+    drop(work_in);
     drop(detected_out);
     // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
     let (to_sink, sink_upstream) = match attribute_model {
@@ -789,7 +987,7 @@ pub fn run_stages(
                 every: Duration::try_from_secs_f64(config.stats_interval_s)
                     .unwrap_or(Duration::from_secs(86_400)),
                 started,
-                source: source_counters,
+                sources: counters,
                 sink: sink_counts.clone(),
                 probes,
             };
@@ -807,29 +1005,39 @@ pub fn run_stages(
             graph.run()
         }
     };
-    let (stats, failure) = source_outcome.lock().map(|s| s.clone()).unwrap_or_default();
-    let sink = sink_counts.lock().map(|n| n.clone()).unwrap_or_default();
+    let outcomes = outcomes.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut sink = sink_counts.lock().map(|n| n.clone()).unwrap_or_default();
     outcome.map_err(PipelineError::Stage)?;
-    if let Some(message) = &failure
-        && stats.decoded == 0
+    // Nothing came from any stream and one failed: the failure is the whole story, in one line.
+    if outcomes.iter().all(|(stats, _)| stats.decoded == 0)
+        && let Some(message) = outcomes.iter().find_map(|(_, f)| f.clone())
     {
-        // Nothing came: the failure is the whole story, in one line.
-        return Err(PipelineError::Input(message.clone()));
+        return Err(PipelineError::Input(message));
     }
+    let streams = infos
+        .iter()
+        .zip(outcomes)
+        .map(|(info, (stats, failure))| {
+            let c = sink.count(info.index);
+            StreamSummary {
+                stream: info.id.clone(),
+                source: info.uri.clone(),
+                frames_decoded: stats.decoded,
+                frames_reported: *c.reported,
+                frames_dropped: stats.dropped_behind,
+                frames_not_written: *c.not_written,
+                reconnects: stats.reconnects,
+                gap_seconds: stats.gap_ms / 1e3,
+                faces: *c.faces,
+                failure,
+            }
+        })
+        .collect();
     Ok(RunSummary {
-        stream: info.id.clone(),
-        source: info.uri.clone(),
-        frames_decoded: stats.decoded,
-        frames_reported: sink.reported,
-        frames_dropped: stats.dropped_behind,
-        reconnects: stats.reconnects,
-        gap_seconds: stats.gap_ms / 1e3,
-        faces: sink.faces,
+        streams,
         seconds: started.elapsed().as_secs_f64(),
         interrupted: control.stop_requested() && !sink.output_closed,
         output_closed: sink.output_closed,
-        frames_not_written: sink.not_written,
-        failure,
         peak_reorder_frames: sink.reorder_peak,
     })
 }
@@ -910,10 +1118,11 @@ impl JsonStage {
                     "frame {} reached the writer with its pixels",
                     d.frame.index
                 );
+                let stream = d.frame.stream.index;
                 if closed {
                     // The reader is gone: keep draining so no stage blocks, write nothing.
                     if let Ok(mut n) = self.counts.lock() {
-                        n.not_written += 1;
+                        *n.count(stream).not_written += 1;
                     }
                     continue;
                 }
@@ -933,19 +1142,21 @@ impl JsonStage {
                     Err(e) if e.is_broken_pipe() => {
                         closed = self.output_closed(control);
                         if let Ok(mut n) = self.counts.lock() {
-                            n.not_written += 1;
+                            *n.count(stream).not_written += 1;
                         }
                         continue;
                     }
                     Err(e) => return Err(e.to_string()),
                 }
                 if let Ok(mut n) = self.counts.lock() {
-                    n.reported += 1;
-                    n.faces += faces;
+                    let c = n.count(stream);
+                    *c.reported += 1;
+                    *c.faces += faces;
+                    let reported = n.reported.iter().sum();
                     if let Some(p) = self.progress.as_mut()
                         && last_progress.elapsed() >= Duration::from_millis(500)
                     {
-                        p(n.reported, self.started.elapsed());
+                        p(reported, self.started.elapsed());
                         last_progress = Instant::now();
                     }
                 }
@@ -968,6 +1179,7 @@ mod tests {
     fn detected(seq: u64) -> Detected {
         let stream = Arc::new(crate::sources::StreamInfo {
             id: "0".into(),
+            index: 0,
             uri: "testsrc://".into(),
             live: false,
         });
@@ -1045,14 +1257,14 @@ mod tests {
             })
             .collect();
         let stages = BuiltStages {
-            source: Source::build(&config.source, "0").unwrap(),
+            sources: vec![Source::build(&config.source, "0", 0).unwrap()],
             detectors,
             attributes: None,
             writer: JsonLinesWriter::create(&config.json).unwrap(),
         };
         let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
-        assert_eq!(summary.frames_decoded, 120);
-        assert_eq!(summary.frames_reported, 120);
+        assert_eq!(summary.streams[0].frames_decoded, 120);
+        assert_eq!(summary.streams[0].frames_reported, 120);
         let window = config.frames_in_flight(2) + 2;
         assert!(
             summary.peak_reorder_frames <= window,
@@ -1114,9 +1326,14 @@ mod tests {
         config.source.reconnect_attempts = Some(1);
         config.detect.models_dir = Some("m".into());
         config.attributes.model = Some("m".into());
+        config.source.name = Some("n".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {
+            // `[[sources]]` holds the keys of `[source]`; the files show it as a commented example.
+            if name == "sources" {
+                continue;
+            }
             match v.as_table() {
                 Some(section) => keys.extend(section.keys().map(|k| format!("{name}.{k}"))),
                 None => keys.push(format!(".{name}")),
@@ -1136,6 +1353,15 @@ mod tests {
             let trimmed = line.trim();
             if let Some(name) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = name.to_string();
+            }
+            // The commented `[[sources]]` example repeats `[source]` keys: not counted, left as is.
+            if trimmed == "# [[sources]]" {
+                section = "[sources]".into();
+            }
+            if section == "[sources]" {
+                uncommented.push_str(line);
+                uncommented.push('\n');
+                continue;
             }
             let setting = trimmed.strip_prefix("# ").unwrap_or(trimmed);
             let key = setting.split_once(" = ").map(|(k, _)| k.trim());
@@ -1170,6 +1396,7 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let (keys, uncommented) = shown_keys(&text);
             assert_eq!(keys, every_key(), "{}", path.display());
+            assert!(text.contains("# [[sources]]"), "{}", path.display());
             let all = PipelineConfig::parse(&uncommented, &path)
                 .unwrap_or_else(|e| panic!("{}: commented keys: {e}", path.display()));
             all.validate().unwrap();

@@ -75,7 +75,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The sending end of a bounded stage channel.
 pub struct Output<T> {
-    name: &'static str,
+    name: Arc<str>,
     tx: Sender<Packet<T>>,
     /// Held only by drop-oldest outputs, to evict the oldest queued item.
     evict: Option<Receiver<Packet<T>>>,
@@ -85,7 +85,7 @@ pub struct Output<T> {
 impl<T> Clone for Output<T> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name,
+            name: self.name.clone(),
             tx: self.tx.clone(),
             evict: self.evict.clone(),
         }
@@ -94,8 +94,18 @@ impl<T> Clone for Output<T> {
 
 /// The receiving end of a bounded stage channel.
 pub struct Input<T> {
-    name: &'static str,
+    name: Arc<str>,
     rx: Receiver<Packet<T>>,
+}
+
+// Several workers may take from one channel (each item goes to one of them).
+impl<T> Clone for Input<T> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            rx: self.rx.clone(),
+        }
+    }
 }
 
 /// What a full channel does to the producer.
@@ -109,13 +119,21 @@ pub enum WhenFull {
 
 /// A bounded channel of `capacity` packets between two stages.
 pub fn channel<T>(
-    name: &'static str,
+    name: impl Into<Arc<str>>,
     capacity: usize,
     when_full: WhenFull,
 ) -> (Output<T>, Input<T>) {
+    let name = name.into();
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let evict = (when_full == WhenFull::DropOldest).then(|| rx.clone());
-    (Output { name, tx, evict }, Input { name, rx })
+    (
+        Output {
+            name: name.clone(),
+            tx,
+            evict,
+        },
+        Input { name, rx },
+    )
 }
 
 /// The outcome of sending an item.
@@ -130,8 +148,8 @@ pub enum Sent {
 }
 
 impl<T> Output<T> {
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Sends an item according to the channel's full policy. Blocking sends give up when the graph
@@ -213,7 +231,7 @@ pub enum Received<T> {
 /// Reads how full a channel is, for periodic health reports. It holds a receiving end, so a
 /// channel with a probe never reports `Sent::Closed`; stages end on end-of-stream or the stop flag.
 pub struct QueueProbe {
-    pub name: &'static str,
+    pub name: Arc<str>,
     pub capacity: usize,
     depth: Box<dyn Fn() -> usize + Send + Sync>,
 }
@@ -229,7 +247,7 @@ impl<T: Send + 'static> Input<T> {
     pub fn probe(&self) -> QueueProbe {
         let rx = self.rx.clone();
         QueueProbe {
-            name: self.name,
+            name: self.name.clone(),
             capacity: rx.capacity().unwrap_or(0),
             depth: Box::new(move || rx.len()),
         }
@@ -237,8 +255,18 @@ impl<T: Send + 'static> Input<T> {
 }
 
 impl<T> Input<T> {
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An item if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Option<Received<T>> {
+        match self.rx.try_recv() {
+            Ok(Packet::Item(t)) => Some(Received::Item(t)),
+            Ok(Packet::Eos) => Some(Received::Eos),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Received::Disconnected),
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+        }
     }
 
     pub fn recv(&self, control: &Control) -> Received<T> {
@@ -289,6 +317,29 @@ impl<T> Input<T> {
             }
         }
     }
+}
+
+/// Waits up to `timeout` for the first of `inputs` to have something; `(index, what)`.
+pub fn recv_any<T>(
+    inputs: &[&Input<T>],
+    timeout: std::time::Duration,
+) -> Option<(usize, Received<T>)> {
+    if inputs.is_empty() {
+        std::thread::sleep(timeout);
+        return None;
+    }
+    let mut select = crossbeam_channel::Select::new();
+    for input in inputs {
+        select.recv(&input.rx);
+    }
+    let op = select.select_timeout(timeout).ok()?;
+    let index = op.index();
+    let received = match op.recv(&inputs[index].rx) {
+        Ok(Packet::Item(t)) => Received::Item(t),
+        Ok(Packet::Eos) => Received::Eos,
+        Err(_) => Received::Disconnected,
+    };
+    Some((index, received))
 }
 
 type StageFn = Box<dyn FnOnce(&Control) -> Result<(), String> + Send>;

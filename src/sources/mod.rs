@@ -46,6 +46,8 @@ pub enum SourceError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
+    /// The stream's id in records and summaries (default: its position, "0", "1", …).
+    pub name: Option<String>,
     /// File path, URI (file://, http://, rtsp://, v4l2:///dev/videoN) or test pattern (testsrc://…).
     pub input: String,
     /// RTSP over TCP instead of UDP (cameras behind NAT or lossy links).
@@ -75,6 +77,7 @@ pub struct SourceConfig {
 impl Default for SourceConfig {
     fn default() -> Self {
         Self {
+            name: None,
             input: String::new(),
             rtsp_tcp: false,
             rtsp_latency_ms: 200,
@@ -142,8 +145,10 @@ pub struct Frame {
 /// Identity of a stream, shared by its frames.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamInfo {
-    /// Stream id as written in the metadata ("0", "1", …).
+    /// Stream id as written in the metadata: its name, else its position ("0", "1", …).
     pub id: String,
+    /// Position among the run's streams, from 0.
+    pub index: usize,
     /// The URI (or test spec) the stream was opened from.
     pub uri: String,
     pub live: bool,
@@ -610,8 +615,13 @@ fn build_pipeline(
 }
 
 impl Source {
-    /// Builds the pipeline for stream `stream_id`; nothing runs until [`Source::run`].
-    pub fn build(config: &SourceConfig, stream_id: &str) -> Result<Self, SourceError> {
+    /// Builds the pipeline for stream `stream_id` (at position `index` among the run's streams);
+    /// nothing runs until [`Source::run`].
+    pub fn build(
+        config: &SourceConfig,
+        stream_id: &str,
+        index: usize,
+    ) -> Result<Self, SourceError> {
         init_gstreamer()?;
         let input = config.input.as_str();
         let kind = parse_input(input, config.live)?;
@@ -622,6 +632,7 @@ impl Source {
             input: input.to_string(),
             info: Arc::new(StreamInfo {
                 id: stream_id.to_string(),
+                index,
                 uri,
                 live,
             }),

@@ -11,3 +11,4 @@ mod parity;
 mod readme;
 mod rtsp;
 mod run_video;
+mod streams;

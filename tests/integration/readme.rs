@@ -19,6 +19,8 @@ enum Expect {
     Train,
     /// A live camera: writes records until Ctrl-C, then exits 130.
     Live,
+    /// Streams with a live camera into `faces.jsonl`: records of every stream, then Ctrl-C.
+    LiveToFile,
     /// A webcam: as `Live` when /dev/video0 exists, else one error line naming the device.
     Webcam,
 }
@@ -39,6 +41,10 @@ const COMMANDS: &[(&str, Expect)] = &[
         Expect::Webcam,
     ),
     ("faceflow run pipelines/file-to-json.toml", Expect::Done),
+    (
+        "faceflow run --input clip.mp4 --input rtsp://host/stream --json faces.jsonl",
+        Expect::LiveToFile,
+    ),
     ("faceflow detect photo1.jpg photo2.png", Expect::Done),
     (
         "faceflow detect --json faces.jsonl --crops crops/ *.jpg",
@@ -136,6 +142,41 @@ fn shell(dir: &Path, command: &str) -> Command {
     cmd
 }
 
+/// Starts a live command writing `faces.jsonl`, waits until every stream (0 and 1) has records
+/// there, then Ctrl-C.
+fn run_live_to_file(dir: &Path, command: &str) {
+    let json = dir.join("faces.jsonl");
+    let _ = std::fs::remove_file(&json);
+    let child = shell(dir, &format!("exec {command}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let both = || {
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        ["\"stream\":\"0\"", "\"stream\":\"1\""]
+            .iter()
+            .all(|s| text.contains(s))
+    };
+    while !both() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{command}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Starts a live command, waits for a few records on its standard output, then Ctrl-C.
 fn run_live(dir: &Path, command: &str) {
     let mut child = shell(dir, &format!("exec {command}"))
@@ -196,6 +237,7 @@ fn every_readme_command_runs_as_written() {
         let webcam_present = Path::new("/dev/video0").exists();
         match expect {
             Expect::Live => run_live(dir.path(), &line),
+            Expect::LiveToFile => run_live_to_file(dir.path(), &line),
             Expect::Webcam if webcam_present => run_live(dir.path(), &line),
             Expect::Webcam => {
                 let out = shell(dir.path(), &line).output().unwrap();
