@@ -19,5 +19,6 @@ pub mod pipeline;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod track;
 #[cfg(feature = "train")]
 pub mod train;

@@ -1,0 +1,105 @@
+//! A track's steady attributes: the faces' probabilities, accumulated with a weight per face, so a
+//! label does not flicker from frame to frame while a new track still reports its first reading.
+//!
+//! The rule: a face's weight is its detection score times the square root of its box area (bigger,
+//! surer faces count more; a face twice as wide counts twice), and the estimate is the weighted
+//! mean of the fine-age, gender and race probabilities of the track's faces so far.
+
+use crate::model::readout::Prediction;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Estimate {
+    sums: Option<Prediction>,
+    weight: f64,
+    faces: u64,
+}
+
+/// The weight of one face: detection score × √(box area).
+pub fn face_weight(bbox: [f32; 4], score: f32) -> f64 {
+    let area = f64::from((bbox[2] - bbox[0]).max(0.0)) * f64::from((bbox[3] - bbox[1]).max(0.0));
+    f64::from(score.clamp(0.0, 1.0)) * area.sqrt()
+}
+
+impl Estimate {
+    /// Adds one face's prediction with weight `weight` (ignored when not positive).
+    pub fn add(&mut self, p: &Prediction, weight: f64) {
+        if weight.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return;
+        }
+        let w = weight as f32;
+        match &mut self.sums {
+            None => {
+                self.sums = Some(Prediction {
+                    age_fine: p.age_fine.iter().map(|v| v * w).collect(),
+                    gender: p.gender.iter().map(|v| v * w).collect(),
+                    race: p.race.iter().map(|v| v * w).collect(),
+                })
+            }
+            Some(s) => {
+                for (a, b) in [
+                    (&mut s.age_fine, &p.age_fine),
+                    (&mut s.gender, &p.gender),
+                    (&mut s.race, &p.race),
+                ] {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        *x += y * w;
+                    }
+                }
+            }
+        }
+        self.weight += weight;
+        self.faces += 1;
+    }
+
+    /// Faces counted so far.
+    pub fn faces(&self) -> u64 {
+        self.faces
+    }
+
+    /// The weighted mean so far (`None` before the first face).
+    pub fn current(&self) -> Option<Prediction> {
+        let s = self.sums.as_ref()?;
+        let w = self.weight as f32;
+        let scale = |v: &Vec<f32>| v.iter().map(|x| x / w).collect::<Vec<f32>>();
+        Some(Prediction {
+            age_fine: scale(&s.age_fine),
+            gender: scale(&s.gender),
+            race: scale(&s.race),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(gender_female: f32) -> Prediction {
+        Prediction {
+            age_fine: vec![0.5, 0.5],
+            gender: vec![1.0 - gender_female, gender_female],
+            race: vec![1.0],
+        }
+    }
+
+    #[test]
+    fn the_first_face_is_reported_at_once_and_later_ones_are_weighed() {
+        let mut e = Estimate::default();
+        assert!(e.current().is_none());
+        e.add(&p(0.9), 1.0);
+        let g = e.current().unwrap().gender;
+        assert!((g[0] - 0.1).abs() < 1e-6 && (g[1] - 0.9).abs() < 1e-6, "{g:?}");
+        // A small blurry face reading "male" barely moves a well-seen "female".
+        e.add(&p(0.2), 0.1);
+        let g = e.current().unwrap().gender;
+        assert!(g[1] > 0.8 && (g[0] + g[1] - 1.0).abs() < 1e-6, "{g:?}");
+        e.add(&p(0.0), 0.0);
+        assert_eq!(e.faces(), 2, "weightless faces are not counted");
+    }
+
+    #[test]
+    fn weights_follow_score_and_size() {
+        assert_eq!(face_weight([0.0, 0.0, 10.0, 10.0], 1.0), 10.0);
+        assert_eq!(face_weight([0.0, 0.0, 20.0, 20.0], 0.5), 10.0);
+        assert_eq!(face_weight([5.0, 5.0, 5.0, 9.0], 1.0), 0.0);
+    }
+}

@@ -1,0 +1,503 @@
+//! Face tracking, per stream: a constant-velocity Kalman filter on each face's box (centre and
+//! size), optimal assignment of detections to tracks by IoU (Kuhn–Munkres), ByteTrack's two
+//! stages (confident detections first, then the others keep tracks alive through blur and partial
+//! cover), tentative tracks confirmed after a few hits, and lost tracks predicted for a while
+//! before they end, so a face that passes behind another keeps its id.
+//!
+//! The tracker is pure: it sees boxes, scores and times, and says which track each face belongs
+//! to and which tracks ended. Attribute smoothing lives in [`estimate`].
+
+pub mod estimate;
+pub mod kalman;
+
+use pathfinding::prelude::{Matrix, kuhn_munkres};
+use serde::{Deserialize, Serialize};
+
+use kalman::BoxFilter;
+
+/// Tracker settings (`[track]` in pipeline files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackConfig {
+    /// Detections at least this confident are matched first and may start tracks.
+    pub high_score: f32,
+    /// Least IoU between a track's predicted box and a detection to match them.
+    pub match_iou: f32,
+    /// Least IoU for the second stage (less confident detections, established tracks only).
+    pub low_match_iou: f32,
+    /// Hits (frames with a matched detection) before a track is confirmed: a person.
+    pub confirm_hits: u32,
+    /// How long a confirmed track that sees no face is kept (predicted) before it ends, ms.
+    pub max_lost_ms: f64,
+}
+
+impl Default for TrackConfig {
+    fn default() -> Self {
+        Self {
+            high_score: 0.9,
+            match_iou: 0.3,
+            low_match_iou: 0.5,
+            confirm_hits: 3,
+            max_lost_ms: 1500.0,
+        }
+    }
+}
+
+impl TrackConfig {
+    pub fn validate(&self) -> Result<(), crate::limits::RangeError> {
+        use crate::limits::Setting;
+        Setting::key("high_score").check(self.high_score, 0.0, 1.0, "")?;
+        Setting::key("match_iou").check(self.match_iou, 0.01, 1.0, "")?;
+        Setting::key("low_match_iou").check(self.low_match_iou, 0.01, 1.0, "")?;
+        Setting::key("confirm_hits").check(self.confirm_hits, 1, 100, "frames")?;
+        Setting::key("max_lost_ms").check(self.max_lost_ms, 0.0, 600_000.0, "ms")?;
+        Ok(())
+    }
+}
+
+/// One detection given to the tracker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    /// `[x1, y1, x2, y2]`, frame pixels.
+    pub bbox: [f32; 4],
+    pub score: f32,
+}
+
+/// Where a track stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackState {
+    /// Too few hits yet to be a person.
+    Tentative,
+    Confirmed,
+    /// Confirmed, but no face in the last frames: predicted until `max_lost_ms` has passed.
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+struct Track {
+    id: u64,
+    state: TrackState,
+    filter: BoxFilter,
+    hits: u32,
+    last_seen_ms: f64,
+}
+
+/// A track that ended: confirmed tracks are people, tentative ones were not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub id: u64,
+    pub confirmed: bool,
+}
+
+/// What one frame's update says: the track id of each detection (in the order given), and the
+/// tracks that ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Update {
+    pub ids: Vec<u64>,
+    pub ended: Vec<Ended>,
+}
+
+/// The tracks of one stream.
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackConfig,
+    tracks: Vec<Track>,
+    next_id: u64,
+    last_ms: Option<f64>,
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes (0 for empty ones).
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// Pairs (row, column) maximising total IoU, keeping only pairs with IoU ≥ `least`.
+fn assign(ious: &[Vec<f32>], least: f32) -> Vec<(usize, usize)> {
+    let rows = ious.len();
+    let columns = ious.first().map_or(0, Vec::len);
+    if rows == 0 || columns == 0 {
+        return Vec::new();
+    }
+    // Kuhn–Munkres wants integer weights and no more rows than columns; below `least` a pair is
+    // worth nothing, so the solver never trades a good pair for a useless one.
+    let weight = |v: f32| {
+        if v >= least {
+            (f64::from(v) * 1e6).round() as i64
+        } else {
+            0
+        }
+    };
+    let transpose = rows > columns;
+    let (r, c) = if transpose {
+        (columns, rows)
+    } else {
+        (rows, columns)
+    };
+    let mut matrix = Matrix::new(r, c, 0i64);
+    for (i, row) in ious.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let (a, b) = if transpose { (j, i) } else { (i, j) };
+            matrix[(a, b)] = weight(v);
+        }
+    }
+    let (_, chosen) = kuhn_munkres(&matrix);
+    chosen
+        .into_iter()
+        .enumerate()
+        .map(|(a, b)| if transpose { (b, a) } else { (a, b) })
+        .filter(|&(i, j)| ious[i][j] >= least)
+        .collect()
+}
+
+impl Tracker {
+    pub fn new(config: TrackConfig) -> Self {
+        Self {
+            config,
+            tracks: Vec::new(),
+            next_id: 1,
+            last_ms: None,
+        }
+    }
+
+    /// Tracks alive now (tentative, confirmed or lost).
+    pub fn live_tracks(&self) -> impl Iterator<Item = (u64, TrackState)> + '_ {
+        self.tracks.iter().map(|t| (t.id, t.state))
+    }
+
+    /// One frame at `pts_ms` with its detections: returns each detection's track id and the
+    /// tracks that ended at this frame.
+    pub fn update(&mut self, pts_ms: f64, detections: &[Detection]) -> Update {
+        // Times that go back (a stream restarted) count as a normal frame step.
+        let dt_s = match self.last_ms {
+            Some(last) if pts_ms > last => ((pts_ms - last) / 1000.0).min(5.0),
+            Some(_) => 0.04,
+            None => 0.0,
+        };
+        self.last_ms = Some(pts_ms.max(self.last_ms.unwrap_or(f64::MIN)));
+        for track in &mut self.tracks {
+            track.filter.predict(dt_s);
+        }
+        let mut ids: Vec<Option<u64>> = vec![None; detections.len()];
+        let mut matched_track = vec![false; self.tracks.len()];
+        // Stage 1: confident detections against every track.
+        let high: Vec<usize> = (0..detections.len())
+            .filter(|&d| detections[d].score >= self.config.high_score)
+            .collect();
+        let every: Vec<usize> = (0..self.tracks.len()).collect();
+        self.match_into(
+            &every,
+            &high,
+            detections,
+            self.config.match_iou,
+            &mut ids,
+            &mut matched_track,
+            pts_ms,
+        );
+        // Stage 2: the less confident detections keep established tracks alive.
+        let low: Vec<usize> = (0..detections.len())
+            .filter(|&d| ids[d].is_none() && detections[d].score < self.config.high_score)
+            .collect();
+        let established: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Tentative)
+            .collect();
+        self.match_into(
+            &established,
+            &low,
+            detections,
+            self.config.low_match_iou,
+            &mut ids,
+            &mut matched_track,
+            pts_ms,
+        );
+        // Unmatched tracks age; tentative ones that miss a frame were not a face after all.
+        let mut ended = Vec::new();
+        let mut kept = Vec::with_capacity(self.tracks.len());
+        for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
+            if !matched_track[t] {
+                match track.state {
+                    TrackState::Tentative => {
+                        ended.push(Ended {
+                            id: track.id,
+                            confirmed: false,
+                        });
+                        continue;
+                    }
+                    _ if pts_ms - track.last_seen_ms > self.config.max_lost_ms => {
+                        ended.push(Ended {
+                            id: track.id,
+                            confirmed: true,
+                        });
+                        continue;
+                    }
+                    _ => track.state = TrackState::Lost,
+                }
+            }
+            kept.push(track);
+        }
+        self.tracks = kept;
+        // Every detection left starts a track: every face gets an id.
+        for (d, det) in detections.iter().enumerate() {
+            if ids[d].is_none() {
+                let id = self.next_id;
+                self.next_id += 1;
+                let state = if self.config.confirm_hits <= 1 {
+                    TrackState::Confirmed
+                } else {
+                    TrackState::Tentative
+                };
+                self.tracks.push(Track {
+                    id,
+                    state,
+                    filter: BoxFilter::new(det.bbox),
+                    hits: 1,
+                    last_seen_ms: pts_ms,
+                });
+                ids[d] = Some(id);
+            }
+        }
+        Update {
+            ids: ids.into_iter().map(|i| i.unwrap_or(0)).collect(),
+            ended,
+        }
+    }
+
+    /// Ends every track (end of stream): confirmed and lost ones are people.
+    pub fn finish(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.tracks)
+            .into_iter()
+            .map(|t| Ended {
+                id: t.id,
+                confirmed: t.state != TrackState::Tentative,
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn match_into(
+        &mut self,
+        tracks: &[usize],
+        dets: &[usize],
+        detections: &[Detection],
+        least_iou: f32,
+        ids: &mut [Option<u64>],
+        matched_track: &mut [bool],
+        pts_ms: f64,
+    ) {
+        let ious: Vec<Vec<f32>> = tracks
+            .iter()
+            .map(|&t| {
+                let predicted = self.tracks[t].filter.bbox();
+                dets.iter()
+                    .map(|&d| iou(predicted, detections[d].bbox))
+                    .collect()
+            })
+            .collect();
+        for (i, j) in assign(&ious, least_iou) {
+            let (t, d) = (tracks[i], dets[j]);
+            let track = &mut self.tracks[t];
+            track.filter.update(detections[d].bbox);
+            track.hits += 1;
+            track.last_seen_ms = pts_ms;
+            if track.state == TrackState::Lost
+                || (track.state == TrackState::Tentative && track.hits >= self.config.confirm_hits)
+            {
+                track.state = TrackState::Confirmed;
+            }
+            matched_track[t] = true;
+            ids[d] = Some(track.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x: f32, y: f32, side: f32, score: f32) -> Detection {
+        Detection {
+            bbox: [x, y, x + side, y + side],
+            score,
+        }
+    }
+
+    #[test]
+    fn iou_of_known_boxes() {
+        assert_eq!(iou([0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]), 1.0);
+        assert_eq!(iou([0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]), 0.0);
+        assert!((iou([0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(iou([0.0; 4], [0.0; 4]), 0.0);
+    }
+
+    #[test]
+    fn assignment_is_optimal_not_greedy() {
+        // Greedy would give row 0 its best column (0.6) and leave row 1 with 0.1; the optimum
+        // pairs 0→1 and 1→0 (0.5 + 0.55).
+        let ious = vec![vec![0.6, 0.5], vec![0.55, 0.1]];
+        let mut pairs = assign(&ious, 0.3);
+        pairs.sort();
+        assert_eq!(pairs, vec![(0, 1), (1, 0)]);
+        // More rows than columns, and pairs below the least IoU left out.
+        let ious = vec![vec![0.9], vec![0.95], vec![0.1]];
+        assert_eq!(assign(&ious, 0.3), vec![(1, 0)]);
+        assert!(assign(&[vec![0.1, 0.2]], 0.3).is_empty());
+        assert!(assign(&[], 0.3).is_empty());
+    }
+
+    #[test]
+    fn a_moving_face_keeps_its_id_and_is_confirmed_after_three_hits() {
+        let mut t = Tracker::new(TrackConfig::default());
+        let mut first = None;
+        for frame in 0..20 {
+            let u = t.update(
+                frame as f64 * 40.0,
+                &[det(10.0 + 6.0 * frame as f32, 50.0, 60.0, 0.99)],
+            );
+            let id = *first.get_or_insert(u.ids[0]);
+            assert_eq!(u.ids, vec![id], "frame {frame}");
+            assert!(u.ended.is_empty());
+            let state = t.live_tracks().next().unwrap().1;
+            let expected = if frame < 2 {
+                TrackState::Tentative
+            } else {
+                TrackState::Confirmed
+            };
+            assert_eq!(state, expected, "frame {frame}");
+        }
+        assert_eq!(
+            t.finish(),
+            vec![Ended {
+                id: first.unwrap(),
+                confirmed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_face_hidden_for_a_while_comes_back_with_its_id_and_ends_after_max_lost() {
+        let mut t = Tracker::new(TrackConfig::default());
+        // Moving right 5 px a frame, 25 fps.
+        let at = |f: u32| det(100.0 + 5.0 * f as f32, 80.0, 50.0, 0.98);
+        let mut id = 0;
+        for f in 0..10 {
+            id = t.update(f as f64 * 40.0, &[at(f)]).ids[0];
+        }
+        // Hidden for 10 frames (400 ms): predicted along, still alive.
+        for f in 10..20 {
+            let u = t.update(f as f64 * 40.0, &[]);
+            assert!(u.ended.is_empty());
+        }
+        assert_eq!(t.live_tracks().next().unwrap().1, TrackState::Lost);
+        // Back where the constant velocity puts it.
+        assert_eq!(t.update(800.0, &[at(20)]).ids, vec![id]);
+        // Gone for longer than max_lost_ms: it ends, as a person.
+        let mut ended = Vec::new();
+        for f in 21..70 {
+            ended.extend(t.update(f as f64 * 40.0, &[]).ended);
+        }
+        assert_eq!(
+            ended,
+            vec![Ended {
+                id,
+                confirmed: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_blurred_low_score_face_keeps_an_established_track_but_a_one_frame_blip_is_no_person() {
+        let mut t = Tracker::new(TrackConfig::default());
+        let mut id = 0;
+        for f in 0..5 {
+            id = t
+                .update(f as f64 * 40.0, &[det(100.0, 100.0, 60.0, 0.99)])
+                .ids[0];
+        }
+        // Score below high_score: matched in the second stage.
+        assert_eq!(
+            t.update(200.0, &[det(102.0, 100.0, 60.0, 0.75)]).ids,
+            vec![id]
+        );
+        // A face seen once far away starts a tentative track that ends unconfirmed.
+        let blip = t.update(
+            240.0,
+            &[det(100.0, 100.0, 60.0, 0.99), det(400.0, 300.0, 40.0, 0.95)],
+        );
+        assert_eq!(blip.ids[0], id);
+        let u = t.update(280.0, &[det(100.0, 100.0, 60.0, 0.99)]);
+        assert_eq!(
+            u.ended,
+            vec![Ended {
+                id: blip.ids[1],
+                confirmed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn two_faces_that_cross_keep_their_ids() {
+        let mut t = Tracker::new(TrackConfig::default());
+        let (mut a, mut b) = (0, 0);
+        for f in 0..40 {
+            let x = f as f32 * 10.0;
+            // One walks right, the other left, at different heights; they overlap mid-way.
+            let dets = [det(x, 100.0, 80.0, 0.99), det(390.0 - x, 130.0, 80.0, 0.99)];
+            let u = t.update(f as f64 * 40.0, &dets);
+            if f == 0 {
+                (a, b) = (u.ids[0], u.ids[1]);
+            }
+            assert_eq!(u.ids, vec![a, b], "frame {f}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    proptest! {
+        /// Any sequence of detections: no panic, every detection gets a live track's id, ids are
+        /// never reused, and every confirmed track ends exactly once.
+        #[test]
+        fn ids_are_unique_never_reused_and_people_end_once(
+            frames in prop::collection::vec(
+                prop::collection::vec((0f32..600.0, 0f32..400.0, 1f32..200.0, 0.7f32..1.0), 0..6),
+                1..60,
+            ),
+            step_ms in 1f64..200.0,
+        ) {
+            let mut tracker = Tracker::new(TrackConfig::default());
+            let mut ended_ids = HashSet::new();
+            let mut seen: HashMap<u64, bool> = HashMap::new();
+            for (f, faces) in frames.iter().enumerate() {
+                let dets: Vec<Detection> = faces
+                    .iter()
+                    .map(|&(x, y, s, score)| Detection { bbox: [x, y, x + s, y + s], score })
+                    .collect();
+                let u = tracker.update(f as f64 * step_ms, &dets);
+                prop_assert_eq!(u.ids.len(), dets.len());
+                let unique: HashSet<u64> = u.ids.iter().copied().collect();
+                prop_assert_eq!(unique.len(), u.ids.len(), "two faces, one id");
+                for id in &u.ids {
+                    prop_assert!(*id > 0);
+                    prop_assert!(!ended_ids.contains(id), "id {} reused", id);
+                    seen.insert(*id, true);
+                }
+                for e in u.ended {
+                    prop_assert!(ended_ids.insert(e.id), "track {} ended twice", e.id);
+                }
+            }
+            for e in tracker.finish() {
+                prop_assert!(ended_ids.insert(e.id), "track {} ended twice", e.id);
+            }
+            // Every id ever given ended exactly once.
+            prop_assert_eq!(ended_ids.len(), seen.len());
+        }
+    }
+}
