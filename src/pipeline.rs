@@ -13,8 +13,10 @@ use crate::attributes::{self, AttributeModel, FacesInImage};
 use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::model::AgeGrouping;
-use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter};
+use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter, RecordKind};
 use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats};
+use crate::track::TrackConfig;
+use crate::track::people::People;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -58,6 +60,7 @@ pub struct PipelineConfig {
     /// Several streams in one process, each with the keys of `[source]` and an optional `name`.
     pub sources: Vec<SourceConfig>,
     pub detect: DetectConfig,
+    pub track: TrackConfig,
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
@@ -205,6 +208,7 @@ impl PipelineConfig {
             source.validate()?;
         }
         self.detect.validate()?;
+        self.track.validate()?;
         self.attributes.validate()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
@@ -254,6 +258,8 @@ pub struct StreamSummary {
     pub reconnects: u32,
     pub gap_seconds: f64,
     pub faces: u64,
+    /// Confirmed tracks: the people seen.
+    pub people: u64,
     /// The stream ended with this error (its frames decoded before it were all written).
     pub failure: Option<String>,
 }
@@ -274,6 +280,7 @@ impl RunSummary {
             t.reconnects += s.reconnects;
             t.gap_seconds += s.gap_seconds;
             t.faces += s.faces;
+            t.people += s.people;
         }
         t
     }
@@ -324,11 +331,16 @@ impl RunSummary {
             format!("stream {} ({})", s.stream, s.source)
         };
         format!(
-            "{name}: {} decoded, {} reported, {} dropped (behind live source){not_written}; {}; {:.1} s, {:.1} fps{}{ending}",
+            "{name}: {} decoded, {} reported, {} dropped (behind live source){not_written}; {}, {}; {:.1} s, {:.1} fps{}{ending}",
             count(s.frames_decoded, "frame"),
             s.frames_reported,
             s.frames_dropped,
             count(s.faces, "face"),
+            if s.people == 1 {
+                "1 person".to_string()
+            } else {
+                format!("{} people", s.people)
+            },
             self.seconds,
             fps,
             if s.reconnects > 0 {
@@ -358,6 +370,8 @@ struct Detected {
     seq: u64,
     frame: Frame,
     faces: Vec<FaceRecord>,
+    /// The attribute model's reading of each face (`None`: no model, or no crop).
+    predictions: Vec<Option<crate::model::readout::Prediction>>,
 }
 
 /// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of
@@ -578,7 +592,14 @@ fn detect_worker(
         if !keep_pixels || faces.is_empty() {
             frame.rgb = Vec::new();
         }
-        if out.send(Detected { seq, frame, faces }, control) == Sent::Closed {
+        let predictions = vec![None; faces.len()];
+        let detected = Detected {
+            seq,
+            frame,
+            faces,
+            predictions,
+        };
+        if out.send(detected, control) == Sent::Closed {
             return Ok(());
         }
     }
@@ -588,7 +609,7 @@ fn detect_worker(
 /// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
 /// more. Ends after every upstream worker's end-of-stream and forwards one.
 fn attributes_stage(
-    (model, grouping): (&mut AttributeModel, AgeGrouping),
+    model: &mut AttributeModel,
     config: &AttributesConfig,
     window: &Window,
     (input, upstream): (&Input<Detected>, usize),
@@ -597,7 +618,6 @@ fn attributes_stage(
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;
     let max_wait = Duration::from_millis(config.max_wait_ms);
-    let spec = model.spec().clone();
     loop {
         let mut batch = Vec::new();
         let mut ended = false;
@@ -645,12 +665,9 @@ fn attributes_stage(
                 .predict_faces(&images)
                 .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
             drop(images);
+            // Read out later, through each face's track.
             for (d, predicted) in batch.iter_mut().zip(predictions) {
-                for (face, p) in d.faces.iter_mut().zip(predicted) {
-                    if let Some(p) = p {
-                        *face = FaceRecord::with_attributes(face.face.clone(), &p, &spec, grouping);
-                    }
-                }
+                d.predictions = predicted;
             }
         }
         // No later stage reads the pixels: release them before the frame waits to be written.
@@ -713,6 +730,8 @@ struct SinkCounts {
     reorder_peak: usize,
     reorder_window: usize,
     output_closed: bool,
+    /// People (confirmed tracks) per stream, at the end.
+    people: Vec<u64>,
 }
 
 /// One stream's counters in [`SinkCounts`].
@@ -947,8 +966,14 @@ pub fn run_stages(
     drop(work_in);
     drop(detected_out);
     // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
+    let people = People::new(
+        config.track.clone(),
+        attribute_model
+            .as_ref()
+            .map(|(model, grouping)| (model.spec().clone(), *grouping)),
+    );
     let (to_sink, sink_upstream) = match attribute_model {
-        Some((mut model, grouping)) => {
+        Some((mut model, _)) => {
             let (annotated_out, annotated_in) =
                 graph::channel::<Detected>("annotated", in_flight, WhenFull::Block);
             probes.push(annotated_in.probe());
@@ -956,7 +981,7 @@ pub fn run_stages(
             let window = window.clone();
             graph.add_stage("attributes", move |c| {
                 let result = attributes_stage(
-                    (&mut model, grouping),
+                    &mut model,
                     &attr_config,
                     &window,
                     (&detected_in, workers),
@@ -973,6 +998,7 @@ pub fn run_stages(
     let sink = JsonStage {
         input: to_sink,
         upstream: sink_upstream,
+        people,
         writer,
         window,
         counts: sink_counts.clone(),
@@ -1029,6 +1055,7 @@ pub fn run_stages(
                 reconnects: stats.reconnects,
                 gap_seconds: stats.gap_ms / 1e3,
                 faces: *c.faces,
+                people: sink.people.get(info.index).copied().unwrap_or(0),
                 failure,
             }
         })
@@ -1047,6 +1074,8 @@ pub fn run_stages(
 struct JsonStage {
     input: Input<Detected>,
     upstream: usize,
+    /// Track ids, steady attributes and one record per person, over frames in decode order.
+    people: People,
     writer: JsonLinesWriter,
     window: Arc<Window>,
     counts: Arc<Mutex<SinkCounts>>,
@@ -1126,8 +1155,17 @@ impl JsonStage {
                     }
                     continue;
                 }
-                let faces = d.faces.len() as u64;
+                let mut faces_in_frame = d.faces;
+                let ended = self.people.frame(
+                    &d.frame.stream,
+                    d.frame.index,
+                    d.frame.pts_ms,
+                    &mut faces_in_frame,
+                    &d.predictions,
+                );
+                let faces = faces_in_frame.len() as u64;
                 let record = FrameRecord {
+                    kind: RecordKind::Frame,
                     stream: d.frame.stream.id.clone(),
                     source: d.frame.stream.uri.clone(),
                     frame: d.frame.index,
@@ -1135,9 +1173,14 @@ impl JsonStage {
                     width: d.frame.width,
                     height: d.frame.height,
                     gap_before_ms: d.frame.gap_before_ms,
-                    faces: d.faces,
+                    faces: faces_in_frame,
                 };
-                match self.writer.write(&record) {
+                let written = self.writer.write(&record).and_then(|()| {
+                    ended
+                        .iter()
+                        .try_for_each(|person| self.writer.write(person))
+                });
+                match written {
                     Ok(()) => {}
                     Err(e) if e.is_broken_pipe() => {
                         closed = self.output_closed(control);
@@ -1166,6 +1209,24 @@ impl JsonStage {
                 n.reorder_peak = n.reorder_peak.max(pending_before);
             }
             if done {
+                // The people still in view when the run ends.
+                if !closed {
+                    for person in self.people.finish() {
+                        match self.writer.write(&person) {
+                            Ok(()) => {}
+                            Err(e) if e.is_broken_pipe() => {
+                                closed = self.output_closed(control);
+                                break;
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                }
+                if let Ok(mut n) = self.counts.lock() {
+                    let streams = n.reported.len();
+                    n.people = (0..streams).map(|i| self.people.people(i)).collect();
+                }
+                let _ = closed;
                 return Ok(());
             }
         }
@@ -1195,6 +1256,7 @@ mod tests {
                 gap_before_ms: None,
             },
             faces: Vec::new(),
+            predictions: Vec::new(),
         }
     }
 

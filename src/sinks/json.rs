@@ -17,6 +17,9 @@ use crate::model::spec::{ModelSpec, Task};
 pub struct FaceRecord {
     #[serde(flatten)]
     pub face: Face,
+    /// The face's track in its stream (video only): unique in the stream for the whole run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub track_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub age: Option<AgeJson>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -30,6 +33,7 @@ impl FaceRecord {
     pub fn detection(face: Face) -> Self {
         Self {
             face,
+            track_id: None,
             age: None,
             gender: None,
             race: None,
@@ -45,6 +49,7 @@ impl FaceRecord {
     ) -> Self {
         Self {
             face,
+            track_id: None,
             age: spec.has(Task::Age).then(|| prediction.age_json(grouping)),
             gender: spec.has(Task::Gender).then(|| prediction.gender_json()),
             race: spec.has(Task::Race).then(|| prediction.race_json()),
@@ -90,6 +95,9 @@ impl Default for JsonConfig {
 /// One video frame's record.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct FrameRecord {
+    /// Always "frame" (track records say "track").
+    #[serde(rename = "type")]
+    pub kind: RecordKind,
     pub stream: String,
     pub source: String,
     pub frame: u64,
@@ -105,6 +113,41 @@ pub struct FrameRecord {
     )]
     pub gap_before_ms: Option<f64>,
     pub faces: Vec<FaceRecord>,
+}
+
+/// Which record a line is.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    #[default]
+    Frame,
+    Track,
+}
+
+/// One person: a confirmed track, written when it ends (lost long enough, end of stream, Ctrl-C),
+/// with the track's final attribute estimate.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrackRecord {
+    /// Always "track".
+    #[serde(rename = "type")]
+    pub kind: RecordKind,
+    pub stream: String,
+    pub source: String,
+    pub track_id: u64,
+    pub first_frame: u64,
+    pub last_frame: u64,
+    #[serde(serialize_with = "microseconds")]
+    pub first_pts_ms: f64,
+    #[serde(serialize_with = "microseconds")]
+    pub last_pts_ms: f64,
+    /// Frames with this person's face.
+    pub frames: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub age: Option<AgeJson>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gender: Option<LabelJson>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub race: Option<LabelJson>,
 }
 
 /// Milliseconds to three decimals: clock arithmetic leaves float noise (`7511.697630999999`)
@@ -298,6 +341,7 @@ mod tests {
         let buf = Shared::default();
         let mut w = JsonLinesWriter::from_writer(Box::new(buf.clone()), "test");
         let record = FrameRecord {
+            kind: RecordKind::Frame,
             stream: "0".into(),
             source: "file:///clip.mp4".into(),
             frame: 0,
@@ -320,7 +364,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            r#"{"stream":"0","source":"file:///clip.mp4","frame":0,"pts_ms":0.0,"width":854,"height":480,"faces":[{"bbox":[1.0,2.0,3.0,4.0],"score":0.5,"landmarks":[[1.0,1.0],[2.0,1.0],[1.5,2.0],[1.0,3.0],[2.0,3.0]]}]}"#
+            r#"{"type":"frame","stream":"0","source":"file:///clip.mp4","frame":0,"pts_ms":0.0,"width":854,"height":480,"faces":[{"bbox":[1.0,2.0,3.0,4.0],"score":0.5,"landmarks":[[1.0,1.0],[2.0,1.0],[1.5,2.0],[1.0,3.0],[2.0,3.0]]}]}"#
         );
         assert_eq!(
             lines[1],
@@ -361,6 +405,7 @@ mod tests {
     #[test]
     fn times_carry_no_float_noise() {
         let record = FrameRecord {
+            kind: RecordKind::Frame,
             stream: "0".into(),
             source: "x".into(),
             frame: 1,

@@ -2,4 +2,7 @@
 
 pub mod json;
 
-pub use json::{FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, SinkError};
+pub use json::{
+    FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind, SinkError,
+    TrackRecord,
+};

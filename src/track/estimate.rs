@@ -87,7 +87,10 @@ mod tests {
         assert!(e.current().is_none());
         e.add(&p(0.9), 1.0);
         let g = e.current().unwrap().gender;
-        assert!((g[0] - 0.1).abs() < 1e-6 && (g[1] - 0.9).abs() < 1e-6, "{g:?}");
+        assert!(
+            (g[0] - 0.1).abs() < 1e-6 && (g[1] - 0.9).abs() < 1e-6,
+            "{g:?}"
+        );
         // A small blurry face reading "male" barely moves a well-seen "female".
         e.add(&p(0.2), 0.1);
         let g = e.current().unwrap().gender;

@@ -9,6 +9,7 @@
 
 pub mod estimate;
 pub mod kalman;
+pub mod people;
 
 use pathfinding::prelude::{Matrix, kuhn_munkres};
 use serde::{Deserialize, Serialize};

@@ -65,7 +65,7 @@ fn a_closed_output_pipe_stops_the_run_quietly() {
         .read_line(&mut first)
         .unwrap();
     // Reader dropped here, as `head -1` exits.
-    assert!(first.starts_with("{\"stream\":\"0\""), "{first}");
+    assert!(first.starts_with("{\"type\":\"frame\",\"stream\":\"0\""), "{first}");
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     let stderr = stderr_of(&out);
@@ -285,7 +285,7 @@ fn one_frame_is_one_frame() {
         .unwrap();
     let stderr = stderr_of(&out);
     assert!(stderr.contains(": 1 frame decoded, 1 reported"), "{stderr}");
-    assert!(stderr.contains("; 0 faces;"), "{stderr}");
+    assert!(stderr.contains("; 0 faces, 0 people;"), "{stderr}");
 }
 
 #[test]

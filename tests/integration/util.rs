@@ -36,10 +36,27 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-pub fn read_jsonl(path: &Path) -> Vec<Value> {
+/// Every record of a JSON Lines file.
+pub fn read_all_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("read jsonl");
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The frame (or image) records of a JSON Lines file: people's track records left out.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    read_all_jsonl(path)
+        .into_iter()
+        .filter(|r| r["type"] != "track")
+        .collect()
+}
+
+/// The track records (one per person) of a JSON Lines file.
+pub fn read_tracks(path: &Path) -> Vec<Value> {
+    read_all_jsonl(path)
+        .into_iter()
+        .filter(|r| r["type"] == "track")
         .collect()
 }
 
