@@ -65,7 +65,10 @@ fn a_closed_output_pipe_stops_the_run_quietly() {
         .read_line(&mut first)
         .unwrap();
     // Reader dropped here, as `head -1` exits.
-    assert!(first.starts_with("{\"type\":\"frame\",\"stream\":\"0\""), "{first}");
+    assert!(
+        first.starts_with("{\"type\":\"frame\",\"stream\":\"0\""),
+        "{first}"
+    );
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     let stderr = stderr_of(&out);

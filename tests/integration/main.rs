@@ -12,3 +12,4 @@ mod readme;
 mod rtsp;
 mod run_video;
 mod streams;
+mod tracking;
