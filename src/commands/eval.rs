@@ -1,0 +1,87 @@
+//! `faceflow eval`: an attribute model scored end to end on labelled folders.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+
+use super::{EXIT_INTERRUPTED, interrupt_flag};
+use crate::cli::EvalArgs;
+use faceflow::detect::Mtcnn;
+
+pub fn eval(args: EvalArgs) -> Result<ExitCode> {
+    // Before the (seconds-long) folder scan, so an early Ctrl-C is heard too.
+    let stop = interrupt_flag("stopping after this image; the report covers the images done");
+    use faceflow::eval;
+    let (detect, attributes) = args.settings();
+    attributes.validate()?;
+    detect.validate()?;
+    args.check()?;
+    // The report folder first: a path that cannot be a folder fails before hours of work.
+    std::fs::create_dir_all(&args.report)
+        .with_context(|| format!("cannot create the report folder {}", args.report.display()))?;
+    let model_path = attributes.model_path();
+    let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
+    let mut detector = Mtcnn::new(detect)?;
+    let opts = eval::EvalOptions {
+        sources: args.sources,
+        split: args.split,
+        seed: args.seed,
+        val_fraction: args.val_fraction,
+        max_images: args.max_images,
+    };
+    let (samples, scan) = eval::select(&opts)?;
+    faceflow::say!(
+        "eval: {} images ({} malformed names skipped, {} duplicate copies removed, {} dropped for conflicting labels)",
+        samples.len(),
+        scan.malformed.len(),
+        scan.duplicates,
+        scan.conflicting
+    );
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut progress = |done: usize, total: usize| {
+        if (tty && done.is_multiple_of(20)) || done == total || (!tty && done.is_multiple_of(1000))
+        {
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            if tty {
+                faceflow::say_inline!("\reval: {done}/{total} images, {rate:.0}/s ");
+            } else {
+                faceflow::say!("eval: {done}/{total} images, {rate:.0}/s");
+            }
+        }
+        !stop.load(Ordering::SeqCst)
+    };
+    let report = eval::evaluate(
+        &mut detector,
+        &mut model,
+        &model_path.display().to_string(),
+        &samples,
+        &opts,
+        &mut progress,
+    );
+    if tty {
+        faceflow::say_inline!("\r\x1b[K");
+    }
+    let report = report?;
+    let written = eval::write_report(&args.report, &report)?;
+    if !eval::plot::has_font() {
+        tracing::warn!("no DejaVu Sans font found: charts are drawn without text");
+    }
+    println!("{}", report.tally.line());
+    faceflow::say!(
+        "eval: report in {} ({} files){}",
+        args.report.display(),
+        written.len(),
+        if report.interrupted {
+            "; interrupted"
+        } else {
+            ""
+        }
+    );
+    if report.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
