@@ -24,7 +24,7 @@ pub struct TrackConfig {
     pub high_score: f32,
     /// Least IoU between a track's predicted box and a detection to match them.
     pub match_iou: f32,
-    /// Least IoU for the second stage (less confident detections, established tracks only).
+    /// Least IoU for the second stage (less confident detections).
     pub low_match_iou: f32,
     /// Hits (frames with a matched detection) before a track is confirmed: a person.
     pub confirm_hits: u32,
@@ -55,6 +55,9 @@ impl TrackConfig {
         Ok(())
     }
 }
+
+/// How long a tentative track may go without a face before it is dropped, ms.
+const TENTATIVE_PATIENCE_MS: f64 = 100.0;
 
 /// One detection given to the tracker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -199,12 +202,14 @@ impl Tracker {
             &mut matched_track,
             pts_ms,
         );
-        // Stage 2: the less confident detections keep established tracks alive.
+        // Stage 2: the less confident detections keep tracks alive (a face entering at the
+        // frame's edge or turning away scores lower; MTCNN's own thresholds already keep out most
+        // non-faces, so tentative tracks take them too, at a stricter IoU).
         let low: Vec<usize> = (0..detections.len())
             .filter(|&d| ids[d].is_none() && detections[d].score < self.config.high_score)
             .collect();
         let established: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Tentative)
+            .filter(|&t| !matched_track[t])
             .collect();
         self.match_into(
             &established,
@@ -221,13 +226,18 @@ impl Tracker {
         for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
             if !matched_track[t] {
                 match track.state {
-                    TrackState::Tentative => {
+                    // A face seen once or twice (at the frame's edge, half turned) may be missed
+                    // for a frame; one not back soon was not a face.
+                    TrackState::Tentative
+                        if pts_ms - track.last_seen_ms > TENTATIVE_PATIENCE_MS =>
+                    {
                         ended.push(Ended {
                             id: track.id,
                             confirmed: false,
                         });
                         continue;
                     }
+                    TrackState::Tentative => {}
                     _ if pts_ms - track.last_seen_ms > self.config.max_lost_ms => {
                         ended.push(Ended {
                             id: track.id,
@@ -429,7 +439,8 @@ mod tests {
             &[det(100.0, 100.0, 60.0, 0.99), det(400.0, 300.0, 40.0, 0.95)],
         );
         assert_eq!(blip.ids[0], id);
-        let u = t.update(280.0, &[det(100.0, 100.0, 60.0, 0.99)]);
+        t.update(280.0, &[det(100.0, 100.0, 60.0, 0.99)]);
+        let u = t.update(400.0, &[det(100.0, 100.0, 60.0, 0.99)]);
         assert_eq!(
             u.ended,
             vec![Ended {

@@ -11,5 +11,6 @@ mod parity;
 mod readme;
 mod rtsp;
 mod run_video;
+mod scene;
 mod streams;
 mod tracking;
