@@ -416,7 +416,12 @@ impl RunArgs {
                 .iter()
                 .map(|input| SourceConfig {
                     input: input.clone(),
-                    name: None,
+                    // One input keeps the file's stream name; several are numbered.
+                    name: if self.input.len() == 1 {
+                        base.name.clone()
+                    } else {
+                        None
+                    },
                     ..base.clone()
                 })
                 .collect();
@@ -429,8 +434,12 @@ impl RunArgs {
             }
         }
         // Source flags apply to every stream.
-        for source in std::iter::once(&mut config.source).chain(config.sources.iter_mut()) {
-            self.apply_source_flags(source);
+        if config.sources.is_empty() {
+            self.apply_source_flags(&mut config.source);
+        } else {
+            for source in &mut config.sources {
+                self.apply_source_flags(source);
+            }
         }
         Ok(config)
     }

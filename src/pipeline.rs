@@ -179,9 +179,9 @@ impl PipelineConfig {
 
     pub fn validate(&self) -> Result<(), PipelineError> {
         use crate::limits::{MAX_QUEUE_FRAMES, Setting};
-        if !self.sources.is_empty() && !self.source.input.trim().is_empty() {
+        if !self.sources.is_empty() && self.source != SourceConfig::default() {
             return Err(PipelineError::Invalid(
-                "both [source] and [[sources]] give inputs: use one of them".into(),
+                "both [source] and [[sources]] are given: use one of them (each [[sources]] table takes the keys of [source])".into(),
             ));
         }
         let streams = self.streams();
@@ -200,9 +200,21 @@ impl PipelineConfig {
                     format!("stream {i} has no input")
                 }));
             }
-            if id.trim().is_empty() || !ids.insert(id.clone()) {
+            // Names appear in records, summary lines and the `stats:` line's queue list.
+            let allowed = |c: char| c.is_alphanumeric() || "-_.".contains(c);
+            if id.is_empty() || id.chars().count() > 64 || !id.chars().all(allowed) {
                 return Err(PipelineError::Invalid(format!(
-                    "stream name '{id}' is empty or used twice: names must be unique"
+                    "stream name {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if id == "total" {
+                return Err(PipelineError::Invalid(
+                    "stream name \"total\" is taken by the summary's total line".into(),
+                ));
+            }
+            if !ids.insert(id.clone()) {
+                return Err(PipelineError::Invalid(format!(
+                    "stream name {id:?} is used twice: names must be unique"
                 )));
             }
             source.validate()?;
@@ -260,6 +272,8 @@ pub struct StreamSummary {
     pub faces: u64,
     /// Confirmed tracks: the people seen.
     pub people: u64,
+    /// Seconds from the start of the run to the end of this stream (0: the run's length).
+    pub seconds: f64,
     /// The stream ended with this error (its frames decoded before it were all written).
     pub failure: Option<String>,
 }
@@ -303,8 +317,14 @@ impl RunSummary {
     }
 
     fn line(&self, s: &StreamSummary) -> String {
-        let fps = if self.seconds > 0.0 {
-            s.frames_reported as f64 / self.seconds
+        // A stream's own time: one that ended early is not slowed by the others.
+        let seconds = if s.seconds > 0.0 {
+            s.seconds.min(self.seconds)
+        } else {
+            self.seconds
+        };
+        let fps = if seconds > 0.0 {
+            s.frames_reported as f64 / seconds
         } else {
             0.0
         };
@@ -341,7 +361,7 @@ impl RunSummary {
             } else {
                 format!("{} people", s.people)
             },
-            self.seconds,
+            seconds,
             fps,
             if s.reconnects > 0 {
                 format!(
@@ -372,6 +392,16 @@ struct Detected {
     faces: Vec<FaceRecord>,
     /// The attribute model's reading of each face (`None`: no model, or no crop).
     predictions: Vec<Option<crate::model::readout::Prediction>>,
+    /// Not a frame: the mark that `frame.stream` has ended, in its place in the order (the
+    /// writer then ends that stream's tracks).
+    stream_ended: bool,
+}
+
+/// What the scheduler hands the detect workers: a numbered frame, or a stream's end mark.
+struct Work {
+    seq: u64,
+    frame: Frame,
+    stream_ended: bool,
 }
 
 /// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of
@@ -446,7 +476,8 @@ impl Window {
 /// all have ended, each worker gets an end-of-stream.
 struct Scheduler {
     inputs: Vec<Input<Frame>>,
-    out: Output<(u64, Frame)>,
+    streams: Vec<Arc<crate::sources::StreamInfo>>,
+    out: Output<Work>,
     workers: usize,
     window: Arc<Window>,
 }
@@ -491,16 +522,28 @@ impl Scheduler {
                     }
                 }
             };
-            match received {
+            let work = match received {
                 Received::Item(frame) => {
                     turn = (i + 1) % n;
-                    if self.out.send((next_seq, frame), control) == Sent::Closed {
-                        return Ok(());
+                    Work {
+                        seq: next_seq,
+                        frame,
+                        stream_ended: false,
                     }
-                    next_seq += 1;
                 }
-                Received::Eos | Received::Disconnected => open[i] = false,
+                Received::Eos | Received::Disconnected => {
+                    open[i] = false;
+                    Work {
+                        seq: next_seq,
+                        frame: end_mark(&self.streams[i]),
+                        stream_ended: true,
+                    }
+                }
+            };
+            if self.out.send(work, control) == Sent::Closed {
+                return Ok(());
             }
+            next_seq += 1;
         }
         Ok(())
     }
@@ -570,20 +613,50 @@ pub fn resident_memory_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The frame that stands for a stream's end in the order: no pixels, no faces.
+fn end_mark(stream: &Arc<crate::sources::StreamInfo>) -> Frame {
+    Frame {
+        stream: stream.clone(),
+        index: u64::MAX,
+        pts_ms: 0.0,
+        width: 0,
+        height: 0,
+        rgb: Vec::new(),
+        gap_before_ms: None,
+    }
+}
+
 /// One detect worker: takes numbered frames from the shared queue, finds their faces.
 /// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
 fn detect_worker(
     detector: &mut dyn FrameDetector,
-    input: &Input<(u64, Frame)>,
+    input: &Input<Work>,
     keep_pixels: bool,
     out: &Output<Detected>,
     control: &Control,
 ) -> Result<(), String> {
     loop {
-        let (seq, mut frame) = match input.recv(control) {
+        let Work {
+            seq,
+            mut frame,
+            stream_ended,
+        } = match input.recv(control) {
             Received::Item(item) => item,
             Received::Eos | Received::Disconnected => return Ok(()),
         };
+        if stream_ended {
+            let mark = Detected {
+                seq,
+                frame,
+                faces: Vec::new(),
+                predictions: Vec::new(),
+                stream_ended,
+            };
+            if out.send(mark, control) == Sent::Closed {
+                return Ok(());
+            }
+            continue;
+        }
         let faces = detector
             .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
             .map_err(|e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index))?;
@@ -598,6 +671,7 @@ fn detect_worker(
             frame,
             faces,
             predictions,
+            stream_ended: false,
         };
         if out.send(detected, control) == Sent::Closed {
             return Ok(());
@@ -833,8 +907,9 @@ impl PipelineConfig {
     }
 }
 
-/// How a stream's source ended: its counts, and its error if it failed.
-type StreamOutcome = (SourceStats, Option<String>);
+/// How a stream's source ended: its counts, its error if it failed, and when (seconds into the
+/// run).
+type StreamOutcome = (SourceStats, Option<String>, f64);
 
 /// The stages of a run, built and not yet started. [`run`] builds them from the configuration;
 /// tests can stand in their own detectors.
@@ -936,14 +1011,19 @@ pub fn run_stages(
             if let Ok(mut slot) = outcomes.lock()
                 && let Some(entry) = slot.get_mut(index)
             {
-                *entry = (stats, result.err().map(|e| e.to_string()));
+                *entry = (
+                    stats,
+                    result.err().map(|e| e.to_string()),
+                    started.elapsed().as_secs_f64(),
+                );
             }
             Ok(())
         });
     }
-    let (work_out, work_in) = graph::channel::<(u64, Frame)>("work", workers, WhenFull::Block);
+    let (work_out, work_in) = graph::channel::<Work>("work", workers, WhenFull::Block);
     let scheduler = Scheduler {
         inputs: source_queues,
+        streams: infos.clone(),
         out: work_out,
         workers,
         window: window.clone(),
@@ -1035,15 +1115,15 @@ pub fn run_stages(
     let mut sink = sink_counts.lock().map(|n| n.clone()).unwrap_or_default();
     outcome.map_err(PipelineError::Stage)?;
     // Nothing came from any stream and one failed: the failure is the whole story, in one line.
-    if outcomes.iter().all(|(stats, _)| stats.decoded == 0)
-        && let Some(message) = outcomes.iter().find_map(|(_, f)| f.clone())
+    if outcomes.iter().all(|(stats, _, _)| stats.decoded == 0)
+        && let Some(message) = outcomes.iter().find_map(|(_, f, _)| f.clone())
     {
         return Err(PipelineError::Input(message));
     }
     let streams = infos
         .iter()
         .zip(outcomes)
-        .map(|(info, (stats, failure))| {
+        .map(|(info, (stats, failure, ended_s))| {
             let c = sink.count(info.index);
             StreamSummary {
                 stream: info.id.clone(),
@@ -1056,6 +1136,7 @@ pub fn run_stages(
                 gap_seconds: stats.gap_ms / 1e3,
                 faces: *c.faces,
                 people: sink.people.get(info.index).copied().unwrap_or(0),
+                seconds: ended_s,
                 failure,
             }
         })
@@ -1148,6 +1229,22 @@ impl JsonStage {
                     d.frame.index
                 );
                 let stream = d.frame.stream.index;
+                if d.stream_ended {
+                    // The stream's people still in view end with it.
+                    if !closed {
+                        for person in self.people.finish_stream(stream) {
+                            match self.writer.write(&person) {
+                                Ok(()) => {}
+                                Err(e) if e.is_broken_pipe() => {
+                                    closed = self.output_closed(control);
+                                    break;
+                                }
+                                Err(e) => return Err(e.to_string()),
+                            }
+                        }
+                    }
+                    continue;
+                }
                 if closed {
                     // The reader is gone: keep draining so no stage blocks, write nothing.
                     if let Ok(mut n) = self.counts.lock() {
@@ -1257,6 +1354,7 @@ mod tests {
             },
             faces: Vec::new(),
             predictions: Vec::new(),
+            stream_ended: false,
         }
     }
 

@@ -56,7 +56,8 @@ impl TrackConfig {
     }
 }
 
-/// How long a tentative track may go without a face before it is dropped, ms.
+/// How long a tentative track may go without a face before it is dropped, ms (at least; see
+/// [`Tracker::tentative_patience_ms`]).
 const TENTATIVE_PATIENCE_MS: f64 = 100.0;
 
 /// One detection given to the tracker.
@@ -108,6 +109,8 @@ pub struct Tracker {
     tracks: Vec<Track>,
     next_id: u64,
     last_ms: Option<f64>,
+    /// Time between the last two frames, ms (how long "a frame" is for this stream).
+    frame_ms: f64,
 }
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes (0 for empty ones).
@@ -165,6 +168,7 @@ impl Tracker {
             tracks: Vec::new(),
             next_id: 1,
             last_ms: None,
+            frame_ms: 40.0,
         }
     }
 
@@ -182,7 +186,30 @@ impl Tracker {
             Some(_) => 0.04,
             None => 0.0,
         };
+        if dt_s > 0.0 {
+            self.frame_ms = dt_s * 1000.0;
+        }
         self.last_ms = Some(pts_ms.max(self.last_ms.unwrap_or(f64::MIN)));
+        // Tracks out of view for too long end before matching: after a gap in the stream (a
+        // camera reconnecting) an old track must not take a new face.
+        let mut ended = Vec::new();
+        let patience = self.tentative_patience_ms();
+        let max_lost = self.config.max_lost_ms;
+        self.tracks.retain(|t| {
+            let limit = if t.state == TrackState::Tentative {
+                patience
+            } else {
+                max_lost
+            };
+            let keep = pts_ms - t.last_seen_ms <= limit;
+            if !keep {
+                ended.push(Ended {
+                    id: t.id,
+                    confirmed: t.state != TrackState::Tentative,
+                });
+            }
+            keep
+        });
         for track in &mut self.tracks {
             track.filter.predict(dt_s);
         }
@@ -220,17 +247,15 @@ impl Tracker {
             &mut matched_track,
             pts_ms,
         );
-        // Unmatched tracks age; tentative ones that miss a frame were not a face after all.
-        let mut ended = Vec::new();
+        // Unmatched tracks age: confirmed ones become lost; a tentative one that stays unseen
+        // longer than a frame or so was not a face after all, and a lost one ends after
+        // `max_lost_ms`.
         let mut kept = Vec::with_capacity(self.tracks.len());
         for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
             if !matched_track[t] {
+                let unseen_ms = pts_ms - track.last_seen_ms;
                 match track.state {
-                    // A face seen once or twice (at the frame's edge, half turned) may be missed
-                    // for a frame; one not back soon was not a face.
-                    TrackState::Tentative
-                        if pts_ms - track.last_seen_ms > TENTATIVE_PATIENCE_MS =>
-                    {
+                    TrackState::Tentative if unseen_ms > patience => {
                         ended.push(Ended {
                             id: track.id,
                             confirmed: false,
@@ -238,7 +263,7 @@ impl Tracker {
                         continue;
                     }
                     TrackState::Tentative => {}
-                    _ if pts_ms - track.last_seen_ms > self.config.max_lost_ms => {
+                    _ if unseen_ms > max_lost => {
                         ended.push(Ended {
                             id: track.id,
                             confirmed: true,
@@ -275,6 +300,11 @@ impl Tracker {
             ids: ids.into_iter().map(|i| i.unwrap_or(0)).collect(),
             ended,
         }
+    }
+
+    /// How long a tentative track may go unseen: 100 ms, or one and a half frames on slow streams.
+    fn tentative_patience_ms(&self) -> f64 {
+        TENTATIVE_PATIENCE_MS.max(1.5 * self.frame_ms)
     }
 
     /// Ends every track (end of stream): confirmed and lost ones are people.
@@ -439,15 +469,38 @@ mod tests {
             &[det(100.0, 100.0, 60.0, 0.99), det(400.0, 300.0, 40.0, 0.95)],
         );
         assert_eq!(blip.ids[0], id);
-        t.update(280.0, &[det(100.0, 100.0, 60.0, 0.99)]);
-        let u = t.update(400.0, &[det(100.0, 100.0, 60.0, 0.99)]);
+        let mut ended = Vec::new();
+        for ms in [280.0, 320.0, 360.0, 400.0] {
+            ended.extend(t.update(ms, &[det(100.0, 100.0, 60.0, 0.99)]).ended);
+        }
         assert_eq!(
-            u.ended,
+            ended,
             vec![Ended {
                 id: blip.ids[1],
                 confirmed: false
             }]
         );
+    }
+
+    #[test]
+    fn after_a_gap_longer_than_max_lost_a_face_starts_a_new_track() {
+        let mut t = Tracker::new(TrackConfig::default());
+        let mut id = 0;
+        for f in 0..5 {
+            id = t
+                .update(f as f64 * 40.0, &[det(100.0, 100.0, 60.0, 0.99)])
+                .ids[0];
+        }
+        // The camera was away for 5 s: the old person ended, the face is someone new.
+        let u = t.update(5160.0, &[det(100.0, 100.0, 60.0, 0.99)]);
+        assert_eq!(
+            u.ended,
+            vec![Ended {
+                id,
+                confirmed: true
+            }]
+        );
+        assert_ne!(u.ids[0], id);
     }
 
     #[test]

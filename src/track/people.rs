@@ -120,23 +120,31 @@ impl People {
 
     /// Ends every track of every stream (end of the run): the records of the people among them.
     pub fn finish(&mut self) -> Vec<TrackRecord> {
+        (0..self.streams.len())
+            .flat_map(|i| self.finish_stream(i))
+            .collect()
+    }
+
+    /// Ends every track of the stream at `index` (it ended): the records of its people.
+    pub fn finish_stream(&mut self, index: usize) -> Vec<TrackRecord> {
+        let Some(Some(tracks)) = self.streams.get_mut(index) else {
+            return Vec::new();
+        };
+        let mut ended = tracks.tracker.finish();
+        ended.sort_by_key(|e| e.id);
         let mut records = Vec::new();
-        for tracks in self.streams.iter_mut().flatten() {
-            let mut ended = tracks.tracker.finish();
-            ended.sort_by_key(|e| e.id);
-            for e in ended {
-                if let Some(person) = tracks.people.remove(&e.id)
-                    && e.confirmed
-                {
-                    tracks.counted += 1;
-                    records.push(record(
-                        &tracks.id,
-                        &tracks.uri,
-                        e.id,
-                        person,
-                        &self.attributes,
-                    ));
-                }
+        for e in ended {
+            if let Some(person) = tracks.people.remove(&e.id)
+                && e.confirmed
+            {
+                tracks.counted += 1;
+                records.push(record(
+                    &tracks.id,
+                    &tracks.uri,
+                    e.id,
+                    person,
+                    &self.attributes,
+                ));
             }
         }
         records

@@ -199,7 +199,63 @@ fn named_streams_from_a_pipeline_file_and_ctrl_c_stops_them_all() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("stream name 'a' is empty or used twice"),
+        stderr.contains("stream name \"a\" is used twice"),
         "{stderr}"
+    );
+    for bad in ["a b", "a\\u0000b", "x,y", "total", ""] {
+        std::fs::write(
+            &pipeline,
+            format!("[[sources]]\nname = \"{bad}\"\ninput = \"testsrc://\"\n"),
+        )
+        .unwrap();
+        let out = bin().arg("run").arg(&pipeline).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.starts_with("error: stream name"), "{bad}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    // [source] settings beside [[sources]] would be ignored: refused.
+    std::fs::write(
+        &pipeline,
+        "[source]\nmax_frames = 3\n[[sources]]\ninput = \"testsrc://\"\n",
+    )
+    .unwrap();
+    let out = bin().arg("run").arg(&pipeline).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("both [source] and [[sources]]"), "{stderr}");
+}
+
+/// A stream that ends while another goes on: its people's records come when it ends, not when
+/// the run does.
+#[test]
+fn a_stream_that_ends_early_reports_its_people_at_once() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-male.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    run_ok(
+        bin()
+            .args(["run", "--no-attributes", "--json"])
+            .arg(&json)
+            .arg("--input")
+            .arg(&clip)
+            .args([
+                "--input",
+                "testsrc://ball?frames=150&size=160x120&fps=25&live=true",
+            ]),
+    );
+    let all = read_all_jsonl(&json);
+    let person = all
+        .iter()
+        .position(|r| r["type"] == "track" && r["stream"] == "0")
+        .expect("a track record for stream 0");
+    let last_of_stream_1 = all
+        .iter()
+        .rposition(|r| r["type"] == "frame" && r["stream"] == "1")
+        .unwrap();
+    assert!(
+        person < last_of_stream_1,
+        "stream 0's person reported at line {person}, after the other stream's end ({last_of_stream_1})"
     );
 }
