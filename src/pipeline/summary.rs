@@ -1,0 +1,321 @@
+//! What a run reports: per-stream summaries at the end, health lines while it runs.
+
+use super::*;
+
+/// What a finished run reports: one entry per stream, and the run as a whole.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    pub streams: Vec<StreamSummary>,
+    pub seconds: f64,
+    /// True when the run ended early on a stop request (Ctrl-C).
+    pub interrupted: bool,
+    /// The reader of the JSON output went away (a closed pipe): the run stopped there, and the
+    /// frames still in flight were not written.
+    pub output_closed: bool,
+    /// Most frames the JSON writer held back at once to restore decode order.
+    pub peak_reorder_frames: usize,
+}
+
+/// One stream's counts: decoded = reported + dropped (+ not written when the output closed).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamSummary {
+    pub stream: String,
+    pub source: String,
+    pub frames_decoded: u64,
+    pub frames_reported: u64,
+    pub frames_dropped: u64,
+    pub frames_not_written: u64,
+    /// Live sources: successful reconnections and the time without frames they cost.
+    pub reconnects: u32,
+    pub gap_seconds: f64,
+    pub faces: u64,
+    /// Confirmed tracks: the people seen.
+    pub people: u64,
+    /// Seconds from the start of the run to the end of this stream (0: the run's length).
+    pub seconds: f64,
+    /// The stream ended with this error (its frames decoded before it were all written).
+    pub failure: Option<String>,
+}
+
+impl RunSummary {
+    /// The streams' counts summed, as a stream named "total".
+    pub fn total(&self) -> StreamSummary {
+        let mut t = StreamSummary {
+            stream: "total".into(),
+            source: format!("{} streams", self.streams.len()),
+            ..StreamSummary::default()
+        };
+        for s in &self.streams {
+            t.frames_decoded += s.frames_decoded;
+            t.frames_reported += s.frames_reported;
+            t.frames_dropped += s.frames_dropped;
+            t.frames_not_written += s.frames_not_written;
+            t.reconnects += s.reconnects;
+            t.gap_seconds += s.gap_seconds;
+            t.faces += s.faces;
+            t.people += s.people;
+        }
+        t
+    }
+
+    /// One line per stream, then (with several streams) a total line.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.streams.iter().map(|s| self.line(s)).collect();
+        if self.streams.len() > 1 {
+            lines.push(self.line(&self.total()));
+        }
+        lines
+    }
+
+    /// Streams that failed, with their errors.
+    pub fn failures(&self) -> Vec<&str> {
+        self.streams
+            .iter()
+            .filter_map(|s| s.failure.as_deref())
+            .collect()
+    }
+
+    fn line(&self, s: &StreamSummary) -> String {
+        // A stream's own time: one that ended early is not slowed by the others.
+        let seconds = if s.seconds > 0.0 {
+            s.seconds.min(self.seconds)
+        } else {
+            self.seconds
+        };
+        let fps = if seconds > 0.0 {
+            s.frames_reported as f64 / seconds
+        } else {
+            0.0
+        };
+        let not_written = if self.output_closed {
+            format!(
+                ", {} not written (output closed by its reader)",
+                s.frames_not_written
+            )
+        } else {
+            String::new()
+        };
+        let ending = if self.output_closed {
+            ""
+        } else if s.failure.is_some() {
+            "; the source failed"
+        } else if self.interrupted {
+            "; interrupted"
+        } else {
+            ""
+        };
+        let name = if s.stream == "total" {
+            format!("total ({})", s.source)
+        } else {
+            format!("stream {} ({})", s.stream, s.source)
+        };
+        format!(
+            "{name}: {} decoded, {} reported, {} dropped (behind live source){not_written}; {}, {}; {:.1} s, {:.1} fps{}{ending}",
+            count(s.frames_decoded, "frame"),
+            s.frames_reported,
+            s.frames_dropped,
+            count(s.faces, "face"),
+            if s.people == 1 {
+                "1 person".to_string()
+            } else {
+                format!("{} people", s.people)
+            },
+            seconds,
+            fps,
+            if s.reconnects > 0 {
+                format!(
+                    "; {}, {:.1} s without frames",
+                    count(u64::from(s.reconnects), "reconnection"),
+                    s.gap_seconds
+                )
+            } else {
+                String::new()
+            },
+        )
+    }
+}
+
+/// `1 frame`, `2 frames`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Progress callback: frames reported so far.
+pub type Progress = Box<dyn FnMut(u64, Duration) + Send>;
+
+/// Health callback, every `stats_interval_s`.
+pub type HealthReport = Box<dyn FnMut(&Health) + Send>;
+
+/// Callbacks of a run.
+#[derive(Default)]
+pub struct RunHooks {
+    pub progress: Option<Progress>,
+    pub health: Option<HealthReport>,
+}
+
+/// How a running pipeline is doing: counts so far, queue depths, resident memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub seconds: f64,
+    /// Seconds between health reports.
+    pub interval_s: f64,
+    pub frames_decoded: u64,
+    pub frames_reported: u64,
+    pub frames_dropped: u64,
+    pub faces: u64,
+    /// Resident memory of the process (Linux), MiB.
+    pub rss_mb: Option<f64>,
+    /// Queue name, items waiting, capacity.
+    pub queues: Vec<(String, usize, usize)>,
+}
+
+impl Health {
+    /// One `key=value` line, easy to read and to parse.
+    pub fn line(&self) -> String {
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .map(|(name, depth, cap)| format!("{name}:{depth}/{cap}"))
+            .collect();
+        // Whole seconds unless lines come more often than that.
+        let t = if self.interval_s < 1.0 {
+            format!("{:.1}", self.seconds)
+        } else {
+            format!("{:.0}", self.seconds)
+        };
+        format!(
+            "stats: t={t}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}",
+            self.frames_decoded,
+            self.frames_reported,
+            self.frames_dropped,
+            self.faces,
+            self.rss_mb
+                .map_or_else(|| "?".into(), |m| format!("{m:.1}")),
+            queues.join(",")
+        )
+    }
+}
+
+/// Resident memory of this process in MiB (from /proc; `None` elsewhere).
+pub fn resident_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Reports [`Health`] at a fixed interval while the graph runs.
+pub(crate) struct Monitor {
+    pub(crate) every: Duration,
+    pub(crate) started: Instant,
+    pub(crate) sources: Vec<Arc<SourceCounters>>,
+    pub(crate) sink: Arc<Mutex<SinkCounts>>,
+    pub(crate) probes: Vec<graph::QueueProbe>,
+}
+
+/// What the JSON writer has done so far, read by health reports and the summary.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SinkCounts {
+    /// Per stream (by index): records written, their faces, frames not written (output closed).
+    pub(crate) reported: Vec<u64>,
+    pub(crate) faces: Vec<u64>,
+    pub(crate) not_written: Vec<u64>,
+    /// Frames held back for order now, the most at once, and the window that bounds them.
+    pub(crate) reorder_pending: usize,
+    pub(crate) reorder_peak: usize,
+    pub(crate) reorder_window: usize,
+    pub(crate) output_closed: bool,
+    /// People (confirmed tracks) per stream, at the end.
+    pub(crate) people: Vec<u64>,
+}
+
+/// One stream's counters in [`SinkCounts`].
+pub(crate) struct StreamCounts<'a> {
+    pub(crate) reported: &'a mut u64,
+    pub(crate) faces: &'a mut u64,
+    pub(crate) not_written: &'a mut u64,
+}
+
+impl SinkCounts {
+    pub(crate) fn new(streams: usize, reorder_window: usize) -> Self {
+        Self {
+            reported: vec![0; streams],
+            faces: vec![0; streams],
+            not_written: vec![0; streams],
+            reorder_window,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn count(&mut self, stream: usize) -> StreamCounts<'_> {
+        let grow = |v: &mut Vec<u64>| {
+            if v.len() <= stream {
+                v.resize(stream + 1, 0);
+            }
+        };
+        grow(&mut self.reported);
+        grow(&mut self.faces);
+        grow(&mut self.not_written);
+        StreamCounts {
+            reported: &mut self.reported[stream],
+            faces: &mut self.faces[stream],
+            not_written: &mut self.not_written[stream],
+        }
+    }
+}
+
+impl Monitor {
+    pub(crate) fn run(&self, mut report: HealthReport, done: &AtomicBool) {
+        let mut next = self.started.checked_add(self.every);
+        while !done.load(Ordering::SeqCst) {
+            let Some(due) = next else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep((due - now).min(Duration::from_millis(100)));
+                continue;
+            }
+            // Catch up without a burst of lines if a report was late.
+            let mut due = due;
+            while due <= Instant::now() {
+                match due.checked_add(self.every) {
+                    Some(later) => due = later,
+                    None => break,
+                }
+            }
+            next = (due > Instant::now()).then_some(due);
+            let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
+            let (reported, faces) = (sink.reported.iter().sum(), sink.faces.iter().sum());
+            let mut queues: Vec<(String, usize, usize)> = self
+                .probes
+                .iter()
+                .map(|p| (p.name.to_string(), p.depth(), p.capacity))
+                .collect();
+            queues.push(("reorder".into(), sink.reorder_pending, sink.reorder_window));
+            report(&Health {
+                seconds: self.started.elapsed().as_secs_f64(),
+                interval_s: self.every.as_secs_f64(),
+                frames_decoded: self
+                    .sources
+                    .iter()
+                    .map(|c| c.decoded.load(Ordering::Relaxed))
+                    .sum(),
+                frames_reported: reported,
+                frames_dropped: self
+                    .sources
+                    .iter()
+                    .map(|c| c.dropped_behind.load(Ordering::Relaxed))
+                    .sum(),
+                faces,
+                rss_mb: resident_memory_mb(),
+                queues,
+            });
+        }
+    }
+}
