@@ -790,6 +790,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             ));
             saved.config.epochs = config.epochs;
         }
+        if saved.config.input_px != config.input_px {
+            say(&format!(
+                "this run's input is {} px (saved with it); --input-px {} is ignored on resume",
+                saved.config.input_px, config.input_px
+            ));
+        }
         saved
     } else {
         if state_path.exists() {
