@@ -344,6 +344,7 @@ pub fn run_stages(
     let mut graph = Graph::new(control.clone());
     let mut probes = Vec::new();
     let mut source_queues = Vec::new();
+    let stream_configs = config.streams();
     for (index, source) in sources.into_iter().enumerate() {
         let info = source.info();
         let when_full = if info.live {
@@ -351,7 +352,11 @@ pub fn run_stages(
         } else {
             WhenFull::Block
         };
-        let queue = config.streams()[index].1.queue_frames;
+        let queue = stream_configs
+            .get(index)
+            .map_or(SourceConfig::default().queue_frames, |(_, s)| {
+                s.queue_frames
+            });
         let name = if infos.len() == 1 {
             "frames".to_string()
         } else {

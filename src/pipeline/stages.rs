@@ -242,6 +242,22 @@ impl JsonStage {
         true
     }
 
+    /// Writes people's track records; true when the output turned out closed.
+    fn write_people(
+        &mut self,
+        people: &[crate::sinks::TrackRecord],
+        control: &Control,
+    ) -> Result<bool, String> {
+        for person in people {
+            match self.writer.write(person) {
+                Ok(()) => {}
+                Err(e) if e.is_broken_pipe() => return Ok(self.output_closed(control)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
         let result = self.write_all(control);
         // Flush whatever ended the run: complete lines already produced are never lost.
@@ -297,16 +313,8 @@ impl JsonStage {
                 if d.stream_ended {
                     // The stream's people still in view end with it.
                     if !closed {
-                        for person in self.people.finish_stream(stream) {
-                            match self.writer.write(&person) {
-                                Ok(()) => {}
-                                Err(e) if e.is_broken_pipe() => {
-                                    closed = self.output_closed(control);
-                                    break;
-                                }
-                                Err(e) => return Err(e.to_string()),
-                            }
-                        }
+                        let people = self.people.finish_stream(stream);
+                        closed = self.write_people(&people, control)?;
                     }
                     continue;
                 }
@@ -373,16 +381,8 @@ impl JsonStage {
             if done {
                 // The people still in view when the run ends.
                 if !closed {
-                    for person in self.people.finish() {
-                        match self.writer.write(&person) {
-                            Ok(()) => {}
-                            Err(e) if e.is_broken_pipe() => {
-                                closed = self.output_closed(control);
-                                break;
-                            }
-                            Err(e) => return Err(e.to_string()),
-                        }
-                    }
+                    let people = self.people.finish();
+                    closed = self.write_people(&people, control)?;
                 }
                 if let Ok(mut n) = self.counts.lock() {
                     let streams = n.reported.len();

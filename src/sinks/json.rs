@@ -12,7 +12,7 @@ use crate::model::AgeGrouping;
 use crate::model::readout::{AgeJson, LabelJson, Prediction};
 use crate::model::spec::{ModelSpec, Task};
 
-/// One face in a record: the detection, plus the attributes when a model ran.
+/// One face in a record: the detection, its track (video), and the attributes when a model ran.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FaceRecord {
     #[serde(flatten)]
@@ -20,6 +20,14 @@ pub struct FaceRecord {
     /// The face's track in its stream (video only): unique in the stream for the whole run.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub track_id: Option<u64>,
+    #[serde(flatten)]
+    pub attributes: Attributes,
+}
+
+/// Age, gender and race as written in face and track records: the tasks the model was trained
+/// for, the others left out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attributes {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub age: Option<AgeJson>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -28,15 +36,24 @@ pub struct FaceRecord {
     pub race: Option<LabelJson>,
 }
 
+impl Attributes {
+    /// The readout of `prediction` for the tasks `spec` was trained for.
+    pub fn of(prediction: &Prediction, spec: &ModelSpec, grouping: AgeGrouping) -> Self {
+        Self {
+            age: spec.has(Task::Age).then(|| prediction.age_json(grouping)),
+            gender: spec.has(Task::Gender).then(|| prediction.gender_json()),
+            race: spec.has(Task::Race).then(|| prediction.race_json()),
+        }
+    }
+}
+
 impl FaceRecord {
     /// A face without attributes.
     pub fn detection(face: Face) -> Self {
         Self {
             face,
             track_id: None,
-            age: None,
-            gender: None,
-            race: None,
+            attributes: Attributes::default(),
         }
     }
 
@@ -50,9 +67,7 @@ impl FaceRecord {
         Self {
             face,
             track_id: None,
-            age: spec.has(Task::Age).then(|| prediction.age_json(grouping)),
-            gender: spec.has(Task::Gender).then(|| prediction.gender_json()),
-            race: spec.has(Task::Race).then(|| prediction.race_json()),
+            attributes: Attributes::of(prediction, spec, grouping),
         }
     }
 }
@@ -142,12 +157,9 @@ pub struct TrackRecord {
     pub last_pts_ms: f64,
     /// Frames with this person's face.
     pub frames: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub age: Option<AgeJson>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub gender: Option<LabelJson>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub race: Option<LabelJson>,
+    /// The track's final estimate.
+    #[serde(flatten)]
+    pub attributes: Attributes,
 }
 
 /// Milliseconds to three decimals: clock arithmetic leaves float noise (`7511.697630999999`)

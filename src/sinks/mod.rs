@@ -3,6 +3,6 @@
 pub mod json;
 
 pub use json::{
-    FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind, SinkError,
-    TrackRecord,
+    Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,
+    SinkError, TrackRecord,
 };

@@ -8,8 +8,8 @@ use super::estimate::{Estimate, face_weight};
 use super::{Detection, TrackConfig, Tracker};
 use crate::model::AgeGrouping;
 use crate::model::readout::Prediction;
-use crate::model::spec::{ModelSpec, Task};
-use crate::sinks::{FaceRecord, RecordKind, TrackRecord};
+use crate::model::spec::ModelSpec;
+use crate::sinks::{Attributes, FaceRecord, RecordKind, TrackRecord};
 use crate::sources::StreamInfo;
 
 /// What is known of one track so far.
@@ -64,11 +64,11 @@ impl People {
         if self.streams.len() <= stream.index {
             self.streams.resize_with(stream.index + 1, || None);
         }
-        let config = self.config.clone();
-        let tracks = self.streams[stream.index].get_or_insert_with(|| StreamTracks {
+        let slot = &mut self.streams[stream.index];
+        let tracks = slot.get_or_insert_with(|| StreamTracks {
             id: stream.id.clone(),
             uri: stream.uri.clone(),
-            tracker: Tracker::new(config),
+            tracker: Tracker::new(self.config.clone()),
             people: HashMap::new(),
             counted: 0,
         });
@@ -100,9 +100,7 @@ impl People {
             face.track_id = Some(id);
             if let (Some((spec, grouping)), Some(p)) = (&self.attributes, person.estimate.current())
             {
-                face.age = spec.has(Task::Age).then(|| p.age_json(*grouping));
-                face.gender = spec.has(Task::Gender).then(|| p.gender_json());
-                face.race = spec.has(Task::Race).then(|| p.race_json());
+                face.attributes = Attributes::of(&p, spec, *grouping);
             }
         }
         let ended = update.ended;
@@ -166,13 +164,11 @@ fn record(
     person: Person,
     attributes: &Option<(ModelSpec, AgeGrouping)>,
 ) -> TrackRecord {
-    let estimate = person.estimate.current();
-    let with = |task: Task| {
-        attributes
-            .as_ref()
-            .filter(|(spec, _)| spec.has(task))
-            .zip(estimate.as_ref())
-    };
+    let attributes = attributes
+        .as_ref()
+        .zip(person.estimate.current())
+        .map(|((spec, grouping), p)| Attributes::of(&p, spec, *grouping))
+        .unwrap_or_default();
     TrackRecord {
         kind: RecordKind::Track,
         stream: stream.to_string(),
@@ -183,8 +179,6 @@ fn record(
         first_pts_ms: person.first_pts_ms,
         last_pts_ms: person.last_pts_ms,
         frames: person.frames,
-        age: with(Task::Age).map(|((_, g), p)| p.age_json(*g)),
-        gender: with(Task::Gender).map(|(_, p)| p.gender_json()),
-        race: with(Task::Race).map(|(_, p)| p.race_json()),
+        attributes,
     }
 }

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use image::{Rgb, RgbImage, imageops};
 
@@ -97,30 +96,17 @@ fn render(dir: &Path, walkers: &[Walker], frames: u32, (w, h): (u32, u32)) -> (P
         img.save(pngs.join(format!("f{f:04}.png"))).unwrap();
     }
     let clip = dir.join("scene.mp4");
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "multifilesrc"])
-        .arg(format!("location={}/f%04d.png", pngs.display()))
-        .args([
+    encode_h264(
+        &[
+            "multifilesrc",
+            &format!("location={}/f%04d.png", pngs.display()),
             "index=0",
             "caps=image/png,framerate=25/1",
             "!",
             "pngdec",
-            "!",
-            "videoconvert",
-            "!",
-            "video/x-raw,format=I420",
-            "!",
-            "x264enc",
-            "speed-preset=ultrafast",
-            "!",
-            "mp4mux",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", clip.display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
+        ],
+        &clip,
+    );
     (clip, truth)
 }
 

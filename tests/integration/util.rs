@@ -170,14 +170,27 @@ pub fn interrupt_after(
 /// A small H.264 MP4 of a test pattern: `frames` frames of 160×120 at `fps`.
 pub fn h264_clip(dir: &Path, name: &str, frames: u32, fps: u32) -> PathBuf {
     let path = dir.join(name);
-    let status = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
+    encode_h264(
+        &[
             "videotestsrc",
             "pattern=ball",
             &format!("num-buffers={frames}"),
             "!",
             &format!("video/x-raw,width=160,height=120,framerate={fps}/1"),
+        ],
+        &path,
+    );
+    path
+}
+
+/// Encodes what the GStreamer `source` elements produce to an H.264 MP4 at `out` (4:2:0, so any
+/// player and faceflow's decoders take it).
+pub fn encode_h264(source: &[&str], out: &Path) {
+    let location = format!("location={}", out.display());
+    let status = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(source)
+        .args([
             "!",
             "videoconvert",
             "!",
@@ -189,10 +202,9 @@ pub fn h264_clip(dir: &Path, name: &str, frames: u32, fps: u32) -> PathBuf {
             "mp4mux",
             "!",
             "filesink",
+            &location,
         ])
-        .arg(format!("location={}", path.display()))
         .status()
         .expect("gst-launch-1.0");
     assert!(status.success());
-    path
 }
