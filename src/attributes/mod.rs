@@ -4,6 +4,8 @@
 //! ([`crate::model::spec`]); crops are made with the same alignment and normalisation the trainer
 //! used.
 
+pub(crate) mod stage;
+
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;

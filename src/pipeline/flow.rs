@@ -1,6 +1,13 @@
 //! What flows between the stages, and the window that bounds it.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::graph::Control;
+use crate::sinks::FaceRecord;
+use crate::sources::Frame;
 
 /// A frame with its faces, numbered in the order the scheduler handed it out.
 pub(crate) struct Detected {
@@ -14,11 +21,14 @@ pub(crate) struct Detected {
     pub(crate) stream_ended: bool,
 }
 
-/// What the scheduler hands the detect workers: a numbered frame, or a stream's end mark.
+/// What the scheduler hands a detect worker: a numbered frame, or a stream's end mark.
 pub(crate) struct Work {
     pub(crate) seq: u64,
     pub(crate) frame: Frame,
     pub(crate) stream_ended: bool,
+    /// Search the whole frame; otherwise follow the faces of the stream's frame before, which
+    /// the same worker handled just before (see [`Scheduler`](super::stages::Scheduler)).
+    pub(crate) keyframe: bool,
 }
 
 /// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of

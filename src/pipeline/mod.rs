@@ -1,32 +1,37 @@
 //! A pipeline: its configuration file (`pipelines/*.toml`) and the graph built from it:
 //! sources → scheduler → detect (one worker per core) → attributes (batched across frames) →
-//! JSON writer (decode order, tracking). The stage loops are in `stages`, what flows between them
-//! in `flow`, what a run reports in `summary`.
+//! track (decode order, people) → sinks (JSON Lines, …). This module only wires: each stage's loop
+//! lives with its module (`detect::stage`, `attributes::stage`, `track::stage`, `sinks::stage`),
+//! the scheduler in `schedule`, what flows between stages in `flow`, what a run reports in
+//! `summary`.
 
-mod flow;
-mod stages;
+pub(crate) mod flow;
+mod schedule;
 mod summary;
 
 use flow::*;
-use stages::*;
+use schedule::Scheduler;
 pub use summary::*;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::{self, AttributeModel, FacesInImage};
+use crate::attributes::stage::attributes_stage;
+use crate::attributes::{self, AttributeModel};
+use crate::detect::stage::detect_worker;
 use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
-use crate::graph::{self, Control, Graph, Input, Output, Received, Sent, WhenFull};
+use crate::graph::{self, Control, Graph, WhenFull};
 use crate::model::AgeGrouping;
-use crate::sinks::{FaceRecord, FrameRecord, JsonConfig, JsonLinesWriter, RecordKind};
+use crate::sinks::stage::{SinkStage, Tracked};
+use crate::sinks::{JsonConfig, JsonLinesWriter, Sink};
 use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats};
 use crate::track::TrackConfig;
 use crate::track::people::People;
+use crate::track::stage::TrackStage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -275,7 +280,8 @@ pub struct BuiltStages {
     pub sources: Vec<Source>,
     pub detectors: Vec<Box<dyn FrameDetector>>,
     pub attributes: Option<(AttributeModel, AgeGrouping)>,
-    pub writer: JsonLinesWriter,
+    /// Every output, each given every record.
+    pub sinks: Vec<Box<dyn Sink>>,
 }
 
 /// Builds every stage, then runs the graph until every stream has ended, a stop request or the
@@ -302,12 +308,12 @@ pub fn run(
         .map(|_| Mtcnn::new(worker_config.clone()).map(|m| Box::new(m) as Box<dyn FrameDetector>))
         .collect::<Result<Vec<_>, _>>()?;
     let attributes = config.attributes.load()?;
-    let writer = JsonLinesWriter::create(&config.json)?;
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
     let stages = BuiltStages {
         sources,
         detectors,
         attributes,
-        writer,
+        sinks,
     };
     run_stages(config, stages, control, hooks)
 }
@@ -325,7 +331,7 @@ pub fn run_stages(
         sources,
         detectors,
         attributes: attribute_model,
-        writer,
+        sinks,
     } = stages;
     let infos: Vec<Arc<crate::sources::StreamInfo>> = sources.iter().map(|s| s.info()).collect();
     let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
@@ -383,12 +389,22 @@ pub fn run_stages(
             Ok(())
         });
     }
-    let (work_out, work_in) = graph::channel::<Work>("work", workers, WhenFull::Block);
+    // One queue per worker (see Scheduler): two frames each, so a worker never idles between frames.
+    let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|w| {
+            let name = if workers == 1 {
+                "work".to_string()
+            } else {
+                format!("work-{w}")
+            };
+            graph::channel::<Work>(name, 2, WhenFull::Block)
+        })
+        .unzip();
     let scheduler = Scheduler {
         inputs: source_queues,
         streams: infos.clone(),
-        out: work_out,
-        workers,
+        outs: work_outs,
+        detect_every: config.detect.detect_every,
         window: window.clone(),
     };
     graph.add_stage("schedule", move |c| scheduler.run(c));
@@ -396,8 +412,7 @@ pub fn run_stages(
         graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
     probes.push(detected_in.probe());
     let keep_pixels = attribute_model.is_some();
-    for (w, mut detector) in detectors.into_iter().enumerate() {
-        let input = work_in.clone();
+    for (w, (mut detector, input)) in detectors.into_iter().zip(work_ins).enumerate() {
         let out = detected_out.clone();
         graph.add_stage(format!("detect-{w}"), move |c| {
             let result = detect_worker(&mut *detector, &input, keep_pixels, &out, c);
@@ -406,7 +421,6 @@ pub fn run_stages(
             result
         });
     }
-    drop(work_in);
     drop(detected_out);
     // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
     let people = People::new(
@@ -414,7 +428,8 @@ pub fn run_stages(
         attribute_model
             .as_ref()
             .map(|(model, grouping)| (model.spec().clone(), *grouping)),
-    );
+    )
+    .with_detect_every(config.detect.detect_every);
     let (to_sink, sink_upstream) = match attribute_model {
         Some((mut model, _)) => {
             let (annotated_out, annotated_in) =
@@ -438,17 +453,31 @@ pub fn run_stages(
         }
         None => (detected_in, workers),
     };
-    let sink = JsonStage {
+    let (tracked_out, tracked_in) =
+        graph::channel::<Tracked>("tracked", in_flight, WhenFull::Block);
+    probes.push(tracked_in.probe());
+    let track = TrackStage {
         input: to_sink,
         upstream: sink_upstream,
         people,
-        writer,
         window,
+        counts: sink_counts.clone(),
+        out: tracked_out,
+    };
+    graph.add_stage("track", move |c| {
+        let out = track.out.clone();
+        let result = track.run(c);
+        out.send_eos(c);
+        result
+    });
+    let sinks = SinkStage {
+        input: tracked_in,
+        sinks,
         counts: sink_counts.clone(),
         progress,
         started,
     };
-    graph.add_stage("json", move |c| sink.run(c));
+    graph.add_stage("sinks", move |c| sinks.run(c));
     let outcome = match health {
         Some(report) if config.stats_interval_s > 0.0 => {
             let monitor = Monitor {
@@ -544,7 +573,7 @@ mod tests {
     #[test]
     fn reorder_restores_sequence_and_flushes_past_gaps_at_the_end() {
         let mut r = Reorder {
-            pending: BTreeMap::new(),
+            pending: std::collections::BTreeMap::new(),
             next_seq: 0,
         };
         r.push(detected(1));
@@ -603,7 +632,7 @@ mod tests {
             sources: vec![Source::build(&config.source, "0", 0).unwrap()],
             detectors,
             attributes: None,
-            writer: JsonLinesWriter::create(&config.json).unwrap(),
+            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
         };
         let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
         assert_eq!(summary.streams[0].frames_decoded, 120);
@@ -628,6 +657,125 @@ mod tests {
             })
             .collect();
         assert_eq!(frames, (0..120).collect::<Vec<_>>());
+    }
+
+    /// A stand-in detector that says how each frame was handled: a full detection gives one face
+    /// with score 1 and a box numbered by the call; following gives back the faces it is handed,
+    /// with score 0.5.
+    struct Marks {
+        calls: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl FrameDetector for Marks {
+        fn detect_frame(
+            &mut self,
+            _rgb: &[u8],
+            _width: usize,
+            _height: usize,
+        ) -> Result<Vec<crate::detect::Face>, crate::detect::DetectError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) as f32;
+            Ok(vec![crate::detect::Face {
+                bbox: [n, 0.0, n + 10.0, 10.0],
+                score: 1.0,
+                landmarks: [[0.0; 2]; 5],
+            }])
+        }
+
+        fn follow_frame(
+            &mut self,
+            _rgb: &[u8],
+            _width: usize,
+            _height: usize,
+            previous: &[crate::detect::Face],
+        ) -> Result<Vec<crate::detect::Face>, crate::detect::DetectError> {
+            Ok(previous
+                .iter()
+                .map(|f| crate::detect::Face {
+                    score: 0.5,
+                    ..f.clone()
+                })
+                .collect())
+        }
+    }
+
+    /// With `detect_every` 3, each stream's frames 0, 3, 6, … are searched in full and the two
+    /// after each are followed from it, by the worker that has it: never a full search in
+    /// between, never a face of another stream or another run, on several workers and streams.
+    #[test]
+    fn detect_every_n_follows_each_run_from_its_keyframe() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("out.jsonl");
+        let mut config = PipelineConfig {
+            sources: ["a", "b"]
+                .iter()
+                .map(|name| SourceConfig {
+                    name: Some(name.to_string()),
+                    input: "testsrc://ball?frames=40&size=64x48".into(),
+                    ..SourceConfig::default()
+                })
+                .collect(),
+            ..PipelineConfig::default()
+        };
+        config.json.path = json.display().to_string();
+        config.attributes.enabled = false;
+        config.detect.detect_every = 3;
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let detectors: Vec<Box<dyn FrameDetector>> = (0..3)
+            .map(|_| {
+                Box::new(Marks {
+                    calls: calls.clone(),
+                }) as Box<dyn FrameDetector>
+            })
+            .collect();
+        let stages = BuiltStages {
+            sources: config
+                .streams()
+                .iter()
+                .enumerate()
+                .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
+                .collect(),
+            detectors,
+            attributes: None,
+            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+        };
+        let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        assert_eq!(summary.streams.len(), 2);
+        let lines = std::fs::read_to_string(&json).unwrap();
+        let mut keyframe_box: std::collections::HashMap<String, f64> = Default::default();
+        let mut frames = 0;
+        for line in lines.lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            if r["type"] != "frame" {
+                continue;
+            }
+            frames += 1;
+            let (stream, index) = (r["stream"].as_str().unwrap(), r["frame"].as_u64().unwrap());
+            let face = &r["faces"][0];
+            let (score, x1) = (
+                face["score"].as_f64().unwrap(),
+                face["bbox"][0].as_f64().unwrap(),
+            );
+            if index % 3 == 0 {
+                assert_eq!(
+                    score, 1.0,
+                    "stream {stream} frame {index} must be searched in full"
+                );
+                keyframe_box.insert(stream.to_string(), x1);
+            } else {
+                assert_eq!(score, 0.5, "stream {stream} frame {index} must be followed");
+                assert_eq!(
+                    Some(&x1),
+                    keyframe_box.get(stream),
+                    "stream {stream} frame {index}"
+                );
+            }
+        }
+        assert_eq!(frames, 80);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2 * 14,
+            "one full search per run of 3"
+        );
     }
 
     #[test]

@@ -1,8 +1,42 @@
-//! Sinks: where results leave faceflow. Now: the JSON Lines metadata stream.
+//! Sinks: where results leave faceflow. Each sink takes the run's records in decode order per
+//! stream (frame records, and a track record when a person's track ends) through [`Sink`]; the
+//! [`stage`] fans every record out to all of them. Now: the JSON Lines metadata stream.
 
 pub mod json;
+pub(crate) mod stage;
 
 pub use json::{
     Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,
     SinkError, TrackRecord,
 };
+
+/// One output of a run. Calls come from one thread, in order: for each frame its record, then the
+/// records of the people whose tracks ended there; `idle` when nothing has come for a while;
+/// `finish` once at the end (also after an error or Ctrl-C: what was written must be kept).
+pub trait Sink: Send {
+    fn write_frame(&mut self, record: &FrameRecord) -> Result<(), SinkError>;
+    fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError>;
+    /// Nothing came for a while (a camera stalls): a chance to flush.
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), SinkError>;
+}
+
+impl Sink for JsonLinesWriter {
+    fn write_frame(&mut self, record: &FrameRecord) -> Result<(), SinkError> {
+        self.write(record)
+    }
+
+    fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        self.write(record)
+    }
+
+    fn idle(&mut self) -> Result<(), SinkError> {
+        self.flush_if_due()
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+}

@@ -10,6 +10,7 @@
 pub mod estimate;
 pub mod kalman;
 pub mod people;
+pub(crate) mod stage;
 
 use pathfinding::prelude::{Matrix, kuhn_munkres};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,9 @@ pub struct Tracker {
     last_ms: Option<f64>,
     /// Time between the last two frames, ms (how long "a frame" is for this stream).
     frame_ms: f64,
+    /// Frames from one full detection to the next (`detect_every`): a face that enters between
+    /// them is found at a full detection and may not be followed on the frames after.
+    detect_every: u32,
 }
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes (0 for empty ones).
@@ -169,7 +173,14 @@ impl Tracker {
             next_id: 1,
             last_ms: None,
             frame_ms: 40.0,
+            detect_every: 1,
         }
+    }
+
+    /// A tracker for a stream searched in full every `n` frames only (see [`Self::new`]).
+    pub fn with_detect_every(mut self, n: u32) -> Self {
+        self.detect_every = n.max(1);
+        self
     }
 
     /// Tracks alive now (tentative, confirmed or lost).
@@ -302,9 +313,11 @@ impl Tracker {
         }
     }
 
-    /// How long a tentative track may go unseen: 100 ms, or one and a half frames on slow streams.
+    /// How long a tentative track may go unseen: 100 ms, or one and a half frames on slow streams;
+    /// with full detection every N frames, until just after the next one (a face that enters at
+    /// the frame's edge is often found only by full detections until it is well in view).
     fn tentative_patience_ms(&self) -> f64 {
-        TENTATIVE_PATIENCE_MS.max(1.5 * self.frame_ms)
+        TENTATIVE_PATIENCE_MS.max((f64::from(self.detect_every) + 0.5) * self.frame_ms)
     }
 
     /// Ends every track (end of stream): confirmed and lost ones are people.
@@ -416,6 +429,30 @@ mod tests {
                 confirmed: true
             }]
         );
+    }
+
+    #[test]
+    fn a_new_face_seen_only_by_full_detections_waits_for_the_next_one() {
+        // Seen at frames 0, 3, 6 only (full detection every third frame, not followed between).
+        let seen = |t: &mut Tracker| {
+            (0..9)
+                .map(|f| {
+                    let faces = if f % 3 == 0 {
+                        vec![det(100.0 + 2.0 * f as f32, 80.0, 50.0, 0.98)]
+                    } else {
+                        vec![]
+                    };
+                    t.update(f as f64 * 40.0, &faces).ids
+                })
+                .filter(|ids| !ids.is_empty())
+                .map(|ids| ids[0])
+                .collect::<Vec<u64>>()
+        };
+        let ids = seen(&mut Tracker::new(TrackConfig::default()).with_detect_every(3));
+        assert_eq!(ids, vec![1, 1, 1]);
+        // Detecting every frame, a face missing twice in a row was a false start.
+        let ids = seen(&mut Tracker::new(TrackConfig::default()));
+        assert_eq!(ids, vec![1, 2, 3]);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct People {
     streams: Vec<Option<StreamTracks>>,
     /// The attribute model's spec and the age grouping, when attributes are on.
     attributes: Option<(ModelSpec, AgeGrouping)>,
+    detect_every: u32,
 }
 
 impl People {
@@ -47,7 +48,14 @@ impl People {
             config,
             streams: Vec::new(),
             attributes,
+            detect_every: 1,
         }
+    }
+
+    /// Streams are searched in full every `n` frames only ([`Tracker::with_detect_every`]).
+    pub fn with_detect_every(mut self, n: u32) -> Self {
+        self.detect_every = n;
+        self
     }
 
     /// One frame of `stream`, frames of a stream given in decode order: sets each face's
@@ -68,7 +76,7 @@ impl People {
         let tracks = slot.get_or_insert_with(|| StreamTracks {
             id: stream.id.clone(),
             uri: stream.uri.clone(),
-            tracker: Tracker::new(self.config.clone()),
+            tracker: Tracker::new(self.config.clone()).with_detect_every(self.detect_every),
             people: HashMap::new(),
             counted: 0,
         });

@@ -198,6 +198,9 @@ pub fn encode_h264(source: &[&str], out: &Path) {
             "!",
             "x264enc",
             "speed-preset=ultrafast",
+            // One thread: with several, x264 encodes the same frames differently from run to run
+            // (seen on decoded JPEG input), and a measured scene must be the same every time.
+            "threads=1",
             "!",
             "mp4mux",
             "!",

@@ -1,0 +1,89 @@
+//! The attribute stage of a video run: age, gender and race for the faces of many frames and
+//! streams, batched into few model calls.
+
+use std::time::{Duration, Instant};
+
+use super::{AttributeModel, FacesInImage};
+use crate::graph::{Control, Input, Output, Received, Sent};
+use crate::pipeline::AttributesConfig;
+use crate::pipeline::flow::{Detected, Window};
+
+/// Adds age, gender and race to the faces of frames from `upstream` detect workers. Faces of
+/// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
+/// more. Ends after every upstream worker's end-of-stream and forwards one.
+pub(crate) fn attributes_stage(
+    model: &mut AttributeModel,
+    config: &AttributesConfig,
+    window: &Window,
+    (input, upstream): (&Input<Detected>, usize),
+    out: &Output<Detected>,
+    control: &Control,
+) -> Result<(), String> {
+    let mut eos_seen = 0usize;
+    let max_wait = Duration::from_millis(config.max_wait_ms);
+    loop {
+        let mut batch = Vec::new();
+        let mut ended = false;
+        match input.recv(control) {
+            Received::Item(d) => batch.push(d),
+            Received::Eos => {
+                eos_seen += 1;
+                ended = eos_seen >= upstream;
+            }
+            Received::Disconnected => ended = true,
+        }
+        let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
+        let deadline = Instant::now() + max_wait;
+        // Gather until the batch is full, the wait is over, or the window is: then the frames held
+        // here are what the writer waits for, and waiting longer only stalls the run.
+        while !ended && faces > 0 && faces < config.max_batch && !window.is_full() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match input.recv_until(deadline.min(now + Duration::from_millis(5)), control) {
+                None => continue,
+                Some(Received::Item(d)) => {
+                    faces += d.faces.len();
+                    batch.push(d);
+                }
+                Some(Received::Eos) => {
+                    eos_seen += 1;
+                    ended = eos_seen >= upstream;
+                }
+                Some(Received::Disconnected) => ended = true,
+            }
+        }
+        if faces > 0 {
+            let images: Vec<FacesInImage<'_>> = batch
+                .iter()
+                .map(|d| FacesInImage {
+                    rgb: &d.frame.rgb,
+                    width: d.frame.width as usize,
+                    height: d.frame.height as usize,
+                    faces: d.faces.iter().map(|f| &f.face).collect(),
+                })
+                .collect();
+            let predictions = model
+                .predict_faces(&images)
+                .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
+            drop(images);
+            // Read out later, through each face's track.
+            for (d, predicted) in batch.iter_mut().zip(predictions) {
+                d.predictions = predicted;
+            }
+        }
+        // No later stage reads the pixels: release them before the frame waits to be written.
+        for d in &mut batch {
+            d.frame.rgb = Vec::new();
+        }
+        for d in batch {
+            if out.send(d, control) == Sent::Closed {
+                return Ok(());
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The detect stage of a video run: each worker finds the faces of the frames it is handed.
+
+use std::collections::HashMap;
+
+use super::{Face, FrameDetector};
+use crate::graph::{Control, Input, Output, Received, Sent};
+use crate::pipeline::flow::{Detected, Work};
+use crate::sinks::FaceRecord;
+
+/// One detect worker: takes numbered frames from its queue, finds their faces: in full on
+/// keyframes, else by following the faces it found in the stream's frame before.
+/// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
+pub(crate) fn detect_worker(
+    detector: &mut dyn FrameDetector,
+    input: &Input<Work>,
+    keep_pixels: bool,
+    out: &Output<Detected>,
+    control: &Control,
+) -> Result<(), String> {
+    // Per stream: the faces of the last frame this worker handled.
+    let mut last_faces: HashMap<usize, Vec<Face>> = HashMap::new();
+    loop {
+        let Work {
+            seq,
+            mut frame,
+            stream_ended,
+            keyframe,
+        } = match input.recv(control) {
+            Received::Item(item) => item,
+            Received::Eos | Received::Disconnected => return Ok(()),
+        };
+        let stream = frame.stream.index;
+        if stream_ended {
+            last_faces.remove(&stream);
+            let mark = Detected {
+                seq,
+                frame,
+                faces: Vec::new(),
+                predictions: Vec::new(),
+                stream_ended,
+            };
+            if out.send(mark, control) == Sent::Closed {
+                return Ok(());
+            }
+            continue;
+        }
+        let (width, height) = (frame.width as usize, frame.height as usize);
+        let found = match last_faces.get(&stream) {
+            Some(previous) if !keyframe => {
+                detector.follow_frame(&frame.rgb, width, height, previous)
+            }
+            _ => detector.detect_frame(&frame.rgb, width, height),
+        }
+        .map_err(|e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index))?;
+        let faces: Vec<FaceRecord> = found.iter().cloned().map(FaceRecord::detection).collect();
+        last_faces.insert(stream, found);
+        // Without faces, no later stage reads the pixels either.
+        if !keep_pixels || faces.is_empty() {
+            frame.rgb = Vec::new();
+        }
+        let predictions = vec![None; faces.len()];
+        let detected = Detected {
+            seq,
+            frame,
+            faces,
+            predictions,
+            stream_ended: false,
+        };
+        if out.send(detected, control) == Sent::Closed {
+            return Ok(());
+        }
+    }
+}

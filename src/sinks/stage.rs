@@ -1,0 +1,129 @@
+//! The sink end of a run: every record, in order, to every sink.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{FrameRecord, Sink, SinkError, TrackRecord};
+use crate::graph::{Control, Input, Received};
+use crate::pipeline::{Progress, SinkCounts};
+
+/// What the track stage hands the sinks: a frame's record with the people whose tracks ended at
+/// it, or (no frame) people whose tracks ended with their stream or the run.
+pub(crate) struct Tracked {
+    /// Index of the stream in the run.
+    pub(crate) stream: usize,
+    pub(crate) frame: Option<FrameRecord>,
+    pub(crate) ended: Vec<TrackRecord>,
+}
+
+/// How often the sinks are offered a flush while no record comes.
+pub const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Fans records out to every sink. A sink whose reader went away (a closed pipe) stops the run;
+/// the stage keeps draining so no stage upstream blocks, and counts the frames it could not write.
+pub(crate) struct SinkStage {
+    pub(crate) input: Input<Tracked>,
+    pub(crate) sinks: Vec<Box<dyn Sink>>,
+    pub(crate) counts: Arc<Mutex<SinkCounts>>,
+    pub(crate) progress: Option<Progress>,
+    pub(crate) started: Instant,
+}
+
+impl SinkStage {
+    pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
+        let result = self.write_all(control);
+        // Finish every sink whatever ended the run: what was produced is never lost.
+        let closed = self.closed();
+        let mut finished = Ok(());
+        for sink in &mut self.sinks {
+            match sink.finish() {
+                Err(e) if !(closed || e.is_broken_pipe()) => {
+                    finished = finished.and(Err(e.to_string()))
+                }
+                _ => {}
+            }
+        }
+        result.and(finished)
+    }
+
+    fn closed(&self) -> bool {
+        self.counts.lock().map(|c| c.output_closed).unwrap_or(false)
+    }
+
+    /// The reader of an output went away: stop the run, keep draining.
+    fn output_closed(&self, control: &Control) {
+        control.request_stop();
+        if let Ok(mut n) = self.counts.lock() {
+            n.output_closed = true;
+        }
+    }
+
+    /// Writes one item to every sink; a closed output is not an error but the end of writing.
+    fn write_item(&mut self, item: &Tracked) -> Result<(), SinkError> {
+        for sink in &mut self.sinks {
+            if let Some(record) = &item.frame {
+                sink.write_frame(record)?;
+            }
+            for person in &item.ended {
+                sink.write_track(person)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, control: &Control) -> Result<(), String> {
+        let mut last_progress = Instant::now();
+        let mut closed = false;
+        loop {
+            let item = match self.input.recv_until(Instant::now() + IDLE_CHECK, control) {
+                None => {
+                    if !closed {
+                        let idle: Result<(), SinkError> =
+                            self.sinks.iter_mut().try_for_each(|sink| sink.idle());
+                        match idle {
+                            Ok(()) => {}
+                            Err(e) if e.is_broken_pipe() => {
+                                closed = true;
+                                self.output_closed(control);
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    continue;
+                }
+                Some(Received::Item(item)) => item,
+                Some(Received::Eos | Received::Disconnected) => return Ok(()),
+            };
+            let written = if closed {
+                false
+            } else {
+                match self.write_item(&item) {
+                    Ok(()) => true,
+                    Err(e) if e.is_broken_pipe() => {
+                        closed = true;
+                        self.output_closed(control);
+                        false
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
+            let Some(record) = &item.frame else { continue };
+            if let Ok(mut n) = self.counts.lock() {
+                let c = n.count(item.stream);
+                if !written {
+                    *c.not_written += 1;
+                    continue;
+                }
+                *c.reported += 1;
+                *c.faces += record.faces.len() as u64;
+                let reported = n.reported.iter().sum();
+                if let Some(p) = self.progress.as_mut()
+                    && last_progress.elapsed() >= Duration::from_millis(500)
+                {
+                    p(reported, self.started.elapsed());
+                    last_progress = Instant::now();
+                }
+            }
+        }
+    }
+}
