@@ -1,6 +1,7 @@
 //! The detect stage of a video run: each worker finds the faces of the frames it is handed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Face, FrameDetector};
 use crate::graph::{Control, Input, Output, Received, Sent};
@@ -10,11 +11,13 @@ use crate::sinks::FaceRecord;
 /// One detect worker: takes numbered frames from its queue, finds their faces: in full on
 /// keyframes, else by following the faces it found in the stream's frame before.
 /// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
+/// `busy` counts the frames handed to this worker and not done; the worker counts it down.
 pub(crate) fn detect_worker(
     detector: &mut dyn FrameDetector,
     input: &Input<Work>,
     keep_pixels: bool,
     out: &Output<Detected>,
+    busy: &AtomicUsize,
     control: &Control,
 ) -> Result<(), String> {
     // Per stream: the faces of the last frame this worker handled.
@@ -39,6 +42,7 @@ pub(crate) fn detect_worker(
                 predictions: Vec::new(),
                 stream_ended,
             };
+            busy.fetch_sub(1, Ordering::SeqCst);
             if out.send(mark, control) == Sent::Closed {
                 return Ok(());
             }
@@ -66,6 +70,7 @@ pub(crate) fn detect_worker(
             predictions,
             stream_ended: false,
         };
+        busy.fetch_sub(1, Ordering::SeqCst);
         if out.send(detected, control) == Sent::Closed {
             return Ok(());
         }

@@ -17,7 +17,7 @@ pub(crate) struct Detected {
     /// The attribute model's reading of each face (`None`: no model, or no crop).
     pub(crate) predictions: Vec<Option<crate::model::readout::Prediction>>,
     /// Not a frame: the mark that `frame.stream` has ended, in its place in the order (the
-    /// writer then ends that stream's tracks).
+    /// track stage then ends that stream's tracks).
     pub(crate) stream_ended: bool,
 }
 
@@ -27,21 +27,21 @@ pub(crate) struct Work {
     pub(crate) frame: Frame,
     pub(crate) stream_ended: bool,
     /// Search the whole frame; otherwise follow the faces of the stream's frame before, which
-    /// the same worker handled just before (see [`Scheduler`](super::stages::Scheduler)).
+    /// the same worker handled just before (see [`Scheduler`](super::schedule::Scheduler)).
     pub(crate) keyframe: bool,
 }
 
-/// Bounds the frames between the source queue and the JSON writer. Workers finish frames out of
-/// order and the writer holds back those that overtook a slow one; without a bound, one slow
+/// Bounds the frames between the source queue and the track stage. Workers finish frames out of
+/// order and the track stage holds back those that overtook a slow one; without a bound, one slow
 /// frame would let the others pull the rest of a file into that reorder buffer. The scheduler
 /// hands out frame `seq` only once `seq < written + frames`.
 pub(crate) struct Window {
-    /// Sequence number of the next frame the writer will write.
+    /// Sequence number of the next frame the track stage will take in order.
     pub(crate) written: Mutex<u64>,
     pub(crate) advanced: Condvar,
     pub(crate) frames: u64,
     /// The scheduler waits for room: whoever holds frames back (a batch being gathered) should
-    /// let them go, since no new frame can come until the writer moves on.
+    /// let them go, since no new frame can come until the track stage moves on.
     pub(crate) waiting: std::sync::atomic::AtomicUsize,
 }
 
@@ -83,12 +83,12 @@ impl Window {
         admitted
     }
 
-    /// The scheduler waits for room: no new frame comes until the writer moves on.
+    /// The scheduler waits for room: no new frame comes until the track stage moves on.
     pub(crate) fn is_full(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
     }
 
-    /// The writer is done with every frame before `next_seq`.
+    /// The track stage is done with every frame before `next_seq`.
     pub(crate) fn advance_to(&self, next_seq: u64) {
         if let Ok(mut written) = self.written.lock() {
             *written = next_seq;

@@ -79,7 +79,7 @@ pub struct PipelineConfig {
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
-    /// the JSON writer (the reorder window) [default: 2 per detect worker, at least 8].
+    /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
     /// Report health (frames, queue depths, memory) every this many seconds; 0: never.
     pub stats_interval_s: f64,
@@ -258,8 +258,8 @@ impl PipelineConfig {
 /// Most streams in one process.
 pub const MAX_STREAMS: usize = 64;
 
-/// Frames between the source queue and the JSON writer: queued between stages, and held back
-/// by the writer to restore decode order.
+/// Frames between the source queue and the track stage: queued between stages, and held back
+/// by the track stage to restore decode order.
 impl PipelineConfig {
     pub fn frames_in_flight(&self, workers: usize) -> usize {
         if self.queue_frames > 0 {
@@ -318,7 +318,7 @@ pub fn run(
     run_stages(config, stages, control, hooks)
 }
 
-/// Runs built stages: sources → scheduler → detect workers → (attributes) → JSON, each stream's
+/// Runs built stages: sources → scheduler → detect workers → (attributes) → track → sinks, each stream's
 /// records in its decode order.
 pub fn run_stages(
     config: &PipelineConfig,
@@ -336,8 +336,10 @@ pub fn run_stages(
     let infos: Vec<Arc<crate::sources::StreamInfo>> = sources.iter().map(|s| s.info()).collect();
     let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
     let workers = detectors.len().max(1);
-    let in_flight = config.frames_in_flight(workers);
-    // Every worker may hold a frame while the writer holds back the others.
+    // Room for a run of `detect_every` frames on every worker, so runs of a stream overlap.
+    let run_frames = workers.saturating_mul(config.detect.detect_every.max(1) as usize);
+    let in_flight = config.frames_in_flight(workers).max(run_frames.min(64));
+    // Every worker may hold a frame while the track stage holds back the others.
     let window = Arc::new(Window::new(in_flight + workers));
     let outcomes: Arc<Mutex<Vec<StreamOutcome>>> =
         Arc::new(Mutex::new(vec![Default::default(); sources.len()]));
@@ -389,7 +391,9 @@ pub fn run_stages(
             Ok(())
         });
     }
-    // One queue per worker (see Scheduler): two frames each, so a worker never idles between frames.
+    // One queue per worker (see Scheduler), with room for a run of `detect_every` frames.
+    let every = config.detect.detect_every.max(1) as usize;
+    let queue = (every + 1).min(8);
     let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
         .map(|w| {
             let name = if workers == 1 {
@@ -397,13 +401,16 @@ pub fn run_stages(
             } else {
                 format!("work-{w}")
             };
-            graph::channel::<Work>(name, 2, WhenFull::Block)
+            graph::channel::<Work>(name, queue, WhenFull::Block)
         })
         .unzip();
+    let busy: Vec<Arc<std::sync::atomic::AtomicUsize>> =
+        (0..workers).map(|_| Default::default()).collect();
     let scheduler = Scheduler {
         inputs: source_queues,
         streams: infos.clone(),
         outs: work_outs,
+        busy: busy.clone(),
         detect_every: config.detect.detect_every,
         window: window.clone(),
     };
@@ -412,17 +419,20 @@ pub fn run_stages(
         graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
     probes.push(detected_in.probe());
     let keep_pixels = attribute_model.is_some();
-    for (w, (mut detector, input)) in detectors.into_iter().zip(work_ins).enumerate() {
+    for (w, ((mut detector, input), busy)) in
+        detectors.into_iter().zip(work_ins).zip(busy).enumerate()
+    {
         let out = detected_out.clone();
         graph.add_stage(format!("detect-{w}"), move |c| {
-            let result = detect_worker(&mut *detector, &input, keep_pixels, &out, c);
+            let result = detect_worker(&mut *detector, &input, keep_pixels, &out, &busy, c);
             // Each worker ends its share of the stream; the next stage waits for all of them.
             out.send_eos(c);
             result
         });
     }
     drop(detected_out);
-    // With attributes, the sink hears one end-of-stream (from that stage), else one per worker.
+    // With attributes, the track stage hears one end-of-stream (from that stage), else one per
+    // worker.
     let people = People::new(
         config.track.clone(),
         attribute_model
@@ -608,7 +618,7 @@ mod tests {
         }
     }
 
-    /// One slow frame must not let the other worker pull the rest of the file into the writer's
+    /// One slow frame must not let the other worker pull the rest of the file into the track stage's
     /// reorder buffer: the window holds it to a few frames, and every frame is still written.
     #[test]
     fn one_slow_frame_keeps_the_reorder_buffer_within_its_window() {

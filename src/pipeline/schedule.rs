@@ -2,6 +2,7 @@
 //! `detect_every`, within the window.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::flow::{Window, Work, end_mark};
@@ -15,14 +16,19 @@ use crate::sources::Frame;
 ///
 /// With `detect_every` N > 1 a stream's frames come in runs of N: the first is searched in full
 /// (a keyframe), the others follow the faces of the frame before. A whole run goes to one worker,
-/// through its own queue, so that worker has the frame before in hand and no worker ever waits
-/// for another; each run goes to the worker with the shortest queue, so runs of one stream still
-/// overlap on several workers. A frame after a gap (frames dropped or lost) starts a new run.
+/// through its own queue (room for a run), so that worker has the frame before in hand and no
+/// worker ever waits for another; each run goes to the least busy worker (fewest frames queued
+/// or in work, ties taken in turn), so runs of one stream overlap on several workers. A frame
+/// after a gap (frames dropped behind a live source, or lost while a camera reconnected) starts a
+/// new run: the faces of the frame before may be far away.
 pub(crate) struct Scheduler {
     pub(crate) inputs: Vec<Input<Frame>>,
     pub(crate) streams: Vec<Arc<crate::sources::StreamInfo>>,
     /// One queue per detect worker.
     pub(crate) outs: Vec<Output<Work>>,
+    /// Per worker: frames handed to it and not yet done (queued or in work); the worker counts
+    /// down.
+    pub(crate) busy: Vec<Arc<AtomicUsize>>,
     pub(crate) detect_every: u32,
     pub(crate) window: Arc<Window>,
 }
@@ -33,6 +39,8 @@ struct RunPosition {
     /// Frames of the current run handed out so far (0: the next frame starts a run).
     frames: u32,
     worker: usize,
+    /// The stream's last frame number handed out.
+    last_index: Option<u64>,
 }
 
 impl Scheduler {
@@ -44,14 +52,21 @@ impl Scheduler {
         result
     }
 
-    /// The worker with the fewest frames waiting.
-    fn least_busy(&self) -> usize {
-        (0..self.outs.len())
-            .min_by_key(|&w| self.outs[w].len())
+    /// The worker with the fewest frames queued or in work; among equals, the first from `from`
+    /// on (so idle workers take turns).
+    fn least_busy(&self, from: usize) -> usize {
+        let k = self.busy.len().max(1);
+        (0..k)
+            .map(|i| (from + i) % k)
+            .min_by_key(|&w| self.busy.get(w).map_or(0, |b| b.load(Ordering::SeqCst)))
             .unwrap_or(0)
     }
 
     pub(crate) fn schedule(&self, control: &Control) -> Result<(), String> {
+        if self.outs.is_empty() {
+            return Ok(());
+        }
+        let mut next_pick = 0usize;
         let n = self.inputs.len();
         let mut open = vec![true; n];
         let mut runs = vec![RunPosition::default(); n];
@@ -88,14 +103,20 @@ impl Scheduler {
                 Received::Item(frame) => {
                     turn = (i + 1) % n;
                     let run = &mut runs[i];
-                    let keyframe = run.frames == 0 || frame.gap_before_ms.is_some();
+                    let follows_last = run.last_index.is_some_and(|last| frame.index == last + 1);
+                    let keyframe =
+                        run.frames == 0 || !follows_last || frame.gap_before_ms.is_some();
                     if keyframe {
+                        let worker = self.least_busy(next_pick);
+                        next_pick = worker + 1;
                         *run = RunPosition {
                             frames: 0,
-                            worker: self.least_busy(),
+                            worker,
+                            last_index: None,
                         };
                     }
                     run.frames = (run.frames + 1) % every;
+                    run.last_index = Some(frame.index);
                     let work = Work {
                         seq: next_seq,
                         frame,
@@ -115,6 +136,10 @@ impl Scheduler {
                     (work, runs[i].worker)
                 }
             };
+            let worker = worker.min(self.outs.len() - 1);
+            if let Some(busy) = self.busy.get(worker) {
+                busy.fetch_add(1, Ordering::SeqCst);
+            }
             if self.outs[worker].send(work, control) == Sent::Closed {
                 return Ok(());
             }

@@ -12,7 +12,7 @@ pub struct RunSummary {
     /// The reader of the JSON output went away (a closed pipe): the run stopped there, and the
     /// frames still in flight were not written.
     pub output_closed: bool,
-    /// Most frames the JSON writer held back at once to restore decode order.
+    /// Most frames the track stage held back at once to restore decode order.
     pub peak_reorder_frames: usize,
 }
 
@@ -217,7 +217,8 @@ pub(crate) struct Monitor {
     pub(crate) probes: Vec<graph::QueueProbe>,
 }
 
-/// What the JSON writer has done so far, read by health reports and the summary.
+/// What the track stage (order, people) and the sinks (records written) have done so far, read
+/// by health reports and the summary.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SinkCounts {
     /// Per stream (by index): records written, their faces, frames not written (output closed).

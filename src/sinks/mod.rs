@@ -11,7 +11,8 @@ pub use json::{
 };
 
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
-/// records of the people whose tracks ended there; `idle` when nothing has come for a while;
+/// records of the people whose tracks ended there; track records also come without a frame, when
+/// a stream ends and when the run ends (the people still in view); `idle` when nothing has come for a while;
 /// `finish` once at the end (also after an error or Ctrl-C: what was written must be kept).
 pub trait Sink: Send {
     fn write_frame(&mut self, record: &FrameRecord) -> Result<(), SinkError>;

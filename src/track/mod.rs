@@ -316,8 +316,11 @@ impl Tracker {
     /// How long a tentative track may go unseen: 100 ms, or one and a half frames on slow streams;
     /// with full detection every N frames, until just after the next one (a face that enters at
     /// the frame's edge is often found only by full detections until it is well in view).
+    /// Never longer than a confirmed track is kept (`max_lost_ms`, or 100 ms if less), so sparse
+    /// false detections cannot add up to a person over a long `detect_every`.
     fn tentative_patience_ms(&self) -> f64 {
-        TENTATIVE_PATIENCE_MS.max((f64::from(self.detect_every) + 0.5) * self.frame_ms)
+        let wanted = (f64::from(self.detect_every) + 0.5) * self.frame_ms;
+        TENTATIVE_PATIENCE_MS.max(wanted.min(self.config.max_lost_ms))
     }
 
     /// Ends every track (end of stream): confirmed and lost ones are people.

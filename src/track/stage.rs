@@ -60,11 +60,16 @@ impl TrackStage {
                 n.reorder_peak = n.reorder_peak.max(pending_before);
             }
             if done {
-                // The people still in view when the run ends.
+                // The people still in view when the run ends (none written if the output closed).
+                let closed = self.counts.lock().map(|n| n.output_closed).unwrap_or(false);
                 let item = Tracked {
                     stream: 0,
                     frame: None,
-                    ended: self.people.finish(),
+                    ended: if closed {
+                        Vec::new()
+                    } else {
+                        self.people.finish()
+                    },
                 };
                 let streams = self.counts.lock().map(|n| n.reported.len()).unwrap_or(0);
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
@@ -80,6 +85,16 @@ impl TrackStage {
     /// One frame (or a stream's end mark) through its stream's tracker.
     fn track(&mut self, d: Detected) -> Tracked {
         let stream = d.frame.stream.index;
+        // The reader of the output went away: the frames still coming are only counted (the
+        // sinks write nothing), and no one is tracked or counted as a person any more.
+        let closed = self.counts.lock().map(|n| n.output_closed).unwrap_or(false);
+        if closed {
+            return Tracked {
+                stream,
+                frame: (!d.stream_ended).then(|| record(d.frame, d.faces)),
+                ended: Vec::new(),
+            };
+        }
         if d.stream_ended {
             // The stream's people still in view end with it.
             return Tracked {
@@ -96,21 +111,25 @@ impl TrackStage {
             &mut faces,
             &d.predictions,
         );
-        let record = FrameRecord {
-            kind: RecordKind::Frame,
-            stream: d.frame.stream.id.clone(),
-            source: d.frame.stream.uri.clone(),
-            frame: d.frame.index,
-            pts_ms: d.frame.pts_ms,
-            width: d.frame.width,
-            height: d.frame.height,
-            gap_before_ms: d.frame.gap_before_ms,
-            faces,
-        };
         Tracked {
             stream,
-            frame: Some(record),
+            frame: Some(record(d.frame, faces)),
             ended,
         }
+    }
+}
+
+/// A frame's record, with its faces.
+fn record(frame: crate::sources::Frame, faces: Vec<crate::sinks::FaceRecord>) -> FrameRecord {
+    FrameRecord {
+        kind: RecordKind::Frame,
+        stream: frame.stream.id.clone(),
+        source: frame.stream.uri.clone(),
+        frame: frame.index,
+        pts_ms: frame.pts_ms,
+        width: frame.width,
+        height: frame.height,
+        gap_before_ms: frame.gap_before_ms,
+        faces,
     }
 }
