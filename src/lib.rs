@@ -16,6 +16,7 @@ pub mod graph;
 pub mod limits;
 pub mod model;
 pub mod pipeline;
+pub mod redact;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

@@ -26,7 +26,8 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Passwords of URLs are masked in every log line, at every level.
+        .with_writer(|| faceflow::redact::Redacting(std::io::stderr()))
         .with_target(false)
         // Colour codes only for a terminal, never into files and pipes.
         .with_ansi(std::io::stderr().is_terminal());

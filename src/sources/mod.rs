@@ -149,7 +149,7 @@ pub struct StreamInfo {
     pub id: String,
     /// Position among the run's streams, from 0.
     pub index: usize,
-    /// The URI (or test spec) the stream was opened from.
+    /// The URI (or test spec) the stream was opened from, its password masked.
     pub uri: String,
     pub live: bool,
 }
@@ -633,7 +633,8 @@ impl Source {
             info: Arc::new(StreamInfo {
                 id: stream_id.to_string(),
                 index,
-                uri,
+                // What records and summaries name: never a password.
+                uri: crate::redact::credentials(&uri).into_owned(),
                 live,
             }),
             kind,

@@ -27,6 +27,15 @@ impl TestServer {
 
     /// Serves on `port` (0: any free port); a restarted camera comes back on its old port.
     fn start_on(port: u16) -> Self {
+        Self::serve(port, None)
+    }
+
+    /// A camera that asks for a user name and password (basic authentication).
+    fn start_with_login(user: &str, password: &str) -> Self {
+        Self::serve(0, Some((user, password)))
+    }
+
+    fn serve(port: u16, login: Option<(&str, &str)>) -> Self {
         gst::init().unwrap();
         let server = rtsp_server::RTSPServer::new();
         server.set_address("127.0.0.1");
@@ -47,6 +56,20 @@ impl TestServer {
                 *slot = Some(valve);
             }
         });
+        if let Some((user, password)) = login {
+            use rtsp_server::prelude::*;
+            let auth = rtsp_server::RTSPAuth::new();
+            let token = rtsp_server::RTSPToken::builder()
+                .field(rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+                .build();
+            auth.add_basic(&rtsp_server::RTSPAuth::make_basic(user, password), &token);
+            server.set_auth(Some(&auth));
+            let role = gst::Structure::builder("viewer")
+                .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                .field(rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                .build();
+            factory.add_role_from_structure(&role);
+        }
         server.mount_points().unwrap().add_factory("/test", factory);
         let ctx = glib::MainContext::new();
         let _source = server.attach(Some(&ctx)).unwrap();
@@ -383,4 +406,78 @@ fn reconnection_gaps(records: &[serde_json::Value], stderr: &str) -> Vec<f64> {
         "{stderr}"
     );
     gaps
+}
+
+/// A camera URL with a password, served and refused: the password appears nowhere in standard
+/// output, standard error (every log level) or the JSON file, and the error names user and host.
+#[test]
+fn passwords_in_camera_urls_never_appear_in_any_output() {
+    let server = TestServer::start_with_login("admin", "s3cretpw");
+    let with = |password: &str| {
+        server
+            .url()
+            .replacen("rtsp://", &format!("rtsp://admin:{password}@"), 1)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    // Served: the right password, logs at every level.
+    let out = bin()
+        .args(["run", "--input", &with("s3cretpw"), "--no-attributes"])
+        .args(["--max-frames", "10", "--rtsp-tcp", "-vvv", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = read_jsonl(&json);
+    assert!(!records.is_empty(), "{stderr}");
+    let text = std::fs::read_to_string(&json).unwrap();
+    for (what, output) in [
+        ("stderr", stderr.as_ref()),
+        ("stdout", &String::from_utf8_lossy(&out.stdout)),
+        ("json", &text),
+    ] {
+        assert!(
+            !output.contains("s3cretpw"),
+            "{what} leaks the password: {output}"
+        );
+    }
+    assert!(
+        records[0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("rtsp://admin:***@127.0.0.1:"),
+        "{}",
+        records[0]
+    );
+    assert!(stderr.contains("rtsp://admin:***@127.0.0.1:"), "{stderr}");
+    // Refused: a wrong password; JSON on standard output this time.
+    let out = bin()
+        .args(["run", "--input", &with("wr0ngpw"), "--no-attributes"])
+        .args([
+            "--reconnect-attempts",
+            "0",
+            "--rtsp-tcp",
+            "-vvv",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("wr0ngpw"),
+        "stderr leaks the password: {stderr}"
+    );
+    assert!(
+        !stdout.contains("wr0ngpw"),
+        "stdout leaks the password: {stdout}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: rtsp://admin:***@127.0.0.1:"),
+        "{stderr}"
+    );
 }

@@ -1,0 +1,132 @@
+//! Credentials never leave faceflow: the password of any URL (`scheme://user:password@host…`) in
+//! text meant for people or other programs — log lines, error lines, summaries, the `source` of
+//! JSON records — is replaced by `***`. The user name stays, so a reader still knows which camera
+//! failed.
+
+use std::borrow::Cow;
+
+/// What stands in for a password.
+pub const MASK: &str = "***";
+
+/// `text` with the password of every URL in it replaced by [`MASK`]: `rtsp://admin:secret@cam/x`
+/// becomes `rtsp://admin:***@cam/x`. URLs without a password, and text without URLs, come back
+/// as they are (borrowed).
+pub fn credentials(text: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = text[search..].find("://") {
+        let authority_start = search + found + 3;
+        // The authority ends at the path, query, fragment, or anything that cannot be in it
+        // (text around a URL in a message: spaces, quotes, brackets).
+        let authority_len = text[authority_start..]
+            .find(|c: char| {
+                matches!(
+                    c,
+                    '/' | '?' | '#' | '"' | '\'' | '<' | '>' | '`' | ')' | ']'
+                ) || c.is_whitespace()
+            })
+            .unwrap_or(text.len() - authority_start);
+        let authority = &text[authority_start..authority_start + authority_len];
+        // The user information ends at the last '@' (a password may hold one unescaped).
+        if let Some(at) = authority.rfind('@')
+            && let Some(colon) = authority[..at].find(':')
+        {
+            let password_start = authority_start + colon + 1;
+            let password_end = authority_start + at;
+            if password_end > password_start {
+                out.push_str(&text[copied..password_start]);
+                out.push_str(MASK);
+                copied = password_end;
+            }
+        }
+        search = authority_start + authority_len;
+    }
+    if copied == 0 {
+        Cow::Borrowed(text)
+    } else {
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
+    }
+}
+
+/// A writer that redacts what passes through it, line by line as it is written: for log output
+/// (one write per formatted event).
+pub struct Redacting<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) => {
+                self.0.write_all(credentials(text).as_bytes())?;
+                Ok(buf.len())
+            }
+            Err(_) => self.0.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_and_user_and_host_kept() {
+        let cases = [
+            (
+                "rtsp://admin:secret@cam.local:554/stream",
+                "rtsp://admin:***@cam.local:554/stream",
+            ),
+            (
+                "mqtt://u:p@broker:1883/faceflow/{stream}",
+                "mqtt://u:***@broker:1883/faceflow/{stream}",
+            ),
+            (
+                "http://admin:p@ss@host/x?y=1",
+                "http://admin:***@host/x?y=1",
+            ),
+            ("rtsp://admin:secret@10.0.0.2", "rtsp://admin:***@10.0.0.2"),
+            (
+                "error: rtsp://a:b@h1/x: gave up; also 'rtsps://c:d@h2:322' failed",
+                "error: rtsp://a:***@h1/x: gave up; also 'rtsps://c:***@h2:322' failed",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(credentials(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn text_without_a_password_is_unchanged_and_borrowed() {
+        for text in [
+            "rtsp://admin@cam/stream",
+            "rtsp://cam:554/stream",
+            "file:///videos/a:b@c.mp4",
+            "testsrc://ball?frames=10",
+            "no url here: a@b",
+            "rtsp://:@host/",
+            "",
+            "://",
+        ] {
+            assert!(
+                matches!(credentials(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_writer_redacts_each_write() {
+        use std::io::Write;
+        let mut out = Redacting(Vec::new());
+        write!(out, "connecting to rtsp://admin:hunter2@cam/x\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "connecting to rtsp://admin:***@cam/x\n"
+        );
+    }
+}
