@@ -123,7 +123,7 @@ mod tests {
     fn the_writer_redacts_each_write() {
         use std::io::Write;
         let mut out = Redacting(Vec::new());
-        write!(out, "connecting to rtsp://admin:hunter2@cam/x\n").unwrap();
+        writeln!(out, "connecting to rtsp://admin:hunter2@cam/x").unwrap();
         assert_eq!(
             String::from_utf8(out.0).unwrap(),
             "connecting to rtsp://admin:***@cam/x\n"
