@@ -259,6 +259,14 @@ pub struct RunArgs {
     /// Detection only: no age, gender or race.
     #[arg(long)]
     pub no_attributes: bool,
+    /// Also write an overlay video: each frame with its faces' boxes (a colour per track),
+    /// landmarks and labels, H.264 in an .mp4 file (several streams: PATH's stem plus
+    /// -<stream id>, one file each).
+    #[arg(long, value_name = "PATH.mp4")]
+    pub overlay: Option<String>,
+    /// Pixelate every face in the overlay video (the JSON keeps the boxes).
+    #[arg(long)]
+    pub blur_faces: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -405,6 +413,12 @@ impl RunArgs {
         }
         if let Some(v) = self.detect_every {
             config.detect.detect_every = v;
+        }
+        if let Some(v) = &self.overlay {
+            config.overlay.path = Some(v.clone());
+        }
+        if self.blur_faces {
+            config.overlay.blur_faces = true;
         }
         if let Some(v) = self.workers {
             config.detect.workers = v;

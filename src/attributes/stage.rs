@@ -10,13 +10,15 @@ use crate::pipeline::flow::{Detected, Window};
 
 /// Adds age, gender and race to the faces of frames from `upstream` detect workers. Faces of
 /// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
-/// more. Ends after every upstream worker's end-of-stream and forwards one.
+/// more. Ends after every upstream worker's end-of-stream and forwards one. `pixels_for_sinks`: a
+/// sink draws on the frames, so their pixels are kept.
 pub(crate) fn attributes_stage(
     model: &mut AttributeModel,
     config: &AttributesConfig,
     window: &Window,
     (input, upstream): (&Input<Detected>, usize),
     out: &Output<Detected>,
+    pixels_for_sinks: bool,
     control: &Control,
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;
@@ -73,9 +75,12 @@ pub(crate) fn attributes_stage(
                 d.predictions = predicted;
             }
         }
-        // No later stage reads the pixels: release them before the frame waits to be written.
-        for d in &mut batch {
-            d.frame.rgb = Vec::new();
+        // Unless a sink draws on them, no later stage reads the pixels: release them before the
+        // frame waits to be written.
+        if !pixels_for_sinks {
+            for d in &mut batch {
+                d.frame.rgb = Vec::new();
+            }
         }
         for d in batch {
             if out.send(d, control) == Sent::Closed {

@@ -50,7 +50,7 @@ pub fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
 }
 
 /// The same file, by device and inode when both exist (paths may differ: `./a` and `a`).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),

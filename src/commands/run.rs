@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{EXIT_INTERRUPTED, check_json_target, install_interrupt_handler};
+use super::{EXIT_INTERRUPTED, check_json_target, install_interrupt_handler, same_file};
 use crate::cli::RunArgs;
 use faceflow::graph::Control;
 use faceflow::pipeline;
@@ -23,6 +23,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         inputs.push(pipeline);
     }
     check_json_target(config.json.path.as_str(), &inputs)?;
+    if let Some(overlay) = &config.overlay.path {
+        let path = Path::new(overlay);
+        if inputs.iter().any(|input| same_file(input, path)) {
+            anyhow::bail!("--overlay {overlay}: that is an input; give a new .mp4 file");
+        }
+        if config.json.path != "-" && same_file(Path::new(&config.json.path), path) {
+            anyhow::bail!("--overlay {overlay}: that is the JSON output; give another file");
+        }
+    }
 
     let control = Control::new();
     install_interrupt_handler(control.clone());

@@ -10,12 +10,12 @@ use crate::sinks::FaceRecord;
 
 /// One detect worker: takes numbered frames from its queue, finds their faces: in full on
 /// keyframes, else by following the faces it found in the stream's frame before.
-/// `keep_pixels`: a later stage reads the frame's pixels; otherwise they are released here.
+/// `keep_pixels`: which later stages read the frame's pixels; otherwise they are released here.
 /// `busy` counts the frames handed to this worker and not done; the worker counts it down.
 pub(crate) fn detect_worker(
     detector: &mut dyn FrameDetector,
     input: &Input<Work>,
-    keep_pixels: bool,
+    keep_pixels: crate::pipeline::flow::PixelReaders,
     out: &Output<Detected>,
     busy: &AtomicUsize,
     control: &Control,
@@ -59,7 +59,7 @@ pub(crate) fn detect_worker(
         let faces: Vec<FaceRecord> = found.iter().cloned().map(FaceRecord::detection).collect();
         last_faces.insert(stream, found);
         // Without faces, no later stage reads the pixels either.
-        if !keep_pixels || faces.is_empty() {
+        if !(keep_pixels.sinks || keep_pixels.attributes && !faces.is_empty()) {
             frame.rgb = Vec::new();
         }
         let predictions = vec![None; faces.len()];

@@ -3,26 +3,12 @@
 //! charts are drawn without text and the Markdown report carries the numbers.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 use image::{Rgb, RgbImage};
 
-const FONT_PATHS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
-
 fn font() -> Option<&'static FontVec> {
-    static FONT: OnceLock<Option<FontVec>> = OnceLock::new();
-    FONT.get_or_init(|| {
-        FONT_PATHS
-            .iter()
-            .find_map(|p| std::fs::read(p).ok())
-            .and_then(|bytes| FontVec::try_from_vec(bytes).ok())
-    })
-    .as_ref()
+    crate::font::dejavu_sans()
 }
 
 pub fn has_font() -> bool {

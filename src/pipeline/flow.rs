@@ -9,6 +9,14 @@ use crate::graph::Control;
 use crate::sinks::FaceRecord;
 use crate::sources::Frame;
 
+/// Which stages after detection read a frame's pixels: the attribute model (frames with faces),
+/// and sinks that draw (every frame). Pixels are released after their last reader.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PixelReaders {
+    pub(crate) attributes: bool,
+    pub(crate) sinks: bool,
+}
+
 /// A frame with its faces, numbered in the order the scheduler handed it out.
 pub(crate) struct Detected {
     pub(crate) seq: u64,

@@ -27,7 +27,7 @@ use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::graph::{self, Control, Graph, WhenFull};
 use crate::model::AgeGrouping;
 use crate::sinks::stage::{SinkStage, Tracked};
-use crate::sinks::{JsonConfig, JsonLinesWriter, Sink};
+use crate::sinks::{JsonConfig, JsonLinesWriter, OverlayConfig, OverlaySink, Sink};
 use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats};
 use crate::track::TrackConfig;
 use crate::track::people::People;
@@ -78,6 +78,8 @@ pub struct PipelineConfig {
     pub track: TrackConfig,
     pub attributes: AttributesConfig,
     pub json: JsonConfig,
+    /// The overlay video (`[overlay]`): off unless `path` is set.
+    pub overlay: OverlayConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
     /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
@@ -237,6 +239,7 @@ impl PipelineConfig {
         self.detect.validate()?;
         self.track.validate()?;
         self.attributes.validate()?;
+        self.overlay.file()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
             1,
@@ -308,7 +311,15 @@ pub fn run(
         .map(|_| Mtcnn::new(worker_config.clone()).map(|m| Box::new(m) as Box<dyn FrameDetector>))
         .collect::<Result<Vec<_>, _>>()?;
     let attributes = config.attributes.load()?;
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
+    if let Some(path) = config.overlay.file()? {
+        let streams = config.streams().len();
+        sinks.push(Box::new(OverlaySink::create(
+            &config.overlay,
+            path,
+            streams,
+        )?));
+    }
     let stages = BuiltStages {
         sources,
         detectors,
@@ -418,7 +429,10 @@ pub fn run_stages(
     let (detected_out, detected_in) =
         graph::channel::<Detected>("detected", in_flight, WhenFull::Block);
     probes.push(detected_in.probe());
-    let keep_pixels = attribute_model.is_some();
+    let keep_pixels = PixelReaders {
+        attributes: attribute_model.is_some(),
+        sinks: sinks.iter().any(|s| s.draws()),
+    };
     for (w, ((mut detector, input), busy)) in
         detectors.into_iter().zip(work_ins).zip(busy).enumerate()
     {
@@ -454,6 +468,7 @@ pub fn run_stages(
                     &window,
                     (&detected_in, workers),
                     &annotated_out,
+                    keep_pixels.sinks,
                     c,
                 );
                 annotated_out.send_eos(c);
@@ -828,6 +843,7 @@ mod tests {
         config.detect.models_dir = Some("m".into());
         config.attributes.model = Some("m".into());
         config.source.name = Some("n".into());
+        config.overlay.path = Some("o.mp4".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {

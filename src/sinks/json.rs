@@ -84,6 +84,9 @@ pub enum SinkError {
         target: String,
         reason: std::io::Error,
     },
+    /// The overlay video: `target` is its file.
+    #[error("overlay {target}: {message}")]
+    Overlay { target: String, message: String },
 }
 
 impl SinkError {

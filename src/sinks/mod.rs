@@ -3,20 +3,39 @@
 //! [`stage`] fans every record out to all of them. Now: the JSON Lines metadata stream.
 
 pub mod json;
+pub mod overlay;
 pub(crate) mod stage;
 
 pub use json::{
     Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,
     SinkError, TrackRecord,
 };
+pub use overlay::{OverlayConfig, OverlaySink};
 
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
 /// records of the people whose tracks ended there; track records also come without a frame, when
 /// a stream ends and when the run ends (the people still in view); `idle` when nothing has come for a while;
 /// `finish` once at the end (also after an error or Ctrl-C: what was written must be kept).
 pub trait Sink: Send {
-    fn write_frame(&mut self, record: &FrameRecord) -> Result<(), SinkError>;
+    /// A frame of the run's stream number `stream` (its index, from 0). `pixels`: the frame's
+    /// packed RGB when the sink asked for them ([`Sink::draws`]), else empty.
+    fn write_frame(
+        &mut self,
+        stream: usize,
+        record: &FrameRecord,
+        pixels: &[u8],
+    ) -> Result<(), SinkError>;
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError>;
+    /// Whether the sink needs each frame's pixels (they are then kept until it has them).
+    fn draws(&self) -> bool {
+        false
+    }
+    /// A stream ended (its last frame and people came before): a chance to close what is only
+    /// that stream's.
+    fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
+        let _ = stream;
+        Ok(())
+    }
     /// Nothing came for a while (a camera stalls): a chance to flush.
     fn idle(&mut self) -> Result<(), SinkError> {
         Ok(())
@@ -25,7 +44,12 @@ pub trait Sink: Send {
 }
 
 impl Sink for JsonLinesWriter {
-    fn write_frame(&mut self, record: &FrameRecord) -> Result<(), SinkError> {
+    fn write_frame(
+        &mut self,
+        _stream: usize,
+        record: &FrameRecord,
+        _pixels: &[u8],
+    ) -> Result<(), SinkError> {
         self.write(record)
     }
 

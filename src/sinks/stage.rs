@@ -13,7 +13,11 @@ pub(crate) struct Tracked {
     /// Index of the stream in the run.
     pub(crate) stream: usize,
     pub(crate) frame: Option<FrameRecord>,
+    /// The frame's packed RGB pixels when a sink draws, else empty.
+    pub(crate) pixels: Vec<u8>,
     pub(crate) ended: Vec<TrackRecord>,
+    /// The stream ended here (its last people are in `ended`).
+    pub(crate) stream_ended: bool,
 }
 
 /// How often the sinks are offered a flush while no record comes.
@@ -62,10 +66,13 @@ impl SinkStage {
     fn write_item(&mut self, item: &Tracked) -> Result<(), SinkError> {
         for sink in &mut self.sinks {
             if let Some(record) = &item.frame {
-                sink.write_frame(record)?;
+                sink.write_frame(item.stream, record, &item.pixels)?;
             }
             for person in &item.ended {
                 sink.write_track(person)?;
+            }
+            if item.stream_ended {
+                sink.end_stream(item.stream)?;
             }
         }
         Ok(())

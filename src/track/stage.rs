@@ -45,11 +45,6 @@ impl TrackStage {
             let pending_before = reorder.pending.len();
             while let Some(d) = reorder.pop(done) {
                 self.window.advance_to(reorder.next_seq);
-                debug_assert!(
-                    d.frame.rgb.is_empty(),
-                    "frame {} reached tracking with its pixels",
-                    d.frame.index
-                );
                 let item = self.track(d);
                 if self.out.send(item, control) == Sent::Closed {
                     return Ok(());
@@ -65,11 +60,13 @@ impl TrackStage {
                 let item = Tracked {
                     stream: 0,
                     frame: None,
+                    pixels: Vec::new(),
                     ended: if closed {
                         Vec::new()
                     } else {
                         self.people.finish()
                     },
+                    stream_ended: false,
                 };
                 let streams = self.counts.lock().map(|n| n.reported.len()).unwrap_or(0);
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
@@ -92,7 +89,9 @@ impl TrackStage {
             return Tracked {
                 stream,
                 frame: (!d.stream_ended).then(|| record(d.frame, d.faces)),
+                pixels: Vec::new(),
                 ended: Vec::new(),
+                stream_ended: d.stream_ended,
             };
         }
         if d.stream_ended {
@@ -100,7 +99,9 @@ impl TrackStage {
             return Tracked {
                 stream,
                 frame: None,
+                pixels: Vec::new(),
                 ended: self.people.finish_stream(stream),
+                stream_ended: true,
             };
         }
         let mut faces = d.faces;
@@ -111,10 +112,14 @@ impl TrackStage {
             &mut faces,
             &d.predictions,
         );
+        let mut frame = d.frame;
+        let pixels = std::mem::take(&mut frame.rgb);
         Tracked {
             stream,
-            frame: Some(record(d.frame, faces)),
+            frame: Some(record(frame, faces)),
+            pixels,
             ended,
+            stream_ended: false,
         }
     }
 }

@@ -1,0 +1,646 @@
+//! The overlay video sink: each stream's frames with its faces drawn on them — a box in the
+//! colour of the face's track, the five landmarks and a label (`#7 F 24-39 asian`) — encoded to
+//! H.264 in MP4 by GStreamer (appsrc → videoconvert → x264enc → mp4mux → filesink), same size,
+//! frame count and timestamps as the input. One file per stream: with several streams, `PATH`'s
+//! stem gets `-<stream id>`. A stream's file is finalised (playable) when the stream ends, and all
+//! of them when the run ends however it ends (end of input, Ctrl-C, a failed source).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use serde::{Deserialize, Serialize};
+
+use super::{FaceRecord, FrameRecord, Sink, SinkError, TrackRecord};
+
+/// `[overlay]` in pipeline files.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayConfig {
+    /// Where the overlay video goes: an `.mp4` file (several streams: one file each).
+    pub path: Option<String>,
+    /// Pixelate every face in the overlay (the JSON keeps the boxes).
+    pub blur_faces: bool,
+}
+
+impl OverlayConfig {
+    /// The overlay file's path, checked: `None` when there is no overlay.
+    pub fn file(&self) -> Result<Option<PathBuf>, SinkError> {
+        let Some(path) = self.path.as_deref() else {
+            return Ok(None);
+        };
+        let bad = |message: &str| SinkError::Overlay {
+            target: path.to_string(),
+            message: message.to_string(),
+        };
+        if path == "window" || path.contains("://") {
+            return Err(bad(
+                "only an .mp4 file is supported for now (RTSP and window overlays are not built yet)",
+            ));
+        }
+        let file = PathBuf::from(path);
+        let is_mp4 = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mp4"));
+        if !is_mp4 {
+            return Err(bad("the overlay file must end in .mp4"));
+        }
+        Ok(Some(file))
+    }
+}
+
+/// The file of stream `id` when the run has `streams` streams.
+pub fn stream_file(path: &Path, id: &str, streams: usize) -> PathBuf {
+    if streams <= 1 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("overlay");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("mp4");
+    // Stream ids are names from a pipeline file: keep them to characters safe in file names.
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    path.with_file_name(format!("{stem}-{id}.{ext}"))
+}
+
+/// One stream's encoder, started at its first frame (when the size is known).
+struct Encoder {
+    path: PathBuf,
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    width: u32,
+    height: u32,
+    /// The last frame, waiting for the next one's time (its duration).
+    pending: Option<(Vec<u8>, u64)>,
+    /// The last frame's duration, given to the very last frame as well.
+    last_duration_ns: u64,
+    frames: u64,
+}
+
+/// How long finalising a file may take before it is reported as failed.
+const FINALISE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Encoder {
+    fn start(path: &Path, width: u32, height: u32) -> Result<Self, SinkError> {
+        let fail = |message: String| SinkError::Overlay {
+            target: path.display().to_string(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        }
+        gst::init().map_err(|e| fail(e.to_string()))?;
+        let make = |factory: &str| {
+            gst::ElementFactory::make(factory).build().map_err(|_| {
+                fail(format!(
+                    "GStreamer element {factory} is missing (install gstreamer1.0-plugins-ugly and -good)"
+                ))
+            })
+        };
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "RGB")
+            .field("width", width as i32)
+            .field("height", height as i32)
+            .field("framerate", gst::Fraction::new(0, 1))
+            .build();
+        let appsrc = gst_app::AppSrc::builder()
+            .caps(&caps)
+            .format(gst::Format::Time)
+            .is_live(false)
+            // Back-pressure instead of an unbounded queue: the encoder keeps up or the run waits.
+            .block(true)
+            .max_bytes(u64::from(width) * u64::from(height) * 3 * 8)
+            .build();
+        let convert = make("videoconvert")?;
+        let encoder = make("x264enc")?;
+        // Constant quality (so the picture away from faces stays the input's), fastest preset.
+        encoder.set_property_from_str("speed-preset", "veryfast");
+        encoder.set_property_from_str("pass", "qual");
+        encoder.set_property("quantizer", 20u32);
+        let i420 = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .build();
+        let filter = gst::ElementFactory::make("capsfilter")
+            .property("caps", &i420)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mux = make("mp4mux")?;
+        let sink = gst::ElementFactory::make("filesink")
+            .property("location", path.display().to_string())
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let pipeline = gst::Pipeline::new();
+        let elements = [
+            appsrc.upcast_ref::<gst::Element>(),
+            &convert,
+            &filter,
+            &encoder,
+            &mux,
+            &sink,
+        ];
+        pipeline
+            .add_many(elements)
+            .map_err(|e| fail(e.to_string()))?;
+        gst::Element::link_many(elements).map_err(|e| fail(e.to_string()))?;
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| fail(format!("cannot start the encoder: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            pipeline,
+            appsrc,
+            width,
+            height,
+            pending: None,
+            // 25 fps until a second frame says otherwise.
+            last_duration_ns: 40_000_000,
+            frames: 0,
+        })
+    }
+
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError::Overlay {
+            target: self.path.display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The first error the encoder's pipeline reported, if any.
+    fn bus_error(&self) -> Option<SinkError> {
+        let bus = self.pipeline.bus()?;
+        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                return Some(self.error(e.error().to_string()));
+            }
+        }
+        None
+    }
+
+    /// Queues a frame. Each frame is handed to the encoder when the next one comes, with its
+    /// duration (to the next frame's time): a muxer gives a last frame without a duration no
+    /// time, and players drop it.
+    fn push(&mut self, pixels: Vec<u8>, pts_ms: f64) -> Result<(), SinkError> {
+        if let Some(e) = self.bus_error() {
+            return Err(e);
+        }
+        // Timestamps as the input's; never backwards (a muxer refuses that).
+        let mut pts_ns = (pts_ms.max(0.0) * 1e6).round() as u64;
+        if let Some((_, last)) = &self.pending
+            && pts_ns <= *last
+        {
+            pts_ns = last + 1_000;
+        }
+        if let Some((previous, previous_pts)) = self.pending.take() {
+            let duration = pts_ns - previous_pts;
+            self.last_duration_ns = duration;
+            self.send(previous, previous_pts, duration)?;
+        }
+        self.pending = Some((pixels, pts_ns));
+        Ok(())
+    }
+
+    fn send(&mut self, pixels: Vec<u8>, pts_ns: u64, duration_ns: u64) -> Result<(), SinkError> {
+        let pixels = padded_rows(pixels, self.width as usize, self.height as usize);
+        let mut buffer = gst::Buffer::from_mut_slice(pixels);
+        if let Some(b) = buffer.get_mut() {
+            b.set_pts(gst::ClockTime::from_nseconds(pts_ns));
+            b.set_duration(gst::ClockTime::from_nseconds(duration_ns));
+        }
+        self.appsrc
+            .push_buffer(buffer)
+            .map_err(|e| self.error(format!("encoder stopped: {e:?}")))?;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Ends the file: end-of-stream through the encoder and muxer, then waits for it to be
+    /// written.
+    fn finish(mut self) -> Result<(), SinkError> {
+        if let Some((pixels, pts_ns)) = self.pending.take() {
+            let duration = self.last_duration_ns;
+            self.send(pixels, pts_ns, duration)?;
+        }
+        let _ = self.appsrc.end_of_stream();
+        let result = match self.pipeline.bus() {
+            Some(bus) => match bus.timed_pop_filtered(
+                gst::ClockTime::from_nseconds(FINALISE_TIMEOUT.as_nanos() as u64),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            ) {
+                Some(msg) => match msg.view() {
+                    gst::MessageView::Error(e) => Err(self.error(e.error().to_string())),
+                    _ => Ok(()),
+                },
+                None => Err(self.error("timed out finishing the file")),
+            },
+            None => Ok(()),
+        };
+        let _ = self.pipeline.set_state(gst::State::Null);
+        tracing::debug!(path = %self.path.display(), frames = self.frames, "overlay file finished");
+        result
+    }
+}
+
+/// GStreamer's raw RGB rows start on 4-byte boundaries: packed rows of a width whose 3 bytes per
+/// pixel do not add up to a multiple of 4 are copied out with padding.
+fn padded_rows(pixels: Vec<u8>, width: usize, height: usize) -> Vec<u8> {
+    let row = width * 3;
+    let stride = row.div_ceil(4) * 4;
+    if stride == row {
+        return pixels;
+    }
+    let mut out = vec![0u8; stride * height];
+    for (dst, src) in out.chunks_exact_mut(stride).zip(pixels.chunks_exact(row)) {
+        dst[..row].copy_from_slice(src);
+    }
+    out
+}
+
+/// The overlay sink of a run.
+pub struct OverlaySink {
+    path: PathBuf,
+    streams: usize,
+    blur_faces: bool,
+    font: &'static FontVec,
+    /// Per stream index: its encoder once started, `None` before its first frame or after its end.
+    encoders: Vec<Option<Encoder>>,
+    /// Streams whose file is finished.
+    ended: Vec<bool>,
+}
+
+impl OverlaySink {
+    /// Checks what drawing and encoding need (a font, the GStreamer elements) before the run
+    /// starts; files are created at each stream's first frame.
+    pub fn create(
+        config: &OverlayConfig,
+        path: PathBuf,
+        streams: usize,
+    ) -> Result<Self, SinkError> {
+        let target = path.display().to_string();
+        let font = crate::font::dejavu_sans().ok_or_else(|| SinkError::Overlay {
+            target: target.clone(),
+            message: format!(
+                "no font to draw labels with: install fonts-dejavu-core (looked for {})",
+                crate::font::FONT_PATHS[0]
+            ),
+        })?;
+        gst::init().map_err(|e| SinkError::Overlay {
+            target: target.clone(),
+            message: e.to_string(),
+        })?;
+        for factory in ["appsrc", "videoconvert", "x264enc", "mp4mux", "filesink"] {
+            if gst::ElementFactory::find(factory).is_none() {
+                return Err(SinkError::Overlay {
+                    target,
+                    message: format!(
+                        "GStreamer element {factory} is missing (install gstreamer1.0-plugins-ugly and -good)"
+                    ),
+                });
+            }
+        }
+        Ok(Self {
+            path,
+            streams,
+            blur_faces: config.blur_faces,
+            font,
+            encoders: Vec::new(),
+            ended: Vec::new(),
+        })
+    }
+
+    fn slot(&mut self, stream: usize) -> &mut Option<Encoder> {
+        if self.encoders.len() <= stream {
+            self.encoders.resize_with(stream + 1, || None);
+            self.ended.resize(stream + 1, false);
+        }
+        &mut self.encoders[stream]
+    }
+}
+
+impl Sink for OverlaySink {
+    fn draws(&self) -> bool {
+        true
+    }
+
+    fn write_frame(
+        &mut self,
+        stream: usize,
+        record: &FrameRecord,
+        pixels: &[u8],
+    ) -> Result<(), SinkError> {
+        let (width, height) = (record.width, record.height);
+        let bytes = width as usize * height as usize * 3;
+        if pixels.len() < bytes || bytes == 0 {
+            // Nothing to draw on (a frame without pixels should not happen; never fail a run on it).
+            return Ok(());
+        }
+        let path = stream_file(&self.path, &record.stream, self.streams);
+        let (blur_faces, font) = (self.blur_faces, self.font);
+        let slot = self.slot(stream);
+        if slot.is_none() {
+            *slot = Some(Encoder::start(&path, width, height)?);
+        }
+        let Some(encoder) = slot.as_mut() else {
+            return Ok(());
+        };
+        if (encoder.width, encoder.height) != (width, height) {
+            // GStreamer scales the frame to the file's size only through caps renegotiation;
+            // a camera that changes resolution mid-run keeps its first size here.
+            return Ok(());
+        }
+        let mut canvas = pixels[..bytes].to_vec();
+        let mut image = Canvas {
+            rgb: &mut canvas,
+            width: width as usize,
+            height: height as usize,
+        };
+        if blur_faces {
+            for face in &record.faces {
+                image.pixelate(face.face.bbox);
+            }
+        }
+        for face in &record.faces {
+            draw_face(&mut image, face, font);
+        }
+        encoder.push(canvas, record.pts_ms)
+    }
+
+    fn write_track(&mut self, _record: &TrackRecord) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
+        let encoder = self.slot(stream).take();
+        if let Some(e) = self.ended.get_mut(stream) {
+            *e = true;
+        }
+        encoder.map_or(Ok(()), Encoder::finish)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let mut result = Ok(());
+        for slot in &mut self.encoders {
+            if let Some(encoder) = slot.take() {
+                result = result.and(encoder.finish());
+            }
+        }
+        result
+    }
+}
+
+/// Colours of tracks (Okabe–Ito, readable by colour-blind viewers), by track id.
+const PALETTE: [[u8; 3]; 8] = [
+    [230, 159, 0],
+    [86, 180, 233],
+    [0, 158, 115],
+    [240, 228, 66],
+    [0, 114, 178],
+    [213, 94, 0],
+    [204, 121, 167],
+    [255, 255, 255],
+];
+
+/// A packed RGB picture to draw on.
+struct Canvas<'a> {
+    rgb: &'a mut [u8],
+    width: usize,
+    height: usize,
+}
+
+impl Canvas<'_> {
+    fn put(&mut self, x: i64, y: i64, colour: [u8; 3]) {
+        if x < 0 || y < 0 || x >= self.width as i64 || y >= self.height as i64 {
+            return;
+        }
+        let i = (y as usize * self.width + x as usize) * 3;
+        self.rgb[i..i + 3].copy_from_slice(&colour);
+    }
+
+    fn blend(&mut self, x: i64, y: i64, colour: [u8; 3], coverage: f32) {
+        if x < 0 || y < 0 || x >= self.width as i64 || y >= self.height as i64 {
+            return;
+        }
+        let i = (y as usize * self.width + x as usize) * 3;
+        for k in 0..3 {
+            let v = f32::from(self.rgb[i + k]) * (1.0 - coverage) + f32::from(colour[k]) * coverage;
+            self.rgb[i + k] = v.round() as u8;
+        }
+    }
+
+    fn fill(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, colour: [u8; 3]) {
+        for y in y0.max(0)..y1.min(self.height as i64) {
+            for x in x0.max(0)..x1.min(self.width as i64) {
+                self.put(x, y, colour);
+            }
+        }
+    }
+
+    /// The outline of a box, `thickness` pixels inward.
+    fn outline(&mut self, [x0, y0, x1, y1]: [i64; 4], thickness: i64, colour: [u8; 3]) {
+        self.fill(x0, y0, x1, y0 + thickness, colour);
+        self.fill(x0, y1 - thickness, x1, y1, colour);
+        self.fill(x0, y0, x0 + thickness, y1, colour);
+        self.fill(x1 - thickness, y0, x1, y1, colour);
+    }
+
+    /// Blocks of the box's mean colour, about eight across the face: no one can be recognised.
+    fn pixelate(&mut self, bbox: [f32; 4]) {
+        let x0 = (bbox[0].floor().max(0.0) as usize).min(self.width);
+        let y0 = (bbox[1].floor().max(0.0) as usize).min(self.height);
+        let x1 = (bbox[2].ceil().max(0.0) as usize).min(self.width);
+        let y1 = (bbox[3].ceil().max(0.0) as usize).min(self.height);
+        let block = ((x1.saturating_sub(x0)).max(y1.saturating_sub(y0)) / 8).max(4);
+        for by in (y0..y1).step_by(block) {
+            for bx in (x0..x1).step_by(block) {
+                let (ex, ey) = ((bx + block).min(x1), (by + block).min(y1));
+                let mut sum = [0u64; 3];
+                for y in by..ey {
+                    for x in bx..ex {
+                        let i = (y * self.width + x) * 3;
+                        for k in 0..3 {
+                            sum[k] += u64::from(self.rgb[i + k]);
+                        }
+                    }
+                }
+                let n = ((ex - bx) * (ey - by)).max(1) as u64;
+                let mean = sum.map(|s| (s / n) as u8);
+                self.fill(bx as i64, by as i64, ex as i64, ey as i64, mean);
+            }
+        }
+    }
+
+    /// `text` with its top-left corner at (x, y).
+    fn text(&mut self, font: &FontVec, text: &str, x: f32, y: f32, size: f32, colour: [u8; 3]) {
+        let scale = PxScale::from(size);
+        let scaled = font.as_scaled(scale);
+        let baseline = y + scaled.ascent();
+        let mut pen_x = x;
+        for c in text.chars() {
+            let id = font.glyph_id(c);
+            let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen_x, baseline));
+            pen_x += scaled.h_advance(id);
+            if let Some(outlined) = font.outline_glyph(glyph) {
+                let bounds = outlined.px_bounds();
+                outlined.draw(|gx, gy, coverage| {
+                    self.blend(
+                        bounds.min.x as i64 + i64::from(gx),
+                        bounds.min.y as i64 + i64::from(gy),
+                        colour,
+                        coverage,
+                    );
+                });
+            }
+        }
+    }
+}
+
+fn text_width(font: &FontVec, text: &str, size: f32) -> f32 {
+    let scaled = font.as_scaled(PxScale::from(size));
+    text.chars()
+        .map(|c| scaled.h_advance(font.glyph_id(c)))
+        .sum()
+}
+
+/// A face's label: track id, gender initial, age group, race (what the face has).
+pub fn label(face: &FaceRecord) -> String {
+    let mut parts = Vec::new();
+    if let Some(id) = face.track_id {
+        parts.push(format!("#{id}"));
+    }
+    if let Some(g) = &face.attributes.gender {
+        let initial = match g.label.as_str() {
+            "female" => "F".to_string(),
+            "male" => "M".to_string(),
+            other => other.to_string(),
+        };
+        parts.push(initial);
+    }
+    if let Some(a) = &face.attributes.age {
+        parts.push(a.group.clone());
+    }
+    if let Some(r) = &face.attributes.race {
+        parts.push(r.label.clone());
+    }
+    parts.join(" ")
+}
+
+/// Box, landmarks and label of one face.
+fn draw_face(image: &mut Canvas<'_>, face: &FaceRecord, font: &FontVec) {
+    let colour = PALETTE[(face.track_id.unwrap_or(0) % PALETTE.len() as u64) as usize];
+    let [x0, y0, x1, y1] = face.face.bbox;
+    let bbox = [
+        x0.round() as i64,
+        y0.round() as i64,
+        x1.round() as i64,
+        y1.round() as i64,
+    ];
+    // Thick enough to see on a 1080p frame, thin on small faces.
+    let thickness = ((image.height as f32 / 360.0).round() as i64).clamp(2, 6);
+    image.outline(bbox, thickness, colour);
+    let dot = thickness;
+    for [lx, ly] in face.face.landmarks {
+        let (lx, ly) = (lx.round() as i64, ly.round() as i64);
+        image.fill(lx - dot, ly - dot, lx + dot + 1, ly + dot + 1, colour);
+    }
+    let text = label(face);
+    if text.is_empty() {
+        return;
+    }
+    let size = (image.height as f32 / 30.0).clamp(12.0, 36.0);
+    let width = text_width(font, &text, size).ceil() as i64 + 6;
+    let height = size.ceil() as i64 + 4;
+    // Above the box, or inside its top when the box touches the frame's top.
+    let top = if bbox[1] - height >= 0 {
+        bbox[1] - height
+    } else {
+        bbox[1]
+    };
+    image.fill(bbox[0], top, bbox[0] + width, top + height, colour);
+    image.text(
+        font,
+        &text,
+        (bbox[0] + 3) as f32,
+        (top + 2) as f32,
+        size,
+        [0, 0, 0],
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_streams_get_one_file_each() {
+        let p = Path::new("out/overlay.mp4");
+        assert_eq!(stream_file(p, "0", 1), Path::new("out/overlay.mp4"));
+        assert_eq!(stream_file(p, "0", 2), Path::new("out/overlay-0.mp4"));
+        assert_eq!(
+            stream_file(p, "lobby/2", 2),
+            Path::new("out/overlay-lobby_2.mp4")
+        );
+    }
+
+    #[test]
+    fn rows_are_padded_to_four_bytes() {
+        // 2×2 RGB: rows of 6 bytes become rows of 8.
+        let packed: Vec<u8> = (1..=12).collect();
+        assert_eq!(
+            padded_rows(packed, 2, 2),
+            vec![1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0]
+        );
+        let four_wide: Vec<u8> = (0..24).collect();
+        assert_eq!(padded_rows(four_wide.clone(), 4, 2), four_wide);
+    }
+
+    #[test]
+    fn only_mp4_files_are_taken() {
+        let config = |path: &str| OverlayConfig {
+            path: Some(path.into()),
+            blur_faces: false,
+        };
+        assert!(config("a/b.mp4").file().unwrap().is_some());
+        assert!(OverlayConfig::default().file().unwrap().is_none());
+        for bad in ["a.mkv", "window", "rtsp://0.0.0.0:8554/faces", "noext"] {
+            let e = config(bad).file().unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("overlay {bad}: ")) && !e.contains('\n'),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn pixelating_hides_detail_and_stays_inside_the_box() {
+        let (w, h) = (32usize, 32usize);
+        let mut rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let before = rgb.clone();
+        let mut c = Canvas {
+            rgb: &mut rgb,
+            width: w,
+            height: h,
+        };
+        c.pixelate([8.0, 8.0, 24.0, 24.0]);
+        let px = |v: &[u8], x: usize, y: usize| v[(y * w + x) * 3];
+        // Outside: untouched. Inside: 4×4 blocks of one colour.
+        assert_eq!(px(&rgb, 2, 2), px(&before, 2, 2));
+        assert_eq!(px(&rgb, 30, 30), px(&before, 30, 30));
+        assert_eq!(px(&rgb, 8, 8), px(&rgb, 11, 11));
+        assert_ne!(px(&rgb, 8, 8), px(&before, 8, 8));
+    }
+}
