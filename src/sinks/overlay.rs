@@ -436,9 +436,8 @@ impl Canvas<'_> {
             return;
         }
         let i = (y as usize * self.width + x as usize) * 3;
-        for k in 0..3 {
-            let v = f32::from(self.rgb[i + k]) * (1.0 - coverage) + f32::from(colour[k]) * coverage;
-            self.rgb[i + k] = v.round() as u8;
+        for (p, c) in self.rgb[i..i + 3].iter_mut().zip(colour) {
+            *p = (f32::from(*p) * (1.0 - coverage) + f32::from(c) * coverage).round() as u8;
         }
     }
 
@@ -472,8 +471,8 @@ impl Canvas<'_> {
                 for y in by..ey {
                     for x in bx..ex {
                         let i = (y * self.width + x) * 3;
-                        for k in 0..3 {
-                            sum[k] += u64::from(self.rgb[i + k]);
+                        for (total, v) in sum.iter_mut().zip(&self.rgb[i..i + 3]) {
+                            *total += u64::from(*v);
                         }
                     }
                 }
