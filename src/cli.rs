@@ -267,6 +267,18 @@ pub struct RunArgs {
     /// Pixelate every face in the overlay video (the JSON keeps the boxes).
     #[arg(long)]
     pub blur_faces: bool,
+    /// Publish records to an MQTT broker, QoS 1: mqtt://[user[:password]@]host[:port]/topic, where
+    /// {stream} in the topic becomes the stream id (password also from FACEFLOW_MQTT_PASSWORD).
+    /// Frames with faces and track records; kept while the broker is away.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// With --mqtt: publish frames without faces too.
+    #[arg(long)]
+    pub mqtt_all_frames: bool,
+    /// With --mqtt: records kept while the broker does not acknowledge them, 1 to 1000000
+    /// [default: 1500, a minute of one stream]; beyond, they are counted as dropped.
+    #[arg(long, value_name = "N")]
+    pub mqtt_buffer: Option<usize>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -419,6 +431,15 @@ impl RunArgs {
         }
         if self.blur_faces {
             config.overlay.blur_faces = true;
+        }
+        if let Some(v) = &self.mqtt {
+            config.mqtt.url = Some(v.clone());
+        }
+        if self.mqtt_all_frames {
+            config.mqtt.all_frames = true;
+        }
+        if let Some(v) = self.mqtt_buffer {
+            config.mqtt.buffer = v;
         }
         if let Some(v) = self.workers {
             config.detect.workers = v;

@@ -27,7 +27,9 @@ use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::graph::{self, Control, Graph, WhenFull};
 use crate::model::AgeGrouping;
 use crate::sinks::stage::{SinkStage, Tracked};
-use crate::sinks::{JsonConfig, JsonLinesWriter, OverlayConfig, OverlaySink, Sink};
+use crate::sinks::{
+    JsonConfig, JsonLinesWriter, MqttConfig, MqttSink, OverlayConfig, OverlaySink, Sink,
+};
 use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats};
 use crate::track::TrackConfig;
 use crate::track::people::People;
@@ -80,6 +82,8 @@ pub struct PipelineConfig {
     pub json: JsonConfig,
     /// The overlay video (`[overlay]`): off unless `path` is set.
     pub overlay: OverlayConfig,
+    /// Publishing to an MQTT broker (`[mqtt]`): off unless `url` is set.
+    pub mqtt: MqttConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
     /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
@@ -240,6 +244,7 @@ impl PipelineConfig {
         self.track.validate()?;
         self.attributes.validate()?;
         self.overlay.file()?;
+        self.mqtt.broker()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
             1,
@@ -319,6 +324,9 @@ pub fn run(
             path,
             streams,
         )?));
+    }
+    if let Some(broker) = config.mqtt.broker()? {
+        sinks.push(Box::new(MqttSink::connect(&config.mqtt, broker)?));
     }
     let stages = BuiltStages {
         sources,
@@ -564,6 +572,7 @@ pub fn run_stages(
         interrupted: control.stop_requested() && !sink.output_closed,
         output_closed: sink.output_closed,
         peak_reorder_frames: sink.reorder_peak,
+        sink_lines: std::mem::take(&mut sink.sink_lines),
     })
 }
 
@@ -844,6 +853,7 @@ mod tests {
         config.attributes.model = Some("m".into());
         config.source.name = Some("n".into());
         config.overlay.path = Some("o.mp4".into());
+        config.mqtt.url = Some("mqtt://h/t".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {

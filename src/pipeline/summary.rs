@@ -14,6 +14,8 @@ pub struct RunSummary {
     pub output_closed: bool,
     /// Most frames the track stage held back at once to restore decode order.
     pub peak_reorder_frames: usize,
+    /// The sinks' own lines (MQTT: records published and dropped).
+    pub sink_lines: Vec<String>,
 }
 
 /// One stream's counts: decoded = reported + dropped (+ not written when the output closed).
@@ -64,6 +66,7 @@ impl RunSummary {
         if self.streams.len() > 1 {
             lines.push(self.line(&self.total()));
         }
+        lines.extend(self.sink_lines.iter().map(|l| format!("faceflow: {l}")));
         lines
     }
 
@@ -232,6 +235,8 @@ pub(crate) struct SinkCounts {
     pub(crate) output_closed: bool,
     /// People (confirmed tracks) per stream, at the end.
     pub(crate) people: Vec<u64>,
+    /// The sinks' own summary lines (MQTT: published, dropped).
+    pub(crate) sink_lines: Vec<String>,
 }
 
 /// One stream's counters in [`SinkCounts`].

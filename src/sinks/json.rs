@@ -87,6 +87,9 @@ pub enum SinkError {
     /// The overlay video: `target` is its file.
     #[error("overlay {target}: {message}")]
     Overlay { target: String, message: String },
+    /// MQTT: `target` is the broker URL, its password masked.
+    #[error("mqtt {target}: {message}")]
+    Mqtt { target: String, message: String },
 }
 
 impl SinkError {

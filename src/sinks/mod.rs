@@ -3,6 +3,7 @@
 //! [`stage`] fans every record out to all of them. Now: the JSON Lines metadata stream.
 
 pub mod json;
+pub mod mqtt;
 pub mod overlay;
 pub(crate) mod stage;
 
@@ -10,6 +11,7 @@ pub use json::{
     Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,
     SinkError, TrackRecord,
 };
+pub use mqtt::{MqttConfig, MqttSink};
 pub use overlay::{OverlayConfig, OverlaySink};
 
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
@@ -41,6 +43,10 @@ pub trait Sink: Send {
         Ok(())
     }
     fn finish(&mut self) -> Result<(), SinkError>;
+    /// A line for the run's summary, after `finish` (e.g. records published and dropped).
+    fn summary(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Sink for JsonLinesWriter {

@@ -130,7 +130,7 @@ impl Encoder {
         let convert = make("videoconvert")?;
         let encoder = make("x264enc")?;
         // Constant quality (so the picture away from faces stays the input's), fastest preset.
-        encoder.set_property_from_str("speed-preset", "veryfast");
+        encoder.set_property_from_str("speed-preset", "ultrafast");
         encoder.set_property_from_str("pass", "qual");
         encoder.set_property("quantizer", 20u32);
         let i420 = gst::Caps::builder("video/x-raw")

@@ -47,6 +47,10 @@ impl SinkStage {
                 _ => {}
             }
         }
+        let lines: Vec<String> = self.sinks.iter().filter_map(|s| s.summary()).collect();
+        if let Ok(mut n) = self.counts.lock() {
+            n.sink_lines = lines;
+        }
         result.and(finished)
     }
 

@@ -1,0 +1,413 @@
+//! The MQTT sink: every frame record with a face (every frame with `all_frames`) and every track
+//! record, as JSON, QoS 1, to a topic with `{stream}` filled in (crate rumqttc).
+//!
+//! A broker that goes away loses nothing: records wait in a bounded queue (`buffer`) until the
+//! broker acknowledges them, while the connection is retried with backoff; after a reconnect
+//! whatever was not acknowledged is sent again. What does not fit in the queue is counted and
+//! logged, never silently lost. At the end the sink waits (a few seconds at most) for the
+//! acknowledgements of what was sent.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+
+use super::{FrameRecord, Sink, SinkError, TrackRecord};
+
+/// `[mqtt]` in pipeline files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://[user[:password]@]host[:port]/topic/{stream}`; off when unset.
+    pub url: Option<String>,
+    /// Publish frames without faces too.
+    pub all_frames: bool,
+    /// Records held while the broker does not acknowledge them (a minute of one stream).
+    pub buffer: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            all_frames: false,
+            buffer: DEFAULT_BUFFER,
+        }
+    }
+}
+
+/// A minute of one 25 fps stream.
+pub const DEFAULT_BUFFER: usize = 1500;
+
+/// Environment variable with the broker password (instead of putting it in the URL).
+pub const PASSWORD_ENV: &str = "FACEFLOW_MQTT_PASSWORD";
+
+/// Where to publish, parsed from the URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// With `{stream}` where the stream id goes.
+    pub topic: String,
+}
+
+impl MqttConfig {
+    /// The broker to publish to, or `None` when MQTT is off. Errors name the URL with its password
+    /// masked.
+    pub fn broker(&self) -> Result<Option<Broker>, SinkError> {
+        let Some(url) = self.url.as_deref() else {
+            return Ok(None);
+        };
+        let bad = |message: &str| SinkError::Mqtt {
+            target: crate::redact::credentials(url).into_owned(),
+            message: message.to_string(),
+        };
+        crate::limits::Setting::key("buffer")
+            .check(self.buffer, 1, 1_000_000, "records")
+            .map_err(|e| bad(&e.to_string()))?;
+        let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
+            rest
+        } else if url.starts_with("mqtts://") {
+            return Err(bad("mqtts:// (TLS) is not supported yet; use mqtt://"));
+        } else {
+            return Err(bad("expected mqtt://[user[:password]@]host[:port]/topic"));
+        };
+        let (authority, topic) = rest.split_once('/').unwrap_or((rest, ""));
+        if topic.is_empty() {
+            return Err(bad(
+                "no topic: add one after the host, e.g. /faceflow/{stream}",
+            ));
+        }
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((user, password)) => (Some(user.to_string()), Some(password.to_string())),
+                None => (Some(u.to_string()), None),
+            },
+            None => (None, None),
+        };
+        let password = password.or_else(|| std::env::var(PASSWORD_ENV).ok());
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad(&format!("bad port '{p}'")))?,
+            ),
+            None => (hostport, 1883),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if topic.contains(['+', '#']) {
+            return Err(bad(
+                "a topic to publish to cannot hold the wildcards + or #",
+            ));
+        }
+        Ok(Some(Broker {
+            host: host.to_string(),
+            port,
+            user,
+            password,
+            topic: topic.to_string(),
+        }))
+    }
+}
+
+/// What the connection thread and the sink share.
+#[derive(Default)]
+struct Shared {
+    /// Records sent or waiting to be, not yet acknowledged, in order (QoS 1 acknowledgements come
+    /// in order): (number, topic, payload).
+    unacked: VecDeque<(u64, String, Vec<u8>)>,
+    next_number: u64,
+    acknowledged: u64,
+    dropped: u64,
+    /// The connection was lost, and records numbered below this had been handed to rumqttc
+    /// then: when the broker kept no session, rumqttc drops those it had not had acknowledged,
+    /// so they are sent again (those handed over later wait in its queue and go out by
+    /// themselves).
+    lost_below: Option<u64>,
+    connected: bool,
+    stop: bool,
+}
+
+/// The MQTT sink of a run.
+pub struct MqttSink {
+    client: Client,
+    broker: Broker,
+    all_frames: bool,
+    buffer: usize,
+    shared: Arc<Mutex<Shared>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The URL as people may see it (password masked).
+    shown: String,
+    last_drop_warning: Option<Instant>,
+}
+
+/// Longest wait at the end for the broker's acknowledgements.
+const FINAL_WAIT: Duration = Duration::from_secs(5);
+
+impl MqttSink {
+    /// Starts the connection (in the background: a broker that is down at the start is retried
+    /// like one that goes away later).
+    pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, SinkError> {
+        let shown =
+            crate::redact::credentials(config.url.as_deref().unwrap_or_default()).into_owned();
+        // A fixed client id per process and a persistent session: the broker keeps what it had
+        // not delivered across our reconnects.
+        let id = format!("faceflow-{}", std::process::id());
+        let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_clean_session(false);
+        options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        if let Some(user) = &broker.user {
+            options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
+        }
+        let (client, connection) = Client::new(options, config.buffer.max(1));
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let thread = {
+            let shared = shared.clone();
+            let client = client.clone();
+            let shown_there = shown.clone();
+            std::thread::Builder::new()
+                .name("mqtt".into())
+                .spawn(move || drive(connection, client, shared, shown_there))
+                .map_err(|e| SinkError::Mqtt {
+                    target: shown.clone(),
+                    message: e.to_string(),
+                })?
+        };
+        Ok(Self {
+            client,
+            broker,
+            all_frames: config.all_frames,
+            buffer: config.buffer.max(1),
+            shared,
+            thread: Some(thread),
+            shown,
+            last_drop_warning: None,
+        })
+    }
+
+    fn publish(&mut self, stream: &str, payload: Vec<u8>) {
+        let topic = self.broker.topic.replace("{stream}", stream);
+        let Ok(mut shared) = self.shared.lock() else {
+            return;
+        };
+        if shared.unacked.len() >= self.buffer {
+            shared.dropped += 1;
+            let dropped = shared.dropped;
+            drop(shared);
+            // Said at most every 5 s: a broker away for long would otherwise flood the log.
+            if self
+                .last_drop_warning
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            {
+                tracing::warn!(
+                    "mqtt {}: {} records waiting for the broker, the buffer is full: {dropped} dropped so far",
+                    self.shown,
+                    self.buffer
+                );
+                self.last_drop_warning = Some(Instant::now());
+            }
+            return;
+        }
+        let number = shared.next_number;
+        shared.next_number += 1;
+        shared
+            .unacked
+            .push_back((number, topic.clone(), payload.clone()));
+        // Queued for the connection; if the request queue is full now, the record is still in
+        // `unacked` and goes out with the next resend.
+        let _ = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload);
+    }
+
+    /// Records published and acknowledged, and records dropped (buffer full).
+    pub fn counts(&self) -> (u64, u64) {
+        self.shared
+            .lock()
+            .map(|s| (s.acknowledged, s.dropped))
+            .unwrap_or((0, 0))
+    }
+}
+
+/// The connection loop: makes progress, counts acknowledgements, reconnects with backoff and
+/// resends after a lost session.
+fn drive(mut connection: Connection, client: Client, shared: Arc<Mutex<Shared>>, shown: String) {
+    let mut backoff = Duration::from_millis(250);
+    let mut warned = false;
+    loop {
+        if shared.lock().map(|s| s.stop).unwrap_or(true) {
+            return;
+        }
+        match connection.recv_timeout(Duration::from_millis(100)) {
+            Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                backoff = Duration::from_millis(250);
+                let Ok(mut s) = shared.lock() else { return };
+                s.connected = true;
+                if warned {
+                    tracing::warn!("mqtt {shown}: connected again");
+                    warned = false;
+                }
+                if let Some(below) = s.lost_below.take()
+                    && !ack.session_present
+                {
+                    // rumqttc dropped what it had not had acknowledged: send that again.
+                    for (_, topic, payload) in s.unacked.iter().filter(|(n, _, _)| *n < below) {
+                        let _ = client.try_publish(
+                            topic.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload.clone(),
+                        );
+                    }
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                if let Ok(mut s) = shared.lock() {
+                    s.unacked.pop_front();
+                    s.acknowledged += 1;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if let Ok(mut s) = shared.lock()
+                    && s.connected
+                {
+                    // Only when a live connection is lost: failed reconnects leave rumqttc's
+                    // queue as it is.
+                    s.connected = false;
+                    s.lost_below = Some(s.next_number);
+                }
+                if !warned {
+                    tracing::warn!("mqtt {shown}: {e}; reconnecting, records are kept meanwhile");
+                    warned = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Sink for MqttSink {
+    fn write_frame(
+        &mut self,
+        _stream: usize,
+        record: &FrameRecord,
+        _pixels: &[u8],
+    ) -> Result<(), SinkError> {
+        if record.faces.is_empty() && !self.all_frames {
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
+            target: self.shown.clone(),
+            message: e.to_string(),
+        })?;
+        self.publish(&record.stream, payload);
+        Ok(())
+    }
+
+    fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
+            target: self.shown.clone(),
+            message: e.to_string(),
+        })?;
+        self.publish(&record.stream, payload);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + FINAL_WAIT;
+        while Instant::now() < deadline {
+            let waiting = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0);
+            if waiting == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.client.disconnect();
+        if let Ok(mut s) = self.shared.lock() {
+            s.stop = true;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    fn summary(&self) -> Option<String> {
+        let (published, dropped) = self.counts();
+        let waiting = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0);
+        let mut line = format!("mqtt {}: {published} records published", self.shown);
+        if dropped > 0 {
+            line.push_str(&format!(", {dropped} dropped (buffer full)"));
+        }
+        if waiting > 0 {
+            line.push_str(&format!(
+                ", {waiting} not acknowledged by the broker at the end"
+            ));
+        }
+        Some(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(url: &str) -> Result<Option<Broker>, SinkError> {
+        MqttConfig {
+            url: Some(url.into()),
+            ..MqttConfig::default()
+        }
+        .broker()
+    }
+
+    #[test]
+    fn urls_give_host_port_user_password_and_topic() {
+        let b = broker("mqtt://u:p@host:1884/faceflow/{stream}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b,
+            Broker {
+                host: "host".into(),
+                port: 1884,
+                user: Some("u".into()),
+                password: Some("p".into()),
+                topic: "faceflow/{stream}".into(),
+            }
+        );
+        let b = broker("mqtt://127.0.0.1/faces").unwrap().unwrap();
+        assert_eq!((b.port, b.user, b.topic.as_str()), (1883, None, "faces"));
+        assert!(MqttConfig::default().broker().unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_urls_are_one_line_errors_without_the_password() {
+        for url in [
+            "mqtt://host",
+            "mqtt://u:secret@host:notaport/t",
+            "http://host/t",
+            "mqtts://u:secret@host/t",
+            "mqtt://u:secret@:1883/t",
+            "mqtt://host/a/#",
+        ] {
+            let e = broker(url).unwrap_err().to_string();
+            assert!(!e.contains("secret") && !e.contains('\n'), "{e}");
+            assert!(e.starts_with("mqtt "), "{e}");
+        }
+    }
+}

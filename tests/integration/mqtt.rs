@@ -1,0 +1,213 @@
+//! MQTT against a real broker (mosquitto, started by the test on 127.0.0.1): every record the
+//! JSON file has with a face, and every track record, reaches a subscriber, also when the broker
+//! is stopped mid-run and started again.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The tools this test needs, or `None` (skipped; under CI a failure).
+fn mosquitto() -> Option<()> {
+    let found = ["mosquitto", "mosquitto_sub"].iter().all(|tool| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found {
+        return Some(());
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "mosquitto and mosquitto_sub are needed (scripts/deps.sh installs them)"
+    );
+    eprintln!("SKIPPED: mosquitto not installed (scripts/deps.sh)");
+    None
+}
+
+/// A broker with persistent sessions in `dir`, on `port`.
+struct Broker {
+    conf: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // mosquitto started as root runs as user mosquitto: its folder must be writable by it.
+        let data = dir.join("broker");
+        std::fs::create_dir_all(&data).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut broker = Self {
+            conf,
+            port,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What identifies a record: its type, stream and frame or track id.
+fn key(record: &serde_json::Value) -> String {
+    format!(
+        "{} {} {} {}",
+        record["type"], record["stream"], record["frame"], record["track_id"]
+    )
+}
+
+#[test]
+fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
+    let Some(()) = mosquitto() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path());
+    let received = dir.path().join("received.txt");
+    // A subscriber with a persistent session: it reconnects by itself after the restart.
+    let mut subscriber = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args([
+            "-c",
+            "-i",
+            "faceflow-test-sub",
+            "-q",
+            "1",
+            "-t",
+            "faceflow/#",
+        ])
+        .stdout(std::fs::File::create(&received).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let json = dir.path().join("out.jsonl");
+    let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
+    // The demo clip read as a camera: 4 s at its own frame rate.
+    let run = bin()
+        .args(["run", "--live", "true", "--input"])
+        .arg(project_root().join("samples/astronaut.mp4"))
+        .args(["--mqtt", &url, "--json"])
+        .arg(&json)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    let out = run.wait_with_output_limited();
+    let stderr = String::from_utf8_lossy(&out.1);
+    assert!(out.0.success(), "{stderr}");
+    let expected: HashSet<String> = read_all_jsonl(&json)
+        .iter()
+        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
+        .map(key)
+        .collect();
+    assert!(expected.len() > 50, "{}", expected.len());
+    // The subscriber gets what the broker kept for it once it is back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got: HashSet<String> = HashSet::new();
+    while Instant::now() < deadline {
+        got = std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| key(&r))
+            .collect();
+        if expected.is_subset(&got) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    let missing: Vec<&String> = expected.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records missing, e.g. {:?}; {stderr}",
+        missing.len(),
+        expected.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    // The broker went away: said once, and the summary counts what was published.
+    assert!(
+        stderr.contains("reconnecting, records are kept"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" records published"), "{stderr}");
+    assert!(!stderr.contains("dropped (buffer full)"), "{stderr}");
+}
+
+trait WaitLimited {
+    fn wait_with_output_limited(self) -> (std::process::ExitStatus, Vec<u8>);
+}
+
+impl WaitLimited for Child {
+    /// Waits at most a minute for the run (kills it after).
+    fn wait_with_output_limited(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.try_wait().unwrap() {
+                let mut stderr = Vec::new();
+                use std::io::Read;
+                if let Some(mut e) = self.stderr.take() {
+                    let _ = e.read_to_end(&mut stderr);
+                }
+                return (status, stderr);
+            }
+            if Instant::now() > deadline {
+                let _ = self.kill();
+                panic!("faceflow did not finish within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
