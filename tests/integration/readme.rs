@@ -45,6 +45,10 @@ const COMMANDS: &[(&str, Expect)] = &[
         "faceflow run --input clip.mp4 --input rtsp://host/stream --json faces.jsonl",
         Expect::LiveToFile,
     ),
+    (
+        "faceflow run --input clip.mp4 --json faces.jsonl --overlay overlay.mp4 --blur-faces",
+        Expect::Done,
+    ),
     ("faceflow detect photo1.jpg photo2.png", Expect::Done),
     (
         "faceflow detect --json faces.jsonl --crops crops/ *.jpg",
