@@ -51,6 +51,8 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and PNG.
     Eval(EvalArgs),
+    /// Turn a run's JSON Lines into charts and an HTML page: who passed, and when.
+    Report(ReportArgs),
     /// Train the age/gender/race model on labelled face folders and export it to ONNX.
     #[cfg(feature = "train")]
     Train(Box<TrainArgs>),
@@ -327,6 +329,16 @@ impl AttributeFlags {
             cfg.flip_average = v;
         }
     }
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// JSON Lines written by `faceflow run`.
+    #[arg(value_name = "RUN.jsonl")]
+    pub input: PathBuf,
+    /// Folder for index.html and the charts (SVG).
+    #[arg(long, value_name = "DIR", default_value = "report")]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -810,6 +822,8 @@ mod tests {
                     }
                 }
             }
+            // No numeric flags.
+            Command::Report(_) => {}
             #[cfg(feature = "train")]
             Command::Train(train) => {
                 let config = train.config().and_then(|c| {

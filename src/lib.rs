@@ -18,6 +18,7 @@ pub mod limits;
 pub mod model;
 pub mod pipeline;
 pub mod redact;
+pub mod report;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

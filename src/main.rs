@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Detect(args) => commands::images::detect(args),
         Command::Analyze(args) => commands::images::analyze(args),
         Command::Eval(args) => commands::eval::eval(args),
+        Command::Report(args) => commands::report::report(args),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::train(*args),
         #[cfg(not(feature = "train"))]

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod images;
+pub mod report;
 pub mod run;
 #[cfg(feature = "train")]
 pub mod train;

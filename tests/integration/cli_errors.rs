@@ -169,3 +169,23 @@ fn rtsp_camera_that_refuses_the_connection() {
     assert!(e.starts_with("error: rtsp://127.0.0.1:1/stream: "), "{e}");
     assert!(e.ends_with("(tried 3 times)"), "{e}");
 }
+
+#[test]
+fn report_on_a_missing_or_foreign_file() {
+    let e = fails(&["report", "/no/such/run.jsonl"]);
+    assert!(e.starts_with("error: cannot read /no/such/run.jsonl"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images.jsonl");
+    std::fs::write(
+        &images,
+        "{\"image\":\"a.jpg\",\"width\":1,\"height\":1,\"faces\":[]}\n",
+    )
+    .unwrap();
+    let e = fails(&[
+        "report",
+        images.to_str().unwrap(),
+        "--out",
+        dir.path().join("r").to_str().unwrap(),
+    ]);
+    assert!(e.contains("images.jsonl:1: not a faceflow record"), "{e}");
+}

@@ -49,6 +49,7 @@ const COMMANDS: &[(&str, Expect)] = &[
         "faceflow run --input clip.mp4 --json faces.jsonl --overlay overlay.mp4 --blur-faces",
         Expect::Done,
     ),
+    ("faceflow report faces.jsonl --out report/", Expect::Done),
     ("faceflow detect photo1.jpg photo2.png", Expect::Done),
     (
         "faceflow detect --json faces.jsonl --crops crops/ *.jpg",

@@ -1,0 +1,577 @@
+//! `faceflow report`: a run's JSON Lines turned into pictures and one HTML page — who passed and
+//! when. People are track records (one per person), not frames: people per minute per stream, the
+//! age-group × gender make-up of the people, how long they stayed, and faces per frame over time.
+//! Charts are SVG (plotters): the browser draws their text, no font or system library needed.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("{path}:{line}: not a faceflow record: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: no frame or track records (is it the JSON of `faceflow run`?)")]
+    Empty { path: PathBuf },
+    #[error("cannot write {path}: {reason}")]
+    Write {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+    #[error("chart {name}: {message}")]
+    Chart { name: String, message: String },
+}
+
+/// The fields of a label (`{"label": "female", "prob": 0.9}`).
+#[derive(Debug, Clone, Deserialize)]
+struct Label {
+    label: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Age {
+    group: String,
+    index: usize,
+}
+
+/// A person: a track record.
+#[derive(Debug, Clone, Deserialize)]
+struct Person {
+    stream: String,
+    first_pts_ms: f64,
+    last_pts_ms: f64,
+    #[serde(default)]
+    age: Option<Age>,
+    #[serde(default)]
+    gender: Option<Label>,
+}
+
+/// A frame: its stream, time and number of faces.
+#[derive(Debug, Clone)]
+struct FrameCount {
+    stream: String,
+    pts_ms: f64,
+    faces: usize,
+}
+
+/// What a run's JSON says, read for the report.
+#[derive(Debug, Default)]
+pub struct RunRecords {
+    people: Vec<Person>,
+    frames: Vec<FrameCount>,
+}
+
+impl RunRecords {
+    /// Reads frame and track records; other lines (e.g. `detect`'s image records) are errors.
+    pub fn read(path: &Path) -> Result<Self, ReportError> {
+        let file = std::fs::File::open(path).map_err(|reason| ReportError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let mut records = Self::default();
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|reason| ReportError::Read {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parse = |message: String| ReportError::Parse {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message,
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| parse(e.to_string()))?;
+            match value["type"].as_str() {
+                Some("track") => records
+                    .people
+                    .push(serde_json::from_value(value).map_err(|e| parse(e.to_string()))?),
+                Some("frame") => {
+                    let faces = value["faces"]
+                        .as_array()
+                        .ok_or_else(|| parse("a frame record without \"faces\"".into()))?
+                        .len();
+                    let (Some(stream), Some(pts_ms)) =
+                        (value["stream"].as_str(), value["pts_ms"].as_f64())
+                    else {
+                        return Err(parse("a frame record without stream or pts_ms".into()));
+                    };
+                    records.frames.push(FrameCount {
+                        stream: stream.to_string(),
+                        pts_ms,
+                        faces,
+                    });
+                }
+                _ => return Err(parse("no \"type\": \"frame\" or \"track\"".into())),
+            }
+        }
+        if records.people.is_empty() && records.frames.is_empty() {
+            return Err(ReportError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(records)
+    }
+
+    fn streams(&self) -> Vec<String> {
+        let mut s: Vec<String> = self
+            .frames
+            .iter()
+            .map(|f| f.stream.clone())
+            .chain(self.people.iter().map(|p| p.stream.clone()))
+            .collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+}
+
+/// Colours of the streams and series (Okabe–Ito).
+const COLOURS: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(213, 94, 0),
+    RGBColor(120, 120, 120),
+];
+
+const SIZE: (u32, u32) = (760, 400);
+
+fn chart_error(name: &str) -> impl Fn(String) -> ReportError + '_ {
+    move |message| ReportError::Chart {
+        name: name.to_string(),
+        message,
+    }
+}
+
+/// People per time bin per stream (a person counts when first seen). The bin is the shortest
+/// round span that gives at most about 30 bars: 5 s for a short clip, a minute for half an hour,
+/// an hour for a day.
+fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+    let err = chart_error("people per minute");
+    let streams = records.streams();
+    let end_s = records
+        .people
+        .iter()
+        .map(|p| p.first_pts_ms / 1000.0)
+        .chain(records.frames.iter().map(|f| f.pts_ms / 1000.0))
+        .fold(0.0, f64::max);
+    let bin_s = [
+        5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+    ]
+    .into_iter()
+    .find(|b| end_s / b <= 30.0)
+    .unwrap_or((end_s / 30.0 / 3600.0).ceil() * 3600.0);
+    let (unit_s, unit) = if bin_s < 60.0 {
+        (1.0, "s")
+    } else {
+        (60.0, "min")
+    };
+    let bins = (end_s / bin_s).floor() as usize + 1;
+    let bin = |ms: f64| ((ms.max(0.0) / 1000.0 / bin_s).floor() as usize).min(bins - 1);
+    let mut counts: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for s in &streams {
+        counts.insert(s, vec![0; bins]);
+    }
+    for p in &records.people {
+        if let Some(c) = counts.get_mut(p.stream.as_str()) {
+            c[bin(p.first_pts_ms)] += 1;
+        }
+    }
+    let top = counts.values().flatten().copied().max().unwrap_or(0).max(1);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let n = streams.len().max(1) as f64;
+    let span = bin_s / unit_s;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("People per {} {unit} (counted when first seen)", span),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d(0f64..bins as f64 * span, 0u32..top + top / 5 + 1)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("{unit} into the stream"))
+        .y_desc("people")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (k, (stream, c)) in counts.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        let width = 0.8 / n * span;
+        chart
+            .draw_series(c.iter().enumerate().map(|(m, &v)| {
+                let x0 = (m as f64 + 0.1) * span + k as f64 * width;
+                Rectangle::new([(x0, 0), (x0 + width, v)], colour.filled())
+            }))
+            .map_err(|e| err(e.to_string()))?
+            .label(format!("stream {stream}"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// People by age group and gender.
+fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+    let err = chart_error("age and gender");
+    // Age groups in their order (by index), as the records name them.
+    let mut groups: BTreeMap<usize, String> = BTreeMap::new();
+    for p in &records.people {
+        if let Some(a) = &p.age {
+            groups.insert(a.index, a.group.clone());
+        }
+    }
+    let genders = ["female", "male"];
+    let mut counts = vec![[0u32; 2]; groups.len()];
+    let position: BTreeMap<usize, usize> =
+        groups.keys().enumerate().map(|(i, k)| (*k, i)).collect();
+    for p in &records.people {
+        let (Some(a), Some(g)) = (&p.age, &p.gender) else {
+            continue;
+        };
+        if let (Some(&i), Some(j)) = (
+            position.get(&a.index),
+            genders.iter().position(|x| *x == g.label),
+        ) {
+            counts[i][j] += 1;
+        }
+    }
+    let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let names: Vec<String> = groups.values().cloned().collect();
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("People by age group and gender", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d(0f64..names.len().max(1) as f64, 0u32..top + top / 5 + 1)
+        .map_err(|e| err(e.to_string()))?;
+    let labels = names.clone();
+    chart
+        .configure_mesh()
+        .x_desc("age group (years)")
+        .y_desc("people")
+        .x_labels(names.len().max(1) * 2 + 1)
+        .x_label_formatter(&move |x| {
+            let i = x.floor() as usize;
+            // Only at the middle of each group's pair of bars.
+            if (x - i as f64 - 0.5).abs() < 1e-6 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (j, gender) in genders.iter().enumerate() {
+        let colour = COLOURS[j];
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, c)| {
+                let x0 = i as f64 + 0.1 + j as f64 * 0.4;
+                Rectangle::new([(x0, 0), (x0 + 0.4, c[j])], colour.filled())
+            }))
+            .map_err(|e| err(e.to_string()))?
+            .label(*gender)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// How long people stayed in view (first to last sighting), in bins of seconds.
+fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+    let err = chart_error("dwell time");
+    let seconds: Vec<f64> = records
+        .people
+        .iter()
+        .map(|p| ((p.last_pts_ms - p.first_pts_ms) / 1000.0).max(0.0))
+        .collect();
+    let longest = seconds.iter().copied().fold(0.0, f64::max).max(1.0);
+    // About 12 bins of a round width.
+    let width = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+        .into_iter()
+        .find(|w| longest / w <= 12.0)
+        .unwrap_or((longest / 12.0).ceil());
+    let bins = (longest / width).floor() as usize + 1;
+    let mut counts = vec![0u32; bins];
+    for s in &seconds {
+        counts[((s / width).floor() as usize).min(bins - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(0).max(1);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("How long people stayed in view", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d(0f64..bins as f64 * width, 0u32..top + top / 5 + 1)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds in view")
+        .y_desc("people")
+        .disable_x_mesh()
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+            let x0 = i as f64 * width;
+            Rectangle::new(
+                [(x0 + width * 0.05, 0), (x0 + width * 0.95, c)],
+                COLOURS[0].filled(),
+            )
+        }))
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+/// Faces per frame over time, per stream (a mean per second, so long runs stay readable).
+fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+    let err = chart_error("faces over time");
+    let streams = records.streams();
+    let mut series: Vec<Vec<(f64, f64)>> = Vec::new();
+    for s in &streams {
+        let mut per_second: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
+        for f in records.frames.iter().filter(|f| &f.stream == s) {
+            let e = per_second
+                .entry((f.pts_ms / 1000.0).floor() as i64)
+                .or_default();
+            e.0 += f.faces;
+            e.1 += 1;
+        }
+        series.push(
+            per_second
+                .into_iter()
+                .map(|(sec, (faces, frames))| (sec as f64, faces as f64 / frames.max(1) as f64))
+                .collect(),
+        );
+    }
+    let end = series
+        .iter()
+        .flatten()
+        .map(|p| p.0)
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let top = series
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Faces per frame over time", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44)
+        .build_cartesian_2d(0f64..end + 1.0, 0f64..top * 1.2)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the stream")
+        .y_desc("faces per frame (mean per second)")
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (k, (stream, points)) in streams.iter().zip(series).enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+            .map_err(|e| err(e.to_string()))?
+            .label(format!("stream {stream}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 12, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The charts' files in `out`, in the page's order, with their titles.
+pub const CHARTS: [(&str, &str); 4] = [
+    ("people_per_minute.svg", "People over time"),
+    ("age_gender.svg", "Age group and gender of the people"),
+    ("dwell_time.svg", "Time in view"),
+    ("faces_over_time.svg", "Faces per frame over time"),
+];
+
+/// Writes the charts and `index.html` into `out` (created); returns the page's path.
+pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
+    let records = RunRecords::read(input)?;
+    std::fs::create_dir_all(out).map_err(|reason| ReportError::Write {
+        path: out.to_path_buf(),
+        reason,
+    })?;
+    people_per_minute(&records, &out.join(CHARTS[0].0))?;
+    age_by_gender(&records, &out.join(CHARTS[1].0))?;
+    dwell_times(&records, &out.join(CHARTS[2].0))?;
+    faces_over_time(&records, &out.join(CHARTS[3].0))?;
+    let mut rows = String::new();
+    for s in records.streams() {
+        let people: Vec<&Person> = records.people.iter().filter(|p| p.stream == s).collect();
+        let frames = records.frames.iter().filter(|f| f.stream == s).count();
+        let faces: usize = records
+            .frames
+            .iter()
+            .filter(|f| f.stream == s)
+            .map(|f| f.faces)
+            .sum();
+        let gender = |g: &str| {
+            people
+                .iter()
+                .filter(|p| p.gender.as_ref().is_some_and(|x| x.label == g))
+                .count()
+        };
+        let mean_dwell = if people.is_empty() {
+            0.0
+        } else {
+            people
+                .iter()
+                .map(|p| (p.last_pts_ms - p.first_pts_ms) / 1000.0)
+                .sum::<f64>()
+                / people.len() as f64
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>\n",
+            escape(&s),
+            frames,
+            faces,
+            people.len(),
+            gender("female"),
+            gender("male"),
+            mean_dwell
+        ));
+    }
+    let charts: String = CHARTS
+        .iter()
+        .map(|(file, title)| {
+            format!("<figure><img src=\"{file}\" alt=\"{title}\"><figcaption>{title}</figcaption></figure>\n")
+        })
+        .collect();
+    let source = escape(&crate::redact::credentials(&input.display().to_string()));
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>faceflow report</title>\n\
+         <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{background:#f0f0f0}}\
+         figure{{display:inline-block;margin:1em}}figcaption{{text-align:center;color:#555}}</style></head>\n\
+         <body><h1>Who passed, and when</h1>\n<p>From <code>{source}</code>: {people} people \
+         (one per track that faceflow confirmed), {frames} frames.</p>\n\
+         <table><tr><th>stream</th><th>frames</th><th>faces</th><th>people</th><th>women</th><th>men</th><th>mean time in view</th></tr>\n\
+         {rows}</table>\n{charts}</body></html>\n",
+        people = records.people.len(),
+        frames = records.frames.len(),
+    );
+    let page = out.join("index.html");
+    std::fs::write(&page, html).map_err(|reason| ReportError::Write {
+        path: page.clone(),
+        reason,
+    })?;
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_becomes_a_page_with_four_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("run.jsonl");
+        let mut text = String::new();
+        for f in 0..100 {
+            text.push_str(&format!(
+                "{{\"type\":\"frame\",\"stream\":\"0\",\"source\":\"x\",\"frame\":{f},\"pts_ms\":{},\"width\":64,\"height\":48,\"faces\":[{}]}}\n",
+                f as f64 * 1000.0,
+                if f % 2 == 0 { "{}" } else { "" }
+            ));
+        }
+        for (i, (g, a)) in [("female", 2), ("male", 2), ("male", 4)].iter().enumerate() {
+            text.push_str(&format!(
+                "{{\"type\":\"track\",\"stream\":\"0\",\"source\":\"x\",\"track_id\":{i},\"first_frame\":0,\"last_frame\":9,\"first_pts_ms\":{},\"last_pts_ms\":{},\"frames\":10,\"age\":{{\"group\":\"g{a}\",\"index\":{a},\"years\":30.0,\"probs\":[]}},\"gender\":{{\"label\":\"{g}\",\"prob\":0.9}}}}\n",
+                i as f64 * 61_000.0,
+                i as f64 * 61_000.0 + 12_500.0
+            ));
+        }
+        std::fs::write(&jsonl, text).unwrap();
+        let out = dir.path().join("report");
+        let page = write(&jsonl, &out).unwrap();
+        let html = std::fs::read_to_string(page).unwrap();
+        assert!(html.contains("3 people"), "{html}");
+        assert!(
+            html.contains(
+                "<td>0</td><td>100</td><td>50</td><td>3</td><td>1</td><td>2</td><td>12.5 s</td>"
+            ),
+            "{html}"
+        );
+        for (file, _) in CHARTS {
+            let svg = std::fs::read_to_string(out.join(file)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{file}");
+        }
+        // The age chart names the groups.
+        let svg = std::fs::read_to_string(out.join(CHARTS[1].0)).unwrap();
+        assert!(svg.contains("g2") && svg.contains("g4"), "{svg}");
+    }
+
+    #[test]
+    fn other_files_are_one_line_errors_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, "{\"image\":\"a.jpg\",\"faces\":[]}\n").unwrap();
+        let e = write(&bad, &dir.path().join("r")).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl:1: not a faceflow record"), "{e}");
+        std::fs::write(&bad, "").unwrap();
+        let e = write(&bad, &dir.path().join("r")).unwrap_err().to_string();
+        assert!(e.contains("no frame or track records"), "{e}");
+        let e = write(&dir.path().join("missing.jsonl"), &dir.path().join("r"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot read"), "{e}");
+    }
+}
