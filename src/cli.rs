@@ -281,6 +281,9 @@ pub struct RunArgs {
     /// [default: 1500, a minute of one stream]; beyond, they are counted as dropped.
     #[arg(long, value_name = "N")]
     pub mqtt_buffer: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run goes on, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -452,6 +455,9 @@ impl RunArgs {
         }
         if let Some(v) = self.mqtt_buffer {
             config.mqtt.buffer = v;
+        }
+        if let Some(v) = &self.metrics {
+            config.metrics.listen = Some(v.clone());
         }
         if let Some(v) = self.workers {
             config.detect.workers = v;

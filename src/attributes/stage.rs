@@ -19,6 +19,7 @@ pub(crate) fn attributes_stage(
     (input, upstream): (&Input<Detected>, usize),
     out: &Output<Detected>,
     pixels_for_sinks: bool,
+    times: &crate::pipeline::metrics::StageTimes,
     control: &Control,
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;
@@ -66,9 +67,11 @@ pub(crate) fn attributes_stage(
                     faces: d.faces.iter().map(|f| &f.face).collect(),
                 })
                 .collect();
+            let started = Instant::now();
             let predictions = model
                 .predict_faces(&images)
                 .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
+            times.attributes.observe(started.elapsed().as_secs_f64());
             drop(images);
             // Read out later, through each face's track.
             for (d, predicted) in batch.iter_mut().zip(predictions) {

@@ -18,6 +18,7 @@ pub(crate) fn detect_worker(
     keep_pixels: crate::pipeline::flow::PixelReaders,
     out: &Output<Detected>,
     busy: &AtomicUsize,
+    times: &crate::pipeline::metrics::StageTimes,
     control: &Control,
 ) -> Result<(), String> {
     // Per stream: the faces of the last frame this worker handled.
@@ -49,6 +50,7 @@ pub(crate) fn detect_worker(
             continue;
         }
         let (width, height) = (frame.width as usize, frame.height as usize);
+        let started = std::time::Instant::now();
         let found = match last_faces.get(&stream) {
             Some(previous) if !keyframe => {
                 detector.follow_frame(&frame.rgb, width, height, previous)
@@ -56,6 +58,7 @@ pub(crate) fn detect_worker(
             _ => detector.detect_frame(&frame.rgb, width, height),
         }
         .map_err(|e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index))?;
+        times.detect.observe(started.elapsed().as_secs_f64());
         let faces: Vec<FaceRecord> = found.iter().cloned().map(FaceRecord::detection).collect();
         last_faces.insert(stream, found);
         // Without faces, no later stage reads the pixels either.

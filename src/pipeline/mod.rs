@@ -6,6 +6,7 @@
 //! `summary`.
 
 pub(crate) mod flow;
+pub mod metrics;
 mod schedule;
 mod summary;
 
@@ -84,6 +85,8 @@ pub struct PipelineConfig {
     pub overlay: OverlayConfig,
     /// Publishing to an MQTT broker (`[mqtt]`): off unless `url` is set.
     pub mqtt: MqttConfig,
+    /// Prometheus metrics (`[metrics]`): off unless `listen` is set.
+    pub metrics: metrics::MetricsConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
     /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
@@ -245,6 +248,7 @@ impl PipelineConfig {
         self.attributes.validate()?;
         self.overlay.file()?;
         self.mqtt.broker()?;
+        self.metrics.validate()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
             1,
@@ -367,6 +371,7 @@ pub fn run_stages(
         in_flight + workers,
     )));
     let started = Instant::now();
+    let times = metrics::StageTimes::default();
 
     let mut graph = Graph::new(control.clone());
     let mut probes = Vec::new();
@@ -423,6 +428,7 @@ pub fn run_stages(
             graph::channel::<Work>(name, queue, WhenFull::Block)
         })
         .unzip();
+    probes.extend(work_ins.iter().map(|w| w.probe()));
     let busy: Vec<Arc<std::sync::atomic::AtomicUsize>> =
         (0..workers).map(|_| Default::default()).collect();
     let scheduler = Scheduler {
@@ -445,8 +451,9 @@ pub fn run_stages(
         detectors.into_iter().zip(work_ins).zip(busy).enumerate()
     {
         let out = detected_out.clone();
+        let times = times.clone();
         graph.add_stage(format!("detect-{w}"), move |c| {
-            let result = detect_worker(&mut *detector, &input, keep_pixels, &out, &busy, c);
+            let result = detect_worker(&mut *detector, &input, keep_pixels, &out, &busy, &times, c);
             // Each worker ends its share of the stream; the next stage waits for all of them.
             out.send_eos(c);
             result
@@ -467,6 +474,7 @@ pub fn run_stages(
             let (annotated_out, annotated_in) =
                 graph::channel::<Detected>("annotated", in_flight, WhenFull::Block);
             probes.push(annotated_in.probe());
+            let attribute_times = times.clone();
             let attr_config = config.attributes.clone();
             let window = window.clone();
             graph.add_stage("attributes", move |c| {
@@ -477,6 +485,7 @@ pub fn run_stages(
                     (&detected_in, workers),
                     &annotated_out,
                     keep_pixels.sinks,
+                    &attribute_times,
                     c,
                 );
                 annotated_out.send_eos(c);
@@ -509,8 +518,24 @@ pub fn run_stages(
         counts: sink_counts.clone(),
         progress,
         started,
+        times: times.clone(),
     };
     graph.add_stage("sinks", move |c| sinks.run(c));
+    let probes = Arc::new(probes);
+    // Bound before anything starts: a taken port fails the run at once.
+    let metrics_server = match &config.metrics.listen {
+        Some(listen) => Some(metrics::MetricsServer::start(
+            listen,
+            metrics::Sources {
+                streams: infos.clone(),
+                counters: counters.clone(),
+                sink: sink_counts.clone(),
+                probes: probes.clone(),
+                times,
+            },
+        )?),
+        None => None,
+    };
     let outcome = match health {
         Some(report) if config.stats_interval_s > 0.0 => {
             let monitor = Monitor {
@@ -536,6 +561,7 @@ pub fn run_stages(
             graph.run()
         }
     };
+    drop(metrics_server);
     let outcomes = outcomes.lock().map(|s| s.clone()).unwrap_or_default();
     let mut sink = sink_counts.lock().map(|n| n.clone()).unwrap_or_default();
     outcome.map_err(PipelineError::Stage)?;
@@ -854,6 +880,7 @@ mod tests {
         config.source.name = Some("n".into());
         config.overlay.path = Some("o.mp4".into());
         config.mqtt.url = Some("mqtt://h/t".into());
+        config.metrics.listen = Some("127.0.0.1:9464".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {

@@ -217,7 +217,7 @@ pub(crate) struct Monitor {
     pub(crate) started: Instant,
     pub(crate) sources: Vec<Arc<SourceCounters>>,
     pub(crate) sink: Arc<Mutex<SinkCounts>>,
-    pub(crate) probes: Vec<graph::QueueProbe>,
+    pub(crate) probes: Arc<Vec<graph::QueueProbe>>,
 }
 
 /// What the track stage (order, people) and the sinks (records written) have done so far, read
@@ -237,6 +237,10 @@ pub(crate) struct SinkCounts {
     pub(crate) people: Vec<u64>,
     /// The sinks' own summary lines (MQTT: published, dropped).
     pub(crate) sink_lines: Vec<String>,
+    /// Confirmed tracks alive now, per stream.
+    pub(crate) people_in_view: Vec<u64>,
+    /// The sinks' own counters now (for metrics): name, value.
+    pub(crate) sink_counters: Vec<(String, u64)>,
 }
 
 /// One stream's counters in [`SinkCounts`].

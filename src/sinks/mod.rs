@@ -47,6 +47,10 @@ pub trait Sink: Send {
     fn summary(&self) -> Option<String> {
         None
     }
+    /// The sink's own counters now, for metrics (`faceflow_<name>`).
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 impl Sink for JsonLinesWriter {

@@ -347,6 +347,16 @@ impl Sink for MqttSink {
         Ok(())
     }
 
+    fn counters(&self) -> Vec<(String, u64)> {
+        let (published, dropped) = self.counts();
+        let buffered = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0) as u64;
+        vec![
+            ("mqtt_published".into(), published),
+            ("mqtt_buffered".into(), buffered),
+            ("mqtt_dropped".into(), dropped),
+        ]
+    }
+
     fn summary(&self) -> Option<String> {
         let (published, dropped) = self.counts();
         let waiting = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0);

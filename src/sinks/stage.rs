@@ -31,6 +31,7 @@ pub(crate) struct SinkStage {
     pub(crate) counts: Arc<Mutex<SinkCounts>>,
     pub(crate) progress: Option<Progress>,
     pub(crate) started: Instant,
+    pub(crate) times: crate::pipeline::metrics::StageTimes,
 }
 
 impl SinkStage {
@@ -105,6 +106,7 @@ impl SinkStage {
                 Some(Received::Item(item)) => item,
                 Some(Received::Eos | Received::Disconnected) => return Ok(()),
             };
+            let started = Instant::now();
             let written = if closed {
                 false
             } else {
@@ -118,6 +120,12 @@ impl SinkStage {
                     Err(e) => return Err(e.to_string()),
                 }
             };
+            self.times.sinks.observe(started.elapsed().as_secs_f64());
+            let sink_counters: Vec<(String, u64)> =
+                self.sinks.iter().flat_map(|s| s.counters()).collect();
+            if let Ok(mut n) = self.counts.lock() {
+                n.sink_counters = sink_counters;
+            }
             let Some(record) = &item.frame else { continue };
             if let Ok(mut n) = self.counts.lock() {
                 let c = n.count(item.stream);

@@ -170,6 +170,7 @@ pub struct SourceStats {
 pub struct SourceCounters {
     pub decoded: AtomicU64,
     pub dropped_behind: AtomicU64,
+    pub reconnects: AtomicU64,
 }
 
 /// Where the frames come from, parsed from the `input` string.
@@ -868,6 +869,7 @@ impl Source {
         if let Some(since) = session.gap_since.take() {
             let gap_ms = now.duration_since(since).as_secs_f64() * 1e3;
             session.stats.reconnects += 1;
+            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             session.stats.gap_ms += gap_ms;
             frame.gap_before_ms = Some(gap_ms);
             tracing::warn!(

@@ -157,6 +157,19 @@ impl People {
     }
 
     /// People (confirmed tracks that ended) of the stream at `index` so far.
+    /// Confirmed tracks of stream `index` alive now (in view, or lost for a moment).
+    pub fn in_view(&self, index: usize) -> u64 {
+        self.streams
+            .get(index)
+            .and_then(|s| s.as_ref())
+            .map_or(0, |s| {
+                s.tracker
+                    .live_tracks()
+                    .filter(|(_, state)| *state != super::TrackState::Tentative)
+                    .count() as u64
+            })
+    }
+
     pub fn people(&self, index: usize) -> u64 {
         self.streams
             .get(index)

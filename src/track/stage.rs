@@ -53,6 +53,9 @@ impl TrackStage {
             if let Ok(mut n) = self.counts.lock() {
                 n.reorder_pending = reorder.pending.len();
                 n.reorder_peak = n.reorder_peak.max(pending_before);
+                let streams = n.reported.len();
+                n.people = (0..streams).map(|i| self.people.people(i)).collect();
+                n.people_in_view = (0..streams).map(|i| self.people.in_view(i)).collect();
             }
             if done {
                 // The people still in view when the run ends (none written if the output closed).

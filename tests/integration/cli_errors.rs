@@ -173,7 +173,10 @@ fn rtsp_camera_that_refuses_the_connection() {
 #[test]
 fn report_on_a_missing_or_foreign_file() {
     let e = fails(&["report", "/no/such/run.jsonl"]);
-    assert!(e.starts_with("error: cannot read /no/such/run.jsonl"), "{e}");
+    assert!(
+        e.starts_with("error: cannot read /no/such/run.jsonl"),
+        "{e}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images.jsonl");
     std::fs::write(

@@ -7,6 +7,7 @@ mod cli_errors;
 mod detect_images;
 mod geometry;
 mod hardening;
+mod metrics;
 mod mqtt;
 mod overlay;
 mod parity;

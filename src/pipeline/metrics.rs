@@ -1,0 +1,232 @@
+//! Prometheus metrics of a run, served as text at `http://LISTEN/metrics` (`--metrics`,
+//! `[metrics] listen`): per stream frames decoded / reported / dropped, faces, people ended and
+//! in view, reconnections; per stage latency histograms; queue depths; the sinks' own counts
+//! (MQTT published, buffered, dropped). Values are read from the run's counters at each scrape
+//! (prometheus-client encodes them; tiny_http serves them).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use super::{PipelineError, SinkCounts};
+use crate::graph::QueueProbe;
+use crate::sources::{SourceCounters, StreamInfo};
+
+/// `[metrics]` in pipeline files.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on, e.g. `127.0.0.1:9464`; off when unset.
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), PipelineError> {
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(PipelineError::Invalid(format!(
+                "metrics listen address {listen:?}: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9464"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Time spent per item in the stages, shared with them (cloning shares the histograms).
+#[derive(Clone)]
+pub struct StageTimes {
+    /// Seconds per frame in a detect worker (full detection or following).
+    pub detect: Histogram,
+    /// Seconds per attribute-model call (a batch of faces).
+    pub attributes: Histogram,
+    /// Seconds per item in the sinks (a frame's record and the people it ends, to every sink).
+    pub sinks: Histogram,
+}
+
+impl Default for StageTimes {
+    fn default() -> Self {
+        // 0.5 ms to about 4 s.
+        let buckets = || Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        Self {
+            detect: buckets(),
+            attributes: buckets(),
+            sinks: buckets(),
+        }
+    }
+}
+
+/// What a scrape reads.
+pub(crate) struct Sources {
+    pub(crate) streams: Vec<Arc<StreamInfo>>,
+    pub(crate) counters: Vec<Arc<SourceCounters>>,
+    pub(crate) sink: Arc<Mutex<SinkCounts>>,
+    pub(crate) probes: Arc<Vec<QueueProbe>>,
+    pub(crate) times: StageTimes,
+}
+
+type StreamLabel = Vec<(String, String)>;
+
+impl Sources {
+    /// The metrics now, in Prometheus's text format.
+    pub(crate) fn text(&self) -> String {
+        let mut registry = Registry::with_prefix("faceflow");
+        let family = |registry: &mut Registry, name: &str, help: &str| {
+            let f = Family::<StreamLabel, Counter>::default();
+            registry.register(name, help, f.clone());
+            f
+        };
+        let decoded = family(&mut registry, "frames_decoded", "Frames decoded");
+        let reported = family(
+            &mut registry,
+            "frames_reported",
+            "Frames written by the sinks",
+        );
+        let dropped = family(
+            &mut registry,
+            "frames_dropped",
+            "Frames dropped behind a live source",
+        );
+        let faces = family(&mut registry, "faces", "Faces in the frames written");
+        let people = family(
+            &mut registry,
+            "people_ended",
+            "People (confirmed tracks) that ended",
+        );
+        let reconnects = family(&mut registry, "reconnections", "Camera reconnections");
+        let active = Family::<StreamLabel, Gauge>::default();
+        registry.register(
+            "people_in_view",
+            "Confirmed tracks alive now",
+            active.clone(),
+        );
+        let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
+        for (i, info) in self.streams.iter().enumerate() {
+            let label = vec![("stream".to_string(), info.id.clone())];
+            if let Some(c) = self.counters.get(i) {
+                decoded
+                    .get_or_create(&label)
+                    .inc_by(c.decoded.load(Ordering::Relaxed));
+                dropped
+                    .get_or_create(&label)
+                    .inc_by(c.dropped_behind.load(Ordering::Relaxed));
+                reconnects
+                    .get_or_create(&label)
+                    .inc_by(c.reconnects.load(Ordering::Relaxed));
+            }
+            let at = |v: &Vec<u64>| v.get(i).copied().unwrap_or(0);
+            reported.get_or_create(&label).inc_by(at(&sink.reported));
+            faces.get_or_create(&label).inc_by(at(&sink.faces));
+            people.get_or_create(&label).inc_by(at(&sink.people));
+            active
+                .get_or_create(&label)
+                .set(at(&sink.people_in_view) as i64);
+        }
+        let depth = Family::<Vec<(String, String)>, Gauge>::default();
+        let capacity = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Items waiting in a stage queue",
+            depth.clone(),
+        );
+        registry.register(
+            "queue_capacity",
+            "Capacity of a stage queue",
+            capacity.clone(),
+        );
+        for p in self.probes.iter() {
+            let label = vec![("queue".to_string(), p.name.to_string())];
+            depth.get_or_create(&label).set(p.depth() as i64);
+            capacity.get_or_create(&label).set(p.capacity as i64);
+        }
+        let reorder = vec![("queue".to_string(), "reorder".to_string())];
+        depth
+            .get_or_create(&reorder)
+            .set(sink.reorder_pending as i64);
+        capacity
+            .get_or_create(&reorder)
+            .set(sink.reorder_window as i64);
+        registry.register(
+            "detect_seconds",
+            "Seconds per frame in a detect worker",
+            self.times.detect.clone(),
+        );
+        registry.register(
+            "attributes_seconds",
+            "Seconds per attribute-model call (a batch of faces)",
+            self.times.attributes.clone(),
+        );
+        registry.register(
+            "sinks_seconds",
+            "Seconds per item written to every sink",
+            self.times.sinks.clone(),
+        );
+        for (name, value) in &sink.sink_counters {
+            let g = Gauge::<i64>::default();
+            g.set(*value as i64);
+            registry.register(name.clone(), name.replace('_', " "), g);
+        }
+        let mut text = String::new();
+        let _ = encode(&mut text, &registry);
+        text
+    }
+}
+
+/// The `/metrics` endpoint, served from its own thread until dropped.
+pub(crate) struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `listen` (so a taken port fails before the run starts) and serves.
+    pub(crate) fn start(listen: &str, sources: Sources) -> Result<Self, PipelineError> {
+        let server = tiny_http::Server::http(listen).map_err(|e| {
+            PipelineError::Invalid(format!("metrics: cannot listen on {listen}: {e}"))
+        })?;
+        let server = Arc::new(server);
+        let serving = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for request in serving.incoming_requests() {
+                    let response = if request.url() == "/metrics" {
+                        let header = tiny_http::Header::from_bytes(
+                            &b"Content-Type"[..],
+                            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+                        )
+                        .ok();
+                        let mut r = tiny_http::Response::from_string(sources.text());
+                        if let Some(h) = header {
+                            r.add_header(h);
+                        }
+                        r
+                    } else {
+                        tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                    };
+                    let _ = request.respond(response);
+                }
+            })
+            .map_err(|e| PipelineError::Invalid(format!("metrics: {e}")))?;
+        Ok(Self {
+            server,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
