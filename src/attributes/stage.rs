@@ -12,14 +12,49 @@ use crate::pipeline::flow::{Detected, Window};
 /// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
 /// more. Ends after every upstream worker's end-of-stream and forwards one. `pixels_for_sinks`: a
 /// sink draws on the frames, so their pixels are kept.
-pub(crate) fn attributes_stage(
+pub(crate) struct AttributesStage<'a> {
+    pub(crate) model: &'a mut AttributeModel,
+    pub(crate) config: &'a AttributesConfig,
+    pub(crate) window: &'a Window,
+    pub(crate) input: &'a Input<Detected>,
+    /// Detect workers feeding `input`: one end-of-stream from each.
+    pub(crate) upstream: usize,
+    pub(crate) out: &'a Output<Detected>,
+    pub(crate) pixels_for_sinks: bool,
+    pub(crate) times: &'a crate::pipeline::metrics::StageTimes,
+}
+
+impl AttributesStage<'_> {
+    pub(crate) fn run(self, control: &Control) -> Result<(), String> {
+        let AttributesStage {
+            model,
+            config,
+            window,
+            input,
+            upstream,
+            out,
+            pixels_for_sinks,
+            times,
+        } = self;
+        attributes_loop(
+            model,
+            config,
+            window,
+            (input, upstream),
+            out,
+            (pixels_for_sinks, times),
+            control,
+        )
+    }
+}
+
+fn attributes_loop(
     model: &mut AttributeModel,
     config: &AttributesConfig,
     window: &Window,
     (input, upstream): (&Input<Detected>, usize),
     out: &Output<Detected>,
-    pixels_for_sinks: bool,
-    times: &crate::pipeline::metrics::StageTimes,
+    (pixels_for_sinks, times): (bool, &crate::pipeline::metrics::StageTimes),
     control: &Control,
 ) -> Result<(), String> {
     let mut eos_seen = 0usize;

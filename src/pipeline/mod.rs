@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::stage::attributes_stage;
+use crate::attributes::stage::AttributesStage;
 use crate::attributes::{self, AttributeModel};
 use crate::detect::stage::detect_worker;
 use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
@@ -478,16 +478,17 @@ pub fn run_stages(
             let attr_config = config.attributes.clone();
             let window = window.clone();
             graph.add_stage("attributes", move |c| {
-                let result = attributes_stage(
-                    &mut model,
-                    &attr_config,
-                    &window,
-                    (&detected_in, workers),
-                    &annotated_out,
-                    keep_pixels.sinks,
-                    &attribute_times,
-                    c,
-                );
+                let result = AttributesStage {
+                    model: &mut model,
+                    config: &attr_config,
+                    window: &window,
+                    input: &detected_in,
+                    upstream: workers,
+                    out: &annotated_out,
+                    pixels_for_sinks: keep_pixels.sinks,
+                    times: &attribute_times,
+                }
+                .run(c);
                 annotated_out.send_eos(c);
                 result
             });
