@@ -5,6 +5,10 @@
 /// `eprintln!` that ignores a failed write, with the passwords of URLs masked.
 #[macro_export]
 macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr());
+    }};
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let line = format!($($arg)*);

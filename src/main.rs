@@ -81,7 +81,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
             let subcommand = std::env::args()
                 .skip(1)
                 .find(|a| !a.starts_with('-'))
-                .filter(|a| ["run", "detect", "analyze", "eval", "train"].contains(&a.as_str()));
+                .filter(|a| {
+                    ["run", "detect", "analyze", "eval", "report", "train"].contains(&a.as_str())
+                });
             let rendered = e.render().to_string();
             faceflow::say!(
                 "{}",

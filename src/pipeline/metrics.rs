@@ -179,6 +179,12 @@ impl Sources {
     }
 }
 
+/// Binds the metrics address; a taken port is one line.
+pub(crate) fn bind(listen: &str) -> Result<std::net::TcpListener, PipelineError> {
+    std::net::TcpListener::bind(listen)
+        .map_err(|e| PipelineError::Invalid(format!("metrics: cannot listen on {listen}: {e}")))
+}
+
 /// The `/metrics` endpoint, served from its own thread until dropped.
 pub(crate) struct MetricsServer {
     server: Arc<tiny_http::Server>,
@@ -186,11 +192,13 @@ pub(crate) struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Binds `listen` (so a taken port fails before the run starts) and serves.
-    pub(crate) fn start(listen: &str, sources: Sources) -> Result<Self, PipelineError> {
-        let server = tiny_http::Server::http(listen).map_err(|e| {
-            PipelineError::Invalid(format!("metrics: cannot listen on {listen}: {e}"))
-        })?;
+    /// Serves on a bound `listener`.
+    pub(crate) fn start(
+        listener: std::net::TcpListener,
+        sources: Sources,
+    ) -> Result<Self, PipelineError> {
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| PipelineError::Invalid(format!("metrics: {e}")))?;
         let server = Arc::new(server);
         let serving = server.clone();
         let thread = std::thread::Builder::new()

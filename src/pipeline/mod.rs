@@ -294,6 +294,9 @@ pub struct BuiltStages {
     pub attributes: Option<(AttributeModel, AgeGrouping)>,
     /// Every output, each given every record.
     pub sinks: Vec<Box<dyn Sink>>,
+    /// The metrics port, bound before any output is created (a taken port must not cost the
+    /// previous run's JSON); `None`: bound when the run starts, if `[metrics] listen` is set.
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Builds every stage, then runs the graph until every stream has ended, a stop request or the
@@ -320,6 +323,12 @@ pub fn run(
         .map(|_| Mtcnn::new(worker_config.clone()).map(|m| Box::new(m) as Box<dyn FrameDetector>))
         .collect::<Result<Vec<_>, _>>()?;
     let attributes = config.attributes.load()?;
+    let metrics_listener = config
+        .metrics
+        .listen
+        .as_deref()
+        .map(metrics::bind)
+        .transpose()?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
     if let Some(path) = config.overlay.file()? {
         let streams = config.streams().len();
@@ -337,6 +346,7 @@ pub fn run(
         detectors,
         attributes,
         sinks,
+        metrics_listener,
     };
     run_stages(config, stages, control, hooks)
 }
@@ -355,6 +365,7 @@ pub fn run_stages(
         detectors,
         attributes: attribute_model,
         sinks,
+        metrics_listener,
     } = stages;
     let infos: Vec<Arc<crate::sources::StreamInfo>> = sources.iter().map(|s| s.info()).collect();
     let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
@@ -524,9 +535,14 @@ pub fn run_stages(
     graph.add_stage("sinks", move |c| sinks.run(c));
     let probes = Arc::new(probes);
     // Bound before anything starts: a taken port fails the run at once.
-    let metrics_server = match &config.metrics.listen {
-        Some(listen) => Some(metrics::MetricsServer::start(
-            listen,
+    let metrics_listener = match (metrics_listener, &config.metrics.listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(listen)) => Some(metrics::bind(listen)?),
+        (None, None) => None,
+    };
+    let metrics_server = match metrics_listener {
+        Some(listener) => Some(metrics::MetricsServer::start(
+            listener,
             metrics::Sources {
                 streams: infos.clone(),
                 counters: counters.clone(),
@@ -694,6 +710,7 @@ mod tests {
             detectors,
             attributes: None,
             sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+            metrics_listener: None,
         };
         let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
         assert_eq!(summary.streams[0].frames_decoded, 120);
@@ -798,6 +815,7 @@ mod tests {
             detectors,
             attributes: None,
             sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+            metrics_listener: None,
         };
         let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
         assert_eq!(summary.streams.len(), 2);

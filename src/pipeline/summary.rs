@@ -66,7 +66,7 @@ impl RunSummary {
         if self.streams.len() > 1 {
             lines.push(self.line(&self.total()));
         }
-        lines.extend(self.sink_lines.iter().map(|l| format!("faceflow: {l}")));
+        lines.extend(self.sink_lines.iter().cloned());
         lines
     }
 

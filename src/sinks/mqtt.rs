@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Connection, Event, MqttOptions, Packet, Publish, QoS, Request};
 use serde::{Deserialize, Serialize};
 
 use super::{FrameRecord, Sink, SinkError, TrackRecord};
@@ -160,25 +160,36 @@ impl MqttSink {
     pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, SinkError> {
         let shown =
             crate::redact::credentials(config.url.as_deref().unwrap_or_default()).into_owned();
-        // A fixed client id per process and a persistent session: the broker keeps what it had
-        // not delivered across our reconnects.
-        let id = format!("faceflow-{}", std::process::id());
+        // A client id of its own per run (process id and start time: two containers may both be
+        // process 1) and a persistent session, so after a reconnect rumqttc resends what the
+        // broker had not acknowledged.
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!(
+            "faceflow-{}-{:x}",
+            std::process::id(),
+            started & 0xffff_ffff
+        );
         let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_clean_session(false);
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         if let Some(user) = &broker.user {
             options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
+        } else if broker.password.is_some() {
+            tracing::warn!(
+                "mqtt {shown}: {PASSWORD_ENV} is set but the URL names no user: connecting without a login"
+            );
         }
         let (client, connection) = Client::new(options, config.buffer.max(1));
         let shared = Arc::new(Mutex::new(Shared::default()));
         let thread = {
             let shared = shared.clone();
-            let client = client.clone();
             let shown_there = shown.clone();
             std::thread::Builder::new()
                 .name("mqtt".into())
-                .spawn(move || drive(connection, client, shared, shown_there))
+                .spawn(move || drive(connection, shared, shown_there))
                 .map_err(|e| SinkError::Mqtt {
                     target: shown.clone(),
                     message: e.to_string(),
@@ -241,17 +252,20 @@ impl MqttSink {
 }
 
 /// The connection loop: makes progress, counts acknowledgements, reconnects with backoff and
-/// resends after a lost session.
-fn drive(mut connection: Connection, client: Client, shared: Arc<Mutex<Shared>>, shown: String) {
+/// resends after a lost session. Blocks in rumqttc's own poll (a poll cut short by a timeout
+/// would cancel a slow connect or a write half done); ends when the sink sets `stop` and the
+/// next event, error or connect attempt (at most rumqttc's 5 s connection timeout) comes.
+fn drive(mut connection: Connection, shared: Arc<Mutex<Shared>>, shown: String) {
     let mut backoff = Duration::from_millis(250);
     let mut warned = false;
+    let stopped = |shared: &Mutex<Shared>| shared.lock().map(|s| s.stop).unwrap_or(true);
     loop {
-        if shared.lock().map(|s| s.stop).unwrap_or(true) {
+        if stopped(&shared) {
             return;
         }
-        match connection.recv_timeout(Duration::from_millis(100)) {
-            Err(rumqttc::RecvTimeoutError::Timeout) => {}
-            Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+        match connection.recv() {
+            // The client is gone and its requests are done.
+            Err(_) => return,
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 backoff = Duration::from_millis(250);
                 let Ok(mut s) = shared.lock() else { return };
@@ -263,14 +277,23 @@ fn drive(mut connection: Connection, client: Client, shared: Arc<Mutex<Shared>>,
                 if let Some(below) = s.lost_below.take()
                     && !ack.session_present
                 {
-                    // rumqttc dropped what it had not had acknowledged: send that again.
-                    for (_, topic, payload) in s.unacked.iter().filter(|(n, _, _)| *n < below) {
-                        let _ = client.try_publish(
-                            topic.clone(),
-                            QoS::AtLeastOnce,
-                            false,
-                            payload.clone(),
-                        );
+                    // The broker kept no session and rumqttc dropped what it had not had
+                    // acknowledged: send that again, in order, ahead of what was queued since (so
+                    // acknowledgements keep the order of `unacked`).
+                    let resend: Vec<Request> = s
+                        .unacked
+                        .iter()
+                        .filter(|(n, _, _)| *n < below)
+                        .map(|(_, topic, payload)| {
+                            Request::Publish(Publish::new(
+                                topic.clone(),
+                                QoS::AtLeastOnce,
+                                payload.clone(),
+                            ))
+                        })
+                        .collect();
+                    for request in resend.into_iter().rev() {
+                        connection.eventloop.pending.push_front(request);
                     }
                 }
             }
@@ -290,11 +313,15 @@ fn drive(mut connection: Connection, client: Client, shared: Arc<Mutex<Shared>>,
                     s.connected = false;
                     s.lost_below = Some(s.next_number);
                 }
-                if !warned {
+                if !warned && !stopped(&shared) {
                     tracing::warn!("mqtt {shown}: {e}; reconnecting, records are kept meanwhile");
                     warned = true;
                 }
-                std::thread::sleep(backoff);
+                // Sleep in short steps, so the end of the run is not held up.
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stopped(&shared) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -337,12 +364,22 @@ impl Sink for MqttSink {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.client.disconnect();
         if let Ok(mut s) = self.shared.lock() {
             s.stop = true;
         }
+        // Never blocks: with the broker away and the request queue full, a blocking disconnect
+        // would hold the run's end for good.
+        let _ = self.client.try_disconnect();
+        // The connection thread ends at its next event or connect attempt; the run does not wait
+        // for a broker that does not answer.
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let until = Instant::now() + Duration::from_secs(1);
+            while !t.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
         Ok(())
     }

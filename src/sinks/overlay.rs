@@ -88,6 +88,8 @@ struct Encoder {
     /// The last frame's duration, given to the very last frame as well.
     last_duration_ns: u64,
     frames: u64,
+    /// Frames left out: of another size than the file's.
+    skipped: u64,
 }
 
 /// How long finalising a file may take before it is reported as failed.
@@ -115,8 +117,8 @@ impl Encoder {
         };
         let caps = gst::Caps::builder("video/x-raw")
             .field("format", "RGB")
-            .field("width", width as i32)
-            .field("height", height as i32)
+            .field("width", even(width) as i32)
+            .field("height", even(height) as i32)
             .field("framerate", gst::Fraction::new(0, 1))
             .build();
         let appsrc = gst_app::AppSrc::builder()
@@ -125,7 +127,7 @@ impl Encoder {
             .is_live(false)
             // Back-pressure instead of an unbounded queue: the encoder keeps up or the run waits.
             .block(true)
-            .max_bytes(u64::from(width) * u64::from(height) * 3 * 8)
+            .max_bytes(u64::from(even(width)) * u64::from(even(height)) * 3 * 8)
             .build();
         let convert = make("videoconvert")?;
         let encoder = make("x264enc")?;
@@ -141,6 +143,9 @@ impl Encoder {
             .build()
             .map_err(|e| fail(e.to_string()))?;
         let mux = make("mp4mux")?;
+        // Fragmented (a fragment a second): what was written stays playable if the process dies
+        // before the end, and the muxer's index does not grow with a camera that runs for days.
+        mux.set_property("fragment-duration", 1000u32);
         let sink = gst::ElementFactory::make("filesink")
             .property("location", path.display().to_string())
             .build()
@@ -171,6 +176,7 @@ impl Encoder {
             // 25 fps until a second frame says otherwise.
             last_duration_ns: 40_000_000,
             frames: 0,
+            skipped: 0,
         })
     }
 
@@ -216,7 +222,11 @@ impl Encoder {
     }
 
     fn send(&mut self, pixels: Vec<u8>, pts_ns: u64, duration_ns: u64) -> Result<(), SinkError> {
-        let pixels = padded_rows(pixels, self.width as usize, self.height as usize);
+        let pixels = encoder_layout(
+            pixels,
+            (self.width as usize, self.height as usize),
+            (even(self.width) as usize, even(self.height) as usize),
+        );
         let mut buffer = gst::Buffer::from_mut_slice(pixels);
         if let Some(b) = buffer.get_mut() {
             b.set_pts(gst::ClockTime::from_nseconds(pts_ns));
@@ -232,10 +242,14 @@ impl Encoder {
     /// Ends the file: end-of-stream through the encoder and muxer, then waits for it to be
     /// written.
     fn finish(mut self) -> Result<(), SinkError> {
-        if let Some((pixels, pts_ns)) = self.pending.take() {
-            let duration = self.last_duration_ns;
-            self.send(pixels, pts_ns, duration)?;
-        }
+        // The last frame; whatever happens to it, the file is still ended below.
+        let last = match self.pending.take() {
+            Some((pixels, pts_ns)) => {
+                let duration = self.last_duration_ns;
+                self.send(pixels, pts_ns, duration)
+            }
+            None => Ok(()),
+        };
         let _ = self.appsrc.end_of_stream();
         let result = match self.pipeline.bus() {
             Some(bus) => match bus.timed_pop_filtered(
@@ -251,20 +265,38 @@ impl Encoder {
             None => Ok(()),
         };
         let _ = self.pipeline.set_state(gst::State::Null);
+        if self.skipped > 0 {
+            tracing::warn!(
+                "overlay {}: {} frames written, {} left out (another size)",
+                self.path.display(),
+                self.frames,
+                self.skipped
+            );
+        }
         tracing::debug!(path = %self.path.display(), frames = self.frames, "overlay file finished");
-        result
+        last.and(result)
     }
 }
 
-/// GStreamer's raw RGB rows start on 4-byte boundaries: packed rows of a width whose 3 bytes per
-/// pixel do not add up to a multiple of 4 are copied out with padding.
-fn padded_rows(pixels: Vec<u8>, width: usize, height: usize) -> Vec<u8> {
+/// The encoder's frame size: H.264 in 4:2:0 needs even sides, so an odd side gets one black
+/// line more.
+fn even(side: u32) -> u32 {
+    side + (side & 1)
+}
+
+/// Packed RGB rows of `width`×`height` laid out as GStreamer's raw RGB of `out_width`×`out_height`
+/// (rows start on 4-byte boundaries; the extra column or row, if any, is black).
+fn encoder_layout(
+    pixels: Vec<u8>,
+    (width, height): (usize, usize),
+    (out_width, out_height): (usize, usize),
+) -> Vec<u8> {
     let row = width * 3;
-    let stride = row.div_ceil(4) * 4;
-    if stride == row {
+    let stride = (out_width * 3).div_ceil(4) * 4;
+    if stride == row && out_height == height {
         return pixels;
     }
-    let mut out = vec![0u8; stride * height];
+    let mut out = vec![0u8; stride * out_height];
     for (dst, src) in out.chunks_exact_mut(stride).zip(pixels.chunks_exact(row)) {
         dst[..row].copy_from_slice(src);
     }
@@ -359,8 +391,18 @@ impl Sink for OverlaySink {
             return Ok(());
         };
         if (encoder.width, encoder.height) != (width, height) {
-            // GStreamer scales the frame to the file's size only through caps renegotiation;
-            // a camera that changes resolution mid-run keeps its first size here.
+            // One file has one size: a camera that comes back at another resolution is not drawn
+            // further (said once, counted in the log at the end).
+            if encoder.skipped == 0 {
+                tracing::warn!(
+                    "overlay {}: stream {} changed size from {}x{} to {width}x{height}; its frames are left out of the overlay",
+                    encoder.path.display(),
+                    record.stream,
+                    encoder.width,
+                    encoder.height
+                );
+            }
+            encoder.skipped += 1;
             return Ok(());
         }
         let mut canvas = pixels[..bytes].to_vec();
@@ -596,15 +638,21 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_padded_to_four_bytes() {
+    fn rows_are_padded_to_four_bytes_and_odd_sides_to_even() {
         // 2×2 RGB: rows of 6 bytes become rows of 8.
         let packed: Vec<u8> = (1..=12).collect();
         assert_eq!(
-            padded_rows(packed, 2, 2),
+            encoder_layout(packed, (2, 2), (2, 2)),
             vec![1, 2, 3, 4, 5, 6, 0, 0, 7, 8, 9, 10, 11, 12, 0, 0]
         );
         let four_wide: Vec<u8> = (0..24).collect();
-        assert_eq!(padded_rows(four_wide.clone(), 4, 2), four_wide);
+        assert_eq!(encoder_layout(four_wide.clone(), (4, 2), (4, 2)), four_wide);
+        // 1×1 becomes 2×2: the pixel, then black (row stride 8).
+        assert_eq!(
+            encoder_layout(vec![9, 8, 7], (1, 1), (2, 2)),
+            vec![9, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!((even(641), even(480)), (642, 480));
     }
 
     #[test]

@@ -156,7 +156,6 @@ impl People {
         records
     }
 
-    /// People (confirmed tracks that ended) of the stream at `index` so far.
     /// Confirmed tracks of stream `index` alive now (in view, or lost for a moment).
     pub fn in_view(&self, index: usize) -> u64 {
         self.streams
@@ -170,6 +169,7 @@ impl People {
             })
     }
 
+    /// People (confirmed tracks that ended) of the stream at `index` so far.
     pub fn people(&self, index: usize) -> u64 {
         self.streams
             .get(index)

@@ -93,14 +93,13 @@ fn metrics_are_served_while_the_run_goes_on() {
 fn a_taken_metrics_port_fails_before_the_run() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
+    // The previous run's JSON is kept: the port is tried before any output is created.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("faces.jsonl");
+    std::fs::write(&json, "previous run\n").unwrap();
     let out = bin()
-        .args([
-            "run",
-            "--input",
-            "testsrc://ball?frames=5",
-            "--json",
-            "/dev/null",
-        ])
+        .args(["run", "--input", "testsrc://ball?frames=5", "--json"])
+        .arg(&json)
         .args(["--metrics", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
@@ -113,6 +112,7 @@ fn a_taken_metrics_port_fails_before_the_run() {
         )),
         "{stderr}"
     );
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "previous run\n");
     let out = bin()
         .args([
             "run",
