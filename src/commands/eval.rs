@@ -41,15 +41,13 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     );
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
+    let bar = super::progress(Some(samples.len() as u64), "images");
     let mut progress = |done: usize, total: usize| {
-        if (tty && done.is_multiple_of(20)) || done == total || (!tty && done.is_multiple_of(1000))
-        {
+        super::show_rate(&bar, done as u64, started);
+        // Without a terminal, a line now and then for logs.
+        if !tty && (done.is_multiple_of(1000) || done == total) {
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            if tty {
-                faceflow::say_inline!("\reval: {done}/{total} images, {rate:.0}/s ");
-            } else {
-                faceflow::say!("eval: {done}/{total} images, {rate:.0}/s");
-            }
+            faceflow::say!("eval: {done}/{total} images, {rate:.0}/s");
         }
         !stop.load(Ordering::SeqCst)
     };
@@ -61,9 +59,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         &opts,
         &mut progress,
     );
-    if tty {
-        faceflow::say_inline!("\r\x1b[K");
-    }
+    bar.finish_and_clear();
     let report = report?;
     let written = eval::write_report(&args.report, &report)?;
     if !eval::plot::has_font() {

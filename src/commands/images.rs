@@ -1,7 +1,6 @@
 //! `faceflow detect` and `faceflow analyze`: still images, one record per image.
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -69,41 +68,36 @@ fn process_images(
 ) -> Result<ExitCode> {
     let mut writer = JsonLinesWriter::create(&JsonConfig { path: json })?;
     let mut failures = 0usize;
-    let show_progress = images.len() > 1 && std::io::stderr().is_terminal();
+    let bar = super::progress(Some(images.len() as u64), "images");
+    if images.len() <= 1 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let stop = interrupt_flag("stopping after this image");
     let mut finished = 0;
+    let started = std::time::Instant::now();
     for (done, path) in images.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         finished = done + 1;
-        if show_progress {
-            faceflow::say_inline!("\rimage {}/{} ", done + 1, images.len());
-        }
+        super::show_rate(&bar, done as u64, started);
         match one(done, path) {
             Ok(record) => match writer.write(&record) {
                 Ok(()) => {}
                 Err(e) if e.is_broken_pipe() => {
-                    if show_progress {
-                        faceflow::say_inline!("\r\x1b[K");
-                    }
+                    bar.finish_and_clear();
                     return Ok(ExitCode::SUCCESS);
                 }
                 Err(e) => return Err(e.into()),
             },
             Err(e) => {
                 // Keep going: one unreadable image must not cost the results of the others.
-                if show_progress {
-                    faceflow::say_inline!("\r\x1b[K");
-                }
-                faceflow::say!("error: {}", one_line(&e));
+                bar.suspend(|| faceflow::say!("error: {}", one_line(&e)));
                 failures += 1;
             }
         }
     }
-    if show_progress {
-        faceflow::say_inline!("\r\x1b[K");
-    }
+    bar.finish_and_clear();
     match writer.flush() {
         Err(e) if e.is_broken_pipe() => return Ok(ExitCode::SUCCESS),
         other => other?,

@@ -109,3 +109,36 @@ pub fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
         tracing::warn!("cannot install Ctrl-C handler: {e}");
     }
 }
+
+/// A progress display on standard error (indicatif) while long work goes on: a bar with time left
+/// when the amount of work is known, a spinner otherwise; the caller puts the rate in the message.
+/// See [`show_rate`]. Nothing at all when
+/// standard error is not a terminal (logs and pipes get no control codes).
+pub fn progress(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    let (bar, template) = match total {
+        Some(n) => (
+            ProgressBar::new(n),
+            format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  {{eta}} left"),
+        ),
+        None => (
+            ProgressBar::new_spinner(),
+            format!("{{spinner}} {{pos}} {unit}  {{msg}}  {{elapsed}}"),
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Moves `bar` to `done` and shows the rate since `started` (`12.3/s`).
+pub fn show_rate(bar: &indicatif::ProgressBar, done: u64, started: std::time::Instant) {
+    bar.set_position(done);
+    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    bar.set_message(format!("{rate:.1}/s"));
+}

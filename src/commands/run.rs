@@ -1,6 +1,5 @@
 //! `faceflow run`: a video pipeline over one or several streams.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -35,26 +34,24 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
-    let progress: Option<pipeline::Progress> = std::io::stderr().is_terminal().then(|| {
-        Box::new(|frames: u64, elapsed: std::time::Duration| {
-            let fps = frames as f64 / elapsed.as_secs_f64().max(1e-9);
-            faceflow::say_inline!("\rframes {frames}  {fps:.1} fps ");
-        }) as pipeline::Progress
-    });
-    let had_progress = progress.is_some();
+    // Frames written so far and the rate (the number of frames a file holds is not known here).
+    let bar = super::progress(None, "frames");
+    let shown = bar.clone();
+    let health_bar = bar.clone();
     let hooks = pipeline::RunHooks {
-        progress,
+        progress: Some(Box::new(
+            move |frames: u64, elapsed: std::time::Duration| {
+                shown.set_position(frames);
+                let fps = frames as f64 / elapsed.as_secs_f64().max(1e-9);
+                shown.set_message(format!("{fps:.1} fps"));
+            },
+        )),
         health: Some(Box::new(move |health: &pipeline::Health| {
-            if had_progress {
-                faceflow::say_inline!("\r\x1b[K");
-            }
-            faceflow::say!("{}", health.line());
+            health_bar.suspend(|| faceflow::say!("{}", health.line()));
         })),
     };
     let summary = pipeline::run(&config, control, hooks);
-    if had_progress {
-        faceflow::say_inline!("\r\x1b[K");
-    }
+    bar.finish_and_clear();
     let summary = summary?;
     for line in summary.lines() {
         faceflow::say!("faceflow: {line}");
