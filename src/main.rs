@@ -45,6 +45,8 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     init_logging(cli.verbose);
+    // A panic message may quote a URL: masked like every other line (no backtrace printing).
+    std::panic::set_hook(Box::new(|info| faceflow::say!("{info}")));
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Detect(args) => commands::images::detect(args),

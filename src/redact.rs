@@ -12,6 +12,52 @@ pub const MASK: &str = "***";
 /// becomes `rtsp://admin:***@cam/x`. URLs without a password, and text without URLs, come back
 /// as they are (borrowed).
 pub fn credentials(text: &str) -> Cow<'_, str> {
+    match userinfo_passwords(text) {
+        Cow::Borrowed(_) => query_passwords(text),
+        Cow::Owned(masked) => Cow::Owned(query_passwords(&masked).into_owned()),
+    }
+}
+
+/// Query parameters that carry a secret (`?user=admin&password=…`, common with HTTP cameras).
+const SECRET_KEYS: [&str; 6] = ["password", "passwd", "pwd", "pass", "token", "secret"];
+
+/// `text` with the values of [`SECRET_KEYS`] query parameters of URLs masked.
+fn query_passwords(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::new();
+    let mut copied = 0;
+    for (i, c) in text.char_indices() {
+        if c != '?' && c != '&' {
+            continue;
+        }
+        let rest = &text[i + 1..];
+        let Some(eq) = rest.find('=') else { continue };
+        let key = &rest[..eq];
+        if !SECRET_KEYS.iter().any(|k| key.eq_ignore_ascii_case(k)) {
+            continue;
+        }
+        let value_start = i + 1 + eq + 1;
+        let value_len = text[value_start..]
+            .find(|c: char| c == '&' || c == '#' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(text.len() - value_start);
+        if value_len > 0 && value_start >= copied {
+            out.push_str(&text[copied..value_start]);
+            out.push_str(MASK);
+            copied = value_start + value_len;
+        }
+    }
+    if copied == 0 {
+        Cow::Borrowed(text)
+    } else {
+        out.push_str(&text[copied..]);
+        Cow::Owned(out)
+    }
+}
+
+/// `text` with the password of every `scheme://user:password@` masked.
+fn userinfo_passwords(text: &str) -> Cow<'_, str> {
     let mut out = String::new();
     let mut copied = 0;
     let mut search = 0;
@@ -94,6 +140,14 @@ mod tests {
                 "error: rtsp://a:b@h1/x: gave up; also 'rtsps://c:d@h2:322' failed",
                 "error: rtsp://a:***@h1/x: gave up; also 'rtsps://c:***@h2:322' failed",
             ),
+            (
+                "http://cam/video.mjpg?user=admin&pwd=s3cret&fps=5",
+                "http://cam/video.mjpg?user=admin&pwd=***&fps=5",
+            ),
+            (
+                "rtsp://u:p@cam/live?token=abc def",
+                "rtsp://u:***@cam/live?token=*** def",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(credentials(input), expected, "{input}");
@@ -111,6 +165,8 @@ mod tests {
             "rtsp://:@host/",
             "",
             "://",
+            "http://cam/video?user=admin&fps=5",
+            "a?password=x without a url",
         ] {
             assert!(
                 matches!(credentials(text), Cow::Borrowed(t) if t == text),
