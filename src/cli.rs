@@ -263,8 +263,9 @@ pub struct RunArgs {
     pub no_attributes: bool,
     /// Also write an overlay video: each frame with its faces' boxes (a colour per track),
     /// landmarks and labels, H.264 in an .mp4 file (several streams: PATH's stem plus
-    /// -<stream id>, one file each).
-    #[arg(long, value_name = "PATH.mp4")]
+    /// -<stream id>, one file each), or served live at rtsp://HOST:PORT/PATH (several streams:
+    /// PATH/<stream id>).
+    #[arg(long, value_name = "PATH.mp4|rtsp://HOST:PORT/PATH")]
     pub overlay: Option<String>,
     /// Pixelate every face in the overlay video (the JSON keeps the boxes).
     #[arg(long)]

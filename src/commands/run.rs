@@ -22,7 +22,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         inputs.push(pipeline);
     }
     check_json_target(config.json.path.as_str(), &inputs)?;
-    if let Some(overlay) = &config.overlay.path {
+    if let Some(overlay) = config.overlay.path.as_ref().filter(|p| !p.contains("://")) {
         let path = Path::new(overlay);
         if inputs.iter().any(|input| same_file(input, path)) {
             anyhow::bail!("--overlay {overlay}: that is an input; give a new .mp4 file");

@@ -246,7 +246,7 @@ impl PipelineConfig {
         self.detect.validate()?;
         self.track.validate()?;
         self.attributes.validate()?;
-        self.overlay.file()?;
+        self.overlay.target()?;
         self.mqtt.broker()?;
         self.metrics.validate()?;
         Setting::key("queue_frames").check_or_zero(
@@ -330,13 +330,9 @@ pub fn run(
         .map(metrics::bind)
         .transpose()?;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
-    if let Some(path) = config.overlay.file()? {
-        let streams = config.streams().len();
-        sinks.push(Box::new(OverlaySink::create(
-            &config.overlay,
-            path,
-            streams,
-        )?));
+    if let Some(to) = config.overlay.target()? {
+        let ids: Vec<String> = config.streams().into_iter().map(|(id, _)| id).collect();
+        sinks.push(Box::new(OverlaySink::create(&config.overlay, to, &ids)?));
     }
     if let Some(broker) = config.mqtt.broker()? {
         sinks.push(Box::new(MqttSink::connect(&config.mqtt, broker)?));

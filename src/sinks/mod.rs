@@ -3,6 +3,7 @@
 //! [`stage`] fans every record out to all of them. Now: the JSON Lines metadata stream.
 
 pub mod json;
+pub mod live_overlay;
 pub mod mqtt;
 pub mod overlay;
 pub(crate) mod stage;
@@ -12,7 +13,7 @@ pub use json::{
     SinkError, TrackRecord,
 };
 pub use mqtt::{MqttConfig, MqttSink};
-pub use overlay::{OverlayConfig, OverlaySink};
+pub use overlay::{OverlayConfig, OverlaySink, OverlayTarget};
 
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
 /// records of the people whose tracks ended there; track records also come without a frame, when

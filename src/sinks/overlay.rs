@@ -26,9 +26,18 @@ pub struct OverlayConfig {
     pub blur_faces: bool,
 }
 
+/// Where the overlay goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverlayTarget {
+    /// An .mp4 file (one per stream with several).
+    File(PathBuf),
+    /// Served over RTSP while the run goes on.
+    Rtsp(super::live_overlay::RtspAddress),
+}
+
 impl OverlayConfig {
-    /// The overlay file's path, checked: `None` when there is no overlay.
-    pub fn file(&self) -> Result<Option<PathBuf>, SinkError> {
+    /// Where the overlay goes, checked: `None` when there is no overlay.
+    pub fn target(&self) -> Result<Option<OverlayTarget>, SinkError> {
         let Some(path) = self.path.as_deref() else {
             return Ok(None);
         };
@@ -36,9 +45,14 @@ impl OverlayConfig {
             target: path.to_string(),
             message: message.to_string(),
         };
+        if path.starts_with("rtsp://") {
+            return super::live_overlay::RtspAddress::parse(path)
+                .map(|a| Some(OverlayTarget::Rtsp(a)))
+                .map_err(|e| bad(&e));
+        }
         if path == "window" || path.contains("://") {
             return Err(bad(
-                "only an .mp4 file is supported for now (RTSP and window overlays are not built yet)",
+                "give an .mp4 file or rtsp://HOST:PORT/PATH (a window overlay is not built yet)",
             ));
         }
         let file = PathBuf::from(path);
@@ -48,7 +62,7 @@ impl OverlayConfig {
         if !is_mp4 {
             return Err(bad("the overlay file must end in .mp4"));
         }
-        Ok(Some(file))
+        Ok(Some(OverlayTarget::File(file)))
     }
 }
 
@@ -313,6 +327,8 @@ pub struct OverlaySink {
     encoders: Vec<Option<Encoder>>,
     /// Streams whose file is finished.
     ended: Vec<bool>,
+    /// Served over RTSP instead of written to files.
+    live: Option<super::live_overlay::RtspOverlay>,
 }
 
 impl OverlaySink {
@@ -320,9 +336,19 @@ impl OverlaySink {
     /// starts; files are created at each stream's first frame.
     pub fn create(
         config: &OverlayConfig,
-        path: PathBuf,
-        streams: usize,
+        to: OverlayTarget,
+        stream_ids: &[String],
     ) -> Result<Self, SinkError> {
+        let streams = stream_ids.len();
+        let (path, live) = match to {
+            OverlayTarget::File(path) => (path, None),
+            OverlayTarget::Rtsp(address) => (
+                PathBuf::new(),
+                Some(super::live_overlay::RtspOverlay::start(
+                    address, stream_ids,
+                )?),
+            ),
+        };
         let target = path.display().to_string();
         let font = crate::font::dejavu_sans().ok_or_else(|| SinkError::Overlay {
             target: target.clone(),
@@ -335,7 +361,14 @@ impl OverlaySink {
             target: target.clone(),
             message: e.to_string(),
         })?;
-        for factory in ["appsrc", "videoconvert", "x264enc", "mp4mux", "filesink"] {
+        for factory in [
+            "appsrc",
+            "videoconvert",
+            "x264enc",
+            "mp4mux",
+            "filesink",
+            "rtph264pay",
+        ] {
             if gst::ElementFactory::find(factory).is_none() {
                 return Err(SinkError::Overlay {
                     target,
@@ -352,6 +385,7 @@ impl OverlaySink {
             font,
             encoders: Vec::new(),
             ended: Vec::new(),
+            live,
         })
     }
 
@@ -381,8 +415,20 @@ impl Sink for OverlaySink {
             // Nothing to draw on (a frame without pixels should not happen; never fail a run on it).
             return Ok(());
         }
-        let path = stream_file(&self.path, &record.stream, self.streams);
         let (blur_faces, font) = (self.blur_faces, self.font);
+        if let Some(live) = &self.live {
+            let mut canvas = pixels[..bytes].to_vec();
+            draw_faces(&mut canvas, record, blur_faces, font);
+            let (w, h) = (even(width), even(height));
+            let laid_out = encoder_layout(
+                canvas,
+                (width as usize, height as usize),
+                (w as usize, h as usize),
+            );
+            live.push(stream, w, h, laid_out);
+            return Ok(());
+        }
+        let path = stream_file(&self.path, &record.stream, self.streams);
         let slot = self.slot(stream);
         if slot.is_none() {
             *slot = Some(Encoder::start(&path, width, height)?);
@@ -406,19 +452,7 @@ impl Sink for OverlaySink {
             return Ok(());
         }
         let mut canvas = pixels[..bytes].to_vec();
-        let mut image = Canvas {
-            rgb: &mut canvas,
-            width: width as usize,
-            height: height as usize,
-        };
-        if blur_faces {
-            for face in &record.faces {
-                image.pixelate(face.face.bbox);
-            }
-        }
-        for face in &record.faces {
-            draw_face(&mut image, face, font);
-        }
+        draw_faces(&mut canvas, record, blur_faces, font);
         encoder.push(canvas, record.pts_ms)
     }
 
@@ -435,6 +469,9 @@ impl Sink for OverlaySink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
+        if let Some(live) = self.live.as_mut() {
+            live.stop();
+        }
         let mut result = Ok(());
         for slot in &mut self.encoders {
             if let Some(encoder) = slot.take() {
@@ -442,6 +479,24 @@ impl Sink for OverlaySink {
             }
         }
         result
+    }
+}
+
+/// A frame's faces drawn on its packed RGB pixels: pixelated first with `blur_faces`, then box,
+/// landmarks and label of each.
+fn draw_faces(rgb: &mut [u8], record: &FrameRecord, blur_faces: bool, font: &FontVec) {
+    let mut image = Canvas {
+        rgb,
+        width: record.width as usize,
+        height: record.height as usize,
+    };
+    if blur_faces {
+        for face in &record.faces {
+            image.pixelate(face.face.bbox);
+        }
+    }
+    for face in &record.faces {
+        draw_face(&mut image, face, font);
     }
 }
 
@@ -661,10 +716,17 @@ mod tests {
             path: Some(path.into()),
             blur_faces: false,
         };
-        assert!(config("a/b.mp4").file().unwrap().is_some());
-        assert!(OverlayConfig::default().file().unwrap().is_none());
-        for bad in ["a.mkv", "window", "rtsp://0.0.0.0:8554/faces", "noext"] {
-            let e = config(bad).file().unwrap_err().to_string();
+        assert!(matches!(
+            config("a/b.mp4").target().unwrap(),
+            Some(OverlayTarget::File(_))
+        ));
+        assert!(matches!(
+            config("rtsp://0.0.0.0:8554/faces").target().unwrap(),
+            Some(OverlayTarget::Rtsp(_))
+        ));
+        assert!(OverlayConfig::default().target().unwrap().is_none());
+        for bad in ["a.mkv", "window", "http://h/x.mp4", "rtsp://h:1", "noext"] {
+            let e = config(bad).target().unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("overlay {bad}: ")) && !e.contains('\n'),
                 "{e}"

@@ -145,8 +145,13 @@ fn ctrl_c_leaves_a_playable_overlay_with_the_frames_written() {
 }
 
 #[test]
-fn overlay_targets_that_are_not_mp4_files_are_one_line_errors() {
-    for target in ["rtsp://0.0.0.0:8554/faces", "window", "out.mkv"] {
+fn overlay_targets_that_are_neither_mp4_files_nor_rtsp_mounts_are_one_line_errors() {
+    for target in [
+        "rtsp://0.0.0.0:8554",
+        "window",
+        "out.mkv",
+        "http://host/a.mp4",
+    ] {
         let out = bin()
             .args([
                 "run",
@@ -170,4 +175,56 @@ fn overlay_targets_that_are_not_mp4_files_are_one_line_errors() {
 
 fn stderr_text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `--overlay rtsp://…`: the drawn frames are served while the run goes on; faceflow itself
+/// watches them as an RTSP camera.
+#[test]
+fn the_overlay_is_served_over_rtsp_while_the_run_goes_on() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("rtsp://127.0.0.1:{port}/faces");
+    let mut server = bin()
+        .args([
+            "run",
+            "--input",
+            "testsrc://ball?frames=0&live=true&size=320x240",
+        ])
+        .args(["--no-attributes", "--json", "/dev/null", "--overlay", &url])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "not served");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("watched.jsonl");
+    let watched = bin()
+        .args(["run", "--input", &url, "--max-frames", "15", "--rtsp-tcp"])
+        .args(["--no-attributes", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status();
+    let status = server.wait().unwrap();
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let records = read_jsonl(&json);
+    assert!(records.len() >= 10, "{} frames watched", records.len());
+    assert!(
+        records
+            .iter()
+            .all(|r| r["width"] == 320 && r["height"] == 240)
+    );
+    assert_eq!(status.code(), Some(130));
 }
