@@ -329,10 +329,17 @@ pub fn run(
         .as_deref()
         .map(metrics::bind)
         .transpose()?;
+    // The overlay first: a taken RTSP port must not cost the previous run's JSON.
+    let overlay = match config.overlay.target()? {
+        Some(to) => {
+            let ids: Vec<String> = config.streams().into_iter().map(|(id, _)| id).collect();
+            Some(OverlaySink::create(&config.overlay, to, &ids)?)
+        }
+        None => None,
+    };
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
-    if let Some(to) = config.overlay.target()? {
-        let ids: Vec<String> = config.streams().into_iter().map(|(id, _)| id).collect();
-        sinks.push(Box::new(OverlaySink::create(&config.overlay, to, &ids)?));
+    if let Some(overlay) = overlay {
+        sinks.push(Box::new(overlay));
     }
     if let Some(broker) = config.mqtt.broker()? {
         sinks.push(Box::new(MqttSink::connect(&config.mqtt, broker)?));

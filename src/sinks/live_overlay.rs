@@ -86,6 +86,7 @@ pub struct RtspOverlay {
     address: RtspAddress,
     server: rtsp_server::RTSPServer,
     feeds: Vec<Arc<Mutex<Feed>>>,
+    context: glib::MainContext,
     main_loop: glib::MainLoop,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -137,6 +138,7 @@ impl RtspOverlay {
                 };
                 // Never hold the run back: a few frames queued, the oldest dropped.
                 src.set_max_buffers(3);
+                src.set_max_bytes(0);
                 src.set_leaky_type(gst_app::AppLeakyType::Downstream);
                 src.set_block(false);
                 if let Ok(mut feed) = slot.lock() {
@@ -155,6 +157,7 @@ impl RtspOverlay {
             .map_err(|e| fail(format!("cannot serve: {e}")))?;
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
         let running = main_loop.clone();
+        let context = ctx.clone();
         let thread = std::thread::Builder::new()
             .name("rtsp-overlay".into())
             .spawn(move || {
@@ -166,6 +169,7 @@ impl RtspOverlay {
             address,
             server,
             feeds,
+            context,
             main_loop,
             thread: Some(thread),
         })
@@ -207,7 +211,10 @@ impl RtspOverlay {
         }
         self.server
             .client_filter(Some(&mut |_, _| rtsp_server::RTSPFilterResult::Remove));
-        self.main_loop.quit();
+        // Through the context: a quit() called before the thread has entered run() would be
+        // lost, and the join below would wait for good.
+        let main_loop = self.main_loop.clone();
+        self.context.invoke(move || main_loop.quit());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -340,16 +340,10 @@ impl OverlaySink {
         stream_ids: &[String],
     ) -> Result<Self, SinkError> {
         let streams = stream_ids.len();
-        let (path, live) = match to {
-            OverlayTarget::File(path) => (path, None),
-            OverlayTarget::Rtsp(address) => (
-                PathBuf::new(),
-                Some(super::live_overlay::RtspOverlay::start(
-                    address, stream_ids,
-                )?),
-            ),
+        let target = match &to {
+            OverlayTarget::File(path) => path.display().to_string(),
+            OverlayTarget::Rtsp(a) => format!("rtsp://{}:{}{}", a.host, a.port, a.path),
         };
-        let target = path.display().to_string();
         let font = crate::font::dejavu_sans().ok_or_else(|| SinkError::Overlay {
             target: target.clone(),
             message: format!(
@@ -378,6 +372,16 @@ impl OverlaySink {
                 });
             }
         }
+        // Served only once drawing and encoding are known to work.
+        let (path, live) = match to {
+            OverlayTarget::File(path) => (path, None),
+            OverlayTarget::Rtsp(address) => (
+                PathBuf::new(),
+                Some(super::live_overlay::RtspOverlay::start(
+                    address, stream_ids,
+                )?),
+            ),
+        };
         Ok(Self {
             path,
             streams,

@@ -187,16 +187,26 @@ fn the_overlay_is_served_over_rtsp_while_the_run_goes_on() {
         .unwrap()
         .port();
     let url = format!("rtsp://127.0.0.1:{port}/faces");
-    let mut server = bin()
-        .args([
-            "run",
-            "--input",
-            "testsrc://ball?frames=0&live=true&size=320x240",
-        ])
-        .args(["--no-attributes", "--json", "/dev/null", "--overlay", &url])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Kills the served run if the test fails before it is stopped.
+    struct Served(std::process::Child);
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Served(
+        bin()
+            .args([
+                "run",
+                "--input",
+                "testsrc://ball?frames=0&live=true&size=320x240",
+            ])
+            .args(["--no-attributes", "--json", "/dev/null", "--overlay", &url])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(std::time::Instant::now() < deadline, "not served");
@@ -206,14 +216,24 @@ fn the_overlay_is_served_over_rtsp_while_the_run_goes_on() {
     let json = dir.path().join("watched.jsonl");
     let watched = bin()
         .args(["run", "--input", &url, "--max-frames", "15", "--rtsp-tcp"])
-        .args(["--no-attributes", "--json"])
+        .args(["--no-attributes", "--reconnect-attempts", "2", "--json"])
         .arg(&json)
         .output()
         .unwrap();
     let _ = std::process::Command::new("kill")
-        .args(["-INT", &server.id().to_string()])
+        .args(["-INT", &server.0.id().to_string()])
         .status();
-    let status = server.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the served run did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         watched.status.success(),
         "{}",
