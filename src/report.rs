@@ -81,11 +81,22 @@ impl RunRecords {
             reason,
         })?;
         let mut records = Self::default();
-        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let mut lines = std::io::BufReader::new(file).lines().enumerate().peekable();
+        while let Some((i, line)) = lines.next() {
             let line = line.map_err(|reason| ReportError::Read {
                 path: path.to_path_buf(),
                 reason,
             })?;
+            // A run still writing, or one that was killed, may end in half a line: left out.
+            let last = lines.peek().is_none();
+            if last && serde_json::from_str::<serde_json::Value>(&line).is_err() {
+                tracing::warn!(
+                    "{}:{}: an incomplete last line, left out",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            }
             if line.trim().is_empty() {
                 continue;
             }
@@ -539,6 +550,8 @@ mod tests {
                 i as f64 * 61_000.0 + 12_500.0
             ));
         }
+        // Cut short as a killed run leaves it: the half line is left out.
+        text.push_str("{\"type\":\"frame\",\"stre");
         std::fs::write(&jsonl, text).unwrap();
         let out = dir.path().join("report");
         let page = write(&jsonl, &out).unwrap();
@@ -563,7 +576,7 @@ mod tests {
     fn other_files_are_one_line_errors_with_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.jsonl");
-        std::fs::write(&bad, "{\"image\":\"a.jpg\",\"faces\":[]}\n").unwrap();
+        std::fs::write(&bad, "{\"image\":\"a.jpg\",\"faces\":[]}\n{}\n").unwrap();
         let e = write(&bad, &dir.path().join("r")).unwrap_err().to_string();
         assert!(e.contains("bad.jsonl:1: not a faceflow record"), "{e}");
         std::fs::write(&bad, "").unwrap();
