@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use ab_glyph::FontVec;
+use ab_glyph::{Font, FontVec, PxScale, ScaleFont};
 
 /// Where distributions put DejaVu Sans.
 pub const FONT_PATHS: [&str; 3] = [
@@ -22,4 +22,41 @@ pub fn dejavu_sans() -> Option<&'static FontVec> {
             .and_then(|bytes| FontVec::try_from_vec(bytes).ok())
     })
     .as_ref()
+}
+
+/// Width of `text` at `size` pixels.
+pub fn text_width(font: &FontVec, text: &str, size: f32) -> f32 {
+    let scaled = font.as_scaled(PxScale::from(size));
+    text.chars()
+        .map(|c| scaled.h_advance(font.glyph_id(c)))
+        .sum()
+}
+
+/// Rasterises `text` at `size` pixels from `x` on `baseline`: `plot(x, y, coverage)` for each
+/// pixel a glyph covers (possibly outside the picture; the caller clips and blends).
+pub fn rasterise(
+    font: &FontVec,
+    text: &str,
+    (x, baseline): (f32, f32),
+    size: f32,
+    mut plot: impl FnMut(i64, i64, f32),
+) {
+    let scale = PxScale::from(size);
+    let scaled = font.as_scaled(scale);
+    let mut pen_x = x;
+    for c in text.chars() {
+        let id = font.glyph_id(c);
+        let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen_x, baseline));
+        pen_x += scaled.h_advance(id);
+        if let Some(outlined) = font.outline_glyph(glyph) {
+            let bounds = outlined.px_bounds();
+            outlined.draw(|gx, gy, coverage| {
+                plot(
+                    bounds.min.x as i64 + i64::from(gx),
+                    bounds.min.y as i64 + i64::from(gy),
+                    coverage,
+                );
+            });
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use serde::Deserialize;
 
@@ -171,6 +172,39 @@ fn chart_error(name: &str) -> impl Fn(String) -> ReportError + '_ {
     }
 }
 
+/// A white SVG picture of the report's size at `path`.
+fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, Shift>, String> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    Ok(root)
+}
+
+/// A chart on `root` with `title` and the report's margins and label areas.
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: impl AsRef<str>,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title.as_ref(), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(44);
+    builder
+}
+
+/// The series' legend, in the chart's free corner.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// People per time bin per stream (a person counts when first seen). The bin is the shortest
 /// round span that gives at most about 30 bars: 5 s for a short clip, a minute for half an hour,
 /// an hour for a day.
@@ -206,20 +240,15 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
         }
     }
     let top = counts.values().flatten().copied().max().unwrap_or(0).max(1);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let root = canvas(path).map_err(&err)?;
     let n = streams.len().max(1) as f64;
     let span = bin_s / unit_s;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("People per {} {unit} (counted when first seen)", span),
-            ("sans-serif", 20),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
-        .build_cartesian_2d(0f64..bins as f64 * span, 0u32..top + top / 5 + 1)
-        .map_err(|e| err(e.to_string()))?;
+    let mut chart = titled(
+        &root,
+        format!("People per {} {unit} (counted when first seen)", span),
+    )
+    .build_cartesian_2d(0f64..bins as f64 * span, 0u32..top + top / 5 + 1)
+    .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
         .x_desc(format!("{unit} into the stream"))
@@ -240,12 +269,7 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
             .label(format!("stream {stream}"))
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    legend(&mut chart).map_err(&err)?;
     root.present().map_err(|e| err(e.to_string()))
 }
 
@@ -276,13 +300,8 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
     }
     let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
     let names: Vec<String> = groups.values().cloned().collect();
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("People by age group and gender", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+    let root = canvas(path).map_err(&err)?;
+    let mut chart = titled(&root, "People by age group and gender")
         .build_cartesian_2d(0f64..names.len().max(1) as f64, 0u32..top + top / 5 + 1)
         .map_err(|e| err(e.to_string()))?;
     let labels = names.clone();
@@ -314,12 +333,7 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
             .label(*gender)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    legend(&mut chart).map_err(&err)?;
     root.present().map_err(|e| err(e.to_string()))
 }
 
@@ -343,13 +357,8 @@ fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
         counts[((s / width).floor() as usize).min(bins - 1)] += 1;
     }
     let top = counts.iter().copied().max().unwrap_or(0).max(1);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("How long people stayed in view", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+    let root = canvas(path).map_err(&err)?;
+    let mut chart = titled(&root, "How long people stayed in view")
         .build_cartesian_2d(0f64..bins as f64 * width, 0u32..top + top / 5 + 1)
         .map_err(|e| err(e.to_string()))?;
     chart
@@ -404,13 +413,8 @@ fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError>
         .map(|p| p.1)
         .fold(0.0, f64::max)
         .max(1.0);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Faces per frame over time", ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(44)
+    let root = canvas(path).map_err(&err)?;
+    let mut chart = titled(&root, "Faces per frame over time")
         .build_cartesian_2d(0f64..end + 1.0, 0f64..top * 1.2)
         .map_err(|e| err(e.to_string()))?;
     chart
@@ -429,12 +433,7 @@ fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError>
                 PathElement::new(vec![(x, y), (x + 12, y)], colour.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    legend(&mut chart).map_err(&err)?;
     root.present().map_err(|e| err(e.to_string()))
 }
 

@@ -36,97 +36,77 @@ impl AttributesStage<'_> {
             pixels_for_sinks,
             times,
         } = self;
-        attributes_loop(
-            model,
-            config,
-            window,
-            (input, upstream),
-            out,
-            (pixels_for_sinks, times),
-            control,
-        )
-    }
-}
-
-fn attributes_loop(
-    model: &mut AttributeModel,
-    config: &AttributesConfig,
-    window: &Window,
-    (input, upstream): (&Input<Detected>, usize),
-    out: &Output<Detected>,
-    (pixels_for_sinks, times): (bool, &crate::pipeline::metrics::StageTimes),
-    control: &Control,
-) -> Result<(), String> {
-    let mut eos_seen = 0usize;
-    let max_wait = Duration::from_millis(config.max_wait_ms);
-    loop {
-        let mut batch = Vec::new();
-        let mut ended = false;
-        match input.recv(control) {
-            Received::Item(d) => batch.push(d),
-            Received::Eos => {
-                eos_seen += 1;
-                ended = eos_seen >= upstream;
-            }
-            Received::Disconnected => ended = true,
-        }
-        let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
-        let deadline = Instant::now() + max_wait;
-        // Gather until the batch is full, the wait is over, or the window is: then the frames held
-        // here are what the writer waits for, and waiting longer only stalls the run.
-        while !ended && faces > 0 && faces < config.max_batch && !window.is_full() {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match input.recv_until(deadline.min(now + Duration::from_millis(5)), control) {
-                None => continue,
-                Some(Received::Item(d)) => {
-                    faces += d.faces.len();
-                    batch.push(d);
-                }
-                Some(Received::Eos) => {
+        let mut eos_seen = 0usize;
+        let max_wait = Duration::from_millis(config.max_wait_ms);
+        loop {
+            let mut batch = Vec::new();
+            let mut ended = false;
+            match input.recv(control) {
+                Received::Item(d) => batch.push(d),
+                Received::Eos => {
                     eos_seen += 1;
                     ended = eos_seen >= upstream;
                 }
-                Some(Received::Disconnected) => ended = true,
+                Received::Disconnected => ended = true,
             }
-        }
-        if faces > 0 {
-            let images: Vec<FacesInImage<'_>> = batch
-                .iter()
-                .map(|d| FacesInImage {
-                    rgb: &d.frame.rgb,
-                    width: d.frame.width as usize,
-                    height: d.frame.height as usize,
-                    faces: d.faces.iter().map(|f| &f.face).collect(),
-                })
-                .collect();
-            let started = Instant::now();
-            let predictions = model
-                .predict_faces(&images)
-                .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
-            times.attributes.observe(started.elapsed().as_secs_f64());
-            drop(images);
-            // Read out later, through each face's track.
-            for (d, predicted) in batch.iter_mut().zip(predictions) {
-                d.predictions = predicted;
+            let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
+            let deadline = Instant::now() + max_wait;
+            // Gather until the batch is full, the wait is over, or the window is: then the frames held
+            // here are what the writer waits for, and waiting longer only stalls the run.
+            while !ended && faces > 0 && faces < config.max_batch && !window.is_full() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match input.recv_until(deadline.min(now + Duration::from_millis(5)), control) {
+                    None => continue,
+                    Some(Received::Item(d)) => {
+                        faces += d.faces.len();
+                        batch.push(d);
+                    }
+                    Some(Received::Eos) => {
+                        eos_seen += 1;
+                        ended = eos_seen >= upstream;
+                    }
+                    Some(Received::Disconnected) => ended = true,
+                }
             }
-        }
-        // Unless a sink draws on them, no later stage reads the pixels: release them before the
-        // frame waits to be written.
-        if !pixels_for_sinks {
-            for d in &mut batch {
-                d.frame.rgb = Vec::new();
+            if faces > 0 {
+                let images: Vec<FacesInImage<'_>> = batch
+                    .iter()
+                    .map(|d| FacesInImage {
+                        rgb: &d.frame.rgb,
+                        width: d.frame.width as usize,
+                        height: d.frame.height as usize,
+                        faces: d.faces.iter().map(|f| &f.face).collect(),
+                    })
+                    .collect();
+                let started = Instant::now();
+                let predictions = model
+                    .predict_faces(&images)
+                    .map_err(|e| format!("frame {}: {e}", batch[0].frame.index))?;
+                times.attributes.observe(started.elapsed().as_secs_f64());
+                drop(images);
+                // Read out later, through each face's track.
+                for (d, predicted) in batch.iter_mut().zip(predictions) {
+                    d.predictions = predicted;
+                }
             }
-        }
-        for d in batch {
-            if out.send(d, control) == Sent::Closed {
+            // Unless a sink draws on them, no later stage reads the pixels: release them before the
+            // frame waits to be written.
+            if !pixels_for_sinks {
+                for d in &mut batch {
+                    d.frame.rgb = Vec::new();
+                }
+            }
+            for d in batch {
+                if out.send(d, control) == Sent::Closed {
+                    return Ok(());
+                }
+            }
+            if ended {
                 return Ok(());
             }
-        }
-        if ended {
-            return Ok(());
         }
     }
 }

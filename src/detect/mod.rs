@@ -323,11 +323,7 @@ impl Mtcnn {
         width: usize,
         height: usize,
     ) -> Result<Vec<Face>, DetectError> {
-        let image = RgbView::new(rgb, width, height).ok_or(DetectError::BadImage {
-            len: rgb.len(),
-            width,
-            height,
-        })?;
+        let image = rgb_view(rgb, width, height)?;
         if width == 0 || height == 0 {
             return Ok(Vec::new());
         }
@@ -370,11 +366,7 @@ impl Mtcnn {
         height: usize,
         previous: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
-        let image = RgbView::new(rgb, width, height).ok_or(DetectError::BadImage {
-            len: rgb.len(),
-            width,
-            height,
-        })?;
+        let image = rgb_view(rgb, width, height)?;
         if width == 0 || height == 0 || previous.is_empty() {
             return Ok(Vec::new());
         }
@@ -588,6 +580,15 @@ impl Mtcnn {
             .filter_map(|i| clipped_to_frame(faces[i].clone(), image.width, image.height))
             .collect())
     }
+}
+
+/// `rgb` as a `width`×`height` picture, or why it cannot be one.
+fn rgb_view(rgb: &[u8], width: usize, height: usize) -> Result<RgbView<'_>, DetectError> {
+    RgbView::new(rgb, width, height).ok_or(DetectError::BadImage {
+        len: rgb.len(),
+        width,
+        height,
+    })
 }
 
 /// The face with its box clipped to the frame (regression can push boxes past its edges), or

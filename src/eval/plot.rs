@@ -29,11 +29,7 @@ enum Anchor {
 }
 
 fn text_width(text: &str, size: f32) -> f32 {
-    let Some(font) = font() else { return 0.0 };
-    let scaled = font.as_scaled(PxScale::from(size));
-    text.chars()
-        .map(|c| scaled.h_advance(font.glyph_id(c)))
-        .sum()
+    font().map_or(0.0, |font| crate::font::text_width(font, text, size))
 }
 
 /// Draws `text` with its vertical centre at `y`.
@@ -47,37 +43,23 @@ fn draw_text(
     colour: Rgb<u8>,
 ) {
     let Some(font) = font() else { return };
-    let scale = PxScale::from(size);
-    let scaled = font.as_scaled(scale);
+    let scaled = font.as_scaled(PxScale::from(size));
     let width = text_width(text, size);
-    let mut pen_x = match anchor {
+    let pen_x = match anchor {
         Anchor::Left => x,
         Anchor::Centre => x - width / 2.0,
         Anchor::Right => x - width,
     };
     let baseline = y + (scaled.ascent() + scaled.descent()) / 2.0;
-    for c in text.chars() {
-        let id = font.glyph_id(c);
-        let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen_x, baseline));
-        pen_x += scaled.h_advance(id);
-        if let Some(outlined) = font.outline_glyph(glyph) {
-            let bounds = outlined.px_bounds();
-            outlined.draw(|gx, gy, coverage| {
-                let (px, py) = (
-                    bounds.min.x as i64 + gx as i64,
-                    bounds.min.y as i64 + gy as i64,
-                );
-                if px < 0 || py < 0 || px >= img.width() as i64 || py >= img.height() as i64 {
-                    return;
-                }
-                let p = img.get_pixel_mut(px as u32, py as u32);
-                for k in 0..3 {
-                    let v = f32::from(p[k]) * (1.0 - coverage) + f32::from(colour[k]) * coverage;
-                    p[k] = v.round() as u8;
-                }
-            });
+    crate::font::rasterise(font, text, (pen_x, baseline), size, |px, py, coverage| {
+        if px < 0 || py < 0 || px >= img.width() as i64 || py >= img.height() as i64 {
+            return;
         }
-    }
+        let p = img.get_pixel_mut(px as u32, py as u32);
+        for (v, c) in p.0.iter_mut().zip(colour.0) {
+            *v = (f32::from(*v) * (1.0 - coverage) + f32::from(c) * coverage).round() as u8;
+        }
+    });
 }
 
 fn fill(img: &mut RgbImage, x0: u32, y0: u32, w: u32, h: u32, colour: Rgb<u8>) {

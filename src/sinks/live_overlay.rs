@@ -179,6 +179,14 @@ impl RtspOverlay {
         &self.address
     }
 
+    /// Whether anyone watches stream `stream` now (else its frames need not be drawn).
+    pub fn watching(&self, stream: usize) -> bool {
+        self.feeds
+            .get(stream)
+            .and_then(|f| f.lock().ok().map(|f| f.appsrc.is_some()))
+            .unwrap_or(false)
+    }
+
     /// Hands stream `stream`'s drawn frame (packed RGB, rows padded for GStreamer) to its viewers.
     pub fn push(&self, stream: usize, width: u32, height: u32, rgb: Vec<u8>) {
         let Some(feed) = self.feeds.get(stream) else {

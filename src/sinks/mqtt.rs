@@ -207,10 +207,16 @@ impl MqttSink {
         })
     }
 
-    fn publish(&mut self, stream: &str, payload: Vec<u8>) {
+    /// Queues `record` as JSON to `stream`'s topic (or counts it as dropped when the buffer is
+    /// full).
+    fn publish(&mut self, stream: &str, record: &impl Serialize) -> Result<(), SinkError> {
+        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
+            target: self.shown.clone(),
+            message: e.to_string(),
+        })?;
         let topic = self.broker.topic.replace("{stream}", stream);
         let Ok(mut shared) = self.shared.lock() else {
-            return;
+            return Ok(());
         };
         if shared.unacked.len() >= self.buffer {
             shared.dropped += 1;
@@ -228,18 +234,19 @@ impl MqttSink {
                 );
                 self.last_drop_warning = Some(Instant::now());
             }
-            return;
+            return Ok(());
         }
         let number = shared.next_number;
         shared.next_number += 1;
         shared
             .unacked
             .push_back((number, topic.clone(), payload.clone()));
-        // Queued for the connection; if the request queue is full now, the record is still in
-        // `unacked` and goes out with the next resend.
+        // Never refused for room: whatever waits in rumqttc's request queue is also in `unacked`,
+        // which is held to the queue's size.
         let _ = self
             .client
             .try_publish(topic, QoS::AtLeastOnce, false, payload);
+        Ok(())
     }
 
     /// Records published and acknowledged, and records dropped (buffer full).
@@ -338,21 +345,11 @@ impl Sink for MqttSink {
         if record.faces.is_empty() && !self.all_frames {
             return Ok(());
         }
-        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
-            target: self.shown.clone(),
-            message: e.to_string(),
-        })?;
-        self.publish(&record.stream, payload);
-        Ok(())
+        self.publish(&record.stream, record)
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
-        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
-            target: self.shown.clone(),
-            message: e.to_string(),
-        })?;
-        self.publish(&record.stream, payload);
-        Ok(())
+        self.publish(&record.stream, record)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {

@@ -421,6 +421,9 @@ impl Sink for OverlaySink {
         }
         let (blur_faces, font) = (self.blur_faces, self.font);
         if let Some(live) = &self.live {
+            if !live.watching(stream) {
+                return Ok(());
+            }
             let mut canvas = pixels[..bytes].to_vec();
             draw_faces(&mut canvas, record, blur_faces, font);
             let (w, h) = (even(width), even(height));
@@ -586,34 +589,11 @@ impl Canvas<'_> {
 
     /// `text` with its top-left corner at (x, y).
     fn text(&mut self, font: &FontVec, text: &str, x: f32, y: f32, size: f32, colour: [u8; 3]) {
-        let scale = PxScale::from(size);
-        let scaled = font.as_scaled(scale);
-        let baseline = y + scaled.ascent();
-        let mut pen_x = x;
-        for c in text.chars() {
-            let id = font.glyph_id(c);
-            let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen_x, baseline));
-            pen_x += scaled.h_advance(id);
-            if let Some(outlined) = font.outline_glyph(glyph) {
-                let bounds = outlined.px_bounds();
-                outlined.draw(|gx, gy, coverage| {
-                    self.blend(
-                        bounds.min.x as i64 + i64::from(gx),
-                        bounds.min.y as i64 + i64::from(gy),
-                        colour,
-                        coverage,
-                    );
-                });
-            }
-        }
+        let baseline = y + font.as_scaled(PxScale::from(size)).ascent();
+        crate::font::rasterise(font, text, (x, baseline), size, |px, py, coverage| {
+            self.blend(px, py, colour, coverage)
+        });
     }
-}
-
-fn text_width(font: &FontVec, text: &str, size: f32) -> f32 {
-    let scaled = font.as_scaled(PxScale::from(size));
-    text.chars()
-        .map(|c| scaled.h_advance(font.glyph_id(c)))
-        .sum()
 }
 
 /// A face's label: track id, gender initial, age group, race (what the face has).
@@ -662,7 +642,7 @@ fn draw_face(image: &mut Canvas<'_>, face: &FaceRecord, font: &FontVec) {
         return;
     }
     let size = (image.height as f32 / 30.0).clamp(12.0, 36.0);
-    let width = text_width(font, &text, size).ceil() as i64 + 6;
+    let width = crate::font::text_width(font, &text, size).ceil() as i64 + 6;
     let height = size.ceil() as i64 + 4;
     // Above the box, or inside its top when the box touches the frame's top.
     let top = if bbox[1] - height >= 0 {
