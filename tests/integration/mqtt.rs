@@ -9,16 +9,20 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// The tools this test needs, or `None` (skipped; under CI a failure).
-fn mosquitto() -> Option<()> {
-    let found = ["mosquitto", "mosquitto_sub"].iter().all(|tool| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found {
-        return Some(());
+/// Where `tool` is: on PATH, or in the sbin folders a PATH without them leaves out (Debian puts
+/// the broker in /usr/sbin).
+fn tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The broker and the subscriber, or `None` (skipped; under CI a failure).
+fn mosquitto() -> Option<(PathBuf, PathBuf)> {
+    if let (Some(broker), Some(sub)) = (tool("mosquitto"), tool("mosquitto_sub")) {
+        return Some((broker, sub));
     }
     assert!(
         std::env::var("CI").is_err(),
@@ -30,13 +34,14 @@ fn mosquitto() -> Option<()> {
 
 /// A broker with persistent sessions in `dir`, on `port`.
 struct Broker {
+    program: PathBuf,
     conf: PathBuf,
     port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
-    fn start(dir: &Path) -> Self {
+    fn start(program: PathBuf, dir: &Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -57,6 +62,7 @@ impl Broker {
         )
         .unwrap();
         let mut broker = Self {
+            program,
             conf,
             port,
             child: None,
@@ -66,7 +72,7 @@ impl Broker {
     }
 
     fn restart(&mut self) {
-        let child = Command::new("mosquitto")
+        let child = Command::new(&self.program)
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
@@ -107,12 +113,14 @@ fn key(record: &serde_json::Value) -> String {
 
 #[test]
 fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
-    let Some(()) = mosquitto() else { return };
+    let Some((program, subscribe)) = mosquitto() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path());
+    let mut broker = Broker::start(program, dir.path());
     let received = dir.path().join("received.txt");
     // A subscriber with a persistent session: it reconnects by itself after the restart.
-    let mut subscriber = Command::new("mosquitto_sub")
+    let mut subscriber = Command::new(subscribe)
         .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
         .args([
             "-c",
