@@ -263,16 +263,17 @@ pub struct RunArgs {
     pub no_attributes: bool,
     /// Also write an overlay video: each frame with its faces' boxes (a colour per track),
     /// landmarks and labels, H.264 in an .mp4 file (several streams: PATH's stem plus
-    /// -<stream id>, one file each), or served live at rtsp://HOST:PORT/PATH (several streams:
-    /// PATH/<stream id>).
-    #[arg(long, value_name = "PATH.mp4|rtsp://HOST:PORT/PATH")]
+    /// -<stream id>, one file each), served live at rtsp://HOST:PORT/PATH (several streams:
+    /// PATH/<stream id>), or shown in a window per stream on this machine's display (window).
+    #[arg(long, value_name = "PATH.mp4|rtsp://HOST:PORT/PATH|window")]
     pub overlay: Option<String>,
     /// Pixelate every face in the overlay video (the JSON keeps the boxes).
     #[arg(long)]
     pub blur_faces: bool,
     /// Publish records to an MQTT broker, QoS 1: mqtt://[user[:password]@]host[:port]/topic, where
-    /// {stream} in the topic becomes the stream id (password also from FACEFLOW_MQTT_PASSWORD).
-    /// Frames with faces and track records; kept while the broker is away.
+    /// {stream} in the topic becomes the stream id (password also from FACEFLOW_MQTT_PASSWORD);
+    /// mqtts:// for TLS (port 8883 unless given). Frames with faces and track records; kept while
+    /// the broker is away.
     #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
     /// With --mqtt: publish frames without faces too.
@@ -282,6 +283,10 @@ pub struct RunArgs {
     /// [default: 1500, a minute of one stream]; beyond, they are counted as dropped.
     #[arg(long, value_name = "N")]
     pub mqtt_buffer: Option<usize>,
+    /// With mqtts://: the PEM file of the certificate authority of the broker's certificate
+    /// [default: the system's CA certificates].
+    #[arg(long, value_name = "FILE")]
+    pub mqtt_ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics while the run goes on, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -456,6 +461,9 @@ impl RunArgs {
         }
         if let Some(v) = self.mqtt_buffer {
             config.mqtt.buffer = v;
+        }
+        if let Some(v) = &self.mqtt_ca {
+            config.mqtt.ca = Some(v.clone());
         }
         if let Some(v) = &self.metrics {
             config.metrics.listen = Some(v.clone());

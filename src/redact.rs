@@ -73,7 +73,27 @@ fn userinfo_passwords(text: &str) -> Cow<'_, str> {
                 ) || c.is_whitespace()
             })
             .unwrap_or(text.len() - authority_start);
-        let authority = &text[authority_start..authority_start + authority_len];
+        let mut authority = &text[authority_start..authority_start + authority_len];
+        // A password may hold a raw '/' (people paste them unescaped): then the authority seems to
+        // end inside the password. `user:pa/ss@host` is taken as user information when an '@'
+        // follows before the URL's end and what follows the ':' is not a port.
+        if !authority.contains('@')
+            && let Some(colon) = authority.find(':')
+            && !authority[colon + 1..].bytes().all(|b| b.is_ascii_digit())
+        {
+            let url_len = text[authority_start..]
+                .find(|c: char| {
+                    matches!(c, '"' | '\'' | '<' | '>' | '`' | '?' | '#') || c.is_whitespace()
+                })
+                .unwrap_or(text.len() - authority_start);
+            if let Some(at) = text[authority_start..authority_start + url_len].find('@') {
+                let host_len = text[authority_start + at..authority_start + url_len]
+                    .find('/')
+                    .unwrap_or(url_len - at);
+                authority = &text[authority_start..authority_start + at + host_len];
+            }
+        }
+        let authority_len = authority.len();
         // The user information ends at the last '@' (a password may hold one unescaped).
         if let Some(at) = authority.rfind('@')
             && let Some(colon) = authority[..at].find(':')
@@ -148,6 +168,11 @@ mod tests {
                 "rtsp://u:p@cam/live?token=abc def",
                 "rtsp://u:***@cam/live?token=*** def",
             ),
+            (
+                "rtsp://admin:pa/ss@cam.local/stream and more",
+                "rtsp://admin:***@cam.local/stream and more",
+            ),
+            ("rtsp://admin:a/b@c@cam/x", "rtsp://admin:***@cam/x"),
         ];
         for (input, expected) in cases {
             assert_eq!(credentials(input), expected, "{input}");
@@ -166,6 +191,8 @@ mod tests {
             "",
             "://",
             "http://cam/video?user=admin&fps=5",
+            "http://cam:8080/users/a@b",
+            "http://cam/a:b/c@d",
             "a?password=x without a url",
         ] {
             assert!(

@@ -7,6 +7,7 @@ pub mod live_overlay;
 pub mod mqtt;
 pub mod overlay;
 pub(crate) mod stage;
+pub mod window_overlay;
 
 pub use json::{
     Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,

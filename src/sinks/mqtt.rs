@@ -11,7 +11,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, MqttOptions, Packet, Publish, QoS, Request};
+use rumqttc::{
+    Client, Connection, Event, MqttOptions, Packet, Publish, QoS, Request, TlsConfiguration,
+    Transport,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{FrameRecord, Sink, SinkError, TrackRecord};
@@ -26,6 +31,9 @@ pub struct MqttConfig {
     pub all_frames: bool,
     /// Records held while the broker does not acknowledge them (a minute of one stream).
     pub buffer: usize,
+    /// With `mqtts://`: the PEM file of the certificate authority that signed the broker's
+    /// certificate (the system's roots when unset).
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -34,6 +42,7 @@ impl Default for MqttConfig {
             url: None,
             all_frames: false,
             buffer: DEFAULT_BUFFER,
+            ca: None,
         }
     }
 }
@@ -53,6 +62,8 @@ pub struct Broker {
     pub password: Option<String>,
     /// With `{stream}` where the stream id goes.
     pub topic: String,
+    /// `mqtts://`: the certificate authorities the broker's certificate must chain to.
+    pub tls: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl MqttConfig {
@@ -69,12 +80,20 @@ impl MqttConfig {
         crate::limits::Setting::key("buffer")
             .check(self.buffer, 1, 1_000_000, "records")
             .map_err(|e| bad(&e.to_string()))?;
-        let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-            rest
-        } else if url.starts_with("mqtts://") {
-            return Err(bad("mqtts:// (TLS) is not supported yet; use mqtt://"));
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
+            if let Some(ca) = &self.ca {
+                return Err(bad(&format!(
+                    "a CA file ({}) is for mqtts:// (TLS); this URL is plain mqtt://",
+                    ca.display()
+                )));
+            }
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("mqtts://") {
+            (rest, true)
         } else {
-            return Err(bad("expected mqtt://[user[:password]@]host[:port]/topic"));
+            return Err(bad(
+                "expected mqtt:// or mqtts://[user[:password]@]host[:port]/topic",
+            ));
         };
         let (authority, topic) = rest.split_once('/').unwrap_or((rest, ""));
         if topic.is_empty() {
@@ -100,7 +119,7 @@ impl MqttConfig {
                 p.parse::<u16>()
                     .map_err(|_| bad(&format!("bad port '{p}'")))?,
             ),
-            None => (hostport, 1883),
+            None => (hostport, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err(bad("no host"));
@@ -110,14 +129,71 @@ impl MqttConfig {
                 "a topic to publish to cannot hold the wildcards + or #",
             ));
         }
+        let tls = if tls {
+            Some(trusted_roots(self.ca.as_deref()).map_err(|e| bad(&e))?)
+        } else {
+            None
+        };
         Ok(Some(Broker {
             host: host.to_string(),
             port,
             user,
             password,
             topic: topic.to_string(),
+            tls,
         }))
     }
+}
+
+/// The certificates of `ca_file` (PEM), or the system's roots without one.
+fn trusted_roots(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let roots = match ca_file {
+        Some(path) => {
+            let unreadable = |e: &dyn std::fmt::Display| format!("CA file {}: {e}", path.display());
+            let pem = std::fs::read(path).map_err(|e| unreadable(&e))?;
+            CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(&e))?
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty()
+                && let Some(e) = found.errors.first()
+            {
+                return Err(format!(
+                    "no system CA certificates: {e}; name one with --mqtt-ca"
+                ));
+            }
+            found.certs
+        }
+    };
+    if roots.is_empty() {
+        return Err(match ca_file {
+            Some(path) => format!("CA file {}: no PEM certificate in it", path.display()),
+            None => "no system CA certificates; name one with --mqtt-ca".into(),
+        });
+    }
+    Ok(roots)
+}
+
+/// A TLS client set-up trusting `roots`, with the ring provider (rustls' process-wide default
+/// is not relied on: nothing installs one).
+fn tls_client(roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("CA certificate refused: {e}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(store)
+    .with_no_client_auth())
 }
 
 /// What the connection thread and the sink share.
@@ -181,6 +257,15 @@ impl MqttSink {
             tracing::warn!(
                 "mqtt {shown}: {PASSWORD_ENV} is set but the URL names no user: connecting without a login"
             );
+        }
+        if let Some(roots) = &broker.tls {
+            let tls = tls_client(roots).map_err(|message| SinkError::Mqtt {
+                target: shown.clone(),
+                message,
+            })?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(tls),
+            )));
         }
         let (client, connection) = Client::new(options, config.buffer.max(1));
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -432,6 +517,7 @@ mod tests {
                 user: Some("u".into()),
                 password: Some("p".into()),
                 topic: "faceflow/{stream}".into(),
+                tls: None,
             }
         );
         let b = broker("mqtt://127.0.0.1/faces").unwrap().unwrap();
@@ -445,7 +531,7 @@ mod tests {
             "mqtt://host",
             "mqtt://u:secret@host:notaport/t",
             "http://host/t",
-            "mqtts://u:secret@host/t",
+            "mqtts://u:secret@host:x/t",
             "mqtt://u:secret@:1883/t",
             "mqtt://host/a/#",
         ] {

@@ -33,6 +33,8 @@ pub enum OverlayTarget {
     File(PathBuf),
     /// Served over RTSP while the run goes on.
     Rtsp(super::live_overlay::RtspAddress),
+    /// Shown in a window per stream on this machine's display.
+    Window,
 }
 
 impl OverlayConfig {
@@ -50,10 +52,11 @@ impl OverlayConfig {
                 .map(|a| Some(OverlayTarget::Rtsp(a)))
                 .map_err(|e| bad(&e));
         }
-        if path == "window" || path.contains("://") {
-            return Err(bad(
-                "give an .mp4 file or rtsp://HOST:PORT/PATH (a window overlay is not built yet)",
-            ));
+        if path == "window" {
+            return Ok(Some(OverlayTarget::Window));
+        }
+        if path.contains("://") {
+            return Err(bad("give an .mp4 file, rtsp://HOST:PORT/PATH or window"));
         }
         let file = PathBuf::from(path);
         let is_mp4 = file
@@ -329,6 +332,8 @@ pub struct OverlaySink {
     ended: Vec<bool>,
     /// Served over RTSP instead of written to files.
     live: Option<super::live_overlay::RtspOverlay>,
+    /// Shown in windows instead of written to files.
+    window: Option<super::window_overlay::WindowOverlay>,
 }
 
 impl OverlaySink {
@@ -343,6 +348,7 @@ impl OverlaySink {
         let target = match &to {
             OverlayTarget::File(path) => path.display().to_string(),
             OverlayTarget::Rtsp(a) => format!("rtsp://{}:{}{}", a.host, a.port, a.path),
+            OverlayTarget::Window => "window".into(),
         };
         let font = crate::font::dejavu_sans().ok_or_else(|| SinkError::Overlay {
             target: target.clone(),
@@ -355,14 +361,13 @@ impl OverlaySink {
             target: target.clone(),
             message: e.to_string(),
         })?;
-        for factory in [
-            "appsrc",
-            "videoconvert",
-            "x264enc",
-            "mp4mux",
-            "filesink",
-            "rtph264pay",
-        ] {
+        let factories: &[&str] = match &to {
+            OverlayTarget::File(_) => &["appsrc", "videoconvert", "x264enc", "mp4mux", "filesink"],
+            OverlayTarget::Rtsp(_) => &["appsrc", "videoconvert", "x264enc", "rtph264pay"],
+            // The window checks its own (a display sink).
+            OverlayTarget::Window => &[],
+        };
+        for &factory in factories {
             if gst::ElementFactory::find(factory).is_none() {
                 return Err(SinkError::Overlay {
                     target,
@@ -373,13 +378,26 @@ impl OverlaySink {
             }
         }
         // Served only once drawing and encoding are known to work.
-        let (path, live) = match to {
-            OverlayTarget::File(path) => (path, None),
+        let (path, live, window) = match to {
+            OverlayTarget::File(path) => (path, None, None),
             OverlayTarget::Rtsp(address) => (
                 PathBuf::new(),
                 Some(super::live_overlay::RtspOverlay::start(
                     address, stream_ids,
                 )?),
+                None,
+            ),
+            OverlayTarget::Window => (
+                PathBuf::new(),
+                None,
+                Some(
+                    super::window_overlay::WindowOverlay::open(stream_ids).map_err(|message| {
+                        SinkError::Overlay {
+                            target: target.clone(),
+                            message,
+                        }
+                    })?,
+                ),
             ),
         };
         Ok(Self {
@@ -390,6 +408,7 @@ impl OverlaySink {
             encoders: Vec::new(),
             ended: Vec::new(),
             live,
+            window,
         })
     }
 
@@ -435,6 +454,13 @@ impl Sink for OverlaySink {
             live.push(stream, w, h, laid_out);
             return Ok(());
         }
+        if let Some(window) = &mut self.window {
+            let mut canvas = pixels[..bytes].to_vec();
+            draw_faces(&mut canvas, record, blur_faces, font);
+            let size = (width as usize, height as usize);
+            window.show(stream, width, height, encoder_layout(canvas, size, size));
+            return Ok(());
+        }
         let path = stream_file(&self.path, &record.stream, self.streams);
         let slot = self.slot(stream);
         if slot.is_none() {
@@ -468,6 +494,9 @@ impl Sink for OverlaySink {
     }
 
     fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
+        if let Some(window) = &mut self.window {
+            window.end(stream, true);
+        }
         let encoder = self.slot(stream).take();
         if let Some(e) = self.ended.get_mut(stream) {
             *e = true;
@@ -478,6 +507,9 @@ impl Sink for OverlaySink {
     fn finish(&mut self) -> Result<(), SinkError> {
         if let Some(live) = self.live.as_mut() {
             live.stop();
+        }
+        if let Some(window) = self.window.as_mut() {
+            window.close();
         }
         let mut result = Ok(());
         for slot in &mut self.encoders {
@@ -708,8 +740,12 @@ mod tests {
             config("rtsp://0.0.0.0:8554/faces").target().unwrap(),
             Some(OverlayTarget::Rtsp(_))
         ));
+        assert_eq!(
+            config("window").target().unwrap(),
+            Some(OverlayTarget::Window)
+        );
         assert!(OverlayConfig::default().target().unwrap().is_none());
-        for bad in ["a.mkv", "window", "http://h/x.mp4", "rtsp://h:1", "noext"] {
+        for bad in ["a.mkv", "windows", "http://h/x.mp4", "rtsp://h:1", "noext"] {
             let e = config(bad).target().unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("overlay {bad}: ")) && !e.contains('\n'),

@@ -17,3 +17,4 @@ mod run_video;
 mod scene;
 mod streams;
 mod tracking;
+mod window;

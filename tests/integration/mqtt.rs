@@ -42,6 +42,11 @@ struct Broker {
 
 impl Broker {
     fn start(program: PathBuf, dir: &Path) -> Self {
+        Self::start_with(program, dir, "")
+    }
+
+    /// A broker whose listener on `port` gets `listener_conf` (TLS settings) too.
+    fn start_with(program: PathBuf, dir: &Path, listener_conf: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -56,7 +61,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\n",
                 data.display()
             ),
         )
@@ -218,4 +223,174 @@ impl WaitLimited for Child {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority `NAME.pem` (key `NAME.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+#[test]
+fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
+    let Some((program, subscribe)) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("broker");
+    std::fs::create_dir_all(&tls).unwrap();
+    // A CA, a broker certificate for 127.0.0.1 signed by it, and a second CA that signed nothing.
+    make_ca(&tls, "ca");
+    make_ca(&tls, "other-ca");
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(tls.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &tls,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    // mosquitto started as root reads its files as user mosquitto.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::set_permissions(tls.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // TLS on the broker's port for faceflow; the subscriber on a plain second listener.
+    let plain_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = format!(
+        "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nlistener {plain_port} 127.0.0.1\n",
+        tls.display()
+    );
+    let broker = Broker::start_with(program, dir.path(), &conf);
+    let received = dir.path().join("received.txt");
+    let mut subscriber = Command::new(subscribe)
+        .args(["-h", "127.0.0.1", "-p", &plain_port.to_string()])
+        .args(["-q", "1", "-t", "faceflow/#"])
+        .stdout(std::fs::File::create(&received).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("mqtts://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
+    let run = |ca: &str, json: &Path| {
+        bin()
+            .args(["run", "--input"])
+            .arg(project_root().join("samples/astronaut.mp4"))
+            .args(["--max-frames", "20", "--mqtt", &url, "--mqtt-ca"])
+            .arg(tls.join(ca))
+            .arg("--json")
+            .arg(json)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output_limited()
+    };
+    let json = dir.path().join("out.jsonl");
+    let (status, stderr) = run("ca.pem", &json);
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    assert!(status.success(), "{stderr}");
+    let expected: HashSet<String> = read_all_jsonl(&json)
+        .iter()
+        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
+        .map(key)
+        .collect();
+    assert!(expected.len() >= 20, "{}", expected.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got: HashSet<String> = HashSet::new();
+    while Instant::now() < deadline && !expected.is_subset(&got) {
+        std::thread::sleep(Duration::from_millis(200));
+        got = std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| key(&r))
+            .collect();
+    }
+    assert!(
+        expected.is_subset(&got),
+        "{} of {} arrived; {stderr}",
+        got.len(),
+        expected.len()
+    );
+    assert!(
+        stderr.contains(&format!("{} records published", expected.len())),
+        "{stderr}"
+    );
+
+    // A broker whose certificate the CA given does not vouch for: nothing is published, and
+    // the log says why.
+    let (status, stderr) = run("other-ca.pem", &dir.path().join("other.jsonl"));
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("0 records published"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
