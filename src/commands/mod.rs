@@ -115,25 +115,28 @@ pub fn on_interrupt(what: &'static str, first: impl Fn() + Send + 'static) {
 /// See [`show_rate`]. Nothing at all when
 /// standard error is not a terminal (logs and pipes get no control codes).
 pub fn progress(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use indicatif::{ProgressBar, ProgressDrawTarget};
     use std::io::IsTerminal;
-    let (bar, template) = match total {
-        Some(n) => (
-            ProgressBar::new(n),
-            format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  {{eta}} left"),
-        ),
-        None => (
-            ProgressBar::new_spinner(),
-            format!("{{spinner}} {{pos}} {unit}  {{msg}}  {{elapsed}}"),
-        ),
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
     };
-    if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
-    }
+    bar.set_style(progress_style(total.is_some(), unit));
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar
+}
+
+/// The look of a progress display: a bar with time left, or a spinner.
+pub fn progress_style(known_total: bool, unit: &str) -> indicatif::ProgressStyle {
+    let template = if known_total {
+        format!("{{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}  {{eta}} left")
+    } else {
+        format!("{{spinner}} {{pos}} {unit}  {{msg}}  {{elapsed}}")
+    };
+    indicatif::ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }
 
 /// Moves `bar` to `done` and shows the rate since `started` (`12.3/s`).

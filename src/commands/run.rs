@@ -34,13 +34,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
-    // Frames written so far and the rate (the number of frames a file holds is not known here).
+    // Frames written so far and the rate; a bar with time left once every input is a file that
+    // says how long it is.
     let bar = super::progress(None, "frames");
     let shown = bar.clone();
     let health_bar = bar.clone();
     let hooks = pipeline::RunHooks {
         progress: Some(Box::new(
-            move |frames: u64, elapsed: std::time::Duration| {
+            move |frames: u64, total: Option<u64>, elapsed: std::time::Duration| {
+                if let Some(total) = total.map(|t| t.max(frames))
+                    && shown.length() != Some(total)
+                {
+                    shown.set_length(total);
+                    shown.set_style(super::progress_style(true, "frames"));
+                }
                 shown.set_position(frames);
                 let fps = frames as f64 / elapsed.as_secs_f64().max(1e-9);
                 shown.set_message(format!("{fps:.1} fps"));

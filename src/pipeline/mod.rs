@@ -532,6 +532,7 @@ pub fn run_stages(
         sinks,
         counts: sink_counts.clone(),
         progress,
+        sources: counters.clone(),
         started,
         times: times.clone(),
     };

@@ -147,8 +147,9 @@ pub fn count(n: u64, noun: &str) -> String {
     }
 }
 
-/// Progress callback: frames reported so far.
-pub type Progress = Box<dyn FnMut(u64, Duration) + Send>;
+/// Progress callback: frames reported so far, frames the run will report when every input is a
+/// file of known length (else `None`), time since the start.
+pub type Progress = Box<dyn FnMut(u64, Option<u64>, Duration) + Send>;
 
 /// Health callback, every `stats_interval_s`.
 pub type HealthReport = Box<dyn FnMut(&Health) + Send>;

@@ -30,6 +30,8 @@ pub(crate) struct SinkStage {
     pub(crate) sinks: Vec<Box<dyn Sink>>,
     pub(crate) counts: Arc<Mutex<SinkCounts>>,
     pub(crate) progress: Option<Progress>,
+    /// The sources' counters: what each expects to give, for the progress total.
+    pub(crate) sources: Vec<std::sync::Arc<crate::sources::SourceCounters>>,
     pub(crate) started: Instant,
     pub(crate) times: crate::pipeline::metrics::StageTimes,
 }
@@ -139,10 +141,23 @@ impl SinkStage {
                 if let Some(p) = self.progress.as_mut()
                     && last_progress.elapsed() >= Duration::from_millis(500)
                 {
-                    p(reported, self.started.elapsed());
+                    p(
+                        reported,
+                        expected_frames(&self.sources),
+                        self.started.elapsed(),
+                    );
                     last_progress = Instant::now();
                 }
             }
         }
     }
+}
+
+/// Frames all sources will give, when each knows (files of known length).
+fn expected_frames(sources: &[std::sync::Arc<crate::sources::SourceCounters>]) -> Option<u64> {
+    use std::sync::atomic::Ordering;
+    sources
+        .iter()
+        .map(|c| Some(c.expected_frames.load(Ordering::Relaxed)).filter(|&n| n > 0))
+        .sum()
 }

@@ -171,6 +171,9 @@ pub struct SourceCounters {
     pub decoded: AtomicU64,
     pub dropped_behind: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Frames a file will give (its duration over its frame interval, or the frame limit when
+    /// lower); 0 while unknown and for live sources. For progress with time left.
+    pub expected_frames: AtomicU64,
 }
 
 /// Where the frames come from, parsed from the `input` string.
@@ -880,6 +883,11 @@ impl Source {
         }
         session.failures = 0;
         session.last_frame_at = Some(now);
+        if session.stats.decoded == 0 {
+            self.counters
+                .expected_frames
+                .store(self.expected_frames(&session.video_info), Ordering::Relaxed);
+        }
         session.stats.decoded += 1;
         here.frames += 1;
         here.last_pts_ms = Some(frame.pts_ms);
@@ -902,6 +910,26 @@ impl Source {
         Ok(None)
     }
 
+    /// How many frames the input will give, 0 when not known (a live source, a container
+    /// without a duration).
+    fn expected_frames(&self, video_info: &Option<(gst::Caps, gst_video::VideoInfo)>) -> u64 {
+        if self.info.live {
+            return 0;
+        }
+        let from_duration = self
+            .pipeline
+            .query_duration::<gst::ClockTime>()
+            .zip(frame_interval_ms(video_info))
+            .map_or(0, |(duration, frame_ms)| {
+                (duration.nseconds() as f64 / 1e6 / frame_ms).round() as u64
+            });
+        match (from_duration, self.config.max_frames) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, limit) => n.min(limit),
+        }
+    }
+
     /// A file whose stream ends well before the duration its header announces is truncated or
     /// damaged: every frame that decoded was delivered, and the user is told the rest is missing.
     fn warn_if_short(
@@ -916,13 +944,7 @@ impl Source {
             return;
         };
         let duration_ms = duration.nseconds() as f64 / 1e6;
-        let frame_ms = video_info
-            .as_ref()
-            .map(|(_, info)| info.fps())
-            .filter(|fps| fps.numer() > 0)
-            .map_or(100.0, |fps| {
-                1000.0 * fps.denom() as f64 / fps.numer() as f64
-            });
+        let frame_ms = frame_interval_ms(video_info).unwrap_or(100.0);
         let reached_ms = last_pts_ms.map_or(0.0, |pts| pts + frame_ms);
         // Containers round durations and audio may outlast video a little: allow a few frames.
         if reached_ms + 3.0 * frame_ms < duration_ms {
@@ -1219,4 +1241,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// Milliseconds between frames, from the caps' frame rate (unknown for variable rates).
+fn frame_interval_ms(video_info: &Option<(gst::Caps, gst_video::VideoInfo)>) -> Option<f64> {
+    video_info
+        .as_ref()
+        .map(|(_, info)| info.fps())
+        .filter(|fps| fps.numer() > 0 && fps.denom() > 0)
+        .map(|fps| 1000.0 * fps.denom() as f64 / fps.numer() as f64)
 }

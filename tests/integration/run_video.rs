@@ -1,5 +1,8 @@
 //! `faceflow run` on a generated test pattern and on real clips.
 
+use std::path::Path;
+use std::process::Command;
+
 use crate::util::*;
 
 #[test]
@@ -295,4 +298,57 @@ fn json_file_of_a_live_run_grows_in_whole_lines_while_it_runs() {
     for line in lines {
         serde_json::from_str::<serde_json::Value>(line).unwrap();
     }
+}
+
+/// `run` under a terminal (a pseudo-terminal from util-linux `script`): a file of known length
+/// gets a bar of its frames with time left; a live camera a spinner; no terminal, no control codes.
+#[test]
+fn progress_shows_frames_of_the_total_on_a_terminal_only() {
+    let Some(script) = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "script (util-linux) is needed"
+        );
+        eprintln!("SKIPPED: no `script` to give the run a terminal");
+        return;
+    };
+    let clip = project_root().join("samples/astronaut.mp4");
+    let on_terminal = |extra: &str| {
+        let command = format!(
+            "{} run --input {} --json /dev/null {extra}",
+            env!("CARGO_BIN_EXE_faceflow"),
+            clip.display()
+        );
+        let out = Command::new(script)
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let file = on_terminal("");
+    assert!(file.contains("/100 frames"), "{file}");
+    assert!(file.contains(" left"), "{file}");
+    let limited = on_terminal("--max-frames 40");
+    assert!(limited.contains("/40 frames"), "{limited}");
+    let live = on_terminal("--live true --max-frames 30");
+    assert!(
+        !live.contains("/100 frames") && live.contains(" frames"),
+        "{live}"
+    );
+    // Not a terminal: the summary only.
+    let out = run_ok(
+        bin()
+            .args(["run", "--json", "/dev/null", "--input"])
+            .arg(&clip),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr}"
+    );
 }
