@@ -276,7 +276,16 @@ pub fn epoch_file(epoch: u32) -> String {
     format!("epoch-{epoch}.bpk")
 }
 
-/// Status lines go to standard error; `\r` progress only when asked for.
+/// A progress bar of `total` `unit`s on a terminal (`shown`), hidden otherwise.
+fn progress_bar(shown: bool, total: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = crate::console::progress(Some(total), unit);
+    if !shown {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Status lines go to standard error.
 fn say(line: &str) {
     crate::say!("train: {line}");
 }
@@ -336,18 +345,12 @@ fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepared, TrainErr
     let all: Vec<Sample> = train.iter().chain(val.iter()).cloned().collect();
     let before = cache.len();
     let started = Instant::now();
-    let progress = opts.progress;
-    cache.fill(&all, &opts.detect, opts.workers, &|done, total| {
-        if progress && (done % 50 == 0 || done == total) {
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            crate::say_inline!(
-                "\rtrain: detecting and aligning faces {done}/{total} ({rate:.0} images/s) "
-            );
-            if done == total {
-                crate::say!();
-            }
-        }
+    let bar = progress_bar(opts.progress, all.len() as u64, "images");
+    bar.set_prefix("detecting and aligning faces ");
+    cache.fill(&all, &opts.detect, opts.workers, &|done, _total| {
+        crate::console::show_rate(&bar, done as u64, started);
     })?;
+    bar.finish_and_clear();
     if cache.len() > before {
         say(&format!(
             "cached {} new crops in {:.0} s ({})",
@@ -889,6 +892,8 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let mut input = Vec::new();
         let start_batch = state.batch_in_epoch;
+        let bar = progress_bar(opts.progress, batches_per_epoch as u64, "batches");
+        bar.set_position(start_batch as u64);
         for b in start_batch..batches_per_epoch {
             if opts.stop.load(Ordering::Relaxed) {
                 stopped = true;
@@ -981,8 +986,19 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             state.step += 1;
             state.batch_in_epoch = b + 1;
             state.train_seconds += step_start.elapsed().as_secs_f64();
-            // A terminal gets a live line; a log file gets a line every 50 steps.
-            if opts.progress || state.step % 50 == 0 {
+            // A terminal gets a bar; a log file gets a line every 50 steps.
+            if opts.progress {
+                let done = b + 1 - start_batch;
+                let rate = (done * config.batch) as f64 / epoch_start.elapsed().as_secs_f64();
+                bar.set_position(b as u64 + 1);
+                bar.set_message(format!(
+                    "epoch {}/{}  loss {:.3}  lr {:.1e}  {rate:.0} img/s",
+                    epoch + 1,
+                    config.epochs,
+                    loss_sum / loss_n as f64,
+                    lr
+                ));
+            } else if state.step % 50 == 0 {
                 let done = b + 1 - start_batch;
                 let rate = (done * config.batch) as f64 / epoch_start.elapsed().as_secs_f64();
                 let left = (batches_per_epoch - b - 1) * config.batch;
@@ -997,19 +1013,13 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                     rate,
                     left as f64 / rate.max(1e-9)
                 );
-                if opts.progress {
-                    crate::say_inline!("\rtrain: {line} ");
-                } else {
-                    say(&line);
-                }
+                say(&line);
             }
             if opts.checkpoint_every_steps > 0 && state.step % opts.checkpoint_every_steps == 0 {
                 save_checkpoint(&opts.out_dir, &model, &optim, &state)?;
             }
         }
-        if opts.progress {
-            crate::say!();
-        }
+        bar.finish_and_clear();
         if stopped {
             break;
         }
