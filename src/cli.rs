@@ -49,7 +49,7 @@ pub enum Command {
     Detect(DetectArgs),
     /// Detect faces in still images and estimate age group, gender and race of each.
     Analyze(AnalyzeArgs),
-    /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and PNG.
+    /// Score an attribute model end to end on a labelled folder; writes JSON, Markdown and SVG charts.
     Eval(EvalArgs),
     /// Turn a run's JSON Lines into charts and an HTML page: who passed, and when.
     Report(ReportArgs),

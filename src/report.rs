@@ -174,7 +174,15 @@ fn chart_error(name: &str) -> impl Fn(String) -> ReportError + '_ {
 
 /// A white SVG picture of the report's size at `path`.
 fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, Shift>, String> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    sized_canvas(path, SIZE)
+}
+
+/// A white SVG picture of `size` at `path` (the eval report's charts too).
+pub(crate) fn sized_canvas(
+    path: &Path,
+    size: (u32, u32),
+) -> Result<DrawingArea<SVGBackend<'_>, Shift>, String> {
+    let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     Ok(root)
 }

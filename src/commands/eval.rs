@@ -62,9 +62,6 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let report = report?;
     let written = eval::write_report(&args.report, &report)?;
-    if !eval::plot::has_font() {
-        tracing::warn!("no DejaVu Sans font found: charts are drawn without text");
-    }
     println!("{}", report.tally.line());
     faceflow::say!(
         "eval: report in {} ({} files){}",

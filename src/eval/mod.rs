@@ -1,6 +1,6 @@
 //! `faceflow eval`: an exported attribute model run end to end (decode → detect → align →
 //! attributes, largest face per image) over a labelled folder, scored against the file-name labels.
-//! An image without a face counts as wrong. Writes JSON, Markdown and PNG charts.
+//! An image without a face counts as wrong. Writes JSON, Markdown and SVG charts.
 
 pub mod plot;
 
@@ -350,7 +350,7 @@ pub fn markdown(report: &EvalReport) -> String {
     md
 }
 
-/// Writes report.json, predictions.jsonl (one line per image), report.md and the PNG charts into
+/// Writes report.json, predictions.jsonl (one line per image), report.md and the SVG charts into
 /// `dir`; returns the files written.
 pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, EvalError> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::Write {
@@ -378,11 +378,11 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
         write(&dir.join(name), &bytes)?;
         written.push(dir.join(name));
     }
-    let png_error = |path: &Path| {
+    let chart_error = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: image::ImageError| EvalError::Write {
+        move |reason: String| EvalError::Write {
             path: path.clone(),
-            reason: e.to_string(),
+            reason,
         }
     };
     let t = &report.tally;
@@ -391,36 +391,36 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
         .iter()
         .map(|(n, c)| {
             (
-                format!("confusion_age{n}.png"),
+                format!("confusion_age{n}.svg"),
                 format!("Age, {n} groups: accuracy {}", fmt_metric(c.accuracy(), 3)),
                 c,
             )
         })
         .collect();
     charts.push((
-        "confusion_gender.png".into(),
+        "confusion_gender.svg".into(),
         format!("Gender: accuracy {}", fmt_metric(t.gender.accuracy(), 3)),
         &t.gender,
     ));
     charts.push((
-        "confusion_race.png".into(),
+        "confusion_race.svg".into(),
         format!("Race: accuracy {}", fmt_metric(t.race.accuracy(), 3)),
         &t.race,
     ));
     for (name, title, c) in charts {
         let path = dir.join(&name);
-        plot::confusion_png(&path, &title, &c.labels, &c.counts).map_err(png_error(&path))?;
+        plot::confusion_svg(&path, &title, &c.labels, &c.counts).map_err(chart_error(&path))?;
         written.push(path);
     }
     for (n, c) in &t.age {
-        let path = dir.join(format!("accuracy_per_age_group{n}.png"));
-        plot::bars_png(
+        let path = dir.join(format!("accuracy_per_age_group{n}.svg"));
+        plot::bars_svg(
             &path,
             &format!("Accuracy per age group ({n} groups)"),
             &c.labels,
             &c.per_class_accuracy(),
         )
-        .map_err(png_error(&path))?;
+        .map_err(chart_error(&path))?;
         written.push(path);
     }
     Ok(written)

@@ -254,13 +254,15 @@ fn eval_writes_json_markdown_and_charts() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("| age, 5 groups |") && md.contains("## Race"));
     for name in [
-        "confusion_age5.png",
-        "confusion_race.png",
-        "accuracy_per_age_group10.png",
+        "confusion_age5.svg",
+        "confusion_race.svg",
+        "accuracy_per_age_group10.svg",
     ] {
-        let img = image::open(report.join(name)).unwrap();
-        assert!(img.width() > 100 && img.height() > 100, "{name}");
+        let svg = std::fs::read_to_string(report.join(name)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name}");
     }
+    let race = std::fs::read_to_string(report.join("confusion_race.svg")).unwrap();
+    assert!(race.contains("asian") && race.contains("predicted"));
 }
 
 #[cfg(feature = "train")]
