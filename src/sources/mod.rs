@@ -1099,6 +1099,15 @@ fn sleep_unless_stopped(delay: Duration, control: &Control) -> bool {
     false
 }
 
+/// Milliseconds between frames, from the caps' frame rate (unknown for variable rates).
+fn frame_interval_ms(video_info: &Option<(gst::Caps, gst_video::VideoInfo)>) -> Option<f64> {
+    video_info
+        .as_ref()
+        .map(|(_, info)| info.fps())
+        .filter(|fps| fps.numer() > 0 && fps.denom() > 0)
+        .map(|fps| 1000.0 * fps.denom() as f64 / fps.numer() as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1241,13 +1250,4 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-/// Milliseconds between frames, from the caps' frame rate (unknown for variable rates).
-fn frame_interval_ms(video_info: &Option<(gst::Caps, gst_video::VideoInfo)>) -> Option<f64> {
-    video_info
-        .as_ref()
-        .map(|(_, info)| info.fps())
-        .filter(|fps| fps.numer() > 0 && fps.denom() > 0)
-        .map(|fps| 1000.0 * fps.denom() as f64 / fps.numer() as f64)
 }
