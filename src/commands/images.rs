@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -12,8 +12,9 @@ use crate::cli::{AnalyzeArgs, DetectArgs};
 use crate::one_line;
 use faceflow::align::{self, AlignConfig};
 use faceflow::attributes::{AttributeModel, FacesInImage};
-use faceflow::detect::Mtcnn;
+use faceflow::detect::{DetectConfig, Mtcnn};
 use faceflow::model::AgeGrouping;
+use faceflow::pipeline::AttributesConfig;
 use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
 
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
@@ -21,16 +22,31 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     align_config.validate()?;
     let json = args.json.clone().unwrap_or_else(|| "-".into());
     check_json_target(&json, &paths(&args.images))?;
-    let mut detector = Mtcnn::new(detect)?;
+    detect.validate()?;
     if let Some(dir) = &args.crops {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let crop_names = crop_stems(&args.images);
-    let crops = args.crops.clone();
-    process_images(&args.images, json, |i, path| {
-        let crops = crops.as_deref().map(|dir| (dir, crop_names[i].as_str()));
-        detect_one(&mut detector, None, path, crops, &align_config)
+    let crops = args.crops.as_deref();
+    let workers = image_workers(detect.effective_workers(), args.images.len());
+    let detect = DetectConfig {
+        threads: detect.threads_per_worker(workers),
+        ..detect
+    };
+    process_images(&args.images, json, workers, || {
+        let mut detector = Mtcnn::new(detect.clone())?;
+        let (crop_names, align_config) = (&crop_names, &align_config);
+        Ok(move |i: usize, path: &Path| {
+            let crops = crops.map(|dir| (dir, crop_names[i].as_str()));
+            detect_one(&mut detector, None, path, crops, align_config)
+        })
     })
+}
+
+/// Detectors to run side by side on a list of images: one per core (each single-threaded: MTCNN's
+/// small convolutions keep one core busier than a thread pool does), no more than images.
+fn image_workers(workers: usize, images: usize) -> usize {
+    workers.min(images).max(1)
 }
 
 fn paths(images: &[PathBuf]) -> Vec<&Path> {
@@ -59,45 +75,101 @@ fn crop_stems(images: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Writes one record per image; a failed image is reported (and gets no record) and the others
-/// are still processed. A reader that closes the output (`| head`) ends the run quietly.
-fn process_images(
+/// Writes one record per image, in the order given; a failed image is reported (and gets no
+/// record) and the others are still processed. `workers` threads each run what `start` builds
+/// (a detector of their own) on the next image not taken. A reader that closes the output
+/// (`| head`) ends the run quietly.
+fn process_images<W>(
     images: &[PathBuf],
     json: String,
-    mut one: impl FnMut(usize, &Path) -> Result<ImageRecord>,
-) -> Result<ExitCode> {
+    workers: usize,
+    start: impl Fn() -> Result<W> + Sync,
+) -> Result<ExitCode>
+where
+    W: FnMut(usize, &Path) -> Result<ImageRecord>,
+{
     let mut writer = JsonLinesWriter::create(&JsonConfig { path: json })?;
     let mut failures = 0usize;
     let bar = super::progress(Some(images.len() as u64), "images");
     if images.len() <= 1 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stop = interrupt_flag("stopping after this image");
-    let mut finished = 0;
+    let stop = interrupt_flag("stopping after the images in work");
     let started = std::time::Instant::now();
-    for (done, path) in images.iter().enumerate() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        finished = done + 1;
-        super::show_rate(&bar, done as u64, started);
-        match one(done, path) {
-            Ok(record) => match writer.write(&record) {
-                Ok(()) => {}
-                Err(e) if e.is_broken_pipe() => {
-                    bar.finish_and_clear();
-                    return Ok(ExitCode::SUCCESS);
+    let next = AtomicUsize::new(0);
+    // Set when the output is gone or failed, or a worker could not start: the others stop taking
+    // images.
+    let quit = AtomicBool::new(false);
+    let (results, received) = crossbeam_channel::bounded::<(usize, Result<ImageRecord>)>(workers);
+    let mut finished = 0;
+    let outcome: Result<Option<ExitCode>> = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for _ in 0..workers.max(1) {
+            let results = results.clone();
+            let (start, next, quit, stop) = (&start, &next, &quit, &stop);
+            handles.push(scope.spawn(move || -> Result<()> {
+                let mut one = match start() {
+                    Ok(one) => one,
+                    Err(e) => {
+                        quit.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                };
+                while !quit.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(path) = images.get(i) else { break };
+                    if results.send((i, one(i, path))).is_err() {
+                        break;
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            },
-            Err(e) => {
-                // Keep going: one unreadable image must not cost the results of the others.
-                bar.suspend(|| faceflow::say!("error: {}", one_line(&e)));
-                failures += 1;
+                Ok(())
+            }));
+        }
+        drop(results);
+        // Records leave in the images' order: those done early wait here for the ones before.
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut outcome = Ok(None);
+        for (i, result) in received.iter() {
+            waiting.insert(i, result);
+            while let Some(result) = waiting.remove(&finished) {
+                finished += 1;
+                super::show_rate(&bar, finished as u64, started);
+                if outcome.as_ref().is_ok_and(Option::is_some) || outcome.is_err() {
+                    continue;
+                }
+                match result {
+                    Ok(record) => match writer.write(&record) {
+                        Ok(()) => {}
+                        Err(e) if e.is_broken_pipe() => {
+                            quit.store(true, Ordering::SeqCst);
+                            outcome = Ok(Some(ExitCode::SUCCESS));
+                        }
+                        Err(e) => {
+                            quit.store(true, Ordering::SeqCst);
+                            outcome = Err(e.into());
+                        }
+                    },
+                    Err(e) => {
+                        // Keep going: one unreadable image must not cost the results of the others.
+                        bar.suspend(|| faceflow::say!("error: {}", one_line(&e)));
+                        failures += 1;
+                    }
+                }
             }
         }
-    }
+        for handle in handles {
+            match handle.join() {
+                Ok(Err(e)) if outcome.is_ok() => outcome = Err(e),
+                Err(panic) => std::panic::resume_unwind(panic),
+                _ => {}
+            }
+        }
+        outcome
+    });
     bar.finish_and_clear();
+    if let Some(code) = outcome? {
+        return Ok(code);
+    }
     match writer.flush() {
         Err(e) if e.is_broken_pipe() => return Ok(ExitCode::SUCCESS),
         other => other?,
@@ -124,17 +196,29 @@ pub fn analyze(args: AnalyzeArgs) -> Result<ExitCode> {
     detect.validate()?;
     let json = args.json.clone().unwrap_or_else(|| "-".into());
     check_json_target(&json, &paths(&args.images))?;
-    let (mut model, grouping) = attributes.load()?.context("attributes are switched off")?;
-    let mut detector = Mtcnn::new(detect)?;
+    let workers = image_workers(detect.effective_workers(), args.images.len());
+    let detect = DetectConfig {
+        threads: detect.threads_per_worker(workers),
+        ..detect
+    };
+    let attributes = AttributesConfig {
+        threads: if workers > 1 { 1 } else { attributes.threads },
+        ..attributes
+    };
     let align_config = AlignConfig::default();
-    process_images(&args.images, json, |_, path| {
-        detect_one(
-            &mut detector,
-            Some((&mut model, grouping)),
-            path,
-            None,
-            &align_config,
-        )
+    process_images(&args.images, json, workers, || {
+        let (mut model, grouping) = attributes.load()?.context("attributes are switched off")?;
+        let mut detector = Mtcnn::new(detect.clone())?;
+        let align_config = &align_config;
+        Ok(move |_: usize, path: &Path| {
+            detect_one(
+                &mut detector,
+                Some((&mut model, grouping)),
+                path,
+                None,
+                align_config,
+            )
+        })
     })
 }
 

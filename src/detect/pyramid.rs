@@ -124,20 +124,6 @@ impl IntegralImage {
     pub fn height(&self) -> usize {
         self.height
     }
-
-    /// Sum of channel values over `[x0, x1) × [y0, y1)`.
-    #[inline]
-    fn rect_sum(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> [u32; 3] {
-        let stride = (self.width + 1) * 3;
-        let (a, b) = (y0 * stride, y1 * stride);
-        let (l, r) = (x0 * 3, x1 * 3);
-        std::array::from_fn(|c| {
-            self.sums[b + r + c]
-                .wrapping_sub(self.sums[a + r + c])
-                .wrapping_sub(self.sums[b + l + c])
-                .wrapping_add(self.sums[a + l + c])
-        })
-    }
 }
 
 impl Default for IntegralImage {
@@ -167,23 +153,39 @@ pub fn resize_area_normalized(
         "rect outside image"
     );
     assert_eq!(out.len(), 3 * out_w * out_h);
-    let cols: Vec<(usize, usize)> = (0..out_w)
+    // Per output column: its window's offsets in a row of sums and 1 / its width.
+    let cols: Vec<(usize, usize, f32)> = (0..out_w)
         .map(|ox| {
             let (a, b) = area_window(ox, out_w, in_w);
-            (rect.x0 + a, rect.x0 + b)
+            ((rect.x0 + a) * 3, (rect.x0 + b) * 3, 1.0 / (b - a) as f32)
         })
         .collect();
-    let plane = out_w * out_h;
+    let stride = (integral.width + 1) * 3;
+    let (red, rest) = out.split_at_mut(out_w * out_h);
+    let (green, blue) = rest.split_at_mut(out_w * out_h);
     for oy in 0..out_h {
         let (a, b) = area_window(oy, out_h, in_h);
-        let (y0, y1) = (rect.y0 + a, rect.y0 + b);
-        for (ox, &(x0, x1)) in cols.iter().enumerate() {
-            let n = ((x1 - x0) * (y1 - y0)) as f32;
-            let sum = integral.rect_sum(x0, y0, x1, y1);
-            let o = oy * out_w + ox;
-            out[o] = normalize(sum[0] as f32 / n);
-            out[plane + o] = normalize(sum[1] as f32 / n);
-            out[2 * plane + o] = normalize(sum[2] as f32 / n);
+        let top = &integral.sums[(rect.y0 + a) * stride..][..stride];
+        let bottom = &integral.sums[(rect.y0 + b) * stride..][..stride];
+        // normalize(sum / n) = sum * (1 / n) / 128 - 127.5 / 128, the divisions hoisted.
+        let row_scale = 0.0078125 / (b - a) as f32;
+        let range = oy * out_w..(oy + 1) * out_w;
+        let (r, g, bl) = (
+            &mut red[range.clone()],
+            &mut green[range.clone()],
+            &mut blue[range],
+        );
+        for (ox, &(l, rt, inv_w)) in cols.iter().enumerate() {
+            let scale = inv_w * row_scale;
+            let sum = |c: usize| {
+                bottom[rt + c]
+                    .wrapping_sub(top[rt + c])
+                    .wrapping_sub(bottom[l + c])
+                    .wrapping_add(top[l + c]) as f32
+            };
+            r[ox] = sum(0) * scale - 127.5 * 0.0078125;
+            g[ox] = sum(1) * scale - 127.5 * 0.0078125;
+            bl[ox] = sum(2) * scale - 127.5 * 0.0078125;
         }
     }
 }
