@@ -3,6 +3,7 @@
 #   - GStreamer 1.22 development files and plugins (apt)
 #   - ONNX Runtime's shared library, taken from the pinned PyPI `onnxruntime` wheel, into .ort/lib/
 #   - the demo clip samples/astronaut.mp4, made from scikit-image's public-domain astronaut.png
+#   - with --cuda: ONNX Runtime's CUDA build and CUDA/cuDNN runtime libraries under .ort/cuda
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -66,6 +67,31 @@ if [ ! -f "$ort_lib" ]; then
   say "ONNX Runtime ${ORT_VERSION} in .ort/lib"
 else
   say "ONNX Runtime ${ORT_VERSION} present"
+fi
+
+# --- ONNX Runtime for NVIDIA GPUs (only with --cuda) -------------------------------------------
+# The CUDA build (PyPI onnxruntime-gpu, CUDA 13 and cuDNN 9) into .ort/cuda/lib, with the CUDA and
+# cuDNN runtime libraries from NVIDIA's PyPI wheels beside it (about 2 GB); faceflow loads them
+# from there with --device cuda. The GPU driver itself must be installed on the machine.
+ORT_GPU_WHEEL=onnxruntime_gpu-${ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_GPU_SHA256=e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6
+if [ "${1:-}" = --cuda ]; then
+  cuda_lib=.ort/cuda/lib
+  if [ ! -f "$cuda_lib/libonnxruntime_providers_cuda.so" ]; then
+    wheel=$(fetch_wheel "onnxruntime-gpu==${ORT_VERSION}" "$ORT_GPU_WHEEL" "$ORT_GPU_SHA256")
+    mkdir -p "$cuda_lib"
+    unzip -q -o -j "$wheel" "onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" \
+      onnxruntime/capi/libonnxruntime_providers_cuda.so onnxruntime/capi/libonnxruntime_providers_shared.so -d "$cuda_lib"
+    ln -sf "libonnxruntime.so.${ORT_VERSION}" "$cuda_lib/libonnxruntime.so"
+  fi
+  if [ ! -e "$cuda_lib/libcudart.so.13" ]; then
+    say "installing CUDA 13 and cuDNN 9 runtime libraries (NVIDIA's PyPI wheels) into .ort/cuda"
+    python3 -m pip install -q --target .ort/cuda/python "nvidia-cuda-runtime~=13.0" "nvidia-cuda-nvrtc~=13.0" \
+      "nvidia-cufft~=12.0" "nvidia-curand~=10.0" "nvidia-cublas~=13.0" "nvidia-cudnn-cu13~=9.0" >&2
+    find .ort/cuda/python/nvidia -name 'lib*.so*' -exec ln -sf "$root/{}" "$cuda_lib/" \;
+  fi
+  [ -e "$cuda_lib/libcudart.so.13" ] || die "no libcudart.so.13 after installing the CUDA wheels (see .ort/cuda/python)"
+  say "ONNX Runtime ${ORT_VERSION} (CUDA) in $cuda_lib: use --device cuda"
 fi
 
 # --- demo clip --------------------------------------------------------------------------------

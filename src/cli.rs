@@ -169,6 +169,10 @@ pub struct DetectorFlags {
     /// core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Where the networks run: cpu, or cuda (an NVIDIA GPU through the CUDA build of ONNX Runtime,
+    /// `scripts/setup.sh --cuda`; without it, an error, never a silent fall-back) [default: cpu].
+    #[arg(long, value_name = "cpu|cuda")]
+    pub device: Option<faceflow::runtime::Device>,
 }
 
 pub fn parse_thresholds(s: &str) -> Result<[f32; 3], String> {
@@ -249,8 +253,9 @@ pub struct RunArgs {
     pub workers: Option<usize>,
     /// Search each stream's frames for faces in full only every N frames, 1 to 1000; between, follow
     /// the faces already found (R-Net and O-Net on each, no pyramid): faster, and a face that
-    /// enters is found up to N-1 frames late [default: 1, every frame].
-    #[arg(long, value_name = "N")]
+    /// enters is found up to N-1 frames late. auto: a full search every 100 ms of video (every 3rd
+    /// frame at 25-30 fps, every frame at 10 fps) [default: auto].
+    #[arg(long, value_name = "N|auto", value_parser = parse_detect_every)]
     pub detect_every: Option<u32>,
     #[command(flatten)]
     pub detector: DetectorFlags,
@@ -468,6 +473,9 @@ impl RunArgs {
         if let Some(v) = &self.metrics {
             config.metrics.listen = Some(v.clone());
         }
+        if let Some(v) = self.detector.device {
+            config.runtime.device = v;
+        }
         if let Some(v) = self.workers {
             config.detect.workers = v;
         }
@@ -650,6 +658,15 @@ impl EvalArgs {
         Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
         Ok(())
     }
+}
+
+/// `--detect-every`: a number of frames, or `auto` (0).
+fn parse_detect_every(text: &str) -> Result<u32, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(0);
+    }
+    text.parse::<u32>()
+        .map_err(|_| format!("'{text}' is not a number of frames or auto"))
 }
 
 #[cfg(test)]

@@ -25,6 +25,88 @@ pub enum RuntimeError {
     Load { path: PathBuf, message: String },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    #[error(
+        "--device cuda: the ONNX Runtime at {path} has no CUDA provider (it is the CPU build); `scripts/setup.sh --cuda` installs the CUDA build"
+    )]
+    NoCudaProvider { path: PathBuf },
+    #[error("--device cuda: {0} (is there an NVIDIA GPU with its driver, CUDA 12 and cuDNN 9?)")]
+    Cuda(String),
+    #[error("the device was already chosen ({0}) for this process")]
+    DeviceChosen(Device),
+}
+
+/// Where the networks run (`--device`, `[runtime] device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider (the CUDA build of ONNX Runtime, an NVIDIA GPU).
+    Cuda,
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        })
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err(format!("'{s}' is not a device: cpu or cuda")),
+        }
+    }
+}
+
+/// `[runtime]` in pipeline files.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub device: Device,
+}
+
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+/// The device this process's sessions run on.
+pub fn device() -> Device {
+    DEVICE.get().copied().unwrap_or_default()
+}
+
+/// Chooses where every session of this process runs, before the first one is built (ONNX
+/// Runtime's library is loaded once per process). With [`Device::Cuda`] the CUDA build of the
+/// library is looked for first (`.ort/cuda/lib`) and must have the CUDA provider: a missing one is
+/// an error, never a silent fall-back to the CPU.
+pub fn use_device(device: Device) -> Result<(), RuntimeError> {
+    if DEVICE.get_or_init(|| device) != &device {
+        return Err(RuntimeError::DeviceChosen(self::device()));
+    }
+    if device == Device::Cuda {
+        let library = find_library()?;
+        // `scripts/setup.sh --cuda` puts CUDA's and cuDNN's libraries beside the library: load
+        // them from there (else the system's, through the loader's usual search).
+        if let Some(dir) = library.parent()
+            && dir.join("libcudart.so.13").exists()
+        {
+            ort::ep::cuda::preload_dylibs(Some(dir), Some(dir))
+                .map_err(|e| RuntimeError::Cuda(e.to_string()))?;
+        }
+        environment()?;
+        use ort::ep::ExecutionProvider;
+        if !ort::ep::CUDA::is_available().unwrap_or(false) {
+            return Err(RuntimeError::NoCudaProvider {
+                path: library.canonicalize().unwrap_or(library),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl From<ort::Error> for RuntimeError {
@@ -53,6 +135,16 @@ pub fn library_candidates() -> Vec<PathBuf> {
         dirs.push(exe_dir.join("../../../.ort/lib"));
     }
     dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/lib"));
+    if device() == Device::Cuda {
+        // The CUDA build (`scripts/setup.sh --cuda`) beside each place the CPU build is looked for,
+        // first.
+        let cuda: Vec<PathBuf> = dirs
+            .iter()
+            .map(|d| d.join("../cuda/lib"))
+            .chain([Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/cuda/lib")])
+            .collect();
+        dirs.splice(0..0, cuda);
+    }
     dirs.into_iter().map(|d| d.join(ORT_LIBRARY_NAME)).collect()
 }
 
@@ -112,6 +204,11 @@ pub fn session_from_memory(model: &[u8], intra_threads: usize) -> Result<Session
         .with_memory_pattern(false)?;
     if intra_threads > 0 {
         builder = builder.with_intra_threads(intra_threads)?;
+    }
+    if device() == Device::Cuda {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| RuntimeError::Cuda(ort::Error::<()>::from(e).to_string()))?;
     }
     Ok(builder.commit_from_memory(model)?)
 }

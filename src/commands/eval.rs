@@ -18,6 +18,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     attributes.validate()?;
     detect.validate()?;
     args.check()?;
+    faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
     // The report folder first: a path that cannot be a folder fails before hours of work.
     std::fs::create_dir_all(&args.report)
         .with_context(|| format!("cannot create the report folder {}", args.report.display()))?;

@@ -20,6 +20,7 @@ use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     let (detect, align_config) = args.settings();
     align_config.validate()?;
+    faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
     let json = args.json.clone().unwrap_or_else(|| "-".into());
     check_json_target(&json, &paths(&args.images))?;
     detect.validate()?;
@@ -194,6 +195,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<ExitCode> {
     let (detect, attributes) = args.settings();
     attributes.validate()?;
     detect.validate()?;
+    faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
     let json = args.json.clone().unwrap_or_else(|| "-".into());
     check_json_target(&json, &paths(&args.images))?;
     let workers = image_workers(detect.effective_workers(), args.images.len());

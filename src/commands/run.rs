@@ -13,6 +13,7 @@ use faceflow::pipeline;
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
     config.validate()?;
+    faceflow::runtime::use_device(config.runtime.device)?;
     let streams = config.streams();
     let mut inputs: Vec<&Path> = streams
         .iter()

@@ -32,6 +32,8 @@ pub const DEFAULT_NMS_ACROSS_SCALES: f32 = 0.7;
 pub const DEFAULT_NMS_RNET: f32 = 0.7;
 pub const DEFAULT_NMS_ONET_MIN: f32 = 0.7;
 
+/// How much lower R-Net's and O-Net's thresholds are for a face followed from the frame before.
+const FOLLOW_RELIEF: f32 = 0.2;
 const RNET_INPUT_PX: usize = 24;
 const ONET_INPUT_PX: usize = 48;
 
@@ -96,7 +98,9 @@ pub struct DetectConfig {
     pub workers: usize,
     /// Video: run the full cascade on every Nth frame of a stream only; on the frames between,
     /// the faces of the frame before are followed with R-Net and O-Net alone (see
-    /// [`Mtcnn::follow`]). 1: the full cascade on every frame.
+    /// [`Mtcnn::follow`]). 1: the full cascade on every frame. 0 (the default): by time, a full
+    /// search once [`AUTO_DETECT_INTERVAL_MS`] of video have passed since the last (every 3rd
+    /// frame at 25 or 30 fps, every frame at 10 fps).
     pub detect_every: u32,
 }
 
@@ -113,7 +117,7 @@ impl Default for DetectConfig {
             models_dir: None,
             threads: 0,
             workers: 0,
-            detect_every: 1,
+            detect_every: 0,
         }
     }
 }
@@ -174,11 +178,12 @@ impl DetectConfig {
             "",
             "one per core",
         )?;
-        Setting::flag("detect_every", "--detect-every").check(
+        Setting::flag("detect_every", "--detect-every").check_or_zero(
             self.detect_every,
             1,
             MAX_DETECT_EVERY,
             "frames",
+            "auto",
         )?;
         Ok(())
     }
@@ -198,6 +203,25 @@ pub struct Face {
 impl Face {
     pub fn area(&self) -> f32 {
         (self.bbox[2] - self.bbox[0]) * (self.bbox[3] - self.bbox[1])
+    }
+}
+
+/// With `detect_every` 0 (auto): video time from one full search to the next. Chosen from
+/// measurement (README, Speed): at 25–30 fps it is every 3rd frame, which keeps 1080p in real time
+/// on two cores with issue 6's tracking quality; at 10–12 fps (faces move further between
+/// frames) every frame or every other one.
+pub const AUTO_DETECT_INTERVAL_MS: f64 = 100.0;
+
+/// With `detect_every` 0: the most frames between full searches, whatever the frame rate.
+pub const AUTO_MAX_RUN: u32 = 8;
+
+impl DetectConfig {
+    /// The most frames from one full search to the next.
+    pub fn max_run_frames(&self) -> u32 {
+        match self.detect_every {
+            0 => AUTO_MAX_RUN,
+            n => n,
+        }
     }
 }
 
@@ -334,12 +358,13 @@ impl Mtcnn {
         if proposals.is_empty() {
             return Ok(Vec::new());
         }
-        let refined = self.stage_rnet(image, &proposals)?;
+        let [_, rnet_threshold, onet_threshold] = self.config.thresholds;
+        let refined = self.stage_rnet(image, &proposals, rnet_threshold)?;
         let t2 = std::time::Instant::now();
         if refined.is_empty() {
             return Ok(Vec::new());
         }
-        let faces = self.stage_onet(image, &refined)?;
+        let faces = self.stage_onet(image, &refined, onet_threshold)?;
         tracing::trace!(
             pnet_ms = (t1 - t0).as_secs_f64() * 1e3,
             rnet_ms = (t2 - t1).as_secs_f64() * 1e3,
@@ -378,11 +403,15 @@ impl Mtcnn {
                 follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
             })
             .collect();
-        let refined = self.stage_rnet(image, &proposals)?;
+        // A face already found needs less evidence to be kept than a new one (hysteresis, as
+        // two-threshold trackers do): a weak face is not dropped on every other frame.
+        let [_, rnet_threshold, onet_threshold] =
+            self.config.thresholds.map(|t| (t - FOLLOW_RELIEF).max(0.0));
+        let refined = self.stage_rnet(image, &proposals, rnet_threshold)?;
         if refined.is_empty() {
             return Ok(Vec::new());
         }
-        self.stage_onet(image, &refined)
+        self.stage_onet(image, &refined, onet_threshold)
     }
 
     /// For a still image: [`Mtcnn::detect`], and when that finds nothing, once more with a black
@@ -496,6 +525,7 @@ impl Mtcnn {
         &mut self,
         image: RgbView<'_>,
         proposals: &[(BoxF, f32)],
+        threshold: f32,
     ) -> Result<Vec<BoxF>, DetectError> {
         let boxes: Vec<BoxF> = proposals.iter().map(|p| p.0).collect();
         let boxes = self.crops(image, &boxes, RNET_INPUT_PX);
@@ -514,7 +544,7 @@ impl Mtcnn {
             return Err(unexpected_shape("R-Net"));
         }
         let passed: Vec<Candidate> = (0..n)
-            .filter(|&i| prob[2 * i + 1] > self.config.thresholds[1])
+            .filter(|&i| prob[2 * i + 1] > threshold)
             .map(|i| Candidate {
                 bbox: boxes[i],
                 score: prob[2 * i + 1],
@@ -528,7 +558,12 @@ impl Mtcnn {
             .collect())
     }
 
-    fn stage_onet(&mut self, image: RgbView<'_>, boxes: &[BoxF]) -> Result<Vec<Face>, DetectError> {
+    fn stage_onet(
+        &mut self,
+        image: RgbView<'_>,
+        boxes: &[BoxF],
+        threshold: f32,
+    ) -> Result<Vec<Face>, DetectError> {
         let boxes = self.crops(image, boxes, ONET_INPUT_PX);
         if boxes.is_empty() {
             return Ok(Vec::new());
@@ -548,7 +583,7 @@ impl Mtcnn {
         let mut final_boxes = Vec::new();
         for i in 0..n {
             let score = prob[2 * i + 1];
-            if score <= self.config.thresholds[2] {
+            if score <= threshold {
                 continue;
             }
             let b = boxes[i];

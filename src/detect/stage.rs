@@ -8,6 +8,9 @@ use crate::graph::{Control, Input, Output, Received, Sent};
 use crate::pipeline::flow::{Detected, Work};
 use crate::sinks::FaceRecord;
 
+/// O-Net score of a face whose loss while following calls for a full search at once.
+const CLEAR_FACE_SCORE: f32 = 0.95;
+
 /// One detect worker: takes numbered frames from its queue, finds their faces: in full on
 /// keyframes, else by following the faces it found in the stream's frame before.
 /// `keep_pixels`: which later stages read the frame's pixels; otherwise they are released here.
@@ -51,13 +54,33 @@ pub(crate) fn detect_worker(
         }
         let (width, height) = (frame.width as usize, frame.height as usize);
         let started = std::time::Instant::now();
+        let failed = |e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index);
         let found = match last_faces.get(&stream) {
             Some(previous) if !keyframe => {
-                detector.follow_frame(&frame.rgb, width, height, previous)
+                let followed = detector
+                    .follow_frame(&frame.rgb, width, height, previous)
+                    .map_err(failed)?;
+                // A clear face lost while following (it moved too far or turned): this frame
+                // gets the full search at once, not N frames later. Weak faces come and go on
+                // full searches too; they wait for the next keyframe.
+                let lost_clear_face = previous.iter().any(|p| {
+                    p.score >= CLEAR_FACE_SCORE
+                        && !followed
+                            .iter()
+                            .any(|f| crate::track::iou(f.bbox, p.bbox) > 0.3)
+                });
+                if lost_clear_face {
+                    detector
+                        .detect_frame(&frame.rgb, width, height)
+                        .map_err(failed)?
+                } else {
+                    followed
+                }
             }
-            _ => detector.detect_frame(&frame.rgb, width, height),
-        }
-        .map_err(|e| format!("stream {} frame {}: {e}", frame.stream.id, frame.index))?;
+            _ => detector
+                .detect_frame(&frame.rgb, width, height)
+                .map_err(failed)?,
+        };
         times.detect.observe(started.elapsed().as_secs_f64());
         let faces: Vec<FaceRecord> = found.iter().cloned().map(FaceRecord::detection).collect();
         last_faces.insert(stream, found);

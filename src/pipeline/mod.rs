@@ -87,6 +87,8 @@ pub struct PipelineConfig {
     pub mqtt: MqttConfig,
     /// Prometheus metrics (`[metrics]`): off unless `listen` is set.
     pub metrics: metrics::MetricsConfig,
+    /// Where the networks run (`[runtime] device`).
+    pub runtime: crate::runtime::RuntimeConfig,
     /// Frames queued between detect and the sinks, and most frames between the source queue and
     /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
     pub queue_frames: usize,
@@ -374,7 +376,7 @@ pub fn run_stages(
     let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
     let workers = detectors.len().max(1);
     // Room for a run of `detect_every` frames on every worker, so runs of a stream overlap.
-    let run_frames = workers.saturating_mul(config.detect.detect_every.max(1) as usize);
+    let run_frames = workers.saturating_mul(config.detect.max_run_frames().max(1) as usize);
     let in_flight = config.frames_in_flight(workers).max(run_frames.min(64));
     // Every worker may hold a frame while the track stage holds back the others.
     let window = Arc::new(Window::new(in_flight + workers));
@@ -430,7 +432,7 @@ pub fn run_stages(
         });
     }
     // One queue per worker (see Scheduler), with room for a run of `detect_every` frames.
-    let every = config.detect.detect_every.max(1) as usize;
+    let every = config.detect.max_run_frames().max(1) as usize;
     let queue = (every + 1).min(8);
     let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
         .map(|w| {
@@ -700,6 +702,9 @@ mod tests {
         config.json.path = json.display().to_string();
         config.queue_frames = 4;
         config.attributes.enabled = false;
+        // Every frame searched in full: the window is then the queue's few frames (runs of
+        // frames widen it, by design).
+        config.detect.detect_every = 1;
         let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let detectors: Vec<Box<dyn FrameDetector>> = (0..2)
             .map(|_| {

@@ -14,7 +14,8 @@ use crate::sources::Frame;
 /// within the [`Window`]. A stream that ends leaves the rotation; when all have ended, each worker
 /// gets an end-of-stream.
 ///
-/// With `detect_every` N > 1 a stream's frames come in runs of N: the first is searched in full
+/// With `detect_every` N > 1 a stream's frames come in runs of N (with 0, runs of 100 ms of
+/// video, [`crate::detect::AUTO_DETECT_INTERVAL_MS`]): the first is searched in full
 /// (a keyframe), the others follow the faces of the frame before. A whole run goes to one worker,
 /// through its own queue (room for a run), so that worker has the frame before in hand and no
 /// worker ever waits for another; each run goes to the least busy worker (fewest frames queued
@@ -41,6 +42,8 @@ struct RunPosition {
     worker: usize,
     /// The stream's last frame number handed out.
     last_index: Option<u64>,
+    /// Time of the run's keyframe.
+    keyframe_pts_ms: f64,
 }
 
 impl Scheduler {
@@ -70,7 +73,6 @@ impl Scheduler {
         let n = self.inputs.len();
         let mut open = vec![true; n];
         let mut runs = vec![RunPosition::default(); n];
-        let every = self.detect_every.max(1);
         let mut next_seq = 0u64;
         let mut turn = 0usize;
         while open.iter().any(|&o| o) {
@@ -104,8 +106,20 @@ impl Scheduler {
                     turn = (i + 1) % n;
                     let run = &mut runs[i];
                     let follows_last = run.last_index.is_some_and(|last| frame.index == last + 1);
-                    let keyframe =
-                        run.frames == 0 || !follows_last || frame.gap_before_ms.is_some();
+                    let run_done = match self.detect_every {
+                        // Auto: by video time (a little early rather than a frame late: frame
+                        // times are rounded).
+                        0 => {
+                            run.frames >= crate::detect::AUTO_MAX_RUN
+                                || frame.pts_ms - run.keyframe_pts_ms
+                                    >= crate::detect::AUTO_DETECT_INTERVAL_MS - 2.0
+                        }
+                        n => run.frames >= n,
+                    };
+                    let keyframe = run.frames == 0
+                        || run_done
+                        || !follows_last
+                        || frame.gap_before_ms.is_some();
                     if keyframe {
                         let worker = self.least_busy(next_pick);
                         next_pick = worker + 1;
@@ -113,9 +127,10 @@ impl Scheduler {
                             frames: 0,
                             worker,
                             last_index: None,
+                            keyframe_pts_ms: frame.pts_ms,
                         };
                     }
-                    run.frames = (run.frames + 1) % every;
+                    run.frames += 1;
                     run.last_index = Some(frame.index);
                     let work = Work {
                         seq: next_seq,

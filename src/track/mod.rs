@@ -112,8 +112,9 @@ pub struct Tracker {
     last_ms: Option<f64>,
     /// Time between the last two frames, ms (how long "a frame" is for this stream).
     frame_ms: f64,
-    /// Frames from one full detection to the next (`detect_every`): a face that enters between
-    /// them is found at a full detection and may not be followed on the frames after.
+    /// Frames from one full detection to the next (`detect_every`; 0: by time, see
+    /// [`crate::detect::AUTO_DETECT_INTERVAL_MS`]): a face that enters between them is found at a
+    /// full detection and may not be followed on the frames after.
     detect_every: u32,
 }
 
@@ -179,7 +180,7 @@ impl Tracker {
 
     /// A tracker for a stream searched in full every `n` frames only (see [`Self::new`]).
     pub fn with_detect_every(mut self, n: u32) -> Self {
-        self.detect_every = n.max(1);
+        self.detect_every = n;
         self
     }
 
@@ -319,7 +320,10 @@ impl Tracker {
     /// Never longer than a confirmed track is kept (`max_lost_ms`, or 100 ms if less), so sparse
     /// false detections cannot add up to a person over a long `detect_every`.
     fn tentative_patience_ms(&self) -> f64 {
-        let wanted = (f64::from(self.detect_every) + 0.5) * self.frame_ms;
+        let wanted = match self.detect_every {
+            0 => crate::detect::AUTO_DETECT_INTERVAL_MS + 1.5 * self.frame_ms,
+            n => (f64::from(n) + 0.5) * self.frame_ms,
+        };
         TENTATIVE_PATIENCE_MS.max(wanted.min(self.config.max_lost_ms))
     }
 

@@ -192,3 +192,49 @@ fn report_on_a_missing_or_foreign_file() {
     ]);
     assert!(e.contains("images.jsonl:1: not a faceflow record"), "{e}");
 }
+
+/// `--device cuda` (or `[runtime] device = "cuda"`) with the CPU build of ONNX Runtime: one line
+/// that says what to install, exit 1, no output file started. Never a silent CPU run.
+#[test]
+fn cuda_without_the_cuda_build_is_one_clear_line() {
+    if std::path::Path::new(&project_root().join(".ort/cuda/lib/libonnxruntime.so")).exists() {
+        eprintln!("SKIPPED: this checkout has the CUDA build of ONNX Runtime");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let json_arg = json.display().to_string();
+    let clip = project_root().join("samples/astronaut.mp4");
+    let clip_arg = clip.display().to_string();
+    let image = project_root().join("samples/astronaut.png");
+    let image_arg = image.display().to_string();
+    let pipeline = dir.path().join("gpu.toml");
+    std::fs::write(
+        &pipeline,
+        format!("[source]\ninput = \"{clip_arg}\"\n\n[runtime]\ndevice = \"cuda\"\n"),
+    )
+    .unwrap();
+    let pipeline_arg = pipeline.display().to_string();
+    for args in [
+        vec![
+            "run", "--input", &clip_arg, "--device", "cuda", "--json", &json_arg,
+        ],
+        vec!["run", &pipeline_arg, "--json", &json_arg],
+        vec![
+            "detect", &image_arg, "--device", "cuda", "--json", &json_arg,
+        ],
+        vec![
+            "analyze", &image_arg, "--device", "cuda", "--json", &json_arg,
+        ],
+    ] {
+        let e = fails(&args);
+        assert!(
+            e.contains("--device cuda") && e.contains("scripts/setup.sh --cuda"),
+            "{args:?}: {e}"
+        );
+        assert!(!json.exists(), "{args:?}");
+    }
+    // A device that does not exist is refused by the parser.
+    let e = fails(&["detect", &image_arg, "--device", "tpu"]);
+    assert!(e.contains("cpu or cuda"), "{e}");
+}

@@ -173,6 +173,10 @@ fn live_source_drops_oldest_frames_when_behind_and_counts_them() {
                 "run",
                 "--input",
                 "testsrc://smpte?frames=150&size=640x480&fps=300&live=true",
+                // Every frame searched in full: with the default, frames without faces between
+                // full searches cost nothing and a 300 fps pattern is not always behind.
+                "--detect-every",
+                "1",
                 "--json",
             ])
             .arg(&json),

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The speed table of the README, on this machine, in one run: faceflow (release build, default
+# settings, whole process) beside the reference MTCNN (facenet-pytorch 2.6.0, same weights and
+# defaults, CPU), on frames of one clip rendered at 854x480, 1280x720 and 1920x1080.
+#
+#   scripts/bench.sh [CLIP]           # CLIP: any video with faces (default: the shared Hamilton clip)
+#   BENCH_REFERENCE=0 scripts/bench.sh  # faceflow only (no Python venv, no torch download)
+#
+# The reference goes into a virtual environment of its own under .cache/bench/venv (torch CPU
+# wheels, about 200 MB, downloaded once), never into the repository. Rendered clips and frames are
+# kept in .cache/bench/ between runs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+clip=${1:-../shared/data/video/face_recognition_short_hamilton_clip.mp4}
+reference=${BENCH_REFERENCE:-1}
+cache=.cache/bench
+frames=50
+say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+[ -f "$clip" ] || die "$clip: no such clip"
+command -v gst-launch-1.0 >/dev/null || die "gst-launch-1.0 missing: run scripts/deps.sh"
+
+say "building faceflow (release)"
+cargo build --release --locked -q
+ff=target/release/faceflow
+
+# --- inputs -----------------------------------------------------------------------------------
+name=$(basename "${clip%.*}")
+mkdir -p "$cache/$name"
+for size in 854x480 1280x720 1920x1080; do
+  out=$cache/$name/$size.mp4
+  [ -s "$out" ] && continue
+  say "rendering $size"
+  gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! videoscale \
+    ! "video/x-raw,width=${size%x*},height=${size#*x}" ! x264enc speed-preset=fast bitrate=6000 \
+    ! mp4mux ! filesink location="$out.part" && mv "$out.part" "$out"
+done
+stills=$cache/$name/frames
+if [ "$(ls "$stills" 2>/dev/null | wc -l)" -lt $frames ]; then
+  say "extracting $frames frames at 854x480"
+  rm -rf "$stills"; mkdir -p "$stills"
+  gst-launch-1.0 -q filesrc location="$cache/$name/854x480.mp4" ! decodebin ! videoconvert \
+    ! jpegenc quality=95 ! multifilesink location="$stills/f%04d.jpg" max-files=100000
+fi
+mapfile -t images < <(ls "$stills"/*.jpg | awk -v n=$frames 'NR % 3 == 1' | head -$frames)
+[ ${#images[@]} -eq $frames ] || die "$clip is too short: ${#images[@]} frames, need $frames"
+fps=$(gst-discoverer-1.0 "$cache/$name/854x480.mp4" | awk -F': ' '/Frame rate/ {print $2; exit}')
+clip_fps=$(python3 -c "f='$fps'.split('/'); print(float(f[0])/float(f[1]) if len(f)==2 and float(f[1]) else 25.0)")
+
+seconds() { # command... -> wall seconds of the whole process
+  local start end
+  start=$(date +%s.%N); "$@" >/dev/null 2>&1 || die "failed: $*"; end=$(date +%s.%N)
+  python3 -c "print(f'{$end - $start:.2f}')"
+}
+run_fps() { # input... -> fps from faceflow's summary (total line with several streams)
+  local args=() f
+  for f in "$@"; do args+=(--input "$f"); done
+  "$ff" run "${args[@]}" --json /dev/null 2>&1 | grep -oE '[0-9.]+ fps$' | tail -1 | cut -d' ' -f1
+}
+
+# --- faceflow ---------------------------------------------------------------------------------
+say "faceflow detect on $frames frames"
+detect_s=$(seconds "$ff" detect "${images[@]}" --json "$cache/$name/faceflow.jsonl")
+declare -A run
+for size in 854x480 1280x720 1920x1080; do
+  say "faceflow run at $size"
+  run[$size]=$(run_fps "$cache/$name/$size.mp4")
+done
+say "faceflow run, two 1280x720 streams"
+two=$(run_fps "$cache/$name/1280x720.mp4" "$cache/$name/1280x720.mp4")
+
+# --- reference --------------------------------------------------------------------------------
+ref_loop=-; ref_process=-; parity=-
+if [ "$reference" = 1 ]; then
+  venv=$cache/venv
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import facenet_pytorch' 2>/dev/null; then
+    say "installing the reference (facenet-pytorch 2.6.0, torch CPU) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch==2.2.2 torchvision==0.17.2
+    "$venv/bin/pip" install -q "numpy<2" pillow
+    "$venv/bin/pip" install -q --no-deps facenet-pytorch==2.6.0
+  fi
+  say "reference MTCNN on the same $frames frames"
+  start=$(date +%s.%N)
+  ref_loop=$("$venv/bin/python" - "$cache/$name/faceflow.jsonl" "$cache/$name/reference.json" "${images[@]}" <<'EOF'
+import json, sys, time
+import numpy as np
+import torch
+from facenet_pytorch import MTCNN
+from PIL import Image
+ours_path, out_path, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+images = [Image.open(p).convert("RGB") for p in paths]
+mtcnn = MTCNN(keep_all=True, device="cpu")
+started = time.perf_counter()
+found = []
+for im in images:
+    boxes, probs = mtcnn.detect(im)
+    found.append([] if boxes is None else boxes.tolist())
+loop = time.perf_counter() - started
+json.dump(found, open(out_path, "w"))
+def iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0])); iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - inter
+    return inter / union if union > 0 else 0.0
+ours = [[f["bbox"] for f in json.loads(l)["faces"]] for l in open(ours_path)]
+matched = sum(1 for r, o in zip(found, ours) for b in r if any(iou(b, x) >= 0.9 for x in o))
+ref_n = sum(len(r) for r in found); our_n = sum(len(o) for o in ours)
+extra = sum(1 for r, o in zip(found, ours) for x in o if not any(iou(b, x) >= 0.9 for b in r))
+print(f"{loop:.2f} {matched}/{ref_n} {extra}/{our_n}")
+EOF
+)
+  end=$(date +%s.%N)
+  ref_process=$(python3 -c "print(f'{$end - $start:.2f}')")
+  read -r ref_loop matched extra <<<"$ref_loop"
+  parity="$matched reference faces matched at IoU >= 0.9; $extra of faceflow's unmatched"
+fi
+
+# --- table ------------------------------------------------------------------------------------
+ratio() { python3 -c "a='$1'; b='$2'; print(f'{float(a)/float(b):.1f}x' if a not in ('-','') and b not in ('-','') else '-')"; }
+rt() { python3 -c "print(f'{float($1)/$clip_fps:.2f}x real time')"; }
+cores=$(nproc)
+cat <<EOF
+
+$(basename "$clip") at ${clip_fps} fps; $cores cores; faceflow $($ff --version | cut -d' ' -f2), default settings; $(date -u +%F)
+
+| work | faceflow | reference / target |
+|---|---|---|
+| MTCNN on $frames frames 854x480 (\`detect\`, whole process) | ${detect_s} s | facenet-pytorch ${ref_loop} s detecting (${ref_process} s whole process): $(ratio "$ref_loop" "$detect_s") faster; target 10x |
+| full pipeline 854x480 | ${run[854x480]} fps, $(rt "${run[854x480]}") | target 3x |
+| full pipeline 1280x720 | ${run[1280x720]} fps, $(rt "${run[1280x720]}") | |
+| full pipeline 1920x1080 | ${run[1920x1080]} fps, $(rt "${run[1920x1080]}") | target 1x (25 fps) |
+| two 1280x720 streams | ${two} fps in all | target 50 fps |
+
+MTCNN parity on those frames: ${parity}.
+EOF
