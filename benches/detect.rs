@@ -54,7 +54,52 @@ fn bench_detect(c: &mut Criterion) {
             b.iter(|| m.detect(black_box(&frame), 854, 480).map(|f| f.len()))
         });
     }
+    // Between full searches (`--detect-every`): the face of the frame before followed with R-Net
+    // and O-Net alone.
+    if let Some(m) = Mtcnn::new(DetectConfig {
+        threads: 1,
+        ..DetectConfig::default()
+    })
+    .ok()
+    .as_mut()
+        && let Ok(previous) = m.detect(&frame, 854, 480)
+    {
+        group.bench_function("follow_1_face_threads_1", |b| {
+            b.iter(|| {
+                m.follow(black_box(&frame), 854, 480, &previous)
+                    .map(|f| f.len())
+            })
+        });
+    }
     group.finish();
+
+    // The same picture scaled to a 1080p frame: the full search and following, one thread (a
+    // video run has one single-threaded detector per core).
+    let big = image::RgbImage::from_raw(854, 480, frame.clone())
+        .map(|f| image::imageops::resize(&f, 1920, 1080, image::imageops::FilterType::Triangle));
+    if let (Some(big), Ok(mut m)) = (
+        big,
+        Mtcnn::new(DetectConfig {
+            threads: 1,
+            ..DetectConfig::default()
+        }),
+    ) {
+        let big = big.into_raw();
+        let mut group = c.benchmark_group("mtcnn_1920x1080");
+        group.sample_size(10);
+        group.bench_function("full_threads_1", |b| {
+            b.iter(|| m.detect(black_box(&big), 1920, 1080).map(|f| f.len()))
+        });
+        if let Ok(previous) = m.detect(&big, 1920, 1080) {
+            group.bench_function("follow_1_face_threads_1", |b| {
+                b.iter(|| {
+                    m.follow(black_box(&big), 1920, 1080, &previous)
+                        .map(|f| f.len())
+                })
+            });
+        }
+        group.finish();
+    }
 
     let view = RgbView::new(&frame, 854, 480).unwrap_or_else(|| unreachable!());
     let mut integral = IntegralImage::new();

@@ -170,6 +170,21 @@ class GraphBuilder:
         self.nodes.append(helper.make_node("Gemm", [x, w, b], [out], transB=1, name=layer))
         return out
 
+    def softmax_channels2(self, x, out):
+        # Softmax over two channels of a map is a sigmoid of their difference; ONNX Runtime runs
+        # Softmax on a non-last axis through transposes.
+        split = self.init("prob.split", np.array([1, 1], np.int64))
+        l0, l1 = self._name("logit0"), self._name("logit1")
+        self.nodes.append(helper.make_node("Split", [x, split], [l0, l1], axis=1, name="split_logits"))
+        d10, d01 = self._name("d10"), self._name("d01")
+        self.nodes.append(helper.make_node("Sub", [l1, l0], [d10], name="face_minus_bg"))
+        self.nodes.append(helper.make_node("Sub", [l0, l1], [d01], name="bg_minus_face"))
+        p0, p1 = self._name("p0"), self._name("p1")
+        self.nodes.append(helper.make_node("Sigmoid", [d01], [p0], name="p_background"))
+        self.nodes.append(helper.make_node("Sigmoid", [d10], [p1], name="p_face"))
+        self.nodes.append(helper.make_node("Concat", [p0, p1], [out], axis=1, name="prob_concat"))
+        return out
+
     def softmax(self, x, out):
         self.nodes.append(helper.make_node("Softmax", [x], [out], axis=1, name=f"softmax_{out}"))
         return out
@@ -197,14 +212,14 @@ def build_pnet(w):
     x = g.prelu(g.conv(x, "conv2"), "prelu2", True)
     x = g.prelu(g.conv(x, "conv3"), "prelu3", True)
     logits = g.conv(x, "conv4_1")
-    g.softmax(logits, "prob")
+    g.softmax_channels2(logits, "prob")
     reg = g.conv(x, "conv4_2")
     g.nodes.append(helper.make_node("Identity", [reg], ["reg"], name="reg"))
     return g.model(
         "pnet", ["batch", 3, "height", "width"],
         [("reg", ["batch", 4, "out_h", "out_w"]), ("prob", ["batch", 2, "out_h", "out_w"])],
         "MTCNN P-Net. input: RGB NCHW, (x-127.5)/128. reg: box offsets per 12px cell, stride 2; "
-        "prob: softmax (background, face).",
+        "prob: softmax (background, face), computed as sigmoids of the logit differences.",
     )
 
 

@@ -417,9 +417,11 @@ impl Mtcnn {
     /// For a still image: [`Mtcnn::detect`], and when that finds nothing, once more with a black
     /// border around the picture. P-Net's windows and R-Net's and O-Net's squared boxes must overlap
     /// the picture, and a face that fills a tightly cropped portrait (face datasets, profile
-    /// pictures) is often lost on the way; with room around it, it is found. Boxes and landmarks are
-    /// in the original picture's pixels, boxes clipped to it. Video does not retry: it costs a
-    /// second detection on every frame without a face.
+    /// pictures) is often lost on the way; with room around it, it is found. Such a face is large
+    /// for the picture, so the second look searches only for faces of at least
+    /// [`STILL_RETRY_MIN_FACE`] of its shorter side (a few coarse pyramid levels: a picture without
+    /// any face costs little more than one look). Boxes and landmarks are in the original
+    /// picture's pixels, boxes clipped to it. Video does not retry.
     pub fn detect_still(
         &mut self,
         rgb: &[u8],
@@ -434,7 +436,12 @@ impl Mtcnn {
             ((width.max(height) as f32 * STILL_BORDER_FRACTION).round() as usize).max(1);
         let padded = with_black_border(rgb, width, height, border_px);
         let (padded_w, padded_h) = (width + 2 * border_px, height + 2 * border_px);
-        let found = self.detect(&padded, padded_w, padded_h)?;
+        let min_face_px = self.config.min_face_px;
+        self.config.min_face_px =
+            min_face_px.max(f64::from(STILL_RETRY_MIN_FACE) * width.min(height) as f64);
+        let found = self.detect(&padded, padded_w, padded_h);
+        self.config.min_face_px = min_face_px;
+        let found = found?;
         let offset = border_px as f32;
         Ok(found
             .into_iter()
@@ -660,6 +667,10 @@ fn follow_proposals(b: &BoxF) -> impl Iterator<Item = BoxF> + use<> {
 
 /// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.
 const STILL_BORDER_FRACTION: f32 = 0.25;
+
+/// Smallest face [`Mtcnn::detect_still`]'s second look searches for, as a fraction of the
+/// picture's shorter side (a face the first look missed for want of room is far larger).
+pub const STILL_RETRY_MIN_FACE: f32 = 0.3;
 
 /// Packed RGB8 pixels with `border_px` black pixels added on every side.
 fn with_black_border(rgb: &[u8], width: usize, height: usize, border_px: usize) -> Vec<u8> {

@@ -81,12 +81,7 @@ impl MqttConfig {
             .check(self.buffer, 1, 1_000_000, "records")
             .map_err(|e| bad(&e.to_string()))?;
         let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
-            if let Some(ca) = &self.ca {
-                return Err(bad(&format!(
-                    "a CA file ({}) is for mqtts:// (TLS); this URL is plain mqtt://",
-                    ca.display()
-                )));
-            }
+            // A CA file with a plain URL is left unused (said when connecting).
             (rest, false)
         } else if let Some(rest) = url.strip_prefix("mqtts://") {
             (rest, true)
@@ -256,6 +251,12 @@ impl MqttSink {
         } else if broker.password.is_some() {
             tracing::warn!(
                 "mqtt {shown}: {PASSWORD_ENV} is set but the URL names no user: connecting without a login"
+            );
+        }
+        if let (None, Some(ca)) = (&broker.tls, &config.ca) {
+            tracing::warn!(
+                "mqtt {shown}: the CA file {} is for mqtts:// (TLS); this URL is plain mqtt://, so it is not used",
+                ca.display()
             );
         }
         if let Some(roots) = &broker.tls {
