@@ -35,7 +35,8 @@ for size in 854x480 1280x720 1920x1080; do
   say "rendering $size"
   gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! videoscale \
     ! "video/x-raw,width=${size%x*},height=${size#*x}" ! x264enc speed-preset=fast bitrate=6000 \
-    ! mp4mux ! filesink location="$out.part" && mv "$out.part" "$out"
+    ! mp4mux ! filesink location="$out.part" || die "rendering $size failed"
+  mv "$out.part" "$out"
 done
 stills=$cache/$name/frames-png
 if [ "$(ls "$stills" 2>/dev/null | wc -l)" -lt $frames ]; then
@@ -58,7 +59,10 @@ seconds() { # command... -> wall seconds of the whole process
 run_fps() { # input... -> fps from faceflow's summary (total line with several streams)
   local args=() f
   for f in "$@"; do args+=(--input "$f"); done
-  "$ff" run "${args[@]}" --json /dev/null 2>&1 | grep -oE '[0-9.]+ fps$' | tail -1 | cut -d' ' -f1
+  local fps
+  fps=$("$ff" run "${args[@]}" --json /dev/null 2>&1 | grep -oE '[0-9.]+ fps$' | tail -1 | cut -d' ' -f1) || true
+  [ -n "$fps" ] || die "faceflow run ${args[*]} gave no summary"
+  echo "$fps"
 }
 
 # --- faceflow ---------------------------------------------------------------------------------

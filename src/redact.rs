@@ -73,27 +73,30 @@ fn userinfo_passwords(text: &str) -> Cow<'_, str> {
                 ) || c.is_whitespace()
             })
             .unwrap_or(text.len() - authority_start);
-        let mut authority = &text[authority_start..authority_start + authority_len];
+        let mut authority_len = authority_len;
         // A password may hold a raw '/' (people paste them unescaped): then the authority seems to
-        // end inside the password. `user:pa/ss@host` is taken as user information when an '@'
-        // follows before the URL's end and what follows the ':' is not a port.
-        if !authority.contains('@')
-            && let Some(colon) = authority.find(':')
-            && !authority[colon + 1..].bytes().all(|b| b.is_ascii_digit())
-        {
+        // end inside the password. While the next path segment holds an '@', it is taken as part
+        // of the user information (`user:pa/ss@host`, `user:2024/x@host`); a URL whose path has an
+        // '@' in its first segment is masked more than needed, never less. Not for IPv6 hosts.
+        let opens_userinfo =
+            |authority: &str| !authority.starts_with('[') && authority.contains(':');
+        if opens_userinfo(&text[authority_start..authority_start + authority_len]) {
             let url_len = text[authority_start..]
                 .find(|c: char| {
                     matches!(c, '"' | '\'' | '<' | '>' | '`' | '?' | '#') || c.is_whitespace()
                 })
                 .unwrap_or(text.len() - authority_start);
-            if let Some(at) = text[authority_start..authority_start + url_len].find('@') {
-                let host_len = text[authority_start + at..authority_start + url_len]
-                    .find('/')
-                    .unwrap_or(url_len - at);
-                authority = &text[authority_start..authority_start + at + host_len];
+            let url = &text[authority_start..authority_start + url_len];
+            while url[authority_len..].starts_with('/') {
+                let rest = &url[authority_len + 1..];
+                let segment = rest.find('/').map_or(rest, |end| &rest[..end]);
+                if !segment.contains('@') {
+                    break;
+                }
+                authority_len += 1 + segment.len();
             }
         }
-        let authority_len = authority.len();
+        let authority = &text[authority_start..authority_start + authority_len];
         // The user information ends at the last '@' (a password may hold one unescaped).
         if let Some(at) = authority.rfind('@')
             && let Some(colon) = authority[..at].find(':')
@@ -193,6 +196,8 @@ mod tests {
             "http://cam/video?user=admin&fps=5",
             "http://cam:8080/users/a@b",
             "http://cam/a:b/c@d",
+            "http://[::1]:8080/u/a@b",
+            "rtsp://cam:554/live/ch1",
             "a?password=x without a url",
         ] {
             assert!(

@@ -44,9 +44,24 @@ pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     })
 }
 
+/// Raises the flag when the thread that holds it unwinds from a panic.
+struct QuitOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for QuitOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Detectors to run side by side on a list of images: one per core (each single-threaded: MTCNN's
 /// small convolutions keep one core busier than a thread pool does), no more than images.
+/// With a GPU one is enough (each would hold its own sessions in GPU memory).
 fn image_workers(workers: usize, images: usize) -> usize {
+    if faceflow::runtime::device() == faceflow::runtime::Device::Cuda {
+        return 1;
+    }
     workers.min(images).max(1)
 }
 
@@ -78,17 +93,21 @@ fn crop_stems(images: &[PathBuf]) -> Vec<String> {
 
 /// Writes one record per image, in the order given; a failed image is reported (and gets no
 /// record) and the others are still processed. `workers` threads each run what `start` builds
-/// (a detector of their own) on the next image not taken. A reader that closes the output
-/// (`| head`) ends the run quietly.
+/// (a detector of their own) on the next image not taken; all are built before the output file
+/// is created, so a model that fails to load leaves an existing file as it was. A reader that
+/// closes the output (`| head`) ends the run quietly.
 fn process_images<W>(
     images: &[PathBuf],
     json: String,
     workers: usize,
-    start: impl Fn() -> Result<W> + Sync,
+    start: impl Fn() -> Result<W>,
 ) -> Result<ExitCode>
 where
-    W: FnMut(usize, &Path) -> Result<ImageRecord>,
+    W: FnMut(usize, &Path) -> Result<ImageRecord> + Send,
 {
+    let built: Vec<W> = (0..workers.max(1))
+        .map(|_| start())
+        .collect::<Result<_>>()?;
     let mut writer = JsonLinesWriter::create(&JsonConfig { path: json })?;
     let mut failures = 0usize;
     let bar = super::progress(Some(images.len() as u64), "images");
@@ -98,24 +117,19 @@ where
     let stop = interrupt_flag("stopping after the images in work");
     let started = std::time::Instant::now();
     let next = AtomicUsize::new(0);
-    // Set when the output is gone or failed, or a worker could not start: the others stop taking
-    // images.
+    // Set when the output is gone or failed, or a worker panicked: the others stop taking images.
     let quit = AtomicBool::new(false);
     let (results, received) = crossbeam_channel::bounded::<(usize, Result<ImageRecord>)>(workers);
     let mut finished = 0;
     let outcome: Result<Option<ExitCode>> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        for _ in 0..workers.max(1) {
+        for mut one in built {
             let results = results.clone();
-            let (start, next, quit, stop) = (&start, &next, &quit, &stop);
-            handles.push(scope.spawn(move || -> Result<()> {
-                let mut one = match start() {
-                    Ok(one) => one,
-                    Err(e) => {
-                        quit.store(true, Ordering::SeqCst);
-                        return Err(e);
-                    }
-                };
+            let (next, quit, stop) = (&next, &quit, &stop);
+            handles.push(scope.spawn(move || {
+                // A worker that panics stops the others (its image's record would never come,
+                // and every later one would wait for it).
+                let _panic_stops_all = QuitOnPanic(quit);
                 while !quit.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(path) = images.get(i) else { break };
@@ -123,7 +137,6 @@ where
                         break;
                     }
                 }
-                Ok(())
             }));
         }
         drop(results);
@@ -159,10 +172,8 @@ where
             }
         }
         for handle in handles {
-            match handle.join() {
-                Ok(Err(e)) if outcome.is_ok() => outcome = Err(e),
-                Err(panic) => std::panic::resume_unwind(panic),
-                _ => {}
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
             }
         }
         outcome

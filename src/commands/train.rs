@@ -72,6 +72,8 @@ pub fn train(args: crate::cli::TrainArgs) -> Result<ExitCode> {
     }
     let config = args.config()?;
     config.validate()?;
+    // The detector that fills the crop cache runs where asked (a GPU is never silently skipped).
+    faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
     {
         let stop = opts.stop.clone();
         on_interrupt("stopping after this batch", move || {

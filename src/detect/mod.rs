@@ -215,11 +215,16 @@ pub const AUTO_DETECT_INTERVAL_MS: f64 = 100.0;
 /// With `detect_every` 0: the most frames between full searches, whatever the frame rate.
 pub const AUTO_MAX_RUN: u32 = 8;
 
+/// With `detect_every` 0: the run length queues are sized for.
+const AUTO_QUEUE_RUN: u32 = 4;
+
 impl DetectConfig {
-    /// The most frames from one full search to the next.
-    pub fn max_run_frames(&self) -> u32 {
+    /// Frames from one full search to the next, to size queues by: with auto, a run at 25–30
+    /// fps (3) and one more. Longer runs (high frame rates) only overlap less across workers;
+    /// sizing for the longest would let a live stream fall further behind.
+    pub fn run_frames_for_queues(&self) -> u32 {
         match self.detect_every {
-            0 => AUTO_MAX_RUN,
+            0 => AUTO_QUEUE_RUN,
             n => n,
         }
     }

@@ -376,7 +376,7 @@ pub fn run_stages(
     let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
     let workers = detectors.len().max(1);
     // Room for a run of `detect_every` frames on every worker, so runs of a stream overlap.
-    let run_frames = workers.saturating_mul(config.detect.max_run_frames().max(1) as usize);
+    let run_frames = workers.saturating_mul(config.detect.run_frames_for_queues().max(1) as usize);
     let in_flight = config.frames_in_flight(workers).max(run_frames.min(64));
     // Every worker may hold a frame while the track stage holds back the others.
     let window = Arc::new(Window::new(in_flight + workers));
@@ -432,7 +432,7 @@ pub fn run_stages(
         });
     }
     // One queue per worker (see Scheduler), with room for a run of `detect_every` frames.
-    let every = config.detect.max_run_frames().max(1) as usize;
+    let every = config.detect.run_frames_for_queues().max(1) as usize;
     let queue = (every + 1).min(8);
     let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
         .map(|w| {
@@ -908,6 +908,7 @@ mod tests {
         config.source.name = Some("n".into());
         config.overlay.path = Some("o.mp4".into());
         config.mqtt.url = Some("mqtt://h/t".into());
+        config.mqtt.ca = Some("ca.pem".into());
         config.metrics.listen = Some("127.0.0.1:9464".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();

@@ -175,12 +175,26 @@ fn trusted_roots(
 
 /// A TLS client set-up trusting `roots`, with the ring provider (rustls' process-wide default
 /// is not relied on: nothing installs one).
-fn tls_client(roots: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+/// A CA file's certificates must all be usable; of the system's, those that are (a bundle may
+/// hold one the verifier cannot read).
+fn tls_client(
+    roots: &[CertificateDer<'static>],
+    from_file: bool,
+) -> Result<rustls::ClientConfig, String> {
     let mut store = rustls::RootCertStore::empty();
-    for cert in roots {
-        store
-            .add(cert.clone())
-            .map_err(|e| format!("CA certificate refused: {e}"))?;
+    if from_file {
+        for cert in roots {
+            store
+                .add(cert.clone())
+                .map_err(|e| format!("CA certificate refused: {e}"))?;
+        }
+    } else {
+        store.add_parsable_certificates(roots.iter().cloned());
+        if store.is_empty() {
+            return Err(
+                "none of the system's CA certificates is usable; name one with --mqtt-ca".into(),
+            );
+        }
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -260,10 +274,11 @@ impl MqttSink {
             );
         }
         if let Some(roots) = &broker.tls {
-            let tls = tls_client(roots).map_err(|message| SinkError::Mqtt {
-                target: shown.clone(),
-                message,
-            })?;
+            let tls =
+                tls_client(roots, config.ca.is_some()).map_err(|message| SinkError::Mqtt {
+                    target: shown.clone(),
+                    message,
+                })?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls),
             )));

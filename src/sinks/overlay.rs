@@ -455,6 +455,9 @@ impl Sink for OverlaySink {
             return Ok(());
         }
         if let Some(window) = &mut self.window {
+            if !window.showing(stream) {
+                return Ok(());
+            }
             let mut canvas = pixels[..bytes].to_vec();
             draw_faces(&mut canvas, record, blur_faces, font);
             let size = (width as usize, height as usize);

@@ -54,7 +54,14 @@ fn x11_answers(display: &str) -> bool {
         return false;
     };
     if host.is_empty() || host == "unix" {
-        return std::os::unix::net::UnixStream::connect(format!("/tmp/.X11-unix/X{number}"))
+        let path = format!("/tmp/.X11-unix/X{number}");
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return true;
+        }
+        // Servers in some containers listen only on the abstract socket of the same name.
+        use std::os::linux::net::SocketAddrExt;
+        return std::os::unix::net::SocketAddr::from_abstract_name(path.as_bytes())
+            .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
             .is_ok();
     }
     use std::net::ToSocketAddrs;
@@ -107,6 +114,11 @@ impl WindowOverlay {
             windows: Vec::new(),
             closed: vec![false; stream_ids.len()],
         })
+    }
+
+    /// Whether `stream`'s frames are shown (its window was not closed).
+    pub fn showing(&self, stream: usize) -> bool {
+        !self.closed.get(stream).copied().unwrap_or(true)
     }
 
     /// Shows a drawn frame of `stream`: `rgb` is `width`×`height` RGB with rows padded to 4

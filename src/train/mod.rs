@@ -347,7 +347,9 @@ fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepared, TrainErr
     let started = Instant::now();
     let bar = progress_bar(opts.progress, all.len() as u64, "images");
     bar.set_prefix("detecting and aligning faces ");
-    cache.fill(&all, &opts.detect, opts.workers, &|done, _total| {
+    // `fill` counts the images not cached yet.
+    cache.fill(&all, &opts.detect, opts.workers, &|done, total| {
+        bar.set_length(total as u64);
         crate::console::show_rate(&bar, done as u64, started);
     })?;
     bar.finish_and_clear();
