@@ -371,7 +371,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N")]
     pub max_images: Option<usize>,
     /// Report folder: report.json, predictions.jsonl (one line per image), report.md,
-    /// confusion_*.png, accuracy_per_age_group*.png.
+    /// confusion_*.svg, accuracy_per_age_group*.svg.
     #[arg(long, value_name = "DIR", default_value = "eval-report")]
     pub report: PathBuf,
     #[command(flatten)]
@@ -475,6 +475,21 @@ impl RunArgs {
         }
         if let Some(v) = self.detector.device {
             config.runtime.device = v;
+        }
+        // Options that only shape an output that is not on: said, not silently dropped.
+        if config.mqtt.url.is_none() {
+            for (given, flag) in [
+                (self.mqtt_all_frames, "--mqtt-all-frames"),
+                (self.mqtt_buffer.is_some(), "--mqtt-buffer"),
+                (self.mqtt_ca.is_some(), "--mqtt-ca"),
+            ] {
+                if given {
+                    tracing::warn!("{flag} does nothing without --mqtt");
+                }
+            }
+        }
+        if self.blur_faces && config.overlay.path.is_none() {
+            tracing::warn!("--blur-faces does nothing without --overlay");
         }
         if let Some(v) = self.workers {
             config.detect.workers = v;

@@ -197,6 +197,7 @@ mod tests {
             "http://cam:8080/users/a@b",
             "http://cam/a:b/c@d",
             "http://[::1]:8080/u/a@b",
+            "expected mqtt:// or mqtts://[user[:password]@]host[:port]/topic",
             "rtsp://cam:554/live/ch1",
             "a?password=x without a url",
         ] {

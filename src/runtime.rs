@@ -60,7 +60,7 @@ impl std::str::FromStr for Device {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda),
+            "cuda" => Ok(Device::Cuda),
             _ => Err(format!("'{s}' is not a device: cpu or cuda")),
         }
     }

@@ -151,7 +151,10 @@ pub fn select(opts: &EvalOptions) -> Result<(Vec<Sample>, dataset::ScanReport), 
         samples.sort_by(|a, b| a.path.cmp(&b.path));
     }
     if samples.is_empty() {
-        return Err(EvalError::Empty(format!("split {:?}", opts.split)));
+        return Err(EvalError::Empty(format!(
+            "split {}",
+            format!("{:?}", opts.split).to_lowercase()
+        )));
     }
     Ok((samples, report))
 }

@@ -167,9 +167,19 @@ impl AttributesConfig {
 impl PipelineConfig {
     /// Reads a pipeline file; unknown keys and syntax errors name the file, line and column.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|reason| PipelineError::Read {
-            path: path.to_path_buf(),
-            reason,
+        let text = std::fs::read_to_string(path).map_err(|reason| {
+            // A video given where the pipeline file goes (`faceflow run clip.mp4`).
+            let reason = if reason.kind() == std::io::ErrorKind::InvalidData {
+                std::io::Error::other(
+                    "not a pipeline file (TOML text); to read a video or camera, use --input",
+                )
+            } else {
+                reason
+            };
+            PipelineError::Read {
+                path: path.to_path_buf(),
+                reason,
+            }
         })?;
         Self::parse(&text, path)
     }
@@ -864,6 +874,61 @@ mod tests {
             2 * 14,
             "one full search per run of 3"
         );
+    }
+
+    /// `detect_every` 0 (auto, the default) goes by video time: a 25 fps stream is searched in
+    /// full every 3rd frame (100 ms), a 10 fps stream every frame.
+    #[test]
+    fn auto_detect_every_searches_every_100_ms_of_video() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("out.jsonl");
+        let mut config = PipelineConfig {
+            sources: [("fast", 25), ("slow", 10)]
+                .iter()
+                .map(|(name, fps)| SourceConfig {
+                    name: Some(name.to_string()),
+                    input: format!("testsrc://ball?frames=30&size=64x48&fps={fps}"),
+                    ..SourceConfig::default()
+                })
+                .collect(),
+            ..PipelineConfig::default()
+        };
+        config.json.path = json.display().to_string();
+        config.attributes.enabled = false;
+        assert_eq!(config.detect.detect_every, 0, "auto is the default");
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let detectors: Vec<Box<dyn FrameDetector>> = (0..2)
+            .map(|_| {
+                Box::new(Marks {
+                    calls: calls.clone(),
+                }) as Box<dyn FrameDetector>
+            })
+            .collect();
+        let stages = BuiltStages {
+            sources: config
+                .streams()
+                .iter()
+                .enumerate()
+                .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
+                .collect(),
+            detectors,
+            attributes: None,
+            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+            metrics_listener: None,
+        };
+        run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        let mut full: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        for line in std::fs::read_to_string(&json).unwrap().lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            if r["type"] == "frame" && r["faces"][0]["score"] == 1.0 {
+                full.entry(r["stream"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(r["frame"].as_u64().unwrap());
+            }
+        }
+        let every_third: Vec<u64> = (0..30).step_by(3).collect();
+        assert_eq!(full["fast"], every_third);
+        assert_eq!(full["slow"], (0..30).collect::<Vec<u64>>());
     }
 
     #[test]

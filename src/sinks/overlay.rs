@@ -378,6 +378,23 @@ impl OverlaySink {
             }
         }
         // Served only once drawing and encoding are known to work.
+        if let OverlayTarget::File(path) = &to {
+            // Each stream's file, created now (empty): one that cannot be written fails the run
+            // before it starts, not at its first frame.
+            for id in stream_ids {
+                let file = stream_file(path, id, streams);
+                if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
+                        path: file.clone(),
+                        reason,
+                    })?;
+                }
+                std::fs::File::create(&file).map_err(|reason| SinkError::Create {
+                    path: file.clone(),
+                    reason,
+                })?;
+            }
+        }
         let (path, live, window) = match to {
             OverlayTarget::File(path) => (path, None, None),
             OverlayTarget::Rtsp(address) => (
