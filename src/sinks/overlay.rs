@@ -334,6 +334,9 @@ pub struct OverlaySink {
     live: Option<super::live_overlay::RtspOverlay>,
     /// Shown in windows instead of written to files.
     window: Option<super::window_overlay::WindowOverlay>,
+    /// Files created (empty) before the run; those still empty at the end are removed (a
+    /// stream that gave no frame leaves no unplayable file).
+    created: Vec<PathBuf>,
 }
 
 impl OverlaySink {
@@ -378,10 +381,12 @@ impl OverlaySink {
             }
         }
         // Served only once drawing and encoding are known to work.
+        let mut created = Vec::new();
         if let OverlayTarget::File(path) = &to {
             // Each stream's file, created now (empty): one that cannot be written fails the run
             // before it starts, not at its first frame.
             for id in stream_ids {
+                created.push(stream_file(path, id, streams));
                 let file = stream_file(path, id, streams);
                 if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
@@ -426,6 +431,7 @@ impl OverlaySink {
             ended: Vec::new(),
             live,
             window,
+            created,
         })
     }
 
@@ -535,6 +541,11 @@ impl Sink for OverlaySink {
         for slot in &mut self.encoders {
             if let Some(encoder) = slot.take() {
                 result = result.and(encoder.finish());
+            }
+        }
+        for path in &self.created {
+            if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(path);
             }
         }
         result

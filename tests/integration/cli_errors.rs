@@ -238,3 +238,37 @@ fn cuda_without_the_cuda_build_is_one_clear_line() {
     let e = fails(&["detect", &image_arg, "--device", "tpu"]);
     assert!(e.contains("cpu or cuda"), "{e}");
 }
+
+/// Outputs that cannot be written, and a video where the pipeline file goes: refused before the
+/// run, in one line, the JSON not started.
+#[test]
+fn unwritable_overlay_and_a_video_as_pipeline_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let json_arg = json.display().to_string();
+    let clip = project_root().join("samples/astronaut.mp4");
+    let clip_arg = clip.display().to_string();
+    let taken = dir.path().join("taken.mp4");
+    std::fs::create_dir(&taken).unwrap();
+    let taken_arg = taken.display().to_string();
+    let e = fails(&[
+        "run",
+        "--input",
+        &clip_arg,
+        "--overlay",
+        &taken_arg,
+        "--json",
+        &json_arg,
+    ]);
+    assert!(
+        e.contains("cannot create") && e.contains("taken.mp4"),
+        "{e}"
+    );
+    assert!(!json.exists());
+    let e = fails(&["run", &clip_arg, "--json", &json_arg]);
+    assert!(
+        e.contains("not a pipeline file") && e.contains("--input"),
+        "{e}"
+    );
+    assert!(!json.exists());
+}
