@@ -48,12 +48,7 @@ fn query_passwords(text: &str) -> Cow<'_, str> {
             copied = value_start + value_len;
         }
     }
-    if copied == 0 {
-        Cow::Borrowed(text)
-    } else {
-        out.push_str(&text[copied..]);
-        Cow::Owned(out)
-    }
+    rest_of(text, out, copied)
 }
 
 /// `text` with the password of every `scheme://user:password@` masked.
@@ -111,6 +106,12 @@ fn userinfo_passwords(text: &str) -> Cow<'_, str> {
         }
         search = authority_start + authority_len;
     }
+    rest_of(text, out, copied)
+}
+
+/// `text` as masked so far: `out` holds its first `copied` bytes with masks in; the rest follows
+/// unchanged. Borrowed when nothing was masked.
+fn rest_of(text: &str, mut out: String, copied: usize) -> Cow<'_, str> {
     if copied == 0 {
         Cow::Borrowed(text)
     } else {

@@ -352,13 +352,24 @@ impl Mtcnn {
         width: usize,
         height: usize,
     ) -> Result<Vec<Face>, DetectError> {
+        self.detect_down_to(rgb, width, height, self.config.min_face_px)
+    }
+
+    /// [`Mtcnn::detect`] for faces of at least `min_face_px`.
+    fn detect_down_to(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        min_face_px: f64,
+    ) -> Result<Vec<Face>, DetectError> {
         let image = rgb_view(rgb, width, height)?;
         if width == 0 || height == 0 {
             return Ok(Vec::new());
         }
         let t0 = std::time::Instant::now();
         self.integral.rebuild(image);
-        let proposals = self.stage_pnet(image)?;
+        let proposals = self.stage_pnet(image, min_face_px)?;
         let t1 = std::time::Instant::now();
         if proposals.is_empty() {
             return Ok(Vec::new());
@@ -441,12 +452,11 @@ impl Mtcnn {
             ((width.max(height) as f32 * STILL_BORDER_FRACTION).round() as usize).max(1);
         let padded = with_black_border(rgb, width, height, border_px);
         let (padded_w, padded_h) = (width + 2 * border_px, height + 2 * border_px);
-        let min_face_px = self.config.min_face_px;
-        self.config.min_face_px =
-            min_face_px.max(f64::from(STILL_RETRY_MIN_FACE) * width.min(height) as f64);
-        let found = self.detect(&padded, padded_w, padded_h);
-        self.config.min_face_px = min_face_px;
-        let found = found?;
+        let min_face_px = self
+            .config
+            .min_face_px
+            .max(f64::from(STILL_RETRY_MIN_FACE) * width.min(height) as f64);
+        let found = self.detect_down_to(&padded, padded_w, padded_h, min_face_px)?;
         let offset = border_px as f32;
         Ok(found
             .into_iter()
@@ -464,13 +474,16 @@ impl Mtcnn {
     }
 
     /// P-Net over the pyramid: squared proposals with their P-Net scores.
-    fn stage_pnet(&mut self, image: RgbView<'_>) -> Result<Vec<(BoxF, f32)>, DetectError> {
-        let cfg = &self.config;
+    fn stage_pnet(
+        &mut self,
+        image: RgbView<'_>,
+        min_face_px: f64,
+    ) -> Result<Vec<(BoxF, f32)>, DetectError> {
         let scales = pyramid_scales(
             image.width as u32,
             image.height as u32,
-            cfg.min_face_px,
-            cfg.scale_factor,
+            min_face_px,
+            self.config.scale_factor,
         );
         let full = PixelRect {
             x0: 0,

@@ -763,6 +763,36 @@ mod tests {
         calls: Arc<std::sync::atomic::AtomicU64>,
     }
 
+    /// Runs `config` (JSON out, no attributes) with `workers` [`Marks`] detectors; the summary
+    /// and how many full searches they made.
+    fn run_with_marks(
+        config: &PipelineConfig,
+        workers: usize,
+    ) -> (RunSummary, Arc<std::sync::atomic::AtomicU64>) {
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let detectors: Vec<Box<dyn FrameDetector>> = (0..workers)
+            .map(|_| {
+                Box::new(Marks {
+                    calls: calls.clone(),
+                }) as Box<dyn FrameDetector>
+            })
+            .collect();
+        let stages = BuiltStages {
+            sources: config
+                .streams()
+                .iter()
+                .enumerate()
+                .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
+                .collect(),
+            detectors,
+            attributes: None,
+            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+            metrics_listener: None,
+        };
+        let summary = run_stages(config, stages, Control::new(), RunHooks::default()).unwrap();
+        (summary, calls)
+    }
+
     impl FrameDetector for Marks {
         fn detect_frame(
             &mut self,
@@ -816,27 +846,7 @@ mod tests {
         config.json.path = json.display().to_string();
         config.attributes.enabled = false;
         config.detect.detect_every = 3;
-        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let detectors: Vec<Box<dyn FrameDetector>> = (0..3)
-            .map(|_| {
-                Box::new(Marks {
-                    calls: calls.clone(),
-                }) as Box<dyn FrameDetector>
-            })
-            .collect();
-        let stages = BuiltStages {
-            sources: config
-                .streams()
-                .iter()
-                .enumerate()
-                .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
-                .collect(),
-            detectors,
-            attributes: None,
-            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
-            metrics_listener: None,
-        };
-        let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        let (summary, calls) = run_with_marks(&config, 3);
         assert_eq!(summary.streams.len(), 2);
         let lines = std::fs::read_to_string(&json).unwrap();
         let mut keyframe_box: std::collections::HashMap<String, f64> = Default::default();
@@ -896,27 +906,7 @@ mod tests {
         config.json.path = json.display().to_string();
         config.attributes.enabled = false;
         assert_eq!(config.detect.detect_every, 0, "auto is the default");
-        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let detectors: Vec<Box<dyn FrameDetector>> = (0..2)
-            .map(|_| {
-                Box::new(Marks {
-                    calls: calls.clone(),
-                }) as Box<dyn FrameDetector>
-            })
-            .collect();
-        let stages = BuiltStages {
-            sources: config
-                .streams()
-                .iter()
-                .enumerate()
-                .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
-                .collect(),
-            detectors,
-            attributes: None,
-            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
-            metrics_listener: None,
-        };
-        run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        run_with_marks(&config, 2);
         let mut full: std::collections::HashMap<String, Vec<u64>> = Default::default();
         for line in std::fs::read_to_string(&json).unwrap().lines() {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();

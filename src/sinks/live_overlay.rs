@@ -72,15 +72,6 @@ struct Feed {
     appsrc: Option<gst_app::AppSrc>,
 }
 
-fn caps(width: u32, height: u32) -> gst::Caps {
-    gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", width as i32)
-        .field("height", height as i32)
-        .field("framerate", gst::Fraction::new(0, 1))
-        .build()
-}
-
 /// The RTSP server of a run and its feeds.
 pub struct RtspOverlay {
     address: RtspAddress,
@@ -143,7 +134,7 @@ impl RtspOverlay {
                 src.set_block(false);
                 if let Ok(mut feed) = slot.lock() {
                     if let Some((w, h)) = feed.size {
-                        src.set_caps(Some(&caps(w, h)));
+                        src.set_caps(Some(&super::overlay::rgb_caps(w, h)));
                     }
                     feed.appsrc = Some(src);
                 }
@@ -196,7 +187,7 @@ impl RtspOverlay {
         if feed.size != Some((width, height)) {
             feed.size = Some((width, height));
             if let Some(src) = &feed.appsrc {
-                src.set_caps(Some(&caps(width, height)));
+                src.set_caps(Some(&super::overlay::rgb_caps(width, height)));
             }
         }
         let Some(src) = feed.appsrc.clone() else {

@@ -132,14 +132,8 @@ impl Encoder {
                 ))
             })
         };
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", even(width) as i32)
-            .field("height", even(height) as i32)
-            .field("framerate", gst::Fraction::new(0, 1))
-            .build();
         let appsrc = gst_app::AppSrc::builder()
-            .caps(&caps)
+            .caps(&rgb_caps(even(width), even(height)))
             .format(gst::Format::Time)
             .is_live(false)
             // Back-pressure instead of an unbounded queue: the encoder keeps up or the run waits.
@@ -206,13 +200,7 @@ impl Encoder {
 
     /// The first error the encoder's pipeline reported, if any.
     fn bus_error(&self) -> Option<SinkError> {
-        let bus = self.pipeline.bus()?;
-        while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-            if let gst::MessageView::Error(e) = msg.view() {
-                return Some(self.error(e.error().to_string()));
-            }
-        }
-        None
+        pipeline_error(&self.pipeline).map(|e| self.error(e))
     }
 
     /// Queues a frame. Each frame is handed to the encoder when the next one comes, with its
@@ -292,6 +280,26 @@ impl Encoder {
         }
         tracing::debug!(path = %self.path.display(), frames = self.frames, "overlay file finished");
         last.and(result)
+    }
+}
+
+/// Packed RGB frames of `width`×`height` at a variable rate: what the overlay outputs' appsrc
+/// elements are given.
+pub(super) fn rgb_caps(width: u32, height: u32) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "RGB")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("framerate", gst::Fraction::new(0, 1))
+        .build()
+}
+
+/// The first error `pipeline` posted on its bus and nobody read yet, as text.
+pub(super) fn pipeline_error(pipeline: &gst::Pipeline) -> Option<String> {
+    let message = pipeline.bus()?.pop_filtered(&[gst::MessageType::Error])?;
+    match message.view() {
+        gst::MessageView::Error(e) => Some(e.error().to_string()),
+        _ => None,
     }
 }
 

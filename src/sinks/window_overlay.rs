@@ -186,15 +186,9 @@ impl WindowOverlay {
 
 impl Window {
     fn open(stream_id: &str, width: u32, height: u32) -> Result<Self, String> {
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "RGB")
-            .field("width", width as i32)
-            .field("height", height as i32)
-            .field("framerate", gst::Fraction::new(0, 1))
-            .build();
         // Two frames at most waiting; a window that lags shows the newest.
         let appsrc = gst_app::AppSrc::builder()
-            .caps(&caps)
+            .caps(&super::overlay::rgb_caps(width, height))
             .format(gst::Format::Time)
             .is_live(true)
             .do_timestamp(true)
@@ -217,13 +211,7 @@ impl Window {
         gst::Element::link_many(elements).map_err(|e| e.to_string())?;
         if pipeline.set_state(gst::State::Playing).is_err() {
             // The bus has the sink's reason (no display connection, no video output).
-            let reason = pipeline
-                .bus()
-                .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
-                .and_then(|m| match m.view() {
-                    gst::MessageView::Error(e) => Some(e.error().to_string()),
-                    _ => None,
-                })
+            let reason = super::overlay::pipeline_error(&pipeline)
                 .unwrap_or_else(|| "the video sink did not start".into());
             let _ = pipeline.set_state(gst::State::Null);
             return Err(format!("cannot open the window: {reason}"));
@@ -246,12 +234,7 @@ impl Window {
 
     /// Why the window stopped (closed by its user, display gone), if it did.
     fn failure(&self) -> Option<String> {
-        let bus = self.pipeline.bus()?;
-        let message = bus.pop_filtered(&[gst::MessageType::Error])?;
-        match message.view() {
-            gst::MessageView::Error(e) => Some(e.error().to_string()),
-            _ => None,
-        }
+        super::overlay::pipeline_error(&self.pipeline)
     }
 }
 

@@ -116,6 +116,36 @@ fn key(record: &serde_json::Value) -> String {
     )
 }
 
+/// The records of a run's JSON that go to MQTT: frames with a face, and track records.
+fn published_records(json: &Path) -> HashSet<String> {
+    read_all_jsonl(json)
+        .iter()
+        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
+        .map(key)
+        .collect()
+}
+
+/// The records a subscriber wrote to `received`, once they hold `expected` or `limit` is over.
+fn wait_for_records(
+    received: &Path,
+    expected: &HashSet<String>,
+    limit: Duration,
+) -> HashSet<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got: HashSet<String> = std::fs::read_to_string(received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|r| key(&r))
+            .collect();
+        if expected.is_subset(&got) || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
     let Some((program, subscribe)) = mosquitto() else {
@@ -159,27 +189,10 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
     let out = run.wait_with_output_limited();
     let stderr = String::from_utf8_lossy(&out.1);
     assert!(out.0.success(), "{stderr}");
-    let expected: HashSet<String> = read_all_jsonl(&json)
-        .iter()
-        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
-        .map(key)
-        .collect();
+    let expected = published_records(&json);
     assert!(expected.len() > 50, "{}", expected.len());
     // The subscriber gets what the broker kept for it once it is back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut got: HashSet<String> = HashSet::new();
-    while Instant::now() < deadline {
-        got = std::fs::read_to_string(&received)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|r| key(&r))
-            .collect();
-        if expected.is_subset(&got) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let got = wait_for_records(&received, &expected, Duration::from_secs(20));
     let _ = subscriber.kill();
     let _ = subscriber.wait();
     let missing: Vec<&String> = expected.difference(&got).collect();
@@ -356,23 +369,9 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
     let (status, stderr) = run("ca.pem", &json);
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     assert!(status.success(), "{stderr}");
-    let expected: HashSet<String> = read_all_jsonl(&json)
-        .iter()
-        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
-        .map(key)
-        .collect();
+    let expected = published_records(&json);
     assert!(expected.len() >= 20, "{}", expected.len());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut got: HashSet<String> = HashSet::new();
-    while Instant::now() < deadline && !expected.is_subset(&got) {
-        std::thread::sleep(Duration::from_millis(200));
-        got = std::fs::read_to_string(&received)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|r| key(&r))
-            .collect();
-    }
+    let got = wait_for_records(&received, &expected, Duration::from_secs(10));
     assert!(
         expected.is_subset(&got),
         "{} of {} arrived; {stderr}",
