@@ -25,7 +25,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # --- system packages --------------------------------------------------------------------------
 apt_packages=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
-  gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-rtsp fonts-dejavu-core mosquitto mosquitto-clients xvfb
+  gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-rtsp fonts-dejavu-core mosquitto mosquitto-clients xvfb openssl
   python3 python3-pip unzip)
 missing=()
 for p in "${apt_packages[@]}"; do
