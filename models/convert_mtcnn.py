@@ -114,21 +114,92 @@ class GraphBuilder:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def conv(self, x, layer):
+    def conv(self, x, layer, in_order=None):
+        """`in_order`: the order the input's channels arrive in, when a layer before permuted them."""
         out = self._name(layer)
-        w = self.init(f"{layer}.weight", self.w[f"{layer}.weight"])
+        weight = self.w[f"{layer}.weight"]
+        if in_order is not None:
+            weight = weight[:, in_order]
+        w = self.init(f"{layer}.weight", weight)
         b = self.init(f"{layer}.bias", self.w[f"{layer}.bias"])
         self.nodes.append(helper.make_node("Conv", [x, w, b], [out], name=layer))
         return out
 
+    def conv_prelu_pool(self, x, conv, prelu, kernel, stride, in_order=None):
+        """Conv → PReLU → MaxPool computed as Conv → MaxPool → PReLU, bit for bit the same.
+
+        PReLU costs a pass over its input and, on ONNX Runtime's blocked (NCHWc) convolution
+        layout, two layout reorders around it; after pooling it touches a quarter of the values.
+        A non-decreasing PReLU (slope >= 0) commutes with max. One with a negative slope a is not
+        monotonic: the window's largest PReLU value is max(max x, a * min x), so the layer also
+        computes -x for those channels (negated weights: exactly -x) and pools it, min x being
+        -max(-x); these extra channels mostly fill the padding of the blocked layout.
+        Channels come out negative-slope first; returns the output and that order, which the next
+        convolution takes as its `in_order`.
+        """
+        weight, bias = self.w[f"{conv}.weight"], self.w[f"{conv}.bias"]
+        if in_order is not None:
+            weight = weight[:, in_order]
+        slope = self.w[f"{prelu}.weight"]
+        neg = np.flatnonzero(slope < 0)
+        pos = np.flatnonzero(slope >= 0)
+        order = np.concatenate([neg, pos])
+        # Zero channels up to a multiple of 16 (ONNX Runtime's block on AVX-512; 8 on AVX2): the
+        # convolution computes the padding anyway, and only an aligned output is pooled blocked.
+        pad = -(len(order) + len(neg)) % 16
+        w_all = np.concatenate([weight[order], -weight[neg], np.zeros_like(weight[:pad])])
+        b_all = np.concatenate([bias[order], -bias[neg], np.zeros_like(bias[:pad])])
+        z = self._name(conv)
+        self.nodes.append(helper.make_node(
+            "Conv", [x, self.init(f"{conv}.weight", w_all), self.init(f"{conv}.bias", b_all)],
+            [z], name=conv))
+        pooled = self.maxpool(z, kernel, stride, f"{conv}_pool")
+        k, c = len(neg), len(order)
+        if k == 0:
+            return self.prelu(pooled, prelu, True), order
+        split = self.init(f"{prelu}.split", np.array([k, c - k, k, pad], np.int64)[: 4 - (pad == 0)])
+        p_neg, p_pos, q_neg, unused = (
+            self._name(f"{prelu}_{n}") for n in ("pneg", "ppos", "qneg", "pad"))
+        self.nodes.append(helper.make_node(
+            "Split", [pooled, split], [p_neg, p_pos, q_neg] + [unused] * (pad > 0), axis=1,
+            name=f"{prelu}_split"))
+        # Negative slopes: max(max x, a * min x) = max(P, (-a) * Q) with Q = max(-x) = -min x.
+        minus_a = self.init(f"{prelu}.minus_weight_neg", (-slope[neg]).reshape(-1, 1, 1))
+        aq = self._name(f"{prelu}_aq")
+        self.nodes.append(helper.make_node("Mul", [q_neg, minus_a], [aq], name=f"{prelu}_mul_neg"))
+        y_neg = self._name(f"{prelu}_yneg")
+        self.nodes.append(helper.make_node("Max", [p_neg, aq], [y_neg], name=f"{prelu}_neg"))
+        y_pos = self._prelu_values(p_pos, slope[pos].reshape(-1, 1, 1), f"{prelu}_pos")
+        out = self._name(prelu)
+        self.nodes.append(helper.make_node("Concat", [y_neg, y_pos], [out], axis=1, name=prelu))
+        return out, order
+
     def prelu(self, x, layer, spatial):
-        out = self._name(layer)
         slope = self.w[f"{layer}.weight"]
         # Broadcast against the input: per-channel needs shape (C,1,1) on NCHW.
-        shaped = slope.reshape(-1, 1, 1) if spatial else slope
+        return self._prelu_values(x, slope.reshape(-1, 1, 1) if spatial else slope, layer)
+
+    def prelu_blocked(self, x, layer):
+        """PReLU as a*x + relu((1-a)*x) (slopes <= 1): per-channel products and a sum, which ONNX
+        Runtime keeps in its blocked layout (as 1x1 depthwise convolutions with the ReLU and the
+        sum fused), so the convolutions around it need no layout reorders."""
+        slope = self.w[f"{layer}.weight"].reshape(-1, 1, 1)
+        assert (slope <= 1).all()
+        a = self.init(f"{layer}.weight", slope)
+        rest = self.init(f"{layer}.one_minus_weight", (1 - slope).astype(np.float32))
+        ax, rx, r = (self._name(f"{layer}_{n}") for n in ("ax", "rx", "relu"))
+        out = self._name(layer)
+        self.nodes.append(helper.make_node("Mul", [x, a], [ax], name=f"{layer}_mul"))
+        self.nodes.append(helper.make_node("Mul", [x, rest], [rx], name=f"{layer}_mul_rest"))
+        self.nodes.append(helper.make_node("Relu", [rx], [r], name=f"{layer}_relu"))
+        self.nodes.append(helper.make_node("Add", [ax, r], [out], name=layer))
+        return out
+
+    def _prelu_values(self, x, shaped, layer):
+        out = self._name(layer)
         # Not the PRelu operator: ONNX Runtime runs it as a scalar loop with a branch per element
         # (a third of MTCNN's time on a CPU). The same function from vectorised element-wise ops:
-        if (slope <= 1).all():
+        if (shaped <= 1).all():
             # max(x, a*x) is PReLU for every slope a <= 1 (a*x computed as PRelu computes it).
             s = self.init(f"{layer}.weight", shaped)
             ax = self._name(f"{layer}_ax")
@@ -155,12 +226,20 @@ class GraphBuilder:
         )
         return out
 
-    def flatten_whc(self, x):
-        # facenet-pytorch permutes NCHW -> NWHC before flattening (weights came from Caffe/TF order).
-        t = self._name("permute")
-        self.nodes.append(helper.make_node("Transpose", [x], [t], perm=[0, 3, 2, 1], name="permute"))
-        out = self._name("flatten")
-        self.nodes.append(helper.make_node("Flatten", [t], [out], axis=1, name="flatten"))
+    def dense_whc(self, x, layer, chw):
+        """The dense layer after a feature map: facenet-pytorch permutes NCHW to NWHC before
+        flattening (its weights came from Caffe/TF order). Here the dense weights' columns are
+        permuted instead, so the map is flattened as it is: no transpose at run time."""
+        c, h, w = chw
+        weight = self.w[f"{layer}.weight"]
+        # Column (c, h, w) of the NCHW flattening is column (w, h, c) of the reference's.
+        whc_index = np.arange(w * h * c).reshape(w, h, c).transpose(2, 1, 0).reshape(-1)
+        flat = self._name("flatten")
+        self.nodes.append(helper.make_node("Flatten", [x], [flat], axis=1, name="flatten"))
+        out = self._name(layer)
+        wi = self.init(f"{layer}.weight", np.ascontiguousarray(weight[:, whc_index]))
+        b = self.init(f"{layer}.bias", self.w[f"{layer}.bias"])
+        self.nodes.append(helper.make_node("Gemm", [flat, wi, b], [out], transB=1, name=layer))
         return out
 
     def dense(self, x, layer, out=None):
@@ -170,20 +249,24 @@ class GraphBuilder:
         self.nodes.append(helper.make_node("Gemm", [x, w, b], [out], transB=1, name=layer))
         return out
 
-    def softmax_channels2(self, x, out):
-        # Softmax over two channels of a map is a sigmoid of their difference; ONNX Runtime runs
-        # Softmax on a non-last axis through transposes.
-        split = self.init("prob.split", np.array([1, 1], np.int64))
-        l0, l1 = self._name("logit0"), self._name("logit1")
-        self.nodes.append(helper.make_node("Split", [x, split], [l0, l1], axis=1, name="split_logits"))
-        d10, d01 = self._name("d10"), self._name("d01")
-        self.nodes.append(helper.make_node("Sub", [l1, l0], [d10], name="face_minus_bg"))
-        self.nodes.append(helper.make_node("Sub", [l0, l1], [d01], name="bg_minus_face"))
-        p0, p1 = self._name("p0"), self._name("p1")
-        self.nodes.append(helper.make_node("Sigmoid", [d01], [p0], name="p_background"))
-        self.nodes.append(helper.make_node("Sigmoid", [d10], [p1], name="p_face"))
-        self.nodes.append(helper.make_node("Concat", [p0, p1], [out], axis=1, name="prob_concat"))
-        return out
+    def pnet_heads(self, x):
+        """P-Net's two 1x1 heads as one convolution (ONNX Runtime pads each to its channel block:
+        one pass instead of two) with six outputs: the two logit differences, whose sigmoids are
+        the softmax over (background, face), and the four box offsets. ONNX Runtime would run a
+        Softmax over the channel axis through transposes."""
+        w1, b1 = self.w["conv4_1.weight"], self.w["conv4_1.bias"]
+        w2, b2 = self.w["conv4_2.weight"], self.w["conv4_2.bias"]
+        weight = np.concatenate([w1[[0]] - w1[[1]], w1[[1]] - w1[[0]], w2])
+        bias = np.concatenate([b1[[0]] - b1[[1]], b1[[1]] - b1[[0]], b2])
+        both = self._name("heads")
+        self.nodes.append(helper.make_node(
+            "Conv", [x, self.init("heads.weight", weight), self.init("heads.bias", bias)],
+            [both], name="heads"))
+        split = self.init("heads.split", np.array([2, 4], np.int64))
+        logit_differences = self._name("logit_differences")
+        self.nodes.append(helper.make_node(
+            "Split", [both, split], [logit_differences, "reg"], axis=1, name="split_heads"))
+        self.nodes.append(helper.make_node("Sigmoid", [logit_differences], ["prob"], name="prob"))
 
     def softmax(self, x, out):
         self.nodes.append(helper.make_node("Softmax", [x], [out], axis=1, name=f"softmax_{out}"))
@@ -207,14 +290,10 @@ class GraphBuilder:
 
 def build_pnet(w):
     g = GraphBuilder(w)
-    x = g.prelu(g.conv("input", "conv1"), "prelu1", True)
-    x = g.maxpool(x, 2, 2, "pool1")
-    x = g.prelu(g.conv(x, "conv2"), "prelu2", True)
-    x = g.prelu(g.conv(x, "conv3"), "prelu3", True)
-    logits = g.conv(x, "conv4_1")
-    g.softmax_channels2(logits, "prob")
-    reg = g.conv(x, "conv4_2")
-    g.nodes.append(helper.make_node("Identity", [reg], ["reg"], name="reg"))
+    x, order = g.conv_prelu_pool("input", "conv1", "prelu1", 2, 2)
+    x = g.prelu_blocked(g.conv(x, "conv2", order), "prelu2")
+    x = g.prelu_blocked(g.conv(x, "conv3"), "prelu3")
+    g.pnet_heads(x)
     return g.model(
         "pnet", ["batch", 3, "height", "width"],
         [("reg", ["batch", 4, "out_h", "out_w"]), ("prob", ["batch", 2, "out_h", "out_w"])],
@@ -225,12 +304,11 @@ def build_pnet(w):
 
 def build_rnet(w):
     g = GraphBuilder(w)
-    x = g.prelu(g.conv("input", "conv1"), "prelu1", True)
-    x = g.maxpool(x, 3, 2, "pool1")
-    x = g.prelu(g.conv(x, "conv2"), "prelu2", True)
+    x, order = g.conv_prelu_pool("input", "conv1", "prelu1", 3, 2)
+    x = g.prelu_blocked(g.conv(x, "conv2", order), "prelu2")
     x = g.maxpool(x, 3, 2, "pool2")
-    x = g.prelu(g.conv(x, "conv3"), "prelu3", True)
-    x = g.prelu(g.dense(g.flatten_whc(x), "dense4"), "prelu4", False)
+    x = g.prelu_blocked(g.conv(x, "conv3"), "prelu3")
+    x = g.prelu(g.dense_whc(x, "dense4", (64, 3, 3)), "prelu4", False)
     g.softmax(g.dense(x, "dense5_1"), "prob")
     g.dense(x, "dense5_2", out="reg")
     return g.model(
@@ -241,14 +319,13 @@ def build_rnet(w):
 
 def build_onet(w):
     g = GraphBuilder(w)
-    x = g.prelu(g.conv("input", "conv1"), "prelu1", True)
-    x = g.maxpool(x, 3, 2, "pool1")
-    x = g.prelu(g.conv(x, "conv2"), "prelu2", True)
+    x, order = g.conv_prelu_pool("input", "conv1", "prelu1", 3, 2)
+    x = g.prelu_blocked(g.conv(x, "conv2", order), "prelu2")
     x = g.maxpool(x, 3, 2, "pool2")
-    x = g.prelu(g.conv(x, "conv3"), "prelu3", True)
+    x = g.prelu_blocked(g.conv(x, "conv3"), "prelu3")
     x = g.maxpool(x, 2, 2, "pool3")
-    x = g.prelu(g.conv(x, "conv4"), "prelu4", True)
-    x = g.prelu(g.dense(g.flatten_whc(x), "dense5"), "prelu5", False)
+    x = g.prelu_blocked(g.conv(x, "conv4"), "prelu4")
+    x = g.prelu(g.dense_whc(x, "dense5", (128, 3, 3)), "prelu5", False)
     g.softmax(g.dense(x, "dense6_1"), "prob")
     g.dense(x, "dense6_2", out="reg")
     g.dense(x, "dense6_3", out="landmarks")

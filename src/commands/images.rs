@@ -100,14 +100,22 @@ fn process_images<W>(
     images: &[PathBuf],
     json: String,
     workers: usize,
-    start: impl Fn() -> Result<W>,
+    start: impl Fn() -> Result<W> + Sync,
 ) -> Result<ExitCode>
 where
     W: FnMut(usize, &Path) -> Result<ImageRecord> + Send,
 {
-    let built: Vec<W> = (0..workers.max(1))
-        .map(|_| start())
-        .collect::<Result<_>>()?;
+    // Built side by side: each loads and optimises its own networks (tens of milliseconds).
+    let built: Vec<W> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1)).map(|_| scope.spawn(&start)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<Result<_>>()
+    })?;
     let mut writer = JsonLinesWriter::create(&JsonConfig { path: json })?;
     let mut failures = 0usize;
     let bar = super::progress(Some(images.len() as u64), "images");
@@ -253,7 +261,7 @@ fn detect_one(
         .with_context(|| format!("{}: cannot open", path.display()))?
         .decode()
         .with_context(|| format!("{}: not a readable image", path.display()))?
-        .to_rgb8();
+        .into_rgb8();
     let (width, height) = image.dimensions();
     let faces = detector
         .detect_still(image.as_raw(), width as usize, height as usize)
