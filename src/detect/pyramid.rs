@@ -100,13 +100,16 @@ impl IntegralImage {
         let stride = (w + 1) * 3;
         self.width = w;
         self.height = h;
-        self.sums.clear();
+        // Every entry is written below except row 0 and column 0, which stay zero: no fill of the
+        // whole table (megabytes per frame) when its size is unchanged.
         self.sums.resize((h + 1) * stride, 0);
+        self.sums[..stride].fill(0);
         for y in 0..h {
             let row = &src.data[y * w * 3..(y + 1) * w * 3];
             let (above, below) = self.sums.split_at_mut((y + 1) * stride);
             let above = &above[y * stride..];
             let below = &mut below[..stride];
+            below[..3].fill(0);
             let mut acc = [0u32; 3];
             for x in 0..w {
                 for c in 0..3 {
