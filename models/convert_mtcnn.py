@@ -126,7 +126,7 @@ class GraphBuilder:
         return out
 
     def conv_prelu_pool(self, x, conv, prelu, kernel, stride, in_order=None):
-        """Conv → PReLU → MaxPool computed as Conv → MaxPool → PReLU, bit for bit the same.
+        """Conv → PReLU → MaxPool computed as Conv → MaxPool → PReLU: the same function.
 
         PReLU costs a pass over its input and, on ONNX Runtime's blocked (NCHWc) convolution
         layout, two layout reorders around it; after pooling it touches a quarter of the values.
@@ -143,10 +143,11 @@ class GraphBuilder:
         slope = self.w[f"{prelu}.weight"]
         neg = np.flatnonzero(slope < 0)
         pos = np.flatnonzero(slope >= 0)
+        assert len(pos) > 0, f"{prelu}: every slope negative (not written for that)"
         order = np.concatenate([neg, pos])
         # Zero channels up to a multiple of 16 (ONNX Runtime's block on AVX-512; 8 on AVX2): the
         # convolution computes the padding anyway, and only an aligned output is pooled blocked.
-        pad = -(len(order) + len(neg)) % 16
+        pad = -(len(order) + len(neg)) % 16 if len(neg) else 0
         w_all = np.concatenate([weight[order], -weight[neg], np.zeros_like(weight[:pad])])
         b_all = np.concatenate([bias[order], -bias[neg], np.zeros_like(bias[:pad])])
         z = self._name(conv)
@@ -232,6 +233,7 @@ class GraphBuilder:
         permuted instead, so the map is flattened as it is: no transpose at run time."""
         c, h, w = chw
         weight = self.w[f"{layer}.weight"]
+        assert weight.shape[1] == c * h * w, f"{layer}: {weight.shape} does not take {chw}"
         # Column (c, h, w) of the NCHW flattening is column (w, h, c) of the reference's.
         whc_index = np.arange(w * h * c).reshape(w, h, c).transpose(2, 1, 0).reshape(-1)
         flat = self._name("flatten")

@@ -69,7 +69,12 @@ run_fps() { # input... -> fps from faceflow's summary (total line with several s
 # --- faceflow ---------------------------------------------------------------------------------
 median3() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 say "faceflow detect on $frames frames (three runs, the median)"
-detect_s=$(median3 $(for _ in 1 2 3; do seconds "$ff" detect "${images[@]}" --json "$cache/$name/faceflow.jsonl"; done))
+detect_runs=()
+for _ in 1 2 3; do
+  t=$(seconds "$ff" detect "${images[@]}" --json "$cache/$name/faceflow.jsonl")
+  detect_runs+=("$t")
+done
+detect_s=$(median3 "${detect_runs[@]}")
 declare -A run
 for size in 854x480 1280x720 1920x1080; do
   say "faceflow run at $size"

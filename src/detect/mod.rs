@@ -16,7 +16,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{self, RuntimeError};
+use crate::runtime::{self, RuntimeError, Shapes};
 use boxes::{Candidate, candidates_from_pnet, crop_rect, regress, regress_pnet, square};
 use nms::{BoxF, Overlap, nms};
 use pyramid::{
@@ -295,6 +295,9 @@ pub struct Mtcnn {
     /// One strip of a pyramid level for P-Net (see [`Mtcnn::pnet_map`]).
     strip: Vec<f32>,
     integral: IntegralImage,
+    /// Picture sizes P-Net has planned memory for; `None` once it has gone on without plans
+    /// (see [`PNET_PLANNED_SIZES`]).
+    pnet_sizes: Option<Vec<(usize, usize)>>,
 }
 
 fn load_network(
@@ -302,22 +305,30 @@ fn load_network(
     name: &str,
     built_in: &[u8],
     threads: usize,
+    shapes: Shapes,
 ) -> Result<Session, DetectError> {
     match dir {
-        None => Ok(runtime::session_from_memory(built_in, threads)?),
+        None => Ok(runtime::session_for_shapes(built_in, threads, shapes)?),
         Some(dir) => {
             let path = dir.join(format!("{name}.onnx"));
             let bytes = std::fs::read(&path).map_err(|reason| DetectError::ModelRead {
                 path: path.clone(),
                 reason,
             })?;
-            runtime::session_from_memory(&bytes, threads).map_err(|e| DetectError::ModelLoad {
-                path,
-                message: e.to_string(),
+            runtime::session_for_shapes(&bytes, threads, shapes).map_err(|e| {
+                DetectError::ModelLoad {
+                    path,
+                    message: e.to_string(),
+                }
             })
         }
     }
 }
+
+/// P-Net's input shapes follow the picture sizes: a stream has one, a folder of photos may have
+/// thousands. P-Net keeps ONNX Runtime's per-shape memory plans ([`Shapes::Few`]) until this many
+/// picture sizes have been seen, then goes on without them.
+const PNET_PLANNED_SIZES: usize = 16;
 
 fn inference(network: &'static str) -> impl Fn(ort::Error) -> DetectError {
     move |e| DetectError::Inference {
@@ -330,9 +341,10 @@ impl Mtcnn {
     pub fn new(config: DetectConfig) -> Result<Self, DetectError> {
         config.validate()?;
         let dir = config.models_dir.as_deref();
-        let pnet = load_network(dir, "pnet", PNET_ONNX, config.threads)?;
-        let rnet = load_network(dir, "rnet", RNET_ONNX, config.threads)?;
-        let onet = load_network(dir, "onet", ONET_ONNX, config.threads)?;
+        // R-Net and O-Net see a few batch sizes only (see `crops_per_call`).
+        let pnet = load_network(dir, "pnet", PNET_ONNX, config.threads, Shapes::Few)?;
+        let rnet = load_network(dir, "rnet", RNET_ONNX, config.threads, Shapes::Few)?;
+        let onet = load_network(dir, "onet", ONET_ONNX, config.threads, Shapes::Few)?;
         Ok(Self {
             config,
             pnet,
@@ -341,6 +353,7 @@ impl Mtcnn {
             input: Vec::new(),
             strip: Vec::new(),
             integral: IntegralImage::new(),
+            pnet_sizes: Some(Vec::new()),
         })
     }
 
@@ -494,6 +507,7 @@ impl Mtcnn {
             x1: image.width,
             y1: image.height,
         };
+        self.note_pnet_size(image.width, image.height)?;
         let mut all: Vec<Candidate> = Vec::new();
         for scale in scales {
             let (sw, sh) = scaled_size(image.width as u32, image.height as u32, scale);
@@ -518,6 +532,24 @@ impl Mtcnn {
             .into_iter()
             .map(|i| (square(&regress_pnet(&all[i])), all[i].score))
             .collect())
+    }
+
+    /// Counts the picture sizes P-Net sees; past [`PNET_PLANNED_SIZES`], rebuilds it without
+    /// memory plans (once), so that a folder of photos of every size does not pile them up.
+    fn note_pnet_size(&mut self, width: usize, height: usize) -> Result<(), DetectError> {
+        let Some(sizes) = &mut self.pnet_sizes else {
+            return Ok(());
+        };
+        if sizes.contains(&(width, height)) {
+            return Ok(());
+        }
+        sizes.push((width, height));
+        if sizes.len() > PNET_PLANNED_SIZES {
+            let dir = self.config.models_dir.as_deref();
+            self.pnet = load_network(dir, "pnet", PNET_ONNX, self.config.threads, Shapes::Many)?;
+            self.pnet_sizes = None;
+        }
+        Ok(())
     }
 
     /// P-Net's maps over the pyramid level in `self.input` (`width`×`height`, planar). On a CPU
@@ -560,9 +592,13 @@ impl Mtcnn {
             };
             let (rows, map_w) = (rows as usize, map_w as usize);
             let plane = rows * map_w;
+            // Every strip but the last must give exactly its rows, or the next would start in
+            // the wrong place (a network of other geometry from --mtcnn-models).
+            let short = y1 < height && rows != strip_rows;
             if reg.len() < 4 * plane
                 || prob.len() < 2 * plane
                 || (map.height > 0 && map_w != map.width)
+                || short
             {
                 return Err(unexpected_shape("P-Net"));
             }
@@ -572,7 +608,7 @@ impl Mtcnn {
             for (c, out) in reg_planes.iter_mut().enumerate() {
                 out.extend_from_slice(&reg[c * plane..(c + 1) * plane]);
             }
-            if y1 == height || rows == 0 {
+            if y1 == height {
                 break;
             }
             first_row += rows;
@@ -759,10 +795,10 @@ fn with_black_border(rgb: &[u8], width: usize, height: usize, border_px: usize) 
 type NetOutput = (Vec<i64>, Vec<f32>);
 
 /// P-Net output rows per call on a CPU for a level `width` pixels wide (see
-/// [`Mtcnn::pnet_map`]): about 32 k output cells, so that wider levels get lower strips; each
+/// [`Mtcnn::pnet_map`]): rows × width about 32 k, so that wider levels get lower strips; each
 /// strip recomputes 10 input rows of the one before, hence not too low either. Measured per
-/// level, one thread (whole level → strips): 1153×649 26.0 → 18.9 ms (32 rows), 818×460 12.1
-/// → 9.1 ms (48 rows), 513×289 3.64 → 3.56 ms (48 or 64 rows).
+/// level, one thread (whole level → strips of 24–64 rows): 1153×649 26.0 → 18.9–20.6 ms (best at
+/// 24–32 rows), 818×460 12.1 → 9.1–9.4 ms, 513×289 3.64 → 3.56–3.77 ms.
 fn pnet_strip_rows(width: usize) -> usize {
     (32 * 1024 / width.max(1)).clamp(24, 64)
 }

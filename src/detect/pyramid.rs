@@ -376,6 +376,28 @@ mod tests {
             "{out:?}"
         );
     }
+
+    #[test]
+    fn a_reused_table_equals_a_fresh_one_whatever_came_before() {
+        // The table is not cleared between frames: every entry must be rewritten, including
+        // its zero first row and column, when the size shrinks, grows or changes shape.
+        let picture = |w: usize, h: usize, seed: u8| -> Vec<u8> {
+            (0..w * h * 3)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect()
+        };
+        let mut reused = IntegralImage::new();
+        for (w, h, seed) in [(40, 30, 1), (17, 9, 2), (9, 17, 3), (64, 48, 4), (1, 1, 5)] {
+            let data = picture(w, h, seed);
+            let view = RgbView::new(&data, w, h).unwrap();
+            reused.rebuild(view);
+            let mut fresh = IntegralImage::new();
+            fresh.rebuild(view);
+            assert_eq!((reused.width(), reused.height()), (w, h));
+            assert_eq!(reused.sums, fresh.sums, "{w}x{h}");
+            assert!(fresh.sums[..(w + 1) * 3].iter().all(|&v| v == 0));
+        }
+    }
 }
 
 #[cfg(test)]

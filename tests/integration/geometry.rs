@@ -147,3 +147,30 @@ fn faces_cut_by_the_frame_border_stay_inside_it() {
         }
     }
 }
+
+#[test]
+fn a_detector_that_sees_many_picture_sizes_finds_what_a_fresh_one_finds() {
+    let Some(grid) = face_grid(2, 2, 160) else {
+        return;
+    };
+    let mut long_lived = Mtcnn::new(DetectConfig::default()).unwrap();
+    // More picture sizes than P-Net keeps memory plans for (16): part way it is rebuilt
+    // without them, and nothing it finds may change.
+    let mut faces_found = 0;
+    for i in 0..20u32 {
+        let (w, h) = (320 - 3 * i, 320 - 2 * i);
+        let view = image::imageops::crop_imm(&grid, 0, 0, w, h).to_image();
+        let (w, h) = (w as usize, h as usize);
+        let ours = long_lived.detect(view.as_raw(), w, h).unwrap();
+        let fresh = Mtcnn::new(DetectConfig::default())
+            .unwrap()
+            .detect(view.as_raw(), w, h)
+            .unwrap();
+        assert_eq!(ours, fresh, "{w}x{h}");
+        faces_found += ours.len();
+    }
+    assert!(
+        faces_found >= 40,
+        "{faces_found} faces in 20 crops of 4 faces"
+    );
+}
