@@ -1,7 +1,9 @@
-//! Attribute model benchmarks: models/faceattr.onnx on aligned crops of its input size, batch 1, 8
-//! and 32, on one ONNX Runtime thread (as the pipeline's attribute stage runs it); and the crop warp.
+//! Attribute model benchmarks: models/faceattr.onnx (or the model in `FACEATTR_MODEL`) on aligned
+//! crops of its input size, batch 1, 8 and 32, on one ONNX Runtime thread (as the pipeline's
+//! attribute stage runs it); and the crop warp.
 //!
 //!     cargo bench --bench attributes
+//!     FACEATTR_MODEL=runs/x/faceattr.onnx cargo bench --bench attributes   # another model
 
 use std::hint::black_box;
 
@@ -10,7 +12,10 @@ use faceflow::attributes::{AttributeModel, default_model_path};
 use faceflow::detect::Face;
 
 fn bench_attributes(c: &mut Criterion) {
-    let mut model = match AttributeModel::load(&default_model_path(), 1) {
+    let path = std::env::var_os("FACEATTR_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(default_model_path);
+    let mut model = match AttributeModel::load(&path, 1) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("cannot load the attribute model: {e}");
