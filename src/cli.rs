@@ -132,6 +132,10 @@ pub struct TrainArgs {
     pub net: String,
     #[arg(long)]
     pub no_augment: bool,
+    /// Also degrade training crops the way video does: lower resolution, motion blur, JPEG
+    /// artefacts, dark and noisy scenes (each by chance; about one crop in five stays clean).
+    #[arg(long, conflicts_with = "no_augment")]
+    pub video_augment: bool,
     /// Age readout that picks the best epoch: 3, 5 or 10 groups, or years (MAE).
     #[arg(long, default_value = "5", value_parser = faceflow::train::AgeReadout::parse)]
     pub age_readout: faceflow::train::AgeReadout,
@@ -639,6 +643,7 @@ impl TrainArgs {
             max_images: self.max_images,
             net,
             augment: !self.no_augment,
+            video_augment: self.video_augment,
             age_readout: self.age_readout,
             input_px: self.input_px,
             ..TrainConfig::default()

@@ -130,6 +130,10 @@ pub struct TrainConfig {
     /// Side of the model's input crop, pixels (runs saved before this setting existed: 64).
     #[serde(default = "default_input_px")]
     pub input_px: u32,
+    /// Also degrade training crops the way video does (lower resolution, motion blur,
+    /// compression, dark and noisy scenes); runs saved before this setting existed: off.
+    #[serde(default)]
+    pub video_augment: bool,
 }
 
 fn default_input_px() -> u32 {
@@ -162,6 +166,7 @@ impl Default for TrainConfig {
             age_readout: AgeReadout::Groups(5),
             batch_norm_images: default_batch_norm_images(),
             input_px: DEFAULT_INPUT_PX,
+            video_augment: false,
         }
     }
 }

@@ -244,7 +244,10 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let batches_per_epoch = train_items.len() / config.batch;
     let side = config.input_px as usize;
     let augment_params = if config.augment {
-        augment::Augment::default()
+        augment::Augment {
+            video: config.video_augment,
+            ..augment::Augment::default()
+        }
     } else {
         augment::Augment {
             max_rotation_deg: 0.0,
@@ -252,6 +255,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             max_shift_px: 0.0,
             flip: false,
             colour: 0.0,
+            video: false,
         }
     };
     let mut stopped = false;
