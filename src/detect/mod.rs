@@ -294,6 +294,8 @@ pub struct Mtcnn {
     input: Vec<f32>,
     /// One strip of a pyramid level for P-Net (see [`Mtcnn::pnet_map`]).
     strip: Vec<f32>,
+    /// The pyramid levels of the picture in work, made with its summed-area table.
+    levels: Vec<Vec<f32>>,
     integral: IntegralImage,
     /// Picture sizes P-Net has planned memory for; `None` once it has gone on without plans
     /// (see [`PNET_PLANNED_SIZES`]).
@@ -352,6 +354,7 @@ impl Mtcnn {
             onet,
             input: Vec::new(),
             strip: Vec::new(),
+            levels: Vec::new(),
             integral: IntegralImage::new(),
             pnet_sizes: Some(Vec::new()),
         })
@@ -384,8 +387,19 @@ impl Mtcnn {
             return Ok(Vec::new());
         }
         let t0 = std::time::Instant::now();
-        self.integral.rebuild(image);
-        let proposals = self.stage_pnet(image, min_face_px)?;
+        let scales = pyramid_scales(
+            width as u32,
+            height as u32,
+            min_face_px,
+            self.config.scale_factor,
+        );
+        let sizes: Vec<(usize, usize)> = scales
+            .iter()
+            .map(|&s| scaled_size(width as u32, height as u32, s))
+            .collect();
+        self.integral
+            .rebuild_with_levels(image, &sizes, &mut self.levels);
+        let proposals = self.stage_pnet(image, &scales, &sizes)?;
         let t1 = std::time::Instant::now();
         if proposals.is_empty() {
             return Ok(Vec::new());
@@ -489,31 +503,18 @@ impl Mtcnn {
             .collect())
     }
 
-    /// P-Net over the pyramid: squared proposals with their P-Net scores.
+    /// P-Net over the pyramid levels in `self.levels` (`scales`, of `sizes`): squared proposals
+    /// with their P-Net scores.
     fn stage_pnet(
         &mut self,
         image: RgbView<'_>,
-        min_face_px: f64,
+        scales: &[f64],
+        sizes: &[(usize, usize)],
     ) -> Result<Vec<(BoxF, f32)>, DetectError> {
-        let scales = pyramid_scales(
-            image.width as u32,
-            image.height as u32,
-            min_face_px,
-            self.config.scale_factor,
-        );
-        let full = PixelRect {
-            x0: 0,
-            y0: 0,
-            x1: image.width,
-            y1: image.height,
-        };
         self.note_pnet_size(image.width, image.height)?;
         let mut all: Vec<Candidate> = Vec::new();
-        for scale in scales {
-            let (sw, sh) = scaled_size(image.width as u32, image.height as u32, scale);
-            self.input.resize(3 * sw * sh, 0.0);
-            resize_area_normalized(&self.integral, full, sw, sh, &mut self.input);
-            let map = self.pnet_map(sw, sh)?;
+        for (level, (&scale, &(sw, sh))) in scales.iter().zip(sizes).enumerate() {
+            let map = self.pnet_map(level, sw, sh)?;
             let plane = map.height * map.width;
             let (prob, reg) = (&map.face_prob, &map.reg);
             let cands = candidates_from_pnet(
@@ -552,12 +553,18 @@ impl Mtcnn {
         Ok(())
     }
 
-    /// P-Net's maps over the pyramid level in `self.input` (`width`×`height`, planar). On a CPU
+    /// P-Net's maps over pyramid level `level` (`width`×`height`, planar). On a CPU
     /// the level goes through in strips of output rows (see [`pnet_strip_rows`]), whose
     /// activations stay in the core's caches (a 1080p frame's first level: 27 % less time). Output row r sees input rows
     /// 2r to 2r+11 and strips start on even rows, so the pooling windows fall where they fall
     /// over the whole level: the maps are the same, value for value.
-    fn pnet_map(&mut self, width: usize, height: usize) -> Result<PnetMap, DetectError> {
+    fn pnet_map(
+        &mut self,
+        level: usize,
+        width: usize,
+        height: usize,
+    ) -> Result<PnetMap, DetectError> {
+        let pyramid_level = &self.levels[level];
         let strip_rows = match runtime::device() {
             runtime::Device::Cpu => pnet_strip_rows(width),
             runtime::Device::Cuda => usize::MAX / 4,
@@ -570,11 +577,11 @@ impl Mtcnn {
             let y0 = 2 * first_row;
             let y1 = height.min(y0 + 2 * strip_rows + 10);
             let input: &[f32] = if y0 == 0 && y1 == height {
-                &self.input
+                pyramid_level
             } else {
                 self.strip.clear();
                 for c in 0..3 {
-                    let plane = &self.input[c * plane_len..(c + 1) * plane_len];
+                    let plane = &pyramid_level[c * plane_len..(c + 1) * plane_len];
                     self.strip.extend_from_slice(&plane[y0 * width..y1 * width]);
                 }
                 &self.strip

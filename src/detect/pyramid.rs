@@ -120,6 +120,57 @@ impl IntegralImage {
         }
     }
 
+    /// [`IntegralImage::rebuild`], and in the same sweep every pyramid level of `sizes` (width,
+    /// height), area-resampled from the whole picture and normalised as
+    /// [`resize_area_normalized`] writes them (planar CHW, value for value the same) into
+    /// `levels`. Each output row is finished while the table row that closes its window is
+    /// still in the core's cache: the table is read once for all levels instead of once per
+    /// level (megabytes per frame).
+    pub fn rebuild_with_levels(
+        &mut self,
+        src: RgbView<'_>,
+        sizes: &[(usize, usize)],
+        levels: &mut Vec<Vec<f32>>,
+    ) {
+        let (w, h) = (src.width, src.height);
+        levels.resize_with(sizes.len(), Vec::new);
+        let mut sweeps: Vec<LevelSweep> = sizes
+            .iter()
+            .zip(levels.iter_mut())
+            .filter(|((out_w, out_h), _)| *out_w > 0 && *out_h > 0 && w > 0 && h > 0)
+            .map(|(&(out_w, out_h), out)| {
+                out.clear();
+                out.resize(3 * out_w * out_h, 0.0);
+                LevelSweep::new(out, out_w, out_h, w, h)
+            })
+            .collect();
+        let stride = (w + 1) * 3;
+        self.width = w;
+        self.height = h;
+        self.sums.resize((h + 1) * stride, 0);
+        self.sums[..stride].fill(0);
+        for sweep in &mut sweeps {
+            sweep.at_row(0, &self.sums[..stride]);
+        }
+        for y in 0..h {
+            let row = &src.data[y * w * 3..(y + 1) * w * 3];
+            let (above, below) = self.sums.split_at_mut((y + 1) * stride);
+            let above = &above[y * stride..];
+            let below = &mut below[..stride];
+            below[..3].fill(0);
+            let mut acc = [0u32; 3];
+            for x in 0..w {
+                for c in 0..3 {
+                    acc[c] = acc[c].wrapping_add(u32::from(row[x * 3 + c]));
+                    below[(x + 1) * 3 + c] = above[(x + 1) * 3 + c].wrapping_add(acc[c]);
+                }
+            }
+            for sweep in &mut sweeps {
+                sweep.at_row(y + 1, below);
+            }
+        }
+    }
+
     pub fn width(&self) -> usize {
         self.width
     }
@@ -132,6 +183,100 @@ impl IntegralImage {
 impl Default for IntegralImage {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One pyramid level being filled during [`IntegralImage::rebuild_with_levels`]: output row `oy`
+/// averages source rows `[a, b)`, so it can be written once table row `b` exists, from row `b` and
+/// what row `a` held at its window's columns (kept when the sweep passed it).
+struct LevelSweep<'a> {
+    out: &'a mut [f32],
+    out_w: usize,
+    out_h: usize,
+    in_h: usize,
+    /// Per output column: the offsets of its window's left and right edges in a table row, and
+    /// 1 / its width.
+    cols: Vec<(usize, usize, f32)>,
+    /// Next output row whose window has not started / not been written.
+    next_start: usize,
+    next_done: usize,
+    /// Per started, unwritten output row (in order from `next_done`): the window's column sums
+    /// of its top table row, three per output column.
+    open: std::collections::VecDeque<Vec<u32>>,
+    spare: Vec<Vec<u32>>,
+}
+
+impl<'a> LevelSweep<'a> {
+    fn new(out: &'a mut [f32], out_w: usize, out_h: usize, in_w: usize, in_h: usize) -> Self {
+        let cols = (0..out_w)
+            .map(|ox| {
+                let (a, b) = area_window(ox, out_w, in_w);
+                (a * 3, b * 3, 1.0 / (b - a) as f32)
+            })
+            .collect();
+        Self {
+            out,
+            out_w,
+            out_h,
+            in_h,
+            cols,
+            next_start: 0,
+            next_done: 0,
+            open: std::collections::VecDeque::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Table row `y` (the sums of source rows `[0, y)`) has just been written.
+    fn at_row(&mut self, y: usize, row: &[u32]) {
+        // Windows whose last source row is y − 1 end here (started at an earlier row).
+        while self.next_done < self.next_start {
+            let (a, b) = area_window(self.next_done, self.out_h, self.in_h);
+            if b != y {
+                break;
+            }
+            let top = self.open.pop_front().unwrap_or_default();
+            self.write_row(self.next_done, a, b, &top, row);
+            self.spare.push(top);
+            self.next_done += 1;
+        }
+        // Windows starting at source row y: keep this row's sums at their columns.
+        while self.next_start < self.out_h
+            && area_window(self.next_start, self.out_h, self.in_h).0 == y
+        {
+            let mut top = self.spare.pop().unwrap_or_default();
+            top.resize(self.cols.len() * 3, 0);
+            for (sums, &(l, rt, _)) in top.chunks_exact_mut(3).zip(&self.cols) {
+                let (left, right) = (&row[l..l + 3], &row[rt..rt + 3]);
+                for c in 0..3 {
+                    sums[c] = right[c].wrapping_sub(left[c]);
+                }
+            }
+            self.open.push_back(top);
+            self.next_start += 1;
+        }
+    }
+
+    fn write_row(&mut self, oy: usize, a: usize, b: usize, top: &[u32], bottom: &[u32]) {
+        let plane = self.out_w * self.out_h;
+        let row_scale = 0.0078125 / (b - a) as f32;
+        let (red, rest) = self.out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let range = oy * self.out_w..(oy + 1) * self.out_w;
+        let (r, g, bl) = (
+            &mut red[range.clone()],
+            &mut green[range.clone()],
+            &mut blue[range],
+        );
+        for (ox, (&(l, rt, inv_w), above)) in self.cols.iter().zip(top.chunks_exact(3)).enumerate()
+        {
+            let scale = inv_w * row_scale;
+            let (left, right) = (&bottom[l..l + 3], &bottom[rt..rt + 3]);
+            let sum = |c: usize| right[c].wrapping_sub(left[c]).wrapping_sub(above[c]) as f32;
+            r[ox] = sum(0) * scale - 127.5 * 0.0078125;
+            g[ox] = sum(1) * scale - 127.5 * 0.0078125;
+            bl[ox] = sum(2) * scale - 127.5 * 0.0078125;
+        }
     }
 }
 
@@ -375,6 +520,51 @@ mod tests {
             out.iter().all(|v| (v - normalize(255.0)).abs() < 1e-6),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn levels_made_in_the_sweep_equal_levels_resampled_one_by_one() {
+        let (w, h) = (57, 41);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+            .collect();
+        let view = RgbView::new(&data, w, h).unwrap();
+        // Downscales by odd ratios (overlapping windows), the same size, upscales, one pixel.
+        let sizes = [
+            (35, 25),
+            (24, 17),
+            (57, 41),
+            (80, 60),
+            (13, 41),
+            (1, 1),
+            (0, 5),
+        ];
+        let mut table = IntegralImage::new();
+        let mut levels = Vec::new();
+        table.rebuild_with_levels(view, &sizes, &mut levels);
+        let mut plain = IntegralImage::new();
+        plain.rebuild(view);
+        assert_eq!(table.sums, plain.sums);
+        let full = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        };
+        for (&(out_w, out_h), level) in sizes.iter().zip(&levels) {
+            if out_w == 0 {
+                assert!(level.is_empty());
+                continue;
+            }
+            let mut one = vec![0f32; 3 * out_w * out_h];
+            resize_area_normalized(&plain, full, out_w, out_h, &mut one);
+            // Bit for bit: the same integer sums, scaled the same way.
+            let same = one
+                .iter()
+                .zip(level)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && one.len() == level.len(), "{out_w}x{out_h}");
+        }
     }
 
     #[test]
