@@ -634,7 +634,7 @@ impl Mtcnn {
             .enumerate()
             .map(|(slot, (b, rect))| (b, (slot, rect)))
             .unzip();
-        self.input.clear();
+        // Every slot is written below: no zero-fill of what is reused.
         self.input.resize(kept.len() * per_crop, 0.0);
         // Top to bottom: proposals crowd around faces, and crops taken in picture order find
         // the summed-area rows they read still in cache (the table is megabytes).

@@ -137,11 +137,14 @@ impl IntegralImage {
         let mut sweeps: Vec<LevelSweep> = sizes
             .iter()
             .zip(levels.iter_mut())
-            .filter(|((out_w, out_h), _)| *out_w > 0 && *out_h > 0 && w > 0 && h > 0)
-            .map(|(&(out_w, out_h), out)| {
-                out.clear();
+            .filter_map(|(&(out_w, out_h), out)| {
+                if out_w == 0 || out_h == 0 || w == 0 || h == 0 {
+                    out.clear();
+                    return None;
+                }
+                // Every value is written below: no zero-fill of what is reused.
                 out.resize(3 * out_w * out_h, 0.0);
-                LevelSweep::new(out, out_w, out_h, w, h)
+                Some(LevelSweep::new(out, out_w, out_h, w, h))
             })
             .collect();
         let stride = (w + 1) * 3;
@@ -540,8 +543,10 @@ mod tests {
             (0, 5),
         ];
         let mut table = IntegralImage::new();
-        let mut levels = Vec::new();
+        // Buffers left from a larger picture's levels are reused, not trusted.
+        let mut levels = vec![vec![7.0f32; 9000]; 9];
         table.rebuild_with_levels(view, &sizes, &mut levels);
+        assert_eq!(levels.len(), sizes.len());
         let mut plain = IntegralImage::new();
         plain.rebuild(view);
         assert_eq!(table.sums, plain.sums);
