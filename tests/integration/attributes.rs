@@ -164,16 +164,26 @@ fn bad_models_are_refused_with_one_line() {
     let text = dir.path().join("text.onnx");
     std::fs::write(&text, "not a model").unwrap();
     let mtcnn = project_root().join("models/mtcnn/pnet.onnx");
-    let wrong_size = edited_model(dir.path(), "\"size_px\":64", "\"size_px\":96");
+    // A spec whose input size disagrees with the graph: the shipped model's size, changed.
+    let side = faceflow::attributes::AttributeModel::load(&default_model(), 1)
+        .unwrap()
+        .spec()
+        .input_px();
+    let other = if side == 96 { 88 } else { 96 };
+    let wrong_size = edited_model(
+        dir.path(),
+        &format!("\"size_px\":{side}"),
+        &format!("\"size_px\":{other}"),
+    );
+    let disagree = format!(
+        "input shape and its spec disagree: [-1, 3, {side}, {side}], its spec says [batch, 3, {other}, {other}]"
+    );
     let future = edited_model(dir.path(), "\"spec_version\":1", "\"spec_version\":7");
     for (model, needle) in [
         (&missing, "cannot read the attribute model"),
         (&text, "not a loadable ONNX model"),
         (&mtcnn, "has no faceflow model spec"),
-        (
-            &wrong_size,
-            "input shape and its spec disagree: [-1, 3, 64, 64], its spec says [batch, 3, 96, 96]",
-        ),
+        (&wrong_size, disagree.as_str()),
         (&future, "spec version 7"),
     ] {
         expect_error(&["analyze", "--model"], &[model, &img], needle);
