@@ -192,9 +192,9 @@ pub fn environment() -> Result<&'static Environment, RuntimeError> {
 /// How many different input shapes a session will see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shapes {
-    /// A handful (fixed batch sizes, one frame size): ONNX Runtime plans the memory of a run
-    /// once per input shape and reuses the plan (about 4 % less CPU for MTCNN). The plans are
-    /// kept for the session's life, one per shape seen.
+    /// A bounded set (batch sizes up to a fixed chunk, the sizes of a few pictures): ONNX
+    /// Runtime plans the memory of a run once per input shape and reuses the plan (about 4 %
+    /// less CPU for MTCNN). The plans are kept for the session's life, one per shape seen.
     Few,
     /// Unbounded (any batch size, any picture size): no plans kept.
     Many,

@@ -10,6 +10,7 @@ pub mod nms;
 pub mod pyramid;
 pub(crate) mod stage;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
@@ -300,31 +301,39 @@ pub struct Mtcnn {
     /// Picture sizes P-Net has planned memory for; `None` once it has gone on without plans
     /// (see [`PNET_PLANNED_SIZES`]).
     pnet_sizes: Option<Vec<(usize, usize)>>,
+    /// P-Net's model as loaded at the start, to rebuild it from (not read again).
+    pnet_model: (Cow<'static, [u8]>, Option<PathBuf>),
+}
+
+/// A network's ONNX bytes: the built-in one, or `name`.onnx in `dir` (with its path, for errors).
+fn network_bytes(
+    dir: Option<&Path>,
+    name: &str,
+    built_in: &'static [u8],
+) -> Result<(Cow<'static, [u8]>, Option<PathBuf>), DetectError> {
+    let Some(dir) = dir else {
+        return Ok((Cow::Borrowed(built_in), None));
+    };
+    let path = dir.join(format!("{name}.onnx"));
+    let bytes = std::fs::read(&path).map_err(|reason| DetectError::ModelRead {
+        path: path.clone(),
+        reason,
+    })?;
+    Ok((Cow::Owned(bytes), Some(path)))
 }
 
 fn load_network(
-    dir: Option<&Path>,
-    name: &str,
-    built_in: &[u8],
+    (model, path): &(Cow<'static, [u8]>, Option<PathBuf>),
     threads: usize,
     shapes: Shapes,
 ) -> Result<Session, DetectError> {
-    match dir {
-        None => Ok(runtime::session_for_shapes(built_in, threads, shapes)?),
-        Some(dir) => {
-            let path = dir.join(format!("{name}.onnx"));
-            let bytes = std::fs::read(&path).map_err(|reason| DetectError::ModelRead {
-                path: path.clone(),
-                reason,
-            })?;
-            runtime::session_for_shapes(&bytes, threads, shapes).map_err(|e| {
-                DetectError::ModelLoad {
-                    path,
-                    message: e.to_string(),
-                }
-            })
-        }
-    }
+    runtime::session_for_shapes(model, threads, shapes).map_err(|e| match path {
+        None => DetectError::Runtime(e),
+        Some(path) => DetectError::ModelLoad {
+            path: path.clone(),
+            message: e.to_string(),
+        },
+    })
 }
 
 /// P-Net's input shapes follow the picture sizes: a stream has one, a folder of photos may have
@@ -344,9 +353,18 @@ impl Mtcnn {
         config.validate()?;
         let dir = config.models_dir.as_deref();
         // R-Net and O-Net see a few batch sizes only (see `crops_per_call`).
-        let pnet = load_network(dir, "pnet", PNET_ONNX, config.threads, Shapes::Few)?;
-        let rnet = load_network(dir, "rnet", RNET_ONNX, config.threads, Shapes::Few)?;
-        let onet = load_network(dir, "onet", ONET_ONNX, config.threads, Shapes::Few)?;
+        let pnet_model = network_bytes(dir, "pnet", PNET_ONNX)?;
+        let pnet = load_network(&pnet_model, config.threads, Shapes::Few)?;
+        let rnet = load_network(
+            &network_bytes(dir, "rnet", RNET_ONNX)?,
+            config.threads,
+            Shapes::Few,
+        )?;
+        let onet = load_network(
+            &network_bytes(dir, "onet", ONET_ONNX)?,
+            config.threads,
+            Shapes::Few,
+        )?;
         Ok(Self {
             config,
             pnet,
@@ -357,6 +375,7 @@ impl Mtcnn {
             levels: Vec::new(),
             integral: IntegralImage::new(),
             pnet_sizes: Some(Vec::new()),
+            pnet_model,
         })
     }
 
@@ -544,12 +563,12 @@ impl Mtcnn {
         if sizes.contains(&(width, height)) {
             return Ok(());
         }
-        sizes.push((width, height));
-        if sizes.len() > PNET_PLANNED_SIZES {
-            let dir = self.config.models_dir.as_deref();
-            self.pnet = load_network(dir, "pnet", PNET_ONNX, self.config.threads, Shapes::Many)?;
-            self.pnet_sizes = None;
+        if sizes.len() < PNET_PLANNED_SIZES {
+            sizes.push((width, height));
+            return Ok(());
         }
+        self.pnet = load_network(&self.pnet_model, self.config.threads, Shapes::Many)?;
+        self.pnet_sizes = None;
         Ok(())
     }
 

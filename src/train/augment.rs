@@ -220,10 +220,13 @@ fn resize_bilinear(src: &[u8], from: usize, to: usize) -> Vec<u8> {
 fn motion_blur(crop: &mut [u8], side: usize, length: usize, angle: f32) {
     let src = crop.to_vec();
     let (dx, dy) = (angle.cos(), angle.sin());
+    // Taps centred on the pixel; an even length leans half a pixel forward (floor of t + ½, not
+    // round, which would skip the pixel itself: −½ and +½ both round away from it).
     let offsets: Vec<(isize, isize)> = (0..length)
         .map(|k| {
             let t = k as f32 - (length - 1) as f32 / 2.0;
-            ((t * dx).round() as isize, (t * dy).round() as isize)
+            let tap = |d: f32| (t * d + 0.5).floor() as isize;
+            (tap(dx), tap(dy))
         })
         .collect();
     let last = side as isize - 1;
@@ -363,6 +366,15 @@ mod tests {
         let mut blurred = stripes.clone();
         motion_blur(&mut blurred, side, 4, 0.0);
         assert!(changed(&blurred, &stripes) > 30.0);
+        // Two taps across one-pixel stripes: the pixel and its neighbour, the mean of the two
+        // colours everywhere but the clamped last column.
+        let mut two = stripes.clone();
+        motion_blur(&mut two, side, 2, 0.0);
+        for row in two.chunks_exact(side * 3) {
+            for px in row[..(side - 1) * 3].chunks_exact(3) {
+                assert_eq!(px, [120, 120, 125]);
+            }
+        }
         let jpeg = jpeg_round_trip(&flat, side, 30).unwrap();
         assert!(changed(&jpeg, &flat) < 1.5);
         let jpeg = jpeg_round_trip(&stripes, side, 30).unwrap();

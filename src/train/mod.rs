@@ -178,6 +178,9 @@ impl TrainConfig {
         if self.sources.is_empty() {
             return bad("no --source folder given".into());
         }
+        if self.video_augment && !self.augment {
+            return bad("--video-augment needs augmentation (drop --no-augment)".into());
+        }
         if self.tasks.is_empty() {
             return bad("no task to train".into());
         }
@@ -413,6 +416,30 @@ mod tests {
         let mut t = vec![0f32; 5];
         one_hot_smoothed(2, 5, 0.05, &mut t);
         assert!((t.iter().sum::<f32>() - 1.0).abs() < 1e-6 && t[2] > 0.95);
+    }
+
+    #[test]
+    fn video_augmentation_needs_augmentation_and_old_runs_have_it_off() {
+        let config = TrainConfig {
+            sources: vec![("faces".into(), Task::ALL.to_vec())],
+            video_augment: true,
+            augment: false,
+            ..TrainConfig::default()
+        };
+        assert!(config.validate().is_err());
+        assert!(
+            TrainConfig {
+                augment: true,
+                ..config.clone()
+            }
+            .validate()
+            .is_ok()
+        );
+        // A run saved before the setting existed reads back with it off.
+        let mut saved = serde_json::to_value(&config).unwrap();
+        saved.as_object_mut().unwrap().remove("video_augment");
+        let read: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert!(!read.video_augment);
     }
 
     #[test]

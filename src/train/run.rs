@@ -175,6 +175,9 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                 saved.config.input_px, config.input_px
             ));
         }
+        if config.video_augment && !saved.config.video_augment {
+            say("this run was started without --video-augment; it is ignored on resume");
+        }
         saved
     } else {
         if state_path.exists() {
