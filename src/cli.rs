@@ -136,6 +136,14 @@ pub struct TrainArgs {
     /// artefacts, dark and noisy scenes (each by chance; about one crop in five stays clean).
     #[arg(long, conflicts_with = "no_augment")]
     pub video_augment: bool,
+    /// A teacher model (faceflow attribute model, ONNX) for knowledge distillation: its
+    /// prediction on each training face is blended into the targets. Repeat for several (their
+    /// mean is used).
+    #[arg(long, value_name = "MODEL")]
+    pub teacher: Vec<PathBuf>,
+    /// Weight of the teachers' prediction in each target, 0 to 1 [default: 0.5 with --teacher].
+    #[arg(long, value_name = "WEIGHT", requires = "teacher")]
+    pub distill: Option<f32>,
     /// Age readout that picks the best epoch: 3, 5 or 10 groups, or years (MAE).
     #[arg(long, default_value = "5", value_parser = faceflow::train::AgeReadout::parse)]
     pub age_readout: faceflow::train::AgeReadout,
@@ -644,6 +652,17 @@ impl TrainArgs {
             net,
             augment: !self.no_augment,
             video_augment: self.video_augment,
+            // Absolute, so that a resumed run finds them from any folder.
+            teachers: self
+                .teacher
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect(),
+            distill: match (&self.distill, self.teacher.is_empty()) {
+                (Some(w), _) => *w,
+                (None, false) => 0.5,
+                (None, true) => 0.0,
+            },
             age_readout: self.age_readout,
             input_px: self.input_px,
             ..TrainConfig::default()

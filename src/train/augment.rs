@@ -189,7 +189,7 @@ fn resize_box(src: &[u8], from: usize, to: usize) -> Vec<u8> {
 }
 
 /// `src` (`from`×`from` RGB8) to `to`×`to` by bilinear interpolation, pixel centres aligned.
-fn resize_bilinear(src: &[u8], from: usize, to: usize) -> Vec<u8> {
+pub(super) fn resize_bilinear(src: &[u8], from: usize, to: usize) -> Vec<u8> {
     let ratio = from as f32 / to as f32;
     let sample = |o: usize| {
         let x = ((o as f32 + 0.5) * ratio - 0.5).clamp(0.0, (from - 1) as f32);

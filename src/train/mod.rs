@@ -13,6 +13,7 @@ pub mod export;
 pub mod net;
 
 mod checkpoint;
+mod distill;
 mod losses;
 mod run;
 mod schedule;
@@ -134,6 +135,13 @@ pub struct TrainConfig {
     /// compression, dark and noisy scenes); runs saved before this setting existed: off.
     #[serde(default)]
     pub video_augment: bool,
+    /// Teacher models (faceflow attribute models) for knowledge distillation: their mean
+    /// prediction on each training face (mirror-averaged, centre crop) is blended into its
+    /// targets with weight `distill`. Runs saved before these settings existed: none.
+    #[serde(default)]
+    pub teachers: Vec<PathBuf>,
+    #[serde(default)]
+    pub distill: f32,
 }
 
 fn default_input_px() -> u32 {
@@ -167,6 +175,8 @@ impl Default for TrainConfig {
             batch_norm_images: default_batch_norm_images(),
             input_px: DEFAULT_INPUT_PX,
             video_augment: false,
+            teachers: Vec::new(),
+            distill: 0.0,
         }
     }
 }
@@ -180,6 +190,20 @@ impl TrainConfig {
         }
         if self.video_augment && !self.augment {
             return bad("--video-augment needs augmentation (drop --no-augment)".into());
+        }
+        if !(0.0..=1.0).contains(&self.distill) {
+            return bad(format!(
+                "distill (--distill) = {}: must be from 0 to 1",
+                self.distill
+            ));
+        }
+        if self.distill > 0.0 && self.teachers.is_empty() {
+            return bad("--distill needs at least one --teacher model".into());
+        }
+        for teacher in &self.teachers {
+            if !teacher.is_file() {
+                return bad(format!("--teacher {}: no such file", teacher.display()));
+            }
         }
         if self.tasks.is_empty() {
             return bad("no task to train".into());

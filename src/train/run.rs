@@ -178,6 +178,9 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
         }
+        if !config.teachers.is_empty() && config.teachers != saved.config.teachers {
+            say("--teacher and --distill are ignored on resume (the run keeps its own)");
+        }
         saved
     } else {
         if state_path.exists() {
@@ -244,6 +247,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     }
 
     let weights = balance(&train_items, config.balance_classes);
+    // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
+    let teacher = if config.distill > 0.0 {
+        distill::teacher_targets(&config.teachers, &train_items)?
+    } else {
+        Vec::new()
+    };
     let batches_per_epoch = train_items.len() / config.batch;
     let side = config.input_px as usize;
     let augment_params = if config.augment {
@@ -303,23 +312,34 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             let (mut age_n, mut gender_n, mut race_n) = (0usize, 0usize, 0usize);
             for (j, &i) in idx.iter().enumerate() {
                 let t = &train_items[i].truth;
+                // The teachers' view of this face, blended into each target it has a label for.
+                let taught = teacher.get(i * distill::PER_FACE..(i + 1) * distill::PER_FACE);
+                let (teach_age, teach_gender, teach_race) = match taught {
+                    Some(v) => (
+                        &v[..FINE_AGE_BINS],
+                        &v[FINE_AGE_BINS..FINE_AGE_BINS + 2],
+                        &v[FINE_AGE_BINS + 2..],
+                    ),
+                    None => (&[][..], &[][..], &[][..]),
+                };
                 if let (Some(a), true) = (t.age_years, config.trains(Task::Age)) {
-                    age_distribution(a, &mut age_t[j * FINE_AGE_BINS..(j + 1) * FINE_AGE_BINS]);
+                    let target = &mut age_t[j * FINE_AGE_BINS..(j + 1) * FINE_AGE_BINS];
+                    age_distribution(a, target);
+                    distill::blend(target, teach_age, config.distill);
                     age_w[j] = weights.age[AgeGrouping::Ten.group_of(a)];
                     age_n += 1;
                 }
                 if let (Some(g), true) = (t.gender, config.trains(Task::Gender)) {
-                    one_hot_smoothed(
-                        g,
-                        2,
-                        config.label_smoothing,
-                        &mut gender_t[j * 2..j * 2 + 2],
-                    );
+                    let target = &mut gender_t[j * 2..j * 2 + 2];
+                    one_hot_smoothed(g, 2, config.label_smoothing, target);
+                    distill::blend(target, teach_gender, config.distill);
                     gender_w[j] = weights.gender[g];
                     gender_n += 1;
                 }
                 if let (Some(r), true) = (t.race, config.trains(Task::Race)) {
-                    one_hot_smoothed(r, 5, config.label_smoothing, &mut race_t[j * 5..j * 5 + 5]);
+                    let target = &mut race_t[j * 5..j * 5 + 5];
+                    one_hot_smoothed(r, 5, config.label_smoothing, target);
+                    distill::blend(target, teach_race, config.distill);
                     race_w[j] = weights.race[r];
                     race_n += 1;
                 }

@@ -449,8 +449,9 @@ fn interrupted_eval_writes_a_report_of_the_images_done() {
     assert!(md.contains("**Interrupted**"), "{md}");
 }
 
-/// A model of another input size (80 px) trains, exports with its size in the spec, and the
-/// runtime crops faces to that size for it.
+/// A model of another input size (80 px) trains (with video-like augmentation, distilled from
+/// the shipped model, whose crops are resampled to its own size), exports with its size in the
+/// spec, and the runtime crops faces to that size for it.
 #[test]
 fn a_model_of_another_input_size_trains_exports_and_runs() {
     let Some(utk) = shared_data("utkface") else {
@@ -458,7 +459,7 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    run_ok(
+    let trained = run_ok(
         bin()
             .arg("train")
             .arg("--source")
@@ -468,8 +469,19 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
             .arg("--cache")
             .arg(dir.path().join("cache"))
             .args(["--net", "tiny", "--max-images", "120", "--batch", "16"])
-            .args(["--epochs", "1", "--input-px", "80"]),
+            .args(["--epochs", "1", "--input-px", "80", "--video-augment"])
+            .arg("--teacher")
+            .arg(default_model()),
     );
+    let log = String::from_utf8_lossy(&trained.stderr);
+    assert!(
+        log.contains("teacher ") && log.contains(" faces in "),
+        "{log}"
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["config"]["distill"], 0.5);
+    assert_eq!(state["config"]["video_augment"], true);
     let model = run.join("faceattr.onnx");
     let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
     assert_eq!(loaded.spec().input_px(), 80);
@@ -499,4 +511,28 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
         stderr.contains("input_px (--input-px) = 100: must be a multiple of 8"),
         "{stderr}"
     );
+    // A teacher that is not there, and a blend weight out of range: one line each, no run.
+    for (args, needle) in [
+        (
+            &["--teacher", "/nonexistent/t.onnx"][..],
+            "--teacher /nonexistent/t.onnx: no such file",
+        ),
+        (
+            &["--teacher", "/nonexistent/t.onnx", "--distill", "1.5"][..],
+            "distill (--distill) = 1.5: must be from 0 to 1",
+        ),
+    ] {
+        let out = bin()
+            .args(["train", "--source"])
+            .arg(&utk)
+            .arg("--out")
+            .arg(dir.path().join("taught"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!dir.path().join("taught").join("state.json").exists());
+    }
 }

@@ -1,0 +1,86 @@
+//! Knowledge distillation: what teacher models (faceflow attribute models, ONNX) predict for each
+//! training face, blended into its targets by the epoch loop.
+
+use std::path::PathBuf;
+
+use super::{Item, TrainError, augment, say};
+use crate::attributes::AttributeModel;
+use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
+
+/// Values per face: the fine age distribution, then gender, then race probabilities.
+pub(super) const PER_FACE: usize = FINE_AGE_BINS + GENDER_LABELS.len() + RACE_LABELS.len();
+
+/// Faces per teacher call.
+const BATCH: usize = 64;
+
+/// The teachers' mean prediction (each mirror-averaged) on every item's centre crop, `PER_FACE`
+/// values an item. A teacher of another input size sees the crop resampled to its size (the
+/// same alignment: faceflow's template and margin scale with the crop).
+pub(super) fn teacher_targets(
+    teachers: &[PathBuf],
+    items: &[Item],
+) -> Result<Vec<f32>, TrainError> {
+    let mut mean = vec![0f32; items.len() * PER_FACE];
+    let share = 1.0 / teachers.len().max(1) as f32;
+    for path in teachers {
+        let started = std::time::Instant::now();
+        let mut model = AttributeModel::load(path, 0)
+            .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
+        model.set_flip_average(true);
+        let side = model.spec().input_px();
+        for (chunk_index, chunk) in items.chunks(BATCH).enumerate() {
+            let crops: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|item| {
+                    let centre = augment::centre(&item.crop);
+                    let own = ((centre.len() / 3) as f64).sqrt().round() as usize;
+                    if own == side {
+                        centre
+                    } else {
+                        augment::resize_bilinear(&centre, own, side)
+                    }
+                })
+                .collect();
+            let predictions = model
+                .predict(&crops)
+                .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
+            for (k, p) in predictions.iter().enumerate() {
+                let at = (chunk_index * BATCH + k) * PER_FACE;
+                let values = p.age_fine.iter().chain(&p.gender).chain(&p.race);
+                for (slot, v) in mean[at..at + PER_FACE].iter_mut().zip(values) {
+                    *slot += share * v;
+                }
+            }
+        }
+        say(&format!(
+            "teacher {}: {} faces in {:.0} s",
+            path.display(),
+            items.len(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(mean)
+}
+
+/// `target` ← (1 − `weight`)·`target` + `weight`·`teacher`.
+pub(super) fn blend(target: &mut [f32], teacher: &[f32], weight: f32) {
+    for (t, s) in target.iter_mut().zip(teacher) {
+        *t = (1.0 - weight) * *t + weight * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blending_keeps_a_distribution_a_distribution() {
+        let mut target = vec![0.0, 1.0, 0.0];
+        blend(&mut target, &[0.2, 0.5, 0.3], 0.5);
+        assert_eq!(target, vec![0.1, 0.75, 0.15]);
+        assert!((target.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let mut untouched = vec![0.3, 0.7];
+        blend(&mut untouched, &[1.0, 0.0], 0.0);
+        assert_eq!(untouched, vec![0.3, 0.7]);
+    }
+}
