@@ -86,7 +86,9 @@ impl SinkStage {
     }
 
     fn write_all(&mut self, control: &Control) -> Result<(), String> {
-        let mut last_progress = Instant::now();
+        // The first frame is reported at once (a short run still shows what it is doing), then
+        // every half second.
+        let mut last_progress: Option<Instant> = None;
         let mut closed = false;
         loop {
             let item = match self.input.recv_until(Instant::now() + IDLE_CHECK, control) {
@@ -139,14 +141,14 @@ impl SinkStage {
                 *c.faces += record.faces.len() as u64;
                 let reported = n.reported.iter().sum();
                 if let Some(p) = self.progress.as_mut()
-                    && last_progress.elapsed() >= Duration::from_millis(500)
+                    && last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
                 {
                     p(
                         reported,
                         expected_frames(&self.sources),
                         self.started.elapsed(),
                     );
-                    last_progress = Instant::now();
+                    last_progress = Some(Instant::now());
                 }
             }
         }
