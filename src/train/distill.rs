@@ -13,21 +13,46 @@ pub(super) const PER_FACE: usize = FINE_AGE_BINS + GENDER_LABELS.len() + RACE_LA
 /// Faces per teacher call.
 const BATCH: usize = 64;
 
+/// The content hash of each teacher file (what a run records, and checks on resume).
+pub(super) fn teacher_hashes(teachers: &[PathBuf]) -> Result<Vec<u64>, TrainError> {
+    teachers
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .map(|bytes| crate::model::dataset::content_hash(&bytes))
+                .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))
+        })
+        .collect()
+}
+
 /// The teachers' mean prediction (each mirror-averaged) on every item's centre crop, `PER_FACE`
-/// values an item. A teacher of another input size sees the crop resampled to its size (the
-/// same alignment: faceflow's template and margin scale with the crop).
+/// values an item, and which heads (age, gender, race) it holds: each head is the mean over the
+/// teachers trained for that task (an untrained head's output is noise), absent when none was.
+/// A teacher of another input size sees the crop resampled to its size (the same alignment:
+/// faceflow's template and margin scale with the crop).
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
     items: &[Item],
-) -> Result<Vec<f32>, TrainError> {
-    let mut mean = vec![0f32; items.len() * PER_FACE];
-    let share = 1.0 / teachers.len().max(1) as f32;
+) -> Result<(Vec<f32>, [bool; 3]), TrainError> {
+    use crate::model::spec::Task;
+    let mut sum = vec![0f32; items.len() * PER_FACE];
+    let mut counts = [0usize; 3];
+    let heads = [
+        0..FINE_AGE_BINS,
+        FINE_AGE_BINS..FINE_AGE_BINS + GENDER_LABELS.len(),
+        FINE_AGE_BINS + GENDER_LABELS.len()..PER_FACE,
+    ];
     for path in teachers {
         let started = std::time::Instant::now();
         let mut model = AttributeModel::load(path, 0)
             .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
         model.set_flip_average(true);
         let side = model.spec().input_px();
+        let trained =
+            [Task::Age, Task::Gender, Task::Race].map(|t| model.spec().tasks.contains(&t));
+        for (count, on) in counts.iter_mut().zip(trained) {
+            *count += usize::from(on);
+        }
         for (chunk_index, chunk) in items.chunks(BATCH).enumerate() {
             let crops: Vec<Vec<u8>> = chunk
                 .iter()
@@ -46,9 +71,21 @@ pub(super) fn teacher_targets(
                 .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
             for (k, p) in predictions.iter().enumerate() {
                 let at = (chunk_index * BATCH + k) * PER_FACE;
-                let values = p.age_fine.iter().chain(&p.gender).chain(&p.race);
-                for (slot, v) in mean[at..at + PER_FACE].iter_mut().zip(values) {
-                    *slot += share * v;
+                let values: Vec<f32> = p
+                    .age_fine
+                    .iter()
+                    .chain(&p.gender)
+                    .chain(&p.race)
+                    .copied()
+                    .collect();
+                for (head, on) in heads.iter().zip(trained) {
+                    if !on {
+                        continue;
+                    }
+                    let slots = &mut sum[at + head.start..at + head.end];
+                    for (slot, v) in slots.iter_mut().zip(&values[head.clone()]) {
+                        *slot += v;
+                    }
                 }
             }
         }
@@ -59,7 +96,14 @@ pub(super) fn teacher_targets(
             started.elapsed().as_secs_f64()
         ));
     }
-    Ok(mean)
+    for face in sum.chunks_exact_mut(PER_FACE) {
+        for (head, &count) in heads.iter().zip(&counts) {
+            for v in &mut face[head.clone()] {
+                *v /= count.max(1) as f32;
+            }
+        }
+    }
+    Ok((sum, counts.map(|n| n > 0)))
 }
 
 /// `target` ← (1 − `weight`)·`target` + `weight`·`teacher`.

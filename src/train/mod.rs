@@ -142,6 +142,10 @@ pub struct TrainConfig {
     pub teachers: Vec<PathBuf>,
     #[serde(default)]
     pub distill: f32,
+    /// Content hash of each teacher file when the run started: a resumed run refuses a teacher
+    /// that changed since (the path of a shipped model gets a new model).
+    #[serde(default)]
+    pub teacher_hashes: Vec<u64>,
 }
 
 fn default_input_px() -> u32 {
@@ -177,6 +181,7 @@ impl Default for TrainConfig {
             video_augment: false,
             teachers: Vec::new(),
             distill: 0.0,
+            teacher_hashes: Vec::new(),
         }
     }
 }

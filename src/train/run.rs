@@ -178,8 +178,18 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
         }
-        if !config.teachers.is_empty() && config.teachers != saved.config.teachers {
+        if !config.teachers.is_empty()
+            && (config.teachers != saved.config.teachers || config.distill != saved.config.distill)
+        {
             say("--teacher and --distill are ignored on resume (the run keeps its own)");
+        }
+        // The teachers must be the files the run started with, checked before hours of work.
+        if saved.config.distill > 0.0
+            && distill::teacher_hashes(&saved.config.teachers)? != saved.config.teacher_hashes
+        {
+            return Err(TrainError::Config(
+                "a teacher model changed since this run started (its file has other contents); the run cannot go on with another teacher".into(),
+            ));
         }
         saved
     } else {
@@ -190,6 +200,10 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             )));
         }
         config.validate()?;
+        let config = TrainConfig {
+            teacher_hashes: distill::teacher_hashes(&config.teachers)?,
+            ..config
+        };
         RunState {
             config,
             epoch: 0,
@@ -248,10 +262,10 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
 
     let weights = balance(&train_items, config.balance_classes);
     // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
-    let teacher = if config.distill > 0.0 {
+    let (teacher, taught_heads) = if config.distill > 0.0 {
         distill::teacher_targets(&config.teachers, &train_items)?
     } else {
-        Vec::new()
+        (Vec::new(), [false; 3])
     };
     let batches_per_epoch = train_items.len() / config.batch;
     let side = config.input_px as usize;
@@ -314,14 +328,15 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                 let t = &train_items[i].truth;
                 // The teachers' view of this face, blended into each target it has a label for.
                 let taught = teacher.get(i * distill::PER_FACE..(i + 1) * distill::PER_FACE);
-                let (teach_age, teach_gender, teach_race) = match taught {
-                    Some(v) => (
-                        &v[..FINE_AGE_BINS],
-                        &v[FINE_AGE_BINS..FINE_AGE_BINS + 2],
-                        &v[FINE_AGE_BINS + 2..],
-                    ),
-                    None => (&[][..], &[][..], &[][..]),
+                let head = |on: bool, range: std::ops::Range<usize>| match taught {
+                    Some(v) if on => &v[range],
+                    _ => &[][..],
                 };
+                let (teach_age, teach_gender, teach_race) = (
+                    head(taught_heads[0], 0..FINE_AGE_BINS),
+                    head(taught_heads[1], FINE_AGE_BINS..FINE_AGE_BINS + 2),
+                    head(taught_heads[2], FINE_AGE_BINS + 2..distill::PER_FACE),
+                );
                 if let (Some(a), true) = (t.age_years, config.trains(Task::Age)) {
                     let target = &mut age_t[j * FINE_AGE_BINS..(j + 1) * FINE_AGE_BINS];
                     age_distribution(a, target);
