@@ -96,6 +96,12 @@ impl IntegralImage {
 
     /// Rebuilds the table for `src`, reusing its allocation.
     pub fn rebuild(&mut self, src: RgbView<'_>) {
+        self.sweep(src, |_, _| {});
+    }
+
+    /// Rebuilds the table row by row, handing `each_row` every table row `y` (the sums of
+    /// source rows `[0, y)`) as soon as it is written, row 0 included.
+    fn sweep(&mut self, src: RgbView<'_>, mut each_row: impl FnMut(usize, &[u32])) {
         let (w, h) = (src.width, src.height);
         let stride = (w + 1) * 3;
         self.width = w;
@@ -104,6 +110,7 @@ impl IntegralImage {
         // whole table (megabytes per frame) when its size is unchanged.
         self.sums.resize((h + 1) * stride, 0);
         self.sums[..stride].fill(0);
+        each_row(0, &self.sums[..stride]);
         for y in 0..h {
             let row = &src.data[y * w * 3..(y + 1) * w * 3];
             let (above, below) = self.sums.split_at_mut((y + 1) * stride);
@@ -117,6 +124,7 @@ impl IntegralImage {
                     below[(x + 1) * 3 + c] = above[(x + 1) * 3 + c].wrapping_add(acc[c]);
                 }
             }
+            each_row(y + 1, below);
         }
     }
 
@@ -147,31 +155,11 @@ impl IntegralImage {
                 Some(LevelSweep::new(out, out_w, out_h, w, h))
             })
             .collect();
-        let stride = (w + 1) * 3;
-        self.width = w;
-        self.height = h;
-        self.sums.resize((h + 1) * stride, 0);
-        self.sums[..stride].fill(0);
-        for sweep in &mut sweeps {
-            sweep.at_row(0, &self.sums[..stride]);
-        }
-        for y in 0..h {
-            let row = &src.data[y * w * 3..(y + 1) * w * 3];
-            let (above, below) = self.sums.split_at_mut((y + 1) * stride);
-            let above = &above[y * stride..];
-            let below = &mut below[..stride];
-            below[..3].fill(0);
-            let mut acc = [0u32; 3];
-            for x in 0..w {
-                for c in 0..3 {
-                    acc[c] = acc[c].wrapping_add(u32::from(row[x * 3 + c]));
-                    below[(x + 1) * 3 + c] = above[(x + 1) * 3 + c].wrapping_add(acc[c]);
-                }
-            }
+        self.sweep(src, |y, row| {
             for sweep in &mut sweeps {
-                sweep.at_row(y + 1, below);
+                sweep.at_row(y, row);
             }
-        }
+        });
     }
 
     pub fn width(&self) -> usize {

@@ -29,6 +29,18 @@ pub struct Augment {
     pub video: bool,
 }
 
+impl Augment {
+    /// No augmentation: the centre crop as it is.
+    pub const NONE: Self = Self {
+        max_rotation_deg: 0.0,
+        max_scale: 0.0,
+        max_shift_px: 0.0,
+        flip: false,
+        colour: 0.0,
+        video: false,
+    };
+}
+
 impl Default for Augment {
     fn default() -> Self {
         Self {
@@ -298,16 +310,8 @@ mod tests {
     #[test]
     fn identity_augmentation_equals_the_centre_crop() {
         let cache = gradient_cache();
-        let none = Augment {
-            max_rotation_deg: 0.0,
-            max_scale: 0.0,
-            max_shift_px: 0.0,
-            flip: false,
-            colour: 0.0,
-            video: false,
-        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        assert_eq!(augment(&cache, &none, &mut rng), centre(&cache));
+        assert_eq!(augment(&cache, &Augment::NONE, &mut rng), centre(&cache));
         let c = centre(&cache);
         let b = CACHE_BORDER_PX as usize;
         assert_eq!(&c[..3], &[(b * 3) as u8, (b * 3) as u8, 100]);

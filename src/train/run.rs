@@ -275,14 +275,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             ..augment::Augment::default()
         }
     } else {
-        augment::Augment {
-            max_rotation_deg: 0.0,
-            max_scale: 0.0,
-            max_shift_px: 0.0,
-            flip: false,
-            colour: 0.0,
-            video: false,
-        }
+        augment::Augment::NONE
     };
     let mut stopped = false;
     while state.epoch < config.epochs && !stopped {
