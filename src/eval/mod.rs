@@ -350,6 +350,73 @@ pub fn markdown(report: &EvalReport) -> String {
         }
         let _ = writeln!(md);
     }
+    md.push_str(&by_age_markdown(&report.images));
+    md
+}
+
+/// Bands of true age for [`by_age_markdown`]: narrow at the start, where gender is hardest to see.
+const AGE_BANDS_YEARS: [(u32, u32); 6] = [
+    (0, 3),
+    (4, 11),
+    (12, 19),
+    (20, 39),
+    (40, 59),
+    (60, u32::MAX),
+];
+
+/// Gender and race accuracy per band of true age (no face = wrong): shows where the errors sit,
+/// e.g. that infants' gender, hard to see in a face, weighs on the total.
+pub fn by_age_markdown(images: &[ImageResult]) -> String {
+    // Per band: images, gender (right, labelled), race (right, labelled).
+    let mut bands = [(0u64, (0u64, 0u64), (0u64, 0u64)); AGE_BANDS_YEARS.len()];
+    for image in images {
+        let Some(age) = image.truth.age_years else {
+            continue;
+        };
+        let Some(band) = AGE_BANDS_YEARS
+            .iter()
+            .position(|&(lo, hi)| (lo..=hi).contains(&age))
+        else {
+            continue;
+        };
+        let (count, gender, race) = &mut bands[band];
+        *count += 1;
+        for (tally, right) in [(gender, image.correct.gender), (race, image.correct.race)] {
+            if let Some(right) = right {
+                tally.0 += u64::from(right);
+                tally.1 += 1;
+            }
+        }
+    }
+    let share = |(right, total): (u64, u64)| {
+        if total == 0 {
+            "—".to_string()
+        } else {
+            format!(
+                "{:.3} ({} wrong)",
+                right as f64 / total as f64,
+                total - right
+            )
+        }
+    };
+    let mut md = String::from(
+        "## Gender and race by true age\n\nImages with an age label; no face counts wrong.\n\n\
+         | true age (years) | images | gender | race |\n|---|---|---|---|\n",
+    );
+    for (&(lo, hi), &(count, gender, race)) in AGE_BANDS_YEARS.iter().zip(&bands) {
+        let band = if hi == u32::MAX {
+            format!("{lo}+")
+        } else {
+            format!("{lo}-{hi}")
+        };
+        let _ = writeln!(
+            md,
+            "| {band} | {count} | {} | {} |",
+            share(gender),
+            share(race)
+        );
+    }
+    md.push('\n');
     md
 }
 
@@ -427,4 +494,66 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
         written.push(path);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(age_years: Option<u32>, gender: Option<bool>, race: Option<bool>) -> ImageResult {
+        ImageResult {
+            file: "x.jpg".into(),
+            truth: TruthLabels {
+                age_years,
+                gender: None,
+                race: None,
+            },
+            predicted: None,
+            correct: Correct {
+                gender,
+                race,
+                ..Correct::default()
+            },
+        }
+    }
+
+    #[test]
+    fn gender_and_race_are_counted_per_band_of_true_age() {
+        let images = [
+            image(Some(1), Some(false), Some(true)),
+            image(Some(3), Some(true), Some(true)),
+            image(Some(4), Some(true), None),
+            image(Some(45), Some(true), Some(false)),
+            image(Some(101), Some(false), Some(true)),
+            image(None, Some(false), Some(false)),
+        ];
+        let md = by_age_markdown(&images);
+        let row = |band: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {band} |")))
+                .unwrap_or_else(|| panic!("no row {band} in\n{md}"))
+                .to_string()
+        };
+        assert_eq!(
+            row("0-3"),
+            "| 0-3 | 2 | 0.500 (1 wrong) | 1.000 (0 wrong) |"
+        );
+        assert_eq!(row("4-11"), "| 4-11 | 1 | 1.000 (0 wrong) | — |");
+        assert_eq!(row("12-19"), "| 12-19 | 0 | — | — |");
+        assert_eq!(
+            row("40-59"),
+            "| 40-59 | 1 | 1.000 (0 wrong) | 0.000 (1 wrong) |"
+        );
+        assert_eq!(
+            row("60+"),
+            "| 60+ | 1 | 0.000 (1 wrong) | 1.000 (0 wrong) |"
+        );
+        // The image without an age label is in no row.
+        let counted: u64 = md
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| true"))
+            .filter_map(|l| l.split(" | ").nth(1)?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(counted, 5);
+    }
 }
