@@ -127,7 +127,8 @@ pub struct TrainArgs {
     /// Side of the model's input crop in pixels, a multiple of 8 from 32 to 224.
     #[arg(long, value_name = "PX", default_value_t = faceflow::model::spec::DEFAULT_INPUT_PX)]
     pub input_px: u32,
-    /// Network size: default or tiny (smoke tests).
+    /// Network size: default, deep (a second block in the two coarsest stages, about 1.5× the
+    /// operations) or tiny (smoke tests).
     #[arg(long, default_value = "default")]
     pub net: String,
     #[arg(long)]
@@ -630,7 +631,8 @@ impl TrainArgs {
         let net = match self.net.as_str() {
             "default" => NetShape::default(),
             "tiny" => NetShape::tiny(),
-            other => anyhow::bail!("--net must be default or tiny, not '{other}'"),
+            "deep" => NetShape::deep(),
+            other => anyhow::bail!("--net must be default, deep or tiny, not '{other}'"),
         };
         Ok(TrainConfig {
             sources: self

@@ -472,6 +472,50 @@ mod tests {
     }
 
     #[test]
+    fn a_deep_network_has_its_extra_blocks_and_exports_like_burn() {
+        // Two extra basic blocks: 192 and 320 channels, two 3×3 convolutions and batch norms each.
+        let extra = 2 * (192 * 192 * 9 + 4 * 192) + 2 * (320 * 320 * 9 + 4 * 320);
+        let params = |shape: &NetShape| FaceAttrNet::new(&Device::flex(), shape).num_params();
+        assert_eq!(
+            params(&NetShape::deep()),
+            params(&NetShape::default()) + extra
+        );
+        // Runs saved before the field existed read back with one block per stage.
+        let mut saved = serde_json::to_value(NetShape::default()).unwrap();
+        saved.as_object_mut().unwrap().remove("blocks_per_stage");
+        let read: NetShape = serde_json::from_value(saved).unwrap();
+        assert_eq!(read, NetShape::default());
+
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let model = FaceAttrNet::new(&device, &NetShape::deep());
+        let state = RunState {
+            config: TrainConfig {
+                sources: vec![("faces".into(), Task::ALL.to_vec())],
+                input_px: 72,
+                net: NetShape::deep(),
+                ..TrainConfig::default()
+            },
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            train_seconds: 0.0,
+            history: Vec::new(),
+            best_epoch: None,
+            best_score: None,
+            train_images: 0,
+            val_images: 0,
+        };
+        let input: Vec<f32> = (0..2 * 3 * 72 * 72u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 16) % 256) as f32 / 64.0 - 2.0)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep.onnx");
+        let diff = export_run(&model, &state, &path, input, 2, "").unwrap();
+        assert!(diff < 1e-4, "ONNX Runtime vs burn: {diff}");
+    }
+
+    #[test]
     fn readouts_parse() {
         assert_eq!(AgeReadout::parse("10"), Ok(AgeReadout::Groups(10)));
         assert_eq!(AgeReadout::parse("years"), Ok(AgeReadout::Years));

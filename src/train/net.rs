@@ -79,6 +79,9 @@ impl Block {
 pub struct NetShape {
     pub stem: [usize; 2],
     pub stages: Vec<usize>,
+    /// Basic blocks per stage (one where missing: runs saved before this field read as before).
+    #[serde(default)]
+    pub blocks_per_stage: Vec<usize>,
     pub dropout_permille: u32,
 }
 
@@ -87,6 +90,7 @@ impl Default for NetShape {
         Self {
             stem: [32, 48],
             stages: vec![48, 96, 192, 320],
+            blocks_per_stage: Vec::new(),
             dropout_permille: 200,
         }
     }
@@ -98,8 +102,27 @@ impl NetShape {
         Self {
             stem: [8, 8],
             stages: vec![8, 16],
+            blocks_per_stage: Vec::new(),
             dropout_permille: 0,
         }
+    }
+
+    /// The default widths with a second block in the two coarsest stages: more depth where
+    /// the feature maps are small (10×10 and 5×5 at 80 px): about 1.5× the default's operations at
+    /// the same input size (348 against 236 M multiply-adds at 80 px; 282 M at 72 px).
+    pub fn deep() -> Self {
+        Self {
+            blocks_per_stage: vec![1, 1, 2, 2],
+            ..Self::default()
+        }
+    }
+
+    fn blocks_in(&self, stage: usize) -> usize {
+        self.blocks_per_stage
+            .get(stage)
+            .copied()
+            .unwrap_or(1)
+            .max(1)
     }
 }
 
@@ -120,8 +143,11 @@ impl FaceAttrNet {
         let mut blocks = Vec::new();
         let mut c_in = shape.stem[1];
         for (i, &c_out) in shape.stages.iter().enumerate() {
-            blocks.push(Block::new(device, c_in, c_out, if i == 0 { 1 } else { 2 }));
-            c_in = c_out;
+            for k in 0..shape.blocks_in(i) {
+                let stride = if i == 0 || k > 0 { 1 } else { 2 };
+                blocks.push(Block::new(device, c_in, c_out, stride));
+                c_in = c_out;
+            }
         }
         let head = |n: usize| LinearConfig::new(c_in, n).init(device);
         Self {
