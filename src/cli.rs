@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// Side of the model's input crop in pixels, a multiple of 8 from 32 to 224.
     #[arg(long, value_name = "PX", default_value_t = faceflow::model::spec::DEFAULT_INPUT_PX)]
     pub input_px: u32,
+    /// Margin around the face's landmark template on each side, as a fraction of the template's
+    /// side, 0.1 to 0.8: more shows more hair, ears and neck at a lower resolution of the face.
+    #[arg(long, value_name = "FRACTION", default_value_t = faceflow::model::spec::INPUT_MARGIN)]
+    pub margin: f32,
     /// Network size: default, deep (a second block in the two coarsest stages, about 1.5× the
     /// operations) or tiny (smoke tests).
     #[arg(long, default_value = "default")]
@@ -667,6 +671,7 @@ impl TrainArgs {
             },
             age_readout: self.age_readout,
             input_px: self.input_px,
+            margin: self.margin,
             ..TrainConfig::default()
         })
     }

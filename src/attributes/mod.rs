@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::align::align_face;
+use crate::align::{AlignConfig, align_face};
 use crate::detect::Face;
 use crate::model::readout::Prediction;
 use crate::model::spec::{
     AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, METADATA_KEY, ModelSpec, RACE_OUTPUT, SpecError,
-    model_align, normalise_into,
+    normalise_into,
 };
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
 use crate::runtime;
@@ -220,7 +220,7 @@ impl AttributeModel {
         height: usize,
         face: &Face,
     ) -> Option<Vec<u8>> {
-        crop_for_model(frame_rgb, width, height, face, self.spec.input.size_px)
+        crop_for_model(frame_rgb, width, height, face, &self.spec.align())
     }
 
     /// Predictions for aligned crops (packed RGB8, the input size squared each), batched.
@@ -280,22 +280,16 @@ impl AttributeModel {
     }
 }
 
-/// The aligned crop of one face for a model of input `size_px` (packed RGB8, `size_px`²), or
-/// `None` for degenerate landmarks.
+/// The aligned crop of one face for a model aligned by `align` (its [`ModelSpec::align`]: packed
+/// RGB8, `crop_px`²), or `None` for degenerate landmarks.
 pub fn crop_for_model(
     frame_rgb: &[u8],
     width: usize,
     height: usize,
     face: &Face,
-    size_px: u32,
+    align: &AlignConfig,
 ) -> Option<Vec<u8>> {
-    align_face(
-        frame_rgb,
-        width,
-        height,
-        &face.landmarks,
-        &model_align(size_px),
-    )
+    align_face(frame_rgb, width, height, &face.landmarks, align)
 }
 
 /// One picture and the faces found in it, for [`AttributeModel::predict_faces`].

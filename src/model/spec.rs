@@ -20,6 +20,9 @@ pub const DEFAULT_INPUT_PX: u32 = 64;
 pub const INPUT_PX_RANGE: std::ops::RangeInclusive<u32> = 32..=224;
 /// Margin around the alignment template: age and gender need hair, forehead and jaw.
 pub const INPUT_MARGIN: f32 = 0.25;
+/// Margins a model may be trained with (`faceflow train --margin`): from the inner face with a
+/// little forehead and jaw to the whole head with some shoulders.
+pub const INPUT_MARGIN_RANGE: std::ops::RangeInclusive<f32> = 0.1..=0.8;
 /// Per-channel normalisation in pixel units: `(value − mean) / std`.
 pub const INPUT_MEAN: [f32; 3] = [127.5; 3];
 pub const INPUT_STD: [f32; 3] = [64.0; 3];
@@ -155,8 +158,15 @@ impl ModelSpec {
         Self::with_input(tasks, DEFAULT_INPUT_PX)
     }
 
-    /// The spec of this build for a model whose input is `size_px` square.
+    /// The spec of this build for a model whose input is `size_px` square, aligned with the
+    /// default margin.
     pub fn with_input(tasks: &[Task], size_px: u32) -> Self {
+        Self::with_input_margin(tasks, size_px, INPUT_MARGIN)
+    }
+
+    /// The spec of this build for a model whose input is `size_px` square with `margin` around
+    /// the template.
+    pub fn with_input_margin(tasks: &[Task], size_px: u32, margin: f32) -> Self {
         Self {
             spec_version: SPEC_VERSION,
             input: InputSpec {
@@ -164,7 +174,7 @@ impl ModelSpec {
                 layout: "NCHW-RGB".into(),
                 size_px,
                 template: TEMPLATE_NAME.into(),
-                margin: INPUT_MARGIN,
+                margin,
                 mean: INPUT_MEAN,
                 std: INPUT_STD,
             },
@@ -214,6 +224,11 @@ impl ModelSpec {
         self.input.size_px as usize
     }
 
+    /// How faces are aligned for this model: its input size and margin.
+    pub fn align(&self) -> AlignConfig {
+        model_align(self.input.size_px, self.input.margin)
+    }
+
     /// Checks that the interface is one this build speaks: its input size is any allowed size, the
     /// rest must equal this build's; the trained tasks may be any non-empty set.
     pub fn check(&self) -> Result<(), SpecError> {
@@ -223,7 +238,13 @@ impl ModelSpec {
         } else {
             DEFAULT_INPUT_PX
         };
-        let expected = ModelSpec::with_input(&self.tasks, expected_size);
+        let margin = self.input.margin;
+        let expected_margin = if INPUT_MARGIN_RANGE.contains(&margin) {
+            margin
+        } else {
+            INPUT_MARGIN
+        };
+        let expected = ModelSpec::with_input_margin(&self.tasks, expected_size, expected_margin);
         let mismatch = |what, found: String, expected: String| SpecError::Mismatch {
             what,
             found,
@@ -245,7 +266,12 @@ impl ModelSpec {
                 mismatch(
                     "alignment",
                     format!("{} margin {}", f.template, f.margin),
-                    format!("{} margin {}", e.template, e.margin),
+                    format!(
+                        "{} margin {} to {}",
+                        e.template,
+                        INPUT_MARGIN_RANGE.start(),
+                        INPUT_MARGIN_RANGE.end()
+                    ),
                 )
             } else {
                 mismatch(
@@ -278,11 +304,12 @@ pub fn is_input_size(size_px: u32) -> bool {
     INPUT_PX_RANGE.contains(&size_px) && size_px.is_multiple_of(8)
 }
 
-/// How faces are aligned for an attribute model of input `size_px`: faceflow's template and margin.
-pub fn model_align(size_px: u32) -> AlignConfig {
+/// How faces are aligned for an attribute model of input `size_px` with `margin` around
+/// faceflow's template.
+pub fn model_align(size_px: u32, margin: f32) -> AlignConfig {
     AlignConfig {
         crop_px: size_px,
-        margin: INPUT_MARGIN,
+        margin,
     }
 }
 
@@ -336,6 +363,21 @@ mod tests {
             ModelSpec::from_metadata(Some("{")),
             Err(SpecError::Unreadable(_))
         ));
+    }
+
+    #[test]
+    fn a_margin_in_range_is_read_and_aligns_the_crop() {
+        let spec = ModelSpec::with_input_margin(&[Task::Age], 80, 0.4);
+        let back = ModelSpec::from_metadata(Some(&spec.to_json())).unwrap();
+        assert_eq!(back.align(), model_align(80, 0.4));
+        let mut other = spec.clone();
+        other.input.margin = 0.05;
+        let e = ModelSpec::from_metadata(Some(&other.to_json())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "does not match this faceflow: alignment is faceflow-5pt-v1 margin 0.05, expected \
+             faceflow-5pt-v1 margin 0.1 to 0.8"
+        );
     }
 
     #[test]

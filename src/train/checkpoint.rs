@@ -68,7 +68,8 @@ pub fn load_model(dir: &Path, best: bool) -> Result<(FaceAttrNet, RunState), Tra
 }
 
 pub(super) fn spec_for(state: &RunState, description: &str) -> ModelSpec {
-    let mut spec = ModelSpec::with_input(&state.config.tasks, state.config.input_px);
+    let config = &state.config;
+    let mut spec = ModelSpec::with_input_margin(&config.tasks, config.input_px, config.margin);
     spec.training = TrainingInfo {
         description: description.to_string(),
         epochs: state.history.len() as u32,

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::align::{Similarity, warp_rgb};
+use crate::align::{AlignConfig, Similarity, warp_rgb};
 use crate::detect::{DetectConfig, Mtcnn, largest_face};
 use crate::model::dataset::{Sample, content_hash};
-use crate::model::spec::model_align;
+use crate::model::spec::INPUT_MARGIN;
 
 use super::TrainError;
 
@@ -30,13 +30,19 @@ pub fn cache_px(input_px: u32) -> u32 {
 /// was found.
 pub struct CropCache {
     path: PathBuf,
-    input_px: u32,
+    align: AlignConfig,
     crops: HashMap<u64, Option<Vec<u8>>>,
 }
 
 impl CropCache {
-    /// Opens (or starts) the cache file for these detector settings and model input size in `dir`.
-    pub fn open(dir: &Path, detect: &DetectConfig, input_px: u32) -> Result<Self, TrainError> {
+    /// Opens (or starts) the cache file for these detector settings and the model's alignment
+    /// (input size and margin) in `dir`.
+    pub fn open(
+        dir: &Path,
+        detect: &DetectConfig,
+        align: &AlignConfig,
+    ) -> Result<Self, TrainError> {
+        let input_px = align.crop_px;
         let cache_bytes = (cache_px(input_px) * cache_px(input_px) * 3) as usize;
         fs::create_dir_all(dir).map_err(|e| TrainError::Data {
             path: dir.to_path_buf(),
@@ -44,7 +50,7 @@ impl CropCache {
         })?;
         // Different detector settings make different crops: one file per setting. "still" marks
         // crops found with the still-image retry (older caches without it are left alone).
-        let key = format!(
+        let mut key = format!(
             "{}-{:?}-{}-{}-{}-still",
             detect.min_face_px,
             detect.thresholds,
@@ -52,6 +58,10 @@ impl CropCache {
             cache_px(input_px),
             input_px
         );
+        // The default margin keeps the key caches had before margins could change.
+        if align.margin != INPUT_MARGIN {
+            key.push_str(&format!("-margin{}", align.margin));
+        }
         let path = dir.join(format!("crops-{:016x}.bin", content_hash(key.as_bytes())));
         let mut crops = HashMap::new();
         if let Ok(mut file) = fs::File::open(&path) {
@@ -85,7 +95,7 @@ impl CropCache {
         }
         Ok(Self {
             path,
-            input_px,
+            align: align.clone(),
             crops,
         })
     }
@@ -161,14 +171,14 @@ impl CropCache {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(sample) = missing.get(i) else { break };
-                        let crop =
-                            match crop_largest_face(&mut detector, &sample.path, self.input_px) {
-                                Ok(crop) => crop,
-                                Err(e) => {
-                                    tracing::warn!("{}: {e}", sample.path.display());
-                                    None
-                                }
-                            };
+                        let crop = match crop_largest_face(&mut detector, &sample.path, &self.align)
+                        {
+                            Ok(crop) => crop,
+                            Err(e) => {
+                                tracing::warn!("{}: {e}", sample.path.display());
+                                None
+                            }
+                        };
                         let Ok(mut guard) = out.lock() else { break };
                         let (writer, list) = &mut *guard;
                         let mut record = sample.content_hash.to_le_bytes().to_vec();
@@ -201,11 +211,12 @@ impl CropCache {
 
 /// Decodes an image, detects faces as `analyze` and `eval` do (still-image retry included, so
 /// training sees the faces the runtime sees) and returns the largest one aligned into a
-/// `cache_px(input_px)` crop whose centre `input_px` square is exactly the model's aligned crop.
+/// `cache_px(input_px)` crop whose centre `input_px` square is exactly the model's aligned crop
+/// (`align`: its input size and margin).
 pub fn crop_largest_face(
     detector: &mut Mtcnn,
     path: &Path,
-    input_px: u32,
+    align: &AlignConfig,
 ) -> Result<Option<Vec<u8>>, String> {
     let image = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -220,9 +231,7 @@ pub fn crop_largest_face(
     let Some(face) = largest_face(&faces) else {
         return Ok(None);
     };
-    let Some(model_from_frame) =
-        crate::align::crop_from_frame(&face.landmarks, &model_align(input_px))
-    else {
+    let Some(model_from_frame) = crate::align::crop_from_frame(&face.landmarks, align) else {
         return Ok(None);
     };
     let border = CACHE_BORDER_PX as f32;
@@ -236,7 +245,7 @@ pub fn crop_largest_face(
         width,
         height,
         &cache_from_frame,
-        cache_px(input_px) as usize,
+        cache_px(align.crop_px) as usize,
     ))
 }
 
@@ -264,7 +273,8 @@ mod tests {
     fn cache_reads_back_entries_and_ignores_a_torn_last_one() {
         let dir = tempfile::tempdir().unwrap();
         let detect = DetectConfig::default();
-        let path = CropCache::open(dir.path(), &detect, 64)
+        let align64 = crate::model::spec::model_align(64, INPUT_MARGIN);
+        let path = CropCache::open(dir.path(), &detect, &align64)
             .unwrap()
             .path()
             .to_path_buf();
@@ -282,12 +292,12 @@ mod tests {
         bytes.push(1);
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, bytes).unwrap();
-        let cache = CropCache::open(dir.path(), &detect, 64).unwrap();
+        let cache = CropCache::open(dir.path(), &detect, &align64).unwrap();
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(7).unwrap().as_ref().unwrap()[0], 9);
         assert_eq!(cache.get(8), Some(&None));
         assert!(cache.get(9).is_none());
         std::fs::write(&path, b"something else").unwrap();
-        assert!(CropCache::open(dir.path(), &detect, 64).is_err());
+        assert!(CropCache::open(dir.path(), &detect, &align64).is_err());
     }
 }

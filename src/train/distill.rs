@@ -1,7 +1,7 @@
 //! Knowledge distillation: what teacher models (faceflow attribute models, ONNX) predict for each
 //! training face, blended into its targets by the epoch loop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{Item, TrainError, augment, say};
 use crate::attributes::AttributeModel;
@@ -25,14 +25,39 @@ pub(super) fn teacher_hashes(teachers: &[PathBuf]) -> Result<Vec<u64>, TrainErro
         .collect()
 }
 
+/// Loads each teacher and checks it can teach a run aligned with `margin` (before any work).
+pub(super) fn check_teachers(teachers: &[PathBuf], margin: f32) -> Result<(), TrainError> {
+    for path in teachers {
+        let model = AttributeModel::load(path, 1)
+            .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
+        same_margin(&model, path, margin)?;
+    }
+    Ok(())
+}
+
+/// A teacher aligned with another margin would see another part of the head than the student.
+fn same_margin(model: &AttributeModel, path: &Path, margin: f32) -> Result<(), TrainError> {
+    let teacher_margin = model.spec().input.margin;
+    if teacher_margin == margin {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "teacher {} aligns faces with margin {teacher_margin}, this run with {margin}: a teacher \
+         must see the same part of the head (train with --margin {teacher_margin})",
+        path.display()
+    )))
+}
+
 /// The teachers' mean prediction (each mirror-averaged) on every item's centre crop, `PER_FACE`
 /// values an item, and which heads (age, gender, race) it holds: each head is the mean over the
 /// teachers trained for that task (an untrained head's output is noise), absent when none was.
 /// A teacher of another input size sees the crop resampled to its size (the same alignment:
-/// faceflow's template and margin scale with the crop).
+/// faceflow's template and margin scale with the crop); a teacher aligned with another margin
+/// than the run's (`margin`) would see another part of the head, and is refused.
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
     items: &[Item],
+    margin: f32,
 ) -> Result<(Vec<f32>, [bool; 3]), TrainError> {
     use crate::model::spec::Task;
     let mut sum = vec![0f32; items.len() * PER_FACE];
@@ -47,6 +72,7 @@ pub(super) fn teacher_targets(
         let mut model = AttributeModel::load(path, 0)
             .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
         model.set_flip_average(true);
+        same_margin(&model, path, margin)?;
         let side = model.spec().input_px();
         let trained =
             [Task::Age, Task::Gender, Task::Race].map(|t| model.spec().tasks.contains(&t));

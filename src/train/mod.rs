@@ -131,6 +131,10 @@ pub struct TrainConfig {
     /// Side of the model's input crop, pixels (runs saved before this setting existed: 64).
     #[serde(default = "default_input_px")]
     pub input_px: u32,
+    /// Margin around the alignment template, a fraction of the template's side on each side
+    /// (runs saved before this setting existed: the default, 0.25).
+    #[serde(default = "default_margin")]
+    pub margin: f32,
     /// Also degrade training crops the way video does (lower resolution, motion blur,
     /// compression, dark and noisy scenes); runs saved before this setting existed: off.
     #[serde(default)]
@@ -150,6 +154,10 @@ pub struct TrainConfig {
 
 fn default_input_px() -> u32 {
     DEFAULT_INPUT_PX
+}
+
+fn default_margin() -> f32 {
+    crate::model::spec::INPUT_MARGIN
 }
 
 fn default_batch_norm_images() -> usize {
@@ -178,6 +186,7 @@ impl Default for TrainConfig {
             age_readout: AgeReadout::Groups(5),
             batch_norm_images: default_batch_norm_images(),
             input_px: DEFAULT_INPUT_PX,
+            margin: crate::model::spec::INPUT_MARGIN,
             video_augment: false,
             teachers: Vec::new(),
             distill: 0.0,
@@ -236,6 +245,13 @@ impl TrainConfig {
                 self.input_px
             ));
         }
+        let margins = crate::model::spec::INPUT_MARGIN_RANGE;
+        Setting::flag("margin", "--margin").check(
+            self.margin,
+            *margins.start(),
+            *margins.end(),
+            "",
+        )?;
         Ok(())
     }
 

@@ -54,7 +54,11 @@ pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepare
     for s in &mut val {
         s.set_tasks(&Task::ALL);
     }
-    let mut cache = CropCache::open(&opts.cache_dir, &opts.detect, config.input_px)?;
+    let mut cache = CropCache::open(
+        &opts.cache_dir,
+        &opts.detect,
+        &crate::model::spec::model_align(config.input_px, config.margin),
+    )?;
     let all: Vec<Sample> = train.iter().chain(val.iter()).cloned().collect();
     let before = cache.len();
     let started = Instant::now();
@@ -175,6 +179,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
                 saved.config.input_px, config.input_px
             ));
         }
+        if saved.config.margin != config.margin {
+            say(&format!(
+                "this run aligns faces with margin {} (saved with it); --margin {} is ignored on resume",
+                saved.config.margin, config.margin
+            ));
+        }
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
         }
@@ -200,6 +210,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             )));
         }
         config.validate()?;
+        distill::check_teachers(&config.teachers, config.margin)?;
         let config = TrainConfig {
             teacher_hashes: distill::teacher_hashes(&config.teachers)?,
             ..config
@@ -263,7 +274,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let weights = balance(&train_items, config.balance_classes);
     // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
     let (teacher, taught_heads) = if config.distill > 0.0 {
-        distill::teacher_targets(&config.teachers, &train_items)?
+        distill::teacher_targets(&config.teachers, &train_items, config.margin)?
     } else {
         (Vec::new(), [false; 3])
     };

@@ -449,6 +449,68 @@ fn interrupted_eval_writes_a_report_of_the_images_done() {
     assert!(md.contains("**Interrupted**"), "{md}");
 }
 
+/// A model aligned with a wider margin trains, carries its margin in its spec, and the runtime
+/// crops faces with it; a teacher aligned otherwise is refused before any work.
+#[cfg(feature = "train")]
+#[test]
+fn a_model_with_another_margin_trains_exports_and_runs() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let train = |out: &str, extra: &[&std::ffi::OsStr]| {
+        bin()
+            .arg("train")
+            .arg("--source")
+            .arg(&utk)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .arg("--cache")
+            .arg(dir.path().join("cache"))
+            .args(["--net", "tiny", "--max-images", "64", "--batch", "16"])
+            .args(["--epochs", "1", "--margin", "0.4"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = train(
+        "taught",
+        &["--teacher".as_ref(), default_model().as_os_str()],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("aligns faces with margin 0.25, this run with 0.4"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        !dir.path().join("cache").exists(),
+        "work done before the refusal"
+    );
+
+    let trained = train("wide", &[]);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let model = dir.path().join("wide/faceattr.onnx");
+    let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
+    assert_eq!(loaded.spec().input.margin, 0.4);
+    assert_eq!(loaded.spec().align().margin, 0.4);
+    let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
+    let out = run_ok(
+        bin()
+            .args(["analyze", "--json", "-", "--model"])
+            .arg(&model)
+            .arg(&img),
+    );
+    let record: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(record["faces"][0]["race"]["label"].is_string(), "{record}");
+}
+
 /// A model of another input size (72 px) trains (with video-like augmentation, distilled from
 /// the shipped 80 px model, whose crops are resampled to its own size), exports with its size in
 /// the spec, and the runtime crops faces to that size for it.
@@ -512,6 +574,10 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
         (
             &["--teacher", "/nonexistent/t.onnx", "--distill", "1.5"][..],
             "distill (--distill) = 1.5: must be from 0 to 1",
+        ),
+        (
+            &["--margin", "0.9"][..],
+            "margin (--margin) = 0.9: must be from 0.1 to 0.8",
         ),
     ] {
         let out = bin()

@@ -141,7 +141,10 @@ fn faces_cut_by_the_frame_border_stay_inside_it() {
                 w,
                 h,
                 face,
-                faceflow::model::spec::DEFAULT_INPUT_PX,
+                &faceflow::model::spec::model_align(
+                    faceflow::model::spec::DEFAULT_INPUT_PX,
+                    faceflow::model::spec::INPUT_MARGIN,
+                ),
             );
             assert!(crop.is_some(), "no crop for {face:?}");
         }
