@@ -68,6 +68,13 @@ pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepare
     cache.fill(&all, &opts.detect, opts.workers, &|done, total| {
         bar.set_length(total as u64);
         crate::console::show_rate(&bar, done as u64, started);
+        // Without a terminal (a log file) the bar is hidden: a line now and then instead.
+        if !opts.progress && (done % 2000 == 0 || done == total) {
+            say(&format!(
+                "detecting and aligning faces: {done}/{total} images, {:.0}/s",
+                done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+            ));
+        }
     })?;
     bar.finish_and_clear();
     if cache.len() > before {

@@ -304,6 +304,11 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("malformed names skipped"), "{stderr}");
     assert!(stderr.contains("epoch 1/1"), "{stderr}");
+    // Progress of the crop cache shows in a log too (no terminal here).
+    assert!(
+        stderr.contains("detecting and aligning faces: 240/240 images"),
+        "{stderr}"
+    );
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["history"].as_array().unwrap().len(), 1);
