@@ -388,6 +388,9 @@ pub fn by_age_markdown(images: &[ImageResult]) -> String {
             }
         }
     }
+    if bands.iter().all(|&(count, _, _)| count == 0) {
+        return String::new();
+    }
     let share = |(right, total): (u64, u64)| {
         if total == 0 {
             "—".to_string()

@@ -229,8 +229,8 @@ impl ModelSpec {
         model_align(self.input.size_px, self.input.margin)
     }
 
-    /// Checks that the interface is one this build speaks: its input size is any allowed size, the
-    /// rest must equal this build's; the trained tasks may be any non-empty set.
+    /// Checks that the interface is one this build speaks: its input size and margin are any
+    /// allowed ones, the rest must equal this build's; the trained tasks may be any non-empty set.
     pub fn check(&self) -> Result<(), SpecError> {
         let size = self.input.size_px;
         let expected_size = if is_input_size(size) {

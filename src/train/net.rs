@@ -73,8 +73,8 @@ impl Block {
     }
 }
 
-/// Widths of the network: stem, then one block per stage (the first stage keeps the stem's
-/// resolution, each later one halves it).
+/// Widths of the network: stem, then the blocks of each stage (the first stage keeps the stem's
+/// resolution, each later one halves it in its first block).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetShape {
     pub stem: [usize; 2],

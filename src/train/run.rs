@@ -180,17 +180,21 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             ));
             saved.config.epochs = config.epochs;
         }
+        // The flags' defaults cannot be told from flags given: say what the run keeps.
         if saved.config.input_px != config.input_px {
             say(&format!(
-                "this run's input is {} px (saved with it); --input-px {} is ignored on resume",
-                saved.config.input_px, config.input_px
+                "this run's input is {} px, saved with it (--input-px is ignored on resume)",
+                saved.config.input_px
             ));
         }
         if saved.config.margin != config.margin {
             say(&format!(
-                "this run aligns faces with margin {} (saved with it); --margin {} is ignored on resume",
-                saved.config.margin, config.margin
+                "this run aligns faces with margin {}, saved with it (--margin is ignored on resume)",
+                saved.config.margin
             ));
+        }
+        if saved.config.net != config.net {
+            say("this run keeps the network it was started with (--net is ignored on resume)");
         }
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
@@ -217,7 +221,9 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             )));
         }
         config.validate()?;
-        distill::check_teachers(&config.teachers, config.margin)?;
+        if config.distill > 0.0 {
+            distill::check_teachers(&config.teachers, config.margin)?;
+        }
         let config = TrainConfig {
             teacher_hashes: distill::teacher_hashes(&config.teachers)?,
             ..config

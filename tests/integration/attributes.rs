@@ -263,6 +263,7 @@ fn eval_writes_json_markdown_and_charts() {
     }
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("| age, 5 groups |") && md.contains("## Race"));
+    assert!(md.contains("## Gender and race by true age"), "{md}");
     for name in [
         "confusion_age5.svg",
         "confusion_race.svg",
@@ -503,8 +504,46 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let model = dir.path().join("wide/faceattr.onnx");
     let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
     assert_eq!(loaded.spec().input.margin, 0.4);
-    assert_eq!(loaded.spec().align().margin, 0.4);
     let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
+    // What the runtime crops for this model is the centre of what the trainer cached for it, and
+    // not the default margin's crop.
+    let picture = image::open(&img).unwrap().to_rgb8();
+    let (w, h) = (picture.width() as usize, picture.height() as usize);
+    let mut detector =
+        faceflow::detect::Mtcnn::new(faceflow::detect::DetectConfig::default()).unwrap();
+    let faces = detector.detect_still(picture.as_raw(), w, h).unwrap();
+    let face = faceflow::detect::largest_face(&faces).unwrap();
+    let served = loaded.crop(picture.as_raw(), w, h, face).unwrap();
+    let cached =
+        faceflow::train::data::crop_largest_face(&mut detector, &img, &loaded.spec().align())
+            .unwrap()
+            .unwrap();
+    let side = loaded.spec().input_px();
+    let border = faceflow::train::data::CACHE_BORDER_PX as usize;
+    let cache_side = side + 2 * border;
+    let mut centre = Vec::with_capacity(side * side * 3);
+    for row in border..border + side {
+        let at = (row * cache_side + border) * 3;
+        centre.extend_from_slice(&cached[at..at + side * 3]);
+    }
+    let largest_difference =
+        |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert!(
+        largest_difference(&served, &centre) <= 1,
+        "trainer and runtime crop differently"
+    );
+    let default_margin = faceflow::attributes::crop_for_model(
+        picture.as_raw(),
+        w,
+        h,
+        face,
+        &faceflow::model::spec::model_align(side as u32, faceflow::model::spec::INPUT_MARGIN),
+    )
+    .unwrap();
+    assert!(
+        largest_difference(&served, &default_margin) > 40,
+        "the margin made no difference"
+    );
     let out = run_ok(
         bin()
             .args(["analyze", "--json", "-", "--model"])
