@@ -229,7 +229,8 @@ pub fn evaluate(
         if prediction.is_none() {
             no_face.push(file.clone());
         }
-        let correct = tally.add(&truth, prediction.as_ref());
+        // Only the tasks the model was trained on are scored.
+        let correct = tally.add(&truth.only(&spec.tasks), prediction.as_ref());
         images.push(ImageResult {
             file,
             truth: TruthLabels {

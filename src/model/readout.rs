@@ -114,6 +114,19 @@ pub struct Truth {
     pub race: Option<usize>,
 }
 
+impl Truth {
+    /// The labels a model trained on `tasks` is scored on: an untrained head's output is noise,
+    /// not a verdict.
+    pub fn only(self, tasks: &[super::spec::Task]) -> Self {
+        use super::spec::Task;
+        Self {
+            age_years: self.age_years.filter(|_| tasks.contains(&Task::Age)),
+            gender: self.gender.filter(|_| tasks.contains(&Task::Gender)),
+            race: self.race.filter(|_| tasks.contains(&Task::Race)),
+        }
+    }
+}
+
 /// A square confusion matrix, rows = truth, columns = prediction; `missed` counts images whose
 /// face was not found (always wrong).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -314,6 +327,26 @@ mod tests {
         let mut r = vec![0f32; 5];
         r[race] = 5.0;
         Prediction::from_logits(&a, &g, &r)
+    }
+
+    #[test]
+    fn only_the_trained_tasks_are_scored() {
+        use crate::model::spec::Task;
+        let truth = Truth {
+            age_years: Some(30),
+            gender: Some(1),
+            race: Some(2),
+        };
+        let only_age = truth.only(&[Task::Age]);
+        assert_eq!(
+            (only_age.age_years, only_age.gender, only_age.race),
+            (Some(30), None, None)
+        );
+        assert_eq!(truth.only(&Task::ALL), truth);
+        let mut tally = Tally::default();
+        let correct = tally.add(&only_age, None);
+        assert_eq!((correct.gender, correct.race), (None, None));
+        assert!(tally.gender.accuracy().is_nan() && tally.line().contains("gender n/a race n/a"));
     }
 
     #[test]

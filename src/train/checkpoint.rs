@@ -221,6 +221,6 @@ pub fn average_run(
         .max(default_batch_norm_images());
     recalibrate_batch_norm(&mut model, &train_items, images, state.config.batch);
     let model = model.valid();
-    let tally = validate(&model, &val_items);
+    let tally = validate(&model, &val_items, &state.config.tasks);
     Ok((model, state, tally))
 }

@@ -154,11 +154,12 @@ pub(super) fn predict(model: &FaceAttrNet, items: &[Item], batch: usize) -> Vec<
     out
 }
 
-pub(super) fn validate(model: &FaceAttrNet, items: &[Item]) -> Tally {
+/// Scores the network on `items` for the `tasks` it trains (an untrained head is not scored).
+pub(super) fn validate(model: &FaceAttrNet, items: &[Item], tasks: &[Task]) -> Tally {
     let predictions = predict(model, items, 128);
     let mut tally = Tally::default();
     for (item, p) in items.iter().zip(&predictions) {
-        tally.add(&item.truth, Some(p));
+        tally.add(&item.truth.only(tasks), Some(p));
     }
     tally
 }
@@ -465,7 +466,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             config.batch_norm_images,
             config.batch,
         );
-        let tally = validate(&model.valid(), &val_items);
+        let tally = validate(&model.valid(), &val_items, &config.tasks);
         let trained = (batches_per_epoch - start_batch) * config.batch;
         let log = EpochLog {
             epoch: epoch + 1,
