@@ -280,13 +280,37 @@ pub struct EpochLog {
     pub train_loss: f64,
     pub images_per_s: f64,
     pub seconds: f64,
+    #[serde(with = "nan_as_null")]
     pub age3: f64,
+    #[serde(with = "nan_as_null")]
     pub age5: f64,
+    #[serde(with = "nan_as_null")]
     pub age10: f64,
+    #[serde(with = "nan_as_null")]
     pub age_mae: f64,
+    #[serde(with = "nan_as_null")]
     pub gender: f64,
+    #[serde(with = "nan_as_null")]
     pub race: f64,
     pub val_images: u64,
+}
+
+/// A metric that may be NaN (a head the run does not train, nothing to score) is written as JSON
+/// null and read back as NaN: JSON has no NaN, and serde_json's null would not read back as f64.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            s.serialize_f64(*value)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// Progress of a run, saved beside the checkpoint.
@@ -529,6 +553,32 @@ mod tests {
         let path = dir.path().join("deep.onnx");
         let diff = export_run(&model, &state, &path, input, 2, "").unwrap();
         assert!(diff < 1e-4, "ONNX Runtime vs burn: {diff}");
+    }
+
+    #[test]
+    fn an_epoch_without_a_gender_or_race_score_reads_back() {
+        // An age-only run scores no gender or race: NaN, written as null, read back as NaN.
+        let log = EpochLog {
+            epoch: 1,
+            train_loss: 3.5,
+            images_per_s: 50.0,
+            seconds: 300.0,
+            age3: 0.7,
+            age5: 0.65,
+            age10: 0.45,
+            age_mae: 6.5,
+            gender: f64::NAN,
+            race: f64::NAN,
+            val_images: 2940,
+        };
+        let text = serde_json::to_string(&log).unwrap();
+        assert!(
+            text.contains("\"gender\":null") && text.contains("\"age3\":0.7"),
+            "{text}"
+        );
+        let back: EpochLog = serde_json::from_str(&text).unwrap();
+        assert!(back.gender.is_nan() && back.race.is_nan());
+        assert_eq!((back.age3, back.epoch), (0.7, 1));
     }
 
     #[test]
