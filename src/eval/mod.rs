@@ -14,7 +14,7 @@ use crate::attributes::AttributeModel;
 use crate::detect::{Mtcnn, largest_face};
 use crate::model::dataset::{self, DatasetError, Sample, Source};
 use crate::model::readout::{Correct, Prediction, Tally, Truth, fmt_metric};
-use crate::model::spec::ModelSpec;
+use crate::model::spec::{ModelSpec, Task};
 use crate::model::{AgeGrouping, GENDER_LABELS, RACE_LABELS};
 
 #[derive(Debug, thiserror::Error)]
@@ -324,8 +324,13 @@ pub fn markdown(report: &EvalReport) -> String {
         .iter()
         .map(|(n, c)| (format!("Age, {n} groups"), c))
         .collect();
-    confusions.push(("Gender".into(), &t.gender));
-    confusions.push(("Race".into(), &t.race));
+    // An untrained head is not scored: no table for it.
+    if report.spec.has(Task::Gender) {
+        confusions.push(("Gender".into(), &t.gender));
+    }
+    if report.spec.has(Task::Race) {
+        confusions.push(("Race".into(), &t.race));
+    }
     for (title, c) in confusions {
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(
@@ -389,7 +394,11 @@ pub fn by_age_markdown(images: &[ImageResult]) -> String {
             }
         }
     }
-    if bands.iter().all(|&(count, _, _)| count == 0) {
+    // Nothing to show without ages, or for a model trained on neither gender nor race.
+    if bands
+        .iter()
+        .all(|&(_, gender, race)| gender.1 == 0 && race.1 == 0)
+    {
         return String::new();
     }
     let share = |(right, total): (u64, u64)| {

@@ -113,6 +113,17 @@ pub fn bars_svg(path: &Path, title: &str, labels: &[String], values: &[f64]) -> 
         .y_desc("accuracy")
         .draw()
         .map_err(|e| e.to_string())?;
+    // Nothing scored (NaN): no bar, labelled n/a.
+    let labels: Vec<String> = values
+        .iter()
+        .map(|v| {
+            if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "n/a".into()
+            }
+        })
+        .collect();
     let values: Vec<f64> = values
         .iter()
         .map(|&v| {
@@ -140,7 +151,7 @@ pub fn bars_svg(path: &Path, title: &str, labels: &[String], values: &[f64]) -> 
                     plotters::style::text_anchor::VPos::Bottom,
                 ),
             );
-            Text::new(format!("{v:.2}"), (i as f64 + 0.5, v + 0.01), style)
+            Text::new(labels[i].clone(), (i as f64 + 0.5, v + 0.01), style)
         }))
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())

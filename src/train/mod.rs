@@ -219,8 +219,10 @@ impl TrainConfig {
                 return bad(format!("--teacher {}: no such file", teacher.display()));
             }
         }
-        if self.tasks.is_empty() {
-            return bad("no task to train".into());
+        if !self.tasks.contains(&Task::Age) {
+            return bad(
+                "--tasks must include age (age, age,gender or age,gender,race): the run picks its best epoch by age".into(),
+            );
         }
         Setting::flag("epochs", "--epochs").check(self.epochs, 1, 10_000, "")?;
         Setting::flag("batch", "--batch").check(self.batch, 2, 4096, "images")?;

@@ -474,7 +474,7 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
             .arg("--cache")
             .arg(dir.path().join("cache"))
             .args(["--net", "tiny", "--max-images", "64", "--batch", "16"])
-            .args(["--epochs", "1", "--margin", "0.4"])
+            .args(["--margin", "0.4"])
             .args(extra)
             .output()
             .unwrap()
@@ -495,18 +495,62 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         "work done before the refusal"
     );
 
-    let trained = train("wide", &[]);
+    // Age and gender only: race is not scored (NaN in the saved history), and the run resumes.
+    let age_gender = ["--tasks".as_ref(), "age,gender".as_ref()];
+    let trained = train(
+        "wide",
+        &[&age_gender[..], &["--epochs".as_ref(), "1".as_ref()]].concat(),
+    );
     assert!(
         trained.status.success(),
         "{}",
         String::from_utf8_lossy(&trained.stderr)
     );
+    let state = std::fs::read_to_string(dir.path().join("wide/state.json")).unwrap();
+    let saved: Value = serde_json::from_str(&state).unwrap();
+    assert!(saved["history"][0]["race"].is_null(), "{state}");
+    let resumed = train(
+        "wide",
+        &[
+            &age_gender[..],
+            &["--resume".as_ref(), "--epochs".as_ref(), "2".as_ref()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("epoch 2/2") && stderr.contains("race n/a"),
+        "{stderr}"
+    );
     let model = dir.path().join("wide/faceattr.onnx");
     let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
     assert_eq!(loaded.spec().input.margin, 0.4);
-    let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
-    // What the runtime crops for this model is the centre of what the trainer cached for it, and
-    // not the default margin's crop.
+    // What the runtime crops for this model is the centre of what the trainer cached for it (the
+    // run's own cache file, found by the model's alignment), and not the default margin's crop.
+    let side = loaded.spec().input_px();
+    let cache = faceflow::train::data::CropCache::open(
+        &dir.path().join("cache"),
+        &faceflow::detect::DetectConfig::default(),
+        &loaded.spec().align(),
+    )
+    .unwrap();
+    assert!(
+        !cache.is_empty(),
+        "the run's crops are not under the model's alignment"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&utk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let (img, cached) = names
+        .iter()
+        .find_map(|path| {
+            let hash = faceflow::model::dataset::content_hash(&std::fs::read(path).ok()?);
+            Some((path.clone(), cache.get(hash)?.clone()?))
+        })
+        .expect("an image of the run with a cached face");
     let picture = image::open(&img).unwrap().to_rgb8();
     let (w, h) = (picture.width() as usize, picture.height() as usize);
     let mut detector =
@@ -514,11 +558,6 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let faces = detector.detect_still(picture.as_raw(), w, h).unwrap();
     let face = faceflow::detect::largest_face(&faces).unwrap();
     let served = loaded.crop(picture.as_raw(), w, h, face).unwrap();
-    let cached =
-        faceflow::train::data::crop_largest_face(&mut detector, &img, &loaded.spec().align())
-            .unwrap()
-            .unwrap();
-    let side = loaded.spec().input_px();
     let border = faceflow::train::data::CACHE_BORDER_PX as usize;
     let cache_side = side + 2 * border;
     let mut centre = Vec::with_capacity(side * side * 3);
@@ -552,7 +591,14 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     );
     let record: Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
-    assert!(record["faces"][0]["race"]["label"].is_string(), "{record}");
+    assert!(
+        record["faces"][0]["gender"]["label"].is_string(),
+        "{record}"
+    );
+    assert!(
+        record["faces"][0]["race"].is_null(),
+        "an untrained head is not reported: {record}"
+    );
 }
 
 /// A model of another input size (72 px) trains (with video-like augmentation, distilled from
@@ -623,6 +669,7 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
             &["--margin", "0.9"][..],
             "margin (--margin) = 0.9: must be from 0.1 to 0.8",
         ),
+        (&["--tasks", "gender,race"][..], "--tasks must include age"),
     ] {
         let out = bin()
             .args(["train", "--source"])
