@@ -143,7 +143,7 @@ pub struct TrainArgs {
     pub video_augment: bool,
     /// A teacher model (faceflow attribute model, ONNX) for knowledge distillation: its
     /// prediction on each training face is blended into the targets. Repeat for several (their
-    /// mean is used). A teacher must align faces with the run's --margin.
+    /// mean is used). A teacher of another --margin sees its own window, cut from the run's crops.
     #[arg(long, value_name = "MODEL")]
     pub teacher: Vec<PathBuf>,
     /// Weight of the teachers' prediction in each target, 0 to 1 [default: 0.5 with --teacher].

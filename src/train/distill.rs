@@ -25,38 +25,80 @@ pub(super) fn teacher_hashes(teachers: &[PathBuf]) -> Result<Vec<u64>, TrainErro
         .collect()
 }
 
-/// Loads each teacher and checks it can teach a run aligned with `margin` (before any work).
-pub(super) fn check_teachers(teachers: &[PathBuf], margin: f32) -> Result<(), TrainError> {
+/// Loads each teacher and checks it can teach a run of `input_px` aligned with `margin` (before
+/// any work).
+pub(super) fn check_teachers(
+    teachers: &[PathBuf],
+    input_px: u32,
+    margin: f32,
+) -> Result<(), TrainError> {
     for path in teachers {
         let model = AttributeModel::load(path, 1)
             .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
-        same_margin(&model, path, margin)?;
+        teacher_window(&model, path, input_px, margin)?;
     }
     Ok(())
 }
 
-/// A teacher aligned with another margin would see another part of the head than the student.
-fn same_margin(model: &AttributeModel, path: &Path, margin: f32) -> Result<(), TrainError> {
+/// The side, in cached-crop pixels, of the window a teacher sees around the face's centre: the
+/// student's crop (`input_px` at `margin`) scaled to the teacher's margin. A teacher with a wider
+/// margin needs more of the head than the student's crop: it comes from the cache's border, and
+/// a teacher that needs more than the border holds is refused.
+fn teacher_window(
+    model: &AttributeModel,
+    path: &Path,
+    input_px: u32,
+    margin: f32,
+) -> Result<f32, TrainError> {
     let teacher_margin = model.spec().input.margin;
-    if teacher_margin == margin {
-        return Ok(());
+    let window = input_px as f32 * (1.0 + 2.0 * teacher_margin) / (1.0 + 2.0 * margin);
+    let cached = super::data::cache_px(input_px) as f32;
+    if window > cached + 1e-3 {
+        return Err(TrainError::Config(format!(
+            "teacher {} aligns faces with margin {teacher_margin}: it needs more of the head than \
+             this run's crops hold (margin {margin}, {input_px} px); train with --margin {teacher_margin}",
+            path.display()
+        )));
     }
-    Err(TrainError::Config(format!(
-        "teacher {} aligns faces with margin {teacher_margin}, this run with {margin}: a teacher \
-         must see the same part of the head (train with --margin {teacher_margin})",
-        path.display()
-    )))
+    Ok(window)
+}
+
+/// What a teacher sees of a cached crop: the centred `window` (cached-crop pixels) at its own
+/// `side`. Same margin: the student's crop, resampled if the sizes differ (as before margins
+/// could differ, so runs resumed keep their targets); another margin: a bilinear warp.
+fn teacher_view(cached: &[u8], window: f32, side: usize) -> Vec<u8> {
+    let centre = augment::centre(cached);
+    let own = ((centre.len() / 3) as f64).sqrt().round() as usize;
+    if (window - own as f32).abs() < 1e-3 {
+        return if own == side {
+            centre
+        } else {
+            augment::resize_bilinear(&centre, own, side)
+        };
+    }
+    let cache = ((cached.len() / 3) as f64).sqrt().round() as usize;
+    let scale = side as f32 / window;
+    let (c_cache, c_view) = ((cache as f32 - 1.0) / 2.0, (side as f32 - 1.0) / 2.0);
+    let view_from_cache = crate::align::Similarity {
+        a: scale,
+        b: 0.0,
+        tx: c_view - scale * c_cache,
+        ty: c_view - scale * c_cache,
+    };
+    crate::align::warp_rgb(cached, cache, cache, &view_from_cache, side)
+        .unwrap_or_else(|| vec![0; side * side * 3])
 }
 
 /// The teachers' mean prediction (each mirror-averaged) on every item's centre crop, `PER_FACE`
 /// values an item, and which heads (age, gender, race) it holds: each head is the mean over the
 /// teachers trained for that task (an untrained head's output is noise), absent when none was.
-/// A teacher of another input size sees the crop resampled to its size (the same alignment:
-/// faceflow's template and margin scale with the crop); a teacher aligned with another margin
-/// than the run's (`margin`) would see another part of the head, and is refused.
+/// A teacher of another input size sees the crop resampled to its size (faceflow's template and
+/// margin scale with the crop); a teacher aligned with another margin than the run's sees the
+/// window of its own margin, cut from the cached crop (see [`teacher_window`]).
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
     items: &[Item],
+    input_px: u32,
     margin: f32,
 ) -> Result<(Vec<f32>, [bool; 3]), TrainError> {
     use crate::model::spec::Task;
@@ -72,7 +114,7 @@ pub(super) fn teacher_targets(
         let mut model = AttributeModel::load(path, 0)
             .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
         model.set_flip_average(true);
-        same_margin(&model, path, margin)?;
+        let window = teacher_window(&model, path, input_px, margin)?;
         let side = model.spec().input_px();
         let trained =
             [Task::Age, Task::Gender, Task::Race].map(|t| model.spec().tasks.contains(&t));
@@ -82,15 +124,7 @@ pub(super) fn teacher_targets(
         for (chunk_index, chunk) in items.chunks(BATCH).enumerate() {
             let crops: Vec<Vec<u8>> = chunk
                 .iter()
-                .map(|item| {
-                    let centre = augment::centre(&item.crop);
-                    let own = ((centre.len() / 3) as f64).sqrt().round() as usize;
-                    if own == side {
-                        centre
-                    } else {
-                        augment::resize_bilinear(&centre, own, side)
-                    }
-                })
+                .map(|item| teacher_view(&item.crop, window, side))
                 .collect();
             let predictions = model
                 .predict(&crops)
@@ -142,6 +176,28 @@ pub(super) fn blend(target: &mut [f32], teacher: &[f32], weight: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_teacher_with_a_wider_margin_sees_the_wider_window_of_the_cached_crop() {
+        // A cached crop for an 80 px student whose red channel is its x coordinate.
+        let cache = super::super::data::cache_px(80) as usize;
+        let mut cached = vec![0u8; cache * cache * 3];
+        for (i, px) in cached.chunks_exact_mut(3).enumerate() {
+            px[0] = (i % cache) as u8;
+        }
+        // Same margin and size: exactly the student's crop.
+        assert_eq!(teacher_view(&cached, 80.0, 80), augment::centre(&cached));
+        // Student margin 0.15, teacher 0.25 at 64 px: the window is 80 · 1.5 / 1.3 ≈ 92.3 px wide,
+        // centred on the cache's centre, so a teacher pixel x reads cache x = c + (x − c') · w / 64.
+        let window = 80.0 * 1.5 / 1.3;
+        let view = teacher_view(&cached, window, 64);
+        let (c_cache, c_view) = ((cache as f32 - 1.0) / 2.0, 31.5);
+        for x in [0usize, 10, 32, 63] {
+            let expected = c_cache + (x as f32 - c_view) * window / 64.0;
+            let got = f32::from(view[(20 * 64 + x) * 3]);
+            assert!((got - expected).abs() <= 1.0, "x {x}: {got} vs {expected}");
+        }
+    }
 
     #[test]
     fn blending_keeps_a_distribution_a_distribution() {

@@ -223,7 +223,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         }
         config.validate()?;
         if config.distill > 0.0 {
-            distill::check_teachers(&config.teachers, config.margin)?;
+            distill::check_teachers(&config.teachers, config.input_px, config.margin)?;
         }
         let config = TrainConfig {
             teacher_hashes: distill::teacher_hashes(&config.teachers)?,
@@ -288,7 +288,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let weights = balance(&train_items, config.balance_classes);
     // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
     let (teacher, taught_heads) = if config.distill > 0.0 {
-        distill::teacher_targets(&config.teachers, &train_items, config.margin)?
+        distill::teacher_targets(
+            &config.teachers,
+            &train_items,
+            config.input_px,
+            config.margin,
+        )?
     } else {
         (Vec::new(), [false; 3])
     };

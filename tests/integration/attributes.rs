@@ -456,7 +456,8 @@ fn interrupted_eval_writes_a_report_of_the_images_done() {
 }
 
 /// A model aligned with a wider margin trains, carries its margin in its spec, and the runtime
-/// crops faces with it; a teacher aligned otherwise is refused before any work.
+/// crops faces with it; a teacher of another margin teaches from the cached crop when that holds
+/// its window, and is refused before any work when it does not.
 #[cfg(feature = "train")]
 #[test]
 fn a_model_with_another_margin_trains_exports_and_runs() {
@@ -464,7 +465,7 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let train = |out: &str, extra: &[&std::ffi::OsStr]| {
+    let train_with = |out: &str, margin: &str, extra: &[&std::ffi::OsStr]| {
         bin()
             .arg("train")
             .arg("--source")
@@ -474,27 +475,12 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
             .arg("--cache")
             .arg(dir.path().join("cache"))
             .args(["--net", "tiny", "--max-images", "64", "--batch", "16"])
-            .args(["--margin", "0.4"])
+            .args(["--margin", margin])
             .args(extra)
             .output()
             .unwrap()
     };
-    let refused = train(
-        "taught",
-        &["--teacher".as_ref(), default_model().as_os_str()],
-    );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("aligns faces with margin 0.25, this run with 0.4"),
-        "{stderr}"
-    );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(
-        !dir.path().join("cache").exists(),
-        "work done before the refusal"
-    );
-
+    let train = |out: &str, extra: &[&std::ffi::OsStr]| train_with(out, "0.4", extra);
     // Age and gender only: race is not scored (NaN in the saved history), and the run resumes.
     let age_gender = ["--tasks".as_ref(), "age,gender".as_ref()];
     let trained = train(
@@ -599,6 +585,35 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         record["faces"][0]["race"].is_null(),
         "an untrained head is not reported: {record}"
     );
+    // The shipped model (margin 0.25) teaches this 0.4 run: its window lies inside the crop.
+    let one_epoch = ["--epochs".as_ref(), "1".as_ref()];
+    let taught = train(
+        "taught",
+        &[
+            &one_epoch[..],
+            &["--teacher".as_ref(), default_model().as_os_str()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&taught.stderr);
+    assert!(taught.status.success(), "{stderr}");
+    assert!(stderr.contains(" faces in "), "{stderr}");
+    // The 0.4 model cannot teach a 0.1 run: its window is wider than the cached crop.
+    let refused = train_with(
+        "narrow",
+        "0.1",
+        &[&one_epoch[..], &["--teacher".as_ref(), model.as_os_str()]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "aligns faces with margin 0.4: it needs more of the head than this run's crops hold"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("narrow/state.json").exists());
 }
 
 /// A model of another input size (72 px) trains (with video-like augmentation, distilled from
