@@ -53,7 +53,8 @@ fn teacher_window(
     let teacher_margin = model.spec().input.margin;
     let window = input_px as f32 * (1.0 + 2.0 * teacher_margin) / (1.0 + 2.0 * margin);
     let cached = super::data::cache_px(input_px) as f32;
-    if window > cached + 1e-3 {
+    // A pixel short of the whole crop, so that every bilinear sample has its four neighbours.
+    if window > cached - 1.0 {
         return Err(TrainError::Config(format!(
             "teacher {} aligns faces with margin {teacher_margin}: it needs more of the head than \
              this run's crops hold (margin {margin}, {input_px} px); train with --margin {teacher_margin}",
@@ -67,18 +68,20 @@ fn teacher_window(
 /// `side`. Same margin: the student's crop, resampled if the sizes differ (as before margins
 /// could differ, so runs resumed keep their targets); another margin: a bilinear warp.
 fn teacher_view(cached: &[u8], window: f32, side: usize) -> Vec<u8> {
-    let centre = augment::centre(cached);
-    let own = ((centre.len() / 3) as f64).sqrt().round() as usize;
+    let cache = ((cached.len() / 3) as f64).sqrt().round() as usize;
+    let own = cache.saturating_sub(2 * super::data::CACHE_BORDER_PX as usize);
     if (window - own as f32).abs() < 1e-3 {
+        let centre = augment::centre(cached);
         return if own == side {
             centre
         } else {
             augment::resize_bilinear(&centre, own, side)
         };
     }
-    let cache = ((cached.len() / 3) as f64).sqrt().round() as usize;
     let scale = side as f32 / window;
-    let (c_cache, c_view) = ((cache as f32 - 1.0) / 2.0, (side as f32 - 1.0) / 2.0);
+    // Centres at half the sides: the convention of the alignment's template (and so of the crop
+    // the runtime would cut for the teacher).
+    let (c_cache, c_view) = (cache as f32 / 2.0, side as f32 / 2.0);
     let view_from_cache = crate::align::Similarity {
         a: scale,
         b: 0.0,
@@ -179,24 +182,31 @@ mod tests {
 
     #[test]
     fn a_teacher_with_a_wider_margin_sees_the_wider_window_of_the_cached_crop() {
-        // A cached crop for an 80 px student whose red channel is its x coordinate.
+        // A cached crop for an 80 px student whose red channel is x, green y.
         let cache = super::super::data::cache_px(80) as usize;
         let mut cached = vec![0u8; cache * cache * 3];
         for (i, px) in cached.chunks_exact_mut(3).enumerate() {
             px[0] = (i % cache) as u8;
+            px[1] = (i / cache) as u8;
         }
         // Same margin and size: exactly the student's crop.
         assert_eq!(teacher_view(&cached, 80.0, 80), augment::centre(&cached));
         // Student margin 0.15, teacher 0.25 at 64 px: the window is 80 · 1.5 / 1.3 ≈ 92.3 px wide,
-        // centred on the cache's centre, so a teacher pixel x reads cache x = c + (x − c') · w / 64.
+        // centred on the cache's centre, so teacher pixel u reads cache (u − 32) · w / 64 + 52.
         let window = 80.0 * 1.5 / 1.3;
         let view = teacher_view(&cached, window, 64);
-        let (c_cache, c_view) = ((cache as f32 - 1.0) / 2.0, 31.5);
-        for x in [0usize, 10, 32, 63] {
-            let expected = c_cache + (x as f32 - c_view) * window / 64.0;
-            let got = f32::from(view[(20 * 64 + x) * 3]);
-            assert!((got - expected).abs() <= 1.0, "x {x}: {got} vs {expected}");
+        let at = |u: usize| (u as f32 - 32.0) * window / 64.0 + cache as f32 / 2.0;
+        for (x, y) in [(0usize, 63usize), (10, 40), (32, 32), (63, 0)] {
+            let px = &view[(y * 64 + x) * 3..];
+            let (got_x, got_y) = (f32::from(px[0]), f32::from(px[1]));
+            assert!((got_x - at(x)).abs() <= 0.5, "x {x}: {got_x} vs {}", at(x));
+            assert!((got_y - at(y)).abs() <= 0.5, "y {y}: {got_y} vs {}", at(y));
         }
+        // Same margin, other size: the student's crop resampled, as before margins could differ.
+        assert_eq!(
+            teacher_view(&cached, 80.0, 64),
+            augment::resize_bilinear(&augment::centre(&cached), 80, 64)
+        );
     }
 
     #[test]
