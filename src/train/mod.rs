@@ -331,6 +331,24 @@ pub struct RunState {
     pub val_images: usize,
 }
 
+impl RunState {
+    /// A run about to start with `config`.
+    pub fn new(config: TrainConfig) -> Self {
+        Self {
+            config,
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            train_seconds: 0.0,
+            history: Vec::new(),
+            best_epoch: None,
+            best_score: None,
+            train_images: 0,
+            val_images: 0,
+        }
+    }
+}
+
 /// A prepared example: cached crop and masked labels.
 struct Item {
     crop: Vec<u8>,
@@ -531,23 +549,12 @@ mod tests {
         let device = Device::flex().autodiff();
         device.seed(5);
         let model = FaceAttrNet::new(&device, &NetShape::deep());
-        let state = RunState {
-            config: TrainConfig {
-                sources: vec![("faces".into(), Task::ALL.to_vec())],
-                input_px: 72,
-                net: NetShape::deep(),
-                ..TrainConfig::default()
-            },
-            epoch: 0,
-            batch_in_epoch: 0,
-            step: 0,
-            train_seconds: 0.0,
-            history: Vec::new(),
-            best_epoch: None,
-            best_score: None,
-            train_images: 0,
-            val_images: 0,
-        };
+        let state = RunState::new(TrainConfig {
+            sources: vec![("faces".into(), Task::ALL.to_vec())],
+            input_px: 72,
+            net: NetShape::deep(),
+            ..TrainConfig::default()
+        });
         let input: Vec<f32> = (0..2 * 3 * 72 * 72u32)
             .map(|i| ((i.wrapping_mul(2_654_435_761) >> 16) % 256) as f32 / 64.0 - 2.0)
             .collect();

@@ -229,18 +229,7 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             teacher_hashes: distill::teacher_hashes(&config.teachers)?,
             ..config
         };
-        RunState {
-            config,
-            epoch: 0,
-            batch_in_epoch: 0,
-            step: 0,
-            train_seconds: 0.0,
-            history: Vec::new(),
-            best_epoch: None,
-            best_score: None,
-            train_images: 0,
-            val_images: 0,
-        }
+        RunState::new(config)
     };
     let config = state.config.clone();
     let Prepared {

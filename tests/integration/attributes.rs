@@ -140,6 +140,17 @@ fn expect_error(args: &[&str], extra: &[&Path], needle: &str) {
     assert!(!stderr.contains("panicked"));
 }
 
+/// `analyze --json -` with `model` on `img`: the first JSON record.
+fn analyze_first_record(model: &Path, img: &Path) -> Value {
+    let out = run_ok(
+        bin()
+            .args(["analyze", "--json", "-", "--model"])
+            .arg(model)
+            .arg(img),
+    );
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap()
+}
+
 /// A copy of the default model with `from` replaced by `to` (same length) in its spec.
 fn edited_model(dir: &Path, from: &str, to: &str) -> PathBuf {
     assert_eq!(from.len(), to.len(), "protobuf lengths must not change");
@@ -569,14 +580,7 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         largest_difference(&served, &default_margin) > 40,
         "the margin made no difference"
     );
-    let out = run_ok(
-        bin()
-            .args(["analyze", "--json", "-", "--model"])
-            .arg(&model)
-            .arg(&img),
-    );
-    let record: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let record = analyze_first_record(&model, &img);
     assert!(
         record["faces"][0]["gender"]["label"].is_string(),
         "{record}"
@@ -653,14 +657,7 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
     let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
     assert_eq!(loaded.spec().input_px(), 72);
     let img = utk.join("26_1_2_20170103181524137.jpg.chip.jpg");
-    let out = run_ok(
-        bin()
-            .args(["analyze", "--json", "-", "--model"])
-            .arg(&model)
-            .arg(&img),
-    );
-    let record: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let record = analyze_first_record(&model, &img);
     assert!(
         record["faces"][0]["gender"]["label"].is_string(),
         "{record}"
