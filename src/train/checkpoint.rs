@@ -208,7 +208,8 @@ pub fn average_run(
         train: train_items,
         val: val_items,
         ..
-    } = prepare(&state.config, opts)?;
+    } = prepare(&state.config, opts)?
+        .ok_or_else(|| TrainError::Config("stopped while detecting and aligning faces".into()))?;
     // Batch norm only re-estimates its statistics on an autodiff device.
     let mut model = FaceAttrNet::new(&Device::flex().autodiff(), &state.config.net)
         .try_load_record(mean.into_record())

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::align::{AlignConfig, Similarity, warp_rgb};
 use crate::detect::{DetectConfig, Mtcnn, largest_face};
@@ -117,12 +117,15 @@ impl CropCache {
     }
 
     /// Detects and aligns every sample not yet cached, on `workers` threads, appending to the file.
-    /// `progress(done, total)` is called as images finish.
+    /// `progress(done, total)` is called as images finish. When `stop` is set the workers finish
+    /// the image in hand and return: what was cached so far is kept (the file is append-only), and
+    /// the caller can tell by `stop` that the cache is incomplete.
     pub fn fill(
         &mut self,
         samples: &[Sample],
         detect: &DetectConfig,
         workers: usize,
+        stop: &AtomicBool,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<(), TrainError> {
         let missing: Vec<&Sample> = samples
@@ -168,7 +171,7 @@ impl CropCache {
                             return;
                         }
                     };
-                    loop {
+                    while !stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(sample) = missing.get(i) else { break };
                         let crop = match crop_largest_face(&mut detector, &sample.path, &self.align)

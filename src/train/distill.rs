@@ -2,6 +2,7 @@
 //! training face, blended into its targets by the epoch loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Item, TrainError, augment, say};
 use crate::attributes::AttributeModel;
@@ -97,13 +98,15 @@ fn teacher_view(cached: &[u8], window: f32, side: usize) -> Vec<u8> {
 /// teachers trained for that task (an untrained head's output is noise), absent when none was.
 /// A teacher of another input size sees the crop resampled to its size (faceflow's template and
 /// margin scale with the crop); a teacher aligned with another margin than the run's sees the
-/// window of its own margin, cut from the cached crop (see [`teacher_window`]).
+/// window of its own margin, cut from the cached crop (see [`teacher_window`]). `None` when `stop`
+/// is set before the teachers are through (minutes on a large set: Ctrl-C must not wait).
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
     items: &[Item],
     input_px: u32,
     margin: f32,
-) -> Result<(Vec<f32>, [bool; 3]), TrainError> {
+    stop: &AtomicBool,
+) -> Result<Option<Taught>, TrainError> {
     use crate::model::spec::Task;
     let mut sum = vec![0f32; items.len() * PER_FACE];
     let mut counts = [0usize; 3];
@@ -125,6 +128,9 @@ pub(super) fn teacher_targets(
             *count += usize::from(on);
         }
         for (chunk_index, chunk) in items.chunks(BATCH).enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             let crops: Vec<Vec<u8>> = chunk
                 .iter()
                 .map(|item| teacher_view(&item.crop, window, side))
@@ -166,7 +172,18 @@ pub(super) fn teacher_targets(
             }
         }
     }
-    Ok((sum, counts.map(|n| n > 0)))
+    Ok(Some(Taught {
+        values: sum,
+        heads: counts.map(|n| n > 0),
+    }))
+}
+
+/// What the teachers say of the training faces.
+pub(super) struct Taught {
+    /// `PER_FACE` values per face, in the items' order.
+    pub values: Vec<f32>,
+    /// Which heads (age, gender, race) some teacher was trained for.
+    pub heads: [bool; 3],
 }
 
 /// `target` ← (1 − `weight`)·`target` + `weight`·`teacher`.
@@ -207,6 +224,36 @@ mod tests {
             teacher_view(&cached, 80.0, 64),
             augment::resize_bilinear(&augment::centre(&cached), 80, 64)
         );
+    }
+
+    #[test]
+    fn teachers_stop_when_asked_and_otherwise_read_every_face() {
+        let teacher =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(crate::attributes::DEFAULT_MODEL);
+        let cache = super::super::data::cache_px(80) as usize;
+        let items: Vec<Item> = (0..70u8)
+            .map(|i| Item {
+                crop: vec![i; cache * cache * 3],
+                truth: Default::default(),
+            })
+            .collect();
+        let stop = AtomicBool::new(true);
+        let stopped = teacher_targets(std::slice::from_ref(&teacher), &items, 80, 0.25, &stop);
+        assert!(matches!(stopped, Ok(None)));
+        stop.store(false, Ordering::Relaxed);
+        let Taught {
+            values: targets,
+            heads,
+        } = teacher_targets(&[teacher], &items, 80, 0.25, &stop)
+            .unwrap()
+            .unwrap();
+        assert_eq!(targets.len(), items.len() * PER_FACE);
+        assert_eq!(heads, [true; 3]);
+        // Every face's gender is a distribution (the last face is in the second batch).
+        let gender = |i: usize| &targets[i * PER_FACE + FINE_AGE_BINS..][..GENDER_LABELS.len()];
+        for i in [0, 69] {
+            assert!((gender(i).iter().sum::<f32>() - 1.0).abs() < 1e-4, "{i}");
+        }
     }
 
     #[test]

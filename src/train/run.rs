@@ -10,8 +10,12 @@ pub(super) struct Prepared {
     pub(super) no_face: Vec<String>,
 }
 
-/// Reads the sources, splits, and fills the crop cache.
-pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepared, TrainError> {
+/// Reads the sources, splits, and fills the crop cache; `None` when `opts.stop` was set before the
+/// cache was complete (the crops made so far are kept for the next run).
+pub(super) fn prepare(
+    config: &TrainConfig,
+    opts: &RunOptions,
+) -> Result<Option<Prepared>, TrainError> {
     let sources: Vec<Source> = config
         .sources
         .iter()
@@ -65,17 +69,23 @@ pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepare
     let bar = progress_bar(opts.progress, all.len() as u64, "images");
     bar.set_prefix("detecting and aligning faces ");
     // `fill` counts the images not cached yet.
-    cache.fill(&all, &opts.detect, opts.workers, &|done, total| {
-        bar.set_length(total as u64);
-        crate::console::show_rate(&bar, done as u64, started);
-        // Without a terminal (a log file) the bar is hidden: a line now and then instead.
-        if !opts.progress && (done % 2000 == 0 || done == total) {
-            say(&format!(
-                "detecting and aligning faces: {done}/{total} images, {:.0}/s",
-                done as f64 / started.elapsed().as_secs_f64().max(1e-3)
-            ));
-        }
-    })?;
+    cache.fill(
+        &all,
+        &opts.detect,
+        opts.workers,
+        &opts.stop,
+        &|done, total| {
+            bar.set_length(total as u64);
+            crate::console::show_rate(&bar, done as u64, started);
+            // Without a terminal (a log file) the bar is hidden: a line now and then instead.
+            if !opts.progress && (done % 2000 == 0 || done == total) {
+                say(&format!(
+                    "detecting and aligning faces: {done}/{total} images, {:.0}/s",
+                    done as f64 / started.elapsed().as_secs_f64().max(1e-3)
+                ));
+            }
+        },
+    )?;
     bar.finish_and_clear();
     if cache.len() > before {
         say(&format!(
@@ -84,6 +94,9 @@ pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepare
             started.elapsed().as_secs_f64(),
             cache.path().display()
         ));
+    }
+    if opts.stop.load(Ordering::Relaxed) {
+        return Ok(None);
     }
     let mut no_face = Vec::new();
     let mut items = |samples: &[Sample], with_masks: bool| -> Vec<Item> {
@@ -111,11 +124,28 @@ pub(super) fn prepare(config: &TrainConfig, opts: &RunOptions) -> Result<Prepare
         val_items.len(),
         no_face.len()
     ));
-    Ok(Prepared {
+    Ok(Some(Prepared {
         train: train_items,
         val: val_items,
         no_face,
-    })
+    }))
+}
+
+/// The outcome of a run stopped (Ctrl-C) before its first step: nothing of the run changed, so
+/// say how to go on.
+fn stopped_before_training(state: RunState, resumed: bool, while_doing: &str) -> Outcome {
+    say(&if resumed {
+        format!(
+            "stopped {while_doing}; the checkpoint is unchanged: run again with --resume to continue"
+        )
+    } else {
+        format!("stopped {while_doing}; the run had not started: run the same command again")
+    });
+    Outcome {
+        state,
+        onnx: None,
+        stopped: true,
+    }
 }
 
 /// Normalised planar centre crops of `items`, ready for a `[n, 3, H, W]` tensor.
@@ -232,11 +262,18 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         RunState::new(config)
     };
     let config = state.config.clone();
-    let Prepared {
+    let Some(Prepared {
         train: train_items,
         val: val_items,
         no_face,
-    } = prepare(&config, opts)?;
+    }) = prepare(&config, opts)?
+    else {
+        return Ok(stopped_before_training(
+            state,
+            resumed,
+            "while detecting and aligning faces (the crops cached so far are kept)",
+        ));
+    };
     if train_items.len() < config.batch {
         return Err(TrainError::Config(format!(
             "only {} training faces, fewer than one batch of {}",
@@ -277,12 +314,21 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let weights = balance(&train_items, config.balance_classes);
     // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
     let (teacher, taught_heads) = if config.distill > 0.0 {
-        distill::teacher_targets(
+        let Some(targets) = distill::teacher_targets(
             &config.teachers,
             &train_items,
             config.input_px,
             config.margin,
+            &opts.stop,
         )?
+        else {
+            return Ok(stopped_before_training(
+                state,
+                resumed,
+                "while the teachers read the training faces",
+            ));
+        };
+        (targets.values, targets.heads)
     } else {
         (Vec::new(), [false; 3])
     };

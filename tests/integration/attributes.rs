@@ -403,6 +403,72 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
     );
 }
 
+/// Ctrl-C while the crop cache fills (a minute or more on a full data set) stops at once and keeps the
+/// crops made so far; the run has not started, so nothing else is written.
+#[cfg(feature = "train")]
+#[test]
+fn interrupted_crop_caching_stops_promptly_and_keeps_its_crops() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (run, cache) = (dir.path().join("run"), dir.path().join("cache"));
+    let child = bin()
+        .arg("train")
+        .arg("--source")
+        .arg(&utk)
+        .arg("--out")
+        .arg(&run)
+        .arg("--cache")
+        .arg(&cache)
+        .args(["--net", "tiny", "--max-images", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once some crops are written (the file starts with an 8-byte header).
+    let cache_bytes = || {
+        std::fs::read_dir(&cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum::<u64>()
+    };
+    let started = std::time::Instant::now();
+    while cache_bytes() <= 8 && started.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let signalled = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "took {took:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains("stopped while detecting and aligning faces")
+            && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("epoch 1/"), "{stderr}");
+    assert!(!run.join("state.json").exists());
+    // What was cached stays, and the cache was not complete when the run stopped.
+    let kept = cache_bytes();
+    assert!(kept > 8, "{kept}");
+    assert!(
+        !stderr.contains("3000/3000 images"),
+        "not interrupted: {stderr}"
+    );
+}
+
 #[test]
 fn flip_averaging_reads_a_face_and_its_mirror_alike() {
     use faceflow::attributes::AttributeModel;
