@@ -76,7 +76,7 @@ pub fn train(args: crate::cli::TrainArgs) -> Result<ExitCode> {
     faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
     {
         let stop = opts.stop.clone();
-        on_interrupt("stopping after this batch", move || {
+        on_interrupt("stopping after the batch or image in hand", move || {
             stop.store(true, Ordering::SeqCst)
         });
     }

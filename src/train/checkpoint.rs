@@ -209,6 +209,8 @@ pub fn average_run(
         val: val_items,
         ..
     } = prepare(&state.config, opts)?
+        // Unreachable as the binary runs it (`--export-only` sets no Ctrl-C handler: Ctrl-C ends
+        // the process, which the append-only crop cache survives).
         .ok_or_else(|| TrainError::Config("stopped while detecting and aligning faces".into()))?;
     // Batch norm only re-estimates its statistics on an autodiff device.
     let mut model = FaceAttrNet::new(&Device::flex().autodiff(), &state.config.net)

@@ -239,7 +239,7 @@ mod tests {
             .collect();
         let stop = AtomicBool::new(true);
         let stopped = teacher_targets(std::slice::from_ref(&teacher), &items, 80, 0.25, &stop);
-        assert!(matches!(stopped, Ok(None)));
+        assert!(matches!(stopped, Ok(None)), "{:?}", stopped.err());
         stop.store(false, Ordering::Relaxed);
         let Taught {
             values: targets,

@@ -342,6 +342,13 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     } else {
         augment::Augment::NONE
     };
+    if opts.stop.load(Ordering::Relaxed) {
+        return Ok(stopped_before_training(
+            state,
+            resumed,
+            "before the first step",
+        ));
+    }
     let mut stopped = false;
     while state.epoch < config.epochs && !stopped {
         let epoch = state.epoch;
