@@ -107,12 +107,15 @@ pub struct PredictedLabels {
     pub age3: String,
     pub age5: String,
     pub age10: String,
-    pub gender: String,
-    pub race: String,
+    /// Absent when the model was not trained for the task (its head's output is noise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race: Option<String>,
 }
 
 impl PredictedLabels {
-    fn of(p: &Prediction) -> Self {
+    fn of(p: &Prediction, tasks: &[Task]) -> Self {
         // The same readout as analyze's JSON.
         let five = p.age_json(AgeGrouping::Five);
         Self {
@@ -120,8 +123,8 @@ impl PredictedLabels {
             age3: p.age_json(AgeGrouping::Three).group,
             age5: five.group,
             age10: p.age_json(AgeGrouping::Ten).group,
-            gender: p.gender_json().label,
-            race: p.race_json().label,
+            gender: tasks.contains(&Task::Gender).then(|| p.gender_json().label),
+            race: tasks.contains(&Task::Race).then(|| p.race_json().label),
         }
     }
 }
@@ -238,7 +241,9 @@ pub fn evaluate(
                 gender: truth.gender.and_then(|g| GENDER_LABELS.get(g).copied()),
                 race: truth.race.and_then(|r| RACE_LABELS.get(r).copied()),
             },
-            predicted: prediction.as_ref().map(PredictedLabels::of),
+            predicted: prediction
+                .as_ref()
+                .map(|p| PredictedLabels::of(p, &spec.tasks)),
             correct,
         });
         if !progress(i + 1, samples.len()) {

@@ -592,6 +592,27 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let model = dir.path().join("wide/faceattr.onnx");
     let loaded = faceflow::attributes::AttributeModel::load(&model, 1).unwrap();
     assert_eq!(loaded.spec().input.margin, 0.4);
+    // eval writes no label for the untrained race head (its output is noise), and scores none.
+    let report = dir.path().join("wide-eval");
+    run_ok(
+        bin()
+            .args(["eval", "--max-images", "12", "--source"])
+            .arg(&utk)
+            .arg("--model")
+            .arg(&model)
+            .arg("--report")
+            .arg(&report),
+    );
+    let lines = std::fs::read_to_string(report.join("predictions.jsonl")).unwrap();
+    let predicted: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["predicted"].clone())
+        .filter(|p| !p.is_null())
+        .collect();
+    assert!(!predicted.is_empty(), "{lines}");
+    for p in &predicted {
+        assert!(p["gender"].is_string() && p.get("race").is_none(), "{p}");
+    }
     // What the runtime crops for this model is the centre of what the trainer cached for it (the
     // run's own cache file, found by the model's alignment), and not the default margin's crop.
     let side = loaded.spec().input_px();
