@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Item, TrainError, augment, say};
 use crate::attributes::AttributeModel;
+use crate::model::dataset::content_hash;
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
 
 /// Values per face: the fine age distribution, then gender, then race probabilities.
@@ -20,7 +21,7 @@ pub(super) fn teacher_hashes(teachers: &[PathBuf]) -> Result<Vec<u64>, TrainErro
         .iter()
         .map(|path| {
             std::fs::read(path)
-                .map(|bytes| crate::model::dataset::content_hash(&bytes))
+                .map(|bytes| content_hash(&bytes))
                 .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))
         })
         .collect()
@@ -186,6 +187,92 @@ pub(super) struct Taught {
     pub heads: [bool; 3],
 }
 
+/// The teachers' targets are kept in the run's folder, so a resumed run reads them back instead
+/// of running every teacher over the training faces again (minutes each on 2 cores).
+pub(super) const TARGETS_FILE: &str = "teacher-targets.bin";
+const TARGETS_MAGIC: &[u8; 8] = b"FFTEACH1";
+
+/// What the targets depend on: the teachers' contents, the run's crop geometry and every training
+/// crop, in order. Another key means the saved targets belong to other inputs: they are computed
+/// again.
+fn targets_key(teacher_hashes: &[u64], items: &[Item], input_px: u32, margin: f32) -> u64 {
+    let mut bytes = Vec::with_capacity(8 * (teacher_hashes.len() + items.len() + 1));
+    for hash in teacher_hashes {
+        bytes.extend_from_slice(&hash.to_le_bytes());
+    }
+    bytes.extend_from_slice(&input_px.to_le_bytes());
+    bytes.extend_from_slice(&margin.to_bits().to_le_bytes());
+    for item in items {
+        bytes.extend_from_slice(&content_hash(&item.crop).to_le_bytes());
+    }
+    content_hash(&bytes)
+}
+
+/// [`teacher_targets`], read from `dir` when a run computed them for the same inputs, else
+/// computed and saved there (a failed save only costs the next resume the time to compute them).
+pub(super) fn saved_or_computed_targets(
+    dir: &Path,
+    teachers: &[PathBuf],
+    teacher_hashes: &[u64],
+    items: &[Item],
+    input_px: u32,
+    margin: f32,
+    stop: &AtomicBool,
+) -> Result<Option<Taught>, TrainError> {
+    let key = targets_key(teacher_hashes, items, input_px, margin);
+    let path = dir.join(TARGETS_FILE);
+    if let Some(taught) = read_targets(&path, key, items.len()) {
+        say(&format!(
+            "teacher targets read from {} (computed when the run started)",
+            path.display()
+        ));
+        return Ok(Some(taught));
+    }
+    let Some(taught) = teacher_targets(teachers, items, input_px, margin, stop)? else {
+        return Ok(None);
+    };
+    if let Err(e) = write_targets(&path, key, &taught) {
+        say(&format!(
+            "warning: could not save the teacher targets to {} ({e}): a resumed run computes them again",
+            path.display()
+        ));
+    }
+    Ok(Some(taught))
+}
+
+/// The saved targets for `key` and `faces` faces; `None` when absent, for other inputs, or damaged.
+fn read_targets(path: &Path, key: u64, faces: usize) -> Option<Taught> {
+    let bytes = std::fs::read(path).ok()?;
+    let header = 8 + 8 + 3;
+    let values = faces * PER_FACE;
+    if bytes.len() != header + 4 * values
+        || &bytes[..8] != TARGETS_MAGIC
+        || bytes[8..16] != key.to_le_bytes()
+    {
+        return None;
+    }
+    let heads = [bytes[16] == 1, bytes[17] == 1, bytes[18] == 1];
+    let values = bytes[header..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(Taught { values, heads })
+}
+
+/// Writes the targets beside a temporary name first, so a crash leaves no half file behind.
+fn write_targets(path: &Path, key: u64, taught: &Taught) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(19 + 4 * taught.values.len());
+    bytes.extend_from_slice(TARGETS_MAGIC);
+    bytes.extend_from_slice(&key.to_le_bytes());
+    bytes.extend(taught.heads.map(u8::from));
+    for v in &taught.values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let partial = path.with_extension("bin.partial");
+    std::fs::write(&partial, &bytes)?;
+    std::fs::rename(&partial, path)
+}
+
 /// `target` ← (1 − `weight`)·`target` + `weight`·`teacher`.
 pub(super) fn blend(target: &mut [f32], teacher: &[f32], weight: f32) {
     for (t, s) in target.iter_mut().zip(teacher) {
@@ -254,6 +341,44 @@ mod tests {
         for i in [0, 69] {
             assert!((gender(i).iter().sum::<f32>() - 1.0).abs() < 1e-4, "{i}");
         }
+    }
+
+    #[test]
+    fn saved_targets_are_read_back_only_for_the_same_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TARGETS_FILE);
+        let faces = |last: u8| -> Vec<Item> {
+            [0, 1, last]
+                .map(|i| Item {
+                    crop: vec![i; 12],
+                    truth: Default::default(),
+                })
+                .into()
+        };
+        let (items, changed) = (faces(2), faces(9));
+        let taught = Taught {
+            values: (0..3 * PER_FACE).map(|i| i as f32 / 7.0).collect(),
+            heads: [true, false, true],
+        };
+        let key = targets_key(&[1, 2], &items, 80, 0.15);
+        write_targets(&path, key, &taught).unwrap();
+        let back = read_targets(&path, key, items.len()).unwrap();
+        assert_eq!((back.values, back.heads), (taught.values, taught.heads));
+        // Another teacher, margin, size or crop is another key; a wrong count or a cut file is
+        // not read.
+        for other in [
+            targets_key(&[1, 3], &items, 80, 0.15),
+            targets_key(&[1, 2], &items, 80, 0.25),
+            targets_key(&[1, 2], &items, 72, 0.15),
+            targets_key(&[1, 2], &changed, 80, 0.15),
+        ] {
+            assert_ne!(other, key);
+            assert!(read_targets(&path, other, items.len()).is_none());
+        }
+        assert!(read_targets(&path, key, 2).is_none());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(read_targets(&path, key, items.len()).is_none());
     }
 
     #[test]

@@ -314,8 +314,10 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let weights = balance(&train_items, config.balance_classes);
     // Knowledge distillation: the teachers' predictions, PER_FACE values per training face.
     let (teacher, taught_heads) = if config.distill > 0.0 {
-        let Some(targets) = distill::teacher_targets(
+        let Some(targets) = distill::saved_or_computed_targets(
+            &opts.out_dir,
             &config.teachers,
+            &config.teacher_hashes,
             &train_items,
             config.input_px,
             config.margin,

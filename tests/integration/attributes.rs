@@ -692,6 +692,18 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let stderr = String::from_utf8_lossy(&taught.stderr);
     assert!(taught.status.success(), "{stderr}");
     assert!(stderr.contains(" faces in "), "{stderr}");
+    // Resumed, the run reads its teachers' targets back instead of running the teachers again.
+    let resumed = train(
+        "taught",
+        &["--resume".as_ref(), "--epochs".as_ref(), "2".as_ref()],
+    );
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("teacher targets read from") && !stderr.contains(" faces in "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("epoch 2/2"), "{stderr}");
     // The 0.4 model cannot teach a 0.1 run: its window is wider than the cached crop.
     let refused = train_with(
         "narrow",
