@@ -191,25 +191,42 @@ pub(super) struct Taught {
 /// of running every teacher over the training faces again (minutes each on 2 cores).
 pub(super) const TARGETS_FILE: &str = "teacher-targets.bin";
 const TARGETS_MAGIC: &[u8; 8] = b"FFTEACH1";
+/// Part of the key: bump it when what [`teacher_targets`] computes for the same inputs changes
+/// (the view, mirror averaging, the readout), so saved targets are computed again.
+const TARGETS_VERSION: u32 = 1;
+/// Magic, key, hash of the values, the three heads' flags.
+const TARGETS_HEADER: usize = 8 + 8 + 8 + 3;
 
-/// What the targets depend on: the teachers' contents, the run's crop geometry and every training
-/// crop, in order. Another key means the saved targets belong to other inputs: they are computed
-/// again.
+/// What the targets depend on: the computation's version, the teachers' contents, the run's crop
+/// geometry and every training crop, in order. Another key means the saved targets belong to
+/// other inputs: they are computed again.
 fn targets_key(teacher_hashes: &[u64], items: &[Item], input_px: u32, margin: f32) -> u64 {
-    let mut bytes = Vec::with_capacity(8 * (teacher_hashes.len() + items.len() + 1));
+    let mut bytes = Vec::with_capacity(8 * (teacher_hashes.len() + items.len() + 4));
+    bytes.extend_from_slice(&TARGETS_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(teacher_hashes.len() as u64).to_le_bytes());
     for hash in teacher_hashes {
         bytes.extend_from_slice(&hash.to_le_bytes());
     }
     bytes.extend_from_slice(&input_px.to_le_bytes());
     bytes.extend_from_slice(&margin.to_bits().to_le_bytes());
+    bytes.extend_from_slice(&(items.len() as u64).to_le_bytes());
     for item in items {
         bytes.extend_from_slice(&content_hash(&item.crop).to_le_bytes());
     }
     content_hash(&bytes)
 }
 
-/// [`teacher_targets`], read from `dir` when a run computed them for the same inputs, else
-/// computed and saved there (a failed save only costs the next resume the time to compute them).
+/// Why saved targets were not used.
+#[derive(Debug, PartialEq, Eq)]
+enum Unusable {
+    Absent,
+    /// Saved for other teachers, crops or geometry.
+    OtherInputs,
+    Damaged,
+}
+
+/// [`teacher_targets`], read from `dir` when a run saved them for the same inputs, else computed
+/// and saved there (a failed save only costs the next resume the time to compute them).
 pub(super) fn saved_or_computed_targets(
     dir: &Path,
     teachers: &[PathBuf],
@@ -221,12 +238,24 @@ pub(super) fn saved_or_computed_targets(
 ) -> Result<Option<Taught>, TrainError> {
     let key = targets_key(teacher_hashes, items, input_px, margin);
     let path = dir.join(TARGETS_FILE);
-    if let Some(taught) = read_targets(&path, key, items.len()) {
-        say(&format!(
-            "teacher targets read from {} (computed when the run started)",
+    match read_targets(&path, key, items.len()) {
+        Ok(taught) => {
+            say(&format!(
+                "teacher targets read from {} (saved by an earlier start of this run)",
+                path.display()
+            ));
+            return Ok(Some(taught));
+        }
+        Err(Unusable::Absent) => {}
+        Err(Unusable::OtherInputs) => say(&format!(
+            "the teacher targets in {} were computed for other training crops (detector settings \
+             or data changed since they were saved): computing them again",
             path.display()
-        ));
-        return Ok(Some(taught));
+        )),
+        Err(Unusable::Damaged) => say(&format!(
+            "the teacher targets in {} are damaged: computing them again",
+            path.display()
+        )),
     }
     let Some(taught) = teacher_targets(teachers, items, input_px, margin, stop)? else {
         return Ok(None);
@@ -240,36 +269,50 @@ pub(super) fn saved_or_computed_targets(
     Ok(Some(taught))
 }
 
-/// The saved targets for `key` and `faces` faces; `None` when absent, for other inputs, or damaged.
-fn read_targets(path: &Path, key: u64, faces: usize) -> Option<Taught> {
-    let bytes = std::fs::read(path).ok()?;
-    let header = 8 + 8 + 3;
-    let values = faces * PER_FACE;
-    if bytes.len() != header + 4 * values
-        || &bytes[..8] != TARGETS_MAGIC
-        || bytes[8..16] != key.to_le_bytes()
-    {
-        return None;
+/// The saved targets for `key` and `faces` faces.
+fn read_targets(path: &Path, key: u64, faces: usize) -> Result<Taught, Unusable> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unusable::Absent),
+        Err(_) => return Err(Unusable::Damaged),
+    };
+    if bytes.len() < TARGETS_HEADER || &bytes[..8] != TARGETS_MAGIC {
+        return Err(Unusable::Damaged);
     }
-    let heads = [bytes[16] == 1, bytes[17] == 1, bytes[18] == 1];
-    let values = bytes[header..]
+    if bytes[8..16] != key.to_le_bytes() {
+        return Err(Unusable::OtherInputs);
+    }
+    let payload = &bytes[TARGETS_HEADER..];
+    let flags = &bytes[24..TARGETS_HEADER];
+    if payload.len() != 4 * faces * PER_FACE
+        || bytes[16..24] != content_hash(payload).to_le_bytes()
+        || flags.iter().any(|&f| f > 1)
+    {
+        return Err(Unusable::Damaged);
+    }
+    let values = payload
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    Some(Taught { values, heads })
+    Ok(Taught {
+        values,
+        heads: [flags[0] == 1, flags[1] == 1, flags[2] == 1],
+    })
 }
 
-/// Writes the targets beside a temporary name first, so a crash leaves no half file behind.
+/// Writes the targets under a temporary name first, so a crash leaves no half file behind.
 fn write_targets(path: &Path, key: u64, taught: &Taught) -> std::io::Result<()> {
-    let mut bytes = Vec::with_capacity(19 + 4 * taught.values.len());
+    let payload: Vec<u8> = taught.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut bytes = Vec::with_capacity(TARGETS_HEADER + payload.len());
     bytes.extend_from_slice(TARGETS_MAGIC);
     bytes.extend_from_slice(&key.to_le_bytes());
+    bytes.extend_from_slice(&content_hash(&payload).to_le_bytes());
     bytes.extend(taught.heads.map(u8::from));
-    for v in &taught.values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    let partial = path.with_extension("bin.partial");
-    std::fs::write(&partial, &bytes)?;
+    bytes.extend_from_slice(&payload);
+    let partial = path.with_extension("bin.tmp");
+    let mut file = std::fs::File::create(&partial)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.sync_all()?;
     std::fs::rename(&partial, path)
 }
 
@@ -347,38 +390,58 @@ mod tests {
     fn saved_targets_are_read_back_only_for_the_same_inputs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(TARGETS_FILE);
-        let faces = |last: u8| -> Vec<Item> {
-            [0, 1, last]
+        let faces = |order: [u8; 3]| -> Vec<Item> {
+            order
                 .map(|i| Item {
                     crop: vec![i; 12],
                     truth: Default::default(),
                 })
                 .into()
         };
-        let (items, changed) = (faces(2), faces(9));
+        let items = faces([0, 1, 2]);
         let taught = Taught {
             values: (0..3 * PER_FACE).map(|i| i as f32 / 7.0).collect(),
             heads: [true, false, true],
         };
         let key = targets_key(&[1, 2], &items, 80, 0.15);
+        assert_eq!(read_targets(&path, key, 3).err(), Some(Unusable::Absent));
         write_targets(&path, key, &taught).unwrap();
         let back = read_targets(&path, key, items.len()).unwrap();
         assert_eq!((back.values, back.heads), (taught.values, taught.heads));
-        // Another teacher, margin, size or crop is another key; a wrong count or a cut file is
-        // not read.
+        // Another teacher, margin, size, crop or order of crops is another key.
         for other in [
             targets_key(&[1, 3], &items, 80, 0.15),
             targets_key(&[1, 2], &items, 80, 0.25),
             targets_key(&[1, 2], &items, 72, 0.15),
-            targets_key(&[1, 2], &changed, 80, 0.15),
+            targets_key(&[1, 2], &faces([0, 1, 9]), 80, 0.15),
+            targets_key(&[1, 2], &faces([0, 2, 1]), 80, 0.15),
         ] {
             assert_ne!(other, key);
-            assert!(read_targets(&path, other, items.len()).is_none());
+            assert_eq!(
+                read_targets(&path, other, 3).err(),
+                Some(Unusable::OtherInputs)
+            );
         }
-        assert!(read_targets(&path, key, 2).is_none());
+        // A wrong count, a cut file and a changed value are damage.
+        assert_eq!(read_targets(&path, key, 2).err(), Some(Unusable::Damaged));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(read_targets(&path, key, items.len()).is_none());
+        assert_eq!(read_targets(&path, key, 3).err(), Some(Unusable::Damaged));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(read_targets(&path, key, 3).err(), Some(Unusable::Damaged));
+        // Saved targets are used without loading a teacher (none exists at this path); other
+        // inputs send the run to the teachers.
+        std::fs::write(&path, &bytes).unwrap();
+        let stop = AtomicBool::new(false);
+        let missing = [PathBuf::from("/nonexistent/teacher.onnx")];
+        let read =
+            saved_or_computed_targets(dir.path(), &missing, &[1, 2], &items, 80, 0.15, &stop);
+        assert!(matches!(read, Ok(Some(_))));
+        let other =
+            saved_or_computed_targets(dir.path(), &missing, &[1, 2], &items, 72, 0.15, &stop);
+        assert!(other.is_err());
     }
 
     #[test]
