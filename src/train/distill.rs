@@ -100,9 +100,12 @@ fn teacher_view(cached: &[u8], window: f32, side: usize) -> Vec<u8> {
 /// A teacher of another input size sees the crop resampled to its size (faceflow's template and
 /// margin scale with the crop); a teacher aligned with another margin than the run's sees the
 /// window of its own margin, cut from the cached crop (see [`teacher_window`]). `None` when `stop`
-/// is set before the teachers are through (minutes on a large set: Ctrl-C must not wait).
+/// is set before the teachers are through (minutes on a large set: Ctrl-C must not wait). Each
+/// teacher file must still have the content hash the run recorded (`teacher_hashes`): the file
+/// read is the file checked, even when it was replaced while the crop cache filled.
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
+    teacher_hashes: &[u64],
     items: &[Item],
     input_px: u32,
     margin: f32,
@@ -116,10 +119,23 @@ pub(super) fn teacher_targets(
         FINE_AGE_BINS..FINE_AGE_BINS + GENDER_LABELS.len(),
         FINE_AGE_BINS + GENDER_LABELS.len()..PER_FACE,
     ];
-    for path in teachers {
+    if teacher_hashes.len() != teachers.len() {
+        return Err(TrainError::Config(
+            "the run records no content hash for some teacher".into(),
+        ));
+    }
+    for (path, &hash) in teachers.iter().zip(teacher_hashes) {
         let started = std::time::Instant::now();
-        let mut model = AttributeModel::load(path, 0)
-            .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
+        let failed = |e: &dyn std::fmt::Display| {
+            TrainError::Config(format!("teacher {}: {e}", path.display()))
+        };
+        let bytes = std::fs::read(path).map_err(|e| failed(&e))?;
+        if content_hash(&bytes) != hash {
+            return Err(failed(
+                &"the file changed since this run started (other contents); the run cannot go on with another teacher",
+            ));
+        }
+        let mut model = AttributeModel::from_bytes(&bytes, 0, path).map_err(|e| failed(&e))?;
         model.set_flip_average(true);
         let window = teacher_window(&model, path, input_px, margin)?;
         let side = model.spec().input_px();
@@ -257,7 +273,8 @@ pub(super) fn saved_or_computed_targets(
             path.display()
         )),
     }
-    let Some(taught) = teacher_targets(teachers, items, input_px, margin, stop)? else {
+    let Some(taught) = teacher_targets(teachers, teacher_hashes, items, input_px, margin, stop)?
+    else {
         return Ok(None);
     };
     if let Err(e) = write_targets(&path, key, &taught) {
@@ -368,17 +385,39 @@ mod tests {
             })
             .collect();
         let stop = AtomicBool::new(true);
-        let stopped = teacher_targets(std::slice::from_ref(&teacher), &items, 80, 0.25, &stop);
+        let hashes = teacher_hashes(std::slice::from_ref(&teacher)).unwrap();
+        let stopped = teacher_targets(
+            std::slice::from_ref(&teacher),
+            &hashes,
+            &items,
+            80,
+            0.25,
+            &stop,
+        );
         assert!(matches!(stopped, Ok(None)), "{:?}", stopped.err());
         stop.store(false, Ordering::Relaxed);
         let Taught {
             values: targets,
             heads,
-        } = teacher_targets(&[teacher], &items, 80, 0.25, &stop)
-            .unwrap()
-            .unwrap();
+        } = teacher_targets(
+            std::slice::from_ref(&teacher),
+            &hashes,
+            &items,
+            80,
+            0.25,
+            &stop,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(targets.len(), items.len() * PER_FACE);
         assert_eq!(heads, [true; 3]);
+        // A teacher file whose contents are not the ones the run recorded is refused.
+        let changed = teacher_targets(&[teacher], &[hashes[0] ^ 1], &items, 80, 0.25, &stop);
+        let message = changed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("changed since this run started"),
+            "{message}"
+        );
         // Every face's gender is a distribution (the last face is in the second batch).
         let gender = |i: usize| &targets[i * PER_FACE + FINE_AGE_BINS..][..GENDER_LABELS.len()];
         for i in [0, 69] {
@@ -435,13 +474,14 @@ mod tests {
         // inputs send the run to the teachers.
         std::fs::write(&path, &bytes).unwrap();
         let stop = AtomicBool::new(false);
-        let missing = [PathBuf::from("/nonexistent/teacher.onnx")];
+        let missing = ["a", "b"].map(|name| PathBuf::from(format!("/nonexistent/{name}.onnx")));
         let read =
             saved_or_computed_targets(dir.path(), &missing, &[1, 2], &items, 80, 0.15, &stop);
         assert!(matches!(read, Ok(Some(_))));
         let other =
             saved_or_computed_targets(dir.path(), &missing, &[1, 2], &items, 72, 0.15, &stop);
-        assert!(other.is_err());
+        let message = other.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("/nonexistent/a.onnx"), "{message}");
     }
 
     #[test]
