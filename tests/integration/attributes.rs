@@ -442,14 +442,7 @@ fn interrupted_crop_caching_stops_promptly_and_keeps_its_crops() {
     }
     let at_signal = cache_bytes();
     assert!(at_signal > 8, "no crop cached within 120 s");
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let signalled = std::time::Instant::now();
-    let out = child.wait_with_output().unwrap();
-    let took = signalled.elapsed();
+    let (out, took) = interrupt(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(

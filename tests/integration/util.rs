@@ -157,6 +157,11 @@ pub fn interrupt_after(
         .spawn()
         .expect("spawn faceflow");
     std::thread::sleep(after);
+    interrupt(child)
+}
+
+/// Sends `child` SIGINT and returns its output and how long it took to exit after the signal.
+pub fn interrupt(child: std::process::Child) -> (Output, std::time::Duration) {
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
