@@ -40,6 +40,9 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         scan.duplicates,
         scan.conflicting
     );
+    if let Some(overlap) = eval::training_overlap(model.spec(), &opts) {
+        faceflow::say!("eval: warning: {overlap}");
+    }
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let bar = super::progress(Some(samples.len() as u64), "images");

@@ -68,6 +68,9 @@ pub struct EvalReport {
     pub split: Split,
     pub seed: u64,
     pub val_fraction: f64,
+    /// Set when the model's own split (recorded at export) trained on some of this split's images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training_overlap: Option<String>,
     pub tally: Tally,
     pub detect_ms_per_image: f64,
     pub attributes_ms_per_face: f64,
@@ -133,6 +136,29 @@ impl EvalReport {
     pub fn accuracy(&self, grouping: AgeGrouping) -> f64 {
         self.tally.age_accuracy(grouping)
     }
+}
+
+/// Why `--split validation` would score images the model was trained on, if it would: the model
+/// records its trainer's seed and validation fraction. Models without the record, and the other
+/// splits (chosen knowingly, or another folder), get `None`.
+pub fn training_overlap(spec: &ModelSpec, opts: &EvalOptions) -> Option<String> {
+    let trained = spec.training.split?;
+    if opts.split != Split::Validation {
+        return None;
+    }
+    if trained.val_fraction <= 0.0 {
+        return Some(
+            "the model was trained on every labelled image (--val-fraction 0): on its own folders these validation numbers are training-set numbers".into(),
+        );
+    }
+    // One seed: a validation part with a smaller fraction lies inside the larger one.
+    if trained.seed == opts.seed && opts.val_fraction <= trained.val_fraction {
+        return None;
+    }
+    Some(format!(
+        "the model was trained with another split (--seed {} --val-fraction {}): on its own folders some of these validation images were training images",
+        trained.seed, trained.val_fraction
+    ))
 }
 
 /// The samples of the chosen split, in a stable order.
@@ -253,6 +279,7 @@ pub fn evaluate(
     }
     Ok(EvalReport {
         model: model_name.to_string(),
+        training_overlap: training_overlap(&spec, opts),
         spec,
         flip_average: model.flip_average(),
         split: opts.split,
@@ -300,6 +327,9 @@ pub fn markdown(report: &EvalReport) -> String {
             .join("+"),
         if report.flip_average { "on" } else { "off" }
     );
+    if let Some(overlap) = &report.training_overlap {
+        let _ = writeln!(md, "**Warning**: {overlap}.\n");
+    }
     if report.interrupted {
         let _ = writeln!(
             md,
@@ -533,6 +563,49 @@ mod tests {
                 ..Correct::default()
             },
         }
+    }
+
+    #[test]
+    fn validation_overlapping_the_models_training_images_is_named() {
+        use crate::model::spec::TrainingSplit;
+        let opts = |split, seed, val_fraction| EvalOptions {
+            sources: Vec::new(),
+            split,
+            seed,
+            val_fraction,
+            max_images: None,
+        };
+        let spec = |split| {
+            let mut spec = ModelSpec::current(&Task::ALL);
+            spec.training.split = split;
+            spec
+        };
+        let trained = |seed, val_fraction| spec(Some(TrainingSplit { seed, val_fraction }));
+        let validation = opts(Split::Validation, 42, 0.15);
+        // Older models carry no split: nothing to say.
+        assert_eq!(training_overlap(&spec(None), &validation), None);
+        // The same split, or a smaller validation part of the same seed (it lies inside).
+        assert_eq!(training_overlap(&trained(42, 0.15), &validation), None);
+        assert_eq!(training_overlap(&trained(42, 0.3), &validation), None);
+        let all_data = training_overlap(&trained(42, 0.0), &validation).unwrap();
+        assert!(all_data.contains("every labelled image"), "{all_data}");
+        for other in [trained(7, 0.15), trained(42, 0.1)] {
+            let said = training_overlap(&other, &validation).unwrap();
+            assert!(said.contains("another split"), "{said}");
+        }
+        // Other splits are chosen knowingly.
+        for split in [Split::All, Split::Training] {
+            assert_eq!(
+                training_overlap(&trained(42, 0.0), &opts(split, 42, 0.15)),
+                None
+            );
+        }
+        // The record round-trips through the model's metadata, and older metadata still reads.
+        let with_split = trained(42, 0.0);
+        let read: ModelSpec = serde_json::from_str(&with_split.to_json()).unwrap();
+        assert_eq!(read, with_split);
+        let without = spec(None).to_json();
+        assert!(!without.contains("\"split\""), "{without}");
     }
 
     #[test]

@@ -135,6 +135,18 @@ pub struct TrainingInfo {
     pub epochs: u32,
     #[serde(default)]
     pub images: usize,
+    /// The trainer's split of its folders; absent in models exported before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<TrainingSplit>,
+}
+
+/// How the trainer split its labelled images: an image is in the validation part when its seeded
+/// content hash falls below `val_fraction` (see [`crate::model::dataset::is_validation`]), so
+/// with one seed a smaller fraction's validation part lies inside a larger one's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSplit {
+    pub seed: u64,
+    pub val_fraction: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

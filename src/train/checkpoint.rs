@@ -74,6 +74,10 @@ pub(super) fn spec_for(state: &RunState, description: &str) -> ModelSpec {
         description: description.to_string(),
         epochs: state.history.len() as u32,
         images: state.train_images,
+        split: Some(TrainingSplit {
+            seed: config.seed,
+            val_fraction: config.val_fraction,
+        }),
     };
     spec
 }

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::DetectConfig;
 use crate::model::readout::{Prediction, Tally, Truth};
-use crate::model::spec::{DEFAULT_INPUT_PX, ModelSpec, Task, TrainingInfo};
+use crate::model::spec::{DEFAULT_INPUT_PX, ModelSpec, Task, TrainingInfo, TrainingSplit};
 use crate::model::{AgeGrouping, FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS, fine_bin_of};
 
 use crate::model::dataset::{self, Sample, Source};

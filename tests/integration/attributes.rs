@@ -401,6 +401,40 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
         &record["faces"][0],
         &["1-11", "12-23", "24-39", "40-55", "56-80"],
     );
+    // The model records its split: eval says when a validation split reaches into its training
+    // images (a larger fraction than it trained with) and is quiet on its own.
+    let eval = |val_fraction: &str| {
+        let report = dir.path().join(format!("eval-{val_fraction}"));
+        let out = run_ok(
+            bin()
+                .arg("eval")
+                .arg("--source")
+                .arg(&utk)
+                .arg("--model")
+                .arg(run.join("mean.onnx"))
+                .args(["--split", "validation", "--max-images", "8"])
+                .args(["--val-fraction", val_fraction, "--report"])
+                .arg(&report),
+        );
+        let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), md)
+    };
+    let (stderr, md) = eval("0.15");
+    assert!(
+        !stderr.contains("warning") && !md.contains("Warning"),
+        "{stderr}"
+    );
+    let (stderr, md) = eval("0.3");
+    assert!(
+        stderr.contains(
+            "warning: the model was trained with another split (--seed 42 --val-fraction 0.15)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        md.contains("**Warning**: the model was trained with another split"),
+        "{md}"
+    );
 }
 
 /// Ctrl-C while the crop cache fills (a minute or more on a full data set) stops at once and keeps the
