@@ -14,7 +14,7 @@ use crate::attributes::AttributeModel;
 use crate::detect::{Mtcnn, largest_face};
 use crate::model::dataset::{self, DatasetError, Sample, Source};
 use crate::model::readout::{Correct, Prediction, Tally, Truth, fmt_metric};
-use crate::model::spec::{ModelSpec, Task};
+use crate::model::spec::{ModelSpec, Task, TrainingSplit};
 use crate::model::{AgeGrouping, GENDER_LABELS, RACE_LABELS};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,26 +138,45 @@ impl EvalReport {
     }
 }
 
-/// Why `--split validation` would score images the model was trained on, if it would: the model
-/// records its trainer's seed and validation fraction. Models without the record, and the other
-/// splits (chosen knowingly, or another folder), get `None`.
+/// Why `--split validation` would score images the model learned, if it would: the model records
+/// its trainer's seed and validation fraction, and those of the teachers it was distilled from.
+/// Models without the record, and the other splits (chosen knowingly, or another folder), get
+/// `None`.
 pub fn training_overlap(spec: &ModelSpec, opts: &EvalOptions) -> Option<String> {
-    let trained = spec.training.split?;
     if opts.split != Split::Validation {
         return None;
     }
-    if trained.val_fraction <= 0.0 {
-        return Some(
-            "the model was trained on every labelled image (--val-fraction 0): on its own folders these validation numbers are training-set numbers".into(),
-        );
+    let reaches = |s: &TrainingSplit| s.trained_on_validation_of(opts.seed, opts.val_fraction);
+    let how = |s: &TrainingSplit| {
+        if s.val_fraction <= 0.0 {
+            "on every labelled image (--val-fraction 0)".to_string()
+        } else {
+            format!(
+                "with another split (--seed {} --val-fraction {})",
+                s.seed, s.val_fraction
+            )
+        }
+    };
+    if let Some(own) = spec.training.split.as_ref().filter(|s| reaches(s)) {
+        let what = if own.val_fraction <= 0.0 {
+            "these validation numbers are training-set numbers"
+        } else {
+            "some of these validation images were training images"
+        };
+        return Some(format!(
+            "the model was trained {}: on its own folders {what}",
+            how(own)
+        ));
     }
-    // One seed: a validation part with a smaller fraction lies inside the larger one.
-    if trained.seed == opts.seed && opts.val_fraction <= trained.val_fraction {
-        return None;
-    }
+    let teacher = spec
+        .training
+        .teacher_splits
+        .iter()
+        .flatten()
+        .find(|s| reaches(s))?;
     Some(format!(
-        "the model was trained with another split (--seed {} --val-fraction {}): on its own folders some of these validation images were training images",
-        trained.seed, trained.val_fraction
+        "a teacher this model was distilled from was trained {}: on its own folders some of these validation images taught the model through it",
+        how(teacher)
     ))
 }
 
@@ -567,7 +586,6 @@ mod tests {
 
     #[test]
     fn validation_overlapping_the_models_training_images_is_named() {
-        use crate::model::spec::TrainingSplit;
         let opts = |split, seed, val_fraction| EvalOptions {
             sources: Vec::new(),
             split,
@@ -593,6 +611,28 @@ mod tests {
             let said = training_overlap(&other, &validation).unwrap();
             assert!(said.contains("another split"), "{said}");
         }
+        // A teacher that learned the validation faces taught them to the model.
+        let mut taught = trained(42, 0.15);
+        taught.training.teacher_splits = vec![
+            None,
+            Some(TrainingSplit {
+                seed: 42,
+                val_fraction: 0.0,
+            }),
+        ];
+        let said = training_overlap(&taught, &validation).unwrap();
+        assert!(
+            said.contains("a teacher") && said.contains("every labelled image"),
+            "{said}"
+        );
+        taught.training.teacher_splits = vec![
+            None,
+            Some(TrainingSplit {
+                seed: 42,
+                val_fraction: 0.15,
+            }),
+        ];
+        assert_eq!(training_overlap(&taught, &validation), None);
         // Other splits are chosen knowingly.
         for split in [Split::All, Split::Training] {
             assert_eq!(
@@ -606,6 +646,12 @@ mod tests {
         assert_eq!(read, with_split);
         let without = spec(None).to_json();
         assert!(!without.contains("\"split\""), "{without}");
+        assert_eq!(
+            ModelSpec::from_metadata(Some(&without)).unwrap(),
+            spec(None)
+        );
+        let read = ModelSpec::from_metadata(Some(&taught.to_json())).unwrap();
+        assert_eq!(read, taught);
     }
 
     #[test]

@@ -210,4 +210,42 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
+
+    /// `TrainingSplit::trained_on_validation_of` against the split itself: it says "no" exactly
+    /// when no image of the asked-for validation part was a training image of the model's split.
+    #[test]
+    fn overlap_of_splits_matches_the_images() {
+        use crate::model::spec::TrainingSplit;
+        let sample = |h: u64| Sample {
+            path: PathBuf::new(),
+            content_hash: content_hash(&h.to_le_bytes()),
+            labels: UtkLabels {
+                age_years: 1,
+                gender: 0,
+                race: 0,
+            },
+            has_age: true,
+            has_gender: true,
+            has_race: true,
+        };
+        let samples: Vec<Sample> = (0..4000).map(sample).collect();
+        let splits = [(42, 0.0), (42, 0.1), (42, 0.15), (42, 0.3), (7, 0.15)];
+        for (model_seed, model_fraction) in splits {
+            let model = TrainingSplit {
+                seed: model_seed,
+                val_fraction: model_fraction,
+            };
+            for (seed, fraction) in splits {
+                let overlap = samples.iter().any(|s| {
+                    is_validation(s, seed, fraction)
+                        && !is_validation(s, model_seed, model_fraction)
+                });
+                assert_eq!(
+                    model.trained_on_validation_of(seed, fraction),
+                    overlap,
+                    "model ({model_seed}, {model_fraction}) asked ({seed}, {fraction})"
+                );
+            }
+        }
+    }
 }

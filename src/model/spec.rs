@@ -138,6 +138,10 @@ pub struct TrainingInfo {
     /// The trainer's split of its folders; absent in models exported before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<TrainingSplit>,
+    /// The splits of the models it was distilled from (its teachers, and theirs; `None`: one
+    /// exported before splits were recorded): a teacher that learned a face passes it on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teacher_splits: Vec<Option<TrainingSplit>>,
 }
 
 /// How the trainer split its labelled images: an image is in the validation part when its seeded
@@ -147,6 +151,17 @@ pub struct TrainingInfo {
 pub struct TrainingSplit {
     pub seed: u64,
     pub val_fraction: f64,
+}
+
+impl TrainingSplit {
+    /// Whether a model trained with this split learned some images of the validation part
+    /// `(seed, val_fraction)` of the same folders. With one seed the parts nest, so only a
+    /// validation part larger than the model's own (or any part of another seed) reaches into
+    /// its training images.
+    pub fn trained_on_validation_of(&self, seed: u64, val_fraction: f64) -> bool {
+        let nested = self.seed == seed && val_fraction <= self.val_fraction;
+        val_fraction > 0.0 && !nested
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

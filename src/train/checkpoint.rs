@@ -78,6 +78,7 @@ pub(super) fn spec_for(state: &RunState, description: &str) -> ModelSpec {
             seed: config.seed,
             val_fraction: config.val_fraction,
         }),
+        teacher_splits: config.teacher_splits.clone(),
     };
     spec
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Item, TrainError, augment, say};
 use crate::attributes::AttributeModel;
 use crate::model::dataset::content_hash;
+use crate::model::spec::TrainingSplit;
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
 
 /// Values per face: the fine age distribution, then gender, then race probabilities.
@@ -28,18 +29,38 @@ pub(super) fn teacher_hashes(teachers: &[PathBuf]) -> Result<Vec<u64>, TrainErro
 }
 
 /// Loads each teacher and checks it can teach a run of `input_px` aligned with `margin` (before
-/// any work).
+/// any work). Returns the splits of every model the student learns from (each teacher's, then
+/// those of its own teachers), and says when a teacher learned faces of this run's validation
+/// part `(seed, val_fraction)`: through its targets they reach the student.
 pub(super) fn check_teachers(
     teachers: &[PathBuf],
     input_px: u32,
     margin: f32,
-) -> Result<(), TrainError> {
+    (seed, val_fraction): (u64, f64),
+) -> Result<Vec<Option<TrainingSplit>>, TrainError> {
+    let mut splits = Vec::new();
     for path in teachers {
         let model = AttributeModel::load(path, 1)
             .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
         teacher_window(&model, path, input_px, margin)?;
+        // The teacher's own split, then those it learned from in turn.
+        let training = &model.spec().training;
+        let learned_from: Vec<Option<TrainingSplit>> = std::iter::once(training.split)
+            .chain(training.teacher_splits.iter().copied())
+            .collect();
+        if learned_from
+            .iter()
+            .flatten()
+            .any(|s| s.trained_on_validation_of(seed, val_fraction))
+        {
+            say(&format!(
+                "warning: teacher {} learned from some of this run's validation images: the run's validation numbers will read high",
+                path.display()
+            ));
+        }
+        splits.extend(learned_from);
     }
-    Ok(())
+    Ok(splits)
 }
 
 /// The side, in cached-crop pixels, of the window a teacher sees around the face's centre: the

@@ -150,6 +150,11 @@ pub struct TrainConfig {
     /// that changed since (the path of a shipped model gets a new model).
     #[serde(default)]
     pub teacher_hashes: Vec<u64>,
+    /// The split of each model the run learns from through distillation (its teachers, and
+    /// theirs), as they recorded it; written into the exported model, so `eval` can tell when a
+    /// teacher learned its validation faces. Runs saved before this setting: none.
+    #[serde(default)]
+    pub teacher_splits: Vec<Option<TrainingSplit>>,
 }
 
 fn default_input_px() -> u32 {
@@ -191,6 +196,7 @@ impl Default for TrainConfig {
             teachers: Vec::new(),
             distill: 0.0,
             teacher_hashes: Vec::new(),
+            teacher_splits: Vec::new(),
         }
     }
 }

@@ -252,11 +252,19 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
             )));
         }
         config.validate()?;
-        if config.distill > 0.0 {
-            distill::check_teachers(&config.teachers, config.input_px, config.margin)?;
-        }
+        let teacher_splits = if config.distill > 0.0 {
+            distill::check_teachers(
+                &config.teachers,
+                config.input_px,
+                config.margin,
+                (config.seed, config.val_fraction),
+            )?
+        } else {
+            Vec::new()
+        };
         let config = TrainConfig {
             teacher_hashes: distill::teacher_hashes(&config.teachers)?,
+            teacher_splits,
             ..config
         };
         RunState::new(config)

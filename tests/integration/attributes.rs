@@ -424,6 +424,8 @@ fn train_smoke_run_resumes_exports_and_matches_onnx_runtime() {
         !stderr.contains("warning") && !md.contains("Warning"),
         "{stderr}"
     );
+    let json = std::fs::read_to_string(dir.path().join("eval-0.15/report.json")).unwrap();
+    assert!(!json.contains("training_overlap"), "{json}");
     let (stderr, md) = eval("0.3");
     assert!(
         stderr.contains(
@@ -731,6 +733,57 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         "{stderr}"
     );
     assert!(stderr.contains("epoch 2/2"), "{stderr}");
+    // A teacher that learned some of this run's validation faces (its own validation part is
+    // smaller) is named at the start, and the student's model carries the teacher's split, so
+    // eval names it too.
+    let leaky = train(
+        "leaky",
+        &[
+            &one_epoch[..],
+            &["--val-fraction".as_ref(), "0.3".as_ref()],
+            &["--teacher".as_ref(), model.as_os_str()],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&leaky.stderr);
+    assert!(leaky.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: teacher {} learned from some of this run's validation images",
+            model.display()
+        )),
+        "{stderr}"
+    );
+    let student = dir.path().join("leaky/faceattr.onnx");
+    let training = faceflow::attributes::AttributeModel::load(&student, 1)
+        .unwrap()
+        .spec()
+        .training
+        .clone();
+    let split = |seed, val_fraction| faceflow::model::spec::TrainingSplit { seed, val_fraction };
+    assert_eq!(training.split, Some(split(42, 0.3)));
+    assert_eq!(training.teacher_splits, vec![Some(split(42, 0.15))]);
+    let report = dir.path().join("leaky-eval");
+    let out = run_ok(
+        bin()
+            .args(["eval", "--max-images", "8", "--split", "validation"])
+            .args(["--val-fraction", "0.3", "--source"])
+            .arg(&utk)
+            .arg("--model")
+            .arg(&student)
+            .arg("--report")
+            .arg(&report),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = "a teacher this model was distilled from was trained with another split (--seed 42 --val-fraction 0.15)";
+    assert!(stderr.contains(&format!("warning: {said}")), "{stderr}");
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert!(
+        json["training_overlap"].as_str().unwrap().starts_with(said),
+        "{json}"
+    );
     // The 0.4 model cannot teach a 0.1 run: its window is wider than the cached crop.
     let refused = train_with(
         "narrow",
