@@ -31,7 +31,11 @@ def load(report_dir):
             records = {r["file"]: r for r in map(json.loads, f)}
         path = folder / "report.json"
         with open(path) as f:
-            heads = set(json.load(f)["spec"]["tasks"])
+            report = json.load(f)
+        heads = set(report["spec"]["tasks"])
+        # eval's warning that the model (or a teacher) learned some of these images.
+        if report.get("training_overlap"):
+            print(f"compare_evals: {report_dir}: warning: {report['training_overlap']}", file=sys.stderr)
         return records, heads
     except OSError as e:
         sys.exit(f"compare_evals: cannot read {path}: {e.strerror}")
