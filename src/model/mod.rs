@@ -138,6 +138,30 @@ pub fn expected_years(fine: &[f32]) -> f32 {
         / total
 }
 
+/// Median age in years under fine per-year probabilities (normalised here): the estimate with
+/// the smallest expected absolute error, where the mean ([`expected_years`]) minimises the squared
+/// error — a skewed distribution (a child who may be a teenager) pulls the mean off the likely
+/// ages. Interpolated inside the bin where the cumulative probability crosses one half, each bin
+/// spanning its year ± 0.5.
+pub fn median_years(fine: &[f32]) -> f32 {
+    let total: f32 = fine.iter().sum();
+    if total.is_nan() || total <= 0.0 {
+        return f32::NAN;
+    }
+    let half = 0.5 * total;
+    let mut below = 0.0f32;
+    for (bin, &p) in fine.iter().enumerate() {
+        if p > 0.0 && below + p >= half {
+            let within = ((half - below) / p).clamp(0.0, 1.0);
+            return fine_bin_years(bin) as f32 - 0.5 + within;
+        }
+        below += p;
+    }
+    // Rounding left the running sum short of one half: the last bin with any probability.
+    let last = fine.iter().rposition(|&p| p > 0.0).unwrap_or(0);
+    fine_bin_years(last) as f32
+}
+
 /// Labels carried by a UTKFace file name `age_gender_race_datetime.jpg.chip.jpg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UtkLabels {
@@ -249,6 +273,30 @@ mod tests {
         assert!((expected_years(&fine) - (0.5 * 30.0 + 0.25 * 60.0 + 0.25 * 1.0)).abs() < 1e-4);
         assert_eq!(fine_bin_of(116), FINE_AGE_BINS - 1);
         assert!(expected_years(&[0.0; 3]).is_nan());
+    }
+
+    #[test]
+    fn median_age_interpolates_inside_the_crossing_bin() {
+        let mut fine = vec![0f32; FINE_AGE_BINS];
+        // All mass on 30: the bin's middle.
+        fine[fine_bin_of(30)] = 1.0;
+        assert!((median_years(&fine) - 30.0).abs() < 1e-5);
+        // A skewed child: 60 % at 5, 40 % spread far above. The mean is pulled to 11; the median
+        // stays inside the year of 5 (5/6 of the way through it).
+        let mut skewed = vec![0f32; FINE_AGE_BINS];
+        skewed[fine_bin_of(5)] = 0.6;
+        skewed[fine_bin_of(20)] = 0.4;
+        assert!((expected_years(&skewed) - 11.0).abs() < 1e-4);
+        assert!((median_years(&skewed) - (4.5 + 0.5 / 0.6)).abs() < 1e-4);
+        // Unnormalised input reads the same; half and half crosses at the top of the first.
+        let halves: Vec<f32> = skewed.iter().map(|p| p * 3.0).collect();
+        assert!((median_years(&halves) - median_years(&skewed)).abs() < 1e-4);
+        let mut even = vec![0f32; FINE_AGE_BINS];
+        even[fine_bin_of(10)] = 0.5;
+        even[fine_bin_of(40)] = 0.5;
+        assert!((median_years(&even) - 10.5).abs() < 1e-5);
+        assert!(median_years(&[0.0; 3]).is_nan());
+        assert!(median_years(&[f32::NAN; 3]).is_nan());
     }
 
     #[test]

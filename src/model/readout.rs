@@ -1,9 +1,9 @@
 //! Reading the attribute model's logits: softmax per head, age groups as sums of fine bins, age in
-//! years as the expectation, and the accuracy tallies the trainer and `faceflow eval` share.
+//! years as the median, and the accuracy tallies the trainer and `faceflow eval` share.
 
 use serde::Serialize;
 
-use super::{AgeGrouping, FINE_AGE_MAX_YEARS, GENDER_LABELS, RACE_LABELS, expected_years};
+use super::{AgeGrouping, FINE_AGE_MAX_YEARS, GENDER_LABELS, RACE_LABELS, median_years};
 
 /// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -46,8 +46,9 @@ impl Prediction {
         (argmax(&probs), probs)
     }
 
+    /// The median of the age distribution: the least absolute error (what MAE scores).
     pub fn age_years(&self) -> f32 {
-        expected_years(&self.age_fine)
+        median_years(&self.age_fine)
     }
 
     pub fn gender(&self) -> (usize, f32) {
