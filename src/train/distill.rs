@@ -54,7 +54,7 @@ pub(super) fn check_teachers(
             .any(|s| s.trained_on_validation_of(seed, val_fraction))
         {
             say(&format!(
-                "warning: teacher {} learned from some of this run's validation images: the run's validation numbers will read high",
+                "warning: teacher {} learned from some of this run's validation images if it was trained on these folders (its split, or a teacher's, differs): the run's validation numbers would read high",
                 path.display()
             ));
         }
