@@ -20,6 +20,7 @@ from pathlib import Path
 
 TASKS = ["age3", "age5", "age10", "gender", "race"]
 HEAD = {"age3": "age", "age5": "age", "age10": "age", "gender": "gender", "race": "race"}
+READOUTS = {}
 
 
 def load(report_dir):
@@ -33,6 +34,8 @@ def load(report_dir):
         with open(path) as f:
             report = json.load(f)
         heads = set(report["spec"]["tasks"])
+        # Reports before the field read age in years as the distribution's mean.
+        READOUTS[report_dir] = report.get("age_years_readout", "mean")
         # eval's warning that the model (or a teacher) learned some of these images.
         if report.get("training_overlap"):
             print(f"compare_evals: {report_dir}: warning: {report['training_overlap']}", file=sys.stderr)
@@ -125,6 +128,13 @@ def main():
             for c in columns
         ]
         print(f"| {folder} | " + " | ".join(cells) + " |")
+    if len(set(READOUTS.values())) > 1:
+        print(
+            "compare_evals: warning: the reports read age in years differently ("
+            + ", ".join(f"{k}: {v}" for k, v in READOUTS.items())
+            + "): their MAE differences mix readouts; re-run eval for a like-for-like MAE",
+            file=sys.stderr,
+        )
     print()
     print(
         f"Paired differences against {base_dir}: other − base, ± one standard error, McNemar p;"

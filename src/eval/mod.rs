@@ -65,6 +65,8 @@ pub struct EvalReport {
     pub spec: ModelSpec,
     /// Each face was also read mirrored and the two averaged.
     pub flip_average: bool,
+    /// How age in years is read from the distribution (reports before this field: "mean").
+    pub age_years_readout: &'static str,
     pub split: Split,
     pub seed: u64,
     pub val_fraction: f64,
@@ -301,6 +303,7 @@ pub fn evaluate(
         training_overlap: training_overlap(&spec, opts),
         spec,
         flip_average: model.flip_average(),
+        age_years_readout: "median",
         split: opts.split,
         seed: opts.seed,
         val_fraction: opts.val_fraction,

@@ -157,7 +157,7 @@ pub fn median_years(fine: &[f32]) -> f32 {
         }
         below += p;
     }
-    // Rounding left the running sum short of one half: the last bin with any probability.
+    // Not reached with finite input (the running sum retraces the total); keeps the function total.
     let last = fine.iter().rposition(|&p| p > 0.0).unwrap_or(0);
     fine_bin_years(last) as f32
 }

@@ -358,6 +358,40 @@ mod tests {
     }
 
     #[test]
+    fn years_are_the_median_of_the_age_distribution() {
+        // 60 % at 5 years, 40 % at 20: the mean (11) is an age the model barely considers.
+        let mut age_fine = vec![0f32; FINE_AGE_BINS];
+        age_fine[fine_bin_of(5)] = 0.6;
+        age_fine[fine_bin_of(20)] = 0.4;
+        let p = Prediction {
+            age_fine,
+            gender: vec![0.5, 0.5],
+            race: vec![0.2; 5],
+        };
+        assert!(
+            (p.age_years() - (4.5 + 0.5 / 0.6)).abs() < 1e-4,
+            "{}",
+            p.age_years()
+        );
+        assert!((p.age_json(AgeGrouping::Three).years - 5.3).abs() < 1e-4);
+        // MAE scores the same readout: truth 5 is 0.33 years off, not 6.
+        let mut t = Tally::default();
+        t.add(
+            &Truth {
+                age_years: Some(5),
+                gender: None,
+                race: None,
+            },
+            Some(&p),
+        );
+        assert!(
+            (t.age_mae() - 0.5 / 0.6 + 0.5).abs() < 1e-4,
+            "{}",
+            t.age_mae()
+        );
+    }
+
+    #[test]
     fn json_readout_uses_the_study_labels() {
         let p = peaked(34, 1, 2);
         let age = p.age_json(AgeGrouping::Three);

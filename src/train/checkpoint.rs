@@ -78,7 +78,12 @@ pub(super) fn spec_for(state: &RunState, description: &str) -> ModelSpec {
             seed: config.seed,
             val_fraction: config.val_fraction,
         }),
-        teacher_splits: config.teacher_splits.clone(),
+        teacher_splits: if config.teacher_splits.is_empty() && config.distill > 0.0 {
+            // A run started before teachers' splits were recorded: its teachers, splits unknown.
+            vec![None; config.teachers.len()]
+        } else {
+            config.teacher_splits.clone()
+        },
     };
     spec
 }
