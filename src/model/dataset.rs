@@ -169,6 +169,22 @@ pub fn is_validation_key(sample: &Sample, seed: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// A labelled sample whose content hash is `h` (the split reads nothing else).
+    fn sample(h: u64) -> Sample {
+        Sample {
+            path: PathBuf::new(),
+            content_hash: h,
+            labels: UtkLabels {
+                age_years: 1,
+                gender: 0,
+                race: 0,
+            },
+            has_age: true,
+            has_gender: true,
+            has_race: true,
+        }
+    }
+
     #[test]
     fn sources_parse_with_optional_tasks() {
         let s = Source::parse("data/utk@race").unwrap();
@@ -181,18 +197,6 @@ mod tests {
 
     #[test]
     fn split_is_deterministic_and_near_the_fraction() {
-        let sample = |h: u64| Sample {
-            path: PathBuf::new(),
-            content_hash: h,
-            labels: UtkLabels {
-                age_years: 1,
-                gender: 0,
-                race: 0,
-            },
-            has_age: true,
-            has_gender: true,
-            has_race: true,
-        };
         let n = 10_000;
         let val = (0..n)
             .filter(|&h| is_validation(&sample(content_hash(&(h as u64).to_le_bytes())), 7, 0.15))
@@ -216,19 +220,9 @@ mod tests {
     #[test]
     fn overlap_of_splits_matches_the_images() {
         use crate::model::spec::TrainingSplit;
-        let sample = |h: u64| Sample {
-            path: PathBuf::new(),
-            content_hash: content_hash(&h.to_le_bytes()),
-            labels: UtkLabels {
-                age_years: 1,
-                gender: 0,
-                race: 0,
-            },
-            has_age: true,
-            has_gender: true,
-            has_race: true,
-        };
-        let samples: Vec<Sample> = (0..4000).map(sample).collect();
+        let samples: Vec<Sample> = (0..4000u64)
+            .map(|h| sample(content_hash(&h.to_le_bytes())))
+            .collect();
         let splits = [(42, 0.0), (42, 0.1), (42, 0.15), (42, 0.3), (7, 0.15)];
         for (model_seed, model_fraction) in splits {
             let model = TrainingSplit {
