@@ -1,0 +1,162 @@
+"""Packs the trainer's aligned face crops (faceflow's own detector and alignment, read from its crop
+cache) with their UTKFace labels and the trainer's validation split into one small file set, so a
+GPU machine can train teacher models on exactly the crops `faceflow train` distils from.
+
+Usage: export_crops.py UTKFACE_DIR CROP_CACHE OUT_DIR [--input-px 80] [--margin 0.15] [--border 8]
+                       [--seed 42] [--val-fraction 0.15] [--quality 92]
+
+Writes OUT_DIR/crops.bin (JPEG images, (input_px + 2 border) px square, centred on the model's
+crop) and OUT_DIR/index.json (per face: offset, length, age, gender, race, val).
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from PIL import Image
+
+CONTENT_SEED = 0x6661_6365_666C_6F77
+CACHE_MAGIC = b"FFCROP01"
+CACHE_BORDER_PX = 12
+MASK64 = (1 << 64) - 1
+IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "bmp", "webp"}
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def is_validation(content_hash, seed, val_fraction):
+    """src/model/dataset.rs::is_validation."""
+    key = mix64(content_hash ^ mix64((seed + 0x9E3779B97F4A7C15) & MASK64))
+    return (key >> 11) / float(1 << 53) < val_fraction
+
+
+def parse_name(name):
+    """src/model/mod.rs::parse_utkface_name: (age, gender, race) or None."""
+    fields = name.split("_")
+    if len(fields) < 4 or not all(f.isdigit() for f in fields[:3]):
+        return None
+    age, gender, race = (int(f) for f in fields[:3])
+    if not (1 <= age <= 120) or gender > 1 or race > 4:
+        return None
+    return age, gender, race
+
+
+def scan(folder):
+    """src/model/dataset.rs::scan for one folder: one sample per distinct content, copies with
+    conflicting labels dropped."""
+    by_hash = {}
+    for name in sorted(os.listdir(folder)):
+        if name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
+            continue
+        labels = parse_name(name)
+        if labels is None:
+            continue
+        data = (folder / name).read_bytes()
+        by_hash.setdefault(xxhash.xxh64_intdigest(data, CONTENT_SEED), []).append(labels)
+    samples = []
+    for h in sorted(by_hash):
+        copies = by_hash[h]
+        if any(c != copies[0] for c in copies[1:]):
+            continue
+        samples.append((h, copies[0]))
+    return samples
+
+
+def read_cache(path, cache_px):
+    crop_bytes = cache_px * cache_px * 3
+    data = Path(path).read_bytes()
+    if data[:8] != CACHE_MAGIC:
+        sys.exit(f"{path}: not a faceflow crop cache")
+    crops, at = {}, 8
+    while at + 9 <= len(data):
+        h = int.from_bytes(data[at : at + 8], "little")
+        found = data[at + 8] == 1
+        at += 9
+        if found:
+            if at + crop_bytes > len(data):
+                break
+            crops[h] = data[at : at + crop_bytes]
+            at += crop_bytes
+        else:
+            crops[h] = None
+    return crops
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("utkface", type=Path)
+    p.add_argument("cache", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--input-px", type=int, default=80)
+    p.add_argument("--margin", type=float, default=0.15)
+    p.add_argument("--border", type=int, default=8)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--quality", type=int, default=92)
+    a = p.parse_args()
+    if not 0 <= a.border <= CACHE_BORDER_PX:
+        sys.exit(f"--border must be 0..{CACHE_BORDER_PX}")
+    cache_px = a.input_px + 2 * CACHE_BORDER_PX
+    crops = read_cache(a.cache, cache_px)
+    samples = scan(a.utkface)
+    a.out.mkdir(parents=True, exist_ok=True)
+    side = a.input_px + 2 * a.border
+    cut = CACHE_BORDER_PX - a.border
+    index, missing, no_face = [], 0, 0
+    with open(a.out / "crops.bin", "wb") as blob:
+        offset = 0
+        for h, (age, gender, race) in samples:
+            if h not in crops:
+                missing += 1
+                continue
+            crop = crops[h]
+            if crop is None:
+                no_face += 1
+                continue
+            rgb = np.frombuffer(crop, np.uint8).reshape(cache_px, cache_px, 3)
+            buf = io.BytesIO()
+            Image.fromarray(rgb[cut : cut + side, cut : cut + side]).save(
+                buf, "JPEG", quality=a.quality
+            )
+            jpeg = buf.getvalue()
+            blob.write(jpeg)
+            index.append(
+                {
+                    "hash": f"{h:016x}",
+                    "offset": offset,
+                    "length": len(jpeg),
+                    "age": age,
+                    "gender": gender,
+                    "race": race,
+                    "val": is_validation(h, a.seed, a.val_fraction),
+                }
+            )
+            offset += len(jpeg)
+    if missing:
+        sys.exit(f"{missing} images are not in the crop cache: run `faceflow train` on this folder first")
+    meta = {
+        "input_px": a.input_px,
+        "margin": a.margin,
+        "border": a.border,
+        "side": side,
+        "seed": a.seed,
+        "val_fraction": a.val_fraction,
+        "faces": index,
+    }
+    (a.out / "index.json").write_text(json.dumps(meta))
+    val = sum(f["val"] for f in index)
+    print(f"{len(index)} faces ({len(index) - val} training, {val} validation), {no_face} without a face, "
+          f"{offset / 1e6:.1f} MB of {side} px JPEG (q{a.quality})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/bin/bash
+# Trains the teacher members on one GPU machine in one go: a smoke test first (fails fast), then
+# MEMBERS members on the trainer's training part and MEMBERS on every face, all at once (small
+# nets leave a large GPU idle when run one at a time). Weights and the log go to OUT.
+# Usage: models/teacher/gpu_run.sh DATA_DIR OUT BUDGET_S [MEMBERS]
+set -u -o pipefail
+data=$1; out=$2; budget=$3; members=${4:-3}
+here=$(dirname "$0")
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+python3 "$here/train_teachers.py" "$data" /tmp/smoke.pt --split train --budget-s 30 --max-steps 5 --limit 600 || exit 3
+for s in $(seq 1 "$members"); do
+  timeout $((budget + 120)) python3 "$here/train_teachers.py" "$data" "$out/train-$s.pt" --split train --seed "$s" --budget-s "$budget" >> "$out/log.txt" 2>&1 &
+  timeout $((budget + 120)) python3 "$here/train_teachers.py" "$data" "$out/all-$s.pt" --split all --seed $((s + 10)) --budget-s "$budget" >> "$out/log.txt" 2>&1 &
+done
+sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+wait
+cat "$out/log.txt"
+ls -la "$out"
