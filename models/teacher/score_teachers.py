@@ -2,7 +2,7 @@
 attribute model (ONNX) on the trainer's validation crops packed by export_crops.py (centre crop,
 or the wider window of a model aligned with a larger margin, resampled to its input), mirror
 averaged; then the mean of all their probabilities, as the trainer blends several teachers.
-Age is read as the median of the distribution. A quick way to judge a set of teachers before a
+Age is read as the median of the distribution and scored on faces aged 1-80. A quick way to judge a set of teachers before a
 30-epoch run; the window is resampled with PIL rather than faceflow's warp and the crops passed
 through JPEG, so the numbers sit near, not on, `faceflow eval`'s.
 
@@ -62,10 +62,12 @@ def main():
 
     def score(probs, name):
         age, gender, race = probs
-        median = (np.cumsum(age, 1) < 0.5).sum(1) + 1
-        truth = np.minimum(labels[:, 0], 80)
+        # Age is scored on faces aged 1-80, as `faceflow eval` scores it.
+        aged = labels[:, 0] <= 80
+        median = ((np.cumsum(age, 1) < 0.5).sum(1) + 1)[aged]
+        truth = labels[aged, 0]
         cells = [f"{(np.searchsorted(GROUPS[n], median) == np.searchsorted(GROUPS[n], truth)).mean():.3f}" for n in GROUPS]
-        cells.append(f"{np.abs(median - labels[:, 0]).mean():.2f}")
+        cells.append(f"{np.abs(median - truth).mean():.2f}")
         cells.append(f"{(gender.argmax(1) == labels[:, 1]).mean():.3f}")
         cells.append(f"{(race.argmax(1) == labels[:, 2]).mean():.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
