@@ -14,6 +14,8 @@ for s in $(seq 1 "$members"); do
   timeout $((budget + 120)) python3 "$here/train_teachers.py" "$data" "$out/all-$s.pt" --split all --seed $((s + 10)) --budget-s "$budget" >> "$out/log.txt" 2>&1 &
 done
 sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-wait
+failed=0
+for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
 cat "$out/log.txt"
 ls -la "$out"
+if [ "$failed" -gt 0 ]; then echo "$failed member(s) failed" >&2; exit 1; fi

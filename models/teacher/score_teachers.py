@@ -1,7 +1,7 @@
 """Scores teachers, alone and averaged, as `faceflow train` would hear them: each faceflow
 attribute model (ONNX) on the trainer's validation crops packed by export_crops.py (centre crop,
 or the wider window of a model aligned with a larger margin, resampled to its input), mirror
-averaged; then the mean of all their probabilities, as the trainer blends several teachers.
+averaged (logits, as faceflow does); then the mean of all their probabilities, as the trainer blends several teachers.
 Age is read as the median of the distribution and scored on faces aged 1-80. A quick way to judge a set of teachers before a
 30-epoch run; the window is resampled with PIL rather than faceflow's warp and the crops passed
 through JPEG, so the numbers sit near, not on, `faceflow eval`'s.
@@ -51,13 +51,16 @@ def main():
         spec = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["faceflow.spec"])
         x = ((view(spec["input"]["size_px"], spec["input"]["margin"]).astype(np.float32) - 127.5) / 64).transpose(0, 3, 1, 2)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        probs = [0.0, 0.0, 0.0]
+        # As faceflow's AttributeModel::predict: the mirror's logits averaged in, then softmax.
+        logits = [0.0, 0.0, 0.0]
         for xx in (x, np.ascontiguousarray(x[:, :, :, ::-1])):
             outs = [session.run(None, {"crop": xx[i : i + 256]}) for i in range(0, len(xx), 256)]
             for k in range(3):
-                z = np.concatenate([o[k] for o in outs])
-                z = np.exp(z - z.max(1, keepdims=True))
-                probs[k] = probs[k] + z / z.sum(1, keepdims=True) / 2
+                logits[k] = logits[k] + np.concatenate([o[k] for o in outs]) / 2
+        probs = []
+        for z in logits:
+            z = np.exp(z - z.max(1, keepdims=True))
+            probs.append(z / z.sum(1, keepdims=True))
         return probs
 
     def score(probs, name):

@@ -142,7 +142,7 @@ def groups(ages, n):
 
 @torch.no_grad()
 def evaluate(model, images, labels, border, out_px):
-    """Trainer-style validation: centre crops, mirror averaged; age as the distribution's median."""
+    """Centre crops, mirror averaged as faceflow does (the logits); age as the distribution's median."""
     model.eval()
     probs = [[], [], []]
     for i in range(0, len(images), 1024):
@@ -150,7 +150,7 @@ def evaluate(model, images, labels, border, out_px):
         with torch.autocast("cuda", torch.bfloat16, enabled=x.is_cuda):
             outs = [model(x), model(torch.flip(x, dims=[3]))]
         for k in range(3):
-            probs[k].append(sum(F.softmax(o[k].float(), 1) for o in outs) / 2)
+            probs[k].append(F.softmax((outs[0][k].float() + outs[1][k].float()) / 2, 1))
     age_p, gender_p, race_p = (torch.cat(p) for p in probs)
     cdf = age_p.cumsum(1)
     median = (cdf < 0.5).sum(1) + 1
