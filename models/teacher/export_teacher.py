@@ -48,10 +48,14 @@ def main():
             meta = saved["meta"]
         elif saved["meta"] != meta:
             sys.exit(f"{path}: trained on other crops than {sys.argv[2]}")
-    splits = {r["split"] for r in results}
+    # Older members recorded the slice as a list of one interval.
+    held = [r.get("also_held_out") for r in results]
+    held = [h[0] if h and isinstance(h[0], list) else (h or None) for h in held]
+    splits = {(r["split"], json.dumps(h)) for r, h in zip(results, held)}
     if len(splits) != 1:
-        sys.exit("members learned different splits")
-    split = splits.pop()
+        sys.exit("members learned different faces: export each fold of a cross-fitted set on its own")
+    split, held_out = splits.pop()
+    held_out = json.loads(held_out)
     px = meta["input_px"]
     model = Ensemble(members).eval()
     torch.onnx.export(
@@ -84,7 +88,11 @@ def main():
             ),
             "epochs": round(results[0]["epochs"]),
             "images": results[0]["training_faces"],
-            "split": {"seed": meta["seed"], "val_fraction": meta["val_fraction"] if split == "train" else 0.0},
+            "split": {
+                "seed": meta["seed"],
+                "val_fraction": meta["val_fraction"] if split == "train" else 0.0,
+                **({"also_held_out": held_out} if held_out else {}),
+            },
         },
     }
     del proto.metadata_props[:]

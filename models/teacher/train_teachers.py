@@ -4,10 +4,14 @@ trains one member for a fixed wall-clock budget (the learning rate follows a cos
 budget, so a run always ends annealed) and saves its weights; export_teacher.py turns members
 into one ONNX teacher with faceflow's spec.
 
-Usage: train_teachers.py DATA_DIR OUT.pt --split {train,all} --seed N --budget-s S [--report R.json]
+Usage: train_teachers.py DATA_DIR OUT.pt --split {train,all} --seed N --budget-s S
+                         [--fold K --folds N] [--report R.json]
 
 `--split train` learns only the trainer's training part (and reports on its validation part);
-`--split all` learns every face.
+`--split all` learns every face. `--fold K --folds N` also holds out the K-th (1-based) of N equal
+slices of the split's unit interval above the validation part: a cross-fitted set of N members
+where each face of the training part has one member that never saw it (the trainer, reading the
+held-out slice from the spec, takes each face's targets from the members that did not learn it).
 """
 
 import argparse
@@ -88,7 +92,30 @@ def load(data_dir, limit=0):
         images = np.stack(list(pool.map(decode, faces)))
     labels = np.array([[f["age"], f["gender"], f["race"]] for f in faces], np.int64)
     val = np.array([f["val"] for f in faces], bool)
-    return meta, images, labels, val
+    unit = np.array([split_unit(int(f["hash"], 16), meta["seed"]) for f in faces])
+    return meta, images, labels, val, unit
+
+
+MASK64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def split_unit(content_hash, seed):
+    """src/model/dataset.rs: the face's place in [0, 1) that decides its part of the split."""
+    key = mix64(content_hash ^ mix64((seed + 0x9E3779B97F4A7C15) & MASK64))
+    return (key >> 11) / float(1 << 53)
+
+
+def fold_interval(fold, folds, val_fraction):
+    """[from, to) of the split's unit held out by member `fold` (1-based) of `folds`."""
+    width = (1.0 - val_fraction) / folds
+    lo = val_fraction + (fold - 1) * width
+    return [lo, 1.0 if fold == folds else val_fraction + fold * width]
 
 
 def age_distribution(ages):
@@ -179,15 +206,24 @@ def main():
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (testing)")
     p.add_argument("--limit", type=int, default=0, help="use only the first N faces (testing)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--folds", type=int, default=0)
     p.add_argument("--report", type=Path)
     a = p.parse_args()
     started = time.time()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(a.seed)
     torch.backends.cudnn.benchmark = True
-    meta, images, labels, val = load(a.data, a.limit)
+    if (a.fold > 0) != (a.folds > 0) or not 0 <= a.fold <= a.folds:
+        sys.exit("--fold K needs --folds N, 1 <= K <= N")
+    meta, images, labels, val, unit = load(a.data, a.limit)
     border, side, out_px = meta["border"], meta["side"], meta["input_px"]
-    train_idx = np.nonzero(~val if a.split == "train" else np.ones_like(val))[0]
+    learn = ~val if a.split == "train" else np.ones_like(val)
+    held_out = None
+    if a.folds:
+        held_out = fold_interval(a.fold, a.folds, meta["val_fraction"] if a.split == "train" else 0.0)
+        learn &= ~((unit >= held_out[0]) & (unit < held_out[1]))
+    train_idx = np.nonzero(learn)[0]
     images_d = torch.from_numpy(images).to(dev)
     labels_d = torch.from_numpy(labels).to(dev)
     tr_x, tr_y = images_d[train_idx], labels_d[train_idx]
@@ -240,7 +276,7 @@ def main():
         seen += len(idx)
     train_s = time.time() - t0
     result = {
-        "member": a.out.name, "split": a.split, "seed": a.seed, "params": params, "steps": step,
+        "member": a.out.name, "split": a.split, "also_held_out": held_out, "seed": a.seed, "params": params, "steps": step,
         "epochs": round(seen / len(tr_x), 2), "train_seconds": round(train_s, 1),
         "images_per_s": round(seen / max(train_s, 1e-9)), "training_faces": len(tr_x), "history": history,
     }

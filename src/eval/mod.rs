@@ -601,7 +601,13 @@ mod tests {
             spec.training.split = split;
             spec
         };
-        let trained = |seed, val_fraction| spec(Some(TrainingSplit { seed, val_fraction }));
+        let trained = |seed, val_fraction| {
+            spec(Some(TrainingSplit {
+                seed,
+                val_fraction,
+                also_held_out: None,
+            }))
+        };
         let validation = opts(Split::Validation, 42, 0.15);
         // Older models carry no split: nothing to say.
         assert_eq!(training_overlap(&spec(None), &validation), None);
@@ -621,6 +627,7 @@ mod tests {
             Some(TrainingSplit {
                 seed: 42,
                 val_fraction: 0.0,
+                also_held_out: None,
             }),
         ];
         let said = training_overlap(&taught, &validation).unwrap();
@@ -633,6 +640,7 @@ mod tests {
             Some(TrainingSplit {
                 seed: 42,
                 val_fraction: 0.15,
+                also_held_out: None,
             }),
         ];
         assert_eq!(training_overlap(&taught, &validation), None);

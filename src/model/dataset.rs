@@ -156,13 +156,22 @@ pub fn scan(sources: &[Source]) -> Result<ScanReport, DatasetError> {
 /// Deterministic split by content: a sample goes to validation when its seeded hash falls below
 /// `val_fraction`. Adding or removing other files never moves a sample across.
 pub fn is_validation(sample: &Sample, seed: u64, val_fraction: f64) -> bool {
-    let unit = (is_validation_key(sample, seed) >> 11) as f64 / (1u64 << 53) as f64;
-    unit < val_fraction
+    split_unit(sample.content_hash, seed) < val_fraction
+}
+
+/// Where an image of `content_hash` falls in [0, 1) under `seed`: the split's validation part is
+/// the images below its fraction (and a cross-fitted teacher's fold a slice above it).
+pub fn split_unit(content_hash: u64, seed: u64) -> f64 {
+    (split_key(content_hash, seed) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The seeded, well-mixed word behind [`is_validation`]; also orders deterministic subsets.
 pub fn is_validation_key(sample: &Sample, seed: u64) -> u64 {
-    mix64(sample.content_hash ^ mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+    split_key(sample.content_hash, seed)
+}
+
+fn split_key(content_hash: u64, seed: u64) -> u64 {
+    mix64(content_hash ^ mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 
 #[cfg(test)]
@@ -228,6 +237,7 @@ mod tests {
             let model = TrainingSplit {
                 seed: model_seed,
                 val_fraction: model_fraction,
+                also_held_out: None,
             };
             for (seed, fraction) in splits {
                 let overlap = samples.iter().any(|s| {

@@ -151,6 +151,12 @@ pub struct TrainingInfo {
 pub struct TrainingSplit {
     pub seed: u64,
     pub val_fraction: f64,
+    /// Images also kept out of training: those whose place in the split (see
+    /// [`crate::model::dataset::split_unit`]) lies in `[from, to)`. Set on one member of a
+    /// cross-fitted set of teachers, each of which leaves out another slice, so every image has
+    /// a teacher that never learned it (see `train::distill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub also_held_out: Option<[f64; 2]>,
 }
 
 impl TrainingSplit {
@@ -161,6 +167,15 @@ impl TrainingSplit {
     pub fn trained_on_validation_of(&self, seed: u64, val_fraction: f64) -> bool {
         let nested = self.seed == seed && val_fraction <= self.val_fraction;
         val_fraction > 0.0 && !nested
+    }
+
+    /// Whether the model trained with this split never learned the image of `content_hash`.
+    pub fn held_out(&self, content_hash: u64) -> bool {
+        let unit = crate::model::dataset::split_unit(content_hash, self.seed);
+        unit < self.val_fraction
+            || self
+                .also_held_out
+                .is_some_and(|[from, to]| from <= unit && unit < to)
     }
 }
 
@@ -405,6 +420,35 @@ mod tests {
             "does not match this faceflow: alignment is faceflow-5pt-v1 margin 0.05, expected \
              faceflow-5pt-v1 margin 0.1 to 0.8"
         );
+    }
+
+    #[test]
+    fn a_fold_of_a_cross_fitted_set_holds_out_its_slice_and_round_trips() {
+        use crate::model::dataset::{content_hash, split_unit};
+        let fold = TrainingSplit {
+            seed: 42,
+            val_fraction: 0.15,
+            also_held_out: Some([0.15, 0.32]),
+        };
+        let plain = TrainingSplit {
+            also_held_out: None,
+            ..fold
+        };
+        for i in 0..2000u32 {
+            let hash = content_hash(&i.to_le_bytes());
+            let unit = split_unit(hash, 42);
+            assert_eq!(plain.held_out(hash), unit < 0.15);
+            assert_eq!(fold.held_out(hash), unit < 0.32);
+        }
+        // Holding out more never reaches into the validation part.
+        assert!(!fold.trained_on_validation_of(42, 0.15));
+        let mut spec = ModelSpec::current(&Task::ALL);
+        spec.training.split = Some(fold);
+        let back = ModelSpec::from_metadata(Some(&spec.to_json())).unwrap();
+        assert_eq!(back.training.split, Some(fold));
+        // A split without a slice is written as before (older builds read it).
+        spec.training.split = Some(plain);
+        assert!(!spec.to_json().contains("also_held_out"));
     }
 
     #[test]

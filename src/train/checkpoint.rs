@@ -77,6 +77,7 @@ pub(super) fn spec_for(state: &RunState, description: &str) -> ModelSpec {
         split: Some(TrainingSplit {
             seed: config.seed,
             val_fraction: config.val_fraction,
+            also_held_out: None,
         }),
         teacher_splits: if config.teacher_splits.is_empty() && config.distill > 0.0 {
             // A run started before teachers' splits were recorded: its teachers, splits unknown.

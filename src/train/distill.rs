@@ -123,7 +123,10 @@ fn teacher_view(cached: &[u8], window: f32, side: usize) -> Vec<u8> {
 /// window of its own margin, cut from the cached crop (see [`teacher_window`]). `None` when `stop`
 /// is set before the teachers are through (minutes on a large set: Ctrl-C must not wait). Each
 /// teacher file must still have the content hash the run recorded (`teacher_hashes`): the file
-/// read is the file checked, even when it was replaced while the crop cache filled.
+/// read is the file checked, even when it was replaced while the crop cache filled. A teacher
+/// that is one fold of a cross-fitted set (its split holds out a slice, `also_held_out`) speaks
+/// only for the faces it never learned; each face's heads are the mean over the teachers that
+/// speak for it, and a face left with none for a head is an error.
 pub(super) fn teacher_targets(
     teachers: &[PathBuf],
     teacher_hashes: &[u64],
@@ -134,7 +137,10 @@ pub(super) fn teacher_targets(
 ) -> Result<Option<Taught>, TrainError> {
     use crate::model::spec::Task;
     let mut sum = vec![0f32; items.len() * PER_FACE];
+    // Teachers trained for each head: in all, and per face (a cross-fitted teacher only speaks
+    // for some faces).
     let mut counts = [0usize; 3];
+    let mut face_counts = vec![[0u16; 3]; items.len()];
     let heads = [
         0..FINE_AGE_BINS,
         FINE_AGE_BINS..FINE_AGE_BINS + GENDER_LABELS.len(),
@@ -165,19 +171,27 @@ pub(super) fn teacher_targets(
         for (count, on) in counts.iter_mut().zip(trained) {
             *count += usize::from(on);
         }
-        for (chunk_index, chunk) in items.chunks(BATCH).enumerate() {
+        // One member of a cross-fitted set teaches only the faces it never learned: on those it
+        // learned, a teacher that fits its training faces says little more than their labels.
+        let taught: Vec<usize> = match model.spec().training.split {
+            Some(split) if split.also_held_out.is_some() => (0..items.len())
+                .filter(|&i| split.held_out(items[i].image_hash))
+                .collect(),
+            _ => (0..items.len()).collect(),
+        };
+        for chunk in taught.chunks(BATCH) {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
             let crops: Vec<Vec<u8>> = chunk
                 .iter()
-                .map(|item| teacher_view(&item.crop, window, side))
+                .map(|&i| teacher_view(&items[i].crop, window, side))
                 .collect();
             let predictions = model
                 .predict(&crops)
                 .map_err(|e| TrainError::Config(format!("teacher {}: {e}", path.display())))?;
-            for (k, p) in predictions.iter().enumerate() {
-                let at = (chunk_index * BATCH + k) * PER_FACE;
+            for (&i, p) in chunk.iter().zip(&predictions) {
+                let at = i * PER_FACE;
                 let values: Vec<f32> = p
                     .age_fine
                     .iter()
@@ -185,10 +199,11 @@ pub(super) fn teacher_targets(
                     .chain(&p.race)
                     .copied()
                     .collect();
-                for (head, on) in heads.iter().zip(trained) {
+                for (h, (head, on)) in heads.iter().zip(trained).enumerate() {
                     if !on {
                         continue;
                     }
+                    face_counts[i][h] += 1;
                     let slots = &mut sum[at + head.start..at + head.end];
                     for (slot, v) in slots.iter_mut().zip(&values[head.clone()]) {
                         *slot += v;
@@ -199,14 +214,21 @@ pub(super) fn teacher_targets(
         say(&format!(
             "teacher {}: {} faces in {:.0} s",
             path.display(),
-            items.len(),
+            taught.len(),
             started.elapsed().as_secs_f64()
         ));
     }
-    for face in sum.chunks_exact_mut(PER_FACE) {
-        for (head, &count) in heads.iter().zip(&counts) {
+    for (face, taught) in sum.chunks_exact_mut(PER_FACE).zip(&face_counts) {
+        for ((head, &count), &n) in heads.iter().zip(&counts).zip(taught) {
+            if count > 0 && n == 0 {
+                return Err(TrainError::Config(
+                    "some training faces have no teacher for a head: every teacher of it is one \
+                     fold of a cross-fitted set that learned them; give all folds of the set"
+                        .into(),
+                ));
+            }
             for v in &mut face[head.clone()] {
-                *v /= count.max(1) as f32;
+                *v /= f32::from(n.max(1));
             }
         }
     }
@@ -403,6 +425,7 @@ mod tests {
             .map(|i| Item {
                 crop: vec![i; cache * cache * 3],
                 truth: Default::default(),
+                image_hash: u64::from(i),
             })
             .collect();
         let stop = AtomicBool::new(true);
@@ -447,6 +470,81 @@ mod tests {
     }
 
     #[test]
+    fn a_cross_fitted_teacher_teaches_only_the_faces_it_held_out() {
+        use super::super::net::{FaceAttrNet, NetShape};
+        use crate::model::dataset::split_unit;
+        use crate::model::spec::{ModelSpec, Task};
+        use burn::tensor::Device;
+        let dir = tempfile::tempdir().unwrap();
+        let shipped =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(crate::attributes::DEFAULT_MODEL);
+        // One network (not the shipped one) under three splits: plain, and two folds that
+        // together hold out every face.
+        let net = FaceAttrNet::new(&Device::flex(), &NetShape::tiny());
+        let write = |name: &str, also_held_out: Option<[f64; 2]>| {
+            let mut spec = ModelSpec::with_input_margin(&Task::ALL, 80, 0.25);
+            spec.training.split = Some(TrainingSplit {
+                seed: 42,
+                val_fraction: 0.0,
+                also_held_out,
+            });
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                super::super::export::export_onnx(&net, &spec).unwrap(),
+            )
+            .unwrap();
+            path
+        };
+        let plain = write("plain.onnx", None);
+        let low = write("low.onnx", Some([0.0, 0.5]));
+        let high = write("high.onnx", Some([0.5, 1.0]));
+        let cache = super::super::data::cache_px(80) as usize;
+        let items: Vec<Item> = (0..40u8)
+            .map(|i| Item {
+                crop: vec![i.wrapping_mul(6); cache * cache * 3],
+                truth: Default::default(),
+                image_hash: content_hash(&[i]),
+            })
+            .collect();
+        let low_faces: Vec<bool> = items
+            .iter()
+            .map(|item| split_unit(item.image_hash, 42) < 0.5)
+            .collect();
+        assert!(low_faces.iter().any(|&l| l) && low_faces.iter().any(|&l| !l));
+        let stop = AtomicBool::new(false);
+        let targets = |teachers: &[&PathBuf]| {
+            let teachers: Vec<PathBuf> = teachers.iter().map(|p| (*p).clone()).collect();
+            let hashes = teacher_hashes(&teachers).unwrap();
+            teacher_targets(&teachers, &hashes, &items, 80, 0.15, &stop)
+                .map(|taught| taught.unwrap().values)
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        let face = |values: &[f32], i: usize| values[i * PER_FACE..(i + 1) * PER_FACE].to_vec();
+        let alone = targets(&[&shipped]).unwrap();
+        let with_plain = targets(&[&shipped, &plain]).unwrap();
+        assert!(!close(&alone, &with_plain), "the two networks must differ");
+        // Both folds: every face hears the shipped model and the one fold that held it out,
+        // which is the plain network on that face.
+        assert!(close(
+            &targets(&[&shipped, &low, &high]).unwrap(),
+            &with_plain
+        ));
+        // One fold: it speaks only for the faces it held out.
+        let with_low = targets(&[&shipped, &low]).unwrap();
+        for (i, &is_low) in low_faces.iter().enumerate() {
+            let expected = if is_low { &with_plain } else { &alone };
+            assert!(close(&face(&with_low, i), &face(expected, i)), "face {i}");
+        }
+        // A head no teacher speaks for on some face is refused, not averaged over nobody.
+        let message = targets(&[&low])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(message.contains("give all folds"), "{message}");
+    }
+
+    #[test]
     fn saved_targets_are_read_back_only_for_the_same_inputs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(TARGETS_FILE);
@@ -455,6 +553,7 @@ mod tests {
                 .map(|i| Item {
                     crop: vec![i; 12],
                     truth: Default::default(),
+                    image_hash: u64::from(i),
                 })
                 .into()
         };

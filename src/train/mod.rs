@@ -359,6 +359,8 @@ impl RunState {
 struct Item {
     crop: Vec<u8>,
     truth: Truth,
+    /// The source image's content hash: its place in splits (cross-fitted teachers).
+    image_hash: u64,
 }
 
 pub struct Outcome {
@@ -438,6 +440,7 @@ mod tests {
                     .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i * 97) >> 13) as u8)
                     .collect(),
                 truth: Truth::default(),
+                image_hash: u64::from(i),
             })
             .collect();
         let device = Device::flex().autodiff();

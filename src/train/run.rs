@@ -105,6 +105,7 @@ pub(super) fn prepare(
             match cache.get(s.content_hash) {
                 Some(Some(crop)) => out.push(Item {
                     crop: crop.clone(),
+                    image_hash: s.content_hash,
                     truth: Truth {
                         age_years: (s.has_age || !with_masks).then_some(s.labels.age_years),
                         gender: (s.has_gender || !with_masks).then_some(s.labels.gender),

@@ -760,7 +760,11 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         .spec()
         .training
         .clone();
-    let split = |seed, val_fraction| faceflow::model::spec::TrainingSplit { seed, val_fraction };
+    let split = |seed, val_fraction| faceflow::model::spec::TrainingSplit {
+        seed,
+        val_fraction,
+        also_held_out: None,
+    };
     assert_eq!(training.split, Some(split(42, 0.3)));
     assert_eq!(training.teacher_splits, vec![Some(split(42, 0.15))]);
     let report = dir.path().join("leaky-eval");
