@@ -150,7 +150,10 @@ pub fn training_overlap(spec: &ModelSpec, opts: &EvalOptions) -> Option<String> 
     }
     let reaches = |s: &TrainingSplit| s.trained_on_validation_of(opts.seed, opts.val_fraction);
     let how = |s: &TrainingSplit| {
-        if s.val_fraction <= 0.0 {
+        if s.val_fraction <= 0.0 && s.also_held_out.is_some() {
+            "on every labelled image but one slice (--val-fraction 0, one fold of a cross-fitted set)"
+                .to_string()
+        } else if s.val_fraction <= 0.0 {
             "on every labelled image (--val-fraction 0)".to_string()
         } else {
             format!(

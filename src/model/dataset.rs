@@ -233,22 +233,25 @@ mod tests {
             .map(|h| sample(content_hash(&h.to_le_bytes())))
             .collect();
         let splits = [(42, 0.0), (42, 0.1), (42, 0.15), (42, 0.3), (7, 0.15)];
+        // Cross-fitted folds: a slice touching the validation part extends it, others do not.
+        let slices = [None, Some([0.15, 0.32]), Some([0.5, 0.7]), Some([0.0, 0.2])];
         for (model_seed, model_fraction) in splits {
-            let model = TrainingSplit {
-                seed: model_seed,
-                val_fraction: model_fraction,
-                also_held_out: None,
-            };
-            for (seed, fraction) in splits {
-                let overlap = samples.iter().any(|s| {
-                    is_validation(s, seed, fraction)
-                        && !is_validation(s, model_seed, model_fraction)
-                });
-                assert_eq!(
-                    model.trained_on_validation_of(seed, fraction),
-                    overlap,
-                    "model ({model_seed}, {model_fraction}) asked ({seed}, {fraction})"
-                );
+            for also_held_out in slices {
+                let model = TrainingSplit {
+                    seed: model_seed,
+                    val_fraction: model_fraction,
+                    also_held_out,
+                };
+                for (seed, fraction) in splits {
+                    let overlap = samples.iter().any(|s| {
+                        is_validation(s, seed, fraction) && !model.held_out(s.content_hash)
+                    });
+                    assert_eq!(
+                        model.trained_on_validation_of(seed, fraction),
+                        overlap,
+                        "model ({model_seed}, {model_fraction}, {also_held_out:?}) asked ({seed}, {fraction})"
+                    );
+                }
             }
         }
     }

@@ -165,7 +165,13 @@ impl TrainingSplit {
     /// validation part larger than the model's own (or any part of another seed) reaches into
     /// its training images.
     pub fn trained_on_validation_of(&self, seed: u64, val_fraction: f64) -> bool {
-        let nested = self.seed == seed && val_fraction <= self.val_fraction;
+        // The images held out from the bottom of the unit interval: the validation part, and a
+        // slice that starts inside it or at its end extends it.
+        let held_out_below = match self.also_held_out {
+            Some([from, to]) if from <= self.val_fraction => self.val_fraction.max(to),
+            _ => self.val_fraction,
+        };
+        let nested = self.seed == seed && val_fraction <= held_out_below;
         val_fraction > 0.0 && !nested
     }
 
@@ -333,6 +339,15 @@ impl ModelSpec {
         if self.tasks.is_empty() {
             return Err(SpecError::NoTask);
         }
+        if let Some([from, to]) = self.training.split.and_then(|s| s.also_held_out)
+            && !(0.0 <= from && from < to && to <= 1.0)
+        {
+            return Err(mismatch(
+                "the training split's held-out slice",
+                format!("[{from}, {to})"),
+                "[from, to) with 0 <= from < to <= 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -428,7 +443,7 @@ mod tests {
         let fold = TrainingSplit {
             seed: 42,
             val_fraction: 0.15,
-            also_held_out: Some([0.15, 0.32]),
+            also_held_out: Some([0.5, 0.7]),
         };
         let plain = TrainingSplit {
             also_held_out: None,
@@ -438,7 +453,10 @@ mod tests {
             let hash = content_hash(&i.to_le_bytes());
             let unit = split_unit(hash, 42);
             assert_eq!(plain.held_out(hash), unit < 0.15);
-            assert_eq!(fold.held_out(hash), unit < 0.32);
+            assert_eq!(
+                fold.held_out(hash),
+                unit < 0.15 || (0.5..0.7).contains(&unit)
+            );
         }
         // Holding out more never reaches into the validation part.
         assert!(!fold.trained_on_validation_of(42, 0.15));
@@ -449,6 +467,15 @@ mod tests {
         // A split without a slice is written as before (older builds read it).
         spec.training.split = Some(plain);
         assert!(!spec.to_json().contains("also_held_out"));
+        // A slice that is no interval of [0, 1) is refused.
+        for bad in [[0.7, 0.5], [0.5, 0.5], [-0.1, 0.2], [0.5, 1.5]] {
+            spec.training.split = Some(TrainingSplit {
+                also_held_out: Some(bad),
+                ..fold
+            });
+            let e = ModelSpec::from_metadata(Some(&spec.to_json())).unwrap_err();
+            assert!(e.to_string().contains("held-out slice"), "{e}");
+        }
     }
 
     #[test]

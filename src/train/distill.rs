@@ -251,13 +251,15 @@ pub(super) struct Taught {
 pub(super) const TARGETS_FILE: &str = "teacher-targets.bin";
 const TARGETS_MAGIC: &[u8; 8] = b"FFTEACH1";
 /// Part of the key: bump it when what [`teacher_targets`] computes for the same inputs changes
-/// (the view, mirror averaging, the readout), so saved targets are computed again.
-const TARGETS_VERSION: u32 = 1;
+/// (the view, mirror averaging, the readout), so saved targets are computed again. 2: cross-fitted
+/// teachers speak only for the faces they held out (an older build let them speak for all), and
+/// the key holds each face's image hash, which decides that.
+const TARGETS_VERSION: u32 = 2;
 /// Magic, key, hash of the values, the three heads' flags.
 const TARGETS_HEADER: usize = 8 + 8 + 8 + 3;
 
 /// What the targets depend on: the computation's version, the teachers' contents, the run's crop
-/// geometry and every training crop, in order. Another key means the saved targets belong to
+/// geometry and every training crop and its image, in order. Another key means the saved targets belong to
 /// other inputs: they are computed again.
 fn targets_key(teacher_hashes: &[u64], items: &[Item], input_px: u32, margin: f32) -> u64 {
     let mut bytes = Vec::with_capacity(8 * (teacher_hashes.len() + items.len() + 4));
@@ -271,6 +273,7 @@ fn targets_key(teacher_hashes: &[u64], items: &[Item], input_px: u32, margin: f3
     bytes.extend_from_slice(&(items.len() as u64).to_le_bytes());
     for item in items {
         bytes.extend_from_slice(&content_hash(&item.crop).to_le_bytes());
+        bytes.extend_from_slice(&item.image_hash.to_le_bytes());
     }
     content_hash(&bytes)
 }
@@ -581,6 +584,10 @@ mod tests {
                 Some(Unusable::OtherInputs)
             );
         }
+        // The same crop from another image (it may lie in another teacher's fold): another key.
+        let mut moved = faces([0, 1, 2]);
+        moved[1].image_hash ^= 1;
+        assert_ne!(targets_key(&[1, 2], &moved, 80, 0.15), key);
         // A wrong count, a cut file and a changed value are damage.
         assert_eq!(read_targets(&path, key, 2).err(), Some(Unusable::Damaged));
         let bytes = std::fs::read(&path).unwrap();
