@@ -23,26 +23,21 @@ import numpy as np
 import xxhash
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import split_unit  # noqa: E402
+
 CONTENT_SEED = 0x6661_6365_666C_6F77
 CACHE_MAGIC = b"FFCROP01"
 CACHE_BORDER_PX = 12
 DEFAULT_MARGIN = 0.25  # src/model/spec.rs INPUT_MARGIN: caches at this margin carry no margin in their key
 # src/detect/mod.rs defaults, as the trainer writes them into the cache key.
 DETECTOR_KEY = "20-[0.6, 0.7, 0.7]-0.709"
-MASK64 = (1 << 64) - 1
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "bmp", "webp"}
-
-
-def mix64(z):
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
 
 
 def is_validation(content_hash, seed, val_fraction):
     """src/model/dataset.rs::is_validation."""
-    key = mix64(content_hash ^ mix64((seed + 0x9E3779B97F4A7C15) & MASK64))
-    return (key >> 11) / float(1 << 53) < val_fraction
+    return split_unit(content_hash, seed) < val_fraction
 
 
 def parse_name(name):

@@ -24,9 +24,8 @@ import onnxruntime as ort
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_teachers import split_unit  # noqa: E402
+from common import GROUPS, split_unit  # noqa: E402
 
-GROUPS = {3: [26, 52], 5: [11, 23, 39, 55], 10: [8, 16, 24, 32, 40, 48, 56, 64, 72]}
 
 
 def main():

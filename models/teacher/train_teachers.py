@@ -29,13 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import GROUPS, split_unit  # noqa: E402
+
 AGE_BINS = 80  # one per year, 1..80; the last also holds older faces
 MEAN, STD = 127.5, 64.0  # src/model/spec.rs INPUT_MEAN / INPUT_STD
-GROUPS = {
-    3: [26, 52],
-    5: [11, 23, 39, 55],
-    10: [8, 16, 24, 32, 40, 48, 56, 64, 72],
-}
 
 
 class Block(nn.Module):
@@ -94,21 +92,6 @@ def load(data_dir, limit=0):
     val = np.array([f["val"] for f in faces], bool)
     unit = np.array([split_unit(int(f["hash"], 16), meta["seed"]) for f in faces])
     return meta, images, labels, val, unit
-
-
-MASK64 = (1 << 64) - 1
-
-
-def mix64(z):
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
-
-
-def split_unit(content_hash, seed):
-    """src/model/dataset.rs: the face's place in [0, 1) that decides its part of the split."""
-    key = mix64(content_hash ^ mix64((seed + 0x9E3779B97F4A7C15) & MASK64))
-    return (key >> 11) / float(1 << 53)
 
 
 def fold_interval(fold, folds, val_fraction):

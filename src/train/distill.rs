@@ -259,8 +259,8 @@ const TARGETS_VERSION: u32 = 2;
 const TARGETS_HEADER: usize = 8 + 8 + 8 + 3;
 
 /// What the targets depend on: the computation's version, the teachers' contents, the run's crop
-/// geometry and every training crop and its image, in order. Another key means the saved targets belong to
-/// other inputs: they are computed again.
+/// geometry and every training crop and its image, in order. Another key means the saved targets
+/// belong to other inputs: they are computed again.
 fn targets_key(teacher_hashes: &[u64], items: &[Item], input_px: u32, margin: f32) -> u64 {
     let mut bytes = Vec::with_capacity(8 * (teacher_hashes.len() + items.len() + 4));
     bytes.extend_from_slice(&TARGETS_VERSION.to_le_bytes());
