@@ -2,17 +2,24 @@
 # Carries a training run of `faceflow train` across machines through the repository.
 #
 # Run folders (runs/) are not committed, and a session may start on a new machine that has only what
-# landed on main: a 30-epoch run (about 3 hours on 2 cores) then starts over. This copies what
-# `--resume` needs, plus the networks kept for weight averaging, to models/checkpoints/RUN/ (to be
-# committed), and back. Delete that folder once the run's model has shipped.
+# landed on main: a 30-epoch run (about 3 hours on 2 cores) would start over. This copies what
+# `--resume` needs (state.json, model.bpk, optim.bpk), best.bpk for `--export-only --best`, and the
+# networks kept for weight averaging to models/checkpoints/RUN/ (to be committed), and back. The
+# crop cache and the teachers' targets are not carried: the trainer computes them again. Delete the
+# folder once the run's model has shipped.
 #
 #   scripts/carry-run.sh save RUN [FIRST_AVERAGED_EPOCH]   # default 25: epoch-25.bpk … are kept
 #   scripts/carry-run.sh restore RUN
 #
-# restore refuses to replace a run folder whose checkpoint is as far along or further.
+# Stop the run before saving (Ctrl-C saves a checkpoint): a save that sees the files change refuses.
+# restore refuses a run folder that already holds a checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+fail() {
+    echo "carry-run: $*" >&2
+    exit 1
+}
 usage() {
     echo "usage: scripts/carry-run.sh save RUN [FIRST_AVERAGED_EPOCH] | restore RUN" >&2
     exit 2
@@ -21,18 +28,20 @@ usage() {
 action=$1
 run=$2
 case "$run" in
-*/* | "" | . | ..) echo "carry-run: RUN is a run folder's name under runs/, got '$run'" >&2; exit 2 ;;
+*/* | "" | . | .. | .*) echo "carry-run: RUN is a run folder's name under runs/, got '$run'" >&2; exit 2 ;;
 esac
 live=runs/$run
 carried=models/checkpoints/$run
 
-# The step a checkpoint reached (state.json's "step"), or -1 without one.
+# The step a checkpoint reached (state.json's "step").
 step_of() {
-    if [ -f "$1/state.json" ]; then
-        python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$1/state.json"
-    else
-        echo -1
-    fi
+    python3 -c '
+import json, sys
+try:
+    print(int(json.load(open(sys.argv[1]))["step"]))
+except Exception as e:
+    sys.exit(f"carry-run: {sys.argv[1]} is not a run state: {e}")
+' "$1/state.json"
 }
 
 case "$action" in
@@ -40,37 +49,46 @@ save)
     first=${3:-25}
     [[ "$first" =~ ^[0-9]+$ ]] || { echo "carry-run: FIRST_AVERAGED_EPOCH must be a number, got '$first'" >&2; exit 2; }
     for f in state.json model.bpk optim.bpk; do
-        [ -f "$live/$f" ] || { echo "carry-run: $live/$f is missing: nothing to save" >&2; exit 1; }
+        [ -f "$live/$f" ] || fail "$live/$f is missing: nothing to save"
     done
-    # Write beside, then swap: an interrupted save leaves the previous carried state whole.
-    mkdir -p models/checkpoints
-    tmp=$(mktemp -d "models/checkpoints/.$run.XXXXXX")
-    cp "$live/state.json" "$live/model.bpk" "$live/optim.bpk" "$tmp/"
-    kept=()
+    step=$(step_of "$live")
+    files=(state.json model.bpk optim.bpk)
+    [ -f "$live/best.bpk" ] && files+=(best.bpk)
     for f in "$live"/epoch-*.bpk; do
         [ -e "$f" ] || continue
         n=${f##*/epoch-}
         n=${n%.bpk}
-        if [ "$n" -ge "$first" ]; then
-            cp "$f" "$tmp/"
-            kept+=("epoch-$n.bpk")
-        fi
+        [[ "$n" =~ ^[0-9]+$ ]] || continue
+        if [ $((10#$n)) -ge "$first" ]; then files+=("${f##*/}"); fi
     done
-    rm -rf "$carried"
-    mv "$tmp" "$carried"
-    echo "carry-run: saved $live (step $(step_of "$carried")) to $carried${kept:+ with ${kept[*]}}; commit it"
+    # Copy beside the carried folder, check nothing moved meanwhile, then swap: a failed or
+    # interrupted save leaves the previous carried state whole and no partial copy behind.
+    mkdir -p models/checkpoints
+    tmp=$(mktemp -d "models/checkpoints/.$run.new.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    for f in "${files[@]}"; do cp "$live/$f" "$tmp/"; done
+    for f in "${files[@]}"; do
+        cmp -s "$live/$f" "$tmp/$f" ||
+            fail "$live/$f changed while it was copied: stop the run first (Ctrl-C saves a checkpoint)"
+    done
+    if [ -d "$carried" ]; then
+        old=$(mktemp -d "models/checkpoints/.$run.old.XXXXXX")
+        mv "$carried" "$old/"
+        mv "$tmp" "$carried"
+        rm -rf "$old"
+    else
+        mv "$tmp" "$carried"
+    fi
+    trap - EXIT
+    echo "carry-run: saved $live (step $step) to $carried: ${files[*]}; commit it"
     ;;
 restore)
-    [ -f "$carried/state.json" ] || { echo "carry-run: no carried run at $carried" >&2; exit 1; }
-    have=$(step_of "$live")
-    want=$(step_of "$carried")
-    if [ "$have" -ge "$want" ]; then
-        echo "carry-run: $live is at step $have, the carried state at $want: left as it is" >&2
-        exit 1
-    fi
+    [ -f "$carried/state.json" ] || fail "no carried run at $carried"
+    step=$(step_of "$carried")
+    [ -e "$live/state.json" ] && fail "$live already holds a checkpoint (step $(step_of "$live")): left as it is"
     mkdir -p "$live"
     cp "$carried"/* "$live/"
-    echo "carry-run: restored $live at step $want; resume with: faceflow train --source DIR --out $live --resume"
+    echo "carry-run: restored $live at step $step; resume with: faceflow train --source DIR --out $live --resume (and its --epochs if not 30; the rest comes from its state.json)"
     ;;
 *) usage ;;
 esac
