@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import GROUPS, split_unit  # noqa: E402
 
 
-
 def main():
     args, part, max_faces = sys.argv[1:], "validation", 0
     while len(args) >= 2 and args[-2] in ("--part", "--max-faces"):
