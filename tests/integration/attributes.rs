@@ -708,7 +708,7 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         record["faces"][0]["race"].is_null(),
         "an untrained head is not reported: {record}"
     );
-    // The shipped model (margin 0.25) teaches this 0.4 run: its window lies inside the crop.
+    // The shipped model (margin 0.15) teaches this 0.4 run: its window lies inside the crop.
     let one_epoch = ["--epochs".as_ref(), "1".as_ref()];
     let taught = train(
         "taught",
