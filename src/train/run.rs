@@ -195,6 +195,38 @@ pub(super) fn validate(model: &FaceAttrNet, items: &[Item], tasks: &[Task]) -> T
     tally
 }
 
+/// On resume, checks the run's teachers are the files it started with, before hours of work. A
+/// run carried to another folder finds them where `--teacher` says, when the given files have
+/// the recorded contents in the recorded order; the blend weight stays the run's own.
+fn relocate_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Result<(), TrainError> {
+    if !given.teachers.is_empty() && given.teachers != saved.teachers {
+        if distill::teacher_hashes(&given.teachers)? != saved.teacher_hashes {
+            return Err(TrainError::Config(
+                "the --teacher files are not the ones this run started with (other contents, number or order); resume without --teacher to use the run's own".into(),
+            ));
+        }
+        say("teachers read from the --teacher paths (the same files this run started with)");
+        saved.teachers = given.teachers.clone();
+    }
+    if !given.teachers.is_empty() && given.distill != saved.distill {
+        say(&format!(
+            "this run blends its teachers at {} (--distill is ignored on resume)",
+            saved.distill
+        ));
+    }
+    let hashes = distill::teacher_hashes(&saved.teachers).map_err(|e| {
+        TrainError::Config(format!(
+            "{e}; if the run was moved, pass --teacher with the same files in the same order"
+        ))
+    })?;
+    if hashes != saved.teacher_hashes {
+        return Err(TrainError::Config(
+            "a teacher model changed since this run started (its file has other contents); the run cannot go on with another teacher".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Trains (or resumes) a run. Returns the final state and where the ONNX model went.
 pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainError> {
     fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Data {
@@ -231,18 +263,12 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
         }
-        if !config.teachers.is_empty()
-            && (config.teachers != saved.config.teachers || config.distill != saved.config.distill)
-        {
-            say("--teacher and --distill are ignored on resume (the run keeps its own)");
-        }
-        // The teachers must be the files the run started with, checked before hours of work.
-        if saved.config.distill > 0.0
-            && distill::teacher_hashes(&saved.config.teachers)? != saved.config.teacher_hashes
-        {
-            return Err(TrainError::Config(
-                "a teacher model changed since this run started (its file has other contents); the run cannot go on with another teacher".into(),
-            ));
+        if saved.config.distill > 0.0 {
+            relocate_teachers(&mut saved.config, &config)?;
+        } else if !config.teachers.is_empty() {
+            say(
+                "this run was started without teachers (--teacher and --distill are ignored on resume)",
+            );
         }
         saved
     } else {

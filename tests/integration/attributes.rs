@@ -733,6 +733,49 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         "{stderr}"
     );
     assert!(stderr.contains("epoch 2/2"), "{stderr}");
+    // A run whose teachers moved is told where they are; another model in their place is
+    // refused before any work, and the run goes on with the moved copy.
+    let moved = dir.path().join("moved-teacher.onnx");
+    std::fs::copy(default_model(), &moved).unwrap();
+    let another = default_model()
+        .parent()
+        .unwrap()
+        .join("teachers")
+        .join("v4.onnx");
+    let refused = train(
+        "taught",
+        &[
+            "--resume".as_ref(),
+            "--epochs".as_ref(),
+            "3".as_ref(),
+            "--teacher".as_ref(),
+            another.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not the ones this run started with") && !stderr.contains("epoch 3/3"),
+        "{stderr}"
+    );
+    let relocated = train(
+        "taught",
+        &[
+            "--resume".as_ref(),
+            "--epochs".as_ref(),
+            "3".as_ref(),
+            "--teacher".as_ref(),
+            moved.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&relocated.stderr);
+    assert!(relocated.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("teachers read from the --teacher paths")
+            && stderr.contains("teacher targets read from")
+            && stderr.contains("epoch 3/3"),
+        "{stderr}"
+    );
     // A teacher that learned some of this run's validation faces (its own validation part is
     // smaller) is named at the start, and the student's model carries the teacher's split, so
     // eval names it too.
