@@ -195,33 +195,43 @@ pub(super) fn validate(model: &FaceAttrNet, items: &[Item], tasks: &[Task]) -> T
     tally
 }
 
-/// On resume, checks the run's teachers are the files it started with, before hours of work. A
-/// run carried to another folder finds them where `--teacher` says, when the given files have
-/// the recorded contents in the recorded order; the blend weight stays the run's own.
-fn relocate_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Result<(), TrainError> {
+/// On resume, checks the run's teachers are the files it started with, before hours of work.
+/// Teacher files that moved (another machine, another checkout) are found where `--teacher`
+/// says, when the given files have the recorded contents in the recorded order; the new paths
+/// are saved with the run. The blend weight stays the run's own.
+fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Result<(), TrainError> {
+    if saved.distill <= 0.0 {
+        if !given.teachers.is_empty() {
+            say("this run does not distil (--teacher and --distill are ignored on resume)");
+        }
+        return Ok(());
+    }
     if !given.teachers.is_empty() && given.teachers != saved.teachers {
         if distill::teacher_hashes(&given.teachers)? != saved.teacher_hashes {
             return Err(TrainError::Config(
                 "the --teacher files are not the ones this run started with (other contents, number or order); resume without --teacher to use the run's own".into(),
             ));
         }
-        say("teachers read from the --teacher paths (the same files this run started with)");
+        say(
+            "teachers read from the --teacher paths (the files this run started with; the new paths are saved with the run)",
+        );
         saved.teachers = given.teachers.clone();
+    } else {
+        let hashes = distill::teacher_hashes(&saved.teachers).map_err(|e| {
+            TrainError::Config(format!(
+                "{e}; if the teacher files moved, pass --teacher with them, in the run's order"
+            ))
+        })?;
+        if hashes != saved.teacher_hashes {
+            return Err(TrainError::Config(
+                "a teacher model changed since this run started (its file has other contents); the run cannot go on with another teacher".into(),
+            ));
+        }
     }
     if !given.teachers.is_empty() && given.distill != saved.distill {
         say(&format!(
-            "this run blends its teachers at {} (--distill is ignored on resume)",
+            "this run blends its teachers at weight {} (--distill, or its default, is ignored on resume)",
             saved.distill
-        ));
-    }
-    let hashes = distill::teacher_hashes(&saved.teachers).map_err(|e| {
-        TrainError::Config(format!(
-            "{e}; if the run was moved, pass --teacher with the same files in the same order"
-        ))
-    })?;
-    if hashes != saved.teacher_hashes {
-        return Err(TrainError::Config(
-            "a teacher model changed since this run started (its file has other contents); the run cannot go on with another teacher".into(),
         ));
     }
     Ok(())
@@ -237,6 +247,8 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let resumed = opts.resume && state_path.exists();
     let mut state = if resumed {
         let mut saved = load_state(&opts.out_dir)?;
+        // First, so that a refusal comes before any note of what the run keeps.
+        check_resumed_teachers(&mut saved.config, &config)?;
         if saved.config.epochs != config.epochs {
             say(&format!(
                 "epochs changed from {} to {}: the learning-rate schedule follows the new total",
@@ -262,13 +274,6 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
         }
         if config.video_augment && !saved.config.video_augment {
             say("this run was started without --video-augment; it is ignored on resume");
-        }
-        if saved.config.distill > 0.0 {
-            relocate_teachers(&mut saved.config, &config)?;
-        } else if !config.teachers.is_empty() {
-            say(
-                "this run was started without teachers (--teacher and --distill are ignored on resume)",
-            );
         }
         saved
     } else {

@@ -776,6 +776,27 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
             && stderr.contains("epoch 3/3"),
         "{stderr}"
     );
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("taught").join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        state["config"]["teachers"][0].as_str().map(Path::new),
+        Some(moved.as_path()),
+        "the new path is not saved with the run"
+    );
+    // The run now reads its teacher from the moved path: gone, the run says how to go on.
+    std::fs::remove_file(&moved).unwrap();
+    let lost = train(
+        "taught",
+        &["--resume".as_ref(), "--epochs".as_ref(), "4".as_ref()],
+    );
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(!lost.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pass --teacher with them") && !stderr.contains("epoch 4/4"),
+        "{stderr}"
+    );
     // A teacher that learned some of this run's validation faces (its own validation part is
     // smaller) is named at the start, and the student's model carries the teacher's split, so
     // eval names it too.
