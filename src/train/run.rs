@@ -213,14 +213,18 @@ fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Resul
             ));
         }
         say(
-            "teachers read from the --teacher paths (the files this run started with; the new paths are saved with the run)",
+            "teachers read from the --teacher paths (the files this run started with; the new paths are saved with the run's next checkpoint)",
         );
         saved.teachers = given.teachers.clone();
     } else {
         let hashes = distill::teacher_hashes(&saved.teachers).map_err(|e| {
-            TrainError::Config(format!(
-                "{e}; if the teacher files moved, pass --teacher with them, in the run's order"
-            ))
+            if given.teachers.is_empty() {
+                TrainError::Config(format!(
+                    "{e}; if the teacher files moved, pass --teacher with them, in the run's order"
+                ))
+            } else {
+                e
+            }
         })?;
         if hashes != saved.teacher_hashes {
             return Err(TrainError::Config(
