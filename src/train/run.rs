@@ -198,7 +198,7 @@ pub(super) fn validate(model: &FaceAttrNet, items: &[Item], tasks: &[Task]) -> T
 /// On resume, checks the run's teachers are the files it started with, before hours of work.
 /// Teacher files that moved (another machine, another checkout) are found where `--teacher`
 /// says, when the given files have the recorded contents in the recorded order; the new paths
-/// are saved with the run. The blend weight stays the run's own.
+/// are saved at the run's next checkpoint. The blend weight stays the run's own.
 fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Result<(), TrainError> {
     if saved.distill <= 0.0 {
         if !given.teachers.is_empty() {

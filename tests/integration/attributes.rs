@@ -737,37 +737,27 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     // refused before any work, and the run goes on with the moved copy.
     let moved = dir.path().join("moved-teacher.onnx");
     std::fs::copy(default_model(), &moved).unwrap();
-    let another = default_model()
-        .parent()
-        .unwrap()
-        .join("teachers")
-        .join("v4.onnx");
-    let refused = train(
-        "taught",
-        &[
-            "--resume".as_ref(),
-            "--epochs".as_ref(),
-            "3".as_ref(),
-            "--teacher".as_ref(),
-            another.as_os_str(),
-        ],
-    );
+    let another = project_root().join("models/teachers/v4.onnx");
+    let resume_with_teacher = |teacher: &Path| {
+        train(
+            "taught",
+            &[
+                "--resume".as_ref(),
+                "--epochs".as_ref(),
+                "3".as_ref(),
+                "--teacher".as_ref(),
+                teacher.as_os_str(),
+            ],
+        )
+    };
+    let refused = resume_with_teacher(&another);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(
         stderr.contains("not the ones this run started with") && !stderr.contains("epoch 3/3"),
         "{stderr}"
     );
-    let relocated = train(
-        "taught",
-        &[
-            "--resume".as_ref(),
-            "--epochs".as_ref(),
-            "3".as_ref(),
-            "--teacher".as_ref(),
-            moved.as_os_str(),
-        ],
-    );
+    let relocated = resume_with_teacher(&moved);
     let stderr = String::from_utf8_lossy(&relocated.stderr);
     assert!(relocated.status.success(), "{stderr}");
     assert!(
