@@ -41,13 +41,25 @@ pub(super) fn save_checkpoint(
     optim
         .save(tmp(OPTIM_FILE))
         .map_err(|e| checkpoint_error(dir)(e.to_string()))?;
-    let json =
-        serde_json::to_string_pretty(state).map_err(|e| checkpoint_error(dir)(e.to_string()))?;
-    fs::write(tmp(STATE_FILE), json).map_err(|e| checkpoint_error(dir)(e.to_string()))?;
+    write_state(&tmp(STATE_FILE), state)?;
     for name in [MODEL_FILE, OPTIM_FILE, STATE_FILE] {
         fs::rename(tmp(name), dir.join(name)).map_err(|e| checkpoint_error(dir)(e.to_string()))?;
     }
     Ok(())
+}
+
+fn write_state(path: &Path, state: &RunState) -> Result<(), TrainError> {
+    let json =
+        serde_json::to_string_pretty(state).map_err(|e| checkpoint_error(path)(e.to_string()))?;
+    fs::write(path, json).map_err(|e| checkpoint_error(path)(e.to_string()))
+}
+
+/// Rewrites `state.json` alone (the network and optimizer unchanged), through a temporary
+/// file so that a kill mid-write keeps the previous one.
+pub(super) fn save_state(dir: &Path, state: &RunState) -> Result<(), TrainError> {
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    write_state(&tmp, state)?;
+    fs::rename(&tmp, dir.join(STATE_FILE)).map_err(|e| checkpoint_error(dir)(e.to_string()))
 }
 
 pub fn load_state(dir: &Path) -> Result<RunState, TrainError> {

@@ -197,15 +197,20 @@ pub(super) fn validate(model: &FaceAttrNet, items: &[Item], tasks: &[Task]) -> T
 
 /// On resume, checks the run's teachers are the files it started with, before hours of work.
 /// Teacher files that moved (another machine, another checkout) are found where `--teacher`
-/// says, when the given files have the recorded contents in the recorded order; the new paths
-/// are saved at the run's next checkpoint. The blend weight stays the run's own.
-fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Result<(), TrainError> {
+/// says, when the given files have the recorded contents in the recorded order. The blend
+/// weight stays the run's own. Returns whether the teachers were read from new paths, which
+/// the caller saves at once.
+fn check_resumed_teachers(
+    saved: &mut TrainConfig,
+    given: &TrainConfig,
+) -> Result<bool, TrainError> {
     if saved.distill <= 0.0 {
         if !given.teachers.is_empty() {
             say("this run does not distil (--teacher and --distill are ignored on resume)");
         }
-        return Ok(());
+        return Ok(false);
     }
+    let mut moved = false;
     if !given.teachers.is_empty() && given.teachers != saved.teachers {
         if distill::teacher_hashes(&given.teachers)? != saved.teacher_hashes {
             return Err(TrainError::Config(
@@ -213,9 +218,10 @@ fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Resul
             ));
         }
         say(
-            "teachers read from the --teacher paths (the files this run started with; the new paths are saved with the run's next checkpoint)",
+            "teachers read from the --teacher paths (the files this run started with), now saved as the run's teachers",
         );
         saved.teachers = given.teachers.clone();
+        moved = true;
     } else {
         let hashes = distill::teacher_hashes(&saved.teachers).map_err(|e| {
             if given.teachers.is_empty() {
@@ -238,7 +244,7 @@ fn check_resumed_teachers(saved: &mut TrainConfig, given: &TrainConfig) -> Resul
             saved.distill
         ));
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// Trains (or resumes) a run. Returns the final state and where the ONNX model went.
@@ -252,7 +258,11 @@ pub fn train(config: TrainConfig, opts: &RunOptions) -> Result<Outcome, TrainErr
     let mut state = if resumed {
         let mut saved = load_state(&opts.out_dir)?;
         // First, so that a refusal comes before any note of what the run keeps.
-        check_resumed_teachers(&mut saved.config, &config)?;
+        if check_resumed_teachers(&mut saved.config, &config)? {
+            // At once, not at the next checkpoint: a run stopped before one would otherwise
+            // need --teacher again.
+            save_state(&opts.out_dir, &saved)?;
+        }
         if saved.config.epochs != config.epochs {
             say(&format!(
                 "epochs changed from {} to {}: the learning-rate schedule follows the new total",
