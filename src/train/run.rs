@@ -132,12 +132,12 @@ pub(super) fn prepare(
     }))
 }
 
-/// The outcome of a run stopped (Ctrl-C) before its first step: nothing of the run changed, so
-/// say how to go on.
+/// The outcome of a run stopped (Ctrl-C) before its first step: its progress did not change (at
+/// most its teachers' new paths were saved), so say how to go on.
 fn stopped_before_training(state: RunState, resumed: bool, while_doing: &str) -> Outcome {
     say(&if resumed {
         format!(
-            "stopped {while_doing}; the checkpoint is unchanged: run again with --resume to continue"
+            "stopped {while_doing}; the run's progress is unchanged: run again with --resume to continue"
         )
     } else {
         format!("stopped {while_doing}; the run had not started: run the same command again")
