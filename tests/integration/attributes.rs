@@ -721,13 +721,21 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let stderr = String::from_utf8_lossy(&taught.stderr);
     assert!(taught.status.success(), "{stderr}");
     assert!(stderr.contains(" faces in "), "{stderr}");
+    // Resumed (to `epochs`, with or without --teacher): whether it succeeded, and what it said.
+    let resume = |epochs: &str, teacher: Option<&Path>| {
+        let mut args = vec!["--resume".as_ref(), "--epochs".as_ref(), epochs.as_ref()];
+        if let Some(teacher) = teacher {
+            args.extend(["--teacher".as_ref(), teacher.as_os_str()]);
+        }
+        let out = train("taught", &args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     // Resumed, the run reads its teachers' targets back instead of running the teachers again.
-    let resumed = train(
-        "taught",
-        &["--resume".as_ref(), "--epochs".as_ref(), "2".as_ref()],
-    );
-    let stderr = String::from_utf8_lossy(&resumed.stderr);
-    assert!(resumed.status.success(), "{stderr}");
+    let (ok, stderr) = resume("2", None);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("teacher targets read from") && !stderr.contains(" faces in "),
         "{stderr}"
@@ -739,28 +747,14 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
     let moved = dir.path().join("moved-teacher.onnx");
     std::fs::copy(default_model(), &moved).unwrap();
     let another = project_root().join("models/teachers/v4.onnx");
-    let resume_with_teacher = |teacher: &Path, epochs: &str| {
-        train(
-            "taught",
-            &[
-                "--resume".as_ref(),
-                "--epochs".as_ref(),
-                epochs.as_ref(),
-                "--teacher".as_ref(),
-                teacher.as_os_str(),
-            ],
-        )
-    };
-    let refused = resume_with_teacher(&another, "3");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
+    let (ok, stderr) = resume("3", Some(&another));
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("not the ones this run started with") && !stderr.contains("epoch 3/3"),
         "{stderr}"
     );
-    let relocated = resume_with_teacher(&moved, "2");
-    let stderr = String::from_utf8_lossy(&relocated.stderr);
-    assert!(relocated.status.success(), "{stderr}");
+    let (ok, stderr) = resume("2", Some(&moved));
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("teachers read from the --teacher paths") && !stderr.contains(" loss "),
         "{stderr}"
@@ -775,24 +769,16 @@ fn a_model_with_another_margin_trains_exports_and_runs() {
         "the new path is not saved with the run"
     );
     // Without --teacher, the run goes on with the moved copy.
-    let goes_on = train(
-        "taught",
-        &["--resume".as_ref(), "--epochs".as_ref(), "3".as_ref()],
-    );
-    let stderr = String::from_utf8_lossy(&goes_on.stderr);
-    assert!(goes_on.status.success(), "{stderr}");
+    let (ok, stderr) = resume("3", None);
+    assert!(ok, "{stderr}");
     assert!(
         stderr.contains("teacher targets read from") && stderr.contains("epoch 3/3"),
         "{stderr}"
     );
     // The run now reads its teacher from the moved path: gone, the run says how to go on.
     std::fs::remove_file(&moved).unwrap();
-    let lost = train(
-        "taught",
-        &["--resume".as_ref(), "--epochs".as_ref(), "4".as_ref()],
-    );
-    let stderr = String::from_utf8_lossy(&lost.stderr);
-    assert!(!lost.status.success(), "{stderr}");
+    let (ok, stderr) = resume("4", None);
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("pass --teacher with them") && !stderr.contains("epoch 4/4"),
         "{stderr}"
