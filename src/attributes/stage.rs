@@ -4,9 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::{AttributeModel, FacesInImage};
+use crate::flow::{Detected, StageTimes, StreamWindows};
 use crate::graph::{Control, Input, Output, Received, Sent};
-use crate::pipeline::AttributesConfig;
-use crate::pipeline::flow::{Detected, Window};
 
 /// Adds age, gender and race to the faces of frames from `upstream` detect workers. Faces of
 /// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
@@ -14,22 +13,26 @@ use crate::pipeline::flow::{Detected, Window};
 /// sink draws on the frames, so their pixels are kept.
 pub(crate) struct AttributesStage<'a> {
     pub(crate) model: &'a mut AttributeModel,
-    pub(crate) config: &'a AttributesConfig,
-    pub(crate) window: &'a Window,
+    /// Most faces per model call.
+    pub(crate) max_batch: usize,
+    /// Longest a face waits for faces of later frames to fill a batch.
+    pub(crate) max_wait: Duration,
+    pub(crate) windows: &'a StreamWindows,
     pub(crate) input: &'a Input<Detected>,
     /// Detect workers feeding `input`: one end-of-stream from each.
     pub(crate) upstream: usize,
     pub(crate) out: &'a Output<Detected>,
     pub(crate) pixels_for_sinks: bool,
-    pub(crate) times: &'a crate::pipeline::metrics::StageTimes,
+    pub(crate) times: &'a StageTimes,
 }
 
 impl AttributesStage<'_> {
     pub(crate) fn run(self, control: &Control) -> Result<(), String> {
         let AttributesStage {
             model,
-            config,
-            window,
+            max_batch,
+            max_wait,
+            windows,
             input,
             upstream,
             out,
@@ -37,7 +40,6 @@ impl AttributesStage<'_> {
             times,
         } = self;
         let mut eos_seen = 0usize;
-        let max_wait = Duration::from_millis(config.max_wait_ms);
         loop {
             let mut batch = Vec::new();
             let mut ended = false;
@@ -51,9 +53,9 @@ impl AttributesStage<'_> {
             }
             let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
             let deadline = Instant::now() + max_wait;
-            // Gather until the batch is full, the wait is over, or the window is: then the frames held
-            // here are what the writer waits for, and waiting longer only stalls the run.
-            while !ended && faces > 0 && faces < config.max_batch && !window.is_full() {
+            // Gather until the batch is full, the wait is over, or a stream's window is: then the
+            // frames held here may be what that stream waits for, and waiting longer stalls it.
+            while !ended && faces > 0 && faces < max_batch && !windows.is_full() {
                 let now = Instant::now();
                 if now >= deadline {
                     break;

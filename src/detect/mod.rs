@@ -8,6 +8,7 @@
 pub mod boxes;
 pub mod nms;
 pub mod pyramid;
+pub(crate) mod schedule;
 pub(crate) mod stage;
 
 use std::borrow::Cow;

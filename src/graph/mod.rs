@@ -259,6 +259,17 @@ impl<T> Input<T> {
         &self.name
     }
 
+    /// Nothing waiting now.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Adds this input to `select`, for a stage that waits on several channels at once (the
+    /// packet is then taken with [`try_recv`](Self::try_recv)); the operation's index.
+    pub fn register<'a>(&'a self, select: &mut crossbeam_channel::Select<'a>) -> usize {
+        select.recv(&self.rx)
+    }
+
     /// An item if one is waiting, without blocking.
     pub fn try_recv(&self) -> Option<Received<T>> {
         match self.rx.try_recv() {

@@ -11,11 +11,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use super::{PipelineError, SinkCounts};
+use super::PipelineError;
+use crate::flow::{SinkCounts, StageTimes};
 use crate::graph::QueueProbe;
 use crate::sources::{SourceCounters, StreamInfo};
 
@@ -37,29 +37,6 @@ impl MetricsConfig {
             )));
         }
         Ok(())
-    }
-}
-
-/// Time spent per item in the stages, shared with them (cloning shares the histograms).
-#[derive(Clone)]
-pub struct StageTimes {
-    /// Seconds per frame in a detect worker (full detection or following).
-    pub detect: Histogram,
-    /// Seconds per attribute-model call (a batch of faces).
-    pub attributes: Histogram,
-    /// Seconds per item in the sinks (a frame's record and the people it ends, to every sink).
-    pub sinks: Histogram,
-}
-
-impl Default for StageTimes {
-    fn default() -> Self {
-        // 0.5 ms to about 4 s.
-        let buckets = || Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        Self {
-            detect: buckets(),
-            attributes: buckets(),
-            sinks: buckets(),
-        }
     }
 }
 

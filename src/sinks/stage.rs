@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{FrameRecord, Sink, SinkError, TrackRecord};
+use crate::flow::{Progress, SinkCounts, StageTimes};
 use crate::graph::{Control, Input, Received};
-use crate::pipeline::{Progress, SinkCounts};
 
 /// What the track stage hands the sinks: a frame's record with the people whose tracks ended at
 /// it, or (no frame) people whose tracks ended with their stream or the run.
@@ -33,7 +33,7 @@ pub(crate) struct SinkStage {
     /// The sources' counters: what each expects to give, for the progress total.
     pub(crate) sources: Vec<std::sync::Arc<crate::sources::SourceCounters>>,
     pub(crate) started: Instant,
-    pub(crate) times: crate::pipeline::metrics::StageTimes,
+    pub(crate) times: StageTimes,
 }
 
 impl SinkStage {
@@ -129,6 +129,13 @@ impl SinkStage {
                 self.sinks.iter().flat_map(|s| s.counters()).collect();
             if let Ok(mut n) = self.counts.lock() {
                 n.sink_counters = sink_counters;
+                // The stream's time in the summary ends with its last record, not its decoding.
+                if item.stream_ended {
+                    if n.written_until_s.len() <= item.stream {
+                        n.written_until_s.resize(item.stream + 1, 0.0);
+                    }
+                    n.written_until_s[item.stream] = self.started.elapsed().as_secs_f64();
+                }
             }
             let Some(record) = &item.frame else { continue };
             if let Ok(mut n) = self.counts.lock() {

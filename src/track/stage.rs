@@ -1,58 +1,65 @@
-//! The track stage of a run: frames back in decode order, each stream's faces tracked into people
-//! ([`People`]), frame and track records handed to the sinks.
+//! The track stage of a run: each stream's frames back in its decode order, its faces tracked into
+//! people ([`People`]), frame and track records handed to the sinks.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::people::People;
+use crate::flow::{Detected, Reorder, SinkCounts, StreamWindows};
 use crate::graph::{Control, Input, Output, Received, Sent};
-use crate::pipeline::SinkCounts;
-use crate::pipeline::flow::{Detected, Reorder, Window};
 use crate::sinks::stage::Tracked;
 use crate::sinks::{FrameRecord, RecordKind};
 
-/// Restores decode order (workers finish frames out of order), keeps the [`Window`] moving, and
-/// tracks each stream's faces in that order.
+/// Restores each stream's decode order (workers finish frames out of order), releases each frame
+/// from its stream's window ([`StreamWindows`]), and tracks each stream's faces in that order. A
+/// stream waiting for a slow frame holds back none of the others.
 pub(crate) struct TrackStage {
     pub(crate) input: Input<Detected>,
     /// End-of-streams to wait for: one per upstream stage.
     pub(crate) upstream: usize,
     pub(crate) people: People,
-    pub(crate) window: Arc<Window>,
+    pub(crate) windows: Arc<StreamWindows>,
     pub(crate) counts: Arc<Mutex<SinkCounts>>,
     pub(crate) out: Output<Tracked>,
 }
 
 impl TrackStage {
     pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
-        let mut reorder = Reorder {
-            pending: BTreeMap::new(),
-            next_seq: 0,
-        };
+        let streams = self.counts.lock().map(|n| n.reported.len()).unwrap_or(0);
+        let mut reorder = Reorder::new(streams);
         let mut eos_seen = 0usize;
         loop {
-            let done = match self.input.recv(control) {
+            let (stream, done) = match self.input.recv(control) {
                 Received::Item(d) => {
+                    let stream = d.frame.stream.index;
                     reorder.push(d);
-                    false
+                    (Some(stream), false)
                 }
                 Received::Eos => {
                     eos_seen += 1;
-                    eos_seen >= self.upstream
+                    (None, eos_seen >= self.upstream)
                 }
-                Received::Disconnected => true,
+                Received::Disconnected => (None, true),
             };
-            let pending_before = reorder.pending.len();
-            while let Some(d) = reorder.pop(done) {
-                self.window.advance_to(reorder.next_seq);
-                let item = self.track(d);
-                if self.out.send(item, control) == Sent::Closed {
-                    return Ok(());
+            let held_peak = stream.map_or(0, |s| reorder.held_for(s));
+            // At the end, every stream's frames after a gap (a failed worker) come out too.
+            let release: Vec<usize> = match stream {
+                Some(s) if !done => vec![s],
+                _ if done => (0..reorder.streams()).collect(),
+                _ => Vec::new(),
+            };
+            for s in release {
+                while let Some(d) = reorder.pop(s, done) {
+                    self.windows.release(s);
+                    let item = self.track(d);
+                    if self.out.send(item, control) == Sent::Closed {
+                        return Ok(());
+                    }
                 }
             }
             if let Ok(mut n) = self.counts.lock() {
-                n.reorder_pending = reorder.pending.len();
-                n.reorder_peak = n.reorder_peak.max(pending_before);
+                n.reorder_pending = reorder.held();
+                n.reorder_window = self.windows.total();
+                n.reorder_peak = n.reorder_peak.max(held_peak);
                 let streams = n.reported.len();
                 n.people = (0..streams).map(|i| self.people.people(i)).collect();
                 n.people_in_view = (0..streams).map(|i| self.people.in_view(i)).collect();
@@ -71,7 +78,6 @@ impl TrackStage {
                     },
                     stream_ended: false,
                 };
-                let streams = self.counts.lock().map(|n| n.reported.len()).unwrap_or(0);
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
                 if let Ok(mut n) = self.counts.lock() {
                     n.people = people;
