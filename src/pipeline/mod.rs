@@ -88,8 +88,9 @@ pub struct PipelineConfig {
     pub metrics: metrics::MetricsConfig,
     /// Where the networks run (`[runtime] device`).
     pub runtime: crate::runtime::RuntimeConfig,
-    /// Frames queued between detect and the sinks, and most frames between the source queue and
-    /// the track stage (the reorder window) [default: 2 per detect worker, at least 8].
+    /// Frames queued between detect and the sinks, and each stream's fewest frames between its
+    /// source queue and the track stage (its window; small frames get more) [default: 2 per
+    /// detect worker, at least 8].
     pub queue_frames: usize,
     /// Report health (frames, queue depths, memory) every this many seconds; 0: never.
     pub stats_interval_s: f64,
