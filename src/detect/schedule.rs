@@ -104,6 +104,8 @@ struct StreamState {
     last_index: Option<u64>,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
+    /// Bytes of the stream's frames, as its window was sized for.
+    frame_bytes: usize,
     /// Worker seconds served so far (the stream's virtual time).
     served_s: f64,
     full_cost: Cost,
@@ -122,6 +124,7 @@ impl StreamState {
             run_keyframe_pts_ms: 0.0,
             last_index: None,
             faces_done: BTreeMap::new(),
+            frame_bytes: 0,
             served_s: 0.0,
             full_cost: Cost::guess(0.0),
             follow_cost: Cost::guess(FIRST_GUESS_FOLLOW_S),
@@ -158,6 +161,9 @@ struct Schedule<'a> {
     outstanding: Vec<usize>,
     /// Where the search for the least served stream starts among equals, so ties take turns.
     turn: usize,
+    /// The virtual clock: the most served time of a stream at the moment it was picked. A stream
+    /// back from idle starts no further back than `clock_s - CREDIT_S`, whoever else is busy.
+    clock_s: f64,
 }
 
 impl Scheduler {
@@ -167,6 +173,7 @@ impl Scheduler {
             streams: self.streams.iter().map(|_| StreamState::new()).collect(),
             outstanding: vec![0; self.outs.len()],
             turn: 0,
+            clock_s: 0.0,
         }
         .run(control);
         for out in &self.outs {
@@ -207,7 +214,6 @@ impl Schedule<'_> {
     /// Takes frames from every source queue into the streams' waiting lists, as far as each
     /// stream's window allows.
     fn take_frames(&mut self) {
-        let backlog_floor = self.backlog_floor();
         let mut held = false;
         for (i, input) in self.s.inputs.iter().enumerate() {
             loop {
@@ -216,19 +222,21 @@ impl Schedule<'_> {
                     break;
                 }
                 if !self.s.windows.has_room(i) {
-                    held |= !input.is_empty();
+                    // Held with nothing left for the workers: its frames downstream (a batch being
+                    // gathered) are what it waits for.
+                    held |= !input.is_empty() && st.waiting.is_empty();
                     break;
                 }
                 match input.try_recv() {
                     Some(Received::Item(frame)) => {
-                        if !st.busy()
-                            && let Some(floor) = backlog_floor
-                        {
+                        if !st.busy() {
                             // Back from idle: no credit banked beyond CREDIT_S.
-                            st.served_s = st.served_s.max(floor - CREDIT_S);
+                            st.served_s = st.served_s.max(self.clock_s - CREDIT_S);
                         }
-                        if st.next_seq == 0 {
-                            self.s.windows.fit(i, frame.rgb.len());
+                        if frame.rgb.len() != st.frame_bytes {
+                            // The first frame, or a camera back at another size.
+                            st.frame_bytes = frame.rgb.len();
+                            self.s.windows.fit(i, st.frame_bytes);
                         }
                         self.s.windows.take(i);
                         take(st, frame, self.s.detect_every);
@@ -239,15 +247,6 @@ impl Schedule<'_> {
             }
         }
         self.s.windows.set_waiting(held);
-    }
-
-    /// The least worker time served among streams that compete now.
-    fn backlog_floor(&self) -> Option<f64> {
-        self.streams
-            .iter()
-            .filter(|st| st.busy())
-            .map(|st| st.served_s)
-            .min_by(f64::total_cmp)
     }
 
     /// Hands ready frames to idle workers, least served stream first, and end marks to any
@@ -269,6 +268,7 @@ impl Schedule<'_> {
             let Some((i, at)) = pick else { break };
             self.turn = (i + 1) % n;
             let st = &mut self.streams[i];
+            self.clock_s = self.clock_s.max(st.served_s);
             let Some(w) = st.waiting.remove(at) else {
                 break;
             };
@@ -412,6 +412,7 @@ fn take(st: &mut StreamState, frame: Frame, detect_every: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::Control;
 
     fn frame(index: u64, pts_ms: f64) -> Frame {
         Frame {
@@ -477,6 +478,139 @@ mod tests {
         assert_eq!(st.ready(), Some(2), "frame 3, the next run's keyframe");
         st.faces_done.insert(0, Vec::new());
         assert_eq!(st.ready(), Some(0), "frame 1 follows frame 0");
+    }
+
+    /// Drives the scheduler in simulated time: two workers, frames of stream `s` cost
+    /// `costs_s[s]` worker seconds, a stream has frames while `active(s, t)`; the track stage
+    /// releases each frame as soon as it is done. Worker seconds served per stream, counted from
+    /// `measure_from_s` to `until_s`.
+    fn simulate(
+        costs_s: &[f64],
+        active: impl Fn(usize, f64) -> bool,
+        measure_from_s: f64,
+        until_s: f64,
+    ) -> Vec<f64> {
+        use crate::graph::{WhenFull, channel};
+        let n = costs_s.len();
+        let workers = 2;
+        let infos: Vec<Arc<StreamInfo>> = (0..n)
+            .map(|index| {
+                Arc::new(StreamInfo {
+                    id: index.to_string(),
+                    index,
+                    uri: "testsrc://".into(),
+                    live: false,
+                })
+            })
+            .collect();
+        let (source_outs, source_ins): (Vec<_>, Vec<_>) = (0..n)
+            .map(|s| channel::<Frame>(format!("frames-{s}"), 8, WhenFull::Block))
+            .unzip();
+        let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|w| channel::<Work>(format!("work-{w}"), n + 2, WhenFull::Block))
+            .unzip();
+        let (_done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        let scheduler = Scheduler {
+            inputs: source_ins,
+            streams: infos.clone(),
+            outs: work_outs,
+            done: done_rx,
+            windows: Arc::new(StreamWindows::new(n, 10)),
+            detect_every: 1,
+        };
+        let mut schedule = Schedule {
+            s: &scheduler,
+            streams: (0..n).map(|_| StreamState::new()).collect(),
+            outstanding: vec![0; workers],
+            turn: 0,
+            clock_s: 0.0,
+        };
+        let control = Control::new();
+        let mut next_index = vec![0u64; n];
+        let mut in_work: Vec<Option<(f64, Work)>> = (0..workers).map(|_| None).collect();
+        let mut served = vec![0.0; n];
+        let mut now = 0.0;
+        while now < until_s {
+            for (s, out) in source_outs.iter().enumerate() {
+                while active(s, now) && out.len() < 8 {
+                    let frame = Frame {
+                        stream: infos[s].clone(),
+                        index: next_index[s],
+                        pts_ms: next_index[s] as f64 * 40.0,
+                        width: 64,
+                        height: 48,
+                        rgb: Vec::new(),
+                        gap_before_ms: None,
+                    };
+                    next_index[s] += 1;
+                    out.send(frame, &control);
+                }
+            }
+            schedule.take_frames();
+            assert!(schedule.hand_out(&control));
+            for (w, slot) in in_work.iter_mut().enumerate() {
+                if slot.is_none()
+                    && let Some(Received::Item(work)) = work_ins[w].try_recv()
+                {
+                    *slot = Some((now + costs_s[work.frame.stream.index], work));
+                }
+            }
+            // The next frame done, or a little later when no worker has one.
+            let next = (0..workers)
+                .filter_map(|w| in_work[w].as_ref().map(|(t, _)| (w, *t)))
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            let Some((w, t)) = next else {
+                now += 0.001;
+                continue;
+            };
+            now = t;
+            let Some((_, work)) = in_work[w].take() else {
+                continue;
+            };
+            let stream = work.frame.stream.index;
+            let cost_s = costs_s[stream];
+            if now - cost_s >= measure_from_s {
+                served[stream] += cost_s;
+            }
+            schedule.finished(Done {
+                worker: w,
+                stream,
+                seq: work.seq,
+                faces: Vec::new(),
+                cost_s,
+                estimated_s: work.estimated_s,
+                full: Some(true),
+            });
+            scheduler.windows.release(stream);
+        }
+        served
+    }
+
+    /// Two streams that always have frames, one ten times as costly per frame: each gets half
+    /// of the workers' time, not half of the frames.
+    #[test]
+    fn workers_are_shared_by_time_not_by_frame() {
+        let served = simulate(&[0.010, 0.100], |_, _| true, 1.0, 20.0);
+        let share = served[0] / (served[0] + served[1]);
+        assert!((0.45..=0.55).contains(&share), "{served:?}");
+    }
+
+    /// A stream that ran alone for a long time, then paused with nothing in work: a costly
+    /// stream that comes in at that moment gets no credit for the time it was not there, so the
+    /// first stream keeps about half of the workers when it resumes.
+    #[test]
+    fn a_stream_arriving_while_all_are_idle_banks_no_credit() {
+        let served = simulate(
+            &[0.010, 0.100],
+            |s, t| match s {
+                0 => !(60.0..60.2).contains(&t),
+                _ => t >= 60.1,
+            },
+            60.3,
+            70.0,
+        );
+        let share = served[0] / (served[0] + served[1]);
+        assert!((0.4..=0.6).contains(&share), "{served:?}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub use counts::{Progress, StageTimes};
 pub(crate) use reorder::Reorder;
 pub(crate) use window::StreamWindows;
 #[cfg(test)]
-pub(crate) use window::WINDOW_MAX_FACTOR;
+pub(crate) use window::WINDOW_MAX_FRAMES;
 
 use std::sync::Arc;
 

@@ -834,18 +834,11 @@ mod tests {
                 }) as Box<dyn FrameDetector>
             })
             .collect();
-        let stages = BuiltStages {
-            sources: vec![Source::build(&config.source, "0", 0).unwrap()],
-            detectors,
-            attributes: None,
-            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
-            metrics_listener: None,
-        };
-        let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        let summary = run_with(&config, detectors);
         assert_eq!(summary.streams[0].frames_decoded, 120);
         assert_eq!(summary.streams[0].frames_reported, 120);
         // Small frames: the window is as deep as its memory budget allows, within its bound.
-        let window = (config.frames_in_flight(2) + 2) * crate::flow::WINDOW_MAX_FACTOR;
+        let window = (config.frames_in_flight(2) + 2).max(crate::flow::WINDOW_MAX_FRAMES);
         assert!(
             summary.peak_reorder_frames <= window,
             "{} frames held back, window {window}",
@@ -888,6 +881,11 @@ mod tests {
                 }) as Box<dyn FrameDetector>
             })
             .collect();
+        (run_with(config, detectors), calls)
+    }
+
+    /// Runs `config`'s streams (JSON out, no attributes) on stand-in `detectors`.
+    fn run_with(config: &PipelineConfig, detectors: Vec<Box<dyn FrameDetector>>) -> RunSummary {
         let stages = BuiltStages {
             sources: config
                 .streams()
@@ -900,8 +898,7 @@ mod tests {
             sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
             metrics_listener: None,
         };
-        let summary = run_stages(config, stages, Control::new(), RunHooks::default()).unwrap();
-        (summary, calls)
+        run_stages(config, stages, Control::new(), RunHooks::default()).unwrap()
     }
 
     impl FrameDetector for Marks {
@@ -937,7 +934,7 @@ mod tests {
     }
 
     /// With `detect_every` 3, each stream's frames 0, 3, 6, … are searched in full and the two
-    /// after each are followed from it, by the worker that has it: never a full search in
+    /// after each are followed from it, by whichever worker is free: never a full search in
     /// between, never a face of another stream or another run, on several workers and streams.
     #[test]
     fn detect_every_n_follows_each_run_from_its_keyframe() {
@@ -1101,19 +1098,7 @@ mod tests {
                     }) as Box<dyn FrameDetector>
                 })
                 .collect();
-            let stages = BuiltStages {
-                sources: config
-                    .streams()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (id, s))| Source::build(s, id, i).unwrap())
-                    .collect(),
-                detectors,
-                attributes: None,
-                sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
-                metrics_listener: None,
-            };
-            let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+            let summary = run_with(&config, detectors);
             let (heavy, camera) = (&summary.streams[0], &summary.streams[1]);
             assert_eq!(heavy.frames_reported, 30, "detect_every {detect_every}");
             assert!(
@@ -1174,14 +1159,7 @@ mod tests {
                 Ok(Vec::new())
             }
         }
-        let stages = BuiltStages {
-            sources: vec![Source::build(&config.source, "0", 0).unwrap()],
-            detectors: vec![Box::new(Slow), Box::new(Slow)],
-            attributes: None,
-            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
-            metrics_listener: None,
-        };
-        let summary = run_stages(&config, stages, Control::new(), RunHooks::default()).unwrap();
+        let summary = run_with(&config, vec![Box::new(Slow), Box::new(Slow)]);
         let stream = &summary.streams[0];
         assert_eq!(stream.frames_reported, 20);
         assert!(
