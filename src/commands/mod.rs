@@ -50,13 +50,9 @@ pub fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// The same file, by device and inode when both exist (paths may differ: `./a` and `a`).
+/// The same file however spelled (`./a` and `a`, a symlink, a hard link, a file not there yet).
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => a == b,
-    }
+    faceflow::pipeline::outputs::same_file(a, b)
 }
 
 /// "a picture" or "a video" when `path` is an existing file that starts like one.

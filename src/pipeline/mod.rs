@@ -7,6 +7,7 @@
 
 pub(crate) mod flow;
 pub mod metrics;
+pub mod outputs;
 mod schedule;
 mod summary;
 

@@ -9,6 +9,7 @@ mod geometry;
 mod hardening;
 mod metrics;
 mod mqtt;
+mod output_guard;
 mod overlay;
 mod parity;
 mod readme;
