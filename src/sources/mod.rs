@@ -40,6 +40,13 @@ pub enum SourceError {
     Build { input: String, message: String },
     #[error("{input}: {message}")]
     Stream { input: String, message: String },
+    /// The input decoded to no video at all (an audio file): nothing to look for faces in.
+    #[error("no video stream in {input}{found}")]
+    NoVideo {
+        input: String,
+        /// What it holds instead, e.g. ` (only audio/x-raw)`; empty when nothing was found.
+        found: String,
+    },
 }
 
 /// Settings of a source; `input` is required, the rest have defaults.
@@ -400,7 +407,14 @@ pub struct Source {
     counters: Arc<SourceCounters>,
     /// The video type decodebin said it has no decoder for, to name it in the error that follows.
     missing_decoder: std::sync::Mutex<Option<String>>,
+    /// Set when decodebin has exposed all its streams and none is video: the media types it
+    /// exposed (see [`NoVideo`]).
+    no_video: NoVideo,
 }
+
+/// Shared with decodebin's callbacks: the streams a URI exposed, and whether all were exposed
+/// without a video one (its `no-more-pads`). Without this the run would wait forever for a frame.
+type NoVideo = Arc<std::sync::Mutex<Option<Vec<String>>>>;
 
 fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Build {
@@ -491,6 +505,7 @@ fn build_pipeline(
     kind: &InputKind,
     config: &SourceConfig,
     stream_id: &str,
+    no_video: &NoVideo,
 ) -> Result<(gst::Pipeline, gst_app::AppSink, String, bool), SourceError> {
     let pipeline = gst::Pipeline::with_name(&format!("source-{stream_id}"));
     let convert = gst::ElementFactory::make("videoconvert")
@@ -576,12 +591,38 @@ fn build_pipeline(
             appsink.set_sync(*live && !camera);
             let convert_weak = convert.downgrade();
             let pipeline_weak = pipeline.downgrade();
+            if let Ok(mut slot) = no_video.lock() {
+                *slot = None;
+            }
+            let exposed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+            let seen = exposed.clone();
+            let no_video = no_video.clone();
+            let what = input.to_string();
+            // All streams are out: with no video among them no frame will ever come, so the
+            // stream ends with an error rather than wait (an audio file, alone or among others).
+            decode.connect_no_more_pads(move |decode| {
+                let media = seen.lock().map(|m| m.clone()).unwrap_or_default();
+                if media.iter().any(|m| m.starts_with("video/")) {
+                    return;
+                }
+                if let Ok(mut slot) = no_video.lock() {
+                    *slot = Some(media);
+                }
+                gst::element_error!(
+                    decode,
+                    gst::StreamError::WrongType,
+                    ("no video stream in {what}")
+                );
+            });
             decode.connect_pad_added(move |decode, pad| {
                 let media = pad
                     .current_caps()
                     .or_else(|| Some(pad.query_caps(None)))
                     .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
                     .unwrap_or_default();
+                if let Ok(mut seen) = exposed.lock() {
+                    seen.push(media.clone());
+                }
                 if media.starts_with("video/")
                     && let Some(convert) = convert_weak.upgrade()
                     && let Some(sink) = convert.static_pad("sink")
@@ -629,7 +670,9 @@ impl Source {
         init_gstreamer()?;
         let input = config.input.as_str();
         let kind = parse_input(input, config.live)?;
-        let (pipeline, appsink, uri, live) = build_pipeline(input, &kind, config, stream_id)?;
+        let no_video = NoVideo::default();
+        let (pipeline, appsink, uri, live) =
+            build_pipeline(input, &kind, config, stream_id, &no_video)?;
         let reconnectable =
             live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
         Ok(Self {
@@ -648,6 +691,7 @@ impl Source {
             reconnectable,
             counters: Arc::default(),
             missing_decoder: std::sync::Mutex::new(None),
+            no_video,
         })
     }
 
@@ -764,8 +808,13 @@ impl Source {
             if !sleep_unless_stopped(delay, control) {
                 return Ok(());
             }
-            let (pipeline, appsink, _, _) =
-                build_pipeline(&self.input, &self.kind, &self.config, &self.info.id)?;
+            let (pipeline, appsink, _, _) = build_pipeline(
+                &self.input,
+                &self.kind,
+                &self.config,
+                &self.info.id,
+                &self.no_video,
+            )?;
             self.pipeline = pipeline;
             self.appsink = appsink;
             session.video_info = None;
@@ -971,6 +1020,12 @@ impl Source {
                         .map(|s| s.name().to_string())
                         .unwrap_or_else(|| "pipeline".into());
                     tracing::debug!(element, debug = ?err.debug(), "GStreamer error");
+                    if let Some(media) = self.no_video.lock().ok().and_then(|m| m.clone()) {
+                        return Some(SourceError::NoVideo {
+                            input: self.input.clone(),
+                            found: no_video_detail(&media),
+                        });
+                    }
                     let missing = self.missing_decoder.lock().ok().and_then(|m| m.clone());
                     if let Some(media) = missing
                         && err.error().matches(gst::CoreError::MissingPlugin)
@@ -1077,6 +1132,21 @@ fn no_decoder_message(media: &str) -> String {
     format!(
         "no decoder for {media} (install the GStreamer plugin that decodes it, e.g. gstreamer1.0-libav or gstreamer1.0-plugins-bad)"
     )
+}
+
+/// What an input without video holds, for its error: ` (only audio/x-raw)`, or nothing.
+fn no_video_detail(media: &[String]) -> String {
+    let mut kinds: Vec<&str> = media
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !m.is_empty())
+        .collect();
+    kinds.dedup();
+    if kinds.is_empty() {
+        String::new()
+    } else {
+        format!(" (only {})", kinds.join(", "))
+    }
 }
 
 /// The media type in decodebin's "No decoder available for type 'video/x-h265, …'".
