@@ -112,6 +112,14 @@ fn a_stream_overlay_file_that_is_an_input_is_refused() {
         "ov/out.mp4",
     ]);
     assert!(e.contains("the input of stream 0"), "{e}");
+    // And from a pipeline file, its paths relative to its folder.
+    std::fs::write(
+        s.path("ov/two.toml"),
+        "[[sources]]\ninput = \"out-1.mp4\"\n[[sources]]\ninput = \"b.mp4\"\n[overlay]\npath = \"out.mp4\"\n",
+    )
+    .unwrap();
+    let e = s.refused(&["ov/two.toml"]);
+    assert!(e.contains("the input of stream 0"), "{e}");
 }
 
 /// One stream: the overlay or the JSON named as the input by another spelling, a symlink, a hard
