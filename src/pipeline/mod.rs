@@ -201,6 +201,16 @@ impl PipelineConfig {
                 let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
                 (line, column)
             };
+            // `[sources]` for `[[sources]]`: toml only says a sequence was expected.
+            if let Some((offset, message)) = table_kind_mistake(text) {
+                let (line, column) = at(offset);
+                return PipelineError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: message.into(),
+                };
+            }
             let (line, column) = at(e.span().map(|s| s.start).unwrap_or(0).min(text.len()));
             PipelineError::Parse {
                 path: path.to_path_buf(),
@@ -331,6 +341,39 @@ impl PipelineConfig {
 
 /// Most streams in one process.
 pub const MAX_STREAMS: usize = 64;
+
+/// A table header of the wrong kind for its key, its offset and what to write instead:
+/// `[sources]` (one table) where `[[sources]]` (one per stream) is meant, or `[[source]]`.
+fn table_kind_mistake(text: &str) -> Option<(usize, &'static str)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let header: String = line
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let indent = line.len() - line.trim_start().len();
+        match header.as_str() {
+            "[sources]" => {
+                return Some((
+                    offset + indent,
+                    "[sources] must be [[sources]], one table per stream (or [source] for a single stream)",
+                ));
+            }
+            "[[source]]" => {
+                return Some((
+                    offset + indent,
+                    "[[source]] must be [source] for a single stream, or [[sources]] (one table per stream) for several",
+                ));
+            }
+            _ => {}
+        }
+        offset += line.len();
+    }
+    None
+}
 
 /// Frames between the source queue and the track stage: queued between stages, and held back
 /// by the track stage to restore decode order.
@@ -981,6 +1024,36 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn a_sources_table_written_once_is_named_with_the_fix() {
+        for (text, at, says) in [
+            (
+                "[sources]\ninput = \"a.mp4\"\n",
+                "p.toml:1:1: ",
+                "[sources] must be [[sources]]",
+            ),
+            (
+                "# two cameras\n  [ sources ] # oops\n",
+                "p.toml:2:3: ",
+                "[sources] must be",
+            ),
+            (
+                "[[source]]\ninput = \"a.mp4\"\n",
+                "p.toml:1:1: ",
+                "[[source]] must be [source]",
+            ),
+        ] {
+            let msg = PipelineConfig::parse(text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(at) && msg.contains(says), "{text:?}: {msg}");
+        }
+        // `[[sources]]` itself parses.
+        let config =
+            PipelineConfig::parse("[[sources]]\ninput = \"a.mp4\"\n", Path::new("p.toml")).unwrap();
+        assert_eq!(config.sources.len(), 1);
     }
 
     /// What counts as a path in a pipeline file moves to the file's folder; the rest stays.

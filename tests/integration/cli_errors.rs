@@ -272,3 +272,23 @@ fn unwritable_overlay_and_a_video_as_pipeline_file() {
     );
     assert!(!json.exists());
 }
+
+/// `[sources]` where `[[sources]]` is meant (and `[[source]]`) is named with what to write.
+#[test]
+fn a_sources_table_written_once_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[json]\npath = \"-\"\n\n[sources]\ninput = \"testsrc://\"\n",
+    )
+    .unwrap();
+    let e = fails(&["run", p.to_str().unwrap()]);
+    assert!(
+        e.contains("p.toml:4:1: [sources] must be [[sources]], one table per stream"),
+        "{e}"
+    );
+    std::fs::write(&p, "[[source]]\ninput = \"testsrc://\"\n").unwrap();
+    let e = fails(&["run", p.to_str().unwrap()]);
+    assert!(e.contains("p.toml:1:1: [[source]] must be [source]"), "{e}");
+}
