@@ -192,6 +192,16 @@ pub enum InputKind {
     TestPattern(TestPattern),
 }
 
+impl InputKind {
+    /// Whether frames come at the source's pace (and are dropped when the graph is behind).
+    pub fn is_live(&self) -> bool {
+        match self {
+            InputKind::Uri { live, .. } => *live,
+            InputKind::TestPattern(spec) => spec.live,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestPattern {
     pub pattern: String,

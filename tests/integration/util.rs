@@ -88,14 +88,19 @@ pub fn frames(n: usize) -> String {
     }
 }
 
-/// Frames dropped behind a live source, from the end summary on stderr.
+/// Frames dropped behind a live source, from the end summary on stderr (0 for a stream that is
+/// not live: its line does not count drops).
 pub fn dropped_from_summary(stderr: &str) -> usize {
-    stderr
-        .split(" reported, ")
+    let after = stderr
+        .split(" reported")
         .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
+        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"));
+    // `…, N reported, D dropped (behind live source)…` for a live stream.
+    after
+        .strip_prefix(", ")
+        .and_then(|rest| rest.split_once(" dropped (behind live source)"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Frames decoded, from the end summary on stderr.
