@@ -18,15 +18,16 @@ use faceflow::sources::SourceConfig;
     about = "Faces in video and images: MTCNN detection, five landmarks, age group, gender and race, JSON Lines out",
     long_about = "Faces in video and images: MTCNN detection, five landmarks, age group, gender and \
         race, JSON Lines out.\n\n\
-        Subcommands: run (video files, URIs, RTSP cameras, webcams, test patterns), detect (faces \
-        in still images), analyze (faces with age, gender and race in still images), eval (score \
-        an attribute model on a labelled folder), train (train that model; in builds with feature \
-        `train`).\n\n\
+        Subcommands: run (video files, URIs, RTSP cameras, webcams, test patterns), report \
+        (charts and an HTML page from a run's JSON Lines), detect (faces in still images), analyze \
+        (faces with age, gender and race in still images), eval (score an attribute model on a \
+        labelled folder), train (train that model; in builds with feature `train`).\n\n\
         Examples:\n  \
         faceflow run --input clip.mp4 --json faces.jsonl\n  \
         faceflow run --input rtsp://camera/stream --json -\n  \
         faceflow run --input v4l2:///dev/video0 --json -\n  \
         faceflow run pipelines/file-to-json.toml\n  \
+        faceflow report faces.jsonl --out report/\n  \
         faceflow detect photo1.jpg photo2.png\n  \
         faceflow analyze --json faces.jsonl --age-groups 3 photo.jpg\n  \
         faceflow eval --source labelled/ --report eval/\n\n\
@@ -43,7 +44,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a video pipeline: decode, detect faces on every frame, write one JSON record per frame.
+    /// Run a video pipeline: decode, find faces (a full search every --detect-every frames, the
+    /// faces followed between), write one JSON record per frame.
     Run(RunArgs),
     /// Detect faces in still images, one JSON record per image.
     Detect(DetectArgs),
@@ -380,8 +382,11 @@ pub struct EvalArgs {
     /// Which images: all, or the trainer's validation / training part (same seed and fraction).
     #[arg(long, default_value = "all", value_parser = faceflow::eval::Split::parse)]
     pub split: faceflow::eval::Split,
+    /// Seed of the training/validation split (with --split): the one the model was trained with.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Fraction of images (by content hash) in the validation part (with --split), 0 to 0.9: the
+    /// one the model was trained with.
     #[arg(long, default_value_t = 0.15)]
     pub val_fraction: f64,
     /// Score only N images of the split (a fixed sample spread over it, the same every time).
@@ -624,6 +629,14 @@ pub fn usage_error_line(rendered: &str, subcommand: Option<&str>) -> String {
         None => "faceflow --help".into(),
     };
     format!("{line} (see {help})")
+}
+
+/// A usage error line (from [`usage_error_line`]) for a command given `video`, pointing at
+/// `faceflow run`: `error: unrecognized subcommand 'track'; for a video use faceflow run --input
+/// clip.mp4 (see faceflow run --help)`.
+pub fn with_run_hint(line: &str, video: &str) -> String {
+    let base = line.rsplit_once(" (see ").map_or(line, |(head, _)| head);
+    format!("{base}; for a video use faceflow run --input {video} (see faceflow run --help)")
 }
 
 #[cfg(feature = "train")]

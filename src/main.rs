@@ -87,10 +87,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
                     ["run", "detect", "analyze", "eval", "report", "train"].contains(&a.as_str())
                 });
             let rendered = e.render().to_string();
-            faceflow::say!(
-                "{}",
-                cli::usage_error_line(&rendered, subcommand.as_deref())
-            );
+            let mut line = cli::usage_error_line(&rendered, subcommand.as_deref());
+            // `faceflow track clip.mp4`, `faceflow clip.mp4`: a video goes to `run`.
+            if e.kind() == ErrorKind::InvalidSubcommand
+                && let Some(video) = std::env::args()
+                    .skip(1)
+                    .find(|a| commands::names_a_video(a))
+            {
+                line = cli::with_run_hint(&line, &video);
+            }
+            faceflow::say!("{line}");
             ExitCode::from(EXIT_USAGE)
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 
-use super::{EXIT_INTERRUPTED, check_json_target, interrupt_flag};
+use super::{EXIT_INTERRUPTED, check_json_target, interrupt_flag, refuse_videos};
 use crate::cli::{AnalyzeArgs, DetectArgs};
 use crate::one_line;
 use faceflow::align::{self, AlignConfig};
@@ -18,6 +18,7 @@ use faceflow::pipeline::AttributesConfig;
 use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
 
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
+    refuse_videos("detect", &paths(&args.images))?;
     let (detect, align_config) = args.settings();
     align_config.validate()?;
     faceflow::runtime::use_device(args.detector.device.unwrap_or_default())?;
@@ -211,6 +212,7 @@ where
 }
 
 pub fn analyze(args: AnalyzeArgs) -> Result<ExitCode> {
+    refuse_videos("analyze", &paths(&args.images))?;
     let (detect, attributes) = args.settings();
     attributes.validate()?;
     detect.validate()?;

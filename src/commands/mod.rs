@@ -33,14 +33,12 @@ pub fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
     if inputs.iter().any(|input| same_file(input, path)) {
         bail!("--json {json}: that is an input; {hint}");
     }
-    const MEDIA: &[&str] = &[
+    const PICTURES: &[&str] = &[
         "jpg", "jpeg", "jpe", "jfif", "png", "bmp", "webp", "gif", "tif", "tiff", "avif", "heic",
-        "heif", "ico", "tga", "qoi", "pnm", "ppm", "pgm", "pbm", "exr", "hdr", "mp4", "m4v", "mkv",
-        "mov", "avi", "webm", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "wmv", "3gp", "ogv",
-        "h264", "h265", "hevc", "mjpeg",
+        "heif", "ico", "tga", "qoi", "pnm", "ppm", "pgm", "pbm", "exr", "hdr",
     ];
     if let Some(ext) = path.extension().and_then(|e| e.to_str())
-        && MEDIA.contains(&ext.to_ascii_lowercase().as_str())
+        && (PICTURES.contains(&ext.to_ascii_lowercase().as_str()) || has_video_extension(path))
     {
         bail!("--json {json}: refusing to write JSON into a .{ext} file; {hint}");
     }
@@ -50,13 +48,45 @@ pub fn check_json_target(json: &str, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// The same file, by device and inode when both exist (paths may differ: `./a` and `a`).
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => a == b,
+/// File extensions of videos.
+const VIDEOS: &[&str] = &[
+    "mp4", "m4v", "mkv", "mov", "avi", "webm", "ts", "mts", "m2ts", "mpg", "mpeg", "flv", "wmv",
+    "3gp", "ogv", "h264", "h265", "hevc", "mjpeg",
+];
+
+fn has_video_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|ext| VIDEOS.contains(&ext.to_ascii_lowercase().as_str()))
+}
+
+/// Whether a command-line argument names a video or a camera: a URI (`rtsp://…`, `v4l2://…`, a
+/// `file://` URI), a file named like a video, or an existing file that starts like one. For
+/// pointing a user who gave one to the wrong subcommand at `faceflow run`.
+pub fn names_a_video(arg: &str) -> bool {
+    if arg.starts_with('-') {
+        return false;
     }
+    let path = Path::new(arg);
+    arg.contains("://") || has_video_extension(path) || existing_media(path) == Some("a video")
+}
+
+/// Refuses videos and cameras given to a still-image subcommand, pointing at `faceflow run`.
+pub fn refuse_videos(subcommand: &str, images: &[&Path]) -> Result<()> {
+    for image in images {
+        let arg = image.to_string_lossy();
+        if names_a_video(&arg) {
+            bail!(
+                "{arg}: a video; `faceflow {subcommand}` reads still images: for a video use faceflow run --input {arg}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The same file however spelled (`./a` and `a`, a symlink, a hard link, a file not there yet).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    faceflow::pipeline::outputs::same_file(a, b)
 }
 
 /// "a picture" or "a video" when `path` is an existing file that starts like one.

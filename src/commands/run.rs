@@ -1,37 +1,42 @@
 //! `faceflow run`: a video pipeline over one or several streams.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-use super::{EXIT_INTERRUPTED, check_json_target, install_interrupt_handler, same_file};
+use super::{EXIT_INTERRUPTED, check_json_target, install_interrupt_handler};
 use crate::cli::RunArgs;
 use faceflow::graph::Control;
 use faceflow::pipeline;
+use faceflow::pipeline::outputs::InputFile;
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = args.config()?;
     config.validate()?;
     faceflow::runtime::use_device(config.runtime.device)?;
-    let streams = config.streams();
-    let mut inputs: Vec<&Path> = streams
+    // Every file the run writes, against every file it reads and each other, before any is
+    // created.
+    let pipeline_file: Vec<InputFile> = args
+        .pipeline
         .iter()
-        .map(|(_, s)| Path::new(s.input.strip_prefix("file://").unwrap_or(&s.input)))
+        .map(|path| InputFile {
+            what: "the pipeline file".into(),
+            path: path.clone(),
+        })
         .collect();
-    if let Some(pipeline) = &args.pipeline {
-        inputs.push(pipeline);
-    }
-    check_json_target(config.json.path.as_str(), &inputs)?;
-    if let Some(overlay) = config.overlay.path.as_ref().filter(|p| !p.contains("://")) {
-        let path = Path::new(overlay);
-        if inputs.iter().any(|input| same_file(input, path)) {
-            anyhow::bail!("--overlay {overlay}: that is an input; give a new .mp4 file");
-        }
-        if config.json.path != "-" && same_file(Path::new(&config.json.path), path) {
-            anyhow::bail!("--overlay {overlay}: that is the JSON output; give another file");
-        }
-    }
+    // Inputs are checked by `check_outputs`, which names the one in the way.
+    check_json_target(config.json.path.as_str(), &[])?;
+    config.check_outputs(&pipeline_file)?;
+
+    // Which streams are live, for the summary (only those can drop frames); as the sources
+    // decide it.
+    let live: Vec<bool> = config
+        .streams()
+        .iter()
+        .map(|(_, s)| {
+            faceflow::sources::parse_input(&s.input, s.live).map_or(true, |kind| kind.is_live())
+        })
+        .collect();
 
     let control = Control::new();
     install_interrupt_handler(control.clone());
@@ -61,7 +66,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let summary = pipeline::run(&config, control, hooks);
     bar.finish_and_clear();
     let summary = summary?;
-    for line in summary.lines() {
+    for line in summary.lines_for(&live) {
         faceflow::say!("faceflow: {line}");
     }
     let failures = summary.failures();

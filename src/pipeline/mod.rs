@@ -6,6 +6,7 @@
 //! [`crate::flow`], what a run reports in `summary`.
 
 pub mod metrics;
+pub mod outputs;
 mod summary;
 
 pub use crate::flow::{Progress, StageTimes};
@@ -181,15 +182,36 @@ impl PipelineConfig {
                 reason,
             }
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        config.resolve_paths(&std::path::absolute(folder).unwrap_or_else(|_| folder.into()));
+        Ok(config)
     }
 
+    /// Parses a pipeline file's text (`path` names it in errors); relative paths stay as written
+    /// ([`PipelineConfig::load`] resolves them).
     pub fn parse(text: &str, path: &Path) -> Result<Self, PipelineError> {
         toml::from_str(text).map_err(|e| {
-            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
-            let before = &text[..offset];
-            let line = before.matches('\n').count() + 1;
-            let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            let at = |offset: usize| {
+                let before = &text[..offset];
+                let line = before.matches('\n').count() + 1;
+                let column = offset - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                (line, column)
+            };
+            // `[sources]` for `[[sources]]`: toml only says a sequence was expected.
+            if let Some((offset, message)) = table_kind_mistake(text) {
+                let (line, column) = at(offset);
+                return PipelineError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: message.into(),
+                };
+            }
+            let (line, column) = at(e.span().map(|s| s.start).unwrap_or(0).min(text.len()));
             PipelineError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -197,6 +219,44 @@ impl PipelineConfig {
                 message: e.message().replace('\n', " ").trim().to_string(),
             }
         })
+    }
+
+    /// Makes the file's relative paths relative to `folder` (the pipeline file's): inputs that are
+    /// file paths, model paths, the JSON and overlay files, the MQTT CA. URIs, test patterns, `-`
+    /// (standard output), `window` and absolute paths stay as they are; `..` is taken lexically.
+    pub fn resolve_paths(&mut self, folder: &Path) {
+        let rebase = |path: &Path| -> PathBuf {
+            if path.as_os_str().is_empty() || path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                outputs::normalize(&folder.join(path))
+            }
+        };
+        let rebase_text = |text: &mut String| {
+            let kept = text.trim().is_empty() || text.contains("://") || text == "-";
+            if !kept {
+                *text = rebase(Path::new(text.as_str())).display().to_string();
+            }
+        };
+        for source in std::iter::once(&mut self.source).chain(self.sources.iter_mut()) {
+            rebase_text(&mut source.input);
+        }
+        for path in [
+            &mut self.detect.models_dir,
+            &mut self.attributes.model,
+            &mut self.mqtt.ca,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = rebase(path);
+        }
+        rebase_text(&mut self.json.path);
+        if let Some(overlay) = &mut self.overlay.path
+            && overlay != "window"
+        {
+            rebase_text(overlay);
+        }
     }
 
     /// The streams of the run with their ids: `[[sources]]` when given, else `[source]`. A stream's
@@ -282,6 +342,39 @@ impl PipelineConfig {
 /// Most streams in one process.
 pub const MAX_STREAMS: usize = 64;
 
+/// A table header of the wrong kind for its key, its offset and what to write instead:
+/// `[sources]` (one table) where `[[sources]]` (one per stream) is meant, or `[[source]]`.
+fn table_kind_mistake(text: &str) -> Option<(usize, &'static str)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let header: String = line
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let indent = line.len() - line.trim_start().len();
+        match header.as_str() {
+            "[sources]" => {
+                return Some((
+                    offset + indent,
+                    "[sources] must be [[sources]], one table per stream (or [source] for a single stream)",
+                ));
+            }
+            "[[source]]" => {
+                return Some((
+                    offset + indent,
+                    "[[source]] must be [source] for a single stream, or [[sources]] (one table per stream) for several",
+                ));
+            }
+            _ => {}
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// Frames between the source queue and the track stage: queued between stages, and held back
 /// by the track stage to restore decode order.
 impl PipelineConfig {
@@ -319,6 +412,7 @@ pub fn run(
     hooks: RunHooks,
 ) -> Result<RunSummary, PipelineError> {
     config.validate()?;
+    config.check_outputs(&[])?;
     // Build everything before anything starts: a bad input, model or output path fails here.
     let sources = config
         .streams()
@@ -1180,6 +1274,109 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn a_sources_table_written_once_is_named_with_the_fix() {
+        for (text, at, says) in [
+            (
+                "[sources]\ninput = \"a.mp4\"\n",
+                "p.toml:1:1: ",
+                "[sources] must be [[sources]]",
+            ),
+            (
+                "# two cameras\n  [ sources ] # oops\n",
+                "p.toml:2:3: ",
+                "[sources] must be",
+            ),
+            (
+                "[[source]]\ninput = \"a.mp4\"\n",
+                "p.toml:1:1: ",
+                "[[source]] must be [source]",
+            ),
+        ] {
+            let msg = PipelineConfig::parse(text, Path::new("p.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with(at) && msg.contains(says), "{text:?}: {msg}");
+        }
+        // `[[sources]]` itself parses.
+        let config =
+            PipelineConfig::parse("[[sources]]\ninput = \"a.mp4\"\n", Path::new("p.toml")).unwrap();
+        assert_eq!(config.sources.len(), 1);
+    }
+
+    /// What counts as a path in a pipeline file moves to the file's folder; the rest stays.
+    #[test]
+    fn relative_paths_are_taken_from_the_files_folder() {
+        let text = r#"
+            [[sources]]
+            input = "clips/a.mp4"
+            [[sources]]
+            input = "../b.mp4"
+            [[sources]]
+            input = "/abs/c.mp4"
+            [[sources]]
+            input = "testsrc://ball?frames=2"
+            [[sources]]
+            input = "rtsp://cam/stream"
+            [[sources]]
+            input = "file:///abs/d.mp4"
+            [[sources]]
+            input = "v4l2:///dev/video0"
+            [detect]
+            models_dir = "mtcnn"
+            [attributes]
+            model = "./m.onnx"
+            [json]
+            path = "out/x.jsonl"
+            [overlay]
+            path = "o.mp4"
+            [mqtt]
+            url = "mqtts://broker/t"
+            ca = "certs/ca.pem"
+        "#;
+        let mut config = PipelineConfig::parse(text, Path::new("p.toml")).unwrap();
+        config.resolve_paths(Path::new("/etc/ff"));
+        let inputs: Vec<&str> = config.sources.iter().map(|s| s.input.as_str()).collect();
+        assert_eq!(
+            inputs,
+            [
+                "/etc/ff/clips/a.mp4",
+                "/etc/b.mp4",
+                "/abs/c.mp4",
+                "testsrc://ball?frames=2",
+                "rtsp://cam/stream",
+                "file:///abs/d.mp4",
+                "v4l2:///dev/video0"
+            ]
+        );
+        assert_eq!(config.detect.models_dir, Some("/etc/ff/mtcnn".into()));
+        assert_eq!(config.attributes.model, Some("/etc/ff/m.onnx".into()));
+        assert_eq!(config.json.path, "/etc/ff/out/x.jsonl");
+        assert_eq!(config.overlay.path.as_deref(), Some("/etc/ff/o.mp4"));
+        assert_eq!(config.mqtt.ca, Some("/etc/ff/certs/ca.pem".into()));
+        // Standard output, a window, a served overlay and a missing input stay as they are.
+        let mut config = PipelineConfig::parse(
+            "[json]\npath = \"-\"\n[overlay]\npath = \"window\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        config.resolve_paths(Path::new("/etc/ff"));
+        assert_eq!(
+            (
+                config.json.path.as_str(),
+                config.overlay.path.as_deref(),
+                config.source.input.as_str()
+            ),
+            ("-", Some("window"), "")
+        );
+        config.overlay.path = Some("rtsp://0.0.0.0:8554/live".into());
+        config.resolve_paths(Path::new("/etc/ff"));
+        assert_eq!(
+            config.overlay.path.as_deref(),
+            Some("rtsp://0.0.0.0:8554/live")
+        );
     }
 
     #[test]

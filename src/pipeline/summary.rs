@@ -60,11 +60,26 @@ impl RunSummary {
         t
     }
 
-    /// One line per stream, then (with several streams) a total line.
+    /// One line per stream, then (with several streams) a total line. Every stream is taken as
+    /// live (each line says what it dropped); [`RunSummary::lines_for`] leaves that out for files.
     pub fn lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.streams.iter().map(|s| self.line(s)).collect();
+        self.lines_for(&[])
+    }
+
+    /// As [`RunSummary::lines`], `live[i]` saying whether stream `i` is live (missing: live). Only
+    /// a live stream drops frames when behind, so only its line (and the total of a run with
+    /// one) says how many.
+    pub fn lines_for(&self, live: &[bool]) -> Vec<String> {
+        let is_live = |i: usize| live.get(i).copied().unwrap_or(true);
+        let mut lines: Vec<String> = self
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.line(s, is_live(i)))
+            .collect();
         if self.streams.len() > 1 {
-            lines.push(self.line(&self.total()));
+            let any_live = (0..self.streams.len()).any(is_live);
+            lines.push(self.line(&self.total(), any_live));
         }
         lines.extend(self.sink_lines.iter().cloned());
         lines
@@ -78,7 +93,7 @@ impl RunSummary {
             .collect()
     }
 
-    fn line(&self, s: &StreamSummary) -> String {
+    fn line(&self, s: &StreamSummary, live: bool) -> String {
         // A stream's own time: one that ended early is not slowed by the others.
         let seconds = if s.seconds > 0.0 {
             s.seconds.min(self.seconds)
@@ -112,11 +127,16 @@ impl RunSummary {
         } else {
             format!("stream {} ({})", s.stream, s.source)
         };
+        // A file never drops a frame (decoding waits): no count that could only ever be 0.
+        let dropped = if live || s.frames_dropped > 0 {
+            format!(", {} dropped (behind live source)", s.frames_dropped)
+        } else {
+            String::new()
+        };
         format!(
-            "{name}: {} decoded, {} reported, {} dropped (behind live source){not_written}; {}, {}; {:.1} s, {:.1} fps{}{ending}",
+            "{name}: {} decoded, {} reported{dropped}{not_written}; {}, {}; {:.1} s, {:.1} fps{}{ending}",
             count(s.frames_decoded, "frame"),
             s.frames_reported,
-            s.frames_dropped,
             count(s.faces, "face"),
             if s.people == 1 {
                 "1 person".to_string()
@@ -266,5 +286,58 @@ impl Monitor {
                 queues,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(dropped: &[u64]) -> RunSummary {
+        RunSummary {
+            streams: dropped
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| StreamSummary {
+                    stream: i.to_string(),
+                    source: "file:///clip.mp4".into(),
+                    frames_decoded: 10,
+                    frames_reported: 10 - d,
+                    frames_dropped: d,
+                    ..StreamSummary::default()
+                })
+                .collect(),
+            seconds: 1.0,
+            ..RunSummary::default()
+        }
+    }
+
+    /// Only a live stream can fall behind and drop frames: a file's line does not count drops.
+    #[test]
+    fn drops_are_counted_for_live_streams_only() {
+        let lines = run_of(&[0, 2]).lines_for(&[false, true]);
+        assert!(
+            lines[0].contains("10 frames decoded, 10 reported; ") && !lines[0].contains("dropped"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("8 reported, 2 dropped (behind live source);"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("2 dropped (behind live source)"),
+            "{}",
+            lines[2]
+        );
+        let files = run_of(&[0, 0]).lines_for(&[false, false]);
+        assert!(files.iter().all(|l| !l.contains("dropped")), "{files:?}");
+        // A live stream says so even when it dropped nothing.
+        let live = run_of(&[0]).lines_for(&[true]);
+        assert!(
+            live[0].contains("0 dropped (behind live source)"),
+            "{live:?}"
+        );
     }
 }

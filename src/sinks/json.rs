@@ -223,12 +223,7 @@ impl JsonLinesWriter {
             });
         }
         let path = Path::new(&config.path);
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-        }
+        super::check_folder(path)?;
         let file = File::create(path).map_err(|reason| SinkError::Create {
             path: path.to_path_buf(),
             reason,

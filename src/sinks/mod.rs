@@ -16,6 +16,28 @@ pub use json::{
 pub use mqtt::{MqttConfig, MqttSink};
 pub use overlay::{OverlayConfig, OverlaySink, OverlayTarget};
 
+/// Refuses an output file whose folder does not exist: a mistyped path must not create folders
+/// (`--json /no/such/dir/x.jsonl`).
+pub(crate) fn check_folder(file: &std::path::Path) -> Result<(), SinkError> {
+    let folder = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => return Ok(()),
+    };
+    if folder.is_dir() {
+        return Ok(());
+    }
+    Err(SinkError::Create {
+        path: file.to_path_buf(),
+        reason: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "folder {} does not exist (create it first)",
+                folder.display()
+            ),
+        ),
+    })
+}
+
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
 /// records of the people whose tracks ended there; track records also come without a frame, when
 /// a stream ends and when the run ends (the people still in view); `idle` when nothing has come for a while;

@@ -79,18 +79,25 @@ pub fn stream_file(path: &Path, id: &str, streams: usize) -> PathBuf {
         .and_then(|s| s.to_str())
         .unwrap_or("overlay");
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("mp4");
-    // Stream ids are names from a pipeline file: keep them to characters safe in file names.
-    let id: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
+    path.with_file_name(format!("{stem}-{}.{ext}", file_name_part(id)))
+}
+
+/// A stream id as part of a file name, one to one (two ids never share a file): letters and
+/// digits of any script and `-_.` as they are, any other character percent-encoded (`a/b` →
+/// `a%2Fb`, `%` → `%25`).
+fn file_name_part(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        if c.is_alphanumeric() || "-_.".contains(c) {
+            out.push(c);
+        } else {
+            let mut utf8 = [0u8; 4];
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
             }
-        })
-        .collect();
-    path.with_file_name(format!("{stem}-{id}.{ext}"))
+        }
+    }
+    out
 }
 
 /// One stream's encoder, started at its first frame (when the size is known).
@@ -118,12 +125,6 @@ impl Encoder {
             target: path.display().to_string(),
             message,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-        }
         gst::init().map_err(|e| fail(e.to_string()))?;
         let make = |factory: &str| {
             gst::ElementFactory::make(factory).build().map_err(|_| {
@@ -396,12 +397,7 @@ impl OverlaySink {
             for id in stream_ids {
                 created.push(stream_file(path, id, streams));
                 let file = stream_file(path, id, streams);
-                if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|reason| SinkError::Create {
-                        path: file.clone(),
-                        reason,
-                    })?;
-                }
+                super::check_folder(&file)?;
                 std::fs::File::create(&file).map_err(|reason| SinkError::Create {
                     path: file.clone(),
                     reason,
@@ -743,8 +739,28 @@ mod tests {
         assert_eq!(stream_file(p, "0", 2), Path::new("out/overlay-0.mp4"));
         assert_eq!(
             stream_file(p, "lobby/2", 2),
-            Path::new("out/overlay-lobby_2.mp4")
+            Path::new("out/overlay-lobby%2F2.mp4")
         );
+    }
+
+    /// Two stream ids never share a file: names of any script stay as they are, and what is
+    /// encoded cannot be confused with what is kept.
+    #[test]
+    fn stream_files_are_one_to_one() {
+        let p = Path::new("gate.mp4");
+        assert_eq!(stream_file(p, "东门", 2), Path::new("gate-东门.mp4"));
+        assert_eq!(stream_file(p, "西门", 2), Path::new("gate-西门.mp4"));
+        let ids = [
+            "东门", "西门", "a_b", "a b", "a/b", "a%2Fb", "a%20b", "a_2Fb", "A", "a", "é",
+            "e\u{301}",
+        ];
+        let files: std::collections::HashSet<PathBuf> =
+            ids.iter().map(|id| stream_file(p, id, 2)).collect();
+        assert_eq!(files.len(), ids.len(), "{files:?}");
+        for f in &files {
+            let name = f.to_str().unwrap();
+            assert!(!name.contains('/') && !name.contains(' '), "{name}");
+        }
     }
 
     #[test]

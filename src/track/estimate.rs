@@ -9,9 +9,18 @@ use crate::model::readout::Prediction;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Estimate {
-    sums: Option<Prediction>,
+    sums: Option<Sums>,
     weight: f64,
     faces: u64,
+}
+
+/// Weighted sums of a track's probabilities, in f64: an hour of a large face at 25 fps sums past
+/// 2^24, where an f32 sum would drop each new face's share.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Sums {
+    age_fine: Vec<f64>,
+    gender: Vec<f64>,
+    race: Vec<f64>,
 }
 
 /// The weight of one face: detection score × √(box area).
@@ -26,13 +35,13 @@ impl Estimate {
         if weight.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return;
         }
-        let w = weight as f32;
+        let weighted = |v: &[f32]| v.iter().map(|x| f64::from(*x) * weight).collect();
         match &mut self.sums {
             None => {
-                self.sums = Some(Prediction {
-                    age_fine: p.age_fine.iter().map(|v| v * w).collect(),
-                    gender: p.gender.iter().map(|v| v * w).collect(),
-                    race: p.race.iter().map(|v| v * w).collect(),
+                self.sums = Some(Sums {
+                    age_fine: weighted(&p.age_fine),
+                    gender: weighted(&p.gender),
+                    race: weighted(&p.race),
                 })
             }
             Some(s) => {
@@ -42,7 +51,7 @@ impl Estimate {
                     (&mut s.race, &p.race),
                 ] {
                     for (x, y) in a.iter_mut().zip(b) {
-                        *x += y * w;
+                        *x += f64::from(*y) * weight;
                     }
                 }
             }
@@ -59,8 +68,7 @@ impl Estimate {
     /// The weighted mean so far (`None` before the first face).
     pub fn current(&self) -> Option<Prediction> {
         let s = self.sums.as_ref()?;
-        let w = self.weight as f32;
-        let scale = |v: &Vec<f32>| v.iter().map(|x| x / w).collect::<Vec<f32>>();
+        let scale = |v: &[f64]| v.iter().map(|x| (x / self.weight) as f32).collect();
         Some(Prediction {
             age_fine: scale(&s.age_fine),
             gender: scale(&s.gender),
@@ -97,6 +105,32 @@ mod tests {
         assert!(g[1] > 0.8 && (g[0] + g[1] - 1.0).abs() < 1e-6, "{g:?}");
         e.add(&p(0.0), 0.0);
         assert_eq!(e.faces(), 2, "weightless faces are not counted");
+    }
+
+    /// An hour-long track of a large face (25 fps, a 400-pixel face): the weighted sums pass
+    /// 2^24, where an f32 sum no longer moves by a small face's share, and the mean must not drift.
+    #[test]
+    fn an_hour_long_track_keeps_its_mean() {
+        let mut e = Estimate::default();
+        let big = face_weight([0.0, 0.0, 400.0, 400.0], 0.99);
+        let small = face_weight([0.0, 0.0, 24.0, 24.0], 0.9);
+        let faces = 25 * 3600;
+        for i in 0..faces {
+            if i % 2 == 0 {
+                e.add(&p(0.93), big);
+            } else {
+                e.add(&p(0.61), small);
+            }
+        }
+        let half = f64::from(faces / 2);
+        let female = (0.93 * big + 0.61 * small) * half / ((big + small) * half);
+        let g = e.current().unwrap().gender;
+        assert!(
+            (f64::from(g[1]) - female).abs() < 1e-5,
+            "{} vs {female}",
+            g[1]
+        );
+        assert!((g[0] + g[1] - 1.0).abs() < 1e-5, "{g:?}");
     }
 
     #[test]

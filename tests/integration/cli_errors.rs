@@ -272,3 +272,107 @@ fn unwritable_overlay_and_a_video_as_pipeline_file() {
     );
     assert!(!json.exists());
 }
+
+/// A video or camera given to a still-image subcommand, or to one that does not exist, is pointed
+/// at `faceflow run` in one line.
+#[test]
+fn a_video_given_to_the_wrong_subcommand_points_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let clip = h264_clip(dir.path(), "clip.mp4", 2, 25);
+    // Named like a picture, but a video inside.
+    let disguised = dir.path().join("still.jpg");
+    std::fs::copy(&clip, &disguised).unwrap();
+    let clip = clip.display().to_string();
+    for (args, video) in [
+        (vec!["detect", clip.as_str()], clip.as_str()),
+        (vec!["analyze", clip.as_str()], clip.as_str()),
+        (
+            vec!["detect", "rtsp://camera/stream"],
+            "rtsp://camera/stream",
+        ),
+        (
+            vec!["detect", disguised.to_str().unwrap()],
+            disguised.to_str().unwrap(),
+        ),
+    ] {
+        let e = fails(&args);
+        assert!(
+            e.contains("reads still images")
+                && e.contains(&format!("faceflow run --input {video}")),
+            "{args:?}: {e}"
+        );
+    }
+    for args in [vec!["track", clip.as_str()], vec![clip.as_str()]] {
+        let out = bin().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let e = one_error_line(&out);
+        assert!(
+            e.starts_with("error: unrecognized subcommand")
+                && e.contains(&format!("for a video use faceflow run --input {clip}")),
+            "{args:?}: {e}"
+        );
+    }
+    // An unknown subcommand without a video keeps clap's line.
+    let out = bin().args(["track", "photo.png"]).output().unwrap();
+    let e = one_error_line(&out);
+    assert!(!e.contains("faceflow run"), "{e}");
+}
+
+/// `[sources]` where `[[sources]]` is meant (and `[[source]]`) is named with what to write.
+#[test]
+fn a_sources_table_written_once_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        "[json]\npath = \"-\"\n\n[sources]\ninput = \"testsrc://\"\n",
+    )
+    .unwrap();
+    let e = fails(&["run", p.to_str().unwrap()]);
+    assert!(
+        e.contains("p.toml:4:1: [sources] must be [[sources]], one table per stream"),
+        "{e}"
+    );
+    std::fs::write(&p, "[[source]]\ninput = \"testsrc://\"\n").unwrap();
+    let e = fails(&["run", p.to_str().unwrap()]);
+    assert!(e.contains("p.toml:1:1: [[source]] must be [source]"), "{e}");
+}
+
+/// The top-level help names every subcommand in its overview, `run`'s does not promise a search
+/// of every frame (`--detect-every auto` is the default), and `eval`'s split flags say what they
+/// are.
+#[test]
+fn help_texts_are_complete_and_true() {
+    let help = |args: &[&str]| String::from_utf8(run_ok(bin().args(args)).stdout).unwrap();
+    let top = help(&["--help"]);
+    let overview = top
+        .split("\n\n")
+        .find(|p| p.trim_start().starts_with("Subcommands:"))
+        .unwrap_or_else(|| panic!("{top}"))
+        .replace('\n', " ");
+    for sub in ["run", "report", "detect", "analyze", "eval", "train"] {
+        assert!(overview.contains(&format!("{sub} (")), "{sub}: {overview}");
+    }
+    let run = help(&["run", "--help"]);
+    let about = run.split("\n\n").next().unwrap().replace('\n', " ");
+    assert!(!about.contains("on every frame"), "{about}");
+    assert!(about.contains("--detect-every"), "{about}");
+    let eval = help(&["eval", "-h"]);
+    for flag in ["--seed <SEED>", "--val-fraction <VAL_FRACTION>"] {
+        let line = eval
+            .lines()
+            .find(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("{flag}: {eval}"));
+        let described = line
+            .split_once(flag)
+            .map(|(_, rest)| {
+                rest.split("[default")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        assert!(!described.is_empty(), "{flag} has no description: {line:?}");
+    }
+}

@@ -9,6 +9,8 @@ mod geometry;
 mod hardening;
 mod metrics;
 mod mqtt;
+mod no_video;
+mod output_guard;
 mod overlay;
 mod parity;
 mod readme;

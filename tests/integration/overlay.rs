@@ -68,6 +68,8 @@ fn two_streams_get_one_overlay_each_with_every_frame_and_the_faces_drawn() {
     let astronaut = project_root().join("samples/astronaut.mp4");
     let pattern = h264_clip(dir.path(), "pattern.mp4", 30, 25);
     let json = dir.path().join("out.jsonl");
+    // Its folder must exist: an output never creates folders.
+    std::fs::create_dir(dir.path().join("video")).unwrap();
     let overlay = dir.path().join("video/overlay.mp4");
     run_ok(
         bin()

@@ -128,6 +128,8 @@ fn scratch_folder(dir: &Path, utkface: &Path) {
         .unwrap()
         .save(dir.join("photo2.png"))
         .unwrap();
+    // The shipped pipeline writes to out/, which scripts/setup.sh makes (outputs make no folders).
+    std::fs::create_dir(dir.join("out")).unwrap();
     for linked in ["pipelines", "samples"] {
         std::os::unix::fs::symlink(project_root().join(linked), dir.join(linked)).unwrap();
     }

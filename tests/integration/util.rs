@@ -88,14 +88,19 @@ pub fn frames(n: usize) -> String {
     }
 }
 
-/// Frames dropped behind a live source, from the end summary on stderr.
+/// Frames dropped behind a live source, from the end summary on stderr (0 for a stream that is
+/// not live: its line does not count drops).
 pub fn dropped_from_summary(stderr: &str) -> usize {
-    stderr
-        .split(" reported, ")
+    let after = stderr
+        .split(" reported")
         .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"))
+        .unwrap_or_else(|| panic!("no summary line in {stderr:?}"));
+    // `…, N reported, D dropped (behind live source)…` for a live stream.
+    after
+        .strip_prefix(", ")
+        .and_then(|rest| rest.split_once(" dropped (behind live source)"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Frames decoded, from the end summary on stderr.
@@ -215,4 +220,67 @@ pub fn encode_h264(source: &[&str], out: &Path) {
         .status()
         .expect("gst-launch-1.0");
     assert!(status.success());
+}
+
+/// Runs `cmd` to its end, failing the test (and killing it) if it takes longer than `limit`: a
+/// regression that hangs fails instead of stalling the suite.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn faceflow");
+    // Read both pipes while waiting: a full pipe would block the child.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for faceflow") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("faceflow still running after {limit:?} (killed); stderr: {stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// A failed run's standard error, checked to be one `error: …` line (no panic) with a non-zero
+/// exit status.
+pub fn one_error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got {stderr:?}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0].to_string()
 }
