@@ -1593,7 +1593,13 @@ mod properties {
             let headers: Vec<usize> = lines
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.starts_with('[') && !l.starts_with("[["))
+                // A section header, not a line of a multi-line string that starts with `[`.
+                .filter(|(_, l)| {
+                    l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).is_some_and(|name| {
+                        !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                    })
+                })
                 .map(|(i, _)| i)
                 .collect();
             prop_assume!(!headers.is_empty());
