@@ -19,29 +19,107 @@ fn tool(tool: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The broker and the subscriber, or `None` (skipped; under CI a failure).
-fn mosquitto() -> Option<(PathBuf, PathBuf)> {
-    if let (Some(broker), Some(sub)) = (tool("mosquitto"), tool("mosquitto_sub")) {
-        return Some((broker, sub));
+/// The mosquitto programs a test runs.
+pub(crate) struct Mosquitto {
+    pub(crate) broker: PathBuf,
+    subscribe: PathBuf,
+    publish: PathBuf,
+}
+
+/// The broker and its clients, or `None` (skipped; under CI a failure).
+pub(crate) fn mosquitto() -> Option<Mosquitto> {
+    if let (Some(broker), Some(subscribe), Some(publish)) = (
+        tool("mosquitto"),
+        tool("mosquitto_sub"),
+        tool("mosquitto_pub"),
+    ) {
+        return Some(Mosquitto {
+            broker,
+            subscribe,
+            publish,
+        });
     }
     assert!(
         std::env::var("CI").is_err(),
-        "mosquitto and mosquitto_sub are needed (scripts/deps.sh installs them)"
+        "mosquitto and its clients are needed (scripts/deps.sh installs them)"
     );
     eprintln!("SKIPPED: mosquitto not installed (scripts/deps.sh)");
     None
 }
 
+/// What the subscribers' probe messages carry; not JSON, so no record is ever taken for one.
+const PROBE: &str = "faceflow-test-probe";
+
+/// A subscriber, stopped when dropped: also when a test fails (it would otherwise run on, and
+/// hold what its test's parent holds, such as a lock).
+pub(crate) struct Subscriber(Child);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A mosquitto_sub on `port` with `args` (its topic filter must match `faceflow/probe`), writing
+/// what it receives to `received`, returned once it is subscribed: a probe published again and
+/// again has come back (a fixed sleep races a slow start).
+pub(crate) fn subscriber(
+    tools: &Mosquitto,
+    port: u16,
+    args: &[&str],
+    received: &Path,
+) -> Subscriber {
+    let child = Command::new(&tools.subscribe)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(std::fs::File::create(received).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Subscriber(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = Command::new(&tools.publish)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "faceflow/probe", "-m", PROBE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::fs::read_to_string(received)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == PROBE)
+        {
+            return child;
+        }
+        if Instant::now() > deadline {
+            panic!("mosquitto_sub on port {port} did not get a probe within 20 s: not subscribed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The records a subscriber wrote (probes left out), each as often as it came.
+pub(crate) fn received_records(received: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(received)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l != PROBE)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
 /// A broker with persistent sessions in `dir`, on `port`.
-struct Broker {
+pub(crate) struct Broker {
     program: PathBuf,
     conf: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
-    fn start(program: PathBuf, dir: &Path) -> Self {
+    pub(crate) fn start(program: PathBuf, dir: &Path) -> Self {
         Self::start_with(program, dir, "")
     }
 
@@ -52,10 +130,12 @@ impl Broker {
             .local_addr()
             .unwrap()
             .port();
-        // mosquitto started as root runs as user mosquitto: its folder must be writable by it.
+        // mosquitto started as root runs as user mosquitto: its folder must be writable by it,
+        // and the folders above it open to it.
         let data = dir.join("broker");
         std::fs::create_dir_all(&data).unwrap();
         use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
@@ -92,7 +172,7 @@ impl Broker {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -133,12 +213,7 @@ fn wait_for_records(
 ) -> HashSet<String> {
     let deadline = Instant::now() + limit;
     loop {
-        let got: HashSet<String> = std::fs::read_to_string(received)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|r| key(&r))
-            .collect();
+        let got: HashSet<String> = received_records(received).iter().map(key).collect();
         if expected.is_subset(&got) || Instant::now() >= deadline {
             return got;
         }
@@ -148,16 +223,17 @@ fn wait_for_records(
 
 #[test]
 fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
-    let Some((program, subscribe)) = mosquitto() else {
+    let Some(tools) = mosquitto() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(program, dir.path());
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
     let received = dir.path().join("received.txt");
     // A subscriber with a persistent session: it reconnects by itself after the restart.
-    let mut subscriber = Command::new(subscribe)
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .args([
+    let subscriber = subscriber(
+        &tools,
+        broker.port,
+        &[
             "-c",
             "-i",
             "faceflow-test-sub",
@@ -165,12 +241,9 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
             "1",
             "-t",
             "faceflow/#",
-        ])
-        .stdout(std::fs::File::create(&received).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+        ],
+        &received,
+    );
     let json = dir.path().join("out.jsonl");
     let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
     // The demo clip read as a camera: 4 s at its own frame rate.
@@ -193,8 +266,7 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
     assert!(expected.len() > 50, "{}", expected.len());
     // The subscriber gets what the broker kept for it once it is back.
     let got = wait_for_records(&received, &expected, Duration::from_secs(20));
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    drop(subscriber);
     let missing: Vec<&String> = expected.difference(&got).collect();
     assert!(
         missing.is_empty(),
@@ -278,7 +350,7 @@ fn make_ca(dir: &Path, name: &str) {
 
 #[test]
 fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
-    let Some((program, subscribe)) = mosquitto() else {
+    let Some(tools) = mosquitto() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -341,16 +413,14 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
         "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nlistener {plain_port} 127.0.0.1\n",
         tls.display()
     );
-    let broker = Broker::start_with(program, dir.path(), &conf);
+    let broker = Broker::start_with(tools.broker.clone(), dir.path(), &conf);
     let received = dir.path().join("received.txt");
-    let mut subscriber = Command::new(subscribe)
-        .args(["-h", "127.0.0.1", "-p", &plain_port.to_string()])
-        .args(["-q", "1", "-t", "faceflow/#"])
-        .stdout(std::fs::File::create(&received).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let subscriber = subscriber(
+        &tools,
+        plain_port,
+        &["-q", "1", "-t", "faceflow/#"],
+        &received,
+    );
     let url = format!("mqtts://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
     let run = |ca: &str, json: &Path| {
         bin()
@@ -387,8 +457,7 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
     // the log says why.
     let (status, stderr) = run("other-ca.pem", &dir.path().join("other.jsonl"));
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    drop(subscriber);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("0 records published"), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
