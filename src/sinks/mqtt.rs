@@ -25,7 +25,9 @@ use super::{FrameRecord, Sink, SinkError, TrackRecord};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://[user[:password]@]host[:port]/topic/{stream}`; off when unset.
+    /// `mqtt://[user[:password]@]host[:port]/topic/{stream}`; off when unset. The password is
+    /// everything from the first `:` to the last `@` (it may hold `/`, `:`, `@`); a topic cannot
+    /// hold an `@`.
     pub url: Option<String>,
     /// Publish frames without faces too.
     pub all_frames: bool,
@@ -74,7 +76,7 @@ impl MqttConfig {
             return Ok(None);
         };
         let bad = |message: &str| SinkError::Mqtt {
-            target: crate::redact::credentials(url).into_owned(),
+            target: crate::redact::url(url).into_owned(),
             message: message.to_string(),
         };
         crate::limits::Setting::key("buffer")
@@ -90,16 +92,18 @@ impl MqttConfig {
                 "expected mqtt:// or mqtts://[user[:password]@]host[:port]/topic",
             ));
         };
-        let (authority, topic) = rest.split_once('/').unwrap_or((rest, ""));
+        // The user information ends at the last '@', as `redact` masks it: a password may hold
+        // '/', ':' or '@', a host never holds an '@' (nor then can the topic).
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
+        let (hostport, topic) = rest.split_once('/').unwrap_or((rest, ""));
         if topic.is_empty() {
             return Err(bad(
                 "no topic: add one after the host, e.g. /faceflow/{stream}",
             ));
         }
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((user, password)) => (Some(user.to_string()), Some(password.to_string())),
@@ -243,8 +247,7 @@ impl MqttSink {
     /// Starts the connection (in the background: a broker that is down at the start is retried
     /// like one that goes away later).
     pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, SinkError> {
-        let shown =
-            crate::redact::credentials(config.url.as_deref().unwrap_or_default()).into_owned();
+        let shown = crate::redact::url(config.url.as_deref().unwrap_or_default()).into_owned();
         // A client id of its own per run (process id and start time: two containers may both be
         // process 1) and a persistent session, so after a reconnect rumqttc resends what the
         // broker had not acknowledged.
@@ -550,10 +553,25 @@ mod tests {
             "mqtts://u:secret@host:x/t",
             "mqtt://u:secret@:1883/t",
             "mqtt://host/a/#",
+            "mqtt://u:secret/x@host:x/t",
+            "mqtt://u:secret\"/x@@:1883/t",
         ] {
             let e = broker(url).unwrap_err().to_string();
             assert!(!e.contains("secret") && !e.contains('\n'), "{e}");
             assert!(e.starts_with("mqtt "), "{e}");
         }
+    }
+
+    #[test]
+    fn a_password_may_hold_slashes_colons_and_ats() {
+        let b = broker("mqtt://u:p/a:b@c#? d@host:1884/faceflow/{stream}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (b.user.as_deref(), b.password.as_deref()),
+            (Some("u"), Some("p/a:b@c#? d"))
+        );
+        assert_eq!((b.host.as_str(), b.port), ("host", 1884));
+        assert_eq!(b.topic, "faceflow/{stream}");
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::{Control, Output, Sent};
 
+/// Errors name the input as people may see it: its password masked ([`shown`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot initialise GStreamer: {0}")]
@@ -224,9 +225,13 @@ pub fn test_patterns() -> Result<Vec<String>, SourceError> {
 /// Parses `testsrc://PATTERN?frames=N&size=WxH&fps=F&live=true` (all parts optional).
 fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceError> {
     let bad = |message: String| SourceError::BadTestSpec {
-        input: input.to_string(),
+        input: shown(input),
         message,
     };
+    // Said without quoting it: what comes before an '@' may be a password.
+    if rest.contains('@') {
+        return Err(bad("a test pattern takes no user or password".into()));
+    }
     let (pattern, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut spec = TestPattern {
         pattern: if pattern.is_empty() {
@@ -307,7 +312,7 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
         let patterns = test_patterns()?;
         if !patterns.contains(&spec.pattern) {
             return Err(SourceError::BadTestSpec {
-                input: input.to_string(),
+                input: shown(input),
                 message: format!(
                     "unknown pattern '{}' (patterns: {})",
                     spec.pattern,
@@ -330,17 +335,14 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
         if scheme == "file" {
             let path = gst::glib::filename_from_uri(input)
                 .map(|(p, _)| p)
-                .map_err(|e| SourceError::Build {
-                    input: input.to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| build_err(input, e))?;
             check_file(input, &path)?;
         }
         let supported = init_gstreamer().is_ok()
             && gst::Element::make_from_uri(gst::URIType::Src, input, None).is_ok();
         if !supported {
             return Err(SourceError::UnknownScheme {
-                input: input.to_string(),
+                input: shown(input),
                 scheme,
             });
         }
@@ -356,14 +358,8 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
     let path = Path::new(input);
     check_file(input, path)?;
     // Absolute but not canonical: symlinks stay as the user named them (as `detect` does).
-    let absolute = std::path::absolute(path).map_err(|e| SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
-    })?;
-    let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|e| SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
-    })?;
+    let absolute = std::path::absolute(path).map_err(|e| build_err(input, e))?;
+    let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|e| build_err(input, e))?;
     Ok(InputKind::Uri {
         uri: uri.to_string(),
         live: live_override.unwrap_or(false),
@@ -372,16 +368,16 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
 
 fn check_file(input: &str, path: &Path) -> Result<(), SourceError> {
     let meta = std::fs::metadata(path).map_err(|_| SourceError::NotFound {
-        input: input.to_string(),
+        input: shown(input),
     })?;
     if !meta.is_file() {
         return Err(SourceError::NotAFile {
-            input: input.to_string(),
+            input: shown(input),
         });
     }
     if meta.len() == 0 {
         return Err(SourceError::EmptyFile {
-            input: input.to_string(),
+            input: shown(input),
         });
     }
     Ok(())
@@ -389,7 +385,10 @@ fn check_file(input: &str, path: &Path) -> Result<(), SourceError> {
 
 /// A built (not yet started) GStreamer source.
 pub struct Source {
+    /// The input as given: what GStreamer opens. Never printed: see `shown`.
     input: String,
+    /// The input as people may see it in log and error lines, its password masked.
+    shown: String,
     info: Arc<StreamInfo>,
     kind: InputKind,
     config: SourceConfig,
@@ -402,10 +401,16 @@ pub struct Source {
     missing_decoder: std::sync::Mutex<Option<String>>,
 }
 
+/// `input` as errors and log lines name it: its password masked.
+pub fn shown(input: &str) -> String {
+    crate::redact::url(input).into_owned()
+}
+
+/// A set-up error; its message may quote the input (GLib's URI errors do): masked too.
 fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
+        input: shown(input),
+        message: crate::redact::mentioning(&e.to_string(), input).into_owned(),
     }
 }
 
@@ -634,11 +639,12 @@ impl Source {
             live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
         Ok(Self {
             input: input.to_string(),
+            shown: shown(input),
             info: Arc::new(StreamInfo {
                 id: stream_id.to_string(),
                 index,
                 // What records and summaries name: never a password.
-                uri: crate::redact::credentials(&uri).into_owned(),
+                uri: crate::redact::url(&uri).into_owned(),
                 live,
             }),
             kind,
@@ -651,6 +657,11 @@ impl Source {
         })
     }
 
+    /// A GStreamer message about this input, its copies of the input masked.
+    fn masked(&self, message: &impl std::fmt::Display) -> String {
+        crate::redact::mentioning(&message.to_string(), &self.input).into_owned()
+    }
+
     pub fn info(&self) -> Arc<StreamInfo> {
         self.info.clone()
     }
@@ -660,10 +671,11 @@ impl Source {
         self.counters.clone()
     }
 
+    /// A stream error; GStreamer's message may quote the input: masked like the input.
     fn stream_error(&self, message: String) -> SourceError {
         SourceError::Stream {
-            input: self.input.clone(),
-            message,
+            input: self.shown.clone(),
+            message: crate::redact::mentioning(&message, &self.input).into_owned(),
         }
     }
 
@@ -741,7 +753,7 @@ impl Source {
             let of = limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
             let message = format!(
                 "{}: {reason}; {} in {:.1} s (attempt {} of {of})",
-                self.input,
+                self.shown,
                 if streamed {
                     "reconnecting"
                 } else {
@@ -877,7 +889,7 @@ impl Source {
             frame.gap_before_ms = Some(gap_ms);
             tracing::warn!(
                 "{}: reconnected; no frames for {:.1} s",
-                self.input,
+                self.shown,
                 gap_ms / 1e3
             );
         }
@@ -950,7 +962,7 @@ impl Source {
         if reached_ms + 3.0 * frame_ms < duration_ms {
             tracing::warn!(
                 "{}: stream ended at {:.2} s of {:.2} s: the file looks truncated or damaged; every frame that decoded was processed",
-                self.input,
+                self.shown,
                 reached_ms / 1000.0,
                 duration_ms / 1000.0
             );
@@ -970,7 +982,8 @@ impl Source {
                         .src()
                         .map(|s| s.name().to_string())
                         .unwrap_or_else(|| "pipeline".into());
-                    tracing::debug!(element, debug = ?err.debug(), "GStreamer error");
+                    let details = err.debug().map(|d| self.masked(&d));
+                    tracing::debug!(element, debug = ?details, "GStreamer error");
                     let missing = self.missing_decoder.lock().ok().and_then(|m| m.clone());
                     if let Some(media) = missing
                         && err.error().matches(gst::CoreError::MissingPlugin)
@@ -987,7 +1000,7 @@ impl Source {
                     if w.error().matches(gst::CoreError::MissingPlugin)
                         || w.error().matches(gst::StreamError::CodecNotFound)
                     {
-                        tracing::debug!(input = %self.input, "GStreamer warning: {}", w.error());
+                        tracing::debug!(input = %self.shown, "GStreamer warning: {}", self.masked(&w.error()));
                         let text = w.error().to_string();
                         if let Some(media) = missing_media_type(&text)
                             && media.starts_with("video/")
@@ -996,7 +1009,7 @@ impl Source {
                             *slot = Some(media);
                         }
                     } else {
-                        tracing::warn!(input = %self.input, "GStreamer warning: {}", w.error());
+                        tracing::warn!(input = %self.shown, "GStreamer warning: {}", self.masked(&w.error()));
                     }
                 }
                 _ => {}
