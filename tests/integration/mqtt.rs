@@ -114,6 +114,8 @@ pub(crate) fn received_records(received: &Path) -> Vec<serde_json::Value> {
 pub(crate) struct Broker {
     program: PathBuf,
     conf: PathBuf,
+    /// The broker's log, kept across restarts.
+    log: PathBuf,
     pub(crate) port: u16,
     child: Option<Child>,
 }
@@ -141,7 +143,7 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {0}/\nlog_dest file {0}/mosquitto.log\n",
                 data.display()
             ),
         )
@@ -149,6 +151,7 @@ impl Broker {
         let mut broker = Self {
             program,
             conf,
+            log: data.join("mosquitto.log"),
             port,
             child: None,
         };
@@ -169,6 +172,40 @@ impl Broker {
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until faceflow (a client id `faceflow-…`, not the test's subscriber) has connected
+    /// `n` times in all, restarts included.
+    fn wait_for_faceflow_connections(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let connections = log
+                .lines()
+                .filter(|l| l.contains("New client connected") && l.contains(" as faceflow-"))
+                .filter(|l| !l.contains("faceflow-test-"))
+                .count();
+            if connections >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "faceflow connected {connections} times, not {n}, within 20 s: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The broker hangs for `frozen` (what is sent to it meanwhile is never acknowledged), then
+    /// dies without saving anything: started again, it has the sessions it saved last.
+    fn freeze_then_kill(&mut self, frozen: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+            std::thread::sleep(frozen);
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -453,12 +490,160 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
         "{stderr}"
     );
 
-    // A broker whose certificate the CA given does not vouch for: nothing is published, and
-    // the log says why.
-    let (status, stderr) = run("other-ca.pem", &dir.path().join("other.jsonl"));
+    // A broker whose certificate the CA given does not vouch for: nothing is published, the
+    // log says why, and the run fails saying every record was lost (the JSON is complete).
+    let other = dir.path().join("other.jsonl");
+    let (status, stderr) = run("other-ca.pem", &other);
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
     drop(subscriber);
-    assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("0 records published"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let lost = published_records(&other).len();
+    assert_eq!(lost, expected.len());
+    assert!(
+        stderr.trim_end().ends_with(&format!(
+            "{lost} records not acknowledged by the broker (lost); 0 published"
+        )),
+        "{stderr}"
+    );
+}
+
+/// A live test pattern of `frames` frames, every frame published (no faces in it), to a broker;
+/// the run's child process.
+fn run_pattern_to(broker: &Broker, frames: u32, json: &Path) -> Child {
+    let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
+    bin()
+        .args(["run", "--no-attributes", "--mqtt-all-frames", "--input"])
+        .arg(format!(
+            "testsrc://ball?frames={frames}&live=true&size=160x120"
+        ))
+        .args(["--mqtt", &url, "--json"])
+        .arg(json)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_broker_restarted_twice_gets_every_record_and_each_is_counted_once() {
+    let Some(tools) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
+    let received = dir.path().join("received.txt");
+    let subscriber = subscriber(
+        &tools,
+        broker.port,
+        &[
+            "-c",
+            "-i",
+            "faceflow-test-sub",
+            "-q",
+            "1",
+            "-t",
+            "faceflow/#",
+        ],
+        &received,
+    );
+    let json = dir.path().join("out.jsonl");
+    // 10 s of frames; each outage starts once faceflow is connected (again) and publishing. The
+    // first stops the broker cleanly; in the second it hangs with records in flight and dies:
+    // those were never acknowledged and go out again after the restart.
+    let mut run = run_pattern_to(&broker, 250, &json);
+    for outage in 1..=2 {
+        broker.wait_for_faceflow_connections(outage);
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before outage {outage}: give it more frames"
+        );
+        if outage == 1 {
+            broker.stop();
+        } else {
+            broker.freeze_then_kill(Duration::from_millis(600));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        broker.restart();
+    }
+    broker.wait_for_faceflow_connections(3);
+    let (status, stderr) = run.wait_with_output_limited();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{stderr}");
+    // Every frame is published (--mqtt-all-frames).
+    let expected: HashSet<String> = read_all_jsonl(&json).iter().map(key).collect();
+    assert_eq!(expected.len(), 250, "{stderr}");
+    // Every record reached the subscriber at least once (QoS 1: one sent again may come twice).
+    let got = wait_for_records(&received, &expected, Duration::from_secs(20));
+    drop(subscriber);
+    let missing: Vec<&String> = expected.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records missing, e.g. {:?}; {stderr}",
+        missing.len(),
+        expected.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    // Both outages were seen, and every record was acknowledged exactly once: the count is the
+    // records', not the publishes'.
+    assert_eq!(stderr.matches("connected again").count(), 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(": {} records published", expected.len())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" sent again after reconnecting"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("dropped (buffer full)"), "{stderr}");
+    assert!(!stderr.contains("not acknowledged"), "{stderr}");
+}
+
+#[test]
+fn a_broker_that_never_comes_back_fails_the_run_with_the_records_lost() {
+    let Some(tools) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
+    let json = dir.path().join("out.jsonl");
+    // 4 s of frames; the broker goes for good once faceflow has published for a while.
+    let run = run_pattern_to(&broker, 100, &json);
+    broker.wait_for_faceflow_connections(1);
+    std::thread::sleep(Duration::from_millis(800));
+    broker.stop();
+    let (status, stderr) = run.wait_with_output_limited();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // The JSON has every frame all the same.
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 100, "{stderr}");
+    assert_contiguous_frames(&records);
+    // One error line, last, with what was lost; lost and published add up to the records.
+    let last = stderr.lines().last().unwrap_or_default();
+    let prefix = format!(
+        "error: sinks: mqtt mqtt://127.0.0.1:{}/faceflow/{{stream}}: ",
+        broker.port
+    );
+    let counts = last
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let (lost, published) = counts
+        .split_once(" records not acknowledged by the broker (lost); ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let lost: usize = lost.parse().unwrap();
+    let published: usize = published
+        .strip_suffix(" published")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lost > 0 && published > 0, "{stderr}");
+    assert_eq!(lost + published, 100, "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+fn assert_contiguous_frames(records: &[serde_json::Value]) {
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64, "{r}");
+    }
 }
