@@ -30,15 +30,17 @@ impl RtspAddress {
         let rest = url
             .strip_prefix("rtsp://")
             .ok_or("expected rtsp://HOST:PORT/PATH")?;
+        // Before anything is split at a '/' or ':': a password may hold those, and a message
+        // quoting a piece of it ("bad port …") would show it.
+        if rest.contains('@') {
+            return Err("a served overlay takes no user or password".into());
+        }
         let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
         let path = path.trim_end_matches('/');
         if path.is_empty() {
             return Err(
                 "no mount path: add one after the port, e.g. rtsp://0.0.0.0:8554/faces".into(),
             );
-        }
-        if hostport.contains('@') {
-            return Err("a served overlay takes no user or password".into());
         }
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
@@ -248,6 +250,7 @@ mod tests {
             "rtsp://:8554/f",
             "rtsp://h:x/f",
             "rtsp://u:p@h/f",
+            "rtsp://u:p/1@h/f",
         ] {
             assert!(RtspAddress::parse(bad).is_err(), "{bad}");
         }

@@ -3,17 +3,19 @@
 //!
 //! A broker that goes away loses nothing: records wait in a bounded queue (`buffer`) until the
 //! broker acknowledges them, while the connection is retried with backoff; after a reconnect
-//! whatever was not acknowledged is sent again. What does not fit in the queue is counted and
-//! logged, never silently lost. At the end the sink waits (a few seconds at most) for the
-//! acknowledgements of what was sent.
+//! whatever was not acknowledged is sent again. Each acknowledgement is matched to its record by
+//! packet id (`Ledger`), so a record sent twice counts once. What does not fit in the queue is
+//! counted and logged, never silently lost. At the end the sink waits (a few seconds at most) for
+//! the acknowledgements of what was sent; records still without one fail the run, with their
+//! number.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    Client, Connection, Event, MqttOptions, Packet, Publish, QoS, Request, TlsConfiguration,
-    Transport,
+    Client, Connection, Event, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
+    TlsConfiguration, Transport,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -25,7 +27,9 @@ use super::{FrameRecord, Sink, SinkError, TrackRecord};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://[user[:password]@]host[:port]/topic/{stream}`; off when unset.
+    /// `mqtt://[user[:password]@]host[:port]/topic/{stream}`; off when unset. The password is
+    /// everything from the first `:` to the last `@` (it may hold `/`, `:`, `@`); a topic cannot
+    /// hold an `@`.
     pub url: Option<String>,
     /// Publish frames without faces too.
     pub all_frames: bool,
@@ -74,7 +78,7 @@ impl MqttConfig {
             return Ok(None);
         };
         let bad = |message: &str| SinkError::Mqtt {
-            target: crate::redact::credentials(url).into_owned(),
+            target: crate::redact::url(url).into_owned(),
             message: message.to_string(),
         };
         crate::limits::Setting::key("buffer")
@@ -90,16 +94,18 @@ impl MqttConfig {
                 "expected mqtt:// or mqtts://[user[:password]@]host[:port]/topic",
             ));
         };
-        let (authority, topic) = rest.split_once('/').unwrap_or((rest, ""));
+        // The user information ends at the last '@', as `redact` masks it: a password may hold
+        // '/', ':' or '@', a host never holds an '@' (nor then can the topic).
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((u, r)) => (Some(u), r),
+            None => (None, rest),
+        };
+        let (hostport, topic) = rest.split_once('/').unwrap_or((rest, ""));
         if topic.is_empty() {
             return Err(bad(
                 "no topic: add one after the host, e.g. /faceflow/{stream}",
             ));
         }
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((user, password)) => (Some(user.to_string()), Some(password.to_string())),
@@ -205,21 +211,154 @@ fn tls_client(
     .with_no_client_auth())
 }
 
+/// A record waiting for the broker's acknowledgement.
+struct Record {
+    topic: String,
+    payload: Vec<u8>,
+}
+
+/// Which record each acknowledgement is for. rumqttc gives a publish its packet id when it sends
+/// it (`Outgoing::Publish(pkid)`) and the broker acknowledges by packet id (`PubAck`); requests go
+/// out in order, rumqttc's own `pending` list (what a lost connection left unsent or
+/// unacknowledged) before its request channel. So a new packet id belongs to the first record
+/// still waiting in `pending`, else in the channel; a packet id already known is a record sent
+/// again.
+///
+/// When a live connection breaks, rumqttc moves everything it holds into `pending`: the records
+/// sent and not acknowledged (with their packet ids) and everything in its request channel. When
+/// the broker then comes back with the session kept, rumqttc sends `pending` again as it is; when
+/// it comes back without it, rumqttc empties `pending`, and those records are handed to it again
+/// here.
+#[derive(Default)]
+struct Ledger {
+    /// Records not acknowledged yet, by number (the order they came in): the bounded buffer.
+    records: BTreeMap<u64, Record>,
+    /// Records in rumqttc's `pending` list without a packet id yet, in the order it sends them.
+    in_pending: VecDeque<u64>,
+    /// Records handed to rumqttc's request channel and not sent yet, in order.
+    in_channel: VecDeque<u64>,
+    /// Records sent, by the packet id they went out with, waiting for their acknowledgement.
+    by_pkid: HashMap<u16, u64>,
+    /// A record rumqttc holds back because its packet id was still in use (`AwaitAck`); it goes
+    /// out with that id once the id is acknowledged.
+    held_back: Option<(u16, u64)>,
+    next_number: u64,
+    acknowledged: u64,
+    /// Publishes that went out a second time or more (after a reconnect).
+    sent_again: u64,
+}
+
+impl Ledger {
+    /// Keeps a record until the broker acknowledges it; its number.
+    fn add(&mut self, topic: String, payload: Vec<u8>) -> u64 {
+        let number = self.next_number;
+        self.next_number += 1;
+        self.records.insert(number, Record { topic, payload });
+        number
+    }
+
+    /// rumqttc sent a publish with packet id `pkid`.
+    fn sent(&mut self, pkid: u16) {
+        if self.by_pkid.contains_key(&pkid) {
+            self.sent_again += 1;
+            return;
+        }
+        let number = match self.held_back {
+            Some((held, number)) if held == pkid => {
+                self.held_back = None;
+                Some(number)
+            }
+            _ => self
+                .in_pending
+                .pop_front()
+                .or_else(|| self.in_channel.pop_front()),
+        };
+        match number {
+            Some(number) => {
+                self.by_pkid.insert(pkid, number);
+            }
+            None => tracing::debug!(pkid, "mqtt: a publish that is no record's"),
+        }
+    }
+
+    /// rumqttc holds the next record back until `pkid` is acknowledged. It holds one at a time: a
+    /// record it held before is dropped by it, returned to be handed over again.
+    fn hold_back(&mut self, pkid: u16) -> Option<u64> {
+        let number = self
+            .in_pending
+            .pop_front()
+            .or_else(|| self.in_channel.pop_front())?;
+        self.held_back
+            .replace((pkid, number))
+            .map(|(_, dropped)| dropped)
+    }
+
+    /// The broker acknowledged packet id `pkid`: true when that was a record's first
+    /// acknowledgement (a repeated or unknown one counts nothing).
+    fn acknowledge(&mut self, pkid: u16) -> bool {
+        let Some(number) = self.by_pkid.remove(&pkid) else {
+            return false;
+        };
+        self.records.remove(&number);
+        self.acknowledged += 1;
+        true
+    }
+
+    /// The connection failed; `unnumbered` publishes without a packet id are in rumqttc's
+    /// `pending` now. A live connection that broke moved its request channel there (so the first
+    /// records of the channel are now in `pending`); a failed connection attempt moved nothing.
+    /// Returns the record rumqttc was holding back, which it forgets: it must be handed over again.
+    fn connection_lost(&mut self, unnumbered: usize) -> Option<u64> {
+        let moved = unnumbered.saturating_sub(self.in_pending.len());
+        for _ in 0..moved {
+            match self.in_channel.pop_front() {
+                Some(number) => self.in_pending.push_back(number),
+                None => break,
+            }
+        }
+        self.held_back.take().map(|(_, number)| number)
+    }
+
+    /// The broker accepted a connection. Without the session kept, rumqttc dropped its `pending`
+    /// list: the records in it (sent or not) are returned, oldest first, to be put there again.
+    fn connected(&mut self, session_present: bool) -> Vec<u64> {
+        if session_present {
+            return Vec::new();
+        }
+        let mut again: Vec<u64> = self
+            .by_pkid
+            .drain()
+            .map(|(_, number)| number)
+            .chain(self.in_pending.drain(..))
+            .filter(|number| self.records.contains_key(number))
+            .collect();
+        again.sort_unstable();
+        self.sent_again += again.len() as u64;
+        self.in_pending = again.iter().copied().collect();
+        again
+    }
+
+    /// `numbers`' records as publishes for rumqttc's `pending` list.
+    fn requests(&self, numbers: &[u64]) -> Vec<Request> {
+        numbers
+            .iter()
+            .filter_map(|n| self.records.get(n))
+            .map(|r| {
+                Request::Publish(Publish::new(
+                    r.topic.clone(),
+                    QoS::AtLeastOnce,
+                    r.payload.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
 /// What the connection thread and the sink share.
 #[derive(Default)]
 struct Shared {
-    /// Records sent or waiting to be, not yet acknowledged, in order (QoS 1 acknowledgements come
-    /// in order): (number, topic, payload).
-    unacked: VecDeque<(u64, String, Vec<u8>)>,
-    next_number: u64,
-    acknowledged: u64,
+    ledger: Ledger,
     dropped: u64,
-    /// The connection was lost, and records numbered below this had been handed to rumqttc
-    /// then: when the broker kept no session, rumqttc drops those it had not had acknowledged,
-    /// so they are sent again (those handed over later wait in its queue and go out by
-    /// themselves).
-    lost_below: Option<u64>,
-    connected: bool,
     stop: bool,
 }
 
@@ -243,8 +382,7 @@ impl MqttSink {
     /// Starts the connection (in the background: a broker that is down at the start is retried
     /// like one that goes away later).
     pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, SinkError> {
-        let shown =
-            crate::redact::credentials(config.url.as_deref().unwrap_or_default()).into_owned();
+        let shown = crate::redact::url(config.url.as_deref().unwrap_or_default()).into_owned();
         // A client id of its own per run (process id and start time: two containers may both be
         // process 1) and a persistent session, so after a reconnect rumqttc resends what the
         // broker had not acknowledged.
@@ -256,10 +394,15 @@ impl MqttSink {
             std::process::id(),
             started & 0xffff_ffff
         );
+        let buffer = config.buffer.max(1);
         let mut options = MqttOptions::new(id, broker.host.clone(), broker.port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_clean_session(false);
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        // A packet id for every record the buffer holds: rumqttc numbers publishes in turn, one
+        // that reaches an id still unacknowledged is held back, and a second such one replaces
+        // the first (handled, see `Ledger::hold_back`, but never needed below 65536 records).
+        options.set_inflight(u16::try_from(buffer).unwrap_or(u16::MAX));
         if let Some(user) = &broker.user {
             options.set_credentials(user.clone(), broker.password.clone().unwrap_or_default());
         } else if broker.password.is_some() {
@@ -283,7 +426,9 @@ impl MqttSink {
                 Arc::new(tls),
             )));
         }
-        let (client, connection) = Client::new(options, config.buffer.max(1));
+        // The request channel holds every record the buffer may: handing one over never fails
+        // for room.
+        let (client, connection) = Client::new(options, buffer);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let thread = {
             let shared = shared.clone();
@@ -300,7 +445,7 @@ impl MqttSink {
             client,
             broker,
             all_frames: config.all_frames,
-            buffer: config.buffer.max(1),
+            buffer,
             shared,
             thread: Some(thread),
             shown,
@@ -319,7 +464,7 @@ impl MqttSink {
         let Ok(mut shared) = self.shared.lock() else {
             return Ok(());
         };
-        if shared.unacked.len() >= self.buffer {
+        if shared.ledger.records.len() >= self.buffer {
             shared.dropped += 1;
             let dropped = shared.dropped;
             drop(shared);
@@ -337,16 +482,16 @@ impl MqttSink {
             }
             return Ok(());
         }
-        let number = shared.next_number;
-        shared.next_number += 1;
-        shared
-            .unacked
-            .push_back((number, topic.clone(), payload.clone()));
-        // Never refused for room: whatever waits in rumqttc's request queue is also in `unacked`,
-        // which is held to the queue's size.
-        let _ = self
+        let number = shared.ledger.add(topic.clone(), payload.clone());
+        // Handed over under the lock, so the channel's order is the ledger's. A record rumqttc
+        // did not take (its loop has ended) stays unacknowledged and is counted lost at the end.
+        if self
             .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload);
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .is_ok()
+        {
+            shared.ledger.in_channel.push_back(number);
+        }
         Ok(())
     }
 
@@ -354,15 +499,24 @@ impl MqttSink {
     pub fn counts(&self) -> (u64, u64) {
         self.shared
             .lock()
-            .map(|s| (s.acknowledged, s.dropped))
+            .map(|s| (s.ledger.acknowledged, s.dropped))
+            .unwrap_or((0, 0))
+    }
+
+    /// Records not acknowledged (yet), and publishes sent again after reconnects.
+    fn waiting(&self) -> (u64, u64) {
+        self.shared
+            .lock()
+            .map(|s| (s.ledger.records.len() as u64, s.ledger.sent_again))
             .unwrap_or((0, 0))
     }
 }
 
-/// The connection loop: makes progress, counts acknowledgements, reconnects with backoff and
-/// resends after a lost session. Blocks in rumqttc's own poll (a poll cut short by a timeout
-/// would cancel a slow connect or a write half done); ends when the sink sets `stop` and the
-/// next event, error or connect attempt (at most rumqttc's 5 s connection timeout) comes.
+/// The connection loop: makes progress, matches acknowledgements to records, reconnects with
+/// backoff and hands rumqttc again what a lost session took. Blocks in rumqttc's own poll (a poll
+/// cut short by a timeout would cancel a slow connect or a write half done); ends when the sink
+/// sets `stop` and the next event, error or connect attempt (at most rumqttc's 5 s connection
+/// timeout) comes.
 fn drive(mut connection: Connection, shared: Arc<Mutex<Shared>>, shown: String) {
     let mut backoff = Duration::from_millis(250);
     let mut warned = false;
@@ -371,57 +525,49 @@ fn drive(mut connection: Connection, shared: Arc<Mutex<Shared>>, shown: String) 
         if stopped(&shared) {
             return;
         }
-        match connection.recv() {
+        let event = connection.recv();
+        let Ok(mut s) = shared.lock() else { return };
+        match event {
             // The client is gone and its requests are done.
             Err(_) => return,
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                 backoff = Duration::from_millis(250);
-                let Ok(mut s) = shared.lock() else { return };
-                s.connected = true;
                 if warned {
                     tracing::warn!("mqtt {shown}: connected again");
                     warned = false;
                 }
-                if let Some(below) = s.lost_below.take()
-                    && !ack.session_present
-                {
-                    // The broker kept no session and rumqttc dropped what it had not had
-                    // acknowledged: send that again, in order, ahead of what was queued since (so
-                    // acknowledgements keep the order of `unacked`).
-                    let resend: Vec<Request> = s
-                        .unacked
-                        .iter()
-                        .filter(|(n, _, _)| *n < below)
-                        .map(|(_, topic, payload)| {
-                            Request::Publish(Publish::new(
-                                topic.clone(),
-                                QoS::AtLeastOnce,
-                                payload.clone(),
-                            ))
-                        })
-                        .collect();
-                    for request in resend.into_iter().rev() {
-                        connection.eventloop.pending.push_front(request);
-                    }
+                let again = s.ledger.connected(ack.session_present);
+                let pending = &mut connection.eventloop.pending;
+                pending.extend(s.ledger.requests(&again));
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => s.ledger.sent(pkid),
+            Ok(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => {
+                if let Some(dropped) = s.ledger.hold_back(pkid) {
+                    s.ledger.in_pending.push_back(dropped);
+                    let pending = &mut connection.eventloop.pending;
+                    pending.extend(s.ledger.requests(&[dropped]));
                 }
             }
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
-                if let Ok(mut s) = shared.lock() {
-                    s.unacked.pop_front();
-                    s.acknowledged += 1;
-                }
+            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                s.ledger.acknowledge(ack.pkid);
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                if let Ok(mut s) = shared.lock()
-                    && s.connected
-                {
-                    // Only when a live connection is lost: failed reconnects leave rumqttc's
-                    // queue as it is.
-                    s.connected = false;
-                    s.lost_below = Some(s.next_number);
+                let pending = &mut connection.eventloop.pending;
+                let unnumbered = pending
+                    .iter()
+                    .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+                    .count();
+                if let Some(forgotten) = s.ledger.connection_lost(unnumbered) {
+                    // rumqttc keeps a held-back publish across connections, where the id it waits
+                    // for is never acknowledged: it would block every later record.
+                    connection.eventloop.state.collision = None;
+                    s.ledger.in_pending.push_back(forgotten);
+                    pending.extend(s.ledger.requests(&[forgotten]));
                 }
-                if !warned && !stopped(&shared) {
+                let stop = s.stop;
+                drop(s);
+                if !warned && !stop {
                     tracing::warn!("mqtt {shown}: {e}; reconnecting, records are kept meanwhile");
                     warned = true;
                 }
@@ -453,13 +599,11 @@ impl Sink for MqttSink {
         self.publish(&record.stream, record)
     }
 
+    /// Waits for the acknowledgements; records the broker never acknowledged fail the run (every
+    /// other output is complete by then), with how many were lost.
     fn finish(&mut self) -> Result<(), SinkError> {
         let deadline = Instant::now() + FINAL_WAIT;
-        while Instant::now() < deadline {
-            let waiting = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0);
-            if waiting == 0 {
-                break;
-            }
+        while Instant::now() < deadline && self.waiting().0 > 0 {
             std::thread::sleep(Duration::from_millis(20));
         }
         if let Ok(mut s) = self.shared.lock() {
@@ -479,12 +623,23 @@ impl Sink for MqttSink {
                 let _ = t.join();
             }
         }
+        let (lost, _) = self.waiting();
+        if lost > 0 {
+            let (published, _) = self.counts();
+            return Err(SinkError::Mqtt {
+                target: self.shown.clone(),
+                message: format!(
+                    "{lost} {} not acknowledged by the broker (lost); {published} published",
+                    if lost == 1 { "record" } else { "records" }
+                ),
+            });
+        }
         Ok(())
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
         let (published, dropped) = self.counts();
-        let buffered = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0) as u64;
+        let (buffered, _) = self.waiting();
         vec![
             ("mqtt_published".into(), published),
             ("mqtt_buffered".into(), buffered),
@@ -494,14 +649,17 @@ impl Sink for MqttSink {
 
     fn summary(&self) -> Option<String> {
         let (published, dropped) = self.counts();
-        let waiting = self.shared.lock().map(|s| s.unacked.len()).unwrap_or(0);
+        let (waiting, sent_again) = self.waiting();
         let mut line = format!("mqtt {}: {published} records published", self.shown);
         if dropped > 0 {
             line.push_str(&format!(", {dropped} dropped (buffer full)"));
         }
+        if sent_again > 0 {
+            line.push_str(&format!(", {sent_again} sent again after reconnecting"));
+        }
         if waiting > 0 {
             line.push_str(&format!(
-                ", {waiting} not acknowledged by the broker at the end"
+                ", {waiting} not acknowledged by the broker (lost)"
             ));
         }
         Some(line)
@@ -550,10 +708,140 @@ mod tests {
             "mqtts://u:secret@host:x/t",
             "mqtt://u:secret@:1883/t",
             "mqtt://host/a/#",
+            "mqtt://u:secret/x@host:x/t",
+            "mqtt://u:secret\"/x@@:1883/t",
         ] {
             let e = broker(url).unwrap_err().to_string();
             assert!(!e.contains("secret") && !e.contains('\n'), "{e}");
             assert!(e.starts_with("mqtt "), "{e}");
         }
+    }
+
+    #[test]
+    fn a_password_may_hold_slashes_colons_and_ats() {
+        let b = broker("mqtt://u:p/a:b@c#? d@host:1884/faceflow/{stream}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (b.user.as_deref(), b.password.as_deref()),
+            (Some("u"), Some("p/a:b@c#? d"))
+        );
+        assert_eq!((b.host.as_str(), b.port), ("host", 1884));
+        assert_eq!(b.topic, "faceflow/{stream}");
+    }
+
+    /// A ledger with records 0..n handed to the request channel.
+    fn ledger(n: u64) -> Ledger {
+        let mut ledger = Ledger::default();
+        for i in 0..n {
+            let number = ledger.add(format!("t/{i}"), vec![]);
+            ledger.in_channel.push_back(number);
+        }
+        ledger
+    }
+
+    fn waiting(ledger: &Ledger) -> Vec<u64> {
+        ledger.records.keys().copied().collect()
+    }
+
+    #[test]
+    fn acknowledgements_are_matched_by_packet_id() {
+        let mut l = ledger(3);
+        for pkid in [1, 2, 3] {
+            l.sent(pkid);
+        }
+        // Out of order, and one twice: each record once, the right one.
+        assert!(l.acknowledge(2));
+        assert!(!l.acknowledge(2));
+        assert_eq!(waiting(&l), [0, 2]);
+        assert!(!l.acknowledge(9));
+        assert!(l.acknowledge(3) && l.acknowledge(1));
+        assert_eq!((l.acknowledged, waiting(&l).len()), (3, 0));
+    }
+
+    #[test]
+    fn a_kept_session_resends_with_the_same_ids_counted_once() {
+        let mut l = ledger(5);
+        for pkid in [1, 2, 3] {
+            l.sent(pkid);
+        }
+        assert!(l.acknowledge(1));
+        // The connection breaks: rumqttc moved 2 and 3 (with ids) and the channel's 3 and 4
+        // (without) into `pending`; record 5 comes after.
+        assert_eq!(l.connection_lost(2), None);
+        let five = l.add("t/5".into(), vec![]);
+        l.in_channel.push_back(five);
+        // Failed attempts to connect move nothing.
+        assert_eq!(l.connection_lost(2), None);
+        assert!(l.connected(true).is_empty());
+        // rumqttc sends `pending` as it was, then the channel.
+        for pkid in [2, 3, 4, 5, 6] {
+            l.sent(pkid);
+        }
+        assert_eq!(l.sent_again, 2);
+        // The acknowledgement of id 2 lost with the connection comes again: counted once.
+        for pkid in [2, 3, 4, 5, 6, 2] {
+            l.acknowledge(pkid);
+        }
+        assert_eq!((l.acknowledged, waiting(&l).len()), (6, 0));
+    }
+
+    #[test]
+    fn a_lost_session_gets_every_unacknowledged_record_again_twice_over() {
+        let mut l = ledger(4);
+        for pkid in [1, 2] {
+            l.sent(pkid);
+        }
+        assert!(l.acknowledge(1));
+        // First outage: record 1 in flight (id 2); record 2 moved from the channel to `pending`,
+        // record 3 handed over just after, still in the channel.
+        l.connection_lost(1);
+        // The broker kept no session: records 1 and 2 go into `pending` again, in order.
+        assert_eq!(l.connected(false), [1, 2]);
+        l.sent(3);
+        // Second outage halfway: record 1 went out as id 3; `pending` holds record 2 (no id),
+        // record 1 (id 3) and record 3, moved from the channel (no id).
+        l.connection_lost(2);
+        assert_eq!(l.connected(false), [1, 2, 3]);
+        for pkid in [4, 5, 6] {
+            l.sent(pkid);
+        }
+        // An acknowledgement of the first connection's id 3 would be no record's now.
+        for pkid in [4, 5, 6] {
+            assert!(l.acknowledge(pkid), "{pkid}");
+        }
+        assert_eq!((l.acknowledged, waiting(&l).len()), (4, 0));
+        assert_eq!(l.sent_again, 5);
+    }
+
+    #[test]
+    fn what_the_broker_never_acknowledges_stays_waiting() {
+        let mut l = ledger(3);
+        for pkid in [1, 2, 3] {
+            l.sent(pkid);
+        }
+        assert!(l.acknowledge(1));
+        l.connection_lost(0);
+        assert_eq!(waiting(&l), [1, 2]);
+    }
+
+    #[test]
+    fn a_held_back_record_goes_out_with_the_id_it_waited_for() {
+        let mut l = ledger(3);
+        l.sent(1);
+        // Record 1 waits for id 1; record 2 would too: rumqttc keeps only the last.
+        assert_eq!(l.hold_back(1), None);
+        assert_eq!(l.hold_back(1), Some(1));
+        l.in_pending.push_back(1);
+        assert!(l.acknowledge(1));
+        l.sent(1);
+        l.sent(2);
+        assert!(l.acknowledge(1) && l.acknowledge(2));
+        assert_eq!((l.acknowledged, waiting(&l).len()), (3, 0));
+        // A connection lost with a record held back: it is handed over again.
+        let mut l = ledger(2);
+        l.sent(1);
+        l.hold_back(1);
+        assert_eq!(l.connection_lost(0), Some(1));
     }
 }

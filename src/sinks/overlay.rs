@@ -44,7 +44,7 @@ impl OverlayConfig {
             return Ok(None);
         };
         let bad = |message: &str| SinkError::Overlay {
-            target: path.to_string(),
+            target: crate::redact::url(path).into_owned(),
             message: message.to_string(),
         };
         if path.starts_with("rtsp://") {
@@ -804,6 +804,19 @@ mod tests {
             let e = config(bad).target().unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("overlay {bad}: ")) && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        // A served overlay takes no login: refused without quoting any part of the password.
+        for bad in [
+            "rtsp://u:pw/12@h:1/f",
+            "rtsp://u:s3cret@h/f",
+            "rtsp://u:a@b@h/f",
+        ] {
+            let e = config(bad).target().unwrap_err().to_string();
+            assert!(e.starts_with("overlay rtsp://u:***@h"), "{e}");
+            assert!(
+                !e.contains("pw") && !e.contains("s3cret") && !e.contains("a@b"),
                 "{e}"
             );
         }

@@ -29,6 +29,7 @@ use std::sync::atomic::AtomicU64;
 use gstreamer as gst;
 use serde::{Deserialize, Serialize};
 
+/// Errors name the input as people may see it: its password masked ([`shown`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot initialise GStreamer: {0}")]
@@ -230,9 +231,15 @@ pub fn parse_input(input: &str, live_override: Option<bool>) -> Result<InputKind
     uri::parse_path(input, live_override)
 }
 
+/// `input` as errors and log lines name it: its password masked.
+pub fn shown(input: &str) -> String {
+    crate::redact::url(input).into_owned()
+}
+
+/// A set-up error; its message may quote the input (GLib's URI errors do): masked too.
 pub(crate) fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
+        input: shown(input),
+        message: crate::redact::mentioning(&e.to_string(), input).into_owned(),
     }
 }

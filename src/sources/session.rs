@@ -21,7 +21,10 @@ use crate::graph::{Control, Output, Sent};
 
 /// A built (not yet started) GStreamer source.
 pub struct Source {
+    /// The input as given: what GStreamer opens. Never printed: see `shown`.
     input: String,
+    /// The input as people may see it in log and error lines, its password masked.
+    shown: String,
     info: Arc<StreamInfo>,
     kind: InputKind,
     config: SourceConfig,
@@ -139,11 +142,12 @@ impl Source {
             live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
         Ok(Self {
             input: input.to_string(),
+            shown: super::shown(input),
             info: Arc::new(StreamInfo {
                 id: stream_id.to_string(),
                 index,
                 // What records and summaries name: never a password.
-                uri: crate::redact::credentials(&uri).into_owned(),
+                uri: crate::redact::url(&uri).into_owned(),
                 live,
             }),
             kind,
@@ -166,10 +170,16 @@ impl Source {
         self.counters.clone()
     }
 
+    /// A GStreamer message about this input, its copies of the input masked.
+    fn masked(&self, message: &impl std::fmt::Display) -> String {
+        crate::redact::mentioning(&message.to_string(), &self.input).into_owned()
+    }
+
+    /// A stream error; GStreamer's message may quote the input: masked like the input.
     fn stream_error(&self, message: String) -> SourceError {
         SourceError::Stream {
-            input: self.input.clone(),
-            message,
+            input: self.shown.clone(),
+            message: crate::redact::mentioning(&message, &self.input).into_owned(),
         }
     }
 
@@ -247,7 +257,7 @@ impl Source {
             let of = limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string());
             let message = format!(
                 "{}: {reason}; {} in {:.1} s (attempt {} of {of})",
-                self.input,
+                self.shown,
                 if streamed {
                     "reconnecting"
                 } else {
@@ -388,7 +398,7 @@ impl Source {
             frame.gap_before_ms = Some(gap_ms);
             tracing::warn!(
                 "{}: reconnected; no frames for {:.1} s",
-                self.input,
+                self.shown,
                 gap_ms / 1e3
             );
         }
@@ -461,7 +471,7 @@ impl Source {
         if reached_ms + 3.0 * frame_ms < duration_ms {
             tracing::warn!(
                 "{}: stream ended at {:.2} s of {:.2} s: the file looks truncated or damaged; every frame that decoded was processed",
-                self.input,
+                self.shown,
                 reached_ms / 1000.0,
                 duration_ms / 1000.0
             );
@@ -481,10 +491,11 @@ impl Source {
                         .src()
                         .map(|s| s.name().to_string())
                         .unwrap_or_else(|| "pipeline".into());
-                    tracing::debug!(element, debug = ?err.debug(), "GStreamer error");
+                    let details = err.debug().map(|d| self.masked(&d));
+                    tracing::debug!(element, debug = ?details, "GStreamer error");
                     if let Some(media) = self.no_video.lock().ok().and_then(|m| m.clone()) {
                         return Some(SourceError::NoVideo {
-                            input: self.input.clone(),
+                            input: self.shown.clone(),
                             found: no_video_detail(&media),
                         });
                     }
@@ -504,7 +515,7 @@ impl Source {
                     if w.error().matches(gst::CoreError::MissingPlugin)
                         || w.error().matches(gst::StreamError::CodecNotFound)
                     {
-                        tracing::debug!(input = %self.input, "GStreamer warning: {}", w.error());
+                        tracing::debug!(input = %self.shown, "GStreamer warning: {}", self.masked(&w.error()));
                         let text = w.error().to_string();
                         if let Some(media) = missing_media_type(&text)
                             && media.starts_with("video/")
@@ -513,7 +524,7 @@ impl Source {
                             *slot = Some(media);
                         }
                     } else {
-                        tracing::warn!(input = %self.input, "GStreamer warning: {}", w.error());
+                        tracing::warn!(input = %self.shown, "GStreamer warning: {}", self.masked(&w.error()));
                     }
                 }
                 _ => {}

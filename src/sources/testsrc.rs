@@ -42,9 +42,13 @@ pub fn test_patterns() -> Result<Vec<String>, SourceError> {
 /// Parses `testsrc://PATTERN?frames=N&size=WxH&fps=F&live=true` (all parts optional).
 fn parse_test_pattern(input: &str, rest: &str) -> Result<TestPattern, SourceError> {
     let bad = |message: String| SourceError::BadTestSpec {
-        input: input.to_string(),
+        input: super::shown(input),
         message,
     };
+    // Said without quoting it: what comes before an '@' may be a password.
+    if rest.contains('@') {
+        return Err(bad("a test pattern takes no user or password".into()));
+    }
     let (pattern, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut spec = TestPattern {
         pattern: if pattern.is_empty() {
@@ -128,7 +132,7 @@ pub(super) fn parse(
     let patterns = test_patterns()?;
     if !patterns.contains(&spec.pattern) {
         return Err(SourceError::BadTestSpec {
-            input: input.to_string(),
+            input: super::shown(input),
             message: format!(
                 "unknown pattern '{}' (patterns: {})",
                 spec.pattern,

@@ -22,17 +22,14 @@ pub(super) fn parse_uri(
     if scheme == "file" {
         let path = gst::glib::filename_from_uri(input)
             .map(|(p, _)| p)
-            .map_err(|e| SourceError::Build {
-                input: input.to_string(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| super::build_err(input, e))?;
         check_file(input, &path)?;
     }
     let supported = init_gstreamer().is_ok()
         && gst::Element::make_from_uri(gst::URIType::Src, input, None).is_ok();
     if !supported {
         return Err(SourceError::UnknownScheme {
-            input: input.to_string(),
+            input: super::shown(input),
             scheme,
         });
     }
@@ -55,14 +52,9 @@ pub(super) fn parse_path(
     let path = Path::new(input);
     check_file(input, path)?;
     // Absolute but not canonical: symlinks stay as the user named them (as `detect` does).
-    let absolute = std::path::absolute(path).map_err(|e| SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
-    })?;
-    let uri = gst::glib::filename_to_uri(&absolute, None).map_err(|e| SourceError::Build {
-        input: input.to_string(),
-        message: e.to_string(),
-    })?;
+    let absolute = std::path::absolute(path).map_err(|e| super::build_err(input, e))?;
+    let uri =
+        gst::glib::filename_to_uri(&absolute, None).map_err(|e| super::build_err(input, e))?;
     Ok(InputKind::Uri {
         uri: uri.to_string(),
         live: live_override.unwrap_or(false),
@@ -71,16 +63,16 @@ pub(super) fn parse_path(
 
 fn check_file(input: &str, path: &Path) -> Result<(), SourceError> {
     let meta = std::fs::metadata(path).map_err(|_| SourceError::NotFound {
-        input: input.to_string(),
+        input: super::shown(input),
     })?;
     if !meta.is_file() {
         return Err(SourceError::NotAFile {
-            input: input.to_string(),
+            input: super::shown(input),
         });
     }
     if meta.len() == 0 {
         return Err(SourceError::EmptyFile {
-            input: input.to_string(),
+            input: super::shown(input),
         });
     }
     Ok(())
@@ -144,7 +136,7 @@ pub(super) fn add_to(
     let exposed: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen = exposed.clone();
     let no_video = no_video.clone();
-    let what = input.to_string();
+    let what = super::shown(input);
     // All streams are out: with no video among them no frame will ever come, so the
     // stream ends with an error rather than wait (an audio file, alone or among others).
     decode.connect_no_more_pads(move |decode| {

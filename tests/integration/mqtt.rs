@@ -19,29 +19,109 @@ fn tool(tool: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// The broker and the subscriber, or `None` (skipped; under CI a failure).
-fn mosquitto() -> Option<(PathBuf, PathBuf)> {
-    if let (Some(broker), Some(sub)) = (tool("mosquitto"), tool("mosquitto_sub")) {
-        return Some((broker, sub));
+/// The mosquitto programs a test runs.
+pub(crate) struct Mosquitto {
+    pub(crate) broker: PathBuf,
+    subscribe: PathBuf,
+    publish: PathBuf,
+}
+
+/// The broker and its clients, or `None` (skipped; under CI a failure).
+pub(crate) fn mosquitto() -> Option<Mosquitto> {
+    if let (Some(broker), Some(subscribe), Some(publish)) = (
+        tool("mosquitto"),
+        tool("mosquitto_sub"),
+        tool("mosquitto_pub"),
+    ) {
+        return Some(Mosquitto {
+            broker,
+            subscribe,
+            publish,
+        });
     }
     assert!(
         std::env::var("CI").is_err(),
-        "mosquitto and mosquitto_sub are needed (scripts/deps.sh installs them)"
+        "mosquitto and its clients are needed (scripts/deps.sh installs them)"
     );
     eprintln!("SKIPPED: mosquitto not installed (scripts/deps.sh)");
     None
 }
 
+/// What the subscribers' probe messages carry; not JSON, so no record is ever taken for one.
+const PROBE: &str = "faceflow-test-probe";
+
+/// A subscriber, stopped when dropped: also when a test fails (it would otherwise run on, and
+/// hold what its test's parent holds, such as a lock).
+pub(crate) struct Subscriber(Child);
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A mosquitto_sub on `port` with `args` (its topic filter must match `faceflow/probe`), writing
+/// what it receives to `received`, returned once it is subscribed: a probe published again and
+/// again has come back (a fixed sleep races a slow start).
+pub(crate) fn subscriber(
+    tools: &Mosquitto,
+    port: u16,
+    args: &[&str],
+    received: &Path,
+) -> Subscriber {
+    let child = Command::new(&tools.subscribe)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdout(std::fs::File::create(received).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Subscriber(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = Command::new(&tools.publish)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-t", "faceflow/probe", "-m", PROBE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if std::fs::read_to_string(received)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == PROBE)
+        {
+            return child;
+        }
+        if Instant::now() > deadline {
+            panic!("mosquitto_sub on port {port} did not get a probe within 20 s: not subscribed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The records a subscriber wrote (probes left out), each as often as it came.
+pub(crate) fn received_records(received: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(received)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l != PROBE)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
 /// A broker with persistent sessions in `dir`, on `port`.
-struct Broker {
+pub(crate) struct Broker {
     program: PathBuf,
     conf: PathBuf,
-    port: u16,
+    /// The broker's log, kept across restarts.
+    log: PathBuf,
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
 impl Broker {
-    fn start(program: PathBuf, dir: &Path) -> Self {
+    pub(crate) fn start(program: PathBuf, dir: &Path) -> Self {
         Self::start_with(program, dir, "")
     }
 
@@ -52,16 +132,18 @@ impl Broker {
             .local_addr()
             .unwrap()
             .port();
-        // mosquitto started as root runs as user mosquitto: its folder must be writable by it.
+        // mosquitto started as root runs as user mosquitto: its folder must be writable by it,
+        // and the folders above it open to it.
         let data = dir.join("broker");
         std::fs::create_dir_all(&data).unwrap();
         use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "listener {port} 127.0.0.1\n{listener_conf}allow_anonymous true\npersistence true\npersistence_location {0}/\nlog_dest file {0}/mosquitto.log\n",
                 data.display()
             ),
         )
@@ -69,6 +151,7 @@ impl Broker {
         let mut broker = Self {
             program,
             conf,
+            log: data.join("mosquitto.log"),
             port,
             child: None,
         };
@@ -92,7 +175,41 @@ impl Broker {
         }
     }
 
-    fn stop(&mut self) {
+    /// Waits until faceflow (a client id `faceflow-…`, not the test's subscriber) has connected
+    /// `n` times in all, restarts included.
+    fn wait_for_faceflow_connections(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let connections = log
+                .lines()
+                .filter(|l| l.contains("New client connected") && l.contains(" as faceflow-"))
+                .filter(|l| !l.contains("faceflow-test-"))
+                .count();
+            if connections >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "faceflow connected {connections} times, not {n}, within 20 s: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The broker hangs for `frozen` (what is sent to it meanwhile is never acknowledged), then
+    /// dies without saving anything: started again, it has the sessions it saved last.
+    fn freeze_then_kill(&mut self, frozen: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-STOP", &pid]).status();
+            std::thread::sleep(frozen);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -133,12 +250,7 @@ fn wait_for_records(
 ) -> HashSet<String> {
     let deadline = Instant::now() + limit;
     loop {
-        let got: HashSet<String> = std::fs::read_to_string(received)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|r| key(&r))
-            .collect();
+        let got: HashSet<String> = received_records(received).iter().map(key).collect();
         if expected.is_subset(&got) || Instant::now() >= deadline {
             return got;
         }
@@ -148,16 +260,17 @@ fn wait_for_records(
 
 #[test]
 fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
-    let Some((program, subscribe)) = mosquitto() else {
+    let Some(tools) = mosquitto() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(program, dir.path());
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
     let received = dir.path().join("received.txt");
     // A subscriber with a persistent session: it reconnects by itself after the restart.
-    let mut subscriber = Command::new(subscribe)
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
-        .args([
+    let subscriber = subscriber(
+        &tools,
+        broker.port,
+        &[
             "-c",
             "-i",
             "faceflow-test-sub",
@@ -165,12 +278,9 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
             "1",
             "-t",
             "faceflow/#",
-        ])
-        .stdout(std::fs::File::create(&received).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+        ],
+        &received,
+    );
     let json = dir.path().join("out.jsonl");
     let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
     // The demo clip read as a camera: 4 s at its own frame rate.
@@ -193,8 +303,7 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
     assert!(expected.len() > 50, "{}", expected.len());
     // The subscriber gets what the broker kept for it once it is back.
     let got = wait_for_records(&received, &expected, Duration::from_secs(20));
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
+    drop(subscriber);
     let missing: Vec<&String> = expected.difference(&got).collect();
     assert!(
         missing.is_empty(),
@@ -278,7 +387,7 @@ fn make_ca(dir: &Path, name: &str) {
 
 #[test]
 fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
-    let Some((program, subscribe)) = mosquitto() else {
+    let Some(tools) = mosquitto() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -341,16 +450,14 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
         "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nlistener {plain_port} 127.0.0.1\n",
         tls.display()
     );
-    let broker = Broker::start_with(program, dir.path(), &conf);
+    let broker = Broker::start_with(tools.broker.clone(), dir.path(), &conf);
     let received = dir.path().join("received.txt");
-    let mut subscriber = Command::new(subscribe)
-        .args(["-h", "127.0.0.1", "-p", &plain_port.to_string()])
-        .args(["-q", "1", "-t", "faceflow/#"])
-        .stdout(std::fs::File::create(&received).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let subscriber = subscriber(
+        &tools,
+        plain_port,
+        &["-q", "1", "-t", "faceflow/#"],
+        &received,
+    );
     let url = format!("mqtts://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
     let run = |ca: &str, json: &Path| {
         bin()
@@ -383,13 +490,160 @@ fn mqtts_with_a_ca_file_delivers_and_a_wrong_ca_is_refused() {
         "{stderr}"
     );
 
-    // A broker whose certificate the CA given does not vouch for: nothing is published, and
-    // the log says why.
-    let (status, stderr) = run("other-ca.pem", &dir.path().join("other.jsonl"));
+    // A broker whose certificate the CA given does not vouch for: nothing is published, the
+    // log says why, and the run fails saying every record was lost (the JSON is complete).
+    let other = dir.path().join("other.jsonl");
+    let (status, stderr) = run("other-ca.pem", &other);
     let stderr = String::from_utf8_lossy(&stderr).into_owned();
-    let _ = subscriber.kill();
-    let _ = subscriber.wait();
-    assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("0 records published"), "{stderr}");
+    drop(subscriber);
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let lost = published_records(&other).len();
+    assert_eq!(lost, expected.len());
+    assert!(
+        stderr.trim_end().ends_with(&format!(
+            "{lost} records not acknowledged by the broker (lost); 0 published"
+        )),
+        "{stderr}"
+    );
+}
+
+/// A live test pattern of `frames` frames, every frame published (no faces in it), to a broker;
+/// the run's child process.
+fn run_pattern_to(broker: &Broker, frames: u32, json: &Path) -> Child {
+    let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
+    bin()
+        .args(["run", "--no-attributes", "--mqtt-all-frames", "--input"])
+        .arg(format!(
+            "testsrc://ball?frames={frames}&live=true&size=160x120"
+        ))
+        .args(["--mqtt", &url, "--json"])
+        .arg(json)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_broker_restarted_twice_gets_every_record_and_each_is_counted_once() {
+    let Some(tools) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
+    let received = dir.path().join("received.txt");
+    let subscriber = subscriber(
+        &tools,
+        broker.port,
+        &[
+            "-c",
+            "-i",
+            "faceflow-test-sub",
+            "-q",
+            "1",
+            "-t",
+            "faceflow/#",
+        ],
+        &received,
+    );
+    let json = dir.path().join("out.jsonl");
+    // 10 s of frames; each outage starts once faceflow is connected (again) and publishing. The
+    // first stops the broker cleanly; in the second it hangs with records in flight and dies:
+    // those were never acknowledged and go out again after the restart.
+    let mut run = run_pattern_to(&broker, 250, &json);
+    for outage in 1..=2 {
+        broker.wait_for_faceflow_connections(outage);
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before outage {outage}: give it more frames"
+        );
+        if outage == 1 {
+            broker.stop();
+        } else {
+            broker.freeze_then_kill(Duration::from_millis(600));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        broker.restart();
+    }
+    broker.wait_for_faceflow_connections(3);
+    let (status, stderr) = run.wait_with_output_limited();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{stderr}");
+    // Every frame is published (--mqtt-all-frames).
+    let expected: HashSet<String> = read_all_jsonl(&json).iter().map(key).collect();
+    assert_eq!(expected.len(), 250, "{stderr}");
+    // Every record reached the subscriber at least once (QoS 1: one sent again may come twice).
+    let got = wait_for_records(&received, &expected, Duration::from_secs(20));
+    drop(subscriber);
+    let missing: Vec<&String> = expected.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records missing, e.g. {:?}; {stderr}",
+        missing.len(),
+        expected.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+    // Both outages were seen, and every record was acknowledged exactly once: the count is the
+    // records', not the publishes'.
+    assert_eq!(stderr.matches("connected again").count(), 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(": {} records published", expected.len())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" sent again after reconnecting"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("dropped (buffer full)"), "{stderr}");
+    assert!(!stderr.contains("not acknowledged"), "{stderr}");
+}
+
+#[test]
+fn a_broker_that_never_comes_back_fails_the_run_with_the_records_lost() {
+    let Some(tools) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
+    let json = dir.path().join("out.jsonl");
+    // 4 s of frames; the broker goes for good once faceflow has published for a while.
+    let run = run_pattern_to(&broker, 100, &json);
+    broker.wait_for_faceflow_connections(1);
+    std::thread::sleep(Duration::from_millis(800));
+    broker.stop();
+    let (status, stderr) = run.wait_with_output_limited();
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // The JSON has every frame all the same.
+    let records = read_jsonl(&json);
+    assert_eq!(records.len(), 100, "{stderr}");
+    assert_contiguous_frames(&records);
+    // One error line, last, with what was lost; lost and published add up to the records.
+    let last = stderr.lines().last().unwrap_or_default();
+    let prefix = format!(
+        "error: sinks: mqtt mqtt://127.0.0.1:{}/faceflow/{{stream}}: ",
+        broker.port
+    );
+    let counts = last
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let (lost, published) = counts
+        .split_once(" records not acknowledged by the broker (lost); ")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let lost: usize = lost.parse().unwrap();
+    let published: usize = published
+        .strip_suffix(" published")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(lost > 0 && published > 0, "{stderr}");
+    assert_eq!(lost + published, 100, "{stderr}");
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+}
+
+fn assert_contiguous_frames(records: &[serde_json::Value]) {
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["frame"], i as u64, "{r}");
+    }
 }

@@ -481,3 +481,180 @@ fn passwords_in_camera_urls_never_appear_in_any_output() {
         "{stderr}"
     );
 }
+
+/// Pieces that only a test's passwords hold: one of them in any output means a leak (of the
+/// whole password or a part of it).
+const MARKERS: [&str; 7] = ["K7q", "W3z", "J5x", "V9b", "T4n", "M2k", "P8d"];
+
+fn assert_no_marker(what: &str, text: &str) {
+    for marker in MARKERS {
+        if let Some(at) = text.find(marker) {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            panic!(
+                "{what} leaks the password ({marker}): {}",
+                &text[line_start..line_end]
+            );
+        }
+    }
+}
+
+/// A camera that does not answer, with passwords that hold what ended the masking early before
+/// (`#`, `?`, brackets, quotes, `<>`, a backtick, spaces, several `/`, `@`, non-ASCII, even
+/// `://`): the run fails, every line at every log level masks the password, the last says which
+/// camera.
+#[test]
+fn hostile_passwords_of_a_camera_that_fails_never_show() {
+    let port = crate::metrics::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    for password in [
+        "K7q#W3z?J5x)V9b]",
+        "K7q\"W3z'J5x<V9b>T4n`M2k P8d",
+        "K7q/W3z/J5x@V9b/T4n",
+        "K7q é密 W3z://J5x@V9b",
+    ] {
+        let json = dir.path().join("out.jsonl");
+        let out = bin()
+            .args(["run", "--no-attributes", "-vvv", "--input"])
+            .arg(format!("rtsp://admin:{password}@127.0.0.1:{port}/x"))
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{password}: {stderr}");
+        assert_no_marker("stderr", &stderr);
+        assert_no_marker("stdout", &String::from_utf8_lossy(&out.stdout));
+        assert_no_marker("json", &std::fs::read_to_string(&json).unwrap_or_default());
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("error: rtsp://admin:***@127.0.0.1:{port}/x")),
+            "{password}: {stderr}"
+        );
+    }
+}
+
+/// A served camera whose URL has a hostile password, and a broker URL with one: neither shows in
+/// the JSON records' `source`, the MQTT payloads, the metrics, the `stats:` lines, the summary,
+/// the log at every level, or the window's title.
+#[test]
+fn a_hostile_password_reaches_no_output() {
+    let Some(tools) = crate::mqtt::mosquitto() else {
+        return;
+    };
+    let server = TestServer::start();
+    // What GStreamer's RTSP source parses (it cannot take a '/', '?' or '@' in a password).
+    let camera_password = "K7q#W3z)J5x]\"V9b'<T4n>`M2k é密";
+    let camera = server
+        .url()
+        .replacen("rtsp://", &format!("rtsp://admin:{camera_password}@"), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = crate::mqtt::Broker::start(tools.broker.clone(), dir.path());
+    let received = dir.path().join("received.txt");
+    let subscriber = crate::mqtt::subscriber(
+        &tools,
+        broker.port,
+        &["-q", "1", "-t", "faceflow/#"],
+        &received,
+    );
+    // mosquitto without a password file takes any login.
+    let broker_url = format!(
+        "mqtt://bob:P8d/#?@ x@127.0.0.1:{}/faceflow/{{stream}}",
+        broker.port
+    );
+    let metrics_port = crate::metrics::free_port();
+    let xvfb = crate::window::Xvfb::start();
+    let json = dir.path().join("out.jsonl");
+    // Standard error to a file: the log at every level is more than a pipe holds.
+    let stderr_file = dir.path().join("stderr.txt");
+    let mut command = bin();
+    command
+        .args([
+            "run",
+            "--no-attributes",
+            "-vvv",
+            "--rtsp-tcp",
+            "--input",
+            &camera,
+        ])
+        .args(["--max-frames", "60", "--stats-every", "0.5", "--json"])
+        .arg(&json)
+        .args(["--mqtt", &broker_url, "--mqtt-all-frames"])
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .stderr(std::fs::File::create(&stderr_file).unwrap());
+    if let Some(x) = &xvfb {
+        command
+            .env("DISPLAY", &x.display)
+            .env_remove("WAYLAND_DISPLAY")
+            .args(["--overlay", "window"]);
+    }
+    let mut run = command.spawn().unwrap();
+    // While it runs: the metrics, and the windows' titles.
+    let (mut metrics, mut windows) = (String::new(), String::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        if let Some(text) = crate::metrics::get(metrics_port, "/metrics")
+            && text.contains("faceflow_frames_decoded_total")
+        {
+            metrics = text;
+        }
+        if let Some(x) = &xvfb
+            && !windows.contains("\"faceflow: 0")
+            && let Ok(out) = std::process::Command::new("xwininfo")
+                .args(["-root", "-tree", "-display", &x.display])
+                .output()
+        {
+            windows = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = run.wait().unwrap();
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap();
+    // The log is long: failures show its end (the summary, the errors).
+    let end = &stderr[stderr.floor_char_boundary(stderr.len().saturating_sub(4000))..];
+    assert!(status.success(), "{end}");
+    // A live camera may drop a frame behind: each frame written is a record.
+    let records = read_jsonl(&json);
+    assert!(records.len() >= 30, "{end}");
+    // Every record goes to MQTT: the frames, and track records if the detector saw a face.
+    let all = read_all_jsonl(&json).len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = crate::mqtt::received_records(&received);
+    while got.len() < all && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        got = crate::mqtt::received_records(&received);
+    }
+    drop(subscriber);
+    broker.stop();
+    assert_eq!(got.len(), all, "{end}");
+    let payloads = std::fs::read_to_string(&received).unwrap();
+    assert!(metrics.contains("faceflow_frames_decoded_total"), "{end}");
+    for (what, text) in [
+        ("stderr", stderr.as_str()),
+        ("json", &std::fs::read_to_string(&json).unwrap()),
+        ("mqtt", &payloads),
+        ("metrics", &metrics),
+        ("windows", &windows),
+    ] {
+        assert_no_marker(what, text);
+    }
+    let shown = format!("rtsp://admin:***@127.0.0.1:{}/test", server.port);
+    assert_eq!(records[0]["source"], shown.as_str());
+    assert!(
+        got.iter().all(|r| r["source"] == shown.as_str()),
+        "{payloads}"
+    );
+    assert!(stderr.contains(&format!("stream 0 ({shown})")), "{end}");
+    assert!(stderr.contains("stats: "), "{end}");
+    assert!(
+        stderr.contains(&format!(
+            "mqtt mqtt://bob:***@127.0.0.1:{}/faceflow/{{stream}}: {all} records published",
+            broker.port
+        )),
+        "{end}"
+    );
+    if xvfb.is_some() {
+        // ximagesink adds its own name: `"faceflow: 0 : faceflow"`.
+        assert!(windows.contains("\"faceflow: 0"), "{windows}");
+    }
+}

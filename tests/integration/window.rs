@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// An Xvfb server on a display number nobody uses, stopped when dropped.
-struct Xvfb {
+pub(crate) struct Xvfb {
     child: Child,
-    display: String,
+    pub(crate) display: String,
 }
 
 impl Xvfb {
     /// `None` when Xvfb is not installed (skipped; under CI a failure).
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         let Some(program) = ["/usr/bin/Xvfb", "/usr/local/bin/Xvfb"]
             .map(PathBuf::from)
             .into_iter()
