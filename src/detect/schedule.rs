@@ -252,10 +252,7 @@ impl Schedule<'_> {
     /// Hands ready frames to idle workers, least served stream first, and end marks to any
     /// worker. False when the workers are gone.
     fn hand_out(&mut self, control: &Control) -> bool {
-        loop {
-            let Some(worker) = self.outstanding.iter().position(|&n| n == 0) else {
-                break;
-            };
+        while let Some(worker) = self.outstanding.iter().position(|&n| n == 0) {
             let n = self.streams.len();
             let pick = (0..n)
                 .map(|k| (self.turn + k) % n)

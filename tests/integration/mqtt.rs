@@ -258,18 +258,12 @@ fn wait_for_records(
     }
 }
 
-#[test]
-fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
-    let Some(tools) = mosquitto() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(tools.broker.clone(), dir.path());
-    let received = dir.path().join("received.txt");
-    // A subscriber with a persistent session: it reconnects by itself after the restart.
-    let subscriber = subscriber(
-        &tools,
-        broker.port,
+/// A subscriber to every faceflow topic with a persistent session (QoS 1): it reconnects by
+/// itself after a broker restart and gets what was queued for it meanwhile.
+fn persistent_subscriber(tools: &Mosquitto, port: u16, received: &Path) -> Subscriber {
+    subscriber(
+        tools,
+        port,
         &[
             "-c",
             "-i",
@@ -279,8 +273,20 @@ fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
             "-t",
             "faceflow/#",
         ],
-        &received,
-    );
+        received,
+    )
+}
+
+#[test]
+fn a_broker_stopped_and_restarted_mid_run_loses_no_record() {
+    let Some(tools) = mosquitto() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(tools.broker.clone(), dir.path());
+    let received = dir.path().join("received.txt");
+    // A subscriber with a persistent session: it reconnects by itself after the restart.
+    let subscriber = persistent_subscriber(&tools, broker.port, &received);
     let json = dir.path().join("out.jsonl");
     let url = format!("mqtt://127.0.0.1:{}/faceflow/{{stream}}", broker.port);
     // The demo clip read as a camera: 4 s at its own frame rate.
@@ -532,20 +538,7 @@ fn a_broker_restarted_twice_gets_every_record_and_each_is_counted_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(tools.broker.clone(), dir.path());
     let received = dir.path().join("received.txt");
-    let subscriber = subscriber(
-        &tools,
-        broker.port,
-        &[
-            "-c",
-            "-i",
-            "faceflow-test-sub",
-            "-q",
-            "1",
-            "-t",
-            "faceflow/#",
-        ],
-        &received,
-    );
+    let subscriber = persistent_subscriber(&tools, broker.port, &received);
     let json = dir.path().join("out.jsonl");
     // 10 s of frames; each outage starts once faceflow is connected (again) and publishing. The
     // first stops the broker cleanly; in the second it hangs with records in flight and dies:
