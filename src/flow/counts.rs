@@ -50,6 +50,8 @@ pub(crate) struct SinkCounts {
     pub(crate) people: Vec<u64>,
     /// The sinks' own summary lines (MQTT: published, dropped).
     pub(crate) sink_lines: Vec<String>,
+    /// Outputs that failed to deliver at the end (MQTT: records never acknowledged).
+    pub(crate) sink_failures: Vec<String>,
     /// Confirmed tracks alive now, per stream.
     pub(crate) people_in_view: Vec<u64>,
     /// The sinks' own counters now (for metrics): name, value.

@@ -877,6 +877,7 @@ fn summarize(
         output_closed: sink.output_closed,
         peak_reorder_frames: sink.reorder_peak,
         sink_lines: std::mem::take(&mut sink.sink_lines),
+        output_failures: std::mem::take(&mut sink.sink_failures),
     })
 }
 

@@ -16,6 +16,9 @@ pub struct RunSummary {
     pub peak_reorder_frames: usize,
     /// The sinks' own lines (MQTT: records published and dropped).
     pub sink_lines: Vec<String>,
+    /// Outputs that could not deliver everything (MQTT: records the broker never acknowledged);
+    /// each fails the run, after the summary.
+    pub output_failures: Vec<String>,
 }
 
 /// One stream's counts: decoded = reported + dropped (+ not written when the output closed).
@@ -90,6 +93,7 @@ impl RunSummary {
         self.streams
             .iter()
             .filter_map(|s| s.failure.as_deref())
+            .chain(self.output_failures.iter().map(String::as_str))
             .collect()
     }
 

@@ -40,21 +40,26 @@ impl SinkStage {
     pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
         let result = self.write_all(control);
         // Finish every sink whatever ended the run: what was produced is never lost.
+        // An output that could not deliver at the end (records a broker never acknowledged) fails
+        // the run after the summary, like a failed stream: it is not a failure of the graph.
         let closed = self.closed();
-        let mut finished = Ok(());
+        let mut failures = Vec::new();
         for sink in &mut self.sinks {
             match sink.finish() {
-                Err(e) if !(closed || e.is_broken_pipe()) => {
-                    finished = finished.and(Err(e.to_string()))
-                }
+                Err(e) if !(closed || e.is_broken_pipe()) => failures.push(e.to_string()),
                 _ => {}
             }
         }
         let lines: Vec<String> = self.sinks.iter().filter_map(|s| s.summary()).collect();
-        if let Ok(mut n) = self.counts.lock() {
-            n.sink_lines = lines;
+        match self.counts.lock() {
+            Ok(mut n) => {
+                n.sink_lines = lines;
+                n.sink_failures = failures;
+            }
+            Err(_) if !failures.is_empty() => return Err(failures.join("; ")),
+            Err(_) => {}
         }
-        result.and(finished)
+        result
     }
 
     fn closed(&self) -> bool {

@@ -615,7 +615,7 @@ fn a_broker_that_never_comes_back_fails_the_run_with_the_records_lost() {
     // One error line, last, with what was lost; lost and published add up to the records.
     let last = stderr.lines().last().unwrap_or_default();
     let prefix = format!(
-        "error: sinks: mqtt mqtt://127.0.0.1:{}/faceflow/{{stream}}: ",
+        "error: mqtt mqtt://127.0.0.1:{}/faceflow/{{stream}}: ",
         broker.port
     );
     let counts = last
@@ -633,6 +633,11 @@ fn a_broker_that_never_comes_back_fails_the_run_with_the_records_lost() {
     assert!(lost > 0 && published > 0, "{stderr}");
     assert_eq!(lost + published, 100, "{stderr}");
     assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    // The run's summary is still said, before the error.
+    assert!(
+        stderr.contains("faceflow: stream 0 (") && stderr.contains("records published"),
+        "{stderr}"
+    );
 }
 
 fn assert_contiguous_frames(records: &[serde_json::Value]) {
