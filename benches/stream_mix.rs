@@ -63,6 +63,10 @@ fn main() {
     }
     let _ = child.wait();
     println!("stream_mix: {bin}, {seconds:.0} s (+2 s start-up), 2 workers, detection only");
+    if !stderr.contains("faceflow: stream ") {
+        // It failed or never started: what it said is the story.
+        println!("  no summary; the run said:\n{stderr}");
+    }
     for line in stderr
         .lines()
         .filter_map(|l| l.strip_prefix("faceflow: "))

@@ -48,15 +48,6 @@ impl DetectWorker<'_> {
             let started = std::time::Instant::now();
             let (found, full) = match search {
                 Search::EndMark => {
-                    report(Done {
-                        worker: self.index,
-                        stream,
-                        seq,
-                        faces: Vec::new(),
-                        cost_s: 0.0,
-                        estimated_s,
-                        full: None,
-                    });
                     let mark = Detected {
                         seq,
                         frame,
@@ -67,6 +58,15 @@ impl DetectWorker<'_> {
                     if self.out.send(mark, control) == Sent::Closed {
                         return Ok(());
                     }
+                    report(Done {
+                        worker: self.index,
+                        stream,
+                        seq,
+                        faces: Vec::new(),
+                        cost_s: 0.0,
+                        estimated_s,
+                        full: None,
+                    });
                     continue;
                 }
                 Search::Full => (self.detect(&frame)?, true),
@@ -74,7 +74,7 @@ impl DetectWorker<'_> {
             };
             let cost_s = started.elapsed().as_secs_f64();
             self.times.detect.observe(cost_s);
-            report(Done {
+            let done = Done {
                 worker: self.index,
                 stream,
                 seq,
@@ -82,7 +82,7 @@ impl DetectWorker<'_> {
                 cost_s,
                 estimated_s,
                 full: Some(full),
-            });
+            };
             let faces: Vec<FaceRecord> = found.into_iter().map(FaceRecord::detection).collect();
             // Without faces, no later stage reads the pixels either.
             if !(self.keep_pixels.sinks || self.keep_pixels.attributes && !faces.is_empty()) {
@@ -99,6 +99,9 @@ impl DetectWorker<'_> {
             if self.out.send(detected, control) == Sent::Closed {
                 return Ok(());
             }
+            // Idle only once the frame has gone on: a worker blocked on a full queue downstream
+            // must not be handed the next frame as if it were free.
+            report(done);
         }
     }
 
