@@ -35,7 +35,7 @@ pub fn url(url: &str) -> Cow<'_, str> {
     };
     let mut masked = Cow::Borrowed(url);
     let mut host_start = authority_start;
-    if let Some(at) = userinfo_end(&url[authority_start..]) {
+    if let Some(at) = userinfo_end(&url[authority_start..], true) {
         host_start = authority_start + at + 1;
         if let Some(password) = password_in(&url[authority_start..authority_start + at]) {
             let start = authority_start + password.start;
@@ -44,9 +44,15 @@ pub fn url(url: &str) -> Cow<'_, str> {
             host_start = start + MASK.len() + 1;
         }
     }
-    match url_query_secrets(&masked[host_start..]) {
+    let masked = match url_query_secrets(&masked[host_start..]) {
         Cow::Borrowed(_) => masked,
         Cow::Owned(rest) => Cow::Owned(format!("{}{rest}", &masked[..host_start])),
+    };
+    // An `@` in the query (`?user=me@corp&pwd=…`) was taken for the end of a user information and
+    // its `?` masked with it: the secrets after it are found as in free text.
+    match query_passwords(&masked) {
+        Cow::Borrowed(_) => masked,
+        Cow::Owned(again) => Cow::Owned(again),
     }
 }
 
@@ -60,7 +66,7 @@ pub fn mentioning<'a>(text: &'a str, url_text: &str) -> Cow<'a, str> {
         out = Cow::Owned(text.replace(url_text, &shown));
     }
     if let Some(start) = authority_start(url_text)
-        && let Some(at) = userinfo_end(&url_text[start..])
+        && let Some(at) = userinfo_end(&url_text[start..], true)
         && let Some(password) = password_in(&url_text[start..start + at])
     {
         let password = &url_text[start + password.start..start + password.end];
@@ -101,9 +107,23 @@ fn is_scheme_char(c: char) -> bool {
 /// In `after_slashes` (what follows a scheme's `//`, up to where the URL ends), the position of the
 /// `@` that ends the user information: the last one. None when there is no user information (no
 /// `@`, a path right away as in `file:///`, or an IPv6 host `[::1]`, which no user name resembles).
-fn userinfo_end(after_slashes: &str) -> Option<usize> {
-    if after_slashes.starts_with(['/', '[']) {
+///
+/// `whole_url`: the text is one URL, where `[` opens an IPv6 host only when what it encloses is
+/// one (a user name may start with `[`). In free text a `[` is taken as a host or a template
+/// (`mqtts://[user[:password]@]host`), which no real user name resembles.
+fn userinfo_end(after_slashes: &str, whole_url: bool) -> Option<usize> {
+    if after_slashes.starts_with('/') {
         return None;
+    }
+    if let Some(rest) = after_slashes.strip_prefix('[') {
+        let ipv6 = rest.find(']').is_some_and(|close| {
+            rest[..close]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        });
+        if ipv6 || !whole_url {
+            return None;
+        }
     }
     after_slashes.rfind('@')
 }
@@ -237,16 +257,18 @@ fn userinfo_passwords(text: &str) -> Cow<'_, str> {
                 .find(|&&(scheme_start, _, boundary)| boundary && scheme_start >= authority_start)
                 .map_or(line.trim_end_matches(['\n', '\r']).len(), |&(s, _, _)| s);
             let after = &line[authority_start..end];
-            let Some(at) = userinfo_end(after) else {
+            let Some(at) = userinfo_end(after, false) else {
                 continue;
             };
             let userinfo = &after[..at];
             let Some(password) = password_in(userinfo) else {
                 continue;
             };
-            // Free text: a "user name" with a space in it is prose after a URL (`http://cam/x
-            // failed: see ops@corp`), not a URL's user information.
-            if userinfo[..password.start - 1].contains(char::is_whitespace) {
+            // Free text: a "user name" with a path and a space in it is prose after a URL
+            // (`http://cam/x failed: see ops@corp`), not a URL's user information; a user name
+            // with a space alone (`John Smith`) is still one.
+            let user = &userinfo[..password.start - 1];
+            if user.contains(char::is_whitespace) && user.contains('/') {
                 continue;
             }
             let start = line_start + authority_start + password.start;
@@ -295,6 +317,28 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Found by review: an `@` in the query, a user name opening with `[`, a user name with a
+    /// space in free text.
+    #[test]
+    fn secrets_after_an_at_in_the_query_a_bracket_or_a_spaced_user_name_are_masked() {
+        let masked = url("http://127.0.0.1:18080/av.mp4?user=me@corp&pwd=hunter2");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        let masked = url("http://u:pw@cam/v?email=a@b&password=x1y2z3");
+        assert!(
+            !masked.contains("x1y2z3") && !masked.contains(":pw@"),
+            "{masked}"
+        );
+        let masked = url("rtsp://[adm:hunter2@127.0.0.1:1/x");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert_eq!(url("rtsp://[::1]:8554/x"), "rtsp://[::1]:8554/x");
+        let masked = credentials("error: rtsp://John Smith:hunter2@cam/x: refused");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        assert_eq!(
+            credentials("http://cam/x failed: see ops@corp"),
+            "http://cam/x failed: see ops@corp"
+        );
+    }
 
     #[test]
     fn passwords_are_masked_and_user_and_host_kept() {

@@ -517,6 +517,24 @@ impl MqttSink {
 /// cut short by a timeout would cancel a slow connect or a write half done); ends when the sink
 /// sets `stop` and the next event, error or connect attempt (at most rumqttc's 5 s connection
 /// timeout) comes.
+/// A publish numbered, a record held back, an acknowledgement: what the ledger follows of the
+/// client's events.
+fn track(ledger: &mut Ledger, pending: &mut VecDeque<Request>, event: Event) {
+    match event {
+        Event::Outgoing(Outgoing::Publish(pkid)) => ledger.sent(pkid),
+        Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+            if let Some(dropped) = ledger.hold_back(pkid) {
+                ledger.in_pending.push_back(dropped);
+                pending.extend(ledger.requests(&[dropped]));
+            }
+        }
+        Event::Incoming(Packet::PubAck(ack)) => {
+            ledger.acknowledge(ack.pkid);
+        }
+        _ => {}
+    }
+}
+
 fn drive(mut connection: Connection, shared: Arc<Mutex<Shared>>, shown: String) {
     let mut backoff = Duration::from_millis(250);
     let mut warned = false;
@@ -540,19 +558,16 @@ fn drive(mut connection: Connection, shared: Arc<Mutex<Shared>>, shown: String) 
                 let pending = &mut connection.eventloop.pending;
                 pending.extend(s.ledger.requests(&again));
             }
-            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => s.ledger.sent(pkid),
-            Ok(Ok(Event::Outgoing(Outgoing::AwaitAck(pkid)))) => {
-                if let Some(dropped) = s.ledger.hold_back(pkid) {
-                    s.ledger.in_pending.push_back(dropped);
-                    let pending = &mut connection.eventloop.pending;
-                    pending.extend(s.ledger.requests(&[dropped]));
-                }
-            }
-            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                s.ledger.acknowledge(ack.pkid);
-            }
-            Ok(Ok(_)) => {}
+            Ok(Ok(event)) => track(&mut s.ledger, &mut connection.eventloop.pending, event),
             Ok(Err(e)) => {
+                // Events rumqttc queued before the connection broke (a publish numbered just
+                // before its write failed): counted now, in order, so the ledger knows which
+                // records hold a packet id before it counts those that do not; left queued, they
+                // would come after the reconnection and be matched to the wrong records.
+                let stale: Vec<Event> = connection.eventloop.state.events.drain(..).collect();
+                for event in stale {
+                    track(&mut s.ledger, &mut connection.eventloop.pending, event);
+                }
                 let pending = &mut connection.eventloop.pending;
                 let unnumbered = pending
                     .iter()
@@ -812,6 +827,28 @@ mod tests {
         }
         assert_eq!((l.acknowledged, waiting(&l).len()), (4, 0));
         assert_eq!(l.sent_again, 5);
+    }
+
+    /// A publish numbered just before the connection broke (its event still queued in rumqttc):
+    /// counted before the loss, so the record it carries is known to hold an id, the next one
+    /// in the channel is the one moved to `pending`, and a broker without the session gets
+    /// every record again: none is lost, none counted twice.
+    #[test]
+    fn a_publish_numbered_as_the_connection_broke_is_counted_before_the_loss() {
+        let mut l = ledger(4);
+        let mut pending = VecDeque::new();
+        l.sent(1);
+        // Queued before the write failed; `drive` counts such events first.
+        track(&mut l, &mut pending, Event::Outgoing(Outgoing::Publish(2)));
+        // rumqttc's `pending`: ids 1 and 2 (records 0 and 1), then record 2 from the channel.
+        assert_eq!(l.connection_lost(1), None);
+        assert_eq!(l.in_channel, [3]);
+        assert_eq!(l.connected(false), [0, 1, 2]);
+        for pkid in [3, 4, 5, 6] {
+            l.sent(pkid);
+            assert!(l.acknowledge(pkid), "{pkid}");
+        }
+        assert_eq!((l.acknowledged, waiting(&l).len()), (4, 0));
     }
 
     #[test]
