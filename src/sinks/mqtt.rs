@@ -109,6 +109,10 @@ impl MqttConfig {
         let (user, password) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((user, password)) => (Some(user.to_string()), Some(password.to_string())),
+                // `mqtt://host/faces@site/…`: an '@' in the topic, not a user name.
+                None if u.contains('/') => {
+                    return Err(bad("a topic cannot hold an '@'"));
+                }
                 None => (Some(u.to_string()), None),
             },
             None => (None, None),
@@ -827,6 +831,16 @@ mod tests {
         }
         assert_eq!((l.acknowledged, waiting(&l).len()), (4, 0));
         assert_eq!(l.sent_again, 5);
+    }
+
+    #[test]
+    fn an_at_in_the_topic_is_refused_not_taken_for_a_user() {
+        let err = broker("mqtt://host/faces@site/{stream}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot hold an '@'"), "{err}");
+        let ok = broker("mqtt://user@host/faces/{stream}").unwrap().unwrap();
+        assert_eq!(ok.host, "host");
     }
 
     /// A publish numbered just before the connection broke (its event still queued in rumqttc):
