@@ -19,6 +19,10 @@ use super::{
 };
 use crate::graph::{Control, Output, Sent};
 
+/// A file (or any source that is not reconnected) whose decoding gives nothing for this long has
+/// stalled: far beyond any decoder's time for one frame, or a slow web server's for a buffer.
+const DECODER_STALL: Duration = Duration::from_secs(30);
+
 /// A built (not yet started) GStreamer source.
 pub struct Source {
     /// The input as given: what GStreamer opens. Never printed: see `shown`.
@@ -313,6 +317,8 @@ impl Source {
         let stall_timeout = Duration::from_millis(self.config.stall_timeout_ms.max(1));
         let connected_at = Instant::now();
         let mut here = Connection::default();
+        // Since the last frame was handed on (not since it came: handing on may wait for room).
+        let mut waiting_since = Instant::now();
         loop {
             if control.stop_requested() {
                 tracing::info!(stream = %self.info.id, "source stopping on request");
@@ -346,12 +352,20 @@ impl Source {
                             streaming: here.frames > 0,
                         });
                     }
+                } else if waiting_since.elapsed() > DECODER_STALL {
+                    // A damaged file can leave GStreamer's threads paused with neither a frame,
+                    // an end of stream nor an error: end the stream rather than wait forever.
+                    return Err(self.stream_error(format!(
+                        "no frame and no end of stream for {} s: decoding stalled (a damaged file?)",
+                        DECODER_STALL.as_secs()
+                    )));
                 }
                 continue;
             };
             if let Some(ended) = self.deliver(&sample, out, control, session, &mut here)? {
                 return Ok(ended);
             }
+            waiting_since = Instant::now();
         }
     }
 
