@@ -28,16 +28,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     check_json_target(config.json.path.as_str(), &[])?;
     config.check_outputs(&pipeline_file)?;
 
-    // Which streams are live, for the summary (only those can drop frames); as the sources
-    // decide it.
-    let live: Vec<bool> = config
-        .streams()
-        .iter()
-        .map(|(_, s)| {
-            faceflow::sources::parse_input(&s.input, s.live).map_or(true, |kind| kind.is_live())
-        })
-        .collect();
-
     let control = Control::new();
     install_interrupt_handler(control.clone());
     // Frames written so far and the rate; a bar with time left once every input is a file that
@@ -66,7 +56,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let summary = pipeline::run(&config, control, hooks);
     bar.finish_and_clear();
     let summary = summary?;
-    for line in summary.lines_for(&live) {
+    for line in summary.lines() {
         faceflow::say!("faceflow: {line}");
     }
     let failures = summary.failures();

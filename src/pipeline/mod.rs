@@ -857,6 +857,7 @@ fn summarize(
             StreamSummary {
                 stream: info.id.clone(),
                 source: info.uri.clone(),
+                live: info.live,
                 frames_decoded: stats.decoded,
                 frames_reported: *c.reported,
                 frames_dropped: stats.dropped_behind,

@@ -26,6 +26,8 @@ pub struct RunSummary {
 pub struct StreamSummary {
     pub stream: String,
     pub source: String,
+    /// A live source (camera, live test pattern): only such a stream drops frames when behind.
+    pub live: bool,
     pub frames_decoded: u64,
     pub frames_reported: u64,
     pub frames_dropped: u64,
@@ -59,30 +61,17 @@ impl RunSummary {
             t.gap_seconds += s.gap_seconds;
             t.faces += s.faces;
             t.people += s.people;
+            t.live |= s.live;
         }
         t
     }
 
-    /// One line per stream, then (with several streams) a total line. Every stream is taken as
-    /// live (each line says what it dropped); [`RunSummary::lines_for`] leaves that out for files.
+    /// One line per stream, then (with several streams) a total line. Only a live stream drops
+    /// frames when behind, so only its line (and the total of a run with one) says how many.
     pub fn lines(&self) -> Vec<String> {
-        self.lines_for(&[])
-    }
-
-    /// As [`RunSummary::lines`], `live[i]` saying whether stream `i` is live (missing: live). Only
-    /// a live stream drops frames when behind, so only its line (and the total of a run with
-    /// one) says how many.
-    pub fn lines_for(&self, live: &[bool]) -> Vec<String> {
-        let is_live = |i: usize| live.get(i).copied().unwrap_or(true);
-        let mut lines: Vec<String> = self
-            .streams
-            .iter()
-            .enumerate()
-            .map(|(i, s)| self.line(s, is_live(i)))
-            .collect();
+        let mut lines: Vec<String> = self.streams.iter().map(|s| self.line(s)).collect();
         if self.streams.len() > 1 {
-            let any_live = (0..self.streams.len()).any(is_live);
-            lines.push(self.line(&self.total(), any_live));
+            lines.push(self.line(&self.total()));
         }
         lines.extend(self.sink_lines.iter().cloned());
         lines
@@ -97,7 +86,7 @@ impl RunSummary {
             .collect()
     }
 
-    fn line(&self, s: &StreamSummary, live: bool) -> String {
+    fn line(&self, s: &StreamSummary) -> String {
         // A stream's own time: one that ended early is not slowed by the others.
         let seconds = if s.seconds > 0.0 {
             s.seconds.min(self.seconds)
@@ -132,7 +121,7 @@ impl RunSummary {
             format!("stream {} ({})", s.stream, s.source)
         };
         // A file never drops a frame (decoding waits): no count that could only ever be 0.
-        let dropped = if live || s.frames_dropped > 0 {
+        let dropped = if s.live || s.frames_dropped > 0 {
             format!(", {} dropped (behind live source)", s.frames_dropped)
         } else {
             String::new()
@@ -297,7 +286,7 @@ impl Monitor {
 mod tests {
     use super::*;
 
-    fn run_of(dropped: &[u64]) -> RunSummary {
+    fn run_of(dropped: &[u64], live: &[bool]) -> RunSummary {
         RunSummary {
             streams: dropped
                 .iter()
@@ -308,6 +297,7 @@ mod tests {
                     frames_decoded: 10,
                     frames_reported: 10 - d,
                     frames_dropped: d,
+                    live: live.get(i).copied().unwrap_or(false),
                     ..StreamSummary::default()
                 })
                 .collect(),
@@ -319,7 +309,7 @@ mod tests {
     /// Only a live stream can fall behind and drop frames: a file's line does not count drops.
     #[test]
     fn drops_are_counted_for_live_streams_only() {
-        let lines = run_of(&[0, 2]).lines_for(&[false, true]);
+        let lines = run_of(&[0, 2], &[false, true]).lines();
         assert!(
             lines[0].contains("10 frames decoded, 10 reported; ") && !lines[0].contains("dropped"),
             "{}",
@@ -335,10 +325,10 @@ mod tests {
             "{}",
             lines[2]
         );
-        let files = run_of(&[0, 0]).lines_for(&[false, false]);
+        let files = run_of(&[0, 0], &[false, false]).lines();
         assert!(files.iter().all(|l| !l.contains("dropped")), "{files:?}");
         // A live stream says so even when it dropped nothing.
-        let live = run_of(&[0]).lines_for(&[true]);
+        let live = run_of(&[0], &[true]).lines();
         assert!(
             live[0].contains("0 dropped (behind live source)"),
             "{live:?}"

@@ -200,16 +200,6 @@ pub enum InputKind {
     TestPattern(TestPattern),
 }
 
-impl InputKind {
-    /// Whether frames come at the source's pace (and are dropped when the graph is behind).
-    pub fn is_live(&self) -> bool {
-        match self {
-            InputKind::Uri { live, .. } => *live,
-            InputKind::TestPattern(spec) => spec.live,
-        }
-    }
-}
-
 pub fn init_gstreamer() -> Result<(), SourceError> {
     gst::init().map_err(|e| SourceError::Init(e.to_string()))
 }
