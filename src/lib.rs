@@ -18,6 +18,7 @@ pub mod graph;
 pub mod limits;
 pub mod model;
 pub mod pipeline;
+pub mod record;
 pub mod redact;
 pub mod report;
 pub mod runtime;

@@ -1,55 +1,77 @@
 //! The attribute stage of a video run: age, gender and race for the faces of many frames and
 //! streams, batched into few model calls.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{AttributeModel, FacesInImage};
-use crate::flow::{Detected, StageTimes, StreamWindows};
-use crate::graph::{Control, Input, Output, Received, Sent};
+use crate::flow::{Detected, RunContext, StageTimes, StreamWindows};
+use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
 
-/// Adds age, gender and race to the faces of frames from `upstream` detect workers. Faces of
-/// several frames share one model call: up to `max_batch` faces, waiting at most `max_wait` for
-/// more. Ends after every upstream worker's end-of-stream and forwards one. `pixels_for_sinks`: a
-/// sink draws on the frames, so their pixels are kept.
-pub(crate) struct AttributesStage<'a> {
-    pub(crate) model: &'a mut AttributeModel,
+/// How faces of several frames share one model call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
     /// Most faces per model call.
     pub(crate) max_batch: usize,
     /// Longest a face waits for faces of later frames to fill a batch.
     pub(crate) max_wait: Duration,
-    pub(crate) windows: &'a StreamWindows,
-    pub(crate) input: &'a Input<Detected>,
-    /// Detect workers feeding `input`: one end-of-stream from each.
-    pub(crate) upstream: usize,
-    pub(crate) out: &'a Output<Detected>,
-    pub(crate) pixels_for_sinks: bool,
-    pub(crate) times: &'a StageTimes,
 }
 
-impl AttributesStage<'_> {
-    pub(crate) fn run(self, control: &Control) -> Result<(), String> {
+/// Starts the attribute stage on `input` (frames with their faces); the same frames come out,
+/// each face with the model's reading.
+pub(crate) fn spawn(
+    graph: &mut Graph,
+    cx: &RunContext,
+    input: Input<Detected>,
+    model: AttributeModel,
+    batching: Batching,
+) -> Input<Detected> {
+    let (out, annotated) = graph.channel("annotated", cx.queue_frames, WhenFull::Block);
+    let stage = AttributesStage {
+        model,
+        batching,
+        windows: cx.windows.clone(),
+        input,
+        out,
+        pixels_for_sinks: cx.keep_pixels.sinks,
+        times: cx.times.clone(),
+    };
+    graph.add_stage("attributes", move |c| stage.run(c));
+    annotated
+}
+
+/// Adds age, gender and race to the faces of the frames that come in, batched (see
+/// [`Batching`]). `pixels_for_sinks`: a sink draws on the frames, so their pixels are kept.
+struct AttributesStage {
+    model: AttributeModel,
+    batching: Batching,
+    windows: Arc<StreamWindows>,
+    input: Input<Detected>,
+    out: Output<Detected>,
+    pixels_for_sinks: bool,
+    times: StageTimes,
+}
+
+impl AttributesStage {
+    fn run(self, control: &Control) -> Result<(), String> {
         let AttributesStage {
-            model,
-            max_batch,
-            max_wait,
+            mut model,
+            batching: Batching {
+                max_batch,
+                max_wait,
+            },
             windows,
             input,
-            upstream,
             out,
             pixels_for_sinks,
             times,
         } = self;
-        let mut eos_seen = 0usize;
         loop {
             let mut batch = Vec::new();
             let mut ended = false;
             match input.recv(control) {
                 Received::Item(d) => batch.push(d),
-                Received::Eos => {
-                    eos_seen += 1;
-                    ended = eos_seen >= upstream;
-                }
-                Received::Disconnected => ended = true,
+                Received::Eos | Received::Disconnected => ended = true,
             }
             let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
             let deadline = Instant::now() + max_wait;
@@ -66,11 +88,7 @@ impl AttributesStage<'_> {
                         faces += d.faces.len();
                         batch.push(d);
                     }
-                    Some(Received::Eos) => {
-                        eos_seen += 1;
-                        ended = eos_seen >= upstream;
-                    }
-                    Some(Received::Disconnected) => ended = true,
+                    Some(Received::Eos | Received::Disconnected) => ended = true,
                 }
             }
             if faces > 0 {

@@ -15,7 +15,8 @@ use faceflow::attributes::{AttributeModel, FacesInImage};
 use faceflow::detect::{DetectConfig, Mtcnn};
 use faceflow::model::AgeGrouping;
 use faceflow::pipeline::AttributesConfig;
-use faceflow::sinks::{FaceRecord, ImageRecord, JsonConfig, JsonLinesWriter};
+use faceflow::record::{FaceRecord, ImageRecord};
+use faceflow::sinks::{JsonConfig, JsonLinesWriter};
 
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     refuse_videos("detect", &paths(&args.images))?;

@@ -176,9 +176,7 @@ impl Scheduler {
             clock_s: 0.0,
         }
         .run(control);
-        for out in &self.outs {
-            out.send_eos(control);
-        }
+        // Returning drops the workers' queues: each worker's stream ends after its last item.
         result
     }
 }

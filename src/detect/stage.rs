@@ -3,34 +3,86 @@
 
 use crossbeam_channel::Sender;
 
+use super::schedule::Scheduler;
 use super::{Face, FrameDetector};
-use crate::flow::{Detected, Done, PixelReaders, Search, StageTimes, Work};
-use crate::graph::{Control, Input, Output, Received, Sent};
-use crate::sinks::FaceRecord;
+use crate::flow::{Detected, Done, PixelReaders, RunContext, Search, StageTimes, Work};
+use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
+use crate::record::FaceRecord;
+use crate::sources::Frame;
 
 /// O-Net score of a face whose loss while following calls for a full search at once.
 const CLEAR_FACE_SCORE: f32 = 0.95;
 
-/// One detect worker's place in the graph.
-pub(crate) struct DetectWorker<'a> {
-    /// This worker's number, in its reports.
-    pub(crate) index: usize,
-    pub(crate) detector: &'a mut dyn FrameDetector,
-    pub(crate) input: &'a Input<Work>,
-    /// Which later stages read the frame's pixels; otherwise they are released here.
-    pub(crate) keep_pixels: PixelReaders,
-    pub(crate) out: &'a Output<Detected>,
-    /// Reports to the scheduler: each item done, with its cost and faces.
-    pub(crate) done: &'a Sender<Done>,
-    pub(crate) times: &'a StageTimes,
+/// Starts the detect stage on the streams' frame queues (`frames`, one per stream of
+/// `cx.streams`): the scheduler, and one worker per detector. Frames with their faces come out
+/// in the order the workers finish them, each with its place in its stream (`seq`).
+pub(crate) fn spawn(
+    graph: &mut Graph,
+    cx: &RunContext,
+    frames: Vec<Input<Frame>>,
+    detectors: Vec<Box<dyn FrameDetector>>,
+    detect_every: u32,
+) -> Input<Detected> {
+    let workers = detectors.len();
+    // A worker holds at most one frame, and the end marks of streams (see Scheduler).
+    let queue = cx.streams.len() + 2;
+    let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|w| {
+            let name = if workers == 1 {
+                "work".to_string()
+            } else {
+                format!("work-{w}")
+            };
+            graph.channel::<Work>(name, queue, WhenFull::Block)
+        })
+        .unzip();
+    // Reports of frames done, back to the scheduler: at most one per frame in flight.
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let scheduler = Scheduler {
+        inputs: frames,
+        streams: cx.streams.clone(),
+        outs: work_outs,
+        done: done_rx,
+        windows: cx.windows.clone(),
+        detect_every,
+    };
+    graph.add_stage("schedule", move |c| scheduler.run(c));
+    let (out, detected) = graph.channel("detected", cx.queue_frames, WhenFull::Block);
+    for (index, (detector, input)) in detectors.into_iter().zip(work_ins).enumerate() {
+        let worker = DetectWorker {
+            index,
+            detector,
+            input,
+            keep_pixels: cx.keep_pixels,
+            out: out.clone(),
+            done: done_tx.clone(),
+            times: cx.times.clone(),
+        };
+        graph.add_stage(format!("detect-{index}"), move |c| worker.run(c));
+    }
+    detected
 }
 
-impl DetectWorker<'_> {
+/// One detect worker.
+struct DetectWorker {
+    /// This worker's number, in its reports.
+    index: usize,
+    detector: Box<dyn FrameDetector>,
+    input: Input<Work>,
+    /// Which later stages read the frame's pixels; otherwise they are released here.
+    keep_pixels: PixelReaders,
+    out: Output<Detected>,
+    /// Reports to the scheduler: each item done, with its cost and faces.
+    done: Sender<Done>,
+    times: StageTimes,
+}
+
+impl DetectWorker {
     /// Takes frames from the worker's queue and finds their faces: in full, or by following the
     /// faces of the stream's frame before that the frame carries.
-    pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
+    fn run(mut self, control: &Control) -> Result<(), String> {
         // The scheduler may have stopped listening (the run is ending): reports then go nowhere.
-        let done_tx = self.done;
+        let done_tx = self.done.clone();
         let report = |done: Done| {
             let _ = done_tx.send(done);
         };
@@ -105,7 +157,7 @@ impl DetectWorker<'_> {
         }
     }
 
-    fn detect(&mut self, frame: &crate::sources::Frame) -> Result<Vec<Face>, String> {
+    fn detect(&mut self, frame: &Frame) -> Result<Vec<Face>, String> {
         self.detector
             .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
             .map_err(|e| failed(frame, e))
@@ -114,11 +166,7 @@ impl DetectWorker<'_> {
     /// The faces of `previous` in this frame; a clear face lost while following (it moved too
     /// far or turned) gets the full search at once, not a run later. Weak faces come and go on
     /// full searches too; they wait for the next keyframe. Also says whether it searched in full.
-    fn follow(
-        &mut self,
-        frame: &crate::sources::Frame,
-        previous: &[Face],
-    ) -> Result<(Vec<Face>, bool), String> {
+    fn follow(&mut self, frame: &Frame, previous: &[Face]) -> Result<(Vec<Face>, bool), String> {
         let followed = self
             .detector
             .follow_frame(
@@ -142,6 +190,6 @@ impl DetectWorker<'_> {
     }
 }
 
-fn failed(frame: &crate::sources::Frame, e: super::DetectError) -> String {
+fn failed(frame: &Frame, e: super::DetectError) -> String {
     format!("stream {} frame {}: {e}", frame.stream.id, frame.index)
 }

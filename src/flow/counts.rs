@@ -1,6 +1,7 @@
 //! What the stages count as a run goes: records written per stream, the track stage's order and
 //! people, time spent per item. Read by health lines, metrics and the summary.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -32,10 +33,15 @@ impl Default for StageTimes {
     }
 }
 
-/// What the track stage (order, people) and the sinks (records written) have done so far, read
-/// by health reports and the summary.
+/// How a stream's source ended: its counts, its error if it failed, and when (seconds into the
+/// run).
+pub(crate) type StreamEnd = (crate::sources::SourceStats, Option<String>, f64);
+
+/// What the stages have counted so far: the sources' ends, the track stage's order and people,
+/// the records the sinks wrote. Stages that count change it through [`RunStats::update`]; health
+/// reports, metrics and the summary read copies ([`RunStats::now`]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SinkCounts {
+pub(crate) struct RunCounts {
     /// Per stream (by index): records written, their faces, frames not written (output closed).
     pub(crate) reported: Vec<u64>,
     pub(crate) faces: Vec<u64>,
@@ -45,7 +51,6 @@ pub(crate) struct SinkCounts {
     pub(crate) reorder_pending: usize,
     pub(crate) reorder_peak: usize,
     pub(crate) reorder_window: usize,
-    pub(crate) output_closed: bool,
     /// People (confirmed tracks) per stream, at the end.
     pub(crate) people: Vec<u64>,
     /// The sinks' own summary lines (MQTT: published, dropped).
@@ -59,26 +64,18 @@ pub(crate) struct SinkCounts {
     /// Per stream: seconds from the start of the run to when its last record was written (0
     /// while it runs).
     pub(crate) written_until_s: Vec<f64>,
+    /// Per stream: how its source ended (default while it runs).
+    pub(crate) stream_ends: Vec<StreamEnd>,
 }
 
-/// One stream's counters in [`SinkCounts`].
+/// One stream's counters in [`RunCounts`].
 pub(crate) struct StreamCounts<'a> {
     pub(crate) reported: &'a mut u64,
     pub(crate) faces: &'a mut u64,
     pub(crate) not_written: &'a mut u64,
 }
 
-impl SinkCounts {
-    pub(crate) fn new(streams: usize, reorder_window: usize) -> Self {
-        Self {
-            reported: vec![0; streams],
-            faces: vec![0; streams],
-            not_written: vec![0; streams],
-            reorder_window,
-            ..Self::default()
-        }
-    }
-
+impl RunCounts {
     pub(crate) fn count(&mut self, stream: usize) -> StreamCounts<'_> {
         let grow = |v: &mut Vec<u64>| {
             if v.len() <= stream {
@@ -93,5 +90,42 @@ impl SinkCounts {
             faces: &mut self.faces[stream],
             not_written: &mut self.not_written[stream],
         }
+    }
+}
+
+/// The run's counts, shared by the stages (cloning shares them).
+#[derive(Clone, Default)]
+pub(crate) struct RunStats(Arc<Mutex<RunCounts>>);
+
+impl RunStats {
+    pub(crate) fn new(streams: usize, reorder_window: usize) -> Self {
+        Self(Arc::new(Mutex::new(RunCounts {
+            reported: vec![0; streams],
+            faces: vec![0; streams],
+            not_written: vec![0; streams],
+            reorder_window,
+            stream_ends: vec![StreamEnd::default(); streams],
+            ..RunCounts::default()
+        })))
+    }
+
+    /// Changes the counts (a stage that counts). A stage that panicked while counting left them
+    /// as they were: they are still counted on.
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut RunCounts) -> R) -> R {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut counts)
+    }
+
+    /// A copy of the counts now.
+    pub(crate) fn now(&self) -> RunCounts {
+        self.update(|c| c.clone())
+    }
+
+    /// Streams in the run.
+    pub(crate) fn streams(&self) -> usize {
+        self.update(|c| c.reported.len())
     }
 }

@@ -2,11 +2,13 @@
 //! frames in flight, the per-stream reorder buffer, run counters and stage times. It sits below
 //! every stage, so no stage reaches up into [`crate::pipeline`], which only wires them.
 
+mod context;
 mod counts;
 mod reorder;
 mod window;
 
-pub(crate) use counts::SinkCounts;
+pub(crate) use context::{RunContext, Sizes};
+pub(crate) use counts::RunStats;
 pub use counts::{Progress, StageTimes};
 pub(crate) use reorder::Reorder;
 pub(crate) use window::StreamWindows;
@@ -16,7 +18,7 @@ pub(crate) use window::WINDOW_MAX_FRAMES;
 use std::sync::Arc;
 
 use crate::detect::Face;
-use crate::sinks::FaceRecord;
+use crate::record::{FaceRecord, FrameRecord, TrackRecord};
 use crate::sources::{Frame, StreamInfo};
 
 /// Which stages after detection read a frame's pixels: the attribute model (frames with faces),
@@ -37,6 +39,19 @@ pub(crate) struct Detected {
     pub(crate) predictions: Vec<Option<crate::model::readout::Prediction>>,
     /// Not a frame: the mark that `frame.stream` has ended, in its place in the stream's order
     /// (the track stage then ends that stream's tracks).
+    pub(crate) stream_ended: bool,
+}
+
+/// What the track stage hands the sinks: a frame's record with the people whose tracks ended at
+/// it, or (no frame) people whose tracks ended with their stream or the run.
+pub(crate) struct Tracked {
+    /// Index of the stream in the run.
+    pub(crate) stream: usize,
+    pub(crate) frame: Option<FrameRecord>,
+    /// The frame's packed RGB pixels when a sink draws, else empty.
+    pub(crate) pixels: Vec<u8>,
+    pub(crate) ended: Vec<TrackRecord>,
+    /// The stream ended here (its last people are in `ended`).
     pub(crate) stream_ended: bool,
 }
 

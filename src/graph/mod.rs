@@ -1,23 +1,18 @@
 //! The stage graph: one thread per stage, bounded crossbeam channels between stages.
 //!
-//! Every stage is built before any starts, so set-up errors surface before work begins. End of
-//! stream is a message each stage forwards. The first error stops the graph: it is stored once, the
-//! shared stop flag is raised, sources stop producing and downstream stages drain and exit.
+//! Every stage is built before any starts, so set-up errors surface before work begins. A channel
+//! counts its producers: when the last [`Output`] of a channel is dropped (its stage returned), the
+//! consumer receives end-of-stream after the items already queued, so no wiring counts or forwards
+//! end marks. A producer that panics ends its channel without end-of-stream (the consumer sees
+//! [`Received::Disconnected`]). The first error stops the graph: it is stored once, the shared stop
+//! flag is raised, sources stop producing and downstream stages drain and exit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
-
-/// What flows between stages.
-#[derive(Debug)]
-pub enum Packet<T> {
-    Item(T),
-    /// No more items will follow.
-    Eos,
-}
 
 /// A stage failure, with the stage's name.
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +22,11 @@ pub struct StageError {
     pub message: String,
 }
 
-/// Shared by all stages: the stop flag and the first error.
+/// Shared by all stages: the stop flag with its reason, and the first error.
 #[derive(Clone, Default)]
 pub struct Control {
     stop: Arc<AtomicBool>,
+    output_closed: Arc<AtomicBool>,
     first_error: Arc<Mutex<Option<StageError>>>,
 }
 
@@ -46,6 +42,18 @@ impl Control {
 
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The reader of an output went away (a closed pipe): the run stops, and from here on the
+    /// stages only drain what is in flight and write nothing more. Not an error.
+    pub fn close_output(&self) {
+        self.output_closed.store(true, Ordering::SeqCst);
+        self.request_stop();
+    }
+
+    /// Whether the run stops because an output closed (see [`close_output`](Self::close_output)).
+    pub fn output_closed(&self) -> bool {
+        self.output_closed.load(Ordering::SeqCst)
     }
 
     /// Records `error` if it is the first, and stops the graph.
@@ -73,21 +81,43 @@ impl Control {
 /// How often blocked sends and receives look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The sending end of a bounded stage channel.
-pub struct Output<T> {
-    name: Arc<str>,
-    tx: Sender<Packet<T>>,
-    /// Held only by drop-oldest outputs, to evict the oldest queued item.
-    evict: Option<Receiver<Packet<T>>>,
+/// The producers of a channel, counted: the stream ends when the last one goes.
+#[derive(Default)]
+struct Producers {
+    alive: AtomicUsize,
+    /// Set by the last producer to go, unless it panicked: the stream ended cleanly.
+    ended: AtomicBool,
 }
 
-// Several workers may feed one channel (each sends its own end-of-stream).
+/// The sending end of a bounded stage channel. Every clone is a producer of its own; the channel's
+/// stream ends when the last one is dropped.
+pub struct Output<T> {
+    name: Arc<str>,
+    tx: Sender<T>,
+    /// Held only by drop-oldest outputs, to evict the oldest queued item.
+    evict: Option<Receiver<T>>,
+    producers: Arc<Producers>,
+}
+
+// Several workers may feed one channel: each clone counts as a producer.
 impl<T> Clone for Output<T> {
     fn clone(&self) -> Self {
+        self.producers.alive.fetch_add(1, Ordering::SeqCst);
         Self {
             name: self.name.clone(),
             tx: self.tx.clone(),
             evict: self.evict.clone(),
+            producers: self.producers.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Output<T> {
+    fn drop(&mut self) {
+        // Marked before the sender itself goes: the consumer sees the channel disconnect only
+        // after this, and reads the disconnect as end-of-stream. A panic leaves it unmarked.
+        if self.producers.alive.fetch_sub(1, Ordering::SeqCst) == 1 && !std::thread::panicking() {
+            self.producers.ended.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -95,15 +125,17 @@ impl<T> Clone for Output<T> {
 /// The receiving end of a bounded stage channel.
 pub struct Input<T> {
     name: Arc<str>,
-    rx: Receiver<Packet<T>>,
+    rx: Receiver<T>,
+    producers: Arc<Producers>,
 }
 
-// Several workers may take from one channel (each item goes to one of them).
+// Several workers may take from one channel (each item goes to one of them; each sees the end).
 impl<T> Clone for Input<T> {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
             rx: self.rx.clone(),
+            producers: self.producers.clone(),
         }
     }
 }
@@ -126,13 +158,22 @@ pub fn channel<T>(
     let name = name.into();
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let evict = (when_full == WhenFull::DropOldest).then(|| rx.clone());
+    let producers = Arc::new(Producers {
+        alive: AtomicUsize::new(1),
+        ended: AtomicBool::new(false),
+    });
     (
         Output {
             name: name.clone(),
             tx,
             evict,
+            producers: producers.clone(),
         },
-        Input { name, rx },
+        Input {
+            name,
+            rx,
+            producers,
+        },
     )
 }
 
@@ -155,7 +196,7 @@ impl<T> Output<T> {
     /// Sends an item according to the channel's full policy. Blocking sends give up when the graph
     /// is asked to stop with an error, so a failed consumer never hangs its producer.
     pub fn send(&self, item: T, control: &Control) -> Sent {
-        let mut packet = Packet::Item(item);
+        let mut packet = item;
         match &self.evict {
             Some(evict) => {
                 let mut dropped = 0;
@@ -170,7 +211,7 @@ impl<T> Output<T> {
                         }
                         Err(TrySendError::Full(p)) => {
                             packet = p;
-                            if let Ok(Packet::Item(_)) = evict.try_recv() {
+                            if evict.try_recv().is_ok() {
                                 dropped += 1;
                             }
                         }
@@ -190,22 +231,6 @@ impl<T> Output<T> {
                     Err(SendTimeoutError::Disconnected(_)) => return Sent::Closed,
                 }
             },
-        }
-    }
-
-    /// Sends end-of-stream (always waits for room: nothing may follow it).
-    pub fn send_eos(&self, control: &Control) {
-        let mut packet = Packet::Eos;
-        loop {
-            match self.tx.send_timeout(packet, POLL) {
-                Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return,
-                Err(SendTimeoutError::Timeout(p)) => {
-                    if control.has_error() {
-                        return;
-                    }
-                    packet = p;
-                }
-            }
         }
     }
 
@@ -265,38 +290,41 @@ impl<T> Input<T> {
     }
 
     /// Adds this input to `select`, for a stage that waits on several channels at once (the
-    /// packet is then taken with [`try_recv`](Self::try_recv)); the operation's index.
+    /// item is then taken with [`try_recv`](Self::try_recv)); the operation's index.
     pub fn register<'a>(&'a self, select: &mut crossbeam_channel::Select<'a>) -> usize {
         select.recv(&self.rx)
+    }
+
+    /// Every producer gone and the queue drained: end-of-stream if the last producer went
+    /// cleanly, else the producer failed.
+    fn gone(&self) -> Received<T> {
+        if self.producers.ended.load(Ordering::SeqCst) {
+            Received::Eos
+        } else {
+            Received::Disconnected
+        }
     }
 
     /// An item if one is waiting, without blocking.
     pub fn try_recv(&self) -> Option<Received<T>> {
         match self.rx.try_recv() {
-            Ok(Packet::Item(t)) => Some(Received::Item(t)),
-            Ok(Packet::Eos) => Some(Received::Eos),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(Received::Disconnected),
+            Ok(t) => Some(Received::Item(t)),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Some(self.gone()),
             Err(crossbeam_channel::TryRecvError::Empty) => None,
         }
     }
 
+    /// The next item, end-of-stream, or `Disconnected` when a producer failed or the graph is
+    /// stopping with an error.
     pub fn recv(&self, control: &Control) -> Received<T> {
         loop {
-            match self.rx.recv_timeout(POLL) {
-                Ok(Packet::Item(t)) => return Received::Item(t),
-                Ok(Packet::Eos) => return Received::Eos,
-                Err(RecvTimeoutError::Disconnected) => return Received::Disconnected,
-                Err(RecvTimeoutError::Timeout) => {
-                    if control.has_error() {
-                        return Received::Disconnected;
-                    }
-                }
+            match self.recv_until(std::time::Instant::now() + POLL, control) {
+                Some(received) => return received,
+                None => continue,
             }
         }
     }
-}
 
-impl<T> Input<T> {
     /// Like [`recv`](Self::recv), but gives up at `deadline` (`None`): lets a stage gather a
     /// batch for at most a bounded wait.
     pub fn recv_until(
@@ -307,19 +335,11 @@ impl<T> Input<T> {
         loop {
             let now = std::time::Instant::now();
             if now >= deadline {
-                return match self.rx.try_recv() {
-                    Ok(Packet::Item(t)) => Some(Received::Item(t)),
-                    Ok(Packet::Eos) => Some(Received::Eos),
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                        Some(Received::Disconnected)
-                    }
-                    Err(crossbeam_channel::TryRecvError::Empty) => None,
-                };
+                return self.try_recv();
             }
             match self.rx.recv_timeout((deadline - now).min(POLL)) {
-                Ok(Packet::Item(t)) => return Some(Received::Item(t)),
-                Ok(Packet::Eos) => return Some(Received::Eos),
-                Err(RecvTimeoutError::Disconnected) => return Some(Received::Disconnected),
+                Ok(t) => return Some(Received::Item(t)),
+                Err(RecvTimeoutError::Disconnected) => return Some(self.gone()),
                 Err(RecvTimeoutError::Timeout) => {
                     if control.has_error() {
                         return Some(Received::Disconnected);
@@ -330,35 +350,13 @@ impl<T> Input<T> {
     }
 }
 
-/// Waits up to `timeout` for the first of `inputs` to have something; `(index, what)`.
-pub fn recv_any<T>(
-    inputs: &[&Input<T>],
-    timeout: std::time::Duration,
-) -> Option<(usize, Received<T>)> {
-    if inputs.is_empty() {
-        std::thread::sleep(timeout);
-        return None;
-    }
-    let mut select = crossbeam_channel::Select::new();
-    for input in inputs {
-        select.recv(&input.rx);
-    }
-    let op = select.select_timeout(timeout).ok()?;
-    let index = op.index();
-    let received = match op.recv(&inputs[index].rx) {
-        Ok(Packet::Item(t)) => Received::Item(t),
-        Ok(Packet::Eos) => Received::Eos,
-        Err(_) => Received::Disconnected,
-    };
-    Some((index, received))
-}
-
 type StageFn = Box<dyn FnOnce(&Control) -> Result<(), String> + Send>;
 
-/// A set of built stages, started together.
+/// A set of built stages, started together, and the channels between them.
 pub struct Graph {
     control: Control,
     stages: Vec<(String, StageFn)>,
+    probes: Vec<QueueProbe>,
 }
 
 impl Graph {
@@ -366,11 +364,31 @@ impl Graph {
         Self {
             control,
             stages: Vec::new(),
+            probes: Vec::new(),
         }
     }
 
     pub fn control(&self) -> &Control {
         &self.control
+    }
+
+    /// A channel between two stages of this graph (see [`channel`]); its depth is reported with
+    /// the graph's [`probes`](Self::probes).
+    pub fn channel<T: Send + 'static>(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        capacity: usize,
+        when_full: WhenFull,
+    ) -> (Output<T>, Input<T>) {
+        let (output, input) = channel(name, capacity, when_full);
+        self.probes.push(input.probe());
+        (output, input)
+    }
+
+    /// How full each channel made with [`channel`](Self::channel) is, for health reports and
+    /// metrics (taken once, before the graph runs).
+    pub fn take_probes(&mut self) -> Vec<QueueProbe> {
+        std::mem::take(&mut self.probes)
     }
 
     /// Adds a built stage; `run` is its whole life on its own thread.
@@ -441,7 +459,7 @@ mod tests {
             for i in 0..100 {
                 src_out.send(i, c);
             }
-            src_out.send_eos(c);
+            // Returning drops the output: that ends the stream.
             Ok(())
         });
         graph.add_stage("double", move |c| {
@@ -450,10 +468,7 @@ mod tests {
                     Received::Item(i) => {
                         mid_out.send(i * 2, c);
                     }
-                    Received::Eos => {
-                        mid_out.send_eos(c);
-                        return Ok(());
-                    }
+                    Received::Eos => return Ok(()),
                     Received::Disconnected => return Err("upstream vanished".into()),
                 }
             }
@@ -518,7 +533,56 @@ mod tests {
             }
         }
         assert_eq!(got, vec![3, 4]);
-        out.send_eos(&control);
+        drop(out);
         assert!(matches!(input.recv(&control), Received::Eos));
+    }
+
+    #[test]
+    fn the_stream_ends_after_the_last_producer_and_its_items() {
+        let control = Control::new();
+        let (first, input) = channel::<u32>("many", 8, WhenFull::Block);
+        let second = first.clone();
+        let third = second.clone();
+        first.send(1, &control);
+        drop(first);
+        second.send(2, &control);
+        drop(second);
+        // One producer is left: nothing ends yet.
+        assert!(matches!(input.recv(&control), Received::Item(1)));
+        assert!(matches!(input.recv(&control), Received::Item(2)));
+        assert!(input.try_recv().is_none());
+        third.send(3, &control);
+        drop(third);
+        assert!(matches!(input.recv(&control), Received::Item(3)));
+        // The end is said to every receive after it, and to every clone of the input.
+        assert!(matches!(input.recv(&control), Received::Eos));
+        assert!(matches!(input.try_recv(), Some(Received::Eos)));
+        assert!(matches!(input.clone().recv(&control), Received::Eos));
+    }
+
+    #[test]
+    fn a_producer_that_panics_ends_its_stream_without_end_of_stream() {
+        let control = Control::new();
+        let (out, input) = channel::<u32>("bad", 2, WhenFull::Block);
+        let producer = std::thread::spawn(move || {
+            out.send(7, &Control::new());
+            panic!("producer failed");
+        });
+        assert!(producer.join().is_err());
+        assert!(matches!(input.recv(&control), Received::Item(7)));
+        assert!(matches!(input.recv(&control), Received::Disconnected));
+    }
+
+    #[test]
+    fn graph_channels_are_probed() {
+        let mut graph = Graph::new(Control::new());
+        let (out, _input) = graph.channel::<u32>("probed", 4, WhenFull::Block);
+        out.send(1, graph.control());
+        let probes = graph.take_probes();
+        assert_eq!(probes.len(), 1);
+        assert_eq!(
+            (&*probes[0].name, probes[0].capacity, probes[0].depth()),
+            ("probed", 4, 1)
+        );
     }
 }

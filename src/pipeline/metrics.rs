@@ -4,8 +4,8 @@
 //! (MQTT published, buffered, dropped). Values are read from the run's counters at each scrape
 //! (prometheus-client encodes them; tiny_http serves them).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use super::PipelineError;
-use crate::flow::{SinkCounts, StageTimes};
+use crate::flow::{RunStats, StageTimes};
 use crate::graph::QueueProbe;
 use crate::sources::{SourceCounters, StreamInfo};
 
@@ -44,7 +44,7 @@ impl MetricsConfig {
 pub(crate) struct Sources {
     pub(crate) streams: Vec<Arc<StreamInfo>>,
     pub(crate) counters: Vec<Arc<SourceCounters>>,
-    pub(crate) sink: Arc<Mutex<SinkCounts>>,
+    pub(crate) sink: RunStats,
     pub(crate) probes: Arc<Vec<QueueProbe>>,
     pub(crate) times: StageTimes,
 }
@@ -84,7 +84,7 @@ impl Sources {
             "Confirmed tracks alive now",
             active.clone(),
         );
-        let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
+        let sink = self.sink.now();
         for (i, info) in self.streams.iter().enumerate() {
             let label = vec![("stream".to_string(), info.id.clone())];
             if let Some(c) = self.counters.get(i) {

@@ -13,28 +13,24 @@ pub use crate::flow::{Progress, StageTimes};
 pub use summary::*;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attributes::stage::AttributesStage;
+use crate::attributes::stage::Batching;
 use crate::attributes::{self, AttributeModel};
-use crate::detect::schedule::Scheduler;
-use crate::detect::stage::DetectWorker;
 use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
-use crate::flow::{Detected, PixelReaders, SinkCounts, StreamWindows, Work};
-use crate::graph::{self, Control, Graph, WhenFull};
+use crate::flow::{PixelReaders, RunContext, Sizes};
+use crate::graph::{self, Control, Graph};
 use crate::model::AgeGrouping;
-use crate::sinks::stage::{SinkStage, Tracked};
 use crate::sinks::{
     JsonConfig, JsonLinesWriter, MqttConfig, MqttSink, OverlayConfig, OverlaySink, Sink,
 };
-use crate::sources::{Frame, Source, SourceConfig, SourceCounters, SourceStats, StreamInfo};
+use crate::sources::{Source, SourceConfig};
 use crate::track::TrackConfig;
 use crate::track::people::People;
-use crate::track::stage::TrackStage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -387,10 +383,6 @@ impl PipelineConfig {
     }
 }
 
-/// How a stream's source ended: its counts, its error if it failed, and when (seconds into the
-/// run).
-type StreamOutcome = (SourceStats, Option<String>, f64);
-
 /// The stages of a run, built and not yet started. [`run`] builds them from the configuration;
 /// tests can stand in their own detectors.
 pub struct BuiltStages {
@@ -460,8 +452,9 @@ pub fn run(
     run_stages(config, stages, control, hooks)
 }
 
-/// Runs built stages: sources → scheduler → detect workers → (attributes) → track → sinks, each
-/// stream's records in its decode order.
+/// Runs built stages: sources → detect (scheduler and workers) → (attributes) → track → sinks,
+/// each stream's records in its decode order. Each stage starts itself on the channel the one
+/// before it gives back; the graph ends each channel's stream when its producers return.
 pub fn run_stages(
     config: &PipelineConfig,
     stages: BuiltStages,
@@ -475,306 +468,79 @@ pub fn run_stages(
         sinks,
         metrics_listener,
     } = stages;
-    let infos: Vec<Arc<StreamInfo>> = sources.iter().map(|s| s.info()).collect();
-    let counters: Vec<Arc<SourceCounters>> = sources.iter().map(|s| s.counters()).collect();
-    let shared = Shared::new(config, &infos, detectors.len());
-    let mut graph = Graph::new(control.clone());
-    let mut probes = Vec::new();
-    let keep_pixels = PixelReaders {
-        attributes: attributes.is_some(),
-        sinks: sinks.iter().any(|s| s.draws()),
-    };
-    let frames = spawn_sources(&mut graph, &mut probes, &shared, config, sources);
-    let (detected, workers) = spawn_detect(
-        &mut graph,
-        &mut probes,
-        &shared,
-        config,
-        (frames, infos.clone()),
-        detectors,
-        keep_pixels,
+    let cx = RunContext::new(
+        sources.iter().map(|s| s.info()).collect(),
+        sources.iter().map(|s| s.counters()).collect(),
+        config.sizes(detectors.len()),
+        PixelReaders {
+            attributes: attributes.is_some(),
+            sinks: sinks.iter().any(|s| s.draws()),
+        },
     );
     let people = People::new(
         config.track.clone(),
         attributes
             .as_ref()
-            .map(|(model, grouping)| (model.spec().clone(), *grouping)),
+            .map(|(m, grouping)| (m.spec().clone(), *grouping)),
     )
     .with_detect_every(config.detect.detect_every);
-    let (annotated, upstream) = match attributes {
-        Some((model, _)) => {
-            let annotated = spawn_attributes(
-                &mut graph,
-                &mut probes,
-                &shared,
-                config,
-                (detected, workers),
-                model,
-                keep_pixels,
-            );
-            (annotated, 1)
-        }
-        None => (detected, workers),
-    };
-    let tracked = spawn_track(
+    let mut graph = Graph::new(control.clone());
+    let frames = crate::sources::stage::spawn(&mut graph, &cx, sources);
+    let mut faces = stage::detect::spawn(
         &mut graph,
-        &mut probes,
-        &shared,
-        (annotated, upstream),
-        people,
+        &cx,
+        frames,
+        detectors,
+        config.detect.detect_every,
     );
-    let sinks = SinkStage {
-        input: tracked,
-        sinks,
-        counts: shared.counts.clone(),
-        progress: hooks.progress,
-        sources: counters.clone(),
-        started: shared.started,
-        times: shared.times.clone(),
-    };
-    graph.add_stage("sinks", move |c| sinks.run(c));
-    let probes = Arc::new(probes);
-    let outcome = run_graph(
-        graph,
-        config,
-        &shared,
-        &infos,
-        &counters,
-        probes,
-        hooks.health,
-        metrics_listener,
-    )?;
-    outcome.map_err(PipelineError::Stage)?;
-    summarize(&shared, &infos, &control)
+    if let Some((model, _)) = attributes {
+        faces =
+            stage::attributes::spawn(&mut graph, &cx, faces, model, config.attributes.batching());
+    }
+    let tracked = stage::track::spawn(&mut graph, &cx, faces, people);
+    stage::sinks::spawn(&mut graph, &cx, tracked, sinks, hooks.progress);
+    run_graph(graph, config, &cx, hooks.health, metrics_listener)?.map_err(PipelineError::Stage)?;
+    summarize(&cx, &control)
 }
 
-/// What the stages of one run share, built once.
-struct Shared {
-    started: Instant,
-    times: StageTimes,
-    windows: Arc<StreamWindows>,
-    counts: Arc<Mutex<SinkCounts>>,
-    /// How each stream's source ended.
-    outcomes: Arc<Mutex<Vec<StreamOutcome>>>,
-    /// Frames queued between the stages after detection.
-    queue_frames: usize,
+/// The stage modules, each started by its `spawn`.
+mod stage {
+    pub(super) use crate::attributes::stage as attributes;
+    pub(super) use crate::detect::stage as detect;
+    pub(super) use crate::sinks::stage as sinks;
+    pub(super) use crate::track::stage as track;
 }
 
-impl Shared {
-    fn new(config: &PipelineConfig, infos: &[Arc<StreamInfo>], detectors: usize) -> Self {
-        let workers = detectors.max(1);
-        // Room for a run of `detect_every` frames on every worker, so runs of a stream overlap.
-        let run_frames =
-            workers.saturating_mul(config.detect.run_frames_for_queues().max(1) as usize);
-        let queue_frames = config.frames_in_flight(workers).max(run_frames.min(64));
-        // Every worker may hold a frame of the stream while the track stage holds back the others.
-        let window_frames = queue_frames + workers;
-        Self {
-            started: Instant::now(),
-            times: StageTimes::default(),
-            windows: Arc::new(StreamWindows::new(infos.len(), window_frames)),
-            counts: Arc::new(Mutex::new(SinkCounts::new(
-                infos.len(),
-                window_frames * infos.len(),
-            ))),
-            outcomes: Arc::new(Mutex::new(vec![Default::default(); infos.len()])),
-            queue_frames,
+impl PipelineConfig {
+    /// How the run's queues and windows are sized with `workers` detect workers.
+    fn sizes(&self, workers: usize) -> Sizes {
+        let workers = workers.max(1);
+        Sizes::new(
+            self.frames_in_flight(workers),
+            workers,
+            self.detect.run_frames_for_queues() as usize,
+        )
+    }
+}
+
+impl AttributesConfig {
+    fn batching(&self) -> Batching {
+        Batching {
+            max_batch: self.max_batch,
+            max_wait: Duration::from_millis(self.max_wait_ms),
         }
     }
-}
-
-/// One thread per source, each into its own queue: live sources drop their oldest frame when it
-/// is full, files wait.
-fn spawn_sources(
-    graph: &mut Graph,
-    probes: &mut Vec<graph::QueueProbe>,
-    shared: &Shared,
-    config: &PipelineConfig,
-    sources: Vec<Source>,
-) -> Vec<graph::Input<Frame>> {
-    let single = sources.len() == 1;
-    let stream_configs = config.streams();
-    let mut queues = Vec::new();
-    for (index, source) in sources.into_iter().enumerate() {
-        let info = source.info();
-        let when_full = if info.live {
-            WhenFull::DropOldest
-        } else {
-            WhenFull::Block
-        };
-        let queue = stream_configs
-            .get(index)
-            .map_or(SourceConfig::default().queue_frames, |(_, s)| {
-                s.queue_frames
-            });
-        let name = if single {
-            "frames".to_string()
-        } else {
-            format!("frames-{}", info.id)
-        };
-        let (frames_out, frames_in) = graph::channel::<Frame>(name, queue, when_full);
-        probes.push(frames_in.probe());
-        queues.push(frames_in);
-        let outcomes = shared.outcomes.clone();
-        let started = shared.started;
-        graph.add_stage(format!("source-{}", info.id), move |c| {
-            let (stats, result) = source.run(&frames_out, c);
-            // End of stream after a failure too: this stream's frames decoded before it are still
-            // detected and written, the failure is reported after them, the other streams go on.
-            frames_out.send_eos(c);
-            if let Ok(mut slot) = outcomes.lock()
-                && let Some(entry) = slot.get_mut(index)
-            {
-                *entry = (
-                    stats,
-                    result.err().map(|e| e.to_string()),
-                    started.elapsed().as_secs_f64(),
-                );
-            }
-            Ok(())
-        });
-    }
-    queues
-}
-
-/// The scheduler and one thread per detector; the frames with their faces, and how many workers
-/// send an end-of-stream.
-fn spawn_detect(
-    graph: &mut Graph,
-    probes: &mut Vec<graph::QueueProbe>,
-    shared: &Shared,
-    config: &PipelineConfig,
-    (frames, streams): (Vec<graph::Input<Frame>>, Vec<Arc<StreamInfo>>),
-    detectors: Vec<Box<dyn FrameDetector>>,
-    keep_pixels: PixelReaders,
-) -> (graph::Input<Detected>, usize) {
-    let workers = detectors.len();
-    // A worker holds at most one frame, and the end marks of streams (see Scheduler).
-    let queue = streams.len() + 2;
-    let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
-        .map(|w| {
-            let name = if workers == 1 {
-                "work".to_string()
-            } else {
-                format!("work-{w}")
-            };
-            graph::channel::<Work>(name, queue, WhenFull::Block)
-        })
-        .unzip();
-    probes.extend(work_ins.iter().map(|w| w.probe()));
-    // Reports of frames done, back to the scheduler: at most one per frame in flight.
-    let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    let scheduler = Scheduler {
-        inputs: frames,
-        streams,
-        outs: work_outs,
-        done: done_rx,
-        windows: shared.windows.clone(),
-        detect_every: config.detect.detect_every,
-    };
-    graph.add_stage("schedule", move |c| scheduler.run(c));
-    let (detected_out, detected_in) =
-        graph::channel::<Detected>("detected", shared.queue_frames, WhenFull::Block);
-    probes.push(detected_in.probe());
-    for (w, (mut detector, input)) in detectors.into_iter().zip(work_ins).enumerate() {
-        let out = detected_out.clone();
-        let times = shared.times.clone();
-        let done_tx = done_tx.clone();
-        graph.add_stage(format!("detect-{w}"), move |c| {
-            let result = DetectWorker {
-                index: w,
-                detector: &mut *detector,
-                input: &input,
-                keep_pixels,
-                out: &out,
-                done: &done_tx,
-                times: &times,
-            }
-            .run(c);
-            // Each worker ends its share of the stream; the next stage waits for all of them.
-            out.send_eos(c);
-            result
-        });
-    }
-    (detected_in, workers)
-}
-
-/// The attribute stage: one model, batched across frames and streams.
-fn spawn_attributes(
-    graph: &mut Graph,
-    probes: &mut Vec<graph::QueueProbe>,
-    shared: &Shared,
-    config: &PipelineConfig,
-    (input, upstream): (graph::Input<Detected>, usize),
-    mut model: AttributeModel,
-    keep_pixels: PixelReaders,
-) -> graph::Input<Detected> {
-    let (annotated_out, annotated_in) =
-        graph::channel::<Detected>("annotated", shared.queue_frames, WhenFull::Block);
-    probes.push(annotated_in.probe());
-    let times = shared.times.clone();
-    let windows = shared.windows.clone();
-    let max_batch = config.attributes.max_batch;
-    let max_wait = Duration::from_millis(config.attributes.max_wait_ms);
-    graph.add_stage("attributes", move |c| {
-        let result = AttributesStage {
-            model: &mut model,
-            max_batch,
-            max_wait,
-            windows: &windows,
-            input: &input,
-            upstream,
-            out: &annotated_out,
-            pixels_for_sinks: keep_pixels.sinks,
-            times: &times,
-        }
-        .run(c);
-        annotated_out.send_eos(c);
-        result
-    });
-    annotated_in
-}
-
-/// The track stage: each stream back in order, people tracked.
-fn spawn_track(
-    graph: &mut Graph,
-    probes: &mut Vec<graph::QueueProbe>,
-    shared: &Shared,
-    (input, upstream): (graph::Input<Detected>, usize),
-    people: People,
-) -> graph::Input<Tracked> {
-    let (tracked_out, tracked_in) =
-        graph::channel::<Tracked>("tracked", shared.queue_frames, WhenFull::Block);
-    probes.push(tracked_in.probe());
-    let track = TrackStage {
-        input,
-        upstream,
-        people,
-        windows: shared.windows.clone(),
-        counts: shared.counts.clone(),
-        out: tracked_out,
-    };
-    graph.add_stage("track", move |c| {
-        let out = track.out.clone();
-        let result = track.run(c);
-        out.send_eos(c);
-        result
-    });
-    tracked_in
 }
 
 /// Runs the graph, with the metrics server and the health reports beside it while it runs.
-#[allow(clippy::too_many_arguments)]
 fn run_graph(
-    graph: Graph,
+    mut graph: Graph,
     config: &PipelineConfig,
-    shared: &Shared,
-    infos: &[Arc<StreamInfo>],
-    counters: &[Arc<SourceCounters>],
-    probes: Arc<Vec<graph::QueueProbe>>,
+    cx: &RunContext,
     health: Option<HealthReport>,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Result<(), graph::StageError>, PipelineError> {
+    let probes = Arc::new(graph.take_probes());
     // Bound before anything starts: a taken port fails the run at once.
     let metrics_listener = match (metrics_listener, &config.metrics.listen) {
         (Some(l), _) => Some(l),
@@ -785,11 +551,11 @@ fn run_graph(
         Some(listener) => Some(metrics::MetricsServer::start(
             listener,
             metrics::Sources {
-                streams: infos.to_vec(),
-                counters: counters.to_vec(),
-                sink: shared.counts.clone(),
+                streams: cx.streams.clone(),
+                counters: cx.sources.clone(),
+                sink: cx.stats.clone(),
                 probes: probes.clone(),
-                times: shared.times.clone(),
+                times: cx.times.clone(),
             },
         )?),
         None => None,
@@ -800,9 +566,9 @@ fn run_graph(
                 // Validated: 0.1 s to a day.
                 every: Duration::try_from_secs_f64(config.stats_interval_s)
                     .unwrap_or(Duration::from_secs(86_400)),
-                started: shared.started,
-                sources: counters.to_vec(),
-                sink: shared.counts.clone(),
+                started: cx.started,
+                sources: cx.sources.clone(),
+                sink: cx.stats.clone(),
                 probes,
             };
             let done = AtomicBool::new(false);
@@ -824,36 +590,29 @@ fn run_graph(
 }
 
 /// The run's summary from what the sources and the stages counted.
-fn summarize(
-    shared: &Shared,
-    infos: &[Arc<StreamInfo>],
-    control: &Control,
-) -> Result<RunSummary, PipelineError> {
-    let outcomes = shared
-        .outcomes
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_default();
-    let mut sink = shared.counts.lock().map(|n| n.clone()).unwrap_or_default();
+fn summarize(cx: &RunContext, control: &Control) -> Result<RunSummary, PipelineError> {
+    let mut counts = cx.stats.now();
+    let ends = std::mem::take(&mut counts.stream_ends);
     // Nothing came from any stream and one failed: the failure is the whole story, in one line.
-    if outcomes.iter().all(|(stats, _, _)| stats.decoded == 0)
-        && let Some(message) = outcomes.iter().find_map(|(_, f, _)| f.clone())
+    if ends.iter().all(|(stats, _, _)| stats.decoded == 0)
+        && let Some(message) = ends.iter().find_map(|(_, f, _)| f.clone())
     {
         return Err(PipelineError::Input(message));
     }
-    let streams = infos
+    let streams = cx
+        .streams
         .iter()
-        .zip(outcomes)
+        .zip(ends)
         .map(|(info, (stats, failure, decoded_until_s))| {
             // A stream's time ends with its last record written (else, interrupted, with its
             // decoding).
-            let written_until_s = sink
+            let written_until_s = counts
                 .written_until_s
                 .get(info.index)
                 .copied()
                 .filter(|&s| s > 0.0)
                 .unwrap_or(decoded_until_s);
-            let c = sink.count(info.index);
+            let c = counts.count(info.index);
             StreamSummary {
                 stream: info.id.clone(),
                 source: info.uri.clone(),
@@ -865,7 +624,7 @@ fn summarize(
                 reconnects: stats.reconnects,
                 gap_seconds: stats.gap_ms / 1e3,
                 faces: *c.faces,
-                people: sink.people.get(info.index).copied().unwrap_or(0),
+                people: counts.people.get(info.index).copied().unwrap_or(0),
                 seconds: written_until_s,
                 failure,
             }
@@ -873,12 +632,12 @@ fn summarize(
         .collect();
     Ok(RunSummary {
         streams,
-        seconds: shared.started.elapsed().as_secs_f64(),
-        interrupted: control.stop_requested() && !sink.output_closed,
-        output_closed: sink.output_closed,
-        peak_reorder_frames: sink.reorder_peak,
-        sink_lines: std::mem::take(&mut sink.sink_lines),
-        output_failures: std::mem::take(&mut sink.sink_failures),
+        seconds: cx.elapsed_s(),
+        interrupted: control.stop_requested() && !control.output_closed(),
+        output_closed: control.output_closed(),
+        peak_reorder_frames: counts.reorder_peak,
+        sink_lines: counts.sink_lines,
+        output_failures: counts.sink_failures,
     })
 }
 

@@ -1,6 +1,10 @@
 //! What a run reports: per-stream summaries at the end, health lines while it runs.
 
 use super::*;
+use std::time::Instant;
+
+use crate::flow::RunStats;
+use crate::sources::SourceCounters;
 
 /// What a finished run reports: one entry per stream, and the run as a whole.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -226,7 +230,7 @@ pub(crate) struct Monitor {
     pub(crate) every: Duration,
     pub(crate) started: Instant,
     pub(crate) sources: Vec<Arc<SourceCounters>>,
-    pub(crate) sink: Arc<Mutex<SinkCounts>>,
+    pub(crate) sink: RunStats,
     pub(crate) probes: Arc<Vec<graph::QueueProbe>>,
 }
 
@@ -252,7 +256,7 @@ impl Monitor {
                 }
             }
             next = (due > Instant::now()).then_some(due);
-            let sink = self.sink.lock().map(|n| n.clone()).unwrap_or_default();
+            let sink = self.sink.now();
             let (reported, faces) = (sink.reported.iter().sum(), sink.faces.iter().sum());
             let mut queues: Vec<(String, usize, usize)> = self
                 .probes

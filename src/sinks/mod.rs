@@ -9,10 +9,9 @@ pub mod overlay;
 pub(crate) mod stage;
 pub mod window_overlay;
 
-pub use json::{
-    Attributes, FaceRecord, FrameRecord, ImageRecord, JsonConfig, JsonLinesWriter, RecordKind,
-    SinkError, TrackRecord,
-};
+pub use json::{JsonConfig, JsonLinesWriter, SinkError};
+
+use crate::record::{FrameRecord, TrackRecord};
 pub use mqtt::{MqttConfig, MqttSink};
 pub use overlay::{OverlayConfig, OverlaySink, OverlayTarget};
 

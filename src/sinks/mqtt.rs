@@ -21,7 +21,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::{FrameRecord, Sink, SinkError, TrackRecord};
+use super::{Sink, SinkError};
+use crate::record::{FrameRecord, TrackRecord};
 
 /// `[mqtt]` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,8 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use serde::{Deserialize, Serialize};
 
-use super::{FaceRecord, FrameRecord, Sink, SinkError, TrackRecord};
+use super::{Sink, SinkError};
+use crate::record::{FaceRecord, FrameRecord, TrackRecord};
 
 /// `[overlay]` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

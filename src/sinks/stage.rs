@@ -1,23 +1,32 @@
 //! The sink end of a run: every record, in order, to every sink.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{FrameRecord, Sink, SinkError, TrackRecord};
-use crate::flow::{Progress, SinkCounts, StageTimes};
-use crate::graph::{Control, Input, Received};
+use super::{Sink, SinkError};
+use crate::flow::{Progress, RunContext, RunStats, StageTimes, Tracked};
+use crate::graph::{Control, Graph, Input, Received};
+use crate::sources::SourceCounters;
 
-/// What the track stage hands the sinks: a frame's record with the people whose tracks ended at
-/// it, or (no frame) people whose tracks ended with their stream or the run.
-pub(crate) struct Tracked {
-    /// Index of the stream in the run.
-    pub(crate) stream: usize,
-    pub(crate) frame: Option<FrameRecord>,
-    /// The frame's packed RGB pixels when a sink draws, else empty.
-    pub(crate) pixels: Vec<u8>,
-    pub(crate) ended: Vec<TrackRecord>,
-    /// The stream ended here (its last people are in `ended`).
-    pub(crate) stream_ended: bool,
+/// Starts the sink stage on `input` (records in each stream's order): every record to every one
+/// of `sinks`, `progress` told as records are written.
+pub(crate) fn spawn(
+    graph: &mut Graph,
+    cx: &RunContext,
+    input: Input<Tracked>,
+    sinks: Vec<Box<dyn Sink>>,
+    progress: Option<Progress>,
+) {
+    let stage = SinkStage {
+        input,
+        sinks,
+        stats: cx.stats.clone(),
+        progress,
+        sources: cx.sources.clone(),
+        started: cx.started,
+        times: cx.times.clone(),
+    };
+    graph.add_stage("sinks", move |c| stage.run(c));
 }
 
 /// How often the sinks are offered a flush while no record comes.
@@ -25,24 +34,24 @@ pub const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 /// Fans records out to every sink. A sink whose reader went away (a closed pipe) stops the run;
 /// the stage keeps draining so no stage upstream blocks, and counts the frames it could not write.
-pub(crate) struct SinkStage {
-    pub(crate) input: Input<Tracked>,
-    pub(crate) sinks: Vec<Box<dyn Sink>>,
-    pub(crate) counts: Arc<Mutex<SinkCounts>>,
-    pub(crate) progress: Option<Progress>,
+struct SinkStage {
+    input: Input<Tracked>,
+    sinks: Vec<Box<dyn Sink>>,
+    stats: RunStats,
+    progress: Option<Progress>,
     /// The sources' counters: what each expects to give, for the progress total.
-    pub(crate) sources: Vec<std::sync::Arc<crate::sources::SourceCounters>>,
-    pub(crate) started: Instant,
-    pub(crate) times: StageTimes,
+    sources: Vec<Arc<SourceCounters>>,
+    started: Instant,
+    times: StageTimes,
 }
 
 impl SinkStage {
-    pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
+    fn run(mut self, control: &Control) -> Result<(), String> {
         let result = self.write_all(control);
         // Finish every sink whatever ended the run: what was produced is never lost.
         // An output that could not deliver at the end (records a broker never acknowledged) fails
         // the run after the summary, like a failed stream: it is not a failure of the graph.
-        let closed = self.closed();
+        let closed = control.output_closed();
         let mut failures = Vec::new();
         for sink in &mut self.sinks {
             match sink.finish() {
@@ -51,27 +60,16 @@ impl SinkStage {
             }
         }
         let lines: Vec<String> = self.sinks.iter().filter_map(|s| s.summary()).collect();
-        match self.counts.lock() {
-            Ok(mut n) => {
-                n.sink_lines = lines;
-                n.sink_failures = failures;
-            }
-            Err(_) if !failures.is_empty() => return Err(failures.join("; ")),
-            Err(_) => {}
-        }
+        self.stats.update(|n| {
+            n.sink_lines = lines;
+            n.sink_failures = failures;
+        });
         result
-    }
-
-    fn closed(&self) -> bool {
-        self.counts.lock().map(|c| c.output_closed).unwrap_or(false)
     }
 
     /// The reader of an output went away: stop the run, keep draining.
     fn output_closed(&self, control: &Control) {
-        control.request_stop();
-        if let Ok(mut n) = self.counts.lock() {
-            n.output_closed = true;
-        }
+        control.close_output();
     }
 
     /// Writes one item to every sink; a closed output is not an error but the end of writing.
@@ -132,43 +130,42 @@ impl SinkStage {
             self.times.sinks.observe(started.elapsed().as_secs_f64());
             let sink_counters: Vec<(String, u64)> =
                 self.sinks.iter().flat_map(|s| s.counters()).collect();
-            if let Ok(mut n) = self.counts.lock() {
+            let started = self.started;
+            let reported = self.stats.update(|n| {
                 n.sink_counters = sink_counters;
                 // The stream's time in the summary ends with its last record, not its decoding.
                 if item.stream_ended {
                     if n.written_until_s.len() <= item.stream {
                         n.written_until_s.resize(item.stream + 1, 0.0);
                     }
-                    n.written_until_s[item.stream] = self.started.elapsed().as_secs_f64();
+                    n.written_until_s[item.stream] = started.elapsed().as_secs_f64();
                 }
-            }
-            let Some(record) = &item.frame else { continue };
-            if let Ok(mut n) = self.counts.lock() {
+                let record = item.frame.as_ref()?;
                 let c = n.count(item.stream);
                 if !written {
                     *c.not_written += 1;
-                    continue;
+                    return None;
                 }
                 *c.reported += 1;
                 *c.faces += record.faces.len() as u64;
-                let reported = n.reported.iter().sum();
-                if let Some(p) = self.progress.as_mut()
-                    && last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
-                {
-                    p(
-                        reported,
-                        expected_frames(&self.sources),
-                        self.started.elapsed(),
-                    );
-                    last_progress = Some(Instant::now());
-                }
+                Some(n.reported.iter().sum::<u64>())
+            });
+            if let (Some(reported), Some(p)) = (reported, self.progress.as_mut())
+                && last_progress.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+            {
+                p(
+                    reported,
+                    expected_frames(&self.sources),
+                    self.started.elapsed(),
+                );
+                last_progress = Some(Instant::now());
             }
         }
     }
 }
 
 /// Frames all sources will give, when each knows (files of known length).
-fn expected_frames(sources: &[std::sync::Arc<crate::sources::SourceCounters>]) -> Option<u64> {
+fn expected_frames(sources: &[Arc<SourceCounters>]) -> Option<u64> {
     use std::sync::atomic::Ordering;
     sources
         .iter()

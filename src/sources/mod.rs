@@ -16,6 +16,7 @@
 
 mod camera;
 mod session;
+pub(crate) mod stage;
 mod testsrc;
 mod uri;
 

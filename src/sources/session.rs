@@ -170,6 +170,11 @@ impl Source {
     }
 
     /// Frame counts, updated while [`Source::run`] runs.
+    /// Frames queued between this source and the scheduler (`queue_frames`).
+    pub fn queue_frames(&self) -> usize {
+        self.config.queue_frames
+    }
+
     pub fn counters(&self) -> Arc<SourceCounters> {
         self.counters.clone()
     }

@@ -9,7 +9,7 @@ use super::{Detection, TrackConfig, Tracker};
 use crate::model::AgeGrouping;
 use crate::model::readout::Prediction;
 use crate::model::spec::ModelSpec;
-use crate::sinks::{Attributes, FaceRecord, RecordKind, TrackRecord};
+use crate::record::{Attributes, FaceRecord, RecordKind, TrackRecord};
 use crate::sources::StreamInfo;
 
 /// What is known of one track so far.

@@ -1,32 +1,48 @@
 //! The track stage of a run: each stream's frames back in its decode order, its faces tracked into
 //! people ([`People`]), frame and track records handed to the sinks.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::people::People;
-use crate::flow::{Detected, Reorder, SinkCounts, StreamWindows};
-use crate::graph::{Control, Input, Output, Received, Sent};
-use crate::sinks::stage::Tracked;
-use crate::sinks::{FrameRecord, RecordKind};
+use crate::flow::{Detected, Reorder, RunContext, RunStats, StreamWindows, Tracked};
+use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
+use crate::record::{FaceRecord, FrameRecord, RecordKind};
+
+/// Starts the track stage on `input` (frames with their faces, in any order); each stream's
+/// frames come out in order, as records with their people.
+pub(crate) fn spawn(
+    graph: &mut Graph,
+    cx: &RunContext,
+    input: Input<Detected>,
+    people: People,
+) -> Input<Tracked> {
+    let (out, tracked) = graph.channel("tracked", cx.queue_frames, WhenFull::Block);
+    let stage = TrackStage {
+        input,
+        people,
+        windows: cx.windows.clone(),
+        stats: cx.stats.clone(),
+        out,
+    };
+    graph.add_stage("track", move |c| stage.run(c));
+    tracked
+}
 
 /// Restores each stream's decode order (workers finish frames out of order), releases each frame
 /// from its stream's window ([`StreamWindows`]), and tracks each stream's faces in that order. A
 /// stream waiting for a slow frame holds back none of the others.
-pub(crate) struct TrackStage {
-    pub(crate) input: Input<Detected>,
-    /// End-of-streams to wait for: one per upstream stage.
-    pub(crate) upstream: usize,
-    pub(crate) people: People,
-    pub(crate) windows: Arc<StreamWindows>,
-    pub(crate) counts: Arc<Mutex<SinkCounts>>,
-    pub(crate) out: Output<Tracked>,
+struct TrackStage {
+    input: Input<Detected>,
+    people: People,
+    windows: Arc<StreamWindows>,
+    stats: RunStats,
+    out: Output<Tracked>,
 }
 
 impl TrackStage {
-    pub(crate) fn run(mut self, control: &Control) -> Result<(), String> {
-        let streams = self.counts.lock().map(|n| n.reported.len()).unwrap_or(0);
+    fn run(mut self, control: &Control) -> Result<(), String> {
+        let streams = self.stats.streams();
         let mut reorder = Reorder::new(streams);
-        let mut eos_seen = 0usize;
         loop {
             let (stream, done) = match self.input.recv(control) {
                 Received::Item(d) => {
@@ -34,11 +50,7 @@ impl TrackStage {
                     reorder.push(d);
                     (Some(stream), false)
                 }
-                Received::Eos => {
-                    eos_seen += 1;
-                    (None, eos_seen >= self.upstream)
-                }
-                Received::Disconnected => (None, true),
+                Received::Eos | Received::Disconnected => (None, true),
             };
             let held_peak = stream.map_or(0, |s| reorder.held_for(s));
             // At the end, every stream's frames after a gap (a failed worker) come out too.
@@ -50,28 +62,27 @@ impl TrackStage {
             for s in release {
                 while let Some(d) = reorder.pop(s, done) {
                     self.windows.release(s);
-                    let item = self.track(d);
+                    let item = self.track(d, control);
                     if self.out.send(item, control) == Sent::Closed {
                         return Ok(());
                     }
                 }
             }
-            if let Ok(mut n) = self.counts.lock() {
+            let people = &self.people;
+            self.stats.update(|n| {
                 n.reorder_pending = reorder.held();
                 n.reorder_window = self.windows.total();
                 n.reorder_peak = n.reorder_peak.max(held_peak);
-                let streams = n.reported.len();
-                n.people = (0..streams).map(|i| self.people.people(i)).collect();
-                n.people_in_view = (0..streams).map(|i| self.people.in_view(i)).collect();
-            }
+                n.people = (0..streams).map(|i| people.people(i)).collect();
+                n.people_in_view = (0..streams).map(|i| people.in_view(i)).collect();
+            });
             if done {
                 // The people still in view when the run ends (none written if the output closed).
-                let closed = self.counts.lock().map(|n| n.output_closed).unwrap_or(false);
                 let item = Tracked {
                     stream: 0,
                     frame: None,
                     pixels: Vec::new(),
-                    ended: if closed {
+                    ended: if control.output_closed() {
                         Vec::new()
                     } else {
                         self.people.finish()
@@ -79,9 +90,7 @@ impl TrackStage {
                     stream_ended: false,
                 };
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
-                if let Ok(mut n) = self.counts.lock() {
-                    n.people = people;
-                }
+                self.stats.update(|n| n.people = people);
                 self.out.send(item, control);
                 return Ok(());
             }
@@ -89,12 +98,11 @@ impl TrackStage {
     }
 
     /// One frame (or a stream's end mark) through its stream's tracker.
-    fn track(&mut self, d: Detected) -> Tracked {
+    fn track(&mut self, d: Detected, control: &Control) -> Tracked {
         let stream = d.frame.stream.index;
         // The reader of the output went away: the frames still coming are only counted (the
         // sinks write nothing), and no one is tracked or counted as a person any more.
-        let closed = self.counts.lock().map(|n| n.output_closed).unwrap_or(false);
-        if closed {
+        if control.output_closed() {
             return Tracked {
                 stream,
                 frame: (!d.stream_ended).then(|| record(d.frame, d.faces)),
@@ -134,7 +142,7 @@ impl TrackStage {
 }
 
 /// A frame's record, with its faces.
-fn record(frame: crate::sources::Frame, faces: Vec<crate::sinks::FaceRecord>) -> FrameRecord {
+fn record(frame: crate::sources::Frame, faces: Vec<FaceRecord>) -> FrameRecord {
     FrameRecord {
         kind: RecordKind::Frame,
         stream: frame.stream.id.clone(),
