@@ -16,7 +16,7 @@ use faceflow::detect::{DetectConfig, Mtcnn};
 use faceflow::model::AgeGrouping;
 use faceflow::pipeline::AttributesConfig;
 use faceflow::record::{FaceRecord, ImageRecord};
-use faceflow::sinks::{JsonConfig, JsonLinesWriter};
+use faceflow::sinks::{JsonConfig, JsonLinesWriter, OutputError};
 
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
     refuse_videos("detect", &paths(&args.images))?;

@@ -25,9 +25,7 @@ use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::flow::{PixelReaders, RunContext, Sizes};
 use crate::graph::{self, Control, Graph};
 use crate::model::AgeGrouping;
-use crate::sinks::{
-    JsonConfig, JsonLinesWriter, MqttConfig, MqttSink, OverlayConfig, OverlaySink, Sink,
-};
+use crate::sinks::{self, JsonConfig, MqttConfig, OutputConfig, OutputContext, OverlayConfig};
 use crate::sources::{Source, SourceConfig};
 use crate::track::TrackConfig;
 use crate::track::people::People;
@@ -255,6 +253,17 @@ impl PipelineConfig {
         }
     }
 
+    /// Every output the run may have, each off unless set, in the order records reach them. A
+    /// new output is its folder under `sinks/`, its key above, and its line here.
+    pub fn outputs(&self) -> Vec<&dyn OutputConfig> {
+        vec![&self.json, &self.overlay, &self.mqtt]
+    }
+
+    /// The ids of the run's streams, by index.
+    pub fn stream_ids(&self) -> Vec<String> {
+        self.streams().into_iter().map(|(id, _)| id).collect()
+    }
+
     /// The streams of the run with their ids: `[[sources]]` when given, else `[source]`. A stream's
     /// id is its `name`, else its position ("0", "1", …).
     pub fn streams(&self) -> Vec<(String, SourceConfig)> {
@@ -314,8 +323,9 @@ impl PipelineConfig {
         self.detect.validate()?;
         self.track.validate()?;
         self.attributes.validate()?;
-        self.overlay.target()?;
-        self.mqtt.broker()?;
+        for output in self.outputs() {
+            output.validate()?;
+        }
         self.metrics.validate()?;
         Setting::key("queue_frames").check_or_zero(
             self.queue_frames,
@@ -390,7 +400,7 @@ pub struct BuiltStages {
     pub detectors: Vec<Box<dyn FrameDetector>>,
     pub attributes: Option<(AttributeModel, AgeGrouping)>,
     /// Every output, each given every record.
-    pub sinks: Vec<Box<dyn Sink>>,
+    pub sinks: Vec<Box<dyn sinks::Sink>>,
     /// The metrics port, bound before any output is created (a taken port must not cost the
     /// previous run's JSON); `None`: bound when the run starts, if `[metrics] listen` is set.
     pub metrics_listener: Option<std::net::TcpListener>,
@@ -427,21 +437,8 @@ pub fn run(
         .as_deref()
         .map(metrics::bind)
         .transpose()?;
-    // The overlay first: a taken RTSP port must not cost the previous run's JSON.
-    let overlay = match config.overlay.target()? {
-        Some(to) => {
-            let ids: Vec<String> = config.streams().into_iter().map(|(id, _)| id).collect();
-            Some(OverlaySink::create(&config.overlay, to, &ids)?)
-        }
-        None => None,
-    };
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLinesWriter::create(&config.json)?)];
-    if let Some(overlay) = overlay {
-        sinks.push(Box::new(overlay));
-    }
-    if let Some(broker) = config.mqtt.broker()? {
-        sinks.push(Box::new(MqttSink::connect(&config.mqtt, broker)?));
-    }
+    let ids = config.stream_ids();
+    let sinks = sinks::build_all(&config.outputs(), &OutputContext { streams: &ids })?;
     let stages = BuiltStages {
         sources,
         detectors,
@@ -750,7 +747,9 @@ mod tests {
                 .collect(),
             detectors,
             attributes: None,
-            sinks: vec![Box::new(JsonLinesWriter::create(&config.json).unwrap())],
+            sinks: vec![Box::new(
+                crate::sinks::JsonLinesWriter::create(&config.json).unwrap(),
+            )],
             metrics_listener: None,
         };
         run_stages(config, stages, Control::new(), RunHooks::default()).unwrap()

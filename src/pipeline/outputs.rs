@@ -6,8 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::{PipelineConfig, PipelineError};
-use crate::sinks::OverlayTarget;
-use crate::sinks::overlay::stream_file;
+use crate::sinks::{Claim, OutputContext};
 
 /// What a path names on disk, so that two spellings of one file compare equal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,65 +99,64 @@ pub fn input_file(input: &str) -> Option<PathBuf> {
     Some(PathBuf::from(input))
 }
 
-/// A file the run writes.
+/// A file the run reads, and what it is to the run (named in refusals).
 #[derive(Debug, Clone)]
-pub struct OutputFile {
-    /// The setting that names it, as its flag: `--json`, `--overlay`.
-    pub flag: &'static str,
-    /// The setting's value as given.
-    pub given: String,
-    /// The file itself (one stream's overlay file is not the value given).
+pub struct InputFile {
+    pub what: String,
     pub path: PathBuf,
-    /// The stream whose file it is (overlay files with several streams).
-    pub stream: Option<String>,
 }
 
-impl OutputFile {
+/// A file an output writes (see [`Claim::File`]).
+struct OutputFile<'a> {
+    setting: &'static str,
+    given: &'a str,
+    path: &'a Path,
+    stream: Option<&'a str>,
+}
+
+impl OutputFile<'_> {
     fn describe(&self) -> String {
-        match &self.stream {
+        match self.stream {
             Some(id) => format!("stream {id}'s overlay file {}", self.path.display()),
-            None if self.flag == "--json" => "the JSON output".to_string(),
+            None if self.setting == "json.path" => "the JSON output".to_string(),
             None => "the overlay file".to_string(),
         }
     }
 }
 
-/// A file the run reads.
-#[derive(Debug, Clone)]
-pub struct InputFile {
-    /// What it is, for errors: `the input of stream 0`, `the attribute model`, …
-    pub what: String,
-    pub path: PathBuf,
+/// A port an output listens on (see [`Claim::Port`]).
+struct Listening<'a> {
+    setting: &'static str,
+    given: &'a str,
+    host: &'a str,
+    port: u16,
 }
 
 impl PipelineConfig {
-    /// Every file the run writes: the JSON Lines file (unless standard output) and each stream's
-    /// overlay file.
-    pub fn output_files(&self) -> Result<Vec<OutputFile>, PipelineError> {
-        let mut files = Vec::new();
-        if self.json.path != "-" {
-            files.push(OutputFile {
-                flag: "--json",
-                given: self.json.path.clone(),
-                path: PathBuf::from(&self.json.path),
-                stream: None,
-            });
-        }
-        if let Some(OverlayTarget::File(path)) = self.overlay.target()? {
-            let ids: Vec<String> = self.streams().into_iter().map(|(id, _)| id).collect();
-            for id in &ids {
-                files.push(OutputFile {
-                    flag: "--overlay",
-                    given: path.display().to_string(),
-                    path: stream_file(&path, id, ids.len()),
-                    stream: (ids.len() > 1).then(|| id.clone()),
-                });
+    /// What every output that is on will take, with the metrics port.
+    pub fn claims(&self) -> Result<Vec<Claim>, PipelineError> {
+        let ids = self.stream_ids();
+        let cx = OutputContext { streams: &ids };
+        let mut claims = Vec::new();
+        for output in self.outputs() {
+            if output.enabled() {
+                claims.extend(output.claims(&cx)?);
             }
         }
-        Ok(files)
+        if let Some(listen) = &self.metrics.listen
+            && let Ok(address) = listen.parse::<std::net::SocketAddr>()
+        {
+            claims.push(Claim::Port {
+                setting: "metrics.listen",
+                given: listen.clone(),
+                host: address.ip().to_string(),
+                port: address.port(),
+            });
+        }
+        Ok(claims)
     }
 
-    /// Every local file the run reads: file inputs, the models, the MQTT CA certificate.
+    /// The files the run reads: inputs, models.
     pub fn input_files(&self) -> Vec<InputFile> {
         let mut files = Vec::new();
         for (id, source) in self.streams() {
@@ -169,7 +167,6 @@ impl PipelineConfig {
                 });
             }
         }
-        // A model named but not used (detection only) is still the user's file, not an output.
         if self.attributes.enabled || self.attributes.model.is_some() {
             files.push(InputFile {
                 what: "the attribute model".into(),
@@ -184,75 +181,154 @@ impl PipelineConfig {
                 });
             }
         }
-        if let Some(ca) = &self.mqtt.ca {
-            files.push(InputFile {
-                what: "the MQTT CA certificate".into(),
-                path: ca.clone(),
-            });
-        }
         files
     }
 
-    /// Refuses, in one line and before anything is created, an output that is an input or another
-    /// output, or whose folder does not exist. `also_read`: files read that the configuration does
-    /// not name (the pipeline file).
+    /// Refuses, before anything is created, every clash among what the run reads and what its
+    /// outputs take: an output file over an input (`also_read`: more files read, such as the
+    /// pipeline file) or over another output, an output file in a folder that does not exist, two
+    /// outputs on one port.
     pub fn check_outputs(&self, also_read: &[InputFile]) -> Result<(), PipelineError> {
-        let outputs = self.output_files()?;
+        let claims = self.claims()?;
         let mut inputs = self.input_files();
         inputs.extend(also_read.iter().cloned());
+        for claim in &claims {
+            if let Claim::Read { what, path } = claim {
+                inputs.push(InputFile {
+                    what: what.clone(),
+                    path: path.clone(),
+                });
+            }
+        }
         let inputs: Vec<(FileIdentity, &InputFile)> =
             inputs.iter().map(|i| (identity(&i.path), i)).collect();
-        let mut written: Vec<(FileIdentity, &OutputFile)> = Vec::new();
-        for output in &outputs {
-            let flag = output.flag;
-            let given = &output.given;
-            let folder = match output.path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            match std::fs::metadata(folder) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(PipelineError::Invalid(format!(
-                        "{flag} {given}: {} is not a folder",
-                        folder.display()
-                    )));
+        let mut written: Vec<(FileIdentity, OutputFile<'_>)> = Vec::new();
+        let mut listening: Vec<Listening<'_>> = Vec::new();
+        for claim in &claims {
+            match claim {
+                Claim::File {
+                    setting,
+                    given,
+                    path,
+                    stream,
+                } => {
+                    let output = OutputFile {
+                        setting,
+                        given,
+                        path,
+                        stream: stream.as_deref(),
+                    };
+                    let id = check_file(&output, &inputs, &written)?;
+                    written.push((id, output));
                 }
-                Err(_) => {
-                    return Err(PipelineError::Invalid(format!(
-                        "{flag} {given}: folder {} does not exist (create it first)",
-                        folder.display()
-                    )));
+                Claim::Port {
+                    setting,
+                    given,
+                    host,
+                    port,
+                } => {
+                    let port = Listening {
+                        setting,
+                        given,
+                        host,
+                        port: *port,
+                    };
+                    if let Some(earlier) = listening.iter().find(|l| overlaps(l, &port)) {
+                        return Err(PipelineError::Invalid(format!(
+                            "{} {}: port {} is also taken by {} {}; give another port",
+                            shown(port.setting),
+                            port.given,
+                            port.port,
+                            shown(earlier.setting),
+                            earlier.given
+                        )));
+                    }
+                    listening.push(port);
                 }
+                Claim::Read { .. } => {}
             }
-            let id = identity(&output.path);
-            if let Some((_, input)) = inputs.iter().find(|(i, _)| *i == id) {
-                let what = &input.what;
-                let hint = hint(flag);
-                return Err(PipelineError::Invalid(match &output.stream {
-                    None => format!("{flag} {given}: that is {what}; {hint}"),
-                    Some(_) => format!(
-                        "{flag} {given}: {} would overwrite {what} ({}); {hint}",
-                        output.describe(),
-                        input.path.display()
-                    ),
-                }));
-            }
-            if let Some((_, earlier)) = written.iter().find(|(w, _)| *w == id) {
-                return Err(PipelineError::Invalid(format!(
-                    "{flag} {given}: {} is also {}; give another file",
-                    output.describe(),
-                    earlier.describe()
-                )));
-            }
-            written.push((id, output));
         }
         Ok(())
     }
 }
 
-fn hint(flag: &str) -> &'static str {
-    if flag == "--json" {
+/// Checks one output file: its folder exists, it is no input and no earlier output. Its identity.
+fn check_file(
+    output: &OutputFile<'_>,
+    inputs: &[(FileIdentity, &InputFile)],
+    written: &[(FileIdentity, OutputFile<'_>)],
+) -> Result<FileIdentity, PipelineError> {
+    let setting = shown(output.setting);
+    let given = output.given;
+    let folder = match output.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(folder) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(PipelineError::Invalid(format!(
+                "{setting} {given}: {} is not a folder",
+                folder.display()
+            )));
+        }
+        Err(_) => {
+            return Err(PipelineError::Invalid(format!(
+                "{setting} {given}: folder {} does not exist (create it first)",
+                folder.display()
+            )));
+        }
+    }
+    // What would make creating the file fail, found before any output creates its own.
+    if output.path.is_dir() {
+        return Err(PipelineError::Invalid(format!(
+            "{setting} {given}: cannot create {}: it is a folder",
+            output.path.display()
+        )));
+    }
+    let id = identity(output.path);
+    if let Some((_, input)) = inputs.iter().find(|(i, _)| *i == id) {
+        let what = &input.what;
+        let hint = hint(output.setting);
+        return Err(PipelineError::Invalid(match output.stream {
+            None => format!("{setting} {given}: that is {what}; {hint}"),
+            Some(_) => format!(
+                "{setting} {given}: {} would overwrite {what} ({}); {hint}",
+                output.describe(),
+                input.path.display()
+            ),
+        }));
+    }
+    if let Some((_, earlier)) = written.iter().find(|(w, _)| *w == id) {
+        return Err(PipelineError::Invalid(format!(
+            "{setting} {given}: {} is also {}; give another file",
+            output.describe(),
+            earlier.describe()
+        )));
+    }
+    Ok(id)
+}
+
+/// Whether two listeners would take one port: the same port on the same address, or on every
+/// interface.
+fn overlaps(a: &Listening<'_>, b: &Listening<'_>) -> bool {
+    let everywhere = |host: &str| matches!(host, "0.0.0.0" | "::" | "[::]" | "");
+    a.port == b.port && (a.host == b.host || everywhere(a.host) || everywhere(b.host))
+}
+
+/// A setting as the user gave it: its flag.
+// TODO(issue 32, item 5): the CLI maps keys to flags; until then, here.
+fn shown(setting: &str) -> &str {
+    match setting {
+        "json.path" => "--json",
+        "overlay.path" => "--overlay",
+        "metrics.listen" => "--metrics",
+        other => other,
+    }
+}
+
+fn hint(setting: &str) -> &'static str {
+    if setting == "json.path" {
         "give the output file (e.g. --json faces.jsonl) or - for standard output"
     } else {
         "give a new .mp4 file"

@@ -1,15 +1,23 @@
 //! Sinks: where results leave faceflow. Each sink takes the run's records in decode order per
 //! stream (frame records, and a track record when a person's track ends) through [`Sink`]; the
-//! [`stage`] fans every record out to all of them. Now: the JSON Lines metadata stream.
+//! [`stage`] fans every record out to all of them.
+//!
+//! Each output lives in its own folder (`json/`, `overlay/`, `mqtt/`) with its settings, which
+//! implement [`OutputConfig`]: they check themselves, declare the files and ports they will take
+//! ([`Claim`]), and build their sink; each has its own error type ([`OutputError`]). The run
+//! finds clashes among all claims before anything is created (`pipeline::outputs`). A new output
+//! is a new folder plus its line in `PipelineConfig::outputs`.
 
 pub mod json;
-pub mod live_overlay;
 pub mod mqtt;
 pub mod overlay;
 pub(crate) mod stage;
-pub mod window_overlay;
 
-pub use json::{JsonConfig, JsonLinesWriter, SinkError};
+pub use json::{JsonConfig, JsonError, JsonLinesWriter};
+pub use mqtt::MqttError;
+pub use overlay::OverlayError;
+
+use std::path::PathBuf;
 
 use crate::record::{FrameRecord, TrackRecord};
 pub use mqtt::{MqttConfig, MqttSink};
@@ -17,7 +25,7 @@ pub use overlay::{OverlayConfig, OverlaySink, OverlayTarget};
 
 /// Refuses an output file whose folder does not exist: a mistyped path must not create folders
 /// (`--json /no/such/dir/x.jsonl`).
-pub(crate) fn check_folder(file: &std::path::Path) -> Result<(), SinkError> {
+pub(crate) fn check_folder(file: &std::path::Path) -> Result<(), std::io::Error> {
     let folder = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => return Ok(()),
@@ -25,16 +33,125 @@ pub(crate) fn check_folder(file: &std::path::Path) -> Result<(), SinkError> {
     if folder.is_dir() {
         return Ok(());
     }
-    Err(SinkError::Create {
-        path: file.to_path_buf(),
-        reason: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!(
-                "folder {} does not exist (create it first)",
-                folder.display()
-            ),
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!(
+            "folder {} does not exist (create it first)",
+            folder.display()
         ),
-    })
+    ))
+}
+
+/// What outputs are built for: the run's streams.
+pub struct OutputContext<'a> {
+    /// The run's stream ids, by index.
+    pub streams: &'a [String],
+}
+
+/// Something an output will take on this machine, declared before anything is created, so that
+/// clashes (an output over an input, two outputs on one file or port) are found in one place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// A file it writes. `setting`: the key that names it (`json.path`); `given`: the value as
+    /// given; `stream`: the stream whose file it is, when each stream has its own.
+    File {
+        setting: &'static str,
+        given: String,
+        path: PathBuf,
+        stream: Option<String>,
+    },
+    /// A file it reads (a certificate): no output may overwrite it.
+    Read { what: String, path: PathBuf },
+    /// A TCP port it listens on, on `host` (`0.0.0.0` or `::`: every interface).
+    Port {
+        setting: &'static str,
+        given: String,
+        host: String,
+        port: u16,
+    },
+}
+
+/// An output's settings (`[json]`, `[overlay]`, `[mqtt]`): each output is off unless set.
+pub trait OutputConfig {
+    /// Whether the run has this output.
+    fn enabled(&self) -> bool;
+    /// Checks the settings without creating, opening or connecting anything.
+    fn validate(&self) -> Result<(), SinkError>;
+    /// The files and ports the output will take (none when it is off).
+    fn claims(&self, cx: &OutputContext<'_>) -> Result<Vec<Claim>, SinkError>;
+    /// Builds the sink: creates its files, listens, connects. Called only when it is on, after
+    /// every output's claims were found free of clashes.
+    fn build(&self, cx: &OutputContext<'_>) -> Result<Box<dyn Sink>, SinkError>;
+}
+
+/// Builds every output that is on, in the order given. Those that write files are created last:
+/// a taken port or a refused broker must not cost the files of an earlier run.
+pub fn build_all(
+    outputs: &[&dyn OutputConfig],
+    cx: &OutputContext<'_>,
+) -> Result<Vec<Box<dyn Sink>>, SinkError> {
+    let mut order = Vec::new();
+    for (i, output) in outputs.iter().enumerate() {
+        if output.enabled() {
+            let writes_files = output
+                .claims(cx)?
+                .iter()
+                .any(|c| matches!(c, Claim::File { .. }));
+            order.push((writes_files, i));
+        }
+    }
+    order.sort();
+    let mut built: Vec<(usize, Box<dyn Sink>)> = Vec::new();
+    for (_, i) in order {
+        built.push((i, outputs[i].build(cx)?));
+    }
+    // Records reach the sinks in the order the outputs are listed.
+    built.sort_by_key(|(i, _)| *i);
+    Ok(built.into_iter().map(|(_, sink)| sink).collect())
+}
+
+/// An output's own error type: each sink has one, and the sink stage sees them all as
+/// [`SinkError`].
+pub trait OutputError: std::error::Error + Send + Sync + 'static {
+    /// The reader of a pipe went away (`faceflow … | head -1`): not a failure, a reason to stop.
+    fn is_broken_pipe(&self) -> bool {
+        false
+    }
+}
+
+/// A failure of one of the outputs, in its own words.
+#[derive(Debug)]
+pub struct SinkError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    broken_pipe: bool,
+}
+
+impl<E: OutputError> From<E> for SinkError {
+    fn from(error: E) -> Self {
+        Self {
+            broken_pipe: error.is_broken_pipe(),
+            error: Box::new(error),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl SinkError {
+    /// The reader of a pipe went away (see [`OutputError::is_broken_pipe`]).
+    pub fn is_broken_pipe(&self) -> bool {
+        self.broken_pipe
+    }
 }
 
 /// One output of a run. Calls come from one thread, in order: for each frame its record, then the
@@ -73,28 +190,5 @@ pub trait Sink: Send {
     /// The sink's own counters now, for metrics (`faceflow_<name>`).
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
-    }
-}
-
-impl Sink for JsonLinesWriter {
-    fn write_frame(
-        &mut self,
-        _stream: usize,
-        record: &FrameRecord,
-        _pixels: &[u8],
-    ) -> Result<(), SinkError> {
-        self.write(record)
-    }
-
-    fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
-        self.write(record)
-    }
-
-    fn idle(&mut self) -> Result<(), SinkError> {
-        self.flush_if_due()
-    }
-
-    fn finish(&mut self) -> Result<(), SinkError> {
-        self.flush()
     }
 }

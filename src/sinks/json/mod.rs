@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::{Claim, OutputConfig, OutputContext, OutputError, Sink, SinkError};
+use crate::record::{FrameRecord, TrackRecord};
+
+/// A failure of the JSON Lines output.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum JsonError {
     #[error("cannot create {path}: {reason}")]
     Create {
         path: PathBuf,
@@ -19,18 +23,11 @@ pub enum SinkError {
         target: String,
         reason: std::io::Error,
     },
-    /// The overlay video: `target` is its file.
-    #[error("overlay {target}: {message}")]
-    Overlay { target: String, message: String },
-    /// MQTT: `target` is the broker URL, its password masked.
-    #[error("mqtt {target}: {message}")]
-    Mqtt { target: String, message: String },
 }
 
-impl SinkError {
-    /// The reader of a pipe went away (`faceflow … | head -1`): not a failure, a reason to stop.
-    pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, SinkError::Write { reason, .. } if reason.kind() == std::io::ErrorKind::BrokenPipe)
+impl OutputError for JsonError {
+    fn is_broken_pipe(&self) -> bool {
+        matches!(self, JsonError::Write { reason, .. } if reason.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 
@@ -65,7 +62,7 @@ pub struct JsonLinesWriter {
 const FILE_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl JsonLinesWriter {
-    pub fn create(config: &JsonConfig) -> Result<Self, SinkError> {
+    pub fn create(config: &JsonConfig) -> Result<Self, JsonError> {
         if config.path == "-" {
             return Ok(Self {
                 out: Box::new(std::io::stdout()),
@@ -77,11 +74,12 @@ impl JsonLinesWriter {
             });
         }
         let path = Path::new(&config.path);
-        super::check_folder(path)?;
-        let file = File::create(path).map_err(|reason| SinkError::Create {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let file = super::check_folder(path)
+            .and_then(|()| File::create(path))
+            .map_err(|reason| JsonError::Create {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         Ok(Self {
             out: Box::new(BufWriter::with_capacity(256 * 1024, file)),
             target: config.path.clone(),
@@ -104,8 +102,8 @@ impl JsonLinesWriter {
         }
     }
 
-    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), SinkError> {
-        let err = |reason| SinkError::Write {
+    pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), JsonError> {
+        let err = |reason| JsonError::Write {
             target: self.target.clone(),
             reason,
         };
@@ -125,15 +123,15 @@ impl JsonLinesWriter {
 
     /// Flushes lines that have waited a second or more. Call it also when no record comes (a
     /// camera stalls), so the file never lags a run by more than about a second.
-    pub fn flush_if_due(&mut self) -> Result<(), SinkError> {
+    pub fn flush_if_due(&mut self) -> Result<(), JsonError> {
         if self.unflushed && self.last_flush.elapsed() >= FILE_FLUSH_INTERVAL {
             self.flush()?;
         }
         Ok(())
     }
 
-    pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|reason| SinkError::Write {
+    pub fn flush(&mut self) -> Result<(), JsonError> {
+        self.out.flush().map_err(|reason| JsonError::Write {
             target: self.target.clone(),
             reason,
         })?;
@@ -151,6 +149,56 @@ impl Drop for JsonLinesWriter {
     fn drop(&mut self) {
         // Whatever ends the run, complete lines already written reach the file.
         let _ = self.out.flush();
+    }
+}
+
+impl OutputConfig for JsonConfig {
+    /// Always on: standard output unless a file is given.
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn validate(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn claims(&self, _cx: &OutputContext<'_>) -> Result<Vec<Claim>, SinkError> {
+        if self.path == "-" {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Claim::File {
+            setting: "json.path",
+            given: self.path.clone(),
+            path: PathBuf::from(&self.path),
+            stream: None,
+        }])
+    }
+
+    fn build(&self, _cx: &OutputContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(JsonLinesWriter::create(self)?))
+    }
+}
+
+impl Sink for JsonLinesWriter {
+    fn write_frame(
+        &mut self,
+        _stream: usize,
+        record: &FrameRecord,
+        _pixels: &[u8],
+    ) -> Result<(), SinkError> {
+        Ok(self.write(record)?)
+    }
+
+    fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        Ok(self.write(record)?)
+    }
+
+    fn idle(&mut self) -> Result<(), SinkError> {
+        Ok(self.flush_if_due()?)
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(self.flush()?)
     }
 }
 

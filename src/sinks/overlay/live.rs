@@ -13,7 +13,7 @@ use gstreamer_app as gst_app;
 use gstreamer_rtsp_server as rtsp_server;
 use gstreamer_rtsp_server::prelude::*;
 
-use super::SinkError;
+use super::OverlayError;
 
 /// Where to serve: `rtsp://HOST:PORT/PATH`.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,9 +86,9 @@ pub struct RtspOverlay {
 
 impl RtspOverlay {
     /// Starts serving `streams` mounts (ids in order); a port that is taken fails here.
-    pub fn start(address: RtspAddress, stream_ids: &[String]) -> Result<Self, SinkError> {
+    pub fn start(address: RtspAddress, stream_ids: &[String]) -> Result<Self, OverlayError> {
         let shown = format!("rtsp://{}:{}{}", address.host, address.port, address.path);
-        let fail = |message: String| SinkError::Overlay {
+        let fail = |message: String| OverlayError::Failed {
             target: shown.clone(),
             message,
         };
@@ -136,7 +136,7 @@ impl RtspOverlay {
                 src.set_block(false);
                 if let Ok(mut feed) = slot.lock() {
                     if let Some((w, h)) = feed.size {
-                        src.set_caps(Some(&super::overlay::rgb_caps(w, h)));
+                        src.set_caps(Some(&super::rgb_caps(w, h)));
                     }
                     feed.appsrc = Some(src);
                 }
@@ -189,7 +189,7 @@ impl RtspOverlay {
         if feed.size != Some((width, height)) {
             feed.size = Some((width, height));
             if let Some(src) = &feed.appsrc {
-                src.set_caps(Some(&super::overlay::rgb_caps(width, height)));
+                src.set_caps(Some(&super::rgb_caps(width, height)));
             }
         }
         let Some(src) = feed.appsrc.clone() else {

@@ -14,8 +14,11 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use serde::{Deserialize, Serialize};
 
-use super::{Sink, SinkError};
+use super::{Claim, OutputConfig, OutputContext, OutputError, Sink, SinkError};
 use crate::record::{FaceRecord, FrameRecord, TrackRecord};
+
+pub mod live;
+pub mod window;
 
 /// `[overlay]` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -27,29 +30,44 @@ pub struct OverlayConfig {
     pub blur_faces: bool,
 }
 
+/// A failure of the overlay video.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// `target`: its file, RTSP address or window.
+    #[error("overlay {target}: {message}")]
+    Failed { target: String, message: String },
+    #[error("cannot create {path}: {reason}")]
+    Create {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
+}
+
+impl OutputError for OverlayError {}
+
 /// Where the overlay goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OverlayTarget {
     /// An .mp4 file (one per stream with several).
     File(PathBuf),
     /// Served over RTSP while the run goes on.
-    Rtsp(super::live_overlay::RtspAddress),
+    Rtsp(live::RtspAddress),
     /// Shown in a window per stream on this machine's display.
     Window,
 }
 
 impl OverlayConfig {
     /// Where the overlay goes, checked: `None` when there is no overlay.
-    pub fn target(&self) -> Result<Option<OverlayTarget>, SinkError> {
+    pub fn target(&self) -> Result<Option<OverlayTarget>, OverlayError> {
         let Some(path) = self.path.as_deref() else {
             return Ok(None);
         };
-        let bad = |message: &str| SinkError::Overlay {
+        let bad = |message: &str| OverlayError::Failed {
             target: crate::redact::url(path).into_owned(),
             message: message.to_string(),
         };
         if path.starts_with("rtsp://") {
-            return super::live_overlay::RtspAddress::parse(path)
+            return live::RtspAddress::parse(path)
                 .map(|a| Some(OverlayTarget::Rtsp(a)))
                 .map_err(|e| bad(&e));
         }
@@ -67,6 +85,51 @@ impl OverlayConfig {
             return Err(bad("the overlay file must end in .mp4"));
         }
         Ok(Some(OverlayTarget::File(file)))
+    }
+}
+
+impl OutputConfig for OverlayConfig {
+    fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    fn validate(&self) -> Result<(), SinkError> {
+        self.target()?;
+        Ok(())
+    }
+
+    fn claims(&self, cx: &OutputContext<'_>) -> Result<Vec<Claim>, SinkError> {
+        let given = || self.path.clone().unwrap_or_default();
+        Ok(match self.target()? {
+            Some(OverlayTarget::File(path)) => cx
+                .streams
+                .iter()
+                .map(|id| Claim::File {
+                    setting: "overlay.path",
+                    given: given(),
+                    path: stream_file(&path, id, cx.streams.len()),
+                    stream: (cx.streams.len() > 1).then(|| id.clone()),
+                })
+                .collect(),
+            Some(OverlayTarget::Rtsp(address)) => vec![Claim::Port {
+                setting: "overlay.path",
+                given: given(),
+                host: address.host,
+                port: address.port,
+            }],
+            Some(OverlayTarget::Window) | None => Vec::new(),
+        })
+    }
+
+    fn build(&self, cx: &OutputContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
+        match self.target()? {
+            Some(to) => Ok(Box::new(OverlaySink::create(self, to, cx.streams)?)),
+            None => Err(OverlayError::Failed {
+                target: String::new(),
+                message: "no overlay path".into(),
+            }
+            .into()),
+        }
     }
 }
 
@@ -121,8 +184,8 @@ struct Encoder {
 const FINALISE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Encoder {
-    fn start(path: &Path, width: u32, height: u32) -> Result<Self, SinkError> {
-        let fail = |message: String| SinkError::Overlay {
+    fn start(path: &Path, width: u32, height: u32) -> Result<Self, OverlayError> {
+        let fail = |message: String| OverlayError::Failed {
             target: path.display().to_string(),
             message,
         };
@@ -193,22 +256,22 @@ impl Encoder {
         })
     }
 
-    fn error(&self, message: impl Into<String>) -> SinkError {
-        SinkError::Overlay {
+    fn error(&self, message: impl Into<String>) -> OverlayError {
+        OverlayError::Failed {
             target: self.path.display().to_string(),
             message: message.into(),
         }
     }
 
     /// The first error the encoder's pipeline reported, if any.
-    fn bus_error(&self) -> Option<SinkError> {
+    fn bus_error(&self) -> Option<OverlayError> {
         pipeline_error(&self.pipeline).map(|e| self.error(e))
     }
 
     /// Queues a frame. Each frame is handed to the encoder when the next one comes, with its
     /// duration (to the next frame's time): a muxer gives a last frame without a duration no
     /// time, and players drop it.
-    fn push(&mut self, pixels: Vec<u8>, pts_ms: f64) -> Result<(), SinkError> {
+    fn push(&mut self, pixels: Vec<u8>, pts_ms: f64) -> Result<(), OverlayError> {
         if let Some(e) = self.bus_error() {
             return Err(e);
         }
@@ -228,7 +291,7 @@ impl Encoder {
         Ok(())
     }
 
-    fn send(&mut self, pixels: Vec<u8>, pts_ns: u64, duration_ns: u64) -> Result<(), SinkError> {
+    fn send(&mut self, pixels: Vec<u8>, pts_ns: u64, duration_ns: u64) -> Result<(), OverlayError> {
         let pixels = encoder_layout(
             pixels,
             (self.width as usize, self.height as usize),
@@ -248,7 +311,7 @@ impl Encoder {
 
     /// Ends the file: end-of-stream through the encoder and muxer, then waits for it to be
     /// written.
-    fn finish(mut self) -> Result<(), SinkError> {
+    fn finish(mut self) -> Result<(), OverlayError> {
         // The last frame; whatever happens to it, the file is still ended below.
         let last = match self.pending.take() {
             Some((pixels, pts_ns)) => {
@@ -341,9 +404,9 @@ pub struct OverlaySink {
     /// Streams whose file is finished.
     ended: Vec<bool>,
     /// Served over RTSP instead of written to files.
-    live: Option<super::live_overlay::RtspOverlay>,
+    live: Option<live::RtspOverlay>,
     /// Shown in windows instead of written to files.
-    window: Option<super::window_overlay::WindowOverlay>,
+    window: Option<window::WindowOverlay>,
     /// Files created (empty) before the run; those still empty at the end are removed (a
     /// stream that gave no frame leaves no unplayable file).
     created: Vec<PathBuf>,
@@ -356,21 +419,21 @@ impl OverlaySink {
         config: &OverlayConfig,
         to: OverlayTarget,
         stream_ids: &[String],
-    ) -> Result<Self, SinkError> {
+    ) -> Result<Self, OverlayError> {
         let streams = stream_ids.len();
         let target = match &to {
             OverlayTarget::File(path) => path.display().to_string(),
             OverlayTarget::Rtsp(a) => format!("rtsp://{}:{}{}", a.host, a.port, a.path),
             OverlayTarget::Window => "window".into(),
         };
-        let font = crate::font::dejavu_sans().ok_or_else(|| SinkError::Overlay {
+        let font = crate::font::dejavu_sans().ok_or_else(|| OverlayError::Failed {
             target: target.clone(),
             message: format!(
                 "no font to draw labels with: install fonts-dejavu-core (looked for {})",
                 crate::font::FONT_PATHS[0]
             ),
         })?;
-        gst::init().map_err(|e| SinkError::Overlay {
+        gst::init().map_err(|e| OverlayError::Failed {
             target: target.clone(),
             message: e.to_string(),
         })?;
@@ -382,7 +445,7 @@ impl OverlaySink {
         };
         for &factory in factories {
             if gst::ElementFactory::find(factory).is_none() {
-                return Err(SinkError::Overlay {
+                return Err(OverlayError::Failed {
                     target,
                     message: format!(
                         "GStreamer element {factory} is missing (install gstreamer1.0-plugins-ugly and -good)"
@@ -398,33 +461,30 @@ impl OverlaySink {
             for id in stream_ids {
                 created.push(stream_file(path, id, streams));
                 let file = stream_file(path, id, streams);
-                super::check_folder(&file)?;
-                std::fs::File::create(&file).map_err(|reason| SinkError::Create {
-                    path: file.clone(),
-                    reason,
-                })?;
+                super::check_folder(&file)
+                    .and_then(|()| std::fs::File::create(&file).map(drop))
+                    .map_err(|reason| OverlayError::Create {
+                        path: file.clone(),
+                        reason,
+                    })?;
             }
         }
         let (path, live, window) = match to {
             OverlayTarget::File(path) => (path, None, None),
             OverlayTarget::Rtsp(address) => (
                 PathBuf::new(),
-                Some(super::live_overlay::RtspOverlay::start(
-                    address, stream_ids,
-                )?),
+                Some(live::RtspOverlay::start(address, stream_ids)?),
                 None,
             ),
             OverlayTarget::Window => (
                 PathBuf::new(),
                 None,
-                Some(
-                    super::window_overlay::WindowOverlay::open(stream_ids).map_err(|message| {
-                        SinkError::Overlay {
-                            target: target.clone(),
-                            message,
-                        }
-                    })?,
-                ),
+                Some(window::WindowOverlay::open(stream_ids).map_err(|message| {
+                    OverlayError::Failed {
+                        target: target.clone(),
+                        message,
+                    }
+                })?),
             ),
         };
         Ok(Self {
@@ -517,7 +577,7 @@ impl Sink for OverlaySink {
         }
         let mut canvas = pixels[..bytes].to_vec();
         draw_faces(&mut canvas, record, blur_faces, font);
-        encoder.push(canvas, record.pts_ms)
+        Ok(encoder.push(canvas, record.pts_ms)?)
     }
 
     fn write_track(&mut self, _record: &TrackRecord) -> Result<(), SinkError> {
@@ -532,7 +592,7 @@ impl Sink for OverlaySink {
         if let Some(e) = self.ended.get_mut(stream) {
             *e = true;
         }
-        encoder.map_or(Ok(()), Encoder::finish)
+        Ok(encoder.map_or(Ok(()), Encoder::finish)?)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
@@ -553,7 +613,7 @@ impl Sink for OverlaySink {
                 let _ = std::fs::remove_file(path);
             }
         }
-        result
+        Ok(result?)
     }
 }
 

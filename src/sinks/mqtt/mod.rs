@@ -21,8 +21,49 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
-use super::{Sink, SinkError};
+use super::{Claim, OutputConfig, OutputContext, OutputError, Sink, SinkError};
 use crate::record::{FrameRecord, TrackRecord};
+
+/// A failure of the MQTT output; `target` is the broker URL, its password masked.
+#[derive(Debug, thiserror::Error)]
+#[error("mqtt {target}: {message}")]
+pub struct MqttError {
+    pub target: String,
+    pub message: String,
+}
+
+impl OutputError for MqttError {}
+
+impl OutputConfig for MqttConfig {
+    fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    fn validate(&self) -> Result<(), SinkError> {
+        self.broker()?;
+        Ok(())
+    }
+
+    /// The CA file it reads; the broker is elsewhere.
+    fn claims(&self, _cx: &OutputContext<'_>) -> Result<Vec<Claim>, SinkError> {
+        Ok(self
+            .ca
+            .iter()
+            .map(|ca| Claim::Read {
+                what: "the MQTT CA certificate".into(),
+                path: ca.clone(),
+            })
+            .collect())
+    }
+
+    fn build(&self, _cx: &OutputContext<'_>) -> Result<Box<dyn Sink>, SinkError> {
+        let broker = self.broker()?.ok_or_else(|| MqttError {
+            target: String::new(),
+            message: "no broker URL".into(),
+        })?;
+        Ok(Box::new(MqttSink::connect(self, broker)?))
+    }
+}
 
 /// `[mqtt]` in pipeline files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,11 +115,11 @@ pub struct Broker {
 impl MqttConfig {
     /// The broker to publish to, or `None` when MQTT is off. Errors name the URL with its password
     /// masked.
-    pub fn broker(&self) -> Result<Option<Broker>, SinkError> {
+    pub fn broker(&self) -> Result<Option<Broker>, MqttError> {
         let Some(url) = self.url.as_deref() else {
             return Ok(None);
         };
-        let bad = |message: &str| SinkError::Mqtt {
+        let bad = |message: &str| MqttError {
             target: crate::redact::url(url).into_owned(),
             message: message.to_string(),
         };
@@ -386,7 +427,7 @@ const FINAL_WAIT: Duration = Duration::from_secs(5);
 impl MqttSink {
     /// Starts the connection (in the background: a broker that is down at the start is retried
     /// like one that goes away later).
-    pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, SinkError> {
+    pub fn connect(config: &MqttConfig, broker: Broker) -> Result<Self, MqttError> {
         let shown = crate::redact::url(config.url.as_deref().unwrap_or_default()).into_owned();
         // A client id of its own per run (process id and start time: two containers may both be
         // process 1) and a persistent session, so after a reconnect rumqttc resends what the
@@ -422,11 +463,10 @@ impl MqttSink {
             );
         }
         if let Some(roots) = &broker.tls {
-            let tls =
-                tls_client(roots, config.ca.is_some()).map_err(|message| SinkError::Mqtt {
-                    target: shown.clone(),
-                    message,
-                })?;
+            let tls = tls_client(roots, config.ca.is_some()).map_err(|message| MqttError {
+                target: shown.clone(),
+                message,
+            })?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::new(tls),
             )));
@@ -441,7 +481,7 @@ impl MqttSink {
             std::thread::Builder::new()
                 .name("mqtt".into())
                 .spawn(move || drive(connection, shared, shown_there))
-                .map_err(|e| SinkError::Mqtt {
+                .map_err(|e| MqttError {
                     target: shown.clone(),
                     message: e.to_string(),
                 })?
@@ -461,7 +501,7 @@ impl MqttSink {
     /// Queues `record` as JSON to `stream`'s topic (or counts it as dropped when the buffer is
     /// full).
     fn publish(&mut self, stream: &str, record: &impl Serialize) -> Result<(), SinkError> {
-        let payload = serde_json::to_vec(record).map_err(|e| SinkError::Mqtt {
+        let payload = serde_json::to_vec(record).map_err(|e| MqttError {
             target: self.shown.clone(),
             message: e.to_string(),
         })?;
@@ -646,13 +686,14 @@ impl Sink for MqttSink {
         let (lost, _) = self.waiting();
         if lost > 0 {
             let (published, _) = self.counts();
-            return Err(SinkError::Mqtt {
+            return Err(MqttError {
                 target: self.shown.clone(),
                 message: format!(
                     "{lost} {} not acknowledged by the broker (lost); {published} published",
                     if lost == 1 { "record" } else { "records" }
                 ),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -690,7 +731,7 @@ impl Sink for MqttSink {
 mod tests {
     use super::*;
 
-    fn broker(url: &str) -> Result<Option<Broker>, SinkError> {
+    fn broker(url: &str) -> Result<Option<Broker>, MqttError> {
         MqttConfig {
             url: Some(url.into()),
             ..MqttConfig::default()

@@ -188,7 +188,7 @@ impl Window {
     fn open(stream_id: &str, width: u32, height: u32) -> Result<Self, String> {
         // Two frames at most waiting; a window that lags shows the newest.
         let appsrc = gst_app::AppSrc::builder()
-            .caps(&super::overlay::rgb_caps(width, height))
+            .caps(&super::rgb_caps(width, height))
             .format(gst::Format::Time)
             .is_live(true)
             .do_timestamp(true)
@@ -211,7 +211,7 @@ impl Window {
         gst::Element::link_many(elements).map_err(|e| e.to_string())?;
         if pipeline.set_state(gst::State::Playing).is_err() {
             // The bus has the sink's reason (no display connection, no video output).
-            let reason = super::overlay::pipeline_error(&pipeline)
+            let reason = super::pipeline_error(&pipeline)
                 .unwrap_or_else(|| "the video sink did not start".into());
             let _ = pipeline.set_state(gst::State::Null);
             return Err(format!("cannot open the window: {reason}"));
@@ -234,7 +234,7 @@ impl Window {
 
     /// Why the window stopped (closed by its user, display gone), if it did.
     fn failure(&self) -> Option<String> {
-        super::overlay::pipeline_error(&self.pipeline)
+        super::pipeline_error(&self.pipeline)
     }
 }
 
