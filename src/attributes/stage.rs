@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{AttributeModel, FacesInImage};
+use super::{AttributeError, AttributeModel, FacesInImage};
 use crate::flow::{Detected, RunContext, StageTimes, StreamWindows};
 use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
+use crate::model::readout::Prediction;
 
 /// How faces of several frames share one model call.
 #[derive(Debug, Clone, Copy)]
@@ -17,13 +18,31 @@ pub(crate) struct Batching {
     pub(crate) max_wait: Duration,
 }
 
+/// What reads faces' attributes: the attribute model, or a stand-in in tests.
+pub(crate) trait FacePredictor: Send + 'static {
+    /// `result[i][j]`: face `j` of picture `i` (see [`AttributeModel::predict_faces`]).
+    fn predict_faces(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<Prediction>>>, AttributeError>;
+}
+
+impl FacePredictor for AttributeModel {
+    fn predict_faces(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<Prediction>>>, AttributeError> {
+        AttributeModel::predict_faces(self, images)
+    }
+}
+
 /// Starts the attribute stage on `input` (frames with their faces); the same frames come out,
 /// each face with the model's reading.
 pub(crate) fn spawn(
     graph: &mut Graph,
     cx: &RunContext,
     input: Input<Detected>,
-    model: AttributeModel,
+    model: impl FacePredictor,
     batching: Batching,
 ) -> Input<Detected> {
     let (out, annotated) = graph.channel("annotated", cx.queue_frames, WhenFull::Block);
@@ -42,8 +61,8 @@ pub(crate) fn spawn(
 
 /// Adds age, gender and race to the faces of the frames that come in, batched (see
 /// [`Batching`]). `pixels_for_sinks`: a sink draws on the frames, so their pixels are kept.
-struct AttributesStage {
-    model: AttributeModel,
+struct AttributesStage<M> {
+    model: M,
     batching: Batching,
     windows: Arc<StreamWindows>,
     input: Input<Detected>,
@@ -52,7 +71,7 @@ struct AttributesStage {
     times: StageTimes,
 }
 
-impl AttributesStage {
+impl<M: FacePredictor> AttributesStage<M> {
     fn run(self, control: &Control) -> Result<(), String> {
         let AttributesStage {
             mut model,
@@ -128,5 +147,91 @@ impl AttributesStage {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Face;
+    use crate::flow::{PixelReaders, testing};
+    use crate::record::FaceRecord;
+
+    /// A stand-in model: counts its calls and the faces in each, reads every face as the same.
+    struct Count(Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl FacePredictor for Count {
+        fn predict_faces(
+            &mut self,
+            images: &[FacesInImage<'_>],
+        ) -> Result<Vec<Vec<Option<Prediction>>>, AttributeError> {
+            let faces = images.iter().map(|i| i.faces.len()).sum();
+            self.0.lock().expect("not poisoned").push(faces);
+            let reading = Prediction::from_logits(
+                &[0.0; crate::model::FINE_AGE_BINS],
+                &[0.0, 1.0],
+                &[0.0; 5],
+            );
+            Ok(images
+                .iter()
+                .map(|i| vec![Some(reading.clone()); i.faces.len()])
+                .collect())
+        }
+    }
+
+    fn with_faces(stream: &Arc<crate::sources::StreamInfo>, index: u64, faces: usize) -> Detected {
+        let face = FaceRecord::detection(Face {
+            bbox: [0.0, 0.0, 4.0, 4.0],
+            score: 0.9,
+            landmarks: [[0.0; 2]; 5],
+        });
+        Detected {
+            seq: index,
+            frame: testing::frame(stream, index),
+            faces: vec![face; faces],
+            predictions: vec![None; faces],
+            stream_ended: false,
+        }
+    }
+
+    /// Faces of several frames share model calls of at most `max_batch` faces; every face gets
+    /// its reading, frames without faces pass, and pixels no sink draws on are released.
+    #[test]
+    fn faces_of_several_frames_share_calls_and_every_face_is_read() {
+        let streams = testing::streams(1);
+        let cx = testing::context(
+            &streams,
+            PixelReaders {
+                attributes: true,
+                sinks: false,
+            },
+        );
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batching = Batching {
+            max_batch: 4,
+            max_wait: Duration::from_millis(200),
+        };
+        let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
+        let items = (0..10)
+            .map(|i| with_faces(&streams[0], i, (i % 3) as usize))
+            .collect();
+        let out = testing::run(graph, feed, items, annotated);
+        assert_eq!(out.len(), 10);
+        let faces: usize = out.iter().map(|d| d.faces.len()).sum();
+        assert!(
+            out.iter()
+                .all(|d| d.predictions.iter().all(Option::is_some))
+        );
+        assert!(out.iter().all(|d| d.frame.rgb.is_empty()));
+        let calls = calls.lock().expect("not poisoned");
+        assert_eq!(calls.iter().sum::<usize>(), faces);
+        // A batch may pass max_batch by the faces of its last frame, never by a whole frame.
+        assert!(calls.iter().all(|&n| n < 4 + 3), "{calls:?}");
+        assert!(
+            calls.len() < out.iter().filter(|d| !d.faces.is_empty()).count(),
+            "{calls:?}"
+        );
     }
 }

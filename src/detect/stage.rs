@@ -193,3 +193,108 @@ impl DetectWorker {
 fn failed(frame: &Frame, e: super::DetectError) -> String {
     format!("stream {} frame {}: {e}", frame.stream.id, frame.index)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{RunContext, testing};
+    use crate::graph::WhenFull;
+    use std::sync::Arc;
+
+    /// A stand-in detector: a full search finds one face whose box says which frame it came
+    /// from (its width in pixels); following keeps the faces it is handed.
+    struct Stamp;
+
+    impl FrameDetector for Stamp {
+        fn detect_frame(
+            &mut self,
+            rgb: &[u8],
+            _width: usize,
+            _height: usize,
+        ) -> Result<Vec<Face>, super::super::DetectError> {
+            let stamp = rgb.first().copied().unwrap_or(0) as f32;
+            Ok(vec![Face {
+                bbox: [0.0, 0.0, stamp, 1.0],
+                score: 0.9,
+                landmarks: [[0.0; 2]; 5],
+            }])
+        }
+
+        fn follow_frame(
+            &mut self,
+            _rgb: &[u8],
+            _width: usize,
+            _height: usize,
+            previous: &[Face],
+        ) -> Result<Vec<Face>, super::super::DetectError> {
+            Ok(previous.to_vec())
+        }
+    }
+
+    /// Runs the detect stage on `frames_per_stream` frames of each of two streams with two
+    /// workers; what came out, each stream's frames released from its window as a track stage
+    /// would.
+    fn detect(frames_per_stream: u64, detect_every: u32) -> Vec<Detected> {
+        let streams = testing::streams(2);
+        let cx: RunContext = testing::context(&streams, Default::default());
+        let mut graph = testing::graph();
+        let (feeds, inputs): (Vec<_>, Vec<_>) = streams
+            .iter()
+            .map(|_| graph.channel::<Frame>("frames", 4, WhenFull::Block))
+            .unzip();
+        let detectors: Vec<Box<dyn FrameDetector>> = vec![Box::new(Stamp), Box::new(Stamp)];
+        let detected = spawn(&mut graph, &cx, inputs, detectors, detect_every);
+        for (feed, stream) in feeds.into_iter().zip(streams.clone()) {
+            graph.add_stage(format!("test-source-{}", stream.index), move |c| {
+                for i in 0..frames_per_stream {
+                    let mut frame = testing::frame(&stream, i);
+                    frame.rgb[0] = i as u8 + 1;
+                    feed.send(frame, c);
+                }
+                Ok(())
+            });
+        }
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, windows) = (out.clone(), cx.windows.clone());
+        graph.add_stage("test-sink", move |c| {
+            while let Received::Item(d) = detected.recv(c) {
+                windows.release(d.frame.stream.index);
+                seen.lock().map_err(|e| e.to_string())?.push(d);
+            }
+            Ok(())
+        });
+        graph.run().expect("the graph runs");
+        let mut out = out.lock().expect("not poisoned");
+        std::mem::take(&mut *out)
+    }
+
+    /// Every frame of every stream comes out once, numbered in its stream's order, then one end
+    /// mark per stream; with `detect_every` 3, frames 0, 3, 6, … are searched in full and the
+    /// others carry their keyframe's face.
+    #[test]
+    fn every_frame_once_then_each_streams_end_and_runs_follow_their_keyframe() {
+        let out = detect(20, 3);
+        for stream in 0..2 {
+            let mut mine: Vec<&Detected> = out
+                .iter()
+                .filter(|d| d.frame.stream.index == stream)
+                .collect();
+            mine.sort_by_key(|d| d.seq);
+            assert_eq!(mine.len(), 21, "20 frames and the end mark");
+            for (i, d) in mine.iter().enumerate() {
+                assert_eq!(d.seq, i as u64);
+                if i == 20 {
+                    assert!(d.stream_ended && d.faces.is_empty());
+                    continue;
+                }
+                assert!(!d.stream_ended);
+                assert_eq!(d.frame.index, i as u64);
+                let keyframe = i - i % 3;
+                assert_eq!(d.faces.len(), 1);
+                assert_eq!(d.faces[0].face.bbox[2], (keyframe + 1) as f32, "frame {i}");
+                // No later stage reads pixels here: they are released.
+                assert!(d.frame.rgb.is_empty());
+            }
+        }
+    }
+}

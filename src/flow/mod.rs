@@ -103,3 +103,91 @@ pub(crate) fn end_mark(stream: &Arc<StreamInfo>) -> Frame {
         gap_before_ms: None,
     }
 }
+
+/// Stand-ins for testing one stage alone, on two channels, without GStreamer or a model.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::graph::{Control, Graph, Input, Output, Received, WhenFull};
+
+    /// `n` streams named "0", "1", …, files (not live).
+    pub(crate) fn streams(n: usize) -> Vec<Arc<StreamInfo>> {
+        (0..n)
+            .map(|index| {
+                Arc::new(StreamInfo {
+                    id: index.to_string(),
+                    index,
+                    uri: format!("testsrc://stream-{index}"),
+                    live: false,
+                })
+            })
+            .collect()
+    }
+
+    /// Frame `index` of `stream`, 8×6 pixels of grey, at 40 ms a frame.
+    pub(crate) fn frame(stream: &Arc<StreamInfo>, index: u64) -> Frame {
+        Frame {
+            stream: stream.clone(),
+            index,
+            pts_ms: index as f64 * 40.0,
+            width: 8,
+            height: 6,
+            rgb: vec![128; 8 * 6 * 3],
+            gap_before_ms: None,
+        }
+    }
+
+    /// The context of a run of `streams`, with small queues; `keep_pixels`: which later stages
+    /// read pixels.
+    pub(crate) fn context(streams: &[Arc<StreamInfo>], keep_pixels: PixelReaders) -> RunContext {
+        RunContext::new(
+            streams.to_vec(),
+            streams
+                .iter()
+                .map(|_| Arc::new(crate::sources::SourceCounters::default()))
+                .collect(),
+            Sizes::new(4, 1, 1),
+            keep_pixels,
+        )
+    }
+
+    /// A channel into the stage under test, and its graph.
+    pub(crate) fn feed<T: Send + 'static>(graph: &mut Graph) -> (Output<T>, Input<T>) {
+        graph.channel("test-in", 64, WhenFull::Block)
+    }
+
+    /// Runs `graph` with a thread that sends `items` into `input` and ends it, and one that
+    /// collects what comes out of `output`; what came out.
+    pub(crate) fn run<I: Send + 'static, O: Send + 'static>(
+        mut graph: Graph,
+        input: Output<I>,
+        items: Vec<I>,
+        output: Input<O>,
+    ) -> Vec<O> {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        graph.add_stage("test-source", move |c| {
+            for item in items {
+                input.send(item, c);
+            }
+            Ok(())
+        });
+        let seen = out.clone();
+        graph.add_stage("test-sink", move |c| {
+            loop {
+                match output.recv(c) {
+                    Received::Item(item) => seen.lock().map_err(|e| e.to_string())?.push(item),
+                    Received::Eos => return Ok(()),
+                    Received::Disconnected => return Err("upstream failed".into()),
+                }
+            }
+        });
+        graph.run().expect("the graph runs");
+        let mut out = out.lock().expect("not poisoned");
+        std::mem::take(&mut *out)
+    }
+
+    /// A graph with a fresh control.
+    pub(crate) fn graph() -> Graph {
+        Graph::new(Control::new())
+    }
+}

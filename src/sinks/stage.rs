@@ -172,3 +172,140 @@ fn expected_frames(sources: &[Arc<SourceCounters>]) -> Option<u64> {
         .map(|c| Some(c.expected_frames.load(Ordering::Relaxed)).filter(|&n| n > 0))
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{PixelReaders, testing};
+    use crate::record::{FrameRecord, RecordKind, TrackRecord};
+    use std::sync::Mutex;
+
+    /// A stand-in output: says what it was given; fails like a closed pipe after `close_after`
+    /// frames.
+    struct Said {
+        log: Arc<Mutex<Vec<String>>>,
+        close_after: Option<usize>,
+    }
+
+    impl Sink for Said {
+        fn write_frame(
+            &mut self,
+            stream: usize,
+            r: &FrameRecord,
+            _: &[u8],
+        ) -> Result<(), SinkError> {
+            let mut log = self.log.lock().unwrap();
+            if self.close_after.is_some_and(|n| log.len() >= n) {
+                return Err(crate::sinks::JsonError::Write {
+                    target: "standard output".into(),
+                    reason: std::io::ErrorKind::BrokenPipe.into(),
+                }
+                .into());
+            }
+            log.push(format!("frame {stream}:{}", r.frame));
+            Ok(())
+        }
+        fn write_track(&mut self, r: &TrackRecord) -> Result<(), SinkError> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("track {}", r.track_id));
+            Ok(())
+        }
+        fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
+            self.log.lock().unwrap().push(format!("end {stream}"));
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), SinkError> {
+            self.log.lock().unwrap().push("finish".into());
+            Ok(())
+        }
+    }
+
+    fn frame(stream: usize, index: u64) -> Tracked {
+        Tracked {
+            stream,
+            frame: Some(FrameRecord {
+                kind: RecordKind::Frame,
+                stream: stream.to_string(),
+                source: String::new(),
+                frame: index,
+                pts_ms: 0.0,
+                width: 8,
+                height: 6,
+                gap_before_ms: None,
+                faces: Vec::new(),
+            }),
+            pixels: Vec::new(),
+            ended: Vec::new(),
+            stream_ended: false,
+        }
+    }
+
+    fn run(items: Vec<Tracked>, sinks: Vec<Box<dyn Sink>>) -> (RunStats, bool) {
+        let streams = testing::streams(2);
+        let cx = testing::context(&streams, PixelReaders::default());
+        let mut graph = testing::graph();
+        let control = graph.control().clone();
+        let (feed, input) = testing::feed(&mut graph);
+        spawn(&mut graph, &cx, input, sinks, None);
+        graph.add_stage("test-source", move |c| {
+            for item in items {
+                feed.send(item, c);
+            }
+            Ok(())
+        });
+        graph.run().expect("the graph runs");
+        (cx.stats.clone(), control.output_closed())
+    }
+
+    /// Every item reaches every sink in order, each is finished once, and the counts add up.
+    #[test]
+    fn every_record_reaches_every_sink_and_each_is_finished() {
+        let logs: Vec<Arc<Mutex<Vec<String>>>> = (0..2).map(|_| Arc::default()).collect();
+        let sinks = logs
+            .iter()
+            .map(|log| {
+                Box::new(Said {
+                    log: log.clone(),
+                    close_after: None,
+                }) as Box<dyn Sink>
+            })
+            .collect();
+        let ended = Tracked {
+            stream_ended: true,
+            frame: None,
+            ..frame(1, 0)
+        };
+        let (stats, closed) = run(vec![frame(0, 0), frame(1, 0), ended, frame(0, 1)], sinks);
+        for log in &logs {
+            assert_eq!(
+                *log.lock().unwrap(),
+                ["frame 0:0", "frame 1:0", "end 1", "frame 0:1", "finish"]
+            );
+        }
+        let counts = stats.now();
+        assert_eq!(counts.reported, [2, 1]);
+        assert!(counts.written_until_s[1] > 0.0);
+        assert!(!closed);
+    }
+
+    /// A closed pipe stops the run without an error: later frames are counted as not written,
+    /// and every sink is still finished.
+    #[test]
+    fn a_closed_pipe_stops_writing_and_counts_the_rest() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sinks: Vec<Box<dyn Sink>> = vec![Box::new(Said {
+            log: log.clone(),
+            close_after: Some(2),
+        })];
+        let (stats, closed) = run((0..5).map(|i| frame(0, i)).collect(), sinks);
+        assert!(closed);
+        let counts = stats.now();
+        assert_eq!((counts.reported[0], counts.not_written[0]), (2, 3));
+        assert_eq!(
+            log.lock().unwrap().last().map(String::as_str),
+            Some("finish")
+        );
+    }
+}

@@ -155,3 +155,106 @@ fn record(frame: crate::sources::Frame, faces: Vec<FaceRecord>) -> FrameRecord {
         faces,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Face;
+    use crate::flow::testing;
+    use crate::flow::{PixelReaders, end_mark};
+
+    fn detected(frame: crate::sources::Frame, seq: u64, faces: usize) -> Detected {
+        let face = |i: usize| {
+            FaceRecord::detection(Face {
+                bbox: [10.0 * i as f32, 0.0, 10.0 * i as f32 + 8.0, 8.0],
+                score: 0.99,
+                landmarks: [[0.0; 2]; 5],
+            })
+        };
+        Detected {
+            seq,
+            frame,
+            faces: (0..faces).map(face).collect(),
+            predictions: vec![None; faces],
+            stream_ended: false,
+        }
+    }
+
+    /// Frames of two streams arrive out of order, each stream ending with its mark: each stream
+    /// comes out in its own order, its end after its last frame, and the run's end last.
+    #[test]
+    fn each_stream_comes_out_in_order_with_its_end() {
+        let streams = testing::streams(2);
+        let cx = testing::context(&streams, PixelReaders::default());
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let tracked = spawn(
+            &mut graph,
+            &cx,
+            input,
+            People::new(Default::default(), None),
+        );
+        let [a, b] = [&streams[0], &streams[1]];
+        let mark = |s: &Arc<crate::sources::StreamInfo>, seq| Detected {
+            stream_ended: true,
+            ..detected(end_mark(s), seq, 0)
+        };
+        let items = vec![
+            detected(testing::frame(a, 1), 1, 1),
+            detected(testing::frame(b, 0), 0, 0),
+            mark(b, 1),
+            detected(testing::frame(a, 0), 0, 1),
+            mark(a, 3),
+            detected(testing::frame(a, 2), 2, 1),
+        ];
+        let out = testing::run(graph, feed, items, tracked);
+        let said: Vec<String> = out
+            .iter()
+            .map(|t| match (&t.frame, t.stream_ended) {
+                (Some(f), _) => format!("{}:{}", f.stream, f.frame),
+                (None, true) => format!("{}:end", t.stream),
+                (None, false) => "run:end".into(),
+            })
+            .collect();
+        let of = |s: &str| -> Vec<&String> { said.iter().filter(|x| x.starts_with(s)).collect() };
+        assert_eq!(of("0:"), ["0:0", "0:1", "0:2", "0:end"], "{said:?}");
+        assert_eq!(of("1:"), ["1:0", "1:end"], "{said:?}");
+        assert_eq!(said.last().map(String::as_str), Some("run:end"));
+        // One face seen in every frame of stream 0 is one track.
+        let ids: Vec<Option<u64>> = out
+            .iter()
+            .filter_map(|t| t.frame.as_ref())
+            .flat_map(|f| f.faces.iter().map(|face| face.track_id))
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    }
+
+    /// After an output closed, frames are still counted through, but no one is tracked.
+    #[test]
+    fn after_the_output_closed_no_one_is_tracked() {
+        let streams = testing::streams(1);
+        let cx = testing::context(&streams, PixelReaders::default());
+        let mut graph = testing::graph();
+        graph.control().close_output();
+        let (feed, input) = testing::feed(&mut graph);
+        let tracked = spawn(
+            &mut graph,
+            &cx,
+            input,
+            People::new(Default::default(), None),
+        );
+        let items = (0..3)
+            .map(|i| detected(testing::frame(&streams[0], i), i, 1))
+            .collect();
+        let out = testing::run(graph, feed, items, tracked);
+        let frames: Vec<&FrameRecord> = out.iter().filter_map(|t| t.frame.as_ref()).collect();
+        assert_eq!(frames.len(), 3);
+        assert!(
+            frames
+                .iter()
+                .all(|f| f.faces.iter().all(|face| face.track_id.is_none()))
+        );
+        assert!(out.iter().all(|t| t.ended.is_empty()));
+    }
+}
