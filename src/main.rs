@@ -1,5 +1,5 @@
 //! The faceflow command line: parsing, logging, one-line errors and exit statuses. Each
-//! subcommand lives in its own module under `commands/`; the flags are in `cli.rs`.
+//! subcommand lives in its own module under `commands/`; the flags are in `cli/`.
 
 mod cli;
 mod commands;
