@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            faceflow::say!("error: {}", one_line(&e));
+            faceflow::say!("error: {}", cli::settings::error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,10 +1,12 @@
 //! The command line: subcommands, flags, and how flags become the library's configurations.
 //! Kept apart from `main.rs` so tests can drive the real parser and validation in-process.
 //! Flags come in groups, each with its mapping and its test beside it: `run`'s in
-//! [`run_flags`], the networks' in [`model_flags`].
+//! [`run_flags`], the networks' in [`model_flags`]; [`settings`] names the flag of a setting the
+//! library refuses.
 
 mod model_flags;
 mod run_flags;
+pub mod settings;
 
 use std::path::PathBuf;
 
@@ -384,9 +386,9 @@ impl TrainArgs {
     pub fn check_run_options(&self) -> anyhow::Result<()> {
         use faceflow::limits::{MAX_THREADS, Setting};
         if let Some(n) = self.train_threads {
-            Setting::flag("train_threads", "--train-threads").check(n, 1, MAX_THREADS, "")?;
+            Setting::in_section("train", "train_threads").check(n, 1, MAX_THREADS, "")?;
         }
-        Setting::flag("checkpoint_every", "--checkpoint-every").check(
+        Setting::in_section("train", "checkpoint_every").check(
             self.checkpoint_every,
             1,
             u64::from(u32::MAX),
@@ -403,9 +405,9 @@ impl EvalArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         use faceflow::limits::Setting;
         if let Some(n) = self.max_images {
-            Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
+            Setting::in_section("eval", "max_images").check(n, 1, usize::MAX, "")?;
         }
-        Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
+        Setting::in_section("eval", "val_fraction").check(self.val_fraction, 0.0, 0.9, "")?;
         Ok(())
     }
 }
@@ -525,7 +527,7 @@ mod tests {
     }
 
     fn refused(e: impl Into<anyhow::Error>) -> Result<(), TestCaseError> {
-        assert_one_error_line(&format!("error: {}", crate::one_line(&e.into())))
+        assert_one_error_line(&format!("error: {}", settings::error_line(&e.into())))
     }
 
     /// An accepted configuration is safe to start: what the stages compute from it stays sane.
@@ -766,7 +768,7 @@ mod tests {
                 panic!()
             };
             let err = run.config().unwrap().validate().unwrap_err();
-            crate::one_line(&err.into())
+            settings::error_line(&err.into())
         };
         assert!(run(&["--stats-every", "1e20"]).starts_with("stats_interval_s (--stats-every) = "));
         assert!(run(&["--stats-every", "1e-9"]).contains("must be 0 (off) or from 0.1 to 86400"));
@@ -776,7 +778,37 @@ mod tests {
         );
         assert!(run(&["--scale-factor", "0.9999999"]).contains("scale_factor (--scale-factor)"));
         assert!(run(&["--workers", "100000"]).contains("workers (--workers) = 100000"));
-        assert!(run(&["--stall-timeout-ms", "18446744073709551615"]).contains("stall_timeout_ms"));
+        assert!(
+            run(&["--stall-timeout-ms", "18446744073709551615"])
+                .starts_with("stall_timeout_ms (--stall-timeout-ms) = 18446744073709551615: ")
+        );
+        assert!(
+            run(&["--rtsp-latency-ms", "70000"])
+                .starts_with("rtsp_latency_ms (--rtsp-latency-ms) = ")
+        );
+        assert!(run(&["--threads", "100"]).starts_with("threads (--threads) = 100: "));
+        assert!(
+            run(&["--detect-every", "5000"]).starts_with("detect_every (--detect-every) = 5000: ")
+        );
+        assert_eq!(
+            run(&["--thresholds", "0.6,0.7,2"]),
+            "thresholds (--thresholds) = 0.6,0.7,2: must be from 0 to 1 each"
+        );
+        // Subcommands of still images, with their own validation.
+        let cli = Cli::try_parse_from(["faceflow", "detect", "--crop-size", "4", "a.jpg"]).unwrap();
+        let Command::Detect(detect) = cli.command else {
+            panic!()
+        };
+        let err = detect.settings().1.validate().unwrap_err();
+        assert!(settings::error_line(&err.into()).starts_with("crop_px (--crop-size) = 4: "));
+        let cli =
+            Cli::try_parse_from(["faceflow", "eval", "--source", "l/", "--val-fraction", "2"])
+                .unwrap();
+        let Command::Eval(eval) = cli.command else {
+            panic!()
+        };
+        let err = eval.check().unwrap_err();
+        assert!(settings::error_line(&err).starts_with("val_fraction (--val-fraction) = 2: "));
     }
 
     #[test]
