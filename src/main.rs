@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     // A panic message may quote a URL: masked like every other line (no backtrace printing).
     std::panic::set_hook(Box::new(|info| faceflow::say!("{info}")));
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args),
+        Command::Run(args) => commands::run::run(*args),
         Command::Detect(args) => commands::images::detect(args),
         Command::Analyze(args) => commands::images::analyze(args),
         Command::Eval(args) => commands::eval::eval(args),

@@ -56,7 +56,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a video pipeline: decode, find faces (a full search every --detect-every frames, the
     /// faces followed between), write one JSON record per frame.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Detect faces in still images, one JSON record per image.
     Detect(DetectArgs),
     /// Detect faces in still images and estimate age group, gender and race of each.
