@@ -20,14 +20,6 @@ pub struct RangeError {
     pub expected: String,
 }
 
-impl RangeError {
-    /// The message with the setting called `name` instead of its key, e.g. with its flag:
-    /// `min_face_px (--min-face) = 3: must be from 8 to 10000 pixels`.
-    pub fn naming(&self, name: &str) -> String {
-        format!("{name} = {}: must be {}", self.value, self.expected)
-    }
-}
-
 /// A setting: its key, and the table it is in where that matters to tell it from a namesake
 /// (`[detect] threads` and `[attributes] threads`).
 #[derive(Debug, Clone, Copy)]
@@ -150,12 +142,6 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "min_face_px = NaN: must be from 8 to 10000 pixels"
-        );
-        assert_eq!(
-            s.check(3.0, 8.0, 10_000.0, "pixels")
-                .unwrap_err()
-                .naming("min_face_px (--min-face)"),
-            "min_face_px (--min-face) = 3: must be from 8 to 10000 pixels"
         );
         let s = Setting::key("stats_interval_s");
         assert!(s.check_or_zero(0.0, 0.1, 86_400.0, "s", "off").is_ok());
