@@ -1,51 +1,50 @@
 //! Ranges of numeric settings, checked in one place with one message shape, so that every value a
 //! flag or a pipeline file can carry is either accepted and safe to run with, or refused with one
 //! line naming the setting, the value and the range:
-//! `stats_interval_s (--stats-every) = 1e20: must be 0 (off) or from 0.1 to 86400 seconds`.
+//! `stats_interval_s = 1e20: must be 0 (off) or from 0.1 to 86400 seconds`.
+//!
+//! Settings are named by their keys only: the library knows no command line. A front end that sets
+//! them from flags finds the [`RangeError`] in the error and names its flag beside the key.
 
 use std::fmt::Display;
 
 /// A value outside its setting's range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{setting} = {value}: must be {expected}")]
+#[error("{key} = {value}: must be {expected}")]
 pub struct RangeError {
-    /// The key, with its command-line flag when there is one: `min_face_px (--min-face)`.
-    pub setting: String,
+    /// The table the key is in (`detect`, `source`, …) where the key alone is ambiguous; empty
+    /// for top-level keys and settings that say none.
+    pub section: &'static str,
+    pub key: &'static str,
     pub value: String,
     pub expected: String,
 }
 
-/// A setting's name in messages: its key, and the flag that sets it when there is one.
+/// A setting: its key, and the table it is in where that matters to tell it from a namesake
+/// (`[detect] threads` and `[attributes] threads`).
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
+    pub section: &'static str,
     pub key: &'static str,
-    pub flag: Option<&'static str>,
 }
 
 impl Setting {
     pub const fn key(key: &'static str) -> Self {
-        Self { key, flag: None }
+        Self { section: "", key }
     }
 
-    pub const fn flag(key: &'static str, flag: &'static str) -> Self {
-        Self {
-            key,
-            flag: Some(flag),
-        }
+    pub const fn in_section(section: &'static str, key: &'static str) -> Self {
+        Self { section, key }
     }
 
-    fn name(&self) -> String {
-        match self.flag {
-            Some(flag) => format!("{} ({flag})", self.key),
-            None => self.key.to_string(),
-        }
-    }
-
-    fn error(&self, value: impl Display, expected: String) -> RangeError {
+    /// The error for `value`, which must be `expected` (a range, a rule): for checks the
+    /// methods below do not cover.
+    pub fn error(&self, value: impl Display, expected: impl Into<String>) -> RangeError {
         RangeError {
-            setting: self.name(),
+            section: self.section,
+            key: self.key,
             value: value.to_string(),
-            expected,
+            expected: expected.into(),
         }
     }
 
@@ -94,6 +93,24 @@ impl Setting {
         let list: Vec<String> = allowed.iter().map(|v| v.to_string()).collect();
         Err(self.error(value, format!("one of {}", list.join(", "))))
     }
+
+    /// Like [`check`](Self::check) for each of several values, named together: `0.6,0.7,2`.
+    pub fn check_each<T: PartialOrd + Display + Copy>(
+        &self,
+        values: &[T],
+        min: T,
+        max: T,
+        unit: &str,
+    ) -> Result<(), RangeError> {
+        if values.iter().all(|v| *v >= min && *v <= max) {
+            return Ok(());
+        }
+        let list: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        Err(self.error(
+            list.join(","),
+            format!("from {min} to {max}{} each", suffix(unit)),
+        ))
+    }
 }
 
 fn suffix(unit: &str) -> String {
@@ -117,22 +134,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_name_setting_flag_value_and_range() {
-        let s = Setting::flag("min_face_px", "--min-face");
+    fn messages_name_setting_value_and_range() {
+        let s = Setting::in_section("detect", "min_face_px");
         assert!(s.check(20.0, 8.0, 10_000.0, "pixels").is_ok());
         assert_eq!(
             s.check(f64::NAN, 8.0, 10_000.0, "pixels")
                 .unwrap_err()
                 .to_string(),
-            "min_face_px (--min-face) = NaN: must be from 8 to 10000 pixels"
+            "min_face_px = NaN: must be from 8 to 10000 pixels"
         );
-        let s = Setting::flag("stats_interval_s", "--stats-every");
+        let s = Setting::key("stats_interval_s");
         assert!(s.check_or_zero(0.0, 0.1, 86_400.0, "s", "off").is_ok());
         assert_eq!(
             s.check_or_zero(1e20, 0.1, 86_400.0, "seconds", "off")
                 .unwrap_err()
                 .to_string(),
-            "stats_interval_s (--stats-every) = 100000000000000000000: must be 0 (off) or from 0.1 to 86400 seconds"
+            "stats_interval_s = 100000000000000000000: must be 0 (off) or from 0.1 to 86400 seconds"
+        );
+        let s = Setting::in_section("detect", "thresholds");
+        assert!(s.check_each(&[0.6, 0.7, 0.7], 0.0, 1.0, "").is_ok());
+        let e = s
+            .check_each(&[0.6, f32::NAN, 2.0], 0.0, 1.0, "")
+            .unwrap_err();
+        assert_eq!((e.section, e.key), ("detect", "thresholds"));
+        assert_eq!(
+            e.to_string(),
+            "thresholds = 0.6,NaN,2: must be from 0 to 1 each"
         );
         assert!(
             Setting::key("age_groups")

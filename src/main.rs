@@ -1,5 +1,5 @@
 //! The faceflow command line: parsing, logging, one-line errors and exit statuses. Each
-//! subcommand lives in its own module under `commands/`; the flags are in `cli.rs`.
+//! subcommand lives in its own module under `commands/`; the flags are in `cli/`.
 
 mod cli;
 mod commands;
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     // A panic message may quote a URL: masked like every other line (no backtrace printing).
     std::panic::set_hook(Box::new(|info| faceflow::say!("{info}")));
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args),
+        Command::Run(args) => commands::run::run(*args),
         Command::Detect(args) => commands::images::detect(args),
         Command::Analyze(args) => commands::images::analyze(args),
         Command::Eval(args) => commands::eval::eval(args),
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            faceflow::say!("error: {}", one_line(&e));
+            faceflow::say!("error: {}", cli::settings::error_line(&e));
             ExitCode::FAILURE
         }
     }

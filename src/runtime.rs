@@ -26,10 +26,10 @@ pub enum RuntimeError {
     #[error("ONNX Runtime: {0}")]
     Ort(String),
     #[error(
-        "--device cuda: the ONNX Runtime at {path} has no CUDA provider (it is the CPU build); `scripts/setup.sh --cuda` installs the CUDA build"
+        "device = cuda: the ONNX Runtime at {path} has no CUDA provider (it is the CPU build); `scripts/setup.sh --cuda` installs the CUDA build"
     )]
     NoCudaProvider { path: PathBuf },
-    #[error("--device cuda: {0} (is there an NVIDIA GPU with its driver, CUDA 13 and cuDNN 9?)")]
+    #[error("device = cuda: {0} (is there an NVIDIA GPU with its driver, CUDA 13 and cuDNN 9?)")]
     Cuda(String),
     #[error("the device was already chosen ({0}) for this process")]
     DeviceChosen(Device),

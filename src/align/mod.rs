@@ -42,12 +42,12 @@ impl Default for AlignConfig {
 
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
-pub struct AlignError(#[from] crate::limits::RangeError);
+pub struct AlignError(#[from] pub crate::limits::RangeError);
 
 impl AlignConfig {
     pub fn validate(&self) -> Result<(), AlignError> {
         use crate::limits::Setting;
-        Setting::flag("crop_px", "--crop-size").check(self.crop_px, 8, 1024, "pixels")?;
+        Setting::in_section("align", "crop_px").check(self.crop_px, 8, 1024, "pixels")?;
         Setting::key("margin").check(self.margin, 0.0, 2.0, "")?;
         Ok(())
     }

@@ -147,19 +147,14 @@ impl DetectConfig {
         use crate::limits::{MAX_THREADS, Setting};
         // Below 8 px the pyramid's first level upscales a frame more than 1.5×: a 1080p frame
         // becomes gigabytes of floats. The factor's upper bound keeps the pyramid to tens of levels.
-        Setting::flag("min_face_px", "--min-face").check(
+        Setting::in_section("detect", "min_face_px").check(
             self.min_face_px,
             8.0,
             10_000.0,
             "pixels",
         )?;
-        Setting::flag("scale_factor", "--scale-factor").check(self.scale_factor, 0.1, 0.95, "")?;
-        if !self.thresholds.iter().all(|t| (0.0..=1.0).contains(t)) {
-            let [p, r, o] = self.thresholds;
-            return Err(DetectError::Config(format!(
-                "thresholds (--thresholds) = {p},{r},{o}: each must be from 0 to 1"
-            )));
-        }
+        Setting::in_section("detect", "scale_factor").check(self.scale_factor, 0.1, 0.95, "")?;
+        Setting::in_section("detect", "thresholds").check_each(&self.thresholds, 0.0, 1.0, "")?;
         for (name, t) in [
             ("nms_within_scale", self.nms_within_scale),
             ("nms_across_scales", self.nms_across_scales),
@@ -172,15 +167,15 @@ impl DetectConfig {
                 )));
             }
         }
-        Setting::flag("threads", "--threads").check(self.threads, 0, MAX_THREADS, "")?;
-        Setting::flag("workers", "--workers").check_or_zero(
+        Setting::in_section("detect", "threads").check(self.threads, 0, MAX_THREADS, "")?;
+        Setting::in_section("detect", "workers").check_or_zero(
             self.workers,
             1,
             32,
             "",
             "one per core",
         )?;
-        Setting::flag("detect_every", "--detect-every").check_or_zero(
+        Setting::in_section("detect", "detect_every").check_or_zero(
             self.detect_every,
             1,
             MAX_DETECT_EVERY,

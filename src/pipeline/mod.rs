@@ -139,7 +139,8 @@ impl AttributesConfig {
 
     pub fn validate(&self) -> Result<(), PipelineError> {
         use crate::limits::{MAX_THREADS, Setting};
-        Setting::flag("age_groups", "--age-groups").check_one_of(self.age_groups, &[3, 5, 10])?;
+        Setting::in_section("attributes", "age_groups")
+            .check_one_of(self.age_groups, &[3, 5, 10])?;
         Setting::key("max_batch").check(self.max_batch, 1, 1024, "faces")?;
         Setting::key("max_wait_ms").check(self.max_wait_ms, 0, 10_000, "ms")?;
         Setting::key("threads").check(self.threads, 1, MAX_THREADS, "")?;
@@ -334,7 +335,7 @@ impl PipelineConfig {
             "frames",
             "automatic",
         )?;
-        Setting::flag("stats_interval_s", "--stats-every").check_or_zero(
+        Setting::key("stats_interval_s").check_or_zero(
             self.stats_interval_s,
             0.1,
             86_400.0,

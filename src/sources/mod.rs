@@ -113,14 +113,14 @@ impl SourceConfig {
     /// Every numeric key within its range (see [`crate::limits`]).
     pub fn validate(&self) -> Result<(), crate::limits::RangeError> {
         use crate::limits::{MAX_QUEUE_FRAMES, MAX_WAIT_MS, Setting};
-        Setting::flag("rtsp_latency_ms", "--rtsp-latency-ms").check(
+        Setting::in_section("source", "rtsp_latency_ms").check(
             self.rtsp_latency_ms,
             0,
             60_000,
             "ms",
         )?;
         Setting::key("queue_frames").check(self.queue_frames, 1, MAX_QUEUE_FRAMES, "frames")?;
-        Setting::flag("stall_timeout_ms", "--stall-timeout-ms").check(
+        Setting::in_section("source", "stall_timeout_ms").check(
             self.stall_timeout_ms,
             100,
             MAX_WAIT_MS,

@@ -211,12 +211,7 @@ impl TrainConfig {
         if self.video_augment && !self.augment {
             return bad("--video-augment needs augmentation (drop --no-augment)".into());
         }
-        if !(0.0..=1.0).contains(&self.distill) {
-            return bad(format!(
-                "distill (--distill) = {}: must be from 0 to 1",
-                self.distill
-            ));
-        }
+        Setting::in_section("train", "distill").check(self.distill, 0.0, 1.0, "")?;
         if self.distill > 0.0 && self.teachers.is_empty() {
             return bad("--distill needs at least one --teacher model".into());
         }
@@ -230,31 +225,30 @@ impl TrainConfig {
                 "--tasks must include age (age, age,gender or age,gender,race): the run picks its best epoch by age".into(),
             );
         }
-        Setting::flag("epochs", "--epochs").check(self.epochs, 1, 10_000, "")?;
-        Setting::flag("batch", "--batch").check(self.batch, 2, 4096, "images")?;
-        Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
+        Setting::in_section("train", "epochs").check(self.epochs, 1, 10_000, "")?;
+        Setting::in_section("train", "batch").check(self.batch, 2, 4096, "images")?;
+        let val_fraction = Setting::in_section("train", "val_fraction");
+        val_fraction.check(self.val_fraction, 0.0, 0.9, "")?;
         if self.val_fraction >= 0.9 {
-            return bad(format!(
-                "val_fraction (--val-fraction) = {}: must be from 0 to below 0.9",
-                self.val_fraction
-            ));
+            return Err(val_fraction
+                .error(self.val_fraction, "from 0 to below 0.9")
+                .into());
         }
-        Setting::flag("lr", "--lr").check(self.lr, 1e-7, 1.0, "")?;
-        Setting::flag("weight_decay", "--weight-decay").check(self.weight_decay, 0.0, 1.0, "")?;
+        Setting::in_section("train", "lr").check(self.lr, 1e-7, 1.0, "")?;
+        Setting::in_section("train", "weight_decay").check(self.weight_decay, 0.0, 1.0, "")?;
         for w in self.loss_weights {
-            Setting::flag("loss_weights", "--loss-weights").check(w, 0.0, 1000.0, "")?;
+            Setting::in_section("train", "loss_weights").check(w, 0.0, 1000.0, "")?;
         }
         if let Some(n) = self.max_images {
-            Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
+            Setting::in_section("train", "max_images").check(n, 1, usize::MAX, "")?;
         }
         if !crate::model::spec::is_input_size(self.input_px) {
-            return bad(format!(
-                "input_px (--input-px) = {}: must be a multiple of 8 from 32 to 224",
-                self.input_px
-            ));
+            return Err(Setting::in_section("train", "input_px")
+                .error(self.input_px, "a multiple of 8 from 32 to 224")
+                .into());
         }
         let margins = crate::model::spec::INPUT_MARGIN_RANGE;
-        Setting::flag("margin", "--margin").check(
+        Setting::in_section("train", "margin").check(
             self.margin,
             *margins.start(),
             *margins.end(),

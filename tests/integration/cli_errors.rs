@@ -229,7 +229,7 @@ fn cuda_without_the_cuda_build_is_one_clear_line() {
     ] {
         let e = fails(&args);
         assert!(
-            e.contains("--device cuda") && e.contains("scripts/setup.sh --cuda"),
+            e.contains("device (--device) = cuda:") && e.contains("scripts/setup.sh --cuda"),
             "{args:?}: {e}"
         );
         assert!(!json.exists(), "{args:?}");

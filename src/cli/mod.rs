@@ -1,5 +1,12 @@
 //! The command line: subcommands, flags, and how flags become the library's configurations.
 //! Kept apart from `main.rs` so tests can drive the real parser and validation in-process.
+//! Flags come in groups, each with its mapping and its test beside it: `run`'s in
+//! [`run_flags`], the networks' in [`model_flags`]; [`settings`] names the flag of a setting the
+//! library refuses.
+
+mod model_flags;
+mod run_flags;
+pub mod settings;
 
 use std::path::PathBuf;
 
@@ -7,9 +14,12 @@ use clap::{Args, Parser, Subcommand};
 
 use faceflow::align::AlignConfig;
 use faceflow::detect::DetectConfig;
-use faceflow::pipeline::{AttributesConfig, PipelineConfig};
-use faceflow::sinks::JsonConfig;
-use faceflow::sources::SourceConfig;
+use faceflow::pipeline::AttributesConfig;
+
+#[cfg(feature = "train")]
+use model_flags::parse_thresholds;
+pub use model_flags::{AgeGroupFlag, AttributeFlags, DetectorFlags};
+pub use run_flags::RunArgs;
 
 #[derive(Parser)]
 #[command(
@@ -46,7 +56,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a video pipeline: decode, find faces (a full search every --detect-every frames, the
     /// faces followed between), write one JSON record per frame.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Detect faces in still images, one JSON record per image.
     Detect(DetectArgs),
     /// Detect faces in still images and estimate age group, gender and race of each.
@@ -170,200 +180,6 @@ pub struct TrainArgs {
     pub detector: DetectorFlags,
 }
 
-#[derive(Args, Clone, Default)]
-pub struct DetectorFlags {
-    /// Smallest face to find, in pixels, 8 to 10000 [default: 20].
-    #[arg(long, value_name = "PX")]
-    pub min_face: Option<f64>,
-    /// Face-probability thresholds of P-Net, R-Net, O-Net, each 0 to 1 [default: 0.6,0.7,0.7].
-    #[arg(long, value_name = "P,R,O", value_parser = parse_thresholds)]
-    pub thresholds: Option<[f32; 3]>,
-    /// Ratio between pyramid scales, 0.1 to 0.95 [default: 0.709].
-    #[arg(long, value_name = "RATIO")]
-    pub scale_factor: Option<f64>,
-    /// Folder with pnet.onnx, rnet.onnx, onet.onnx to use instead of the built-in networks.
-    #[arg(long, value_name = "DIR")]
-    pub mtcnn_models: Option<PathBuf>,
-    /// ONNX Runtime threads per network, 0 to 64 [default 0: 1 with several workers, else one per
-    /// core].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Where the networks run: cpu, or cuda (an NVIDIA GPU through the CUDA build of ONNX Runtime,
-    /// `scripts/setup.sh --cuda`; without it, an error, never a silent fall-back) [default: cpu].
-    #[arg(long, value_name = "cpu|cuda")]
-    pub device: Option<faceflow::runtime::Device>,
-}
-
-pub fn parse_thresholds(s: &str) -> Result<[f32; 3], String> {
-    let values: Vec<f32> = s
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse::<f32>()
-                .map_err(|_| format!("'{v}' is not a number"))
-        })
-        .collect::<Result<_, _>>()?;
-    <[f32; 3]>::try_from(values)
-        .map_err(|v| format!("expected three values P,R,O, got {}", v.len()))
-}
-
-impl DetectorFlags {
-    pub fn apply(&self, cfg: &mut DetectConfig) {
-        if let Some(v) = self.min_face {
-            cfg.min_face_px = v;
-        }
-        if let Some(v) = self.thresholds {
-            cfg.thresholds = v;
-        }
-        if let Some(v) = self.scale_factor {
-            cfg.scale_factor = v;
-        }
-        if let Some(v) = &self.mtcnn_models {
-            cfg.models_dir = Some(v.clone());
-        }
-        if let Some(v) = self.threads {
-            cfg.threads = v;
-        }
-    }
-}
-
-#[derive(Args)]
-pub struct RunArgs {
-    /// Pipeline file (pipelines/*.toml); flags given here override its values.
-    #[arg(value_name = "PIPELINE.toml")]
-    pub pipeline: Option<PathBuf>,
-    /// Video to read: a file path, any URI GStreamer can decode (file://, http://, rtsp://),
-    /// v4l2:///dev/videoN for a webcam, or a test pattern
-    /// testsrc://PATTERN?frames=N&size=WxH&fps=F&live=BOOL&error-after=N (PATTERN: smpte, ball,
-    /// snow, … as videotestsrc names them; defaults smpte, 100 frames (0: endless), 640x480, 25 fps).
-    /// Repeat for several streams in one process (stream ids "0", "1", … in the order given).
-    #[arg(short, long, value_name = "PATH|URI")]
-    pub input: Vec<String>,
-    /// Where the JSON Lines go: a file, or - for standard output [default: -].
-    #[arg(long, value_name = "PATH|-")]
-    pub json: Option<String>,
-    /// Use RTSP over TCP.
-    #[arg(long)]
-    pub rtsp_tcp: bool,
-    /// RTSP jitter-buffer latency in milliseconds, 0 to 60000 [default: 200].
-    #[arg(long, value_name = "MS")]
-    pub rtsp_latency_ms: Option<u32>,
-    /// Treat the input as live (drop the oldest frames when behind) or not; default: RTSP and
-    /// webcams are live, files are not. A file read as live plays at its own frame rate.
-    #[arg(long, value_name = "BOOL")]
-    pub live: Option<bool>,
-    /// Stop after this many decoded frames [default: 0, no limit].
-    #[arg(long, value_name = "N")]
-    pub max_frames: Option<u64>,
-    /// Live cameras: reconnect at most N times in a row after the stream fails or stalls
-    /// [default: forever].
-    #[arg(long, value_name = "N")]
-    pub reconnect_attempts: Option<u32>,
-    /// Print a health line (frames, queue depths, resident memory) to standard error every this
-    /// many seconds, 0.1 to 86400 [default: 0, never].
-    #[arg(long, value_name = "SECONDS")]
-    pub stats_every: Option<f64>,
-    /// Live cameras: no frame for this long is a stall, and the camera is reconnected; 100 to
-    /// 3600000 [default: 5000].
-    #[arg(long, value_name = "MS")]
-    pub stall_timeout_ms: Option<u64>,
-    /// Detector workers, each on its own frames, 1 to 32 [default: one per core].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Search each stream's frames for faces in full only every N frames, 1 to 1000; between, follow
-    /// the faces already found (R-Net and O-Net on each, no pyramid): faster, and a face that
-    /// enters is found up to N-1 frames late. auto: a full search every 100 ms of video (every 3rd
-    /// frame at 25-30 fps, every frame at 10 fps) [default: auto].
-    #[arg(long, value_name = "N|auto", value_parser = parse_detect_every)]
-    pub detect_every: Option<u32>,
-    #[command(flatten)]
-    pub detector: DetectorFlags,
-    #[command(flatten)]
-    pub attributes: AttributeFlags,
-    #[command(flatten)]
-    pub age_groups: AgeGroupFlag,
-    /// Detection only: no age, gender or race.
-    #[arg(long)]
-    pub no_attributes: bool,
-    /// Also write an overlay video: each frame with its faces' boxes (a colour per track),
-    /// landmarks and labels, H.264 in an .mp4 file (several streams: PATH's stem plus
-    /// -<stream id>, one file each), served live at rtsp://HOST:PORT/PATH (several streams:
-    /// PATH/<stream id>), or shown in a window per stream on this machine's display (window).
-    #[arg(long, value_name = "PATH.mp4|rtsp://HOST:PORT/PATH|window")]
-    pub overlay: Option<String>,
-    /// Pixelate every face in the overlay video (the JSON keeps the boxes).
-    #[arg(long)]
-    pub blur_faces: bool,
-    /// Publish records to an MQTT broker, QoS 1: mqtt://[user[:password]@]host[:port]/topic, where
-    /// {stream} in the topic becomes the stream id (password also from FACEFLOW_MQTT_PASSWORD);
-    /// mqtts:// for TLS (port 8883 unless given). Frames with faces and track records; kept while
-    /// the broker is away.
-    #[arg(long, value_name = "URL")]
-    pub mqtt: Option<String>,
-    /// With --mqtt: publish frames without faces too.
-    #[arg(long)]
-    pub mqtt_all_frames: bool,
-    /// With --mqtt: records kept while the broker does not acknowledge them, 1 to 1000000
-    /// [default: 1500, a minute of one stream]; beyond, they are counted as dropped.
-    #[arg(long, value_name = "N")]
-    pub mqtt_buffer: Option<usize>,
-    /// With mqtts://: the PEM file of the certificate authority of the broker's certificate
-    /// [default: the system's CA certificates].
-    #[arg(long, value_name = "FILE")]
-    pub mqtt_ca: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics while the run goes on, e.g. 127.0.0.1:9464.
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<String>,
-}
-
-#[derive(Args, Clone, Default)]
-pub struct AttributeFlags {
-    /// Attribute model exported by `faceflow train` [default: models/faceattr.onnx, looked up
-    /// beside the executable, in ../share/faceflow, two folders up (target/<profile>), then in the
-    /// source tree it was built from].
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
-    /// Also run each face mirrored and average the two (steadier, twice the model cost)
-    /// [default: true for analyze and eval, false for run].
-    #[arg(long, value_name = "BOOL")]
-    pub flip_average: Option<bool>,
-}
-
-/// `--age-groups`, for the subcommands that report one grouping (eval reports all three).
-#[derive(Args, Clone, Default)]
-pub struct AgeGroupFlag {
-    /// Age groups to report: 3 (1-26, 27-52, 53-80), 5 (1-11, 12-23, 24-39, 40-55, 56-80) or 10
-    /// (eight-year bins) [default: 5].
-    #[arg(long, value_name = "N", value_parser = parse_age_groups)]
-    pub age_groups: Option<u32>,
-}
-
-impl AgeGroupFlag {
-    pub fn apply(&self, cfg: &mut AttributesConfig) {
-        if let Some(n) = self.age_groups {
-            cfg.age_groups = n;
-        }
-    }
-}
-
-pub fn parse_age_groups(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(n @ (3 | 5 | 10)) => Ok(n),
-        _ => Err(format!("'{s}': age groups must be 3, 5 or 10")),
-    }
-}
-
-impl AttributeFlags {
-    pub fn apply(&self, cfg: &mut AttributesConfig) {
-        if let Some(m) = &self.model {
-            cfg.model = Some(m.clone());
-        }
-        if let Some(v) = self.flip_average {
-            cfg.flip_average = v;
-        }
-    }
-}
-
 #[derive(Args)]
 pub struct ReportArgs {
     /// JSON Lines written by `faceflow run`.
@@ -435,129 +251,6 @@ pub struct DetectArgs {
     pub crop_size: Option<u32>,
     #[command(flatten)]
     pub detector: DetectorFlags,
-}
-
-impl RunArgs {
-    fn apply_source_flags(&self, source: &mut SourceConfig) {
-        if self.rtsp_tcp {
-            source.rtsp_tcp = true;
-        }
-        if let Some(v) = self.rtsp_latency_ms {
-            source.rtsp_latency_ms = v;
-        }
-        if self.live.is_some() {
-            source.live = self.live;
-        }
-        if let Some(v) = self.max_frames {
-            source.max_frames = v;
-        }
-        if self.reconnect_attempts.is_some() {
-            source.reconnect_attempts = self.reconnect_attempts;
-        }
-        if let Some(v) = self.stall_timeout_ms {
-            source.stall_timeout_ms = v;
-        }
-    }
-
-    /// The pipeline file (if any) with the flags given on top; not yet validated.
-    pub fn config(&self) -> Result<PipelineConfig, faceflow::pipeline::PipelineError> {
-        let mut config = match &self.pipeline {
-            Some(path) => PipelineConfig::load(path)?,
-            None => PipelineConfig::default(),
-        };
-        if let Some(v) = &self.json {
-            config.json = JsonConfig { path: v.clone() };
-        }
-        if let Some(v) = self.stats_every {
-            config.stats_interval_s = v;
-        }
-        if let Some(v) = self.detect_every {
-            config.detect.detect_every = v;
-        }
-        if let Some(v) = &self.overlay {
-            config.overlay.path = Some(v.clone());
-        }
-        if self.blur_faces {
-            config.overlay.blur_faces = true;
-        }
-        if let Some(v) = &self.mqtt {
-            config.mqtt.url = Some(v.clone());
-        }
-        if self.mqtt_all_frames {
-            config.mqtt.all_frames = true;
-        }
-        if let Some(v) = self.mqtt_buffer {
-            config.mqtt.buffer = v;
-        }
-        if let Some(v) = &self.mqtt_ca {
-            config.mqtt.ca = Some(v.clone());
-        }
-        if let Some(v) = &self.metrics {
-            config.metrics.listen = Some(v.clone());
-        }
-        if let Some(v) = self.detector.device {
-            config.runtime.device = v;
-        }
-        // Options that only shape an output that is not on: said, not silently dropped.
-        if config.mqtt.url.is_none() {
-            for (given, flag) in [
-                (self.mqtt_all_frames, "--mqtt-all-frames"),
-                (self.mqtt_buffer.is_some(), "--mqtt-buffer"),
-                (self.mqtt_ca.is_some(), "--mqtt-ca"),
-            ] {
-                if given {
-                    tracing::warn!("{flag} does nothing without --mqtt");
-                }
-            }
-        }
-        if self.blur_faces && config.overlay.path.is_none() {
-            tracing::warn!("--blur-faces does nothing without --overlay");
-        }
-        if let Some(v) = self.workers {
-            config.detect.workers = v;
-        }
-        self.detector.apply(&mut config.detect);
-        self.attributes.apply(&mut config.attributes);
-        self.age_groups.apply(&mut config.attributes);
-        if self.no_attributes {
-            config.attributes.enabled = false;
-        }
-        if !self.input.is_empty() {
-            // Inputs on the command line replace the file's streams; each takes the file's (or
-            // the default) [source] settings.
-            let base = config.sources.first().unwrap_or(&config.source).clone();
-            let mut streams: Vec<SourceConfig> = self
-                .input
-                .iter()
-                .map(|input| SourceConfig {
-                    input: input.clone(),
-                    // One input keeps the file's stream name; several are numbered.
-                    name: if self.input.len() == 1 {
-                        base.name.clone()
-                    } else {
-                        None
-                    },
-                    ..base.clone()
-                })
-                .collect();
-            if streams.len() == 1 {
-                config.source = streams.remove(0);
-                config.sources.clear();
-            } else {
-                config.source = SourceConfig::default();
-                config.sources = streams;
-            }
-        }
-        // Source flags apply to every stream.
-        if config.sources.is_empty() {
-            self.apply_source_flags(&mut config.source);
-        } else {
-            for source in &mut config.sources {
-                self.apply_source_flags(source);
-            }
-        }
-        Ok(config)
-    }
 }
 
 impl DetectArgs {
@@ -693,9 +386,9 @@ impl TrainArgs {
     pub fn check_run_options(&self) -> anyhow::Result<()> {
         use faceflow::limits::{MAX_THREADS, Setting};
         if let Some(n) = self.train_threads {
-            Setting::flag("train_threads", "--train-threads").check(n, 1, MAX_THREADS, "")?;
+            Setting::in_section("train", "train_threads").check(n, 1, MAX_THREADS, "")?;
         }
-        Setting::flag("checkpoint_every", "--checkpoint-every").check(
+        Setting::in_section("train", "checkpoint_every").check(
             self.checkpoint_every,
             1,
             u64::from(u32::MAX),
@@ -712,20 +405,21 @@ impl EvalArgs {
     pub fn check(&self) -> anyhow::Result<()> {
         use faceflow::limits::Setting;
         if let Some(n) = self.max_images {
-            Setting::flag("max_images", "--max-images").check(n, 1, usize::MAX, "")?;
+            Setting::in_section("eval", "max_images").check(n, 1, usize::MAX, "")?;
         }
-        Setting::flag("val_fraction", "--val-fraction").check(self.val_fraction, 0.0, 0.9, "")?;
+        Setting::in_section("eval", "val_fraction").check(self.val_fraction, 0.0, 0.9, "")?;
         Ok(())
     }
 }
 
-/// `--detect-every`: a number of frames, or `auto` (0).
-fn parse_detect_every(text: &str) -> Result<u32, String> {
-    if text.eq_ignore_ascii_case("auto") {
-        return Ok(0);
-    }
-    text.parse::<u32>()
-        .map_err(|_| format!("'{text}' is not a number of frames or auto"))
+/// One group of flags parsed alone, as clap parses it inside a subcommand.
+#[cfg(test)]
+pub(crate) fn parse_group<T: Args + clap::FromArgMatches>(args: &[&str]) -> T {
+    let command = T::augment_args(clap::Command::new("group").no_binary_name(true));
+    let matches = command
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -734,6 +428,7 @@ mod tests {
     //! parser and the real validation: each value is either refused with one `error:` line, or
     //! accepted and safe to run with (no overflow, no runaway pyramid, no runaway memory).
     use super::*;
+    use faceflow::pipeline::PipelineConfig;
     use proptest::prelude::*;
     use std::time::{Duration, Instant};
 
@@ -832,7 +527,7 @@ mod tests {
     }
 
     fn refused(e: impl Into<anyhow::Error>) -> Result<(), TestCaseError> {
-        assert_one_error_line(&format!("error: {}", crate::one_line(&e.into())))
+        assert_one_error_line(&format!("error: {}", settings::error_line(&e.into())))
     }
 
     /// An accepted configuration is safe to start: what the stages compute from it stays sane.
@@ -1073,7 +768,7 @@ mod tests {
                 panic!()
             };
             let err = run.config().unwrap().validate().unwrap_err();
-            crate::one_line(&err.into())
+            settings::error_line(&err.into())
         };
         assert!(run(&["--stats-every", "1e20"]).starts_with("stats_interval_s (--stats-every) = "));
         assert!(run(&["--stats-every", "1e-9"]).contains("must be 0 (off) or from 0.1 to 86400"));
@@ -1083,7 +778,37 @@ mod tests {
         );
         assert!(run(&["--scale-factor", "0.9999999"]).contains("scale_factor (--scale-factor)"));
         assert!(run(&["--workers", "100000"]).contains("workers (--workers) = 100000"));
-        assert!(run(&["--stall-timeout-ms", "18446744073709551615"]).contains("stall_timeout_ms"));
+        assert!(
+            run(&["--stall-timeout-ms", "18446744073709551615"])
+                .starts_with("stall_timeout_ms (--stall-timeout-ms) = 18446744073709551615: ")
+        );
+        assert!(
+            run(&["--rtsp-latency-ms", "70000"])
+                .starts_with("rtsp_latency_ms (--rtsp-latency-ms) = ")
+        );
+        assert!(run(&["--threads", "100"]).starts_with("threads (--threads) = 100: "));
+        assert!(
+            run(&["--detect-every", "5000"]).starts_with("detect_every (--detect-every) = 5000: ")
+        );
+        assert_eq!(
+            run(&["--thresholds", "0.6,0.7,2"]),
+            "thresholds (--thresholds) = 0.6,0.7,2: must be from 0 to 1 each"
+        );
+        // Subcommands of still images, with their own validation.
+        let cli = Cli::try_parse_from(["faceflow", "detect", "--crop-size", "4", "a.jpg"]).unwrap();
+        let Command::Detect(detect) = cli.command else {
+            panic!()
+        };
+        let err = detect.settings().1.validate().unwrap_err();
+        assert!(settings::error_line(&err.into()).starts_with("crop_px (--crop-size) = 4: "));
+        let cli =
+            Cli::try_parse_from(["faceflow", "eval", "--source", "l/", "--val-fraction", "2"])
+                .unwrap();
+        let Command::Eval(eval) = cli.command else {
+            panic!()
+        };
+        let err = eval.check().unwrap_err();
+        assert!(settings::error_line(&err).starts_with("val_fraction (--val-fraction) = 2: "));
     }
 
     #[test]
