@@ -9,6 +9,7 @@ use faceflow::attributes::AttributeError;
 use faceflow::detect::DetectError;
 use faceflow::limits::RangeError;
 use faceflow::pipeline::PipelineError;
+use faceflow::pipeline::outputs::OutputClash;
 use faceflow::runtime::RuntimeError;
 
 /// `(section, key, flag)`: the library setting (see [`RangeError::section`]) each flag sets.
@@ -23,6 +24,11 @@ pub const FLAG_OF_SETTING: &[(&str, &str, &str)] = &[
     ("detect", "detect_every", "--detect-every"),
     ("attributes", "age_groups", "--age-groups"),
     ("", "stats_interval_s", "--stats-every"),
+    ("source", "input", "--input"),
+    ("mqtt", "ca", "--mqtt-ca"),
+    ("json", "path", "--json"),
+    ("overlay", "path", "--overlay"),
+    ("metrics", "listen", "--metrics"),
     ("runtime", "device", "--device"),
     ("align", "crop_px", "--crop-size"),
     ("eval", "max_images", "--max-images"),
@@ -72,14 +78,35 @@ pub fn error_line(e: &anyhow::Error) -> String {
         let Some(flag) = flag_of(section, key) else {
             continue;
         };
-        // The library's messages about a setting start `key = value`: the flag goes after the key.
         let text = cause.to_string().replace('\n', " ");
         let text = text.trim();
+        // An output refused: said as it was given, `--json faces.jsonl: that is …`.
+        if let Some(clash) = output_clash(cause) {
+            let setting = format!("{}.{} = {}", clash.section, clash.key, clash.given);
+            line = line.replacen(&setting, &format!("{flag} {}", clash.given), 1);
+            continue;
+        }
+        // The library's messages about a setting start `key = value`: the flag goes after the key.
         if let Some(rest) = text.strip_prefix(&format!("{key} = ")) {
             line = line.replacen(text, &format!("{key} ({flag}) = {rest}"), 1);
         }
     }
+    // A setting named in a hint, `[mqtt] ca`: its flag beside it.
+    for (section, key, flag) in FLAG_OF_SETTING {
+        let named = format!("[{section}] {key}");
+        if !section.is_empty() && line.contains(&named) && !line.contains(flag) {
+            line = line.replace(&named, &format!("{named} ({flag})"));
+        }
+    }
     line
+}
+
+/// An output refused (see [`OutputClash`]), through the wrapper that passes it on.
+fn output_clash<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a OutputClash> {
+    match cause.downcast_ref::<PipelineError>() {
+        Some(PipelineError::Output(clash)) => Some(clash),
+        _ => cause.downcast_ref::<OutputClash>(),
+    }
 }
 
 /// The setting a library error is about, `(section, key)`, looked for through the wrappers that
@@ -101,6 +128,9 @@ fn setting_of(cause: &(dyn Error + 'static)) -> Option<(&'static str, &'static s
     };
     if let Some(r) = cause.downcast_ref::<RangeError>() {
         return range(r);
+    }
+    if let Some(clash) = output_clash(cause) {
+        return Some((clash.section, clash.key));
     }
     if let Some(r) = cause.downcast_ref::<RuntimeError>() {
         return runtime(r);

@@ -58,6 +58,8 @@ pub enum PipelineError {
     Stage(#[from] graph::StageError),
     #[error(transparent)]
     Range(#[from] crate::limits::RangeError),
+    #[error(transparent)]
+    Output(#[from] outputs::OutputClash),
     /// A failure of the input stream; the message already names the input.
     #[error("{0}")]
     Input(String),
@@ -167,7 +169,7 @@ impl PipelineConfig {
             // A video given where the pipeline file goes (`faceflow run clip.mp4`).
             let reason = if reason.kind() == std::io::ErrorKind::InvalidData {
                 std::io::Error::other(
-                    "not a pipeline file (TOML text); to read a video or camera, use --input",
+                    "not a pipeline file (TOML text); a video or camera to read is a [source] input",
                 )
             } else {
                 reason
@@ -297,7 +299,7 @@ impl PipelineConfig {
         for (i, (id, source)) in streams.iter().enumerate() {
             if source.input.trim().is_empty() {
                 return Err(PipelineError::Invalid(if streams.len() == 1 {
-                    "no input: give --input or set [source] input in the pipeline file".into()
+                    "no input: set [source] input".into()
                 } else {
                     format!("stream {i} has no input")
                 }));

@@ -99,6 +99,30 @@ pub fn input_file(input: &str) -> Option<PathBuf> {
     Some(PathBuf::from(input))
 }
 
+/// An output refused before anything is created: what is wrong with the value of one setting
+/// (`json.path = faces.jsonl: that is the input of stream 0; …`). The CLI names the setting by
+/// its flag instead.
+#[derive(Debug, thiserror::Error)]
+#[error("{section}.{key} = {given}: {message}")]
+pub struct OutputClash {
+    /// The setting: `json.path`, `overlay.path`, `metrics.listen`.
+    pub section: &'static str,
+    pub key: &'static str,
+    /// Its value as given.
+    pub given: String,
+    pub message: String,
+}
+
+fn clash(setting: &'static str, given: &str, message: String) -> PipelineError {
+    let (section, key) = setting.split_once('.').unwrap_or(("", setting));
+    PipelineError::Output(OutputClash {
+        section,
+        key,
+        given: given.to_string(),
+        message,
+    })
+}
+
 /// A file the run reads, and what it is to the run (named in refusals).
 #[derive(Debug, Clone)]
 pub struct InputFile {
@@ -234,14 +258,14 @@ impl PipelineConfig {
                         port: *port,
                     };
                     if let Some(earlier) = listening.iter().find(|l| overlaps(l, &port)) {
-                        return Err(PipelineError::Invalid(format!(
-                            "{} {}: port {} is also taken by {} {}; give another port",
-                            shown(port.setting),
+                        return Err(clash(
+                            port.setting,
                             port.given,
-                            port.port,
-                            shown(earlier.setting),
-                            earlier.given
-                        )));
+                            format!(
+                                "port {} is also taken by {} = {}; give another port",
+                                port.port, earlier.setting, earlier.given
+                            ),
+                        ));
                     }
                     listening.push(port);
                 }
@@ -258,7 +282,7 @@ fn check_file(
     inputs: &[(FileIdentity, &InputFile)],
     written: &[(FileIdentity, OutputFile<'_>)],
 ) -> Result<FileIdentity, PipelineError> {
-    let setting = shown(output.setting);
+    let setting = output.setting;
     let given = output.given;
     let folder = match output.path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -267,44 +291,58 @@ fn check_file(
     match std::fs::metadata(folder) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            return Err(PipelineError::Invalid(format!(
-                "{setting} {given}: {} is not a folder",
-                folder.display()
-            )));
+            return Err(clash(
+                setting,
+                given,
+                format!("{} is not a folder", folder.display()),
+            ));
         }
         Err(_) => {
-            return Err(PipelineError::Invalid(format!(
-                "{setting} {given}: folder {} does not exist (create it first)",
-                folder.display()
-            )));
+            return Err(clash(
+                setting,
+                given,
+                format!(
+                    "folder {} does not exist (create it first)",
+                    folder.display()
+                ),
+            ));
         }
     }
     // What would make creating the file fail, found before any output creates its own.
     if output.path.is_dir() {
-        return Err(PipelineError::Invalid(format!(
-            "{setting} {given}: cannot create {}: it is a folder",
-            output.path.display()
-        )));
+        return Err(clash(
+            setting,
+            given,
+            format!("cannot create {}: it is a folder", output.path.display()),
+        ));
     }
     let id = identity(output.path);
     if let Some((_, input)) = inputs.iter().find(|(i, _)| *i == id) {
         let what = &input.what;
         let hint = hint(output.setting);
-        return Err(PipelineError::Invalid(match output.stream {
-            None => format!("{setting} {given}: that is {what}; {hint}"),
-            Some(_) => format!(
-                "{setting} {given}: {} would overwrite {what} ({}); {hint}",
-                output.describe(),
-                input.path.display()
-            ),
-        }));
+        return Err(clash(
+            setting,
+            given,
+            match output.stream {
+                None => format!("that is {what}; {hint}"),
+                Some(_) => format!(
+                    "{} would overwrite {what} ({}); {hint}",
+                    output.describe(),
+                    input.path.display()
+                ),
+            },
+        ));
     }
     if let Some((_, earlier)) = written.iter().find(|(w, _)| *w == id) {
-        return Err(PipelineError::Invalid(format!(
-            "{setting} {given}: {} is also {}; give another file",
-            output.describe(),
-            earlier.describe()
-        )));
+        return Err(clash(
+            setting,
+            given,
+            format!(
+                "{} is also {}; give another file",
+                output.describe(),
+                earlier.describe()
+            ),
+        ));
     }
     Ok(id)
 }
@@ -316,20 +354,9 @@ fn overlaps(a: &Listening<'_>, b: &Listening<'_>) -> bool {
     a.port == b.port && (a.host == b.host || everywhere(a.host) || everywhere(b.host))
 }
 
-/// A setting as the user gave it: its flag.
-// TODO(issue 32, item 5): the CLI maps keys to flags; until then, here.
-fn shown(setting: &str) -> &str {
-    match setting {
-        "json.path" => "--json",
-        "overlay.path" => "--overlay",
-        "metrics.listen" => "--metrics",
-        other => other,
-    }
-}
-
 fn hint(setting: &str) -> &'static str {
     if setting == "json.path" {
-        "give the output file (e.g. --json faces.jsonl) or - for standard output"
+        "give the output file (e.g. faces.jsonl) or - for standard output"
     } else {
         "give a new .mp4 file"
     }
@@ -338,6 +365,28 @@ fn hint(setting: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two outputs on one port are refused before anything listens, on the same address or on
+    /// every interface; other ports and addresses pass.
+    #[test]
+    fn two_outputs_on_one_port_are_refused() {
+        let with = |overlay: &str, metrics: &str| {
+            let mut config = PipelineConfig::default();
+            config.source.input = "testsrc://ball".into();
+            config.attributes.enabled = false;
+            config.overlay.path = Some(overlay.into());
+            config.metrics.listen = Some(metrics.into());
+            config.check_outputs(&[])
+        };
+        let e = with("rtsp://127.0.0.1:9464/faces", "127.0.0.1:9464").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "metrics.listen = 127.0.0.1:9464: port 9464 is also taken by overlay.path = rtsp://127.0.0.1:9464/faces; give another port"
+        );
+        assert!(with("rtsp://0.0.0.0:9464/faces", "127.0.0.1:9464").is_err());
+        assert!(with("rtsp://127.0.0.1:8554/faces", "127.0.0.1:9464").is_ok());
+        assert!(with("rtsp://127.0.0.2:9464/faces", "127.0.0.1:9464").is_ok());
+    }
 
     #[test]
     fn normalize_removes_dots_lexically() {

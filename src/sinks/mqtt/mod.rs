@@ -210,7 +210,7 @@ fn trusted_roots(
                 && let Some(e) = found.errors.first()
             {
                 return Err(format!(
-                    "no system CA certificates: {e}; name one with --mqtt-ca"
+                    "no system CA certificates: {e}; name one in [mqtt] ca"
                 ));
             }
             found.certs
@@ -219,7 +219,7 @@ fn trusted_roots(
     if roots.is_empty() {
         return Err(match ca_file {
             Some(path) => format!("CA file {}: no PEM certificate in it", path.display()),
-            None => "no system CA certificates; name one with --mqtt-ca".into(),
+            None => "no system CA certificates; name one in [mqtt] ca".into(),
         });
     }
     Ok(roots)
@@ -244,7 +244,7 @@ fn tls_client(
         store.add_parsable_certificates(roots.iter().cloned());
         if store.is_empty() {
             return Err(
-                "none of the system's CA certificates is usable; name one with --mqtt-ca".into(),
+                "none of the system's CA certificates is usable; name one in [mqtt] ca".into(),
             );
         }
     }
