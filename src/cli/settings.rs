@@ -91,14 +91,35 @@ pub fn error_line(e: &anyhow::Error) -> String {
             line = line.replacen(text, &format!("{key} ({flag}) = {rest}"), 1);
         }
     }
-    // A setting named in a hint, `[mqtt] ca`: its flag beside it.
+    // A setting named in a hint, `[mqtt] ca`: its flag beside it. Only where the name stands
+    // alone (a path given by the user may hold `[source] input.mp4`).
     for (section, key, flag) in FLAG_OF_SETTING {
-        let named = format!("[{section}] {key}");
-        if !section.is_empty() && line.contains(&named) && !line.contains(flag) {
-            line = line.replace(&named, &format!("{named} ({flag})"));
+        if !section.is_empty() {
+            line = with_flag(&line, &format!("[{section}] {key}"), flag);
         }
     }
     line
+}
+
+/// `line` with ` (flag)` after each `named` that ends a word: at the end, or before a space or
+/// one of `;,:)`.
+fn with_flag(line: &str, named: &str, flag: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find(named) {
+        let end = at + named.len();
+        out.push_str(&rest[..end]);
+        let alone = rest[end..]
+            .chars()
+            .next()
+            .is_none_or(|c| " ;,:)".contains(c));
+        if alone && !rest[end..].starts_with(" (--") {
+            out.push_str(&format!(" ({flag})"));
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An output refused (see [`OutputClash`]), through the wrapper that passes it on.
@@ -217,6 +238,19 @@ mod tests {
         assert_eq!(
             refused(attributes.validate().unwrap_err().into()),
             "threads = 0: must be from 1 to 64"
+        );
+        // A setting named in a hint gets its flag where it stands alone, not inside a path.
+        assert_eq!(
+            with_flag("no input: set [source] input", "[source] input", "--input"),
+            "no input: set [source] input (--input)"
+        );
+        assert_eq!(
+            with_flag(
+                "x/[source] input.mp4: set [source] input; …",
+                "[source] input",
+                "--input"
+            ),
+            "x/[source] input.mp4: set [source] input (--input); …"
         );
         let e = RuntimeError::Cuda("no GPU".into());
         assert!(refused(e.into()).starts_with("device (--device) = cuda: no GPU"));

@@ -24,7 +24,8 @@ pub(crate) fn spawn(
     detect_every: u32,
 ) -> Input<Detected> {
     let workers = detectors.len();
-    // A worker holds at most one frame, and the end marks of streams (see Scheduler).
+    // A worker holds at most one frame, and the end marks of streams (see Scheduler), with room
+    // to spare.
     let queue = cx.streams.len() + 2;
     let (work_outs, work_ins): (Vec<_>, Vec<_>) = (0..workers)
         .map(|w| {

@@ -3,8 +3,9 @@
 //! Every stage is built before any starts, so set-up errors surface before work begins. A channel
 //! counts its producers: when the last [`Output`] of a channel is dropped (its stage returned), the
 //! consumer receives end-of-stream after the items already queued, so no wiring counts or forwards
-//! end marks. A producer that panics ends its channel without end-of-stream (the consumer sees
-//! [`Received::Disconnected`]). The first error stops the graph: it is stored once, the shared stop
+//! end marks. When the last producer to go panicked, the channel ends without end-of-stream (the
+//! consumer sees [`Received::Disconnected`]); one of several that panics leaves the others to end
+//! it, and the graph reports the panic. The first error stops the graph: it is stored once, the shared stop
 //! flag is raised, sources stop producing and downstream stages drain and exit.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -163,9 +163,14 @@ impl PipelineConfig {
         let cx = OutputContext { streams: &ids };
         let mut claims = Vec::new();
         for output in self.outputs() {
-            if output.enabled() {
-                claims.extend(output.claims(&cx)?);
-            }
+            let on = output.enabled();
+            // A file an output would read stays protected while the output is off.
+            claims.extend(
+                output
+                    .claims(&cx)?
+                    .into_iter()
+                    .filter(|c| on || matches!(c, Claim::Read { .. })),
+            );
         }
         if let Some(listen) = &self.metrics.listen
             && let Ok(address) = listen.parse::<std::net::SocketAddr>()
@@ -263,7 +268,9 @@ impl PipelineConfig {
                             port.given,
                             format!(
                                 "port {} is also taken by {} = {}; give another port",
-                                port.port, earlier.setting, earlier.given
+                                port.port,
+                                in_section(earlier.setting),
+                                earlier.given
                             ),
                         ));
                     }
@@ -354,6 +361,14 @@ fn overlaps(a: &Listening<'_>, b: &Listening<'_>) -> bool {
     a.port == b.port && (a.host == b.host || everywhere(a.host) || everywhere(b.host))
 }
 
+/// `json.path` as a hint names it: `[json] path`.
+fn in_section(setting: &str) -> String {
+    match setting.split_once('.') {
+        Some((section, key)) => format!("[{section}] {key}"),
+        None => setting.to_string(),
+    }
+}
+
 fn hint(setting: &str) -> &'static str {
     if setting == "json.path" {
         "give the output file (e.g. faces.jsonl) or - for standard output"
@@ -381,7 +396,7 @@ mod tests {
         let e = with("rtsp://127.0.0.1:9464/faces", "127.0.0.1:9464").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "metrics.listen = 127.0.0.1:9464: port 9464 is also taken by overlay.path = rtsp://127.0.0.1:9464/faces; give another port"
+            "metrics.listen = 127.0.0.1:9464: port 9464 is also taken by [overlay] path = rtsp://127.0.0.1:9464/faces; give another port"
         );
         assert!(with("rtsp://0.0.0.0:9464/faces", "127.0.0.1:9464").is_err());
         assert!(with("rtsp://127.0.0.1:8554/faces", "127.0.0.1:9464").is_ok());

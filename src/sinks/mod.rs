@@ -84,8 +84,10 @@ pub trait OutputConfig {
     fn build(&self, cx: &OutputContext<'_>) -> Result<Box<dyn Sink>, SinkError>;
 }
 
-/// Builds every output that is on, in the order given. Those that write files are created last:
-/// a taken port or a refused broker must not cost the files of an earlier run.
+/// Builds every output that is on. Those that write files are created after those that do not,
+/// and the outputs are built from the last listed to the first, so the JSON output (listed first)
+/// is created last of all: a taken port, a refused broker or an overlay that cannot start must
+/// not cost the files of an earlier run.
 pub fn build_all(
     outputs: &[&dyn OutputConfig],
     cx: &OutputContext<'_>,
@@ -97,12 +99,12 @@ pub fn build_all(
                 .claims(cx)?
                 .iter()
                 .any(|c| matches!(c, Claim::File { .. }));
-            order.push((writes_files, i));
+            order.push((writes_files, std::cmp::Reverse(i)));
         }
     }
     order.sort();
     let mut built: Vec<(usize, Box<dyn Sink>)> = Vec::new();
-    for (_, i) in order {
+    for (_, std::cmp::Reverse(i)) in order {
         built.push((i, outputs[i].build(cx)?));
     }
     // Records reach the sinks in the order the outputs are listed.

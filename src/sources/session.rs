@@ -169,12 +169,12 @@ impl Source {
         self.info.clone()
     }
 
-    /// Frame counts, updated while [`Source::run`] runs.
     /// Frames queued between this source and the scheduler (`queue_frames`).
     pub fn queue_frames(&self) -> usize {
         self.config.queue_frames
     }
 
+    /// Frame counts, updated while [`Source::run`] runs.
     pub fn counters(&self) -> Arc<SourceCounters> {
         self.counters.clone()
     }

@@ -111,7 +111,7 @@ fn the_overlay_shows_in_a_window_and_no_display_is_one_line() {
     let Some(xvfb) = Xvfb::start() else {
         return;
     };
-    // The demo clip as a camera (4 s): the screen is looked at halfway.
+    // The demo clip as a camera (4 s), shown while it plays.
     let mut run = bin()
         .env("DISPLAY", &xvfb.display)
         .env_remove("WAYLAND_DISPLAY")
@@ -122,8 +122,26 @@ fn the_overlay_shows_in_a_window_and_no_display_is_one_line() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    let screen = xvfb.screenshot(dir.path());
+    // Looked at until the picture and the box are on screen or the run ends: start-up takes
+    // longer on a loaded machine than any fixed wait.
+    let lit = |screen: &image::RgbImage| {
+        screen
+            .pixels()
+            .filter(|p| p.0.iter().any(|&c| c > 40))
+            .count()
+    };
+    let box_colour =
+        |screen: &image::RgbImage| screen.pixels().filter(|p| p.0 == [86, 180, 233]).count();
+    let started = std::time::Instant::now();
+    let screen = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let screen = xvfb.screenshot(dir.path());
+        let shown = lit(&screen) > 120_000 && box_colour(&screen) > 100;
+        let over = run.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(30);
+        if shown || over {
+            break screen;
+        }
+    };
     let status = run.wait().unwrap();
     let mut stderr = String::new();
     use std::io::Read;
@@ -135,12 +153,9 @@ fn the_overlay_shows_in_a_window_and_no_display_is_one_line() {
     assert!(status.success(), "{stderr}");
     // The 512×512 picture is on the black screen, and the face's box is drawn in it: the
     // track's colour (Okabe–Ito sky blue, 86 180 233, for track 1) is on screen.
-    let lit = screen
-        .pixels()
-        .filter(|p| p.0.iter().any(|&c| c > 40))
-        .count();
+    let lit = lit(&screen);
     assert!(lit > 120_000, "{lit} pixels lit on the screen; {stderr}");
-    let box_colour = screen.pixels().filter(|p| p.0 == [86, 180, 233]).count();
+    let box_colour = box_colour(&screen);
     assert!(
         box_colour > 100,
         "{box_colour} pixels of the box's colour; {stderr}"

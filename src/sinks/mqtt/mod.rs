@@ -424,6 +424,17 @@ pub struct MqttSink {
 /// Longest wait at the end for the broker's acknowledgements.
 const FINAL_WAIT: Duration = Duration::from_secs(5);
 
+/// A sink dropped without `finish` (another output failed to build): its connection thread stops
+/// and says nothing more.
+impl Drop for MqttSink {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.stop = true;
+        }
+        let _ = self.client.try_disconnect();
+    }
+}
+
 impl MqttSink {
     /// Starts the connection (in the background: a broker that is down at the start is retried
     /// like one that goes away later).
