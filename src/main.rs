@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => commands::images::analyze(args),
         Command::Eval(args) => commands::eval::eval(args),
         Command::Report(args) => commands::report::report(args),
+        Command::Yardstick(args) => commands::eval::yardstick(args),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::train(*args),
         #[cfg(not(feature = "train"))]

@@ -65,6 +65,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Turn a run's JSON Lines into charts and an HTML page: who passed, and when.
     Report(ReportArgs),
+    /// Score runs on real clips against people labelled by eye (tests/yardstick): wrong, unknown
+    /// and right per attribute, people counted against people present, phantom people.
+    Yardstick(YardstickArgs),
     /// Train the age/gender/race model on labelled face folders and export it to ONNX.
     #[cfg(feature = "train")]
     Train(Box<TrainArgs>),
@@ -216,6 +219,17 @@ pub struct EvalArgs {
     pub attributes: AttributeFlags,
     #[command(flatten)]
     pub detector: DetectorFlags,
+}
+
+#[derive(Args)]
+pub struct YardstickArgs {
+    /// Runs to score: a folder with one `faceflow run` output per labelled clip, named
+    /// <clip file name>.jsonl (scripts/yardstick.sh makes it).
+    #[arg(long, value_name = "DIR")]
+    pub runs: PathBuf,
+    /// The labels: a folder of <clip file name>.json.
+    #[arg(long, value_name = "DIR", default_value = "tests/yardstick")]
+    pub labels: PathBuf,
 }
 
 #[derive(Args)]

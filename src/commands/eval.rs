@@ -1,6 +1,7 @@
 //! `faceflow eval`: an attribute model scored end to end on labelled folders.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
@@ -80,5 +81,34 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     if report.interrupted {
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `faceflow yardstick`: every labelled clip's run scored, a table on standard output.
+pub fn yardstick(args: crate::cli::YardstickArgs) -> Result<ExitCode> {
+    use faceflow::eval::yardstick::{ClipLabels, RunSaid, score_clip, table};
+    let mut labels: Vec<PathBuf> = std::fs::read_dir(&args.labels)
+        .with_context(|| format!("cannot read the labels folder {}", args.labels.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    labels.sort();
+    if labels.is_empty() {
+        anyhow::bail!("{}: no labels (<clip>.json)", args.labels.display());
+    }
+    let mut scores = Vec::new();
+    for path in labels {
+        let clip = ClipLabels::load(&path)?;
+        let run = args.runs.join(format!("{}.jsonl", clip.clip));
+        if !run.exists() {
+            anyhow::bail!(
+                "{}: no run of {} (scripts/yardstick.sh writes one per labelled clip)",
+                run.display(),
+                clip.clip
+            );
+        }
+        scores.push(score_clip(&clip, &RunSaid::load(&run)?));
+    }
+    print!("{}", table(&scores));
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 //! An image without a face counts as wrong. Writes JSON, Markdown and SVG charts.
 
 pub mod plot;
+pub mod yardstick;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
