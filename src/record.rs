@@ -18,6 +18,10 @@ pub struct FaceRecord {
     /// The face's track in its stream (video only): unique in the stream for the whole run.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub track_id: Option<u64>,
+    /// Whether the face's track counts as a person yet (video only): it has shown a face clearly
+    /// in enough frames (`[track] min_face_frames`). Unconfirmed faces may be a neck or a hand.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confirmed: Option<bool>,
     #[serde(flatten)]
     pub attributes: Attributes,
 }
@@ -51,6 +55,7 @@ impl FaceRecord {
         Self {
             face,
             track_id: None,
+            confirmed: None,
             attributes: Attributes::default(),
         }
     }
@@ -65,6 +70,7 @@ impl FaceRecord {
         Self {
             face,
             track_id: None,
+            confirmed: None,
             attributes: Attributes::of(prediction, spec, grouping),
         }
     }

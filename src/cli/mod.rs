@@ -623,7 +623,7 @@ mod tests {
                 }
             }
             // No numeric flags.
-            Command::Report(_) => {}
+            Command::Report(_) | Command::Yardstick(_) => {}
             #[cfg(feature = "train")]
             Command::Train(train) => {
                 let config = train.config().and_then(|c| {

@@ -8,6 +8,7 @@
 //! to and which tracks ended. Attribute smoothing lives in [`estimate`].
 
 pub mod estimate;
+pub mod evidence;
 pub mod kalman;
 pub mod people;
 pub(crate) mod stage;
@@ -31,6 +32,10 @@ pub struct TrackConfig {
     pub confirm_hits: u32,
     /// How long a confirmed track that sees no face is kept (predicted) before it ends, ms.
     pub max_lost_ms: f64,
+    /// Frames of a track that must show a face clearly (a confident detection with a face's
+    /// landmarks, see `track::evidence`) before it counts as a person: a neck, a hand or a shoe
+    /// taken for a face does not; 0: every confirmed track is a person.
+    pub min_face_frames: u32,
 }
 
 impl Default for TrackConfig {
@@ -41,6 +46,7 @@ impl Default for TrackConfig {
             low_match_iou: 0.5,
             confirm_hits: 3,
             max_lost_ms: 1500.0,
+            min_face_frames: 3,
         }
     }
 }
@@ -53,6 +59,7 @@ impl TrackConfig {
         Setting::key("low_match_iou").check(self.low_match_iou, 0.01, 1.0, "")?;
         Setting::key("confirm_hits").check(self.confirm_hits, 1, 100, "frames")?;
         Setting::key("max_lost_ms").check(self.max_lost_ms, 0.0, 600_000.0, "ms")?;
+        Setting::key("min_face_frames").check(self.min_face_frames, 0, 1000, "frames")?;
         Ok(())
     }
 }

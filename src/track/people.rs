@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::estimate::{Estimate, face_weight};
+use super::evidence::shows_a_face;
 use super::{Detection, TrackConfig, Tracker};
 use crate::model::AgeGrouping;
 use crate::model::readout::Prediction;
@@ -20,7 +21,16 @@ struct Person {
     first_pts_ms: f64,
     last_pts_ms: f64,
     frames: u64,
+    /// Frames that showed a face clearly ([`shows_a_face`]).
+    face_frames: u32,
     estimate: Estimate,
+}
+
+impl Person {
+    /// Whether the track has shown a face in enough frames to be a person.
+    fn is_person(&self, min_face_frames: u32) -> bool {
+        self.face_frames >= min_face_frames
+    }
 }
 
 #[derive(Debug)]
@@ -95,11 +105,16 @@ impl People {
                 first_pts_ms: pts_ms,
                 last_pts_ms: pts_ms,
                 frames: 0,
+                face_frames: 0,
                 estimate: Estimate::default(),
             });
             person.last_frame = frame;
             person.last_pts_ms = pts_ms;
             person.frames += 1;
+            if shows_a_face(&face.face) {
+                person.face_frames = person.face_frames.saturating_add(1);
+            }
+            face.confirmed = Some(person.is_person(self.config.min_face_frames));
             if let Some(Some(p)) = predictions.get(i) {
                 person
                     .estimate
@@ -112,11 +127,12 @@ impl People {
             }
         }
         let ended = update.ended;
+        let min_face_frames = self.config.min_face_frames;
         ended
             .into_iter()
             .filter_map(|e| {
                 let person = tracks.people.remove(&e.id)?;
-                e.confirmed.then(|| {
+                (e.confirmed && person.is_person(min_face_frames)).then(|| {
                     tracks.counted += 1;
                     record(&tracks.id, &tracks.uri, e.id, person, &self.attributes)
                 })
@@ -142,6 +158,7 @@ impl People {
         for e in ended {
             if let Some(person) = tracks.people.remove(&e.id)
                 && e.confirmed
+                && person.is_person(self.config.min_face_frames)
             {
                 tracks.counted += 1;
                 records.push(record(
@@ -164,7 +181,12 @@ impl People {
             .map_or(0, |s| {
                 s.tracker
                     .live_tracks()
-                    .filter(|(_, state)| *state != super::TrackState::Tentative)
+                    .filter(|(id, state)| {
+                        *state != super::TrackState::Tentative
+                            && s.people
+                                .get(id)
+                                .is_some_and(|p| p.is_person(self.config.min_face_frames))
+                    })
                     .count() as u64
             })
     }
@@ -201,5 +223,83 @@ fn record(
         last_pts_ms: person.last_pts_ms,
         frames: person.frames,
         attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Face;
+
+    fn stream() -> StreamInfo {
+        StreamInfo {
+            id: "0".into(),
+            index: 0,
+            uri: "testsrc://x".into(),
+            live: false,
+        }
+    }
+
+    /// A face at `x`: with a face's landmarks (`clear`) or with all five on one spot, as on a
+    /// neck O-Net is sure of.
+    fn face(x: f32, clear: bool) -> FaceRecord {
+        let landmarks = if clear {
+            [
+                [x + 30.0, 45.0],
+                [x + 70.0, 45.0],
+                [x + 50.0, 70.0],
+                [x + 35.0, 95.0],
+                [x + 65.0, 95.0],
+            ]
+        } else {
+            [[x + 50.0, 60.0]; 5]
+        };
+        FaceRecord::detection(Face {
+            bbox: [x, 0.0, x + 100.0, 120.0],
+            score: 0.99,
+            landmarks,
+        })
+    }
+
+    /// Two tracks side by side for 10 frames: the one that shows a face becomes a person at its
+    /// third clear frame; the other is never confirmed and leaves no record.
+    #[test]
+    fn only_a_track_that_shows_a_face_becomes_a_person() {
+        let mut people = People::new(TrackConfig::default(), None);
+        let info = stream();
+        let mut confirmed = Vec::new();
+        for frame in 0..10 {
+            let mut faces = vec![face(0.0, true), face(300.0, false)];
+            people.frame(&info, frame, frame as f64 * 40.0, &mut faces, &[None, None]);
+            confirmed.push((faces[0].confirmed, faces[1].confirmed));
+        }
+        assert_eq!(confirmed[1], (Some(false), Some(false)));
+        assert_eq!(confirmed[2], (Some(true), Some(false)));
+        assert_eq!(confirmed[9], (Some(true), Some(false)));
+        assert_eq!(people.in_view(0), 1);
+        let records = people.finish();
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].first_frame, records[0].frames), (0, 10));
+        assert_eq!(people.people(0), 1);
+    }
+
+    /// With `min_face_frames` 0, every confirmed track is a person, as before.
+    #[test]
+    fn without_the_evidence_rule_every_confirmed_track_is_a_person() {
+        let config = TrackConfig {
+            min_face_frames: 0,
+            ..TrackConfig::default()
+        };
+        let mut people = People::new(config, None);
+        let info = stream();
+        for frame in 0..10 {
+            let mut faces = vec![face(0.0, true), face(300.0, false)];
+            people.frame(&info, frame, frame as f64 * 40.0, &mut faces, &[None, None]);
+            assert_eq!(
+                (faces[0].confirmed, faces[1].confirmed),
+                (Some(true), Some(true))
+            );
+        }
+        assert_eq!(people.finish().len(), 2);
     }
 }

@@ -647,6 +647,9 @@ const PALETTE: [[u8; 3]; 8] = [
     [255, 255, 255],
 ];
 
+/// The colour of faces whose track is not yet a person.
+const UNCONFIRMED: [u8; 3] = [128, 128, 128];
+
 /// A packed RGB picture to draw on.
 struct Canvas<'a> {
     rgb: &'a mut [u8],
@@ -749,7 +752,13 @@ pub fn label(face: &FaceRecord) -> String {
 
 /// Box, landmarks and label of one face.
 fn draw_face(image: &mut Canvas<'_>, face: &FaceRecord, font: &FontVec) {
-    let colour = PALETTE[(face.track_id.unwrap_or(0) % PALETTE.len() as u64) as usize];
+    // A face not yet a person (perhaps a neck or a hand): grey, without a label.
+    let unconfirmed = face.confirmed == Some(false);
+    let colour = if unconfirmed {
+        UNCONFIRMED
+    } else {
+        PALETTE[(face.track_id.unwrap_or(0) % PALETTE.len() as u64) as usize]
+    };
     let [x0, y0, x1, y1] = face.face.bbox;
     let bbox = [
         x0.round() as i64,
@@ -766,7 +775,7 @@ fn draw_face(image: &mut Canvas<'_>, face: &FaceRecord, font: &FontVec) {
         image.fill(lx - dot, ly - dot, lx + dot + 1, ly + dot + 1, colour);
     }
     let text = label(face);
-    if text.is_empty() {
+    if text.is_empty() || unconfirmed {
         return;
     }
     let size = (image.height as f32 / 30.0).clamp(12.0, 36.0);
