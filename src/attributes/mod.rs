@@ -15,7 +15,7 @@ use crate::align::{AlignConfig, align_face};
 use crate::detect::Face;
 use crate::model::readout::Prediction;
 use crate::model::spec::{
-    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, METADATA_KEY, ModelSpec, RACE_OUTPUT, SpecError,
+    AGE_OUTPUT, GENDER_OUTPUT, INPUT_NAME, METADATA_KEY, ModelSpec, RACE_OUTPUT, SpecError, Task,
     normalise_into,
 };
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
@@ -148,6 +148,15 @@ impl AttributeModel {
             input: Vec::new(),
             flip_average: false,
         })
+    }
+
+    /// Reports only `tasks` of those the model has; `Err`: a task it does not have.
+    pub fn report_only(&mut self, tasks: &[Task]) -> Result<(), Task> {
+        if let Some(&missing) = tasks.iter().find(|t| !self.spec.has(**t)) {
+            return Err(missing);
+        }
+        self.spec.tasks.retain(|t| tasks.contains(t));
+        Ok(())
     }
 
     pub fn spec(&self) -> &ModelSpec {

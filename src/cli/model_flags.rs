@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use faceflow::detect::DetectConfig;
+use faceflow::model::spec::Task;
 use faceflow::pipeline::AttributesConfig;
 use faceflow::runtime::RuntimeConfig;
 
@@ -93,14 +94,29 @@ pub struct AgeGroupFlag {
     /// (eight-year bins) [default: 5].
     #[arg(long, value_name = "N", value_parser = parse_age_groups)]
     pub age_groups: Option<u32>,
+    /// The attributes to report, comma-separated: age, gender, race [default: all the model
+    /// has]; e.g. --tasks age,gender where race must not be stored.
+    #[arg(long, value_name = "LIST", value_parser = parse_tasks)]
+    pub tasks: Option<TaskList>,
 }
+
+/// A list of tasks as one value (clap would take a `Vec` for a repeated flag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskList(pub Vec<Task>);
 
 impl AgeGroupFlag {
     pub fn apply(&self, cfg: &mut AttributesConfig) {
         if let Some(n) = self.age_groups {
             cfg.age_groups = n;
         }
+        if let Some(TaskList(tasks)) = &self.tasks {
+            cfg.tasks = Some(tasks.clone());
+        }
     }
+}
+
+pub fn parse_tasks(s: &str) -> Result<TaskList, String> {
+    Task::parse_list(s).map(TaskList).map_err(|e| e.to_string())
 }
 
 pub fn parse_age_groups(s: &str) -> Result<u32, String> {
@@ -185,5 +201,15 @@ mod tests {
         parse_group::<AgeGroupFlag>(&[]).apply(&mut attributes);
         assert_eq!(attributes.age_groups, 10);
         assert!(parse_age_groups("7").is_err());
+    }
+
+    #[test]
+    fn tasks_flag_names_the_attributes_to_report() {
+        let mut attributes = AttributesConfig::default();
+        parse_group::<AgeGroupFlag>(&["--tasks", "gender, age"]).apply(&mut attributes);
+        assert_eq!(attributes.tasks, Some(vec![Task::Age, Task::Gender]));
+        parse_group::<AgeGroupFlag>(&[]).apply(&mut attributes);
+        assert_eq!(attributes.tasks, Some(vec![Task::Age, Task::Gender]));
+        assert!(parse_tasks("age,height").is_err());
     }
 }

@@ -111,6 +111,9 @@ pub struct AttributesConfig {
     pub threads: usize,
     /// Also run each face mirrored and average (steadier, twice the model cost).
     pub flip_average: bool,
+    /// The attributes to report, of those the model has [default: all it has]: a deployment
+    /// that must not store race leaves it out.
+    pub tasks: Option<Vec<crate::model::spec::Task>>,
 }
 
 impl Default for AttributesConfig {
@@ -123,6 +126,7 @@ impl Default for AttributesConfig {
             max_wait_ms: 10,
             threads: 1,
             flip_average: false,
+            tasks: None,
         }
     }
 }
@@ -146,6 +150,11 @@ impl AttributesConfig {
         Setting::key("max_batch").check(self.max_batch, 1, 1024, "faces")?;
         Setting::key("max_wait_ms").check(self.max_wait_ms, 0, 10_000, "ms")?;
         Setting::key("threads").check(self.threads, 1, MAX_THREADS, "")?;
+        if self.tasks.as_ref().is_some_and(Vec::is_empty) {
+            return Err(PipelineError::Invalid(
+                "attributes: tasks is empty: name at least one of age, gender, race, or switch attributes off".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -158,6 +167,22 @@ impl AttributesConfig {
         let grouping = self.grouping()?;
         let mut model = AttributeModel::load(&self.model_path(), self.threads)?;
         model.set_flip_average(self.flip_average);
+        if let Some(tasks) = &self.tasks {
+            model.report_only(tasks).map_err(|missing| {
+                PipelineError::Invalid(format!(
+                    "attributes: tasks: the model {} has no {} head (it has {})",
+                    self.model_path().display(),
+                    missing.name(),
+                    model
+                        .spec()
+                        .tasks
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        }
         Ok(Some((model, grouping)))
     }
 }
@@ -1174,6 +1199,7 @@ mod tests {
         config.mqtt.url = Some("mqtt://h/t".into());
         config.mqtt.ca = Some("ca.pem".into());
         config.metrics.listen = Some("127.0.0.1:9464".into());
+        config.attributes.tasks = Some(vec![crate::model::spec::Task::Age]);
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {

@@ -934,3 +934,43 @@ fn a_model_of_another_input_size_trains_exports_and_runs() {
         assert!(!dir.path().join("taught").join("state.json").exists());
     }
 }
+
+/// `--tasks age,gender` leaves race out of every face and person; a task the model lacks or
+/// does not know is one line.
+#[test]
+fn tasks_switch_attributes_off() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-female.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    run_ok(
+        bin()
+            .args(["run", "--tasks", "age,gender", "--input"])
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let records = read_jsonl(&json);
+    let mut said = 0;
+    for r in &records {
+        let faces = r["faces"].as_array().cloned().unwrap_or_default();
+        // Track records and faces alike.
+        for item in faces.iter().chain(std::iter::once(r)) {
+            assert!(item.get("race").is_none(), "{item}");
+            if item.get("gender").is_some() {
+                said += 1;
+            }
+        }
+    }
+    assert!(said >= 20, "{said} faces and people with a gender");
+    let out = bin()
+        .args(["run", "--tasks", "age,height", "--input"])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("height"), "{stderr}");
+}
