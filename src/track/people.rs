@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::estimate::{Estimate, face_weight};
+use super::estimate::{Estimate, readability};
 use super::evidence::shows_a_face;
 use super::{Detection, TrackConfig, Tracker};
 use crate::model::AgeGrouping;
@@ -116,9 +116,7 @@ impl People {
             }
             face.confirmed = Some(person.is_person(self.config.min_face_frames));
             if let Some(Some(p)) = predictions.get(i) {
-                person
-                    .estimate
-                    .add(p, face_weight(face.face.bbox, face.face.score));
+                person.estimate.add(p, readability(&face.face));
             }
             face.track_id = Some(id);
             if let (Some((spec, grouping)), Some(p)) = (&self.attributes, person.estimate.current())
