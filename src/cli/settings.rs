@@ -29,6 +29,7 @@ pub const FLAG_OF_SETTING: &[(&str, &str, &str)] = &[
     ("json", "path", "--json"),
     ("overlay", "path", "--overlay"),
     ("metrics", "listen", "--metrics"),
+    ("snapshots", "dir", "--snapshots"),
     ("runtime", "device", "--device"),
     ("align", "crop_px", "--crop-size"),
     ("eval", "max_images", "--max-images"),

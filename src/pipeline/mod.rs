@@ -81,6 +81,8 @@ pub struct PipelineConfig {
     pub overlay: OverlayConfig,
     /// Publishing to an MQTT broker (`[mqtt]`): off unless `url` is set.
     pub mqtt: MqttConfig,
+    /// Each person's best face as a JPEG (`[snapshots]`): off unless `dir` is set.
+    pub snapshots: crate::sinks::SnapshotConfig,
     /// Prometheus metrics (`[metrics]`): off unless `listen` is set.
     pub metrics: metrics::MetricsConfig,
     /// Where the networks run (`[runtime] device`).
@@ -267,6 +269,7 @@ impl PipelineConfig {
             &mut self.detect.models_dir,
             &mut self.attributes.model,
             &mut self.mqtt.ca,
+            &mut self.snapshots.dir,
         ]
         .into_iter()
         .flatten()
@@ -284,7 +287,7 @@ impl PipelineConfig {
     /// Every output the run may have, each off unless set, in the order records reach them. A
     /// new output is its folder under `sinks/`, its key above, and its line here.
     pub fn outputs(&self) -> Vec<&dyn OutputConfig> {
-        vec![&self.json, &self.overlay, &self.mqtt]
+        vec![&self.json, &self.overlay, &self.mqtt, &self.snapshots]
     }
 
     /// The ids of the run's streams, by index.
@@ -508,7 +511,8 @@ pub fn run_stages(
             .as_ref()
             .map(|(m, grouping)| (m.spec().clone(), *grouping)),
     )
-    .with_detect_every(config.detect.detect_every);
+    .with_detect_every(config.detect.detect_every)
+    .with_snapshots(config.snapshots.dir.clone());
     let mut graph = Graph::new(control.clone());
     let frames = crate::sources::stage::spawn(&mut graph, &cx, sources);
     let mut faces = stage::detect::spawn(
@@ -1200,6 +1204,7 @@ mod tests {
         config.mqtt.ca = Some("ca.pem".into());
         config.metrics.listen = Some("127.0.0.1:9464".into());
         config.attributes.tasks = Some(vec![crate::model::spec::Task::Age]);
+        config.snapshots.dir = Some("s".into());
         let value = toml::Value::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (name, v) in value.as_table().unwrap() {

@@ -11,11 +11,13 @@
 pub mod json;
 pub mod mqtt;
 pub mod overlay;
+pub mod snapshots;
 pub(crate) mod stage;
 
 pub use json::{JsonConfig, JsonError, JsonLinesWriter};
 pub use mqtt::MqttError;
 pub use overlay::OverlayError;
+pub use snapshots::{SnapshotConfig, SnapshotError};
 
 use std::path::PathBuf;
 

@@ -50,6 +50,8 @@ pub struct People {
     /// The attribute model's spec and the age grouping, when attributes are on.
     attributes: Option<(ModelSpec, AgeGrouping)>,
     detect_every: u32,
+    /// Where snapshots of people go (their track records name them), when they are written.
+    snapshots: Option<std::path::PathBuf>,
 }
 
 impl People {
@@ -59,7 +61,14 @@ impl People {
             streams: Vec::new(),
             attributes,
             detect_every: 1,
+            snapshots: None,
         }
+    }
+
+    /// Track records name each person's snapshot in `dir` (see `sinks::snapshots`).
+    pub fn with_snapshots(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.snapshots = dir;
+        self
     }
 
     /// Streams are searched in full every `n` frames only ([`Tracker::with_detect_every`]).
@@ -133,6 +142,7 @@ impl People {
                 (e.confirmed && person.is_person(min_face_frames)).then(|| {
                     tracks.counted += 1;
                     record(&tracks.id, &tracks.uri, e.id, person, &self.attributes)
+                        .with_snapshot(self.snapshots.as_deref())
                 })
             })
             .collect()
@@ -159,13 +169,10 @@ impl People {
                 && person.is_person(self.config.min_face_frames)
             {
                 tracks.counted += 1;
-                records.push(record(
-                    &tracks.id,
-                    &tracks.uri,
-                    e.id,
-                    person,
-                    &self.attributes,
-                ));
+                records.push(
+                    record(&tracks.id, &tracks.uri, e.id, person, &self.attributes)
+                        .with_snapshot(self.snapshots.as_deref()),
+                );
             }
         }
         records
@@ -221,6 +228,19 @@ fn record(
         last_pts_ms: person.last_pts_ms,
         frames: person.frames,
         attributes,
+        snapshot: None,
+    }
+}
+
+impl TrackRecord {
+    /// Names the person's snapshot in `dir`, when snapshots are written.
+    fn with_snapshot(mut self, dir: Option<&std::path::Path>) -> Self {
+        self.snapshot = dir.map(|d| {
+            crate::record::snapshot_path(d, &self.stream, self.track_id)
+                .display()
+                .to_string()
+        });
+        self
     }
 }
 

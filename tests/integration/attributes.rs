@@ -951,7 +951,8 @@ fn tasks_switch_attributes_off() {
             .arg("--json")
             .arg(&json),
     );
-    let records = read_jsonl(&json);
+    let records = read_all_jsonl(&json);
+    assert!(records.iter().any(|r| r["type"] == "track"));
     let mut said = 0;
     for r in &records {
         let faces = r["faces"].as_array().cloned().unwrap_or_default();
@@ -973,4 +974,56 @@ fn tasks_switch_attributes_off() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("height"), "{stderr}");
+}
+
+/// `--snapshots DIR`: each person's best face as DIR/<stream>-<track>.jpg, named in their track
+/// record; a folder that does not exist is one line before anything is written.
+#[test]
+fn snapshots_keep_each_persons_best_face() {
+    let Some(clip) = shared_data("video/intel_head-pose-face-detection-female.mp4") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.jsonl");
+    let shots = dir.path().join("faces");
+    std::fs::create_dir(&shots).unwrap();
+    run_ok(
+        bin()
+            .args(["run", "--snapshots"])
+            .arg(&shots)
+            .arg("--input")
+            .arg(&clip)
+            .arg("--json")
+            .arg(&json),
+    );
+    let people = read_tracks(&json);
+    assert_eq!(people.len(), 1, "{people:?}");
+    let named = people[0]["snapshot"]
+        .as_str()
+        .expect("the snapshot is named");
+    assert_eq!(Path::new(named), shots.join("0-1.jpg"));
+    let face = image::open(named).unwrap();
+    // The woman's face with a margin: tens of pixels in a 480x270 clip.
+    assert!(
+        (30..200).contains(&face.width()) && (30..250).contains(&face.height()),
+        "{}x{}",
+        face.width(),
+        face.height()
+    );
+    let missing = dir.path().join("no-such-folder");
+    let json2 = dir.path().join("out2.jsonl");
+    let out = bin()
+        .args(["run", "--snapshots"])
+        .arg(&missing)
+        .arg("--input")
+        .arg(&clip)
+        .arg("--json")
+        .arg(&json2)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-folder"), "{stderr}");
+    assert!(!json2.exists());
 }
