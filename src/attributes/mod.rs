@@ -21,6 +21,8 @@ use crate::model::spec::{
 use crate::model::{FINE_AGE_BINS, GENDER_LABELS, RACE_LABELS};
 use crate::runtime;
 
+pub mod faceres;
+
 /// The default model, relative to the project (or installed share) folder.
 pub const DEFAULT_MODEL: &str = "models/faceattr.onnx";
 
@@ -57,25 +59,33 @@ pub struct AttributeModel {
     input: Vec<f32>,
     /// Also run every crop mirrored and average the logits (test-time augmentation).
     flip_average: bool,
+    /// A second reader of gender, averaged in.
+    gender_ensemble: Option<faceres::Faceres>,
 }
 
 /// Where the default model is: next to the executable's project (target/<profile>/faceflow →
 /// models/), an installed share folder, or the source tree this binary was built from.
 pub fn default_model_path() -> PathBuf {
+    find_model(DEFAULT_MODEL)
+}
+
+/// `relative` (a model under `models/`) beside the executable's project, in an installed share
+/// folder, or in the source tree this binary was built from; as given when none has it.
+pub(crate) fn find_model(relative: &str) -> PathBuf {
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
-        candidates.push(dir.join(DEFAULT_MODEL));
-        candidates.push(dir.join("../share/faceflow").join(DEFAULT_MODEL));
-        candidates.push(dir.join("../..").join(DEFAULT_MODEL));
+        candidates.push(dir.join(relative));
+        candidates.push(dir.join("../share/faceflow").join(relative));
+        candidates.push(dir.join("../..").join(relative));
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative));
     candidates
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL))
+        .unwrap_or_else(|| PathBuf::from(relative))
 }
 
 impl AttributeModel {
@@ -147,7 +157,13 @@ impl AttributeModel {
             spec,
             input: Vec::new(),
             flip_average: false,
+            gender_ensemble: None,
         })
+    }
+
+    /// Averages each face's gender with faceres's reading of it (see [`faceres`]).
+    pub fn set_gender_ensemble(&mut self, faceres: Option<faceres::Faceres>) {
+        self.gender_ensemble = faceres;
     }
 
     /// Reports only `tasks` of those the model has; `Err`: a task it does not have.
@@ -335,6 +351,20 @@ impl AttributeModel {
         let predictions = self.predict(&crops)?;
         for ((i, j), p) in slots.into_iter().zip(predictions) {
             result[i][j] = Some(p);
+        }
+        if let Some(faceres) = self.gender_ensemble.as_mut() {
+            let male = faceres.male_probability(images)?;
+            for (predicted, male) in result.iter_mut().zip(male) {
+                for (p, m) in predicted.iter_mut().zip(male) {
+                    if let (Some(p), Some(m)) = (p.as_mut(), m)
+                        && p.gender.len() == 2
+                    {
+                        // GENDER_LABELS: male, female.
+                        let male = 0.5 * (p.gender[0] + m.clamp(0.0, 1.0));
+                        p.gender = vec![male, 1.0 - male];
+                    }
+                }
+            }
         }
         Ok(result)
     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::attributes::AttributeModel;
+use crate::attributes::{AttributeModel, FacesInImage};
 use crate::detect::{Mtcnn, largest_face};
 use crate::model::dataset::{self, DatasetError, Sample, Source};
 use crate::model::readout::{Correct, Prediction, Tally, Truth, fmt_metric};
@@ -263,18 +263,25 @@ pub fn evaluate(
                 let found = detector
                     .detect_still(image.as_raw(), w, h)
                     .map_err(|e| failed("detection failed", &e))?;
-                match largest_face(&found).and_then(|f| model.crop(image.as_raw(), w, h, f)) {
+                match largest_face(&found) {
                     None => None,
-                    Some(crop) => {
+                    Some(face) => {
                         detect_s += t0.elapsed().as_secs_f64();
                         let t1 = Instant::now();
+                        // Through the one place that reads faces (with any ensemble member).
                         let p = model
-                            .predict(&[crop])
+                            .predict_faces(&[FacesInImage {
+                                rgb: image.as_raw(),
+                                width: w,
+                                height: h,
+                                faces: vec![face],
+                            }])
                             .map_err(|e| failed("attribute model failed", &e))?
                             .into_iter()
-                            .next();
+                            .next()
+                            .and_then(|faces| faces.into_iter().next().flatten());
                         attr_s += t1.elapsed().as_secs_f64();
-                        faces += 1;
+                        faces += usize::from(p.is_some());
                         p
                     }
                 }

@@ -116,6 +116,9 @@ pub struct AttributesConfig {
     /// The attributes to report, of those the model has [default: all it has]: a deployment
     /// that must not store race leaves it out.
     pub tasks: Option<Vec<crate::model::spec::Task>>,
+    /// Also read each face's gender with faceres (models/faceres.onnx, trained on faces in the
+    /// wild) and average the two (about 13 ms more per face on one core).
+    pub faceres: bool,
 }
 
 impl Default for AttributesConfig {
@@ -129,6 +132,7 @@ impl Default for AttributesConfig {
             threads: 1,
             flip_average: false,
             tasks: None,
+            faceres: false,
         }
     }
 }
@@ -169,6 +173,13 @@ impl AttributesConfig {
         let grouping = self.grouping()?;
         let mut model = AttributeModel::load(&self.model_path(), self.threads)?;
         model.set_flip_average(self.flip_average);
+        if self.faceres {
+            let path = attributes::faceres::default_path();
+            model.set_gender_ensemble(Some(attributes::faceres::Faceres::load(
+                &path,
+                self.threads,
+            )?));
+        }
         if let Some(tasks) = &self.tasks {
             model.report_only(tasks).map_err(|missing| {
                 PipelineError::Invalid(format!(

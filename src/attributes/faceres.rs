@@ -1,0 +1,227 @@
+//! faceres: a second reader of gender, as an ensemble member of the attribute model. It is
+//! HSE_FaceRec_tf's MobileNet (Apache-2.0), pre-trained on VGGFace2 and trained for age and
+//! gender on IMDB faces, as converted by `models/convert_faceres.py` (see models/README.md). It
+//! was trained on faces in the wild, where the attribute model (trained on UTKFace's well-lit
+//! frontal chips) errs most; their gender probabilities are averaged.
+
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use super::{AttributeError, FacesInImage};
+use crate::runtime;
+
+/// The converted model, relative to the project or install (found as the attribute model is).
+pub const DEFAULT_FACERES: &str = "models/faceres.onnx";
+
+/// The network's input side, pixels.
+const SIDE: usize = 224;
+/// Room added around the face's box on each side, as a fraction of the box (the crop the model
+/// was measured with).
+const MARGIN: f32 = 0.1;
+/// Keras' "caffe" preprocessing, which HSE_FaceRec_tf trains with: BGR minus the ImageNet mean.
+const MEAN_BGR: [f32; 3] = [103.939, 116.779, 123.68];
+/// Faces per model call at most.
+const MAX_BATCH: usize = 16;
+
+pub struct Faceres {
+    session: Session,
+    input: Vec<f32>,
+}
+
+/// Where faceres is by default (see [`super::default_model_path`]).
+pub fn default_path() -> PathBuf {
+    super::find_model(DEFAULT_FACERES)
+}
+
+impl Faceres {
+    /// Loads the converted model; `threads` ONNX Runtime threads.
+    pub fn load(path: &Path, threads: usize) -> Result<Self, AttributeError> {
+        let bytes = std::fs::read(path).map_err(|reason| AttributeError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let session = runtime::session_from_memory(&bytes, threads).map_err(|e| match e {
+            runtime::RuntimeError::Ort(message) => AttributeError::Load {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => AttributeError::Runtime(other),
+        })?;
+        let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
+        if !(session.inputs().iter().any(|i| i.name() == "input") && has("gender")) {
+            return Err(AttributeError::Graph {
+                path: path.to_path_buf(),
+                what: "inputs and outputs",
+                detail: "expected an input \"input\" and an output \"gender\" (models/convert_faceres.py)".into(),
+            });
+        }
+        Ok(Self {
+            session,
+            input: Vec::new(),
+        })
+    }
+
+    /// The probability that each face is a man's: `result[i][j]` for face `j` of picture `i`,
+    /// `None` where its box holds no pixel.
+    pub fn male_probability(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
+        let per = SIDE * SIDE * 3;
+        let mut input = std::mem::take(&mut self.input);
+        input.clear();
+        let mut slots = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            for (j, face) in image.faces.iter().enumerate() {
+                let start = input.len();
+                input.resize(start + per, 0.0);
+                if crop_into(image, face.bbox, &mut input[start..]) {
+                    slots.push((i, j));
+                } else {
+                    input.truncate(start);
+                }
+            }
+        }
+        let mut result: Vec<Vec<Option<f32>>> =
+            images.iter().map(|im| vec![None; im.faces.len()]).collect();
+        let outcome = self.run(&input, slots.len());
+        self.input = input;
+        for ((i, j), p) in slots.into_iter().zip(outcome?) {
+            result[i][j] = Some(p);
+        }
+        Ok(result)
+    }
+
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, AttributeError> {
+        let per = SIDE * SIDE * 3;
+        let err = |e: ort::Error| AttributeError::Inference(e.to_string());
+        let mut out = Vec::with_capacity(batch);
+        let mut start = 0;
+        while start < batch {
+            let n = (batch - start).min(MAX_BATCH);
+            let chunk = &input[start * per..(start + n) * per];
+            let tensor = TensorRef::from_array_view(([n, SIDE, SIDE, 3], chunk)).map_err(err)?;
+            let outputs = self
+                .session
+                .run(ort::inputs!["input" => tensor])
+                .map_err(err)?;
+            let value = outputs
+                .get("gender")
+                .ok_or_else(|| AttributeError::Inference("no output gender".into()))?;
+            let (_, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+            if data.len() != n {
+                return Err(AttributeError::Inference(format!(
+                    "faceres gave {} genders for {n} faces",
+                    data.len()
+                )));
+            }
+            out.extend_from_slice(data);
+            start += n;
+        }
+        Ok(out)
+    }
+}
+
+/// The face's box with [`MARGIN`], resized to [`SIDE`]² (bilinear), as the network takes it:
+/// BGR, minus [`MEAN_BGR`], into `out` (NHWC); false when the box holds no pixel of the picture.
+fn crop_into(image: &FacesInImage<'_>, bbox: [f32; 4], out: &mut [f32]) -> bool {
+    let (w, h) = (image.width, image.height);
+    if w == 0 || h == 0 || image.rgb.len() < w * h * 3 {
+        return false;
+    }
+    let (bw, bh) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
+    if !(bw > 0.0 && bh > 0.0) {
+        return false;
+    }
+    let x0 = bbox[0] - MARGIN * bw;
+    let y0 = bbox[1] - MARGIN * bh;
+    let (sx, sy) = (
+        bw * (1.0 + 2.0 * MARGIN) / SIDE as f32,
+        bh * (1.0 + 2.0 * MARGIN) / SIDE as f32,
+    );
+    let (last_x, last_y) = ((w - 1) as f32, (h - 1) as f32);
+    let side = SIDE as f32;
+    if x0 > last_x || y0 > last_y || x0 + sx * side < 0.0 || y0 + sy * side < 0.0 {
+        return false;
+    }
+    let px = |x: usize, y: usize, c: usize| f32::from(image.rgb[(y * w + x) * 3 + c]);
+    for oy in 0..SIDE {
+        // Pixel centres, clamped to the picture (its edge repeats beyond it).
+        let fy = (y0 + (oy as f32 + 0.5) * sy - 0.5).clamp(0.0, last_y);
+        let (y_lo, ty) = (fy.floor() as usize, fy.fract());
+        let y_hi = (y_lo + 1).min(h - 1);
+        for ox in 0..SIDE {
+            let fx = (x0 + (ox as f32 + 0.5) * sx - 0.5).clamp(0.0, last_x);
+            let (x_lo, tx) = (fx.floor() as usize, fx.fract());
+            let x_hi = (x_lo + 1).min(w - 1);
+            let at = (oy * SIDE + ox) * 3;
+            for (k, c) in [2usize, 1, 0].into_iter().enumerate() {
+                let top = px(x_lo, y_lo, c) * (1.0 - tx) + px(x_hi, y_lo, c) * tx;
+                let bottom = px(x_lo, y_hi, c) * (1.0 - tx) + px(x_hi, y_hi, c) * tx;
+                out[at + k] = top * (1.0 - ty) + bottom * ty - MEAN_BGR[k];
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Face;
+
+    fn face(bbox: [f32; 4]) -> Face {
+        Face {
+            bbox,
+            score: 0.99,
+            landmarks: [[0.0; 2]; 5],
+        }
+    }
+
+    /// A flat picture crops to its colour in BGR minus the mean, whatever the box's size; a box
+    /// outside the picture gives nothing.
+    #[test]
+    fn crops_are_bgr_minus_the_mean() {
+        let (w, h) = (64usize, 48usize);
+        let rgb: Vec<u8> = (0..w * h).flat_map(|_| [200u8, 100, 50]).collect();
+        let inside = face([10.0, 10.0, 30.0, 34.0]);
+        let outside = face([100.0, 100.0, 120.0, 120.0]);
+        let image = FacesInImage {
+            rgb: &rgb,
+            width: w,
+            height: h,
+            faces: vec![&inside, &outside],
+        };
+        let mut out = vec![0.0; SIDE * SIDE * 3];
+        assert!(crop_into(&image, inside.bbox, &mut out));
+        let want = [50.0 - MEAN_BGR[0], 100.0 - MEAN_BGR[1], 200.0 - MEAN_BGR[2]];
+        for pixel in out.chunks_exact(3) {
+            for k in 0..3 {
+                assert!((pixel[k] - want[k]).abs() < 1e-3, "{pixel:?}");
+            }
+        }
+        assert!(!crop_into(&image, outside.bbox, &mut out));
+        assert!(!crop_into(&image, [5.0, 5.0, 5.0, 9.0], &mut out));
+    }
+
+    /// A left-to-right ramp stays a ramp: the crop keeps the picture's orientation.
+    #[test]
+    fn crops_keep_left_and_right() {
+        let (w, h) = (100usize, 100usize);
+        let rgb: Vec<u8> = (0..w * h).flat_map(|p| [(p % w) as u8 * 2, 0, 0]).collect();
+        let f = face([20.0, 20.0, 80.0, 80.0]);
+        let image = FacesInImage {
+            rgb: &rgb,
+            width: w,
+            height: h,
+            faces: vec![&f],
+        };
+        let mut out = vec![0.0; SIDE * SIDE * 3];
+        assert!(crop_into(&image, f.bbox, &mut out));
+        // Red is the third channel (BGR).
+        let red = |x: usize| out[(100 * SIDE + x) * 3 + 2];
+        assert!(red(10) < red(100) && red(100) < red(200));
+    }
+}
