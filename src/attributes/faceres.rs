@@ -70,28 +70,52 @@ impl Faceres {
         images: &[FacesInImage<'_>],
     ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
         let per = SIDE * SIDE * 3;
+        let mut result: Vec<Vec<Option<f32>>> =
+            images.iter().map(|im| vec![None; im.faces.len()]).collect();
         let mut input = std::mem::take(&mut self.input);
-        input.clear();
+        // Crops of at most MAX_BATCH faces at a time: the input stays small however many faces.
         let mut slots = Vec::new();
-        for (i, image) in images.iter().enumerate() {
-            for (j, face) in image.faces.iter().enumerate() {
-                let start = input.len();
-                input.resize(start + per, 0.0);
-                if crop_into(image, face.bbox, &mut input[start..]) {
-                    slots.push((i, j));
-                } else {
-                    input.truncate(start);
+        let faces = images
+            .iter()
+            .enumerate()
+            .flat_map(|(i, image)| image.faces.iter().enumerate().map(move |(j, f)| (i, j, f)));
+        let mut outcome = Ok(());
+        for (i, j, face) in faces {
+            let start = input.len();
+            input.resize(start + per, 0.0);
+            if crop_into(&images[i], face.bbox, &mut input[start..]) {
+                slots.push((i, j));
+            } else {
+                input.truncate(start);
+            }
+            if slots.len() == MAX_BATCH {
+                outcome = self.run_into(&input, &mut slots, &mut result);
+                input.clear();
+                if outcome.is_err() {
+                    break;
                 }
             }
         }
-        let mut result: Vec<Vec<Option<f32>>> =
-            images.iter().map(|im| vec![None; im.faces.len()]).collect();
-        let outcome = self.run(&input, slots.len());
+        if outcome.is_ok() && !slots.is_empty() {
+            outcome = self.run_into(&input, &mut slots, &mut result);
+        }
+        input.clear();
         self.input = input;
-        for ((i, j), p) in slots.into_iter().zip(outcome?) {
+        outcome.map(|()| result)
+    }
+
+    /// Runs the crops in `input` and puts each reading in its slot of `result`.
+    fn run_into(
+        &mut self,
+        input: &[f32],
+        slots: &mut Vec<(usize, usize)>,
+        result: &mut [Vec<Option<f32>>],
+    ) -> Result<(), AttributeError> {
+        let male = self.run(input, slots.len())?;
+        for ((i, j), p) in slots.drain(..).zip(male) {
             result[i][j] = Some(p);
         }
-        Ok(result)
+        Ok(())
     }
 
     fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, AttributeError> {
@@ -132,7 +156,7 @@ fn crop_into(image: &FacesInImage<'_>, bbox: [f32; 4], out: &mut [f32]) -> bool 
         return false;
     }
     let (bw, bh) = (bbox[2] - bbox[0], bbox[3] - bbox[1]);
-    if !(bw > 0.0 && bh > 0.0) {
+    if !(bw > 0.0 && bh > 0.0 && bw.is_finite() && bh.is_finite()) {
         return false;
     }
     let x0 = bbox[0] - MARGIN * bw;

@@ -173,13 +173,6 @@ impl AttributesConfig {
         let grouping = self.grouping()?;
         let mut model = AttributeModel::load(&self.model_path(), self.threads)?;
         model.set_flip_average(self.flip_average);
-        if self.faceres {
-            let path = attributes::faceres::default_path();
-            model.set_gender_ensemble(Some(attributes::faceres::Faceres::load(
-                &path,
-                self.threads,
-            )?));
-        }
         if let Some(tasks) = &self.tasks {
             model.report_only(tasks).map_err(|missing| {
                 PipelineError::Invalid(format!(
@@ -195,6 +188,14 @@ impl AttributesConfig {
                         .join(", ")
                 ))
             })?;
+        }
+        // faceres reads gender only: not loaded when gender is not reported.
+        if self.faceres && model.spec().has(crate::model::spec::Task::Gender) {
+            let path = attributes::faceres::default_path();
+            model.set_gender_ensemble(Some(attributes::faceres::Faceres::load(
+                &path,
+                self.threads,
+            )?));
         }
         Ok(Some((model, grouping)))
     }
@@ -295,10 +296,11 @@ impl PipelineConfig {
         }
     }
 
-    /// Every output the run may have, each off unless set, in the order records reach them. A
-    /// new output is its folder under `sinks/`, its key above, and its line here.
+    /// Every output the run may have, each off unless set, in the order records reach them
+    /// (snapshots first: a track record names a file already written). A new output is its
+    /// folder under `sinks/`, its key above, and its line here.
     pub fn outputs(&self) -> Vec<&dyn OutputConfig> {
-        vec![&self.json, &self.overlay, &self.mqtt, &self.snapshots]
+        vec![&self.snapshots, &self.json, &self.overlay, &self.mqtt]
     }
 
     /// The ids of the run's streams, by index.

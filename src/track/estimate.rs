@@ -41,7 +41,8 @@ pub fn frontalness(face: &Face) -> f64 {
     let [left_eye, right_eye, nose, _, _] = face.landmarks.map(|p| p.map(f64::from));
     let eye_line = [right_eye[0] - left_eye[0], right_eye[1] - left_eye[1]];
     let eye_gap = eye_line[0].hypot(eye_line[1]);
-    if !(eye_gap > 1e-3) {
+    // Also catches NaN.
+    if eye_gap.partial_cmp(&1e-3) != Some(std::cmp::Ordering::Greater) {
         return PROFILE_WEIGHT;
     }
     let eyes = [

@@ -14,7 +14,12 @@ pub const EVIDENCE_SCORE: f32 = 0.95;
 /// do, upright within 60°: the eyes apart by 20 % to 80 % of the box's width, the mouth below
 /// the eyes by 20 % to 75 % of its height, the nose between them.
 pub fn shows_a_face(face: &Face) -> bool {
-    if !(face.score >= EVIDENCE_SCORE) {
+    // Also refuses NaN.
+    if face
+        .score
+        .partial_cmp(&EVIDENCE_SCORE)
+        .is_none_or(|o| o.is_lt())
+    {
         return false;
     }
     let [left_eye, right_eye, nose, mouth_left, mouth_right] = face.landmarks;

@@ -107,6 +107,13 @@ impl People {
             })
             .collect();
         let update = tracks.tracker.update(pts_ms, &detections);
+        // Tracks the tracker has confirmed (seen on `confirm_hits` frames) by now.
+        let established: std::collections::HashSet<u64> = tracks
+            .tracker
+            .live_tracks()
+            .filter(|(_, state)| *state != super::TrackState::Tentative)
+            .map(|(id, _)| id)
+            .collect();
         for (i, (face, &id)) in faces.iter_mut().zip(&update.ids).enumerate() {
             let person = tracks.people.entry(id).or_insert_with(|| Person {
                 first_frame: frame,
@@ -123,7 +130,8 @@ impl People {
             if shows_a_face(&face.face) {
                 person.face_frames = person.face_frames.saturating_add(1);
             }
-            face.confirmed = Some(person.is_person(self.config.min_face_frames));
+            face.confirmed =
+                Some(established.contains(&id) && person.is_person(self.config.min_face_frames));
             if let Some(Some(p)) = predictions.get(i) {
                 person.estimate.add(p, readability(&face.face));
             }
@@ -313,9 +321,11 @@ mod tests {
         for frame in 0..10 {
             let mut faces = vec![face(0.0, true), face(300.0, false)];
             people.frame(&info, frame, frame as f64 * 40.0, &mut faces, &[None, None]);
+            // Confirmed by the tracker at the third hit.
+            let confirmed = Some(frame >= 2);
             assert_eq!(
                 (faces[0].confirmed, faces[1].confirmed),
-                (Some(true), Some(true))
+                (confirmed, confirmed)
             );
         }
         assert_eq!(people.finish().len(), 2);

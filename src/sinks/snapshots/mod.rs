@@ -57,6 +57,7 @@ impl OutputConfig for SnapshotConfig {
         Ok(Box::new(SnapshotSink {
             dir,
             best: HashMap::new(),
+            stream_ids: HashMap::new(),
             written: 0,
         }))
     }
@@ -66,6 +67,8 @@ impl OutputConfig for SnapshotConfig {
 struct SnapshotSink {
     dir: PathBuf,
     best: HashMap<(String, u64), Best>,
+    /// Each stream's id by its index, to forget its people when it ends.
+    stream_ids: HashMap<usize, String>,
     written: u64,
 }
 
@@ -106,10 +109,13 @@ impl Sink for SnapshotSink {
 
     fn write_frame(
         &mut self,
-        _stream: usize,
+        stream: usize,
         record: &FrameRecord,
         pixels: &[u8],
     ) -> Result<(), SinkError> {
+        self.stream_ids
+            .entry(stream)
+            .or_insert_with(|| record.stream.clone());
         for face in &record.faces {
             // Only people get a snapshot (a track not yet confirmed may be a neck or a hand).
             let (Some(track), Some(true)) = (face.track_id, face.confirmed) else {
@@ -139,6 +145,14 @@ impl Sink for SnapshotSink {
                 message: e.to_string(),
             })?;
         self.written += 1;
+        Ok(())
+    }
+
+    /// The stream's people have had their records: faces kept for anyone else are dropped.
+    fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
+        if let Some(id) = self.stream_ids.remove(&stream) {
+            self.best.retain(|(s, _), _| *s != id);
+        }
         Ok(())
     }
 
