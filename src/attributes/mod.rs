@@ -443,4 +443,44 @@ mod tests {
             "the two faces must read differently for this test to mean anything"
         );
     }
+
+    /// With faceres as an ensemble member, each face's gender is the mean of the model's and
+    /// faceres's; age and race are the model's alone.
+    #[test]
+    fn the_gender_ensemble_averages_the_two_readings() {
+        if runtime::environment().is_err() {
+            eprintln!("SKIPPED: ONNX Runtime not found (run scripts/deps.sh)");
+            return;
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut model = AttributeModel::load(&root.join(DEFAULT_MODEL), 1).unwrap();
+        let mut faceres = faceres::Faceres::load(&root.join(faceres::DEFAULT_FACERES), 1).unwrap();
+        let (w, h) = (120usize, 120usize);
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|p| [(p % w) as u8, (p / w) as u8, 90])
+            .collect();
+        let f = face_at(20.0, 20.0, 80.0);
+        let image = || FacesInImage {
+            rgb: &rgb,
+            width: w,
+            height: h,
+            faces: vec![&f],
+        };
+        let alone = model.predict_faces(&[image()]).unwrap()[0][0]
+            .clone()
+            .unwrap();
+        let male = faceres.male_probability(&[image()]).unwrap()[0][0].unwrap();
+        model.set_gender_ensemble(Some(faceres));
+        let both = model.predict_faces(&[image()]).unwrap()[0][0]
+            .clone()
+            .unwrap();
+        let want = 0.5 * (alone.gender[0] + male);
+        assert!(
+            (both.gender[0] - want).abs() < 1e-5,
+            "{} vs {want}",
+            both.gender[0]
+        );
+        assert!((both.gender[0] + both.gender[1] - 1.0).abs() < 1e-5);
+        assert_eq!((both.age_fine, both.race), (alone.age_fine, alone.race));
+    }
 }
