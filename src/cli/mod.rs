@@ -31,7 +31,8 @@ pub use run_flags::RunArgs;
         Subcommands: run (video files, URIs, RTSP cameras, webcams, test patterns), report \
         (charts and an HTML page from a run's JSON Lines), detect (faces in still images), analyze \
         (faces with age, gender and race in still images), eval (score an attribute model on a \
-        labelled folder), train (train that model; in builds with feature `train`).\n\n\
+        labelled folder), yardstick (score runs of real clips against people labelled by eye), \
+        train (train that model; in builds with feature `train`).\n\n\
         Examples:\n  \
         faceflow run --input clip.mp4 --json faces.jsonl\n  \
         faceflow run --input rtsp://camera/stream --json -\n  \

@@ -350,7 +350,15 @@ fn help_texts_are_complete_and_true() {
         .find(|p| p.trim_start().starts_with("Subcommands:"))
         .unwrap_or_else(|| panic!("{top}"))
         .replace('\n', " ");
-    for sub in ["run", "report", "detect", "analyze", "eval", "train"] {
+    for sub in [
+        "run",
+        "report",
+        "detect",
+        "analyze",
+        "eval",
+        "yardstick",
+        "train",
+    ] {
         assert!(overview.contains(&format!("{sub} (")), "{sub}: {overview}");
     }
     let run = help(&["run", "--help"]);
