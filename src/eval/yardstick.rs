@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::record::{FrameRecord, TrackRecord};
+use crate::track::iou;
+
 /// One clip's labels.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -138,32 +141,27 @@ impl RunSaid {
             };
             let v: serde_json::Value =
                 serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+            // The records' own types: a record missing a field is refused, not read as zeros.
             match v["type"].as_str() {
                 Some("frame") => {
-                    let frame = v["frame"].as_u64().ok_or_else(|| bad("no frame".into()))?;
-                    let faces = v["faces"].as_array().cloned().unwrap_or_default();
-                    let entry = said.faces.entry(frame).or_default();
-                    for face in faces {
-                        let b = &face["bbox"];
-                        let coord = |k: usize| b[k].as_f64().unwrap_or(0.0) as f32;
-                        entry.push((
-                            [coord(0), coord(1), coord(2), coord(3)],
-                            face["track_id"].as_u64(),
-                        ));
-                    }
+                    let r: FrameRecord =
+                        serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+                    said.faces
+                        .entry(r.frame)
+                        .or_default()
+                        .extend(r.faces.iter().map(|f| (f.face.bbox, f.track_id)));
                 }
                 Some("track") => {
-                    let id = v["track_id"]
-                        .as_u64()
-                        .ok_or_else(|| bad("no track_id".into()))?;
-                    let label = |k: &str| v[k]["label"].as_str().map(str::to_string);
+                    let r: TrackRecord =
+                        serde_json::from_value(v).map_err(|e| bad(e.to_string()))?;
+                    let a = r.attributes;
                     said.tracks.insert(
-                        id,
+                        r.track_id,
                         TrackSaid {
-                            frames: v["frames"].as_u64().unwrap_or(0),
-                            gender: label("gender"),
-                            race: label("race"),
-                            age_years: v["age"]["years"].as_f64().map(|y| y as f32),
+                            frames: r.frames,
+                            gender: a.gender.map(|g| g.label),
+                            race: a.race.map(|g| g.label),
+                            age_years: a.age.map(|g| g.years),
                         },
                     );
                 }
@@ -229,16 +227,6 @@ pub struct PersonScore {
     pub gender: String,
     pub race: String,
     pub age: String,
-}
-
-/// Intersection over union of two boxes.
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let area = |r: [f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
 }
 
 /// Whether a face the run found is the labelled face: they overlap (IoU ≥ 0.3), or the centre

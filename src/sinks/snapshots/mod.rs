@@ -66,8 +66,9 @@ impl OutputConfig for SnapshotConfig {
 /// The best face so far of each person in view, by stream id and track.
 struct SnapshotSink {
     dir: PathBuf,
-    best: HashMap<(String, u64), Best>,
-    /// Each stream's id by its index, to forget its people when it ends.
+    /// By stream index and track.
+    best: HashMap<(usize, u64), Best>,
+    /// Each stream's id by its index: track records name their stream by id.
     stream_ids: HashMap<usize, String>,
     written: u64,
 }
@@ -122,7 +123,7 @@ impl Sink for SnapshotSink {
                 continue;
             };
             let weight = readability(&face.face);
-            let key = (record.stream.clone(), track);
+            let key = (stream, track);
             if self.best.get(&key).is_some_and(|b| b.weight >= weight) {
                 continue;
             }
@@ -134,7 +135,11 @@ impl Sink for SnapshotSink {
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
-        let Some(best) = self.best.remove(&(record.stream.clone(), record.track_id)) else {
+        let stream = self
+            .stream_ids
+            .iter()
+            .find_map(|(&index, id)| (*id == record.stream).then_some(index));
+        let Some(best) = stream.and_then(|s| self.best.remove(&(s, record.track_id))) else {
             return Ok(());
         };
         let path = snapshot_path(&self.dir, &record.stream, record.track_id);
@@ -150,9 +155,7 @@ impl Sink for SnapshotSink {
 
     /// The stream's people have had their records: faces kept for anyone else are dropped.
     fn end_stream(&mut self, stream: usize) -> Result<(), SinkError> {
-        if let Some(id) = self.stream_ids.remove(&stream) {
-            self.best.retain(|(s, _), _| *s != id);
-        }
+        self.best.retain(|(s, _), _| *s != stream);
         Ok(())
     }
 
