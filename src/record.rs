@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::Face;
 use crate::model::AgeGrouping;
+use crate::model::calibration::Calibration;
 use crate::model::readout::{AgeJson, LabelJson, Prediction};
 use crate::model::spec::{ModelSpec, Task};
 
@@ -49,6 +50,55 @@ impl Attributes {
     }
 }
 
+/// The label of a gender or race whose (calibrated) probability is below the reader's
+/// threshold ([`Readout::unknown_below`]).
+pub const UNKNOWN: &str = "unknown";
+
+/// How a model's probabilities become a record's attributes: the tasks it reports, the age
+/// grouping, the model's calibration (see [`crate::model::calibration`]), and the probability
+/// below which a gender or race reads [`UNKNOWN`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readout {
+    pub spec: ModelSpec,
+    pub grouping: AgeGrouping,
+    pub calibration: Option<Calibration>,
+    /// 0: every gender and race is said, however unsure.
+    pub unknown_below: f32,
+}
+
+impl Readout {
+    /// Every label said, probabilities as the model gives them.
+    pub fn plain(spec: ModelSpec, grouping: AgeGrouping) -> Self {
+        Self {
+            spec,
+            grouping,
+            calibration: None,
+            unknown_below: 0.0,
+        }
+    }
+
+    /// The attributes of `prediction`: calibrated, then a gender or race below the threshold
+    /// reads `unknown` (its `prob` stays the most probable label's). Age always names its most
+    /// probable group, with every group's probability beside it.
+    pub fn attributes(&self, prediction: &Prediction) -> Attributes {
+        let calibrated;
+        let p = match &self.calibration {
+            Some(c) => {
+                calibrated = c.apply(prediction);
+                &calibrated
+            }
+            None => prediction,
+        };
+        let mut a = Attributes::of(p, &self.spec, self.grouping);
+        for label in [a.gender.as_mut(), a.race.as_mut()].into_iter().flatten() {
+            if label.prob < self.unknown_below {
+                label.label = UNKNOWN.to_string();
+            }
+        }
+        a
+    }
+}
+
 impl FaceRecord {
     /// A face without attributes.
     pub fn detection(face: Face) -> Self {
@@ -60,18 +110,13 @@ impl FaceRecord {
         }
     }
 
-    /// A face with the attributes its model was trained for.
-    pub fn with_attributes(
-        face: Face,
-        prediction: &Prediction,
-        spec: &ModelSpec,
-        grouping: AgeGrouping,
-    ) -> Self {
+    /// A face with the attributes its model was trained for, read out by `readout`.
+    pub fn with_attributes(face: Face, prediction: &Prediction, readout: &Readout) -> Self {
         Self {
             face,
             track_id: None,
             confirmed: None,
-            attributes: Attributes::of(prediction, spec, grouping),
+            attributes: readout.attributes(prediction),
         }
     }
 }
@@ -163,4 +208,44 @@ pub struct ImageRecord {
 /// Where the snapshot of `track` of `stream` goes in `dir` (`--snapshots`): `<stream>-<track>.jpg`.
 pub fn snapshot_path(dir: &std::path::Path, stream: &str, track: u64) -> std::path::PathBuf {
     dir.join(format!("{stream}-{track}.jpg"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gender or race below the threshold reads `unknown`, its probability kept; the
+    /// calibration is applied first, so a sure-sounding reading can fall below it.
+    #[test]
+    fn unsure_labels_read_unknown_after_calibration() {
+        let p = Prediction::from_logits(
+            &[0.0; crate::model::FINE_AGE_BINS],
+            &[2.0, 0.0],
+            &[0.0, 0.0, 1.0, 0.0, 0.0],
+        );
+        let spec = ModelSpec::current(&Task::ALL);
+        let mut readout = Readout::plain(spec, AgeGrouping::Five);
+        let plain = readout.attributes(&p);
+        assert_eq!(plain.gender.as_ref().unwrap().label, "male");
+        assert_eq!(plain.gender.as_ref().unwrap().prob, 0.881);
+        assert_eq!(plain.race.as_ref().unwrap().label, "asian");
+        readout.unknown_below = 0.8;
+        let a = readout.attributes(&p);
+        assert_eq!(a.gender.as_ref().unwrap().label, "male");
+        // Race: e / (e + 4) = 0.405.
+        assert_eq!(a.race.as_ref().unwrap().label, UNKNOWN);
+        assert_eq!(a.race.as_ref().unwrap().prob, 0.405);
+        // At temperature 2 the gender's 0.881 becomes 1 / (1 + e^-1) = 0.731: unknown too.
+        readout.calibration = Some(Calibration {
+            age: 1.0,
+            gender: 2.0,
+            race: 1.0,
+            fitted_on: "test".into(),
+            ece: Vec::new(),
+        });
+        let a = readout.attributes(&p);
+        assert_eq!(a.gender.as_ref().unwrap().label, UNKNOWN);
+        assert_eq!(a.gender.as_ref().unwrap().prob, 0.731);
+        assert_eq!(a.age, plain.age, "age is not thresholded");
+    }
 }

@@ -291,8 +291,9 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
             groups.insert(a.index, a.group.clone());
         }
     }
-    let genders = ["female", "male"];
-    let mut counts = vec![[0u32; 2]; groups.len()];
+    // "unknown": a gender below the run's `unknown_below` threshold.
+    let genders = ["female", "male", crate::record::UNKNOWN];
+    let mut counts = vec![[0u32; 3]; groups.len()];
     let position: BTreeMap<usize, usize> =
         groups.keys().enumerate().map(|(i, k)| (*k, i)).collect();
     for p in &records.people {
@@ -320,7 +321,7 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
         .x_labels(names.len().max(1) * 2 + 1)
         .x_label_formatter(&move |x| {
             let i = x.floor() as usize;
-            // Only at the middle of each group's pair of bars.
+            // Only at the middle of each group's bars.
             if (x - i as f64 - 0.5).abs() < 1e-6 {
                 labels.get(i).cloned().unwrap_or_default()
             } else {
@@ -334,8 +335,9 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
         let colour = COLOURS[j];
         chart
             .draw_series(counts.iter().enumerate().map(|(i, c)| {
-                let x0 = i as f64 + 0.1 + j as f64 * 0.4;
-                Rectangle::new([(x0, 0), (x0 + 0.4, c[j])], colour.filled())
+                let width = 0.8 / genders.len() as f64;
+                let x0 = i as f64 + 0.1 + j as f64 * width;
+                Rectangle::new([(x0, 0), (x0 + width, c[j])], colour.filled())
             }))
             .map_err(|e| err(e.to_string()))?
             .label(*gender)
@@ -497,13 +499,14 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
                 / people.len() as f64
         };
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>\n",
             escape(&s),
             frames,
             faces,
             people.len(),
             gender("female"),
             gender("male"),
+            gender(crate::record::UNKNOWN),
             mean_dwell
         ));
     }
@@ -521,7 +524,7 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
          figure{{display:inline-block;margin:1em}}figcaption{{text-align:center;color:#555}}</style></head>\n\
          <body><h1>Who passed, and when</h1>\n<p>From <code>{source}</code>: {people} people \
          (one per track that faceflow confirmed), {frames} frames.</p>\n\
-         <table><tr><th>stream</th><th>frames</th><th>faces</th><th>people</th><th>women</th><th>men</th><th>mean time in view</th></tr>\n\
+         <table><tr><th>stream</th><th>frames</th><th>faces</th><th>people</th><th>women</th><th>men</th><th>gender unknown</th><th>mean time in view</th></tr>\n\
          {rows}</table>\n{charts}</body></html>\n",
         people = records.people.len(),
         frames = records.frames.len(),
@@ -566,7 +569,7 @@ mod tests {
         assert!(html.contains("3 people"), "{html}");
         assert!(
             html.contains(
-                "<td>0</td><td>100</td><td>50</td><td>3</td><td>1</td><td>2</td><td>12.5 s</td>"
+                "<td>0</td><td>100</td><td>50</td><td>3</td><td>1</td><td>2</td><td>0</td><td>12.5 s</td>"
             ),
             "{html}"
         );

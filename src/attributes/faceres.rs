@@ -30,6 +30,25 @@ pub struct Faceres {
     input: Vec<f32>,
 }
 
+/// A second reader of gender: the probability that each face is a man's (`result[i][j]` for face
+/// `j` of picture `i`, `None` where no reading could be made). The track stage asks it about a
+/// few of each person's clearest faces; tests give a stand-in.
+pub trait GenderReader: Send + 'static {
+    fn male_probability(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError>;
+}
+
+impl GenderReader for Faceres {
+    fn male_probability(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
+        Faceres::male_probability(self, images)
+    }
+}
+
 /// Where faceres is by default (see [`super::default_model_path`]).
 pub fn default_path() -> PathBuf {
     super::find_model(DEFAULT_FACERES)

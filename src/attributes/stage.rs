@@ -52,7 +52,7 @@ pub(crate) fn spawn(
         windows: cx.windows.clone(),
         input,
         out,
-        pixels_for_sinks: cx.keep_pixels.sinks,
+        pixels_later: cx.keep_pixels.after_attributes(),
         times: cx.times.clone(),
     };
     graph.add_stage("attributes", move |c| stage.run(c));
@@ -60,14 +60,14 @@ pub(crate) fn spawn(
 }
 
 /// Adds age, gender and race to the faces of the frames that come in, batched (see
-/// [`Batching`]). `pixels_for_sinks`: a sink draws on the frames, so their pixels are kept.
+/// [`Batching`]). `pixels_later`: a later stage reads the frames' pixels, so they are kept.
 struct AttributesStage<M> {
     model: M,
     batching: Batching,
     windows: Arc<StreamWindows>,
     input: Input<Detected>,
     out: Output<Detected>,
-    pixels_for_sinks: bool,
+    pixels_later: bool,
     times: StageTimes,
 }
 
@@ -82,7 +82,7 @@ impl<M: FacePredictor> AttributesStage<M> {
             windows,
             input,
             out,
-            pixels_for_sinks,
+            pixels_later,
             times,
         } = self;
         loop {
@@ -131,9 +131,9 @@ impl<M: FacePredictor> AttributesStage<M> {
                     d.predictions = predicted;
                 }
             }
-            // Unless a sink draws on them, no later stage reads the pixels: release them before the
-            // frame waits to be written.
-            if !pixels_for_sinks {
+            // Unless a later stage reads them, release the pixels before the frame waits to be
+            // written.
+            if !pixels_later {
                 for d in &mut batch {
                     d.frame.rgb = Vec::new();
                 }
@@ -203,7 +203,7 @@ mod tests {
             &streams,
             PixelReaders {
                 attributes: true,
-                sinks: false,
+                ..PixelReaders::default()
             },
         );
         let mut graph = testing::graph();

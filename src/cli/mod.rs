@@ -216,6 +216,12 @@ pub struct EvalArgs {
     /// confusion_*.svg, accuracy_per_age_group*.svg.
     #[arg(long, value_name = "DIR", default_value = "eval-report")]
     pub report: PathBuf,
+    /// Also fit the model's temperatures on these images (faces it never trained on: use the
+    /// validation split) and write them to FILE, <model>.calibration.json to have them applied
+    /// (models/README.md, "Calibration"); calibration.md in the report folder gives the
+    /// calibration error before and after, and coverage against precision per threshold.
+    #[arg(long, value_name = "FILE")]
+    pub calibrate: Option<PathBuf>,
     #[command(flatten)]
     pub attributes: AttributeFlags,
     #[command(flatten)]

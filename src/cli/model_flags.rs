@@ -85,8 +85,9 @@ pub struct AttributeFlags {
     /// [default: true for analyze and eval, false for run].
     #[arg(long, value_name = "BOOL")]
     pub flip_average: Option<bool>,
-    /// Also read each face's gender with faceres (models/faceres.onnx, trained on faces in the
-    /// wild) and average it in; about 13 ms more per face on one core [default: false].
+    /// Also read gender with faceres (models/faceres.onnx, trained on faces in the wild) and
+    /// average it in: in video on a few of each person's clearest faces, on still images on every
+    /// face (about 13 ms a face on one core) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub faceres: Option<bool>,
 }
@@ -102,6 +103,10 @@ pub struct AgeGroupFlag {
     /// has]; e.g. --tasks age,gender where race must not be stored.
     #[arg(long, value_name = "LIST", value_parser = parse_tasks)]
     pub tasks: Option<TaskList>,
+    /// A gender or race whose probability (calibrated: models/README.md) is below P reads
+    /// "unknown"; 0 says every label, however unsure [default: 0.6].
+    #[arg(long, value_name = "P")]
+    pub unknown_below: Option<f32>,
 }
 
 /// A list of tasks as one value (clap would take a `Vec` for a repeated flag).
@@ -115,6 +120,9 @@ impl AgeGroupFlag {
         }
         if let Some(TaskList(tasks)) = &self.tasks {
             cfg.tasks = Some(tasks.clone());
+        }
+        if let Some(p) = self.unknown_below {
+            cfg.unknown_below = p;
         }
     }
 }

@@ -23,6 +23,7 @@ pub const FLAG_OF_SETTING: &[(&str, &str, &str)] = &[
     ("detect", "workers", "--workers"),
     ("detect", "detect_every", "--detect-every"),
     ("attributes", "age_groups", "--age-groups"),
+    ("attributes", "unknown_below", "--unknown-below"),
     ("", "stats_interval_s", "--stats-every"),
     ("source", "input", "--input"),
     ("mqtt", "ca", "--mqtt-ca"),

@@ -23,9 +23,24 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     // The report folder first: a path that cannot be a folder fails before hours of work.
     std::fs::create_dir_all(&args.report)
         .with_context(|| format!("cannot create the report folder {}", args.report.display()))?;
+    if let Some(out) = &args.calibrate {
+        let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if folder.is_some_and(|f| !f.is_dir()) || out.is_dir() {
+            anyhow::bail!(
+                "--calibrate {}: not a file in an existing folder",
+                out.display()
+            );
+        }
+    }
     let model_path = attributes.model_path();
     let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
+    let sources_named = args
+        .sources
+        .iter()
+        .map(|s| s.dir.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let opts = eval::EvalOptions {
         sources: args.sources,
         split: args.split,
@@ -68,6 +83,31 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let report = report?;
     let written = eval::write_report(&args.report, &report)?;
     println!("{}", report.tally.line());
+    if let Some(out) = &args.calibrate {
+        let fitted_on = format!(
+            "{} (flip_average {}, faceres {}) on the {} split (seed {}, validation fraction {}) of {}: {} images",
+            report.model,
+            attributes.flip_average,
+            attributes.faceres,
+            format!("{:?}", report.split).to_lowercase(),
+            report.seed,
+            report.val_fraction,
+            sources_named,
+            report.images.len()
+        );
+        let (calibration, md) = eval::calibrate::fit(&report, fitted_on);
+        let json = serde_json::to_string_pretty(&calibration)?;
+        std::fs::write(out, json + "\n")
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        let page = args.report.join("calibration.md");
+        std::fs::write(&page, &md).with_context(|| format!("cannot write {}", page.display()))?;
+        print!("{md}");
+        faceflow::say!(
+            "eval: temperatures in {}, calibration error and coverage in {}",
+            out.display(),
+            page.display()
+        );
+    }
     faceflow::say!(
         "eval: report in {} ({} files){}",
         args.report.display(),

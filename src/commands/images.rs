@@ -13,9 +13,8 @@ use crate::one_line;
 use faceflow::align::{self, AlignConfig};
 use faceflow::attributes::{AttributeModel, FacesInImage};
 use faceflow::detect::{DetectConfig, Mtcnn};
-use faceflow::model::AgeGrouping;
 use faceflow::pipeline::AttributesConfig;
-use faceflow::record::{FaceRecord, ImageRecord};
+use faceflow::record::{FaceRecord, ImageRecord, Readout};
 use faceflow::sinks::{JsonConfig, JsonLinesWriter, OutputError};
 
 pub fn detect(args: DetectArgs) -> Result<ExitCode> {
@@ -231,13 +230,13 @@ pub fn analyze(args: AnalyzeArgs) -> Result<ExitCode> {
     };
     let align_config = AlignConfig::default();
     process_images(&args.images, json, workers, || {
-        let (mut model, grouping) = attributes.load()?.context("attributes are switched off")?;
+        let (mut model, readout) = attributes.load()?.context("attributes are switched off")?;
         let mut detector = Mtcnn::new(detect.clone())?;
         let align_config = &align_config;
         Ok(move |_: usize, path: &Path| {
             detect_one(
                 &mut detector,
-                Some((&mut model, grouping)),
+                Some((&mut model, &readout)),
                 path,
                 None,
                 align_config,
@@ -246,8 +245,8 @@ pub fn analyze(args: AnalyzeArgs) -> Result<ExitCode> {
     })
 }
 
-/// An attribute model and the age grouping to report.
-type Attributes<'a> = Option<(&'a mut AttributeModel, AgeGrouping)>;
+/// An attribute model and how its readings are read out.
+type Attributes<'a> = Option<(&'a mut AttributeModel, &'a Readout)>;
 
 fn detect_one(
     detector: &mut Mtcnn,
@@ -291,7 +290,7 @@ fn detect_one(
     }
     let faces = match attributes {
         None => faces.into_iter().map(FaceRecord::detection).collect(),
-        Some((model, grouping)) => {
+        Some((model, readout)) => {
             let image_faces = FacesInImage {
                 rgb: image.as_raw(),
                 width: width as usize,
@@ -301,12 +300,11 @@ fn detect_one(
             let predicted = model
                 .predict_faces(&[image_faces])
                 .with_context(|| format!("{}: attribute model failed", path.display()))?;
-            let spec = model.spec().clone();
             faces
                 .into_iter()
                 .zip(predicted.into_iter().flatten())
                 .map(|(face, p)| match p {
-                    Some(p) => FaceRecord::with_attributes(face, &p, &spec, grouping),
+                    Some(p) => FaceRecord::with_attributes(face, &p, readout),
                     None => FaceRecord::detection(face),
                 })
                 .collect()

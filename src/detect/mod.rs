@@ -6,6 +6,7 @@
 //! `models/convert_mtcnn.py` and compiled into the binary.
 
 pub mod boxes;
+pub mod cut;
 pub mod nms;
 pub mod pyramid;
 pub(crate) mod schedule;

@@ -104,6 +104,8 @@ struct StreamState {
     last_index: Option<u64>,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
+    /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]).
+    thumbnail: Option<super::cut::Thumbnail>,
     /// Bytes of the stream's frames, as its window was sized for.
     frame_bytes: usize,
     /// Worker seconds served so far (the stream's virtual time).
@@ -124,6 +126,7 @@ impl StreamState {
             run_keyframe_pts_ms: 0.0,
             last_index: None,
             faces_done: BTreeMap::new(),
+            thumbnail: None,
             frame_bytes: 0,
             served_s: 0.0,
             full_cost: Cost::guess(0.0),
@@ -373,9 +376,14 @@ impl Schedule<'_> {
 /// Takes `frame` into its stream's waiting list, numbered, and decides whether it starts a run:
 /// the first frame, a run full (`detect_every` frames, or with 0 [`super::AUTO_DETECT_INTERVAL_MS`]
 /// of video), or a frame after a gap (frames dropped behind a live source, or lost while a camera
-/// reconnected: the faces of the frame before may be far away).
-fn take(st: &mut StreamState, frame: Frame, detect_every: u32) {
+/// reconnected: the faces of the frame before may be far away), or a scene cut (marked on the
+/// frame: the faces of the frame before belong to another shot).
+fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
     let follows_last = st.last_index.is_some_and(|last| frame.index == last + 1);
+    let thumbnail =
+        super::cut::Thumbnail::of(&frame.rgb, frame.width as usize, frame.height as usize);
+    frame.scene_cut = matches!((&thumbnail, &st.thumbnail), (Some(now), Some(before)) if now.is_cut_after(before));
+    st.thumbnail = thumbnail;
     let run_done = match detect_every {
         // Auto: by video time (a little early rather than a frame late: frame times are rounded).
         0 => {
@@ -384,7 +392,11 @@ fn take(st: &mut StreamState, frame: Frame, detect_every: u32) {
         }
         n => st.run_frames >= n,
     };
-    let keyframe = st.run_frames == 0 || run_done || !follows_last || frame.gap_before_ms.is_some();
+    let keyframe = st.run_frames == 0
+        || run_done
+        || !follows_last
+        || frame.gap_before_ms.is_some()
+        || frame.scene_cut;
     if keyframe {
         st.run_frames = 0;
         st.run_keyframe_pts_ms = frame.pts_ms;
@@ -423,6 +435,7 @@ mod tests {
             height: 48,
             rgb: Vec::new(),
             gap_before_ms: None,
+            scene_cut: false,
         }
     }
 
@@ -449,6 +462,39 @@ mod tests {
             (0..8).collect::<Vec<_>>(),
             "sequence numbers have no gaps"
         );
+    }
+
+    /// A frame of another shot is marked a cut and searched in full, mid-run; the frames of one
+    /// shot are not.
+    #[test]
+    fn a_scene_cut_starts_a_run_and_is_marked() {
+        // 64×48: the left half bright (shot A) or the right half (shot B).
+        let shot = |bright_left: bool, index: u64| {
+            let mut f = frame(index, index as f64 * 40.0);
+            f.rgb = (0..48 * 64)
+                .flat_map(|i| {
+                    let left = i % 64 < 32;
+                    let v = if left == bright_left { 220 } else { 30 };
+                    [v, v, v]
+                })
+                .collect();
+            f
+        };
+        let mut st = StreamState::new();
+        for i in 0..3 {
+            take(&mut st, shot(true, i), 5);
+        }
+        for i in 3..5 {
+            take(&mut st, shot(false, i), 5);
+        }
+        assert_eq!(keyframes(&st), vec![0, 3]);
+        let cuts: Vec<u64> = st
+            .waiting
+            .iter()
+            .filter(|w| w.frame.scene_cut)
+            .map(|w| w.frame.index)
+            .collect();
+        assert_eq!(cuts, vec![3]);
     }
 
     #[test]
@@ -536,6 +582,7 @@ mod tests {
                         height: 48,
                         rgb: Vec::new(),
                         gap_before_ms: None,
+                        scene_cut: false,
                     };
                     next_index[s] += 1;
                     out.send(frame, &control);

@@ -138,7 +138,7 @@ impl DetectWorker {
             };
             let faces: Vec<FaceRecord> = found.into_iter().map(FaceRecord::detection).collect();
             // Without faces, no later stage reads the pixels either.
-            if !(self.keep_pixels.sinks || self.keep_pixels.attributes && !faces.is_empty()) {
+            if !self.keep_pixels.after_detect(faces.len()) {
                 frame.rgb = Vec::new();
             }
             let predictions = vec![None; faces.len()];

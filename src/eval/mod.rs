@@ -2,6 +2,7 @@
 //! attributes, largest face per image) over a labelled folder, scored against the file-name labels.
 //! An image without a face counts as wrong. Writes JSON, Markdown and SVG charts.
 
+pub mod calibrate;
 pub mod plot;
 pub mod yardstick;
 
@@ -98,6 +99,17 @@ pub struct ImageResult {
     /// `None` when no face was found (every labelled task then counts wrong).
     pub predicted: Option<PredictedLabels>,
     pub correct: Correct,
+    /// The model's probabilities as it gave them (uncalibrated): what `--calibrate` fits on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probs: Option<Probs>,
+}
+
+/// One face's probabilities per head, the fine age bins (1 … 80+ years) unrounded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probs {
+    pub age_fine: Vec<f32>,
+    pub gender: Vec<f32>,
+    pub race: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +315,11 @@ pub fn evaluate(
                 .as_ref()
                 .map(|p| PredictedLabels::of(p, &spec.tasks)),
             correct,
+            probs: prediction.map(|p| Probs {
+                age_fine: p.age_fine,
+                gender: p.gender,
+                race: p.race,
+            }),
         });
         if !progress(i + 1, samples.len()) {
             interrupted = true;
@@ -595,6 +612,7 @@ mod tests {
                 race,
                 ..Correct::default()
             },
+            probs: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub struct StageTimes {
     pub detect: Histogram,
     /// Seconds per attribute-model call (a batch of faces).
     pub attributes: Histogram,
+    /// Seconds per call of the track stage's second reader of gender (a frame's faces).
+    pub second_reader: Histogram,
     /// Seconds per item in the sinks (a frame's record and the people it ends, to every sink).
     pub sinks: Histogram,
 }
@@ -28,6 +30,7 @@ impl Default for StageTimes {
         Self {
             detect: buckets(),
             attributes: buckets(),
+            second_reader: buckets(),
             sinks: buckets(),
         }
     }

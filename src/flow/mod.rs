@@ -21,12 +21,26 @@ use crate::detect::Face;
 use crate::record::{FaceRecord, FrameRecord, TrackRecord};
 use crate::sources::{Frame, StreamInfo};
 
-/// Which stages after detection read a frame's pixels: the attribute model (frames with faces),
-/// and sinks that draw (every frame). Pixels are released after their last reader.
+/// Which stages after detection read a frame's pixels: the attribute model and the track stage's
+/// second reader of gender (frames with faces), and sinks that draw (every frame). Pixels are
+/// released after their last reader.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PixelReaders {
     pub(crate) attributes: bool,
+    pub(crate) track: bool,
     pub(crate) sinks: bool,
+}
+
+impl PixelReaders {
+    /// Whether a frame with `faces` faces needs its pixels after detection.
+    pub(crate) fn after_detect(&self, faces: usize) -> bool {
+        self.sinks || (self.attributes || self.track) && faces > 0
+    }
+
+    /// Whether a frame needs its pixels after the attribute stage.
+    pub(crate) fn after_attributes(&self) -> bool {
+        self.sinks || self.track
+    }
 }
 
 /// A frame with its faces. `seq` numbers the frames of its stream (and its end mark) in decode
@@ -101,6 +115,7 @@ pub(crate) fn end_mark(stream: &Arc<StreamInfo>) -> Frame {
         height: 0,
         rgb: Vec::new(),
         gap_before_ms: None,
+        scene_cut: false,
     }
 }
 
@@ -134,6 +149,7 @@ pub(crate) mod testing {
             height: 6,
             rgb: vec![128; 8 * 6 * 3],
             gap_before_ms: None,
+            scene_cut: false,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+pub mod calibration;
 pub mod dataset;
 pub mod readout;
 pub mod spec;

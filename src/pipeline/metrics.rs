@@ -141,6 +141,11 @@ impl Sources {
             self.times.attributes.clone(),
         );
         registry.register(
+            "second_reader_seconds",
+            "Seconds per call of the second reader of gender (a frame's faces)",
+            self.times.second_reader.clone(),
+        );
+        registry.register(
             "sinks_seconds",
             "Seconds per item written to every sink",
             self.times.sinks.clone(),

@@ -25,6 +25,8 @@ use crate::detect::{DetectConfig, FrameDetector, Mtcnn};
 use crate::flow::{PixelReaders, RunContext, Sizes};
 use crate::graph::{self, Control, Graph};
 use crate::model::AgeGrouping;
+use crate::model::calibration::Calibration;
+use crate::record::Readout;
 use crate::sinks::{self, JsonConfig, MqttConfig, OutputConfig, OutputContext, OverlayConfig};
 use crate::sources::{Source, SourceConfig};
 use crate::track::TrackConfig;
@@ -116,10 +118,17 @@ pub struct AttributesConfig {
     /// The attributes to report, of those the model has [default: all it has]: a deployment
     /// that must not store race leaves it out.
     pub tasks: Option<Vec<crate::model::spec::Task>>,
-    /// Also read each face's gender with faceres (models/faceres.onnx, trained on faces in the
-    /// wild) and average the two (about 13 ms more per face on one core).
+    /// Also read gender with faceres (models/faceres.onnx, trained on faces in the wild) and
+    /// average it in: in video, on a few of each person's clearest faces (see `track::second`);
+    /// on still images, on every face (about 13 ms more per face on one core).
     pub faceres: bool,
+    /// A gender or race whose probability (calibrated, when the model has a calibration beside
+    /// it) is below this reads "unknown"; 0 says every label.
+    pub unknown_below: f32,
 }
+
+/// The default of `[attributes] unknown_below` (see models/README.md, "Calibration").
+pub const DEFAULT_UNKNOWN_BELOW: f32 = 0.6;
 
 impl Default for AttributesConfig {
     fn default() -> Self {
@@ -132,7 +141,8 @@ impl Default for AttributesConfig {
             threads: 1,
             flip_average: false,
             tasks: None,
-            faceres: false,
+            faceres: true,
+            unknown_below: DEFAULT_UNKNOWN_BELOW,
         }
     }
 }
@@ -156,6 +166,12 @@ impl AttributesConfig {
         Setting::key("max_batch").check(self.max_batch, 1, 1024, "faces")?;
         Setting::key("max_wait_ms").check(self.max_wait_ms, 0, 10_000, "ms")?;
         Setting::key("threads").check(self.threads, 1, MAX_THREADS, "")?;
+        Setting::in_section("attributes", "unknown_below").check(
+            self.unknown_below,
+            0.0,
+            1.0,
+            "",
+        )?;
         if self.tasks.as_ref().is_some_and(Vec::is_empty) {
             return Err(PipelineError::Invalid(
                 "attributes: tasks is empty: name at least one of age, gender, race, or switch attributes off".into(),
@@ -164,8 +180,67 @@ impl AttributesConfig {
         Ok(())
     }
 
-    /// Loads the model when the stage is on.
-    pub fn load(&self) -> Result<Option<(AttributeModel, AgeGrouping)>, PipelineError> {
+    /// Loads the model when the stage is on, for still images: with faceres on, it reads every
+    /// face's gender too.
+    pub fn load(&self) -> Result<Option<(AttributeModel, Readout)>, PipelineError> {
+        let Some((mut model, grouping)) = self.load_model()? else {
+            return Ok(None);
+        };
+        model.set_gender_ensemble(self.load_faceres(&model)?);
+        let readout = self.readout(&model, grouping)?;
+        Ok(Some((model, readout)))
+    }
+
+    /// How `model`'s readings become attributes: with the calibration beside the model file,
+    /// if it has one, and this threshold.
+    fn readout(
+        &self,
+        model: &AttributeModel,
+        grouping: AgeGrouping,
+    ) -> Result<Readout, PipelineError> {
+        let calibration = Calibration::load_beside(&self.model_path())
+            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        Ok(Readout {
+            spec: model.spec().clone(),
+            grouping,
+            calibration,
+            unknown_below: self.unknown_below,
+        })
+    }
+
+    /// Loads the model when the stage is on, for video: faceres, when on, apart, for the track
+    /// stage to read a few of each person's faces with.
+    pub fn load_for_video(&self) -> Result<Option<VideoAttributes>, PipelineError> {
+        let Some((model, grouping)) = self.load_model()? else {
+            return Ok(None);
+        };
+        let second_reader = self
+            .load_faceres(&model)?
+            .map(|f| Box::new(f) as Box<dyn attributes::faceres::GenderReader>);
+        let readout = self.readout(&model, grouping)?;
+        Ok(Some(VideoAttributes {
+            model,
+            readout,
+            second_reader,
+        }))
+    }
+
+    /// faceres, when it is on and gender is reported (it reads gender only).
+    fn load_faceres(
+        &self,
+        model: &AttributeModel,
+    ) -> Result<Option<attributes::faceres::Faceres>, PipelineError> {
+        if !(self.faceres && model.spec().has(crate::model::spec::Task::Gender)) {
+            return Ok(None);
+        }
+        let path = attributes::faceres::default_path();
+        Ok(Some(attributes::faceres::Faceres::load(
+            &path,
+            self.threads,
+        )?))
+    }
+
+    fn load_model(&self) -> Result<Option<(AttributeModel, AgeGrouping)>, PipelineError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -189,16 +264,15 @@ impl AttributesConfig {
                 ))
             })?;
         }
-        // faceres reads gender only: not loaded when gender is not reported.
-        if self.faceres && model.spec().has(crate::model::spec::Task::Gender) {
-            let path = attributes::faceres::default_path();
-            model.set_gender_ensemble(Some(attributes::faceres::Faceres::load(
-                &path,
-                self.threads,
-            )?));
-        }
         Ok(Some((model, grouping)))
     }
+}
+
+/// The attribute stage's model, and the track stage's second reader of gender.
+pub struct VideoAttributes {
+    pub model: AttributeModel,
+    pub readout: Readout,
+    pub second_reader: Option<Box<dyn attributes::faceres::GenderReader>>,
 }
 
 impl PipelineConfig {
@@ -442,7 +516,7 @@ impl PipelineConfig {
 pub struct BuiltStages {
     pub sources: Vec<Source>,
     pub detectors: Vec<Box<dyn FrameDetector>>,
-    pub attributes: Option<(AttributeModel, AgeGrouping)>,
+    pub attributes: Option<VideoAttributes>,
     /// Every output, each given every record.
     pub sinks: Vec<Box<dyn sinks::Sink>>,
     /// The metrics port, bound before any output is created (a taken port must not cost the
@@ -474,7 +548,7 @@ pub fn run(
     let detectors = (0..workers)
         .map(|_| Mtcnn::new(worker_config.clone()).map(|m| Box::new(m) as Box<dyn FrameDetector>))
         .collect::<Result<Vec<_>, _>>()?;
-    let attributes = config.attributes.load()?;
+    let attributes = config.attributes.load_for_video()?;
     let metrics_listener = config
         .metrics
         .listen
@@ -515,14 +589,15 @@ pub fn run_stages(
         config.sizes(detectors.len()),
         PixelReaders {
             attributes: attributes.is_some(),
+            track: attributes
+                .as_ref()
+                .is_some_and(|a| a.second_reader.is_some()),
             sinks: sinks.iter().any(|s| s.draws()),
         },
     );
     let people = People::new(
         config.track.clone(),
-        attributes
-            .as_ref()
-            .map(|(m, grouping)| (m.spec().clone(), *grouping)),
+        attributes.as_ref().map(|a| a.readout.clone()),
     )
     .with_detect_every(config.detect.detect_every)
     .with_snapshots(config.snapshots.dir.clone());
@@ -535,11 +610,18 @@ pub fn run_stages(
         detectors,
         config.detect.detect_every,
     );
-    if let Some((model, _)) = attributes {
-        faces =
-            stage::attributes::spawn(&mut graph, &cx, faces, model, config.attributes.batching());
+    let mut second_reader = None;
+    if let Some(a) = attributes {
+        faces = stage::attributes::spawn(
+            &mut graph,
+            &cx,
+            faces,
+            a.model,
+            config.attributes.batching(),
+        );
+        second_reader = a.second_reader;
     }
-    let tracked = stage::track::spawn(&mut graph, &cx, faces, people);
+    let tracked = stage::track::spawn(&mut graph, &cx, faces, people, second_reader);
     stage::sinks::spawn(&mut graph, &cx, tracked, sinks, hooks.progress);
     run_graph(graph, config, &cx, hooks.health, metrics_listener)?.map_err(PipelineError::Stage)?;
     summarize(&cx, &control)

@@ -156,6 +156,9 @@ pub struct Frame {
     pub rgb: Vec<u8>,
     /// Set on the first frame after a live source reconnected: how long no frame came.
     pub gap_before_ms: Option<f64>,
+    /// The first frame of another shot (see `detect::cut`): set by the detect scheduler, which
+    /// sees each stream's frames in order; every track ends before it.
+    pub scene_cut: bool,
 }
 
 /// Identity of a stream, shared by its frames.

@@ -616,6 +616,7 @@ impl Source {
             height: height as u32,
             rgb,
             gap_before_ms: None,
+            scene_cut: false,
         })
     }
 }

@@ -5,6 +5,10 @@
 //! its box area (bigger, surer faces count more; a face twice as wide counts twice) times how
 //! frontal it is, from its landmarks (a profile counts a tenth of a frontal face), and the estimate
 //! is the weighted mean of the fine-age, gender and race probabilities of the track's faces so far.
+//!
+//! A second reader of gender (faceres, read on a few of the track's clearest faces) keeps its own
+//! weighted mean; the track's gender is then the mean of the two models' means, each model's
+//! reading of the track counting alike however many faces each one read.
 
 use crate::detect::Face;
 use crate::model::readout::Prediction;
@@ -14,6 +18,8 @@ pub struct Estimate {
     sums: Option<Sums>,
     weight: f64,
     faces: u64,
+    /// The second reader's weighted sum of P(male) and its weight.
+    second_male: Option<(f64, f64)>,
 }
 
 /// Weighted sums of a track's probabilities, in f64: an hour of a large face at 25 fps sums past
@@ -91,18 +97,38 @@ impl Estimate {
         self.faces += 1;
     }
 
+    /// Adds the second reader's probability that one face is a man's, with weight `weight`
+    /// (ignored when not positive, or when the probability is not one).
+    pub fn add_second_male(&mut self, male: f32, weight: f64) {
+        if weight.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || !(0.0..=1.0).contains(&male)
+        {
+            return;
+        }
+        let (sum, total) = self.second_male.get_or_insert((0.0, 0.0));
+        *sum += f64::from(male) * weight;
+        *total += weight;
+    }
+
     /// Faces counted so far.
     pub fn faces(&self) -> u64 {
         self.faces
     }
 
-    /// The weighted mean so far (`None` before the first face).
+    /// The weighted mean so far (`None` before the first face), its gender averaged with the
+    /// second reader's mean when there is one.
     pub fn current(&self) -> Option<Prediction> {
         let s = self.sums.as_ref()?;
         let scale = |v: &[f64]| v.iter().map(|x| (x / self.weight) as f32).collect();
+        let mut gender: Vec<f32> = scale(&s.gender);
+        if let (Some((sum, total)), 2) = (self.second_male, gender.len()) {
+            // GENDER_LABELS: male, female.
+            let male = 0.5 * (f64::from(gender[0]) + sum / total);
+            gender = vec![male as f32, (1.0 - male) as f32];
+        }
         Some(Prediction {
             age_fine: scale(&s.age_fine),
-            gender: scale(&s.gender),
+            gender,
             race: scale(&s.race),
         })
     }
@@ -136,6 +162,29 @@ mod tests {
         assert!(g[1] > 0.8 && (g[0] + g[1] - 1.0).abs() < 1e-6, "{g:?}");
         e.add(&p(0.0), 0.0);
         assert_eq!(e.faces(), 2, "weightless faces are not counted");
+    }
+
+    /// The second reader's mean counts as much as the model's, whatever the number of faces
+    /// each read; age and race stay the model's.
+    #[test]
+    fn a_second_reading_of_gender_is_averaged_model_for_model() {
+        let mut e = Estimate::default();
+        e.add_second_male(1.0, 1.0);
+        assert!(e.current().is_none(), "no model reading yet");
+        for _ in 0..10 {
+            e.add(&p(0.8), 2.0);
+        }
+        e.add_second_male(0.6, 3.0);
+        // Model: P(male) 0.2; second reader: (1.0 × 1 + 0.6 × 3) / 4 = 0.7.
+        let now = e.current().unwrap();
+        assert!((now.gender[0] - 0.45).abs() < 1e-6, "{:?}", now.gender);
+        assert!((now.gender[1] - 0.55).abs() < 1e-6, "{:?}", now.gender);
+        assert_eq!((now.age_fine, now.race), (vec![0.5, 0.5], vec![1.0]));
+        // Weightless or impossible readings change nothing.
+        e.add_second_male(0.0, 0.0);
+        e.add_second_male(f32::NAN, 1.0);
+        e.add_second_male(1.5, 1.0);
+        assert!((e.current().unwrap().gender[0] - 0.45).abs() < 1e-6);
     }
 
     /// An hour-long track of a large face (25 fps, a 400-pixel face): the weighted sums pass

@@ -11,6 +11,7 @@ pub mod estimate;
 pub mod evidence;
 pub mod kalman;
 pub mod people;
+pub mod second;
 pub(crate) mod stage;
 
 use pathfinding::prelude::{Matrix, kuhn_munkres};

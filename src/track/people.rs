@@ -6,11 +6,10 @@ use std::collections::HashMap;
 
 use super::estimate::{Estimate, readability};
 use super::evidence::shows_a_face;
+use super::second::{self, SecondReads};
 use super::{Detection, TrackConfig, Tracker};
-use crate::model::AgeGrouping;
 use crate::model::readout::Prediction;
-use crate::model::spec::ModelSpec;
-use crate::record::{Attributes, FaceRecord, RecordKind, TrackRecord};
+use crate::record::{FaceRecord, Readout, RecordKind, TrackRecord};
 use crate::sources::StreamInfo;
 
 /// What is known of one track so far.
@@ -24,6 +23,8 @@ struct Person {
     /// Frames that showed a face clearly ([`shows_a_face`]).
     face_frames: u32,
     estimate: Estimate,
+    /// What the second reader of gender has read of this track.
+    second: SecondReads,
 }
 
 impl Person {
@@ -47,15 +48,15 @@ struct StreamTracks {
 pub struct People {
     config: TrackConfig,
     streams: Vec<Option<StreamTracks>>,
-    /// The attribute model's spec and the age grouping, when attributes are on.
-    attributes: Option<(ModelSpec, AgeGrouping)>,
+    /// How the attribute model's readings are read out, when attributes are on.
+    attributes: Option<Readout>,
     detect_every: u32,
     /// Where snapshots of people go (their track records name them), when they are written.
     snapshots: Option<std::path::PathBuf>,
 }
 
 impl People {
-    pub fn new(config: TrackConfig, attributes: Option<(ModelSpec, AgeGrouping)>) -> Self {
+    pub fn new(config: TrackConfig, attributes: Option<Readout>) -> Self {
         Self {
             config,
             streams: Vec::new(),
@@ -123,6 +124,7 @@ impl People {
                 frames: 0,
                 face_frames: 0,
                 estimate: Estimate::default(),
+                second: SecondReads::default(),
             });
             person.last_frame = frame;
             person.last_pts_ms = pts_ms;
@@ -136,9 +138,8 @@ impl People {
                 person.estimate.add(p, readability(&face.face));
             }
             face.track_id = Some(id);
-            if let (Some((spec, grouping)), Some(p)) = (&self.attributes, person.estimate.current())
-            {
-                face.attributes = Attributes::of(&p, spec, *grouping);
+            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
+                face.attributes = readout.attributes(&p);
             }
         }
         let ended = update.ended;
@@ -154,6 +155,65 @@ impl People {
                 })
             })
             .collect()
+    }
+
+    /// The faces of this frame of stream `index` (after [`People::frame`]) that the second
+    /// reader of gender should read: people's clear faces, by the rule of [`second`], the most
+    /// readable first, at most [`second::MAX_PER_FRAME`].
+    pub fn second_reading_wanted(
+        &self,
+        index: usize,
+        pts_ms: f64,
+        faces: &[FaceRecord],
+    ) -> Vec<usize> {
+        let Some(Some(tracks)) = self.streams.get(index) else {
+            return Vec::new();
+        };
+        let mut wanted: Vec<(usize, f64)> = faces
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.confirmed == Some(true))
+            .filter_map(|(i, f)| {
+                let person = tracks.people.get(&f.track_id?)?;
+                person.second.wants(&f.face, pts_ms).map(|w| (i, w))
+            })
+            .collect();
+        wanted.sort_by(|a, b| b.1.total_cmp(&a.1));
+        wanted.truncate(second::MAX_PER_FRAME);
+        wanted.into_iter().map(|(i, _)| i).collect()
+    }
+
+    /// The second reader's probability that each face of `wanted` (from
+    /// [`People::second_reading_wanted`]) is a man's (`None`: no reading): added to its track's
+    /// estimate, and the face's attributes read out again.
+    pub fn add_second_readings(
+        &mut self,
+        index: usize,
+        pts_ms: f64,
+        faces: &mut [FaceRecord],
+        wanted: &[usize],
+        male: &[Option<f32>],
+    ) {
+        let Some(Some(tracks)) = self.streams.get_mut(index) else {
+            return;
+        };
+        for (&i, male) in wanted.iter().zip(male) {
+            let Some(face) = faces.get_mut(i) else {
+                continue;
+            };
+            let Some(person) = face.track_id.and_then(|id| tracks.people.get_mut(&id)) else {
+                continue;
+            };
+            let weight = readability(&face.face);
+            // A face that gave no reading counts as read: it is not tried again and again.
+            person.second.read(weight, pts_ms);
+            if let Some(male) = male {
+                person.estimate.add_second_male(*male, weight);
+            }
+            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
+                face.attributes = readout.attributes(&p);
+            }
+        }
     }
 
     /// Ends every track of every stream (end of the run): the records of the people among them.
@@ -218,12 +278,12 @@ fn record(
     source: &str,
     track_id: u64,
     person: Person,
-    attributes: &Option<(ModelSpec, AgeGrouping)>,
+    attributes: &Option<Readout>,
 ) -> TrackRecord {
     let attributes = attributes
         .as_ref()
         .zip(person.estimate.current())
-        .map(|((spec, grouping), p)| Attributes::of(&p, spec, *grouping))
+        .map(|(readout, p)| readout.attributes(&p))
         .unwrap_or_default();
     TrackRecord {
         kind: RecordKind::Track,
@@ -307,6 +367,47 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!((records[0].first_frame, records[0].frames), (0, 10));
         assert_eq!(people.people(0), 1);
+    }
+
+    /// The second reader reads a person's first clear face once the track is a person, not a
+    /// track that never shows a face; its reading moves the person's gender, in the face's
+    /// attributes and in the track record.
+    #[test]
+    fn a_person_is_read_again_by_the_second_reader() {
+        use crate::model::AgeGrouping;
+        use crate::model::spec::{ModelSpec, Task};
+        let spec = ModelSpec::current(&Task::ALL);
+        let readout = Readout::plain(spec, AgeGrouping::Five);
+        let mut people = People::new(TrackConfig::default(), Some(readout));
+        let info = stream();
+        // The model is sure of "female" (logits 0, 2: P(male) 0.12).
+        let female =
+            Prediction::from_logits(&[0.0; crate::model::FINE_AGE_BINS], &[0.0, 2.0], &[0.0; 5]);
+        let mut asked = Vec::new();
+        for frame in 0..4 {
+            let pts_ms = frame as f64 * 40.0;
+            let mut faces = vec![face(0.0, true), face(300.0, false)];
+            let predictions = vec![Some(female.clone()), Some(female.clone())];
+            people.frame(&info, frame, pts_ms, &mut faces, &predictions);
+            let wanted = people.second_reading_wanted(0, pts_ms, &faces);
+            people.add_second_readings(
+                0,
+                pts_ms,
+                &mut faces,
+                &wanted,
+                &vec![Some(1.0); wanted.len()],
+            );
+            asked.push(wanted);
+            if frame == 3 {
+                let gender = faces[0].attributes.gender.as_ref().unwrap();
+                assert_eq!(gender.label, "male", "mean of 0.12 and 1.0");
+            }
+        }
+        // Confirmed at the third frame (index 2), read then, and not at once again.
+        assert_eq!(asked, [vec![], vec![], vec![0], vec![]]);
+        let records = people.finish();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
     }
 
     /// With `min_face_frames` 0, every confirmed track is a person, as before.

@@ -2,26 +2,34 @@
 //! people ([`People`]), frame and track records handed to the sinks.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::people::People;
-use crate::flow::{Detected, Reorder, RunContext, RunStats, StreamWindows, Tracked};
+use crate::attributes::FacesInImage;
+use crate::attributes::faceres::GenderReader;
+use crate::flow::{Detected, Reorder, RunContext, RunStats, StageTimes, StreamWindows, Tracked};
 use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::record::{FaceRecord, FrameRecord, RecordKind};
 
 /// Starts the track stage on `input` (frames with their faces, in any order); each stream's
-/// frames come out in order, as records with their people.
+/// frames come out in order, as records with their people. `second_reader` reads the gender of a
+/// few of each person's clearest faces again (see [`super::second`]).
 pub(crate) fn spawn(
     graph: &mut Graph,
     cx: &RunContext,
     input: Input<Detected>,
     people: People,
+    second_reader: Option<Box<dyn GenderReader>>,
 ) -> Input<Tracked> {
     let (out, tracked) = graph.channel("tracked", cx.queue_frames, WhenFull::Block);
     let stage = TrackStage {
         input,
         people,
+        second_reader,
+        pixels_for_sinks: cx.keep_pixels.sinks,
         windows: cx.windows.clone(),
         stats: cx.stats.clone(),
+        times: cx.times.clone(),
         out,
     };
     graph.add_stage("track", move |c| stage.run(c));
@@ -34,8 +42,12 @@ pub(crate) fn spawn(
 struct TrackStage {
     input: Input<Detected>,
     people: People,
+    second_reader: Option<Box<dyn GenderReader>>,
+    /// A sink draws on the frames: their pixels go on with the records.
+    pixels_for_sinks: bool,
     windows: Arc<StreamWindows>,
     stats: RunStats,
+    times: StageTimes,
     out: Output<Tracked>,
 }
 
@@ -62,7 +74,7 @@ impl TrackStage {
             for s in release {
                 while let Some(d) = reorder.pop(s, done) {
                     self.windows.release(s);
-                    let item = self.track(d, control);
+                    let item = self.track(d, control)?;
                     if self.out.send(item, control) == Sent::Closed {
                         return Ok(());
                     }
@@ -97,47 +109,81 @@ impl TrackStage {
         }
     }
 
-    /// One frame (or a stream's end mark) through its stream's tracker.
-    fn track(&mut self, d: Detected, control: &Control) -> Tracked {
+    /// One frame (or a stream's end mark) through its stream's tracker; fails when the second
+    /// reader does.
+    fn track(&mut self, d: Detected, control: &Control) -> Result<Tracked, String> {
         let stream = d.frame.stream.index;
         // The reader of the output went away: the frames still coming are only counted (the
         // sinks write nothing), and no one is tracked or counted as a person any more.
         if control.output_closed() {
-            return Tracked {
+            return Ok(Tracked {
                 stream,
                 frame: (!d.stream_ended).then(|| record(d.frame, d.faces)),
                 pixels: Vec::new(),
                 ended: Vec::new(),
                 stream_ended: d.stream_ended,
-            };
+            });
         }
         if d.stream_ended {
             // The stream's people still in view end with it.
-            return Tracked {
+            return Ok(Tracked {
                 stream,
                 frame: None,
                 pixels: Vec::new(),
                 ended: self.people.finish_stream(stream),
                 stream_ended: true,
-            };
+            });
         }
         let mut faces = d.faces;
-        let ended = self.people.frame(
+        // Another shot: its faces are other people, whatever their place.
+        let mut ended = if d.frame.scene_cut {
+            self.people.finish_stream(stream)
+        } else {
+            Vec::new()
+        };
+        ended.extend(self.people.frame(
             &d.frame.stream,
             d.frame.index,
             d.frame.pts_ms,
             &mut faces,
             &d.predictions,
-        );
+        ));
         let mut frame = d.frame;
-        let pixels = std::mem::take(&mut frame.rgb);
-        Tracked {
+        if let Some(reader) = self.second_reader.as_mut() {
+            let wanted = self
+                .people
+                .second_reading_wanted(stream, frame.pts_ms, &faces);
+            if !wanted.is_empty() && !frame.rgb.is_empty() {
+                let image = FacesInImage {
+                    rgb: &frame.rgb,
+                    width: frame.width as usize,
+                    height: frame.height as usize,
+                    faces: wanted.iter().map(|&i| &faces[i].face).collect(),
+                };
+                let started = Instant::now();
+                let male = reader
+                    .male_probability(&[image])
+                    .map_err(|e| format!("frame {}: {e}", frame.index))?;
+                self.times
+                    .second_reader
+                    .observe(started.elapsed().as_secs_f64());
+                let male = male.into_iter().next().unwrap_or_default();
+                self.people
+                    .add_second_readings(stream, frame.pts_ms, &mut faces, &wanted, &male);
+            }
+        }
+        let pixels = if self.pixels_for_sinks {
+            std::mem::take(&mut frame.rgb)
+        } else {
+            Vec::new()
+        };
+        Ok(Tracked {
             stream,
             frame: Some(record(frame, faces)),
             pixels,
             ended,
             stream_ended: false,
-        }
+        })
     }
 }
 
@@ -193,6 +239,7 @@ mod tests {
             &cx,
             input,
             People::new(Default::default(), None),
+            None,
         );
         let [a, b] = [&streams[0], &streams[1]];
         let mark = |s: &Arc<crate::sources::StreamInfo>, seq| Detected {
@@ -230,6 +277,130 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
     }
 
+    /// A stand-in second reader: counts the faces it is asked about, reads each as a man's.
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl GenderReader for Counting {
+        fn male_probability(
+            &mut self,
+            images: &[FacesInImage<'_>],
+        ) -> Result<Vec<Vec<Option<f32>>>, crate::attributes::AttributeError> {
+            let faces: usize = images.iter().map(|i| i.faces.len()).sum();
+            self.0.fetch_add(faces, std::sync::atomic::Ordering::SeqCst);
+            Ok(images
+                .iter()
+                .map(|i| vec![Some(1.0); i.faces.len()])
+                .collect())
+        }
+    }
+
+    /// With a second reader and no sink that draws: a person's clear face is read once (when the
+    /// track becomes a person), not every frame, and the pixels do not go on to the sinks.
+    #[test]
+    fn the_second_reader_reads_a_person_once_and_pixels_stop_here() {
+        let streams = testing::streams(1);
+        let cx = testing::context(
+            &streams,
+            PixelReaders {
+                track: true,
+                ..PixelReaders::default()
+            },
+        );
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tracked = spawn(
+            &mut graph,
+            &cx,
+            input,
+            People::new(Default::default(), None),
+            Some(Box::new(Counting(asked.clone()))),
+        );
+        // A clear face filling the 8×6 frame, with a face's landmarks.
+        let clear = FaceRecord::detection(Face {
+            bbox: [0.0, 0.0, 5.0, 6.0],
+            score: 0.99,
+            landmarks: [
+                [1.5, 2.25],
+                [3.5, 2.25],
+                [2.5, 3.5],
+                [1.75, 4.75],
+                [3.25, 4.75],
+            ],
+        });
+        let items = (0..10)
+            .map(|i| Detected {
+                faces: vec![clear.clone()],
+                ..detected(testing::frame(&streams[0], i), i, 0)
+            })
+            .collect();
+        let out = testing::run(graph, feed, items, tracked);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(out.iter().all(|t| t.pixels.is_empty()));
+        let confirmed = out
+            .iter()
+            .filter_map(|t| t.frame.as_ref())
+            .filter(|f| f.faces[0].confirmed == Some(true))
+            .count();
+        assert_eq!(confirmed, 8);
+    }
+
+    /// At a scene cut, every track of the stream ends (its person's record comes with the cut
+    /// frame), and the face there, in the same place, is someone new.
+    #[test]
+    fn a_scene_cut_ends_every_track() {
+        let streams = testing::streams(1);
+        let cx = testing::context(&streams, PixelReaders::default());
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let tracked = spawn(
+            &mut graph,
+            &cx,
+            input,
+            People::new(Default::default(), None),
+            None,
+        );
+        let clear = FaceRecord::detection(Face {
+            bbox: [0.0, 0.0, 5.0, 6.0],
+            score: 0.99,
+            landmarks: [
+                [1.5, 2.25],
+                [3.5, 2.25],
+                [2.5, 3.5],
+                [1.75, 4.75],
+                [3.25, 4.75],
+            ],
+        });
+        let items = (0..8)
+            .map(|i| {
+                let mut frame = testing::frame(&streams[0], i);
+                frame.scene_cut = i == 5;
+                Detected {
+                    faces: vec![clear.clone()],
+                    ..detected(frame, i, 0)
+                }
+            })
+            .collect();
+        let out = testing::run(graph, feed, items, tracked);
+        let at_cut = out
+            .iter()
+            .find(|t| t.frame.as_ref().is_some_and(|f| f.frame == 5))
+            .unwrap();
+        assert_eq!(at_cut.ended.len(), 1);
+        assert_eq!(
+            (at_cut.ended[0].first_frame, at_cut.ended[0].last_frame),
+            (0, 4)
+        );
+        let ids: Vec<Option<u64>> = out
+            .iter()
+            .filter_map(|t| t.frame.as_ref())
+            .map(|f| f.faces[0].track_id)
+            .collect();
+        assert!(ids[..5].iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert!(ids[5..].iter().all(|id| *id == ids[5]), "{ids:?}");
+        assert_ne!(ids[0], ids[5]);
+    }
+
     /// After an output closed, frames are still counted through, but no one is tracked.
     #[test]
     fn after_the_output_closed_no_one_is_tracked() {
@@ -243,6 +414,7 @@ mod tests {
             &cx,
             input,
             People::new(Default::default(), None),
+            None,
         );
         let items = (0..3)
             .map(|i| detected(testing::frame(&streams[0], i), i, 1))

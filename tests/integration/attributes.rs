@@ -41,13 +41,51 @@ fn assert_attributes(face: &Value, groups: &[&str]) {
     );
     let years = age["years"].as_f64().expect("age.years");
     assert!((1.0..=80.0).contains(&years), "{years}");
-    assert!(["male", "female"].contains(&face["gender"]["label"].as_str().unwrap()));
+    // "unknown" only below the default threshold (0.6).
+    let gender = face["gender"]["label"].as_str().unwrap();
     let p = face["gender"]["prob"].as_f64().unwrap();
     assert!((0.5..=1.0).contains(&p), "{p}");
+    assert!(["male", "female"].contains(&gender) || gender == "unknown" && p < 0.6);
+    let race = face["race"]["label"].as_str().unwrap();
+    let p = face["race"]["prob"].as_f64().unwrap();
     assert!(
-        ["white", "black", "asian", "indian", "others"]
-            .contains(&face["race"]["label"].as_str().unwrap())
+        ["white", "black", "asian", "indian", "others"].contains(&race)
+            || race == "unknown" && p < 0.6,
+        "{race} {p}"
     );
+}
+
+/// `--unknown-below P`: a gender or race under P reads "unknown" (1 makes every one so, 0 none);
+/// a P outside 0–1 is one error line naming the flag.
+#[test]
+fn unsure_labels_read_unknown_below_the_threshold() {
+    let Some(img) = shared_data("utkface/26_1_2_20170103181524137.jpg.chip.jpg") else {
+        return;
+    };
+    let labels = |threshold: &str| -> Vec<String> {
+        let out = run_ok(
+            bin()
+                .args(["analyze", "--json", "-", "--unknown-below", threshold])
+                .arg(&img),
+        );
+        let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let face = &record["faces"][0];
+        ["gender", "race"]
+            .iter()
+            .map(|k| face[k]["label"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(labels("1"), ["unknown", "unknown"]);
+    assert!(labels("0").iter().all(|l| l != "unknown"));
+    let out = bin()
+        .args(["analyze", "--unknown-below", "1.5"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--unknown-below"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
 
 #[test]
@@ -235,7 +273,37 @@ fn eval_writes_json_markdown_and_charts() {
             .arg("--source")
             .arg(&utk)
             .args(["--split", "validation", "--max-images", "30", "--report"])
-            .arg(&report),
+            .arg(&report)
+            .arg("--calibrate")
+            .arg(dir.path().join("m.calibration.json")),
+    );
+    // The temperatures, fitted on these images, with each head's calibration error.
+    let calibration: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("m.calibration.json")).unwrap(),
+    )
+    .unwrap();
+    for head in ["age", "gender", "race"] {
+        let t = calibration[head].as_f64().unwrap();
+        assert!((0.1..=10.0).contains(&t), "{head}: {t}");
+    }
+    assert!(
+        calibration["fitted_on"]
+            .as_str()
+            .unwrap()
+            .contains("validation split"),
+        "{calibration}"
+    );
+    let heads: Vec<&str> = calibration["ece"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["head"].as_str().unwrap())
+        .collect();
+    assert_eq!(heads, ["gender", "race", "age3", "age5", "age10"]);
+    let page = std::fs::read_to_string(report.join("calibration.md")).unwrap();
+    assert!(
+        page.contains("| 0.60 |") && page.contains("| gender |"),
+        "{page}"
     );
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -265,6 +333,17 @@ fn eval_writes_json_markdown_and_charts() {
     );
     let first = &records[0];
     assert!(first["file"].as_str().unwrap().ends_with(".jpg"), "{first}");
+    // The probabilities the temperatures are fitted on.
+    if !first["predicted"].is_null() {
+        let gender: Vec<f64> = first["probs"]["gender"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(gender.len() == 2 && (gender[0] + gender[1] - 1.0).abs() < 1e-4);
+        assert_eq!(first["probs"]["age_fine"].as_array().unwrap().len(), 80);
+    }
     assert!(first["truth"]["age_years"].is_u64(), "{first}");
     if !first["predicted"].is_null() {
         let age5 = first["predicted"]["age5"].as_str().unwrap();
