@@ -26,7 +26,8 @@ run() { # name, extra flags...
   fi
   local resume=(); [ -f "$out/state.json" ] && resume=(--resume)
   "$bin" train --source "$data" --out "$out" --epochs "$epochs" "${resume[@]}" "$@"
-  "$bin" eval --source "$data" --split validation --model "$out/faceattr.onnx" \
+  # The model alone: faceres (on by default since) would blend its gender in.
+  "$bin" eval --source "$data" --split validation --model "$out/faceattr.onnx" --faceres false \
     --report "$out/eval" > "$out/eval.txt"
 }
 run age --tasks age

@@ -53,6 +53,8 @@ impl Attributes {
 /// The label of a gender or race whose (calibrated) probability is below the reader's
 /// threshold ([`Readout::unknown_below`]).
 pub const UNKNOWN: &str = "unknown";
+/// How far below the threshold a label already said for a track stays said.
+pub const HYSTERESIS: f32 = 0.05;
 
 /// How a model's probabilities become a record's attributes: the tasks it reports, the age
 /// grouping, the model's calibration (see [`crate::model::calibration`]), and the probability
@@ -77,21 +79,54 @@ impl Readout {
         }
     }
 
-    /// The attributes of `prediction`: calibrated, then a gender or race below the threshold
-    /// reads `unknown` (its `prob` stays the most probable label's). Age always names its most
-    /// probable group, with every group's probability beside it.
-    pub fn attributes(&self, prediction: &Prediction) -> Attributes {
+    /// The attributes of `prediction` (`gender_read_twice`: its gender is the mean of the
+    /// model's and faceres's): calibrated, then a gender or race below the threshold reads
+    /// `unknown` (its `prob` stays the most probable label's). Age always names its most probable
+    /// group, with every group's (calibrated) probability beside it.
+    pub fn attributes(&self, prediction: &Prediction, gender_read_twice: bool) -> Attributes {
+        self.attributes_after(prediction, gender_read_twice, &Attributes::default())
+    }
+
+    /// As [`Readout::attributes`], for a track whose faces were last said as `before`: a gender
+    /// or race already said stays said while its probability stays within [`HYSTERESIS`] below
+    /// the threshold, so a label near it does not flicker between itself and `unknown`.
+    pub fn attributes_after(
+        &self,
+        prediction: &Prediction,
+        gender_read_twice: bool,
+        before: &Attributes,
+    ) -> Attributes {
         let calibrated;
         let p = match &self.calibration {
             Some(c) => {
-                calibrated = c.apply(prediction);
+                calibrated = c.apply(prediction, gender_read_twice);
                 &calibrated
             }
             None => prediction,
         };
         let mut a = Attributes::of(p, &self.spec, self.grouping);
-        for label in [a.gender.as_mut(), a.race.as_mut()].into_iter().flatten() {
-            if label.prob < self.unknown_below {
+        if let (Some(c), Some(age)) = (&self.calibration, a.age.as_mut()) {
+            let (_, groups) = p.age_group(self.grouping);
+            age.probs = c
+                .age_groups(&groups)
+                .into_iter()
+                .map(|v| (v * 1000.0).round() / 1000.0)
+                .collect();
+        }
+        for (label, was) in [
+            (a.gender.as_mut(), before.gender.as_ref()),
+            (a.race.as_mut(), before.race.as_ref()),
+        ] {
+            let Some(label) = label else {
+                continue;
+            };
+            let said_before = was.is_some_and(|w| w.label == label.label);
+            let least = if said_before {
+                self.unknown_below - HYSTERESIS
+            } else {
+                self.unknown_below
+            };
+            if label.prob < least {
                 label.label = UNKNOWN.to_string();
             }
         }
@@ -110,13 +145,19 @@ impl FaceRecord {
         }
     }
 
-    /// A face with the attributes its model was trained for, read out by `readout`.
-    pub fn with_attributes(face: Face, prediction: &Prediction, readout: &Readout) -> Self {
+    /// A face with the attributes its model was trained for, read out by `readout`
+    /// (`gender_read_twice`: see [`Readout::attributes`]).
+    pub fn with_attributes(
+        face: Face,
+        prediction: &Prediction,
+        readout: &Readout,
+        gender_read_twice: bool,
+    ) -> Self {
         Self {
             face,
             track_id: None,
             confirmed: None,
-            attributes: readout.attributes(prediction),
+            attributes: readout.attributes(prediction, gender_read_twice),
         }
     }
 }
@@ -225,12 +266,12 @@ mod tests {
         );
         let spec = ModelSpec::current(&Task::ALL);
         let mut readout = Readout::plain(spec, AgeGrouping::Five);
-        let plain = readout.attributes(&p);
+        let plain = readout.attributes(&p, false);
         assert_eq!(plain.gender.as_ref().unwrap().label, "male");
         assert_eq!(plain.gender.as_ref().unwrap().prob, 0.881);
         assert_eq!(plain.race.as_ref().unwrap().label, "asian");
         readout.unknown_below = 0.8;
-        let a = readout.attributes(&p);
+        let a = readout.attributes(&p, false);
         assert_eq!(a.gender.as_ref().unwrap().label, "male");
         // Race: e / (e + 4) = 0.405.
         assert_eq!(a.race.as_ref().unwrap().label, UNKNOWN);
@@ -238,14 +279,24 @@ mod tests {
         // At temperature 2 the gender's 0.881 becomes 1 / (1 + e^-1) = 0.731: unknown too.
         readout.calibration = Some(Calibration {
             age: 1.0,
-            gender: 2.0,
+            gender: 1.0,
+            gender_alone: 2.0,
             race: 1.0,
             fitted_on: "test".into(),
             ece: Vec::new(),
         });
-        let a = readout.attributes(&p);
+        let a = readout.attributes(&p, false);
         assert_eq!(a.gender.as_ref().unwrap().label, UNKNOWN);
         assert_eq!(a.gender.as_ref().unwrap().prob, 0.731);
         assert_eq!(a.age, plain.age, "age is not thresholded");
+        // Said before, a label stays said down to 0.05 below the threshold; not below that.
+        readout.calibration = None;
+        readout.unknown_below = 0.9;
+        assert_eq!(readout.attributes(&p, false).gender.unwrap().label, UNKNOWN);
+        let after = readout.attributes_after(&p, false, &plain);
+        assert_eq!(after.gender.unwrap().label, "male", "0.881 ≥ 0.85");
+        readout.unknown_below = 0.95;
+        let after = readout.attributes_after(&p, false, &plain);
+        assert_eq!(after.gender.unwrap().label, UNKNOWN);
     }
 }

@@ -30,22 +30,30 @@ pub struct Faceres {
     input: Vec<f32>,
 }
 
-/// A second reader of gender: the probability that each face is a man's (`result[i][j]` for face
-/// `j` of picture `i`, `None` where no reading could be made). The track stage asks it about a
-/// few of each person's clearest faces; tests give a stand-in.
-pub trait GenderReader: Send + 'static {
-    fn male_probability(
-        &mut self,
-        images: &[FacesInImage<'_>],
-    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError>;
+/// What faceres reads of one face: the probability that it is a man's, and its face descriptor
+/// (1,024 values, unit length: an appearance to tell people apart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceReading {
+    pub male: f32,
+    pub descriptor: Vec<f32>,
 }
 
-impl GenderReader for Faceres {
-    fn male_probability(
+/// A second reader of faces: `result[i][j]` for face `j` of picture `i`, `None` where no
+/// reading could be made. The track stage asks it about a few of each person's clearest faces
+/// (gender) and about new faces while a person is lost (appearance); tests give a stand-in.
+pub trait SecondReader: Send + 'static {
+    fn read(
         &mut self,
         images: &[FacesInImage<'_>],
-    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
-        Faceres::male_probability(self, images)
+    ) -> Result<Vec<Vec<Option<FaceReading>>>, AttributeError>;
+}
+
+impl SecondReader for Faceres {
+    fn read(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<FaceReading>>>, AttributeError> {
+        Faceres::read(self, images)
     }
 }
 
@@ -69,11 +77,14 @@ impl Faceres {
             other => AttributeError::Runtime(other),
         })?;
         let has = |name: &str| session.outputs().iter().any(|o| o.name() == name);
-        if !(session.inputs().iter().any(|i| i.name() == "input") && has("gender")) {
+        if !(session.inputs().iter().any(|i| i.name() == "input")
+            && has("gender")
+            && has("descriptor"))
+        {
             return Err(AttributeError::Graph {
                 path: path.to_path_buf(),
                 what: "inputs and outputs",
-                detail: "expected an input \"input\" and an output \"gender\" (models/convert_faceres.py)".into(),
+                detail: "expected an input \"input\" and outputs \"gender\" and \"descriptor\" (models/convert_faceres.py)".into(),
             });
         }
         Ok(Self {
@@ -88,8 +99,21 @@ impl Faceres {
         &mut self,
         images: &[FacesInImage<'_>],
     ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
+        Ok(self
+            .read(images)?
+            .into_iter()
+            .map(|faces| faces.into_iter().map(|r| r.map(|r| r.male)).collect())
+            .collect())
+    }
+
+    /// Each face's reading: `result[i][j]` for face `j` of picture `i`, `None` where its box
+    /// holds no pixel.
+    pub fn read(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<Vec<Vec<Option<FaceReading>>>, AttributeError> {
         let per = SIDE * SIDE * 3;
-        let mut result: Vec<Vec<Option<f32>>> =
+        let mut result: Vec<Vec<Option<FaceReading>>> =
             images.iter().map(|im| vec![None; im.faces.len()]).collect();
         let mut input = std::mem::take(&mut self.input);
         // Crops of at most MAX_BATCH faces at a time: the input stays small however many faces.
@@ -128,16 +152,16 @@ impl Faceres {
         &mut self,
         input: &[f32],
         slots: &mut Vec<(usize, usize)>,
-        result: &mut [Vec<Option<f32>>],
+        result: &mut [Vec<Option<FaceReading>>],
     ) -> Result<(), AttributeError> {
-        let male = self.run(input, slots.len())?;
-        for ((i, j), p) in slots.drain(..).zip(male) {
-            result[i][j] = Some(p);
+        let readings = self.run(input, slots.len())?;
+        for ((i, j), r) in slots.drain(..).zip(readings) {
+            result[i][j] = Some(r);
         }
         Ok(())
     }
 
-    fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<f32>, AttributeError> {
+    fn run(&mut self, input: &[f32], batch: usize) -> Result<Vec<FaceReading>, AttributeError> {
         let per = SIDE * SIDE * 3;
         let err = |e: ort::Error| AttributeError::Inference(e.to_string());
         let mut out = Vec::with_capacity(batch);
@@ -150,17 +174,36 @@ impl Faceres {
                 .session
                 .run(ort::inputs!["input" => tensor])
                 .map_err(err)?;
-            let value = outputs
-                .get("gender")
-                .ok_or_else(|| AttributeError::Inference("no output gender".into()))?;
-            let (_, data) = value.try_extract_tensor::<f32>().map_err(err)?;
-            if data.len() != n {
+            let output = |name: &str| {
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| AttributeError::Inference(format!("no output {name}")))?;
+                let (_, data) = value.try_extract_tensor::<f32>().map_err(err)?;
+                if data.is_empty() || data.len() % n != 0 {
+                    return Err(AttributeError::Inference(format!(
+                        "faceres gave {} values of {name} for {n} faces",
+                        data.len()
+                    )));
+                }
+                Ok(data.to_vec())
+            };
+            let male = output("gender")?;
+            let descriptors = output("descriptor")?;
+            if male.len() != n {
                 return Err(AttributeError::Inference(format!(
                     "faceres gave {} genders for {n} faces",
-                    data.len()
+                    male.len()
                 )));
             }
-            out.extend_from_slice(data);
+            let width = descriptors.len() / n;
+            for (k, m) in male.into_iter().enumerate() {
+                let d = &descriptors[k * width..(k + 1) * width];
+                let norm = d.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                out.push(FaceReading {
+                    male: m,
+                    descriptor: d.iter().map(|x| x / norm).collect(),
+                });
+            }
             start += n;
         }
         Ok(out)

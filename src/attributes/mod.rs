@@ -333,6 +333,26 @@ impl AttributeModel {
         &mut self,
         images: &[FacesInImage<'_>],
     ) -> Result<Vec<Vec<Option<Prediction>>>, AttributeError> {
+        let (mut result, male) = self.predict_faces_apart(images)?;
+        if let Some(male) = male {
+            for (predicted, male) in result.iter_mut().zip(male) {
+                for (p, m) in predicted.iter_mut().zip(male) {
+                    if let (Some(p), Some(m)) = (p.as_mut(), m) {
+                        *p = with_second_gender(p, m);
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    /// As [`AttributeModel::predict_faces`], the model's readings and faceres's probability
+    /// that each face is a man's apart (`None` without faceres).
+    #[allow(clippy::type_complexity)]
+    pub fn predict_faces_apart(
+        &mut self,
+        images: &[FacesInImage<'_>],
+    ) -> Result<(Vec<Vec<Option<Prediction>>>, Option<Vec<Vec<Option<f32>>>>), AttributeError> {
         let mut crops = Vec::new();
         let mut slots = Vec::new();
         for (i, image) in images.iter().enumerate() {
@@ -346,28 +366,30 @@ impl AttributeModel {
         let mut result: Vec<Vec<Option<Prediction>>> =
             images.iter().map(|im| vec![None; im.faces.len()]).collect();
         if crops.is_empty() {
-            return Ok(result);
+            return Ok((result, None));
         }
         let predictions = self.predict(&crops)?;
         for ((i, j), p) in slots.into_iter().zip(predictions) {
             result[i][j] = Some(p);
         }
-        if let Some(faceres) = self.gender_ensemble.as_mut() {
-            let male = faceres.male_probability(images)?;
-            for (predicted, male) in result.iter_mut().zip(male) {
-                for (p, m) in predicted.iter_mut().zip(male) {
-                    if let (Some(p), Some(m)) = (p.as_mut(), m)
-                        && p.gender.len() == 2
-                    {
-                        // GENDER_LABELS: male, female.
-                        let male = 0.5 * (p.gender[0] + m.clamp(0.0, 1.0));
-                        p.gender = vec![male, 1.0 - male];
-                    }
-                }
-            }
-        }
-        Ok(result)
+        let male = match self.gender_ensemble.as_mut() {
+            Some(faceres) => Some(faceres.male_probability(images)?),
+            None => None,
+        };
+        Ok((result, male))
     }
+}
+
+/// `p` with its gender the mean of its own and `male` (faceres's probability of a man's face);
+/// as it was when `male` is not a probability.
+pub fn with_second_gender(p: &Prediction, male: f32) -> Prediction {
+    let mut p = p.clone();
+    if p.gender.len() == 2 && (0.0..=1.0).contains(&male) {
+        // GENDER_LABELS: male, female.
+        let mean = 0.5 * (p.gender[0] + male);
+        p.gender = vec![mean, 1.0 - mean];
+    }
+    p
 }
 
 #[cfg(test)]

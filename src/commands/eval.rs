@@ -33,7 +33,9 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         }
     }
     let model_path = attributes.model_path();
-    let (mut model, _) = attributes.load()?.context("attributes are switched off")?;
+    let mut model = attributes
+        .load_for_eval()?
+        .context("attributes are switched off")?;
     let mut detector = Mtcnn::new(detect)?;
     let sources_named = args
         .sources
@@ -47,6 +49,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         seed: args.seed,
         val_fraction: args.val_fraction,
         max_images: args.max_images,
+        keep_probs: args.calibrate.is_some(),
     };
     let (samples, scan) = eval::select(&opts)?;
     faceflow::say!(
@@ -58,7 +61,20 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     );
     if let Some(overlap) = eval::training_overlap(model.spec(), &opts) {
         faceflow::say!("eval: warning: {overlap}");
+    } // Temperatures fitted on faces the model learned would be too sure: refused.
+    if args.calibrate.is_some() {
+        let held_out = opts.split == eval::Split::Validation
+            && eval::training_overlap(model.spec(), &opts).is_none();
+        if !held_out {
+            anyhow::bail!(
+                "--calibrate needs faces the model never trained on: --split validation with the seed and fraction it was trained with{}",
+                eval::training_overlap(model.spec(), &opts)
+                    .map(|o| format!(" ({o})"))
+                    .unwrap_or_default()
+            );
+        }
     }
+
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let bar = super::progress(Some(samples.len() as u64), "images");
@@ -83,7 +99,12 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let report = report?;
     let written = eval::write_report(&args.report, &report)?;
     println!("{}", report.tally.line());
-    if let Some(out) = &args.calibrate {
+    if args.calibrate.is_some() && report.interrupted {
+        faceflow::say!(
+            "eval: interrupted: no temperatures written (part of the split would fit them)"
+        );
+    }
+    if let Some(out) = args.calibrate.as_ref().filter(|_| !report.interrupted) {
         let fitted_on = format!(
             "{} (flip_average {}, faceres {}) on the {} split (seed {}, validation fraction {}) of {}: {} images",
             report.model,
@@ -101,7 +122,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot write {}", out.display()))?;
         let page = args.report.join("calibration.md");
         std::fs::write(&page, &md).with_context(|| format!("cannot write {}", page.display()))?;
-        print!("{md}");
+        eprint!("{md}");
         faceflow::say!(
             "eval: temperatures in {}, calibration error and coverage in {}",
             out.display(),

@@ -15,6 +15,9 @@ const ROWS: usize = 18;
 const SAMPLES: usize = 4;
 /// Least normalised difference of a cut.
 pub const CUT_LEVEL: f32 = 0.6;
+/// Spread of luma (levels of 255) below which a picture is taken as flat: differences are
+/// measured against this spread instead of its own.
+const MIN_SPREAD: f32 = 8.0;
 
 /// A frame's normalised luma thumbnail.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +52,9 @@ impl Thumbnail {
         let n = cells.len() as f32;
         let mean = cells.iter().sum::<f32>() / n;
         let spread = (cells.iter().map(|c| (c - mean).powi(2)).sum::<f32>() / n).sqrt();
-        // A flat picture (black, one colour) stays flat: no division by nothing.
-        let scale = if spread > 1.0 { 1.0 / spread } else { 0.0 };
+        // A near-flat picture (a dark room, a wall, fog) is not stretched: its noise would
+        // differ from frame to frame by as much as a cut.
+        let scale = 1.0 / spread.max(MIN_SPREAD);
         Some(Self(
             cells.into_iter().map(|c| (c - mean) * scale).collect(),
         ))
@@ -107,6 +111,26 @@ mod tests {
         assert!(!thumb(&picture(100.0, 0.5, false)).is_cut_after(&shot));
         assert!(thumb(&picture(240.0, 1.0, true)).is_cut_after(&shot));
         assert_eq!(shot.difference(&shot), 0.0);
+    }
+
+    /// Two frames of a dark, near-flat room (levels 10–13 of noise): no cut, though stretched
+    /// to unit spread they would differ as much as two shots.
+    #[test]
+    fn the_noise_of_a_near_flat_picture_is_not_a_cut() {
+        let noise = |seed: u64| -> Vec<u8> {
+            let mut x = seed;
+            (0..320 * 180)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let v = 10 + (x % 4) as u8;
+                    [v, v, v]
+                })
+                .collect()
+        };
+        let (a, b) = (thumb(&noise(1)), thumb(&noise(2)));
+        assert!(!b.is_cut_after(&a), "{}", b.difference(&a));
     }
 
     #[test]

@@ -29,12 +29,19 @@ fn faces(
         .collect()
 }
 
-fn gender_faces(images: &[ImageResult]) -> Vec<Labelled> {
+/// Gender as reported (`alone`: the attribute model's alone).
+fn gender_faces(images: &[ImageResult], alone: bool) -> Vec<Labelled> {
     faces(images, |i| {
         let truth = GENDER_LABELS
             .iter()
             .position(|l| Some(*l) == i.truth.gender)?;
-        Some((i.probs.as_ref()?.gender.clone(), truth))
+        let probs = i.probs.as_ref()?;
+        let gender = if alone {
+            &probs.gender_alone
+        } else {
+            &probs.gender
+        };
+        Some((gender.clone(), truth))
     })
 }
 
@@ -45,10 +52,12 @@ fn race_faces(images: &[ImageResult]) -> Vec<Labelled> {
     })
 }
 
+/// The age groups' probabilities of `grouping` and the true group.
 fn age_faces(images: &[ImageResult], grouping: AgeGrouping) -> Vec<Labelled> {
     faces(images, |i| {
         let years = i.truth.age_years?;
-        Some((i.probs.as_ref()?.age_fine.clone(), grouping.group_of(years)))
+        let groups = grouping.group_probs(&i.probs.as_ref()?.age_fine);
+        Some((groups, grouping.group_of(years)))
     })
 }
 
@@ -56,38 +65,37 @@ fn age_faces(images: &[ImageResult], grouping: AgeGrouping) -> Vec<Labelled> {
 /// calibration, and a Markdown page of ECE and coverage.
 pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     let images = &report.images;
-    let gender = gender_faces(images);
+    let gender = gender_faces(images, false);
+    let gender_alone = gender_faces(images, true);
     let race = race_faces(images);
     let age5 = age_faces(images, AgeGrouping::Five);
-    let t_gender = fit_or_one(&gender, None);
-    let t_race = fit_or_one(&race, None);
-    let t_age = fit_or_one(&age5, Some(AgeGrouping::Five));
+    let t_gender = fit_or_one(&gender);
+    let t_gender_alone = fit_or_one(&gender_alone);
+    let t_race = fit_or_one(&race);
+    let t_age = fit_or_one(&age5);
     let mut ece = Vec::new();
-    let mut head = |name: &str, faces: &[Labelled], t: f64, group: Option<AgeGrouping>| {
+    let mut head = |name: &str, faces: &[Labelled], t: f64| {
         if faces.is_empty() {
             return;
         }
         ece.push(HeadEce {
             head: name.to_string(),
             faces: faces.len(),
-            before: expected_calibration_error(&answers(faces, 1.0, group), ECE_BINS),
-            after: expected_calibration_error(&answers(faces, t, group), ECE_BINS),
+            before: expected_calibration_error(&answers(faces, 1.0, None), ECE_BINS),
+            after: expected_calibration_error(&answers(faces, t, None), ECE_BINS),
         });
     };
-    head("gender", &gender, t_gender, None);
-    head("race", &race, t_race, None);
+    head("gender", &gender, t_gender);
+    head("gender_alone", &gender_alone, t_gender_alone);
+    head("race", &race, t_race);
     for grouping in [AgeGrouping::Three, AgeGrouping::Five, AgeGrouping::Ten] {
         let faces = age_faces(images, grouping);
-        head(
-            &format!("age{}", grouping.len()),
-            &faces,
-            t_age,
-            Some(grouping),
-        );
+        head(&format!("age{}", grouping.len()), &faces, t_age);
     }
     let calibration = Calibration {
         age: round(t_age),
         gender: round(t_gender),
+        gender_alone: round(t_gender_alone),
         race: round(t_race),
         fitted_on,
         ece,
@@ -96,8 +104,8 @@ pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     let _ = writeln!(md, "# Calibration: {}\n", calibration.fitted_on);
     let _ = writeln!(
         md,
-        "Temperatures: age {:.3} (fitted on 5 groups), gender {:.3}, race {:.3}.\n",
-        calibration.age, calibration.gender, calibration.race
+        "Temperatures: age {:.3} (fitted on 5 groups), gender {:.3} (as reported), gender read by the model alone {:.3}, race {:.3}.\n",
+        calibration.age, calibration.gender, calibration.gender_alone, calibration.race
     );
     let _ = writeln!(
         md,
@@ -142,11 +150,11 @@ pub fn coverage(answers: &[(f32, bool)], threshold: f32) -> (f64, f64) {
     )
 }
 
-fn fit_or_one(faces: &[Labelled], group: Option<AgeGrouping>) -> f64 {
+fn fit_or_one(faces: &[Labelled]) -> f64 {
     if faces.is_empty() {
         1.0
     } else {
-        fit_temperature(faces, group)
+        fit_temperature(faces, None)
     }
 }
 

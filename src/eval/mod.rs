@@ -59,6 +59,8 @@ pub struct EvalOptions {
     pub seed: u64,
     pub val_fraction: f64,
     pub max_images: Option<usize>,
+    /// Keep each face's probabilities (for `--calibrate`; 87 numbers an image).
+    pub keep_probs: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,16 +101,19 @@ pub struct ImageResult {
     /// `None` when no face was found (every labelled task then counts wrong).
     pub predicted: Option<PredictedLabels>,
     pub correct: Correct,
-    /// The model's probabilities as it gave them (uncalibrated): what `--calibrate` fits on.
+    /// The probabilities as read (uncalibrated), with `--calibrate`: what it fits on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probs: Option<Probs>,
 }
 
-/// One face's probabilities per head, the fine age bins (1 … 80+ years) unrounded.
+/// One face's probabilities per head as read (uncalibrated), the fine age bins (1 … 80+ years)
+/// unrounded; `gender` as reported (with faceres, the mean of the two), `gender_alone` the
+/// attribute model's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probs {
     pub age_fine: Vec<f32>,
     pub gender: Vec<f32>,
+    pub gender_alone: Vec<f32>,
     pub race: Vec<f32>,
 }
 
@@ -280,24 +285,39 @@ pub fn evaluate(
                     Some(face) => {
                         detect_s += t0.elapsed().as_secs_f64();
                         let t1 = Instant::now();
-                        // Through the one place that reads faces (with any ensemble member).
-                        let p = model
-                            .predict_faces(&[FacesInImage {
+                        // Through the one place that reads faces, the model and any ensemble
+                        // member apart (calibration fits each gender reading).
+                        let (alone, male) = model
+                            .predict_faces_apart(&[FacesInImage {
                                 rgb: image.as_raw(),
                                 width: w,
                                 height: h,
                                 faces: vec![face],
                             }])
-                            .map_err(|e| failed("attribute model failed", &e))?
+                            .map_err(|e| failed("attribute model failed", &e))?;
+                        let alone = alone
                             .into_iter()
                             .next()
                             .and_then(|faces| faces.into_iter().next().flatten());
+                        let male = male
+                            .and_then(|m| m.into_iter().next())
+                            .and_then(|faces| faces.into_iter().next().flatten());
                         attr_s += t1.elapsed().as_secs_f64();
-                        faces += usize::from(p.is_some());
-                        p
+                        faces += usize::from(alone.is_some());
+                        alone.map(|p| {
+                            let both = match male {
+                                Some(m) => crate::attributes::with_second_gender(&p, m),
+                                None => p.clone(),
+                            };
+                            (both, p.gender)
+                        })
                     }
                 }
             }
+        };
+        let (prediction, gender_alone) = match prediction {
+            Some((p, alone)) => (Some(p), Some(alone)),
+            None => (None, None),
         };
         if prediction.is_none() {
             no_face.push(file.clone());
@@ -315,11 +335,15 @@ pub fn evaluate(
                 .as_ref()
                 .map(|p| PredictedLabels::of(p, &spec.tasks)),
             correct,
-            probs: prediction.map(|p| Probs {
-                age_fine: p.age_fine,
-                gender: p.gender,
-                race: p.race,
-            }),
+            probs: prediction
+                .zip(gender_alone)
+                .filter(|_| opts.keep_probs)
+                .map(|(p, gender_alone)| Probs {
+                    age_fine: p.age_fine,
+                    gender: p.gender,
+                    gender_alone,
+                    race: p.race,
+                }),
         });
         if !progress(i + 1, samples.len()) {
             interrupted = true;
@@ -624,6 +648,7 @@ mod tests {
             seed,
             val_fraction,
             max_images: None,
+            keep_probs: false,
         };
         let spec = |split| {
             let mut spec = ModelSpec::current(&Task::ALL);

@@ -2,10 +2,14 @@
 //! entropy is often surer than it is right; one temperature per head, fitted on faces the model
 //! never trained on, rescales its log-probabilities so that "0.8" is right about 8 times in 10.
 //! Argmax labels do not change, so accuracy does not either; what changes is when a label is
-//! sure enough to say rather than `unknown`.
+//! sure enough to say rather than `unknown`. Age is calibrated on its groups' probabilities (the
+//! ones reported), not on the one-year bins, so age in years and the group do not change.
 //!
-//! The temperatures are fitted by `faceflow calibrate` on the per-face probabilities that
-//! `faceflow eval` writes, and kept in a file beside the model (`<model>.calibration.json`).
+//! Gender has two temperatures: read by the attribute model alone, and as the mean of its reading
+//! and faceres's (two models that sometimes disagree: the mean is less sure than either).
+//!
+//! The temperatures are fitted by `faceflow eval --calibrate` on the faces it reads, and kept in a
+//! file beside the model (`<model>.calibration.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -18,9 +22,12 @@ use super::readout::Prediction;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Calibration {
-    /// The fine age distribution's temperature (fitted on the age groups of `age_grouping`).
+    /// The age groups' temperature (fitted on 5 groups, applied to whichever are reported).
     pub age: f64,
+    /// Gender read by the attribute model and faceres, their mean.
     pub gender: f64,
+    /// Gender read by the attribute model alone (faceres off, or a track it has not read yet).
+    pub gender_alone: f64,
     pub race: f64,
     /// What the temperatures were fitted on: the model, its settings and the faces.
     pub fitted_on: String,
@@ -71,9 +78,16 @@ impl Calibration {
         })?;
         let c: Self = serde_json::from_str(&text).map_err(|e| CalibrationError::Invalid {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: format!(
+                "{e} (an older format? fit it again with faceflow eval --calibrate, or remove it)"
+            ),
         })?;
-        for (head, t) in [("age", c.age), ("gender", c.gender), ("race", c.race)] {
+        for (head, t) in [
+            ("age", c.age),
+            ("gender", c.gender),
+            ("gender_alone", c.gender_alone),
+            ("race", c.race),
+        ] {
             if !TEMPERATURES.contains(&t) {
                 return Err(CalibrationError::Invalid {
                     path: path.to_path_buf(),
@@ -88,13 +102,25 @@ impl Calibration {
         Ok(c)
     }
 
-    /// `p` with each head's temperature applied.
-    pub fn apply(&self, p: &Prediction) -> Prediction {
+    /// `p` with the gender and race temperatures applied (`gender_read_twice`: its gender is the
+    /// mean of the model's and faceres's); the one-year age bins are left as they are (see
+    /// [`Calibration::age_groups`]).
+    pub fn apply(&self, p: &Prediction, gender_read_twice: bool) -> Prediction {
+        let gender_t = if gender_read_twice {
+            self.gender
+        } else {
+            self.gender_alone
+        };
         Prediction {
-            age_fine: scaled(&p.age_fine, self.age),
-            gender: scaled(&p.gender, self.gender),
+            age_fine: p.age_fine.clone(),
+            gender: scaled(&p.gender, gender_t),
             race: scaled(&p.race, self.race),
         }
+    }
+
+    /// Age-group probabilities with the age temperature applied.
+    pub fn age_groups(&self, probs: &[f32]) -> Vec<f32> {
+        scaled(probs, self.age)
     }
 }
 
@@ -277,7 +303,7 @@ mod tests {
         let path = dir.join("m.calibration.json");
         std::fs::write(
             &path,
-            r#"{"age":1.0,"gender":0.0,"race":1.0,"fitted_on":"x"}"#,
+            r#"{"age":1.0,"gender":0.0,"gender_alone":1.0,"race":1.0,"fitted_on":"x"}"#,
         )
         .unwrap();
         let e = Calibration::load(&path).unwrap_err().to_string();

@@ -191,6 +191,16 @@ impl AttributesConfig {
         Ok(Some((model, readout)))
     }
 
+    /// Loads the model when the stage is on, for `eval`: faceres, when on, reads every face;
+    /// no readout (eval scores the probabilities as read, and fits the calibration).
+    pub fn load_for_eval(&self) -> Result<Option<AttributeModel>, PipelineError> {
+        let Some((mut model, _)) = self.load_model()? else {
+            return Ok(None);
+        };
+        model.set_gender_ensemble(self.load_faceres(&model)?);
+        Ok(Some(model))
+    }
+
     /// How `model`'s readings become attributes: with the calibration beside the model file,
     /// if it has one, and this threshold.
     fn readout(
@@ -198,8 +208,19 @@ impl AttributesConfig {
         model: &AttributeModel,
         grouping: AgeGrouping,
     ) -> Result<Readout, PipelineError> {
-        let calibration = Calibration::load_beside(&self.model_path())
+        let model_path = self.model_path();
+        let calibration = Calibration::load_beside(&model_path)
             .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+        match &calibration {
+            Some(_) => tracing::info!(
+                calibration = %Calibration::path_beside(&model_path).display(),
+                "probabilities calibrated"
+            ),
+            None => tracing::info!(
+                model = %model_path.display(),
+                "no calibration beside the model: probabilities as the model gives them"
+            ),
+        }
         Ok(Readout {
             spec: model.spec().clone(),
             grouping,
@@ -216,7 +237,7 @@ impl AttributesConfig {
         };
         let second_reader = self
             .load_faceres(&model)?
-            .map(|f| Box::new(f) as Box<dyn attributes::faceres::GenderReader>);
+            .map(|f| Box::new(f) as Box<dyn attributes::faceres::SecondReader>);
         let readout = self.readout(&model, grouping)?;
         Ok(Some(VideoAttributes {
             model,
@@ -272,7 +293,7 @@ impl AttributesConfig {
 pub struct VideoAttributes {
     pub model: AttributeModel,
     pub readout: Readout,
-    pub second_reader: Option<Box<dyn attributes::faceres::GenderReader>>,
+    pub second_reader: Option<Box<dyn attributes::faceres::SecondReader>>,
 }
 
 impl PipelineConfig {

@@ -110,6 +110,38 @@ impl Estimate {
         *total += weight;
     }
 
+    /// Adds everything `other` has counted (another track of the same person).
+    pub fn absorb(&mut self, other: &Estimate) {
+        if let Some(o) = &other.sums {
+            match &mut self.sums {
+                None => self.sums = Some(o.clone()),
+                Some(s) => {
+                    for (a, b) in [
+                        (&mut s.age_fine, &o.age_fine),
+                        (&mut s.gender, &o.gender),
+                        (&mut s.race, &o.race),
+                    ] {
+                        for (x, y) in a.iter_mut().zip(b) {
+                            *x += y;
+                        }
+                    }
+                }
+            }
+            self.weight += other.weight;
+            self.faces += other.faces;
+        }
+        if let Some((sum, total)) = other.second_male {
+            let mine = self.second_male.get_or_insert((0.0, 0.0));
+            mine.0 += sum;
+            mine.1 += total;
+        }
+    }
+
+    /// Whether the second reader's gender is in the mean.
+    pub fn read_twice(&self) -> bool {
+        self.second_male.is_some()
+    }
+
     /// Faces counted so far.
     pub fn faces(&self) -> u64 {
         self.faces
@@ -185,6 +217,33 @@ mod tests {
         e.add_second_male(f32::NAN, 1.0);
         e.add_second_male(1.5, 1.0);
         assert!((e.current().unwrap().gender[0] - 0.45).abs() < 1e-6);
+    }
+
+    /// Two tracks of one person merged: the sums, weights and faces of both, the second
+    /// reader's readings too.
+    #[test]
+    fn a_merged_estimate_is_the_estimate_of_all_the_faces() {
+        let (mut a, mut b, mut all) = (
+            Estimate::default(),
+            Estimate::default(),
+            Estimate::default(),
+        );
+        for (e, female, w) in [(&mut a, 0.9, 2.0), (&mut b, 0.3, 1.0)] {
+            e.add(&p(female), w);
+            all.add(&p(female), w);
+        }
+        b.add_second_male(0.8, 1.0);
+        all.add_second_male(0.8, 1.0);
+        a.absorb(&b);
+        assert_eq!(a.faces(), 2);
+        assert!(a.read_twice());
+        let (merged, whole) = (a.current().unwrap(), all.current().unwrap());
+        for (x, y) in merged.gender.iter().zip(&whole.gender) {
+            assert!((x - y).abs() < 1e-6, "{merged:?} {whole:?}");
+        }
+        let mut empty = Estimate::default();
+        empty.absorb(&Estimate::default());
+        assert!(empty.current().is_none());
     }
 
     /// An hour-long track of a large face (25 fps, a 400-pixel face): the weighted sums pass

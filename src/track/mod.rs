@@ -7,6 +7,7 @@
 //! The tracker is pure: it sees boxes, scores and times, and says which track each face belongs
 //! to and which tracks ended. Attribute smoothing lives in [`estimate`].
 
+pub mod appearance;
 pub mod estimate;
 pub mod evidence;
 pub mod kalman;
@@ -33,6 +34,10 @@ pub struct TrackConfig {
     pub confirm_hits: u32,
     /// How long a confirmed track that sees no face is kept (predicted) before it ends, ms.
     pub max_lost_ms: f64,
+    /// How long a person out of view longer than `max_lost_ms` may come back and be recognised
+    /// by their face (needs faceres: see `track::appearance`), ms from when they were last seen;
+    /// their track record waits until then. At most `max_lost_ms`: no such wait.
+    pub reentry_ms: f64,
     /// Frames of a track that must show a face clearly (a confident detection with a face's
     /// landmarks, see `track::evidence`) before it counts as a person: a neck, a hand or a shoe
     /// taken for a face does not; 0: every confirmed track is a person.
@@ -47,6 +52,7 @@ impl Default for TrackConfig {
             low_match_iou: 0.5,
             confirm_hits: 3,
             max_lost_ms: 1500.0,
+            reentry_ms: 10_000.0,
             min_face_frames: 3,
         }
     }
@@ -60,6 +66,7 @@ impl TrackConfig {
         Setting::key("low_match_iou").check(self.low_match_iou, 0.01, 1.0, "")?;
         Setting::key("confirm_hits").check(self.confirm_hits, 1, 100, "frames")?;
         Setting::key("max_lost_ms").check(self.max_lost_ms, 0.0, 600_000.0, "ms")?;
+        Setting::key("reentry_ms").check(self.reentry_ms, 0.0, 3_600_000.0, "ms")?;
         Setting::key("min_face_frames").check(self.min_face_frames, 0, 1000, "frames")?;
         Ok(())
     }
@@ -85,6 +92,9 @@ pub enum TrackState {
     Confirmed,
     /// Confirmed, but no face in the last frames: predicted until `max_lost_ms` has passed.
     Lost,
+    /// Lost longer than `max_lost_ms`, kept until `reentry_ms` only to be recognised by their
+    /// face (see [`Tracker::keep_for_reentry`]): no box is predicted or matched.
+    Away,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +104,8 @@ struct Track {
     filter: BoxFilter,
     hits: u32,
     last_seen_ms: f64,
+    /// Kept `Away` after `max_lost_ms` (the person can be recognised by their face).
+    reentry: bool,
 }
 
 /// A track that ended: confirmed tracks are people, tentative ones were not.
@@ -215,13 +227,18 @@ impl Tracker {
         let mut ended = Vec::new();
         let patience = self.tentative_patience_ms();
         let max_lost = self.config.max_lost_ms;
-        self.tracks.retain(|t| {
-            let limit = if t.state == TrackState::Tentative {
-                patience
-            } else {
-                max_lost
+        let reentry = self.config.reentry_ms.max(max_lost);
+        self.tracks.retain_mut(|t| {
+            let unseen = pts_ms - t.last_seen_ms;
+            let keep = match t.state {
+                TrackState::Tentative => unseen <= patience,
+                _ if unseen <= max_lost => true,
+                _ if t.reentry && unseen <= reentry => {
+                    t.state = TrackState::Away;
+                    true
+                }
+                _ => false,
             };
-            let keep = pts_ms - t.last_seen_ms <= limit;
             if !keep {
                 ended.push(Ended {
                     id: t.id,
@@ -231,7 +248,9 @@ impl Tracker {
             keep
         });
         for track in &mut self.tracks {
-            track.filter.predict(dt_s);
+            if track.state != TrackState::Away {
+                track.filter.predict(dt_s);
+            }
         }
         let mut ids: Vec<Option<u64>> = vec![None; detections.len()];
         let mut matched_track = vec![false; self.tracks.len()];
@@ -239,7 +258,10 @@ impl Tracker {
         let high: Vec<usize> = (0..detections.len())
             .filter(|&d| detections[d].score >= self.config.high_score)
             .collect();
-        let every: Vec<usize> = (0..self.tracks.len()).collect();
+        // Tracks away are recognised by face only, never matched by place.
+        let every: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| self.tracks[t].state != TrackState::Away)
+            .collect();
         self.match_into(
             &every,
             &high,
@@ -256,7 +278,7 @@ impl Tracker {
             .filter(|&d| ids[d].is_none() && detections[d].score < self.config.high_score)
             .collect();
         let established: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| !matched_track[t])
+            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Away)
             .collect();
         self.match_into(
             &established,
@@ -283,13 +305,14 @@ impl Tracker {
                         continue;
                     }
                     TrackState::Tentative => {}
-                    _ if unseen_ms > max_lost => {
+                    _ if unseen_ms > max_lost && !(track.reentry && unseen_ms <= reentry) => {
                         ended.push(Ended {
                             id: track.id,
                             confirmed: true,
                         });
                         continue;
                     }
+                    _ if unseen_ms > max_lost => track.state = TrackState::Away,
                     _ => track.state = TrackState::Lost,
                 }
             }
@@ -312,6 +335,7 @@ impl Tracker {
                     filter: BoxFilter::new(det.bbox),
                     hits: 1,
                     last_seen_ms: pts_ms,
+                    reentry: false,
                 });
                 ids[d] = Some(id);
             }
@@ -333,6 +357,47 @@ impl Tracker {
             n => (f64::from(n) + 0.5) * self.frame_ms,
         };
         TENTATIVE_PATIENCE_MS.max(wanted.min(self.config.max_lost_ms))
+    }
+
+    /// The box a live track expects its face in now (its filter's prediction).
+    pub fn predicted_box(&self, id: u64) -> Option<[f32; 4]> {
+        self.tracks
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.filter.bbox())
+    }
+
+    /// Keeps the track `id`, once it is lost longer than `max_lost_ms`, `Away` until
+    /// `reentry_ms` instead of ending it: its person can be recognised by their face.
+    pub fn keep_for_reentry(&mut self, id: u64) {
+        if let Some(t) = self.tracks.iter_mut().find(|t| t.id == id) {
+            t.reentry = true;
+        }
+    }
+
+    /// The lost track `lost` takes over the track `new` (a face that started a track this frame
+    /// was recognised as the lost one's person): `lost` continues from `new`'s face, confirmed,
+    /// and `new` is gone without ending. False, changing nothing, unless `lost` is lost or away
+    /// and `new` alive.
+    pub fn take_over(&mut self, lost: u64, new: u64, pts_ms: f64) -> bool {
+        let (Some(l), Some(n)) = (
+            self.tracks.iter().position(|t| {
+                t.id == lost && matches!(t.state, TrackState::Lost | TrackState::Away)
+            }),
+            self.tracks.iter().position(|t| t.id == new),
+        ) else {
+            return false;
+        };
+        let face_box = self.tracks[n].filter.bbox();
+        let hits = self.tracks[n].hits;
+        let taker = &mut self.tracks[l];
+        // The face may be far from where the lost track predicted it: start the filter afresh.
+        taker.filter = BoxFilter::new(face_box);
+        taker.hits += hits;
+        taker.last_seen_ms = pts_ms;
+        taker.state = TrackState::Confirmed;
+        self.tracks.remove(n);
+        true
     }
 
     /// Ends every track (end of stream): confirmed and lost ones are people.
@@ -392,6 +457,63 @@ mod tests {
             bbox: [x, y, x + side, y + side],
             score,
         }
+    }
+
+    /// A person kept for re-entry is away (not ended, not matched by place) after `max_lost_ms`,
+    /// may be taken over by a new track then, and ends after `reentry_ms`; one not kept ends at
+    /// `max_lost_ms` as before.
+    #[test]
+    fn a_person_kept_for_reentry_waits_away_then_ends() {
+        let config = TrackConfig {
+            max_lost_ms: 200.0,
+            reentry_ms: 1000.0,
+            ..TrackConfig::default()
+        };
+        let mut tracker = Tracker::new(config);
+        let mut ids = Vec::new();
+        for f in 0..4 {
+            let u = tracker.update(
+                f as f64 * 40.0,
+                &[det(0.0, 0.0, 100.0, 0.99), det(300.0, 0.0, 100.0, 0.99)],
+            );
+            ids = u.ids;
+        }
+        let (kept, other) = (ids[0], ids[1]);
+        tracker.keep_for_reentry(kept);
+        let mut ended = Vec::new();
+        for f in 4..12 {
+            ended.extend(tracker.update(f as f64 * 40.0, &[]).ended);
+        }
+        // 320 ms unseen: the other ended, the kept one is away.
+        assert_eq!(
+            ended,
+            [Ended {
+                id: other,
+                confirmed: true
+            }]
+        );
+        let state = |t: &Tracker, id| t.live_tracks().find(|(i, _)| *i == id).map(|(_, s)| s);
+        assert_eq!(state(&tracker, kept), Some(TrackState::Away));
+        // A face where the kept one was is not matched by place: a new track.
+        let u = tracker.update(480.0, &[det(0.0, 0.0, 100.0, 0.99)]);
+        assert_ne!(u.ids[0], kept);
+        assert!(tracker.take_over(kept, u.ids[0], 480.0));
+        assert_eq!(state(&tracker, kept), Some(TrackState::Confirmed));
+        // Out of view again: away after 200 ms, ended after 1000.
+        let mut ended = Vec::new();
+        let mut t = 480.0;
+        while ended.is_empty() && t < 3000.0 {
+            t += 40.0;
+            ended.extend(tracker.update(t, &[]).ended);
+        }
+        assert_eq!(
+            ended,
+            [Ended {
+                id: kept,
+                confirmed: true
+            }]
+        );
+        assert!((1480.0..1600.0).contains(&t), "{t}");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 
 use std::collections::HashMap;
 
+use super::TrackState;
+use super::appearance::{Appearance, SAME_PERSON, SAME_PERSON_AWAY, best_match};
 use super::estimate::{Estimate, readability};
 use super::evidence::shows_a_face;
 use super::second::{self, SecondReads};
 use super::{Detection, TrackConfig, Tracker};
+use crate::attributes::faceres::FaceReading;
 use crate::model::readout::Prediction;
 use crate::record::{FaceRecord, Readout, RecordKind, TrackRecord};
 use crate::sources::StreamInfo;
@@ -25,6 +28,15 @@ struct Person {
     estimate: Estimate,
     /// What the second reader of gender has read of this track.
     second: SecondReads,
+    /// What the person looks like, from the second reader's reads.
+    appearance: Appearance,
+    /// The attributes last said of the person's faces (labels keep to them: see
+    /// [`Readout::attributes_after`]).
+    said: crate::record::Attributes,
+    /// How many times the track's face was compared with the lost people's (see
+    /// [`People::reassociation_wanted`]), and the frame of the last time.
+    compared: u32,
+    compared_frame: u64,
 }
 
 impl Person {
@@ -112,7 +124,7 @@ impl People {
         let established: std::collections::HashSet<u64> = tracks
             .tracker
             .live_tracks()
-            .filter(|(_, state)| *state != super::TrackState::Tentative)
+            .filter(|(_, state)| *state != TrackState::Tentative)
             .map(|(id, _)| id)
             .collect();
         for (i, (face, &id)) in faces.iter_mut().zip(&update.ids).enumerate() {
@@ -125,6 +137,10 @@ impl People {
                 face_frames: 0,
                 estimate: Estimate::default(),
                 second: SecondReads::default(),
+                appearance: Appearance::default(),
+                said: Default::default(),
+                compared: 0,
+                compared_frame: 0,
             });
             person.last_frame = frame;
             person.last_pts_ms = pts_ms;
@@ -139,7 +155,9 @@ impl People {
             }
             face.track_id = Some(id);
             if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
-                face.attributes = readout.attributes(&p);
+                face.attributes =
+                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
+                person.said = face.attributes.clone();
             }
         }
         let ended = update.ended;
@@ -183,35 +201,148 @@ impl People {
         wanted.into_iter().map(|(i, _)| i).collect()
     }
 
-    /// The second reader's probability that each face of `wanted` (from
-    /// [`People::second_reading_wanted`]) is a man's (`None`: no reading): added to its track's
-    /// estimate, and the face's attributes read out again.
+    /// The second reader's reading of each face of `wanted` (from
+    /// [`People::second_reading_wanted`]; `None`: no reading): its gender added to its track's
+    /// estimate, its descriptor to the person's appearance, and the face's attributes read out
+    /// again.
     pub fn add_second_readings(
         &mut self,
         index: usize,
         pts_ms: f64,
         faces: &mut [FaceRecord],
         wanted: &[usize],
-        male: &[Option<f32>],
+        readings: &[Option<FaceReading>],
     ) {
         let Some(Some(tracks)) = self.streams.get_mut(index) else {
             return;
         };
-        for (&i, male) in wanted.iter().zip(male) {
+        for (&i, reading) in wanted.iter().zip(readings) {
             let Some(face) = faces.get_mut(i) else {
                 continue;
             };
-            let Some(person) = face.track_id.and_then(|id| tracks.people.get_mut(&id)) else {
+            let Some(id) = face.track_id else {
+                continue;
+            };
+            let Some(person) = tracks.people.get_mut(&id) else {
                 continue;
             };
             let weight = readability(&face.face);
             // A face that gave no reading counts as read: it is not tried again and again.
             person.second.read(weight, pts_ms);
-            if let Some(male) = male {
-                person.estimate.add_second_male(*male, weight);
+            if let Some(reading) = reading {
+                person.estimate.add_second_male(reading.male, weight);
+                person.appearance.add(&reading.descriptor);
+                // A person who can be recognised waits out of view to be (`reentry_ms`).
+                if person.appearance.known() {
+                    tracks.tracker.keep_for_reentry(id);
+                }
             }
             if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
-                face.attributes = readout.attributes(&p);
+                face.attributes =
+                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
+                person.said = face.attributes.clone();
+            }
+        }
+    }
+
+    /// The faces of this frame of stream `index` (after [`People::frame`]) to compare with the
+    /// people lost now: faces that clearly show a face, of tracks in their first
+    /// [`COMPARE_WITHIN_FRAMES`] frames (a face coming out from behind another shows clearly
+    /// only after a few), compared fewer than [`MAX_COMPARISONS`] times,
+    /// while some lost person's appearance is known; at most [`MAX_COMPARED_PER_FRAME`].
+    pub fn reassociation_wanted(&self, index: usize, faces: &[FaceRecord]) -> Vec<usize> {
+        let Some(Some(tracks)) = self.streams.get(index) else {
+            return Vec::new();
+        };
+        faces
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                let Some(p) = f.track_id.and_then(|id| tracks.people.get(&id)) else {
+                    return false;
+                };
+                // Comparisons spread over the first frames: nearly the same face twice says
+                // nothing new.
+                let due =
+                    p.compared == 0 || p.last_frame >= p.compared_frame + COMPARE_EVERY_FRAMES;
+                p.compared < MAX_COMPARISONS
+                    && p.frames <= COMPARE_WITHIN_FRAMES
+                    && due
+                    && shows_a_face(&f.face)
+                    && !candidates(tracks, p.first_frame, f.face.bbox).is_empty()
+            })
+            .map(|(i, _)| i)
+            .take(MAX_COMPARED_PER_FRAME)
+            .collect()
+    }
+
+    /// The second reader's reading of each face of `wanted` (from
+    /// [`People::reassociation_wanted`]): a face that looks like one lost person (see
+    /// [`super::appearance`]), and starts near where that person was expected, is theirs again:
+    /// the lost track takes over the new one, the face gets the person's id and attributes.
+    pub fn reassociate(
+        &mut self,
+        index: usize,
+        pts_ms: f64,
+        faces: &mut [FaceRecord],
+        wanted: &[usize],
+        readings: &[Option<FaceReading>],
+    ) {
+        let min_face_frames = self.config.min_face_frames;
+        let Some(Some(tracks)) = self.streams.get_mut(index) else {
+            return;
+        };
+        for (&i, reading) in wanted.iter().zip(readings) {
+            let Some(face) = faces.get_mut(i) else {
+                continue;
+            };
+            let Some(new_id) = face.track_id else {
+                continue;
+            };
+            let Some(new_first_frame) = tracks.people.get_mut(&new_id).map(|p| {
+                p.compared += 1;
+                p.compared_frame = p.last_frame;
+                p.first_frame
+            }) else {
+                continue;
+            };
+            let Some(reading) = reading else {
+                continue;
+            };
+            let lost: Vec<(u64, &Appearance, f32)> =
+                candidates(tracks, new_first_frame, face.face.bbox)
+                    .into_iter()
+                    .filter_map(|(id, least)| {
+                        Some((id, &tracks.people.get(&id)?.appearance, least))
+                    })
+                    .collect();
+            let Some(lost_id) = best_match(lost, &reading.descriptor) else {
+                continue;
+            };
+            if !tracks.tracker.take_over(lost_id, new_id, pts_ms) {
+                continue;
+            }
+            let Some(new) = tracks.people.remove(&new_id) else {
+                continue;
+            };
+            let Some(person) = tracks.people.get_mut(&lost_id) else {
+                continue;
+            };
+            person.last_frame = new.last_frame;
+            person.last_pts_ms = new.last_pts_ms;
+            person.frames += new.frames;
+            person.face_frames = person.face_frames.saturating_add(new.face_frames);
+            person.estimate.absorb(&new.estimate);
+            person.appearance.absorb(&new.appearance);
+            person.appearance.add(&reading.descriptor);
+            // Final: a person whose track took another's is not compared again.
+            person.compared = MAX_COMPARISONS;
+            face.track_id = Some(lost_id);
+            face.confirmed = Some(person.is_person(min_face_frames));
+            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
+                face.attributes =
+                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
+                person.said = face.attributes.clone();
             }
         }
     }
@@ -255,7 +386,7 @@ impl People {
                 s.tracker
                     .live_tracks()
                     .filter(|(id, state)| {
-                        *state != super::TrackState::Tentative
+                        matches!(state, TrackState::Confirmed | TrackState::Lost)
                             && s.people
                                 .get(id)
                                 .is_some_and(|p| p.is_person(self.config.min_face_frames))
@@ -273,6 +404,50 @@ impl People {
     }
 }
 
+/// A new track's first frames in which its face may be compared with the people lost (1 s at
+/// 25 fps).
+pub const COMPARE_WITHIN_FRAMES: u64 = 25;
+/// Comparisons of one new track at most, and the frames between two of them.
+pub const MAX_COMPARISONS: u32 = 3;
+pub const COMPARE_EVERY_FRAMES: u64 = 5;
+/// Faces of one frame compared at most (each is one more read of the second reader).
+pub const MAX_COMPARED_PER_FRAME: usize = 2;
+/// How far from where a lost person was expected their face may come back, in face widths.
+const REAPPEAR_WITHIN_WIDTHS: f32 = 4.0;
+
+/// The people a face of a track that started at `first_frame`, at `bbox`, may be (id, least
+/// similarity): people whose appearance is known and who were last seen before that track
+/// started (two people seen together are two people), lost a moment ago and expected near it, or
+/// away (anywhere, but only when more alike).
+fn candidates(tracks: &StreamTracks, first_frame: u64, bbox: [f32; 4]) -> Vec<(u64, f32)> {
+    tracks
+        .tracker
+        .live_tracks()
+        .filter(|(id, _)| {
+            tracks
+                .people
+                .get(id)
+                .is_some_and(|p| p.appearance.known() && p.last_frame < first_frame)
+        })
+        .filter_map(|(id, state)| match state {
+            TrackState::Lost => {
+                let expected = tracks.tracker.predicted_box(id)?;
+                near(expected, bbox).then_some((id, SAME_PERSON))
+            }
+            TrackState::Away => Some((id, SAME_PERSON_AWAY)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `face` is near enough to `expected` (a lost track's predicted box) to be that person.
+fn near(expected: [f32; 4], face: [f32; 4]) -> bool {
+    let centre = |b: [f32; 4]| [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0];
+    let (a, b) = (centre(expected), centre(face));
+    let width = (expected[2] - expected[0]).max(face[2] - face[0]).max(1.0);
+    (a[0] - b[0]).hypot(a[1] - b[1]) <= REAPPEAR_WITHIN_WIDTHS * width
+}
+
 fn record(
     stream: &str,
     source: &str,
@@ -283,7 +458,9 @@ fn record(
     let attributes = attributes
         .as_ref()
         .zip(person.estimate.current())
-        .map(|(readout, p)| readout.attributes(&p))
+        .map(|(readout, p)| {
+            readout.attributes_after(&p, person.estimate.read_twice(), &person.said)
+        })
         .unwrap_or_default();
     TrackRecord {
         kind: RecordKind::Track,
@@ -395,7 +572,13 @@ mod tests {
                 pts_ms,
                 &mut faces,
                 &wanted,
-                &vec![Some(1.0); wanted.len()],
+                &vec![
+                    Some(FaceReading {
+                        male: 1.0,
+                        descriptor: vec![1.0, 0.0],
+                    });
+                    wanted.len()
+                ],
             );
             asked.push(wanted);
             if frame == 3 {
@@ -408,6 +591,62 @@ mod tests {
         let records = people.finish();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
+    }
+
+    /// A person lost for a moment whose face comes back away from where the tracker expected it
+    /// starts a new track; if it looks like them it is theirs again, else it stays someone new.
+    #[test]
+    fn a_lost_person_who_looks_the_same_gets_their_id_back() {
+        let run = |descriptor: Vec<f32>| {
+            let mut people = People::new(TrackConfig::default(), None);
+            let info = stream();
+            let mut first_id = None;
+            for frame in 0..5 {
+                let pts_ms = frame as f64 * 40.0;
+                let mut faces = vec![face(0.0, true)];
+                people.frame(&info, frame, pts_ms, &mut faces, &[None]);
+                first_id = faces[0].track_id;
+                let wanted = people.second_reading_wanted(0, pts_ms, &faces);
+                let anna = FaceReading {
+                    male: 0.0,
+                    descriptor: vec![1.0, 0.0],
+                };
+                people.add_second_readings(
+                    0,
+                    pts_ms,
+                    &mut faces,
+                    &wanted,
+                    &vec![Some(anna); wanted.len()],
+                );
+            }
+            for frame in 5..9 {
+                people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]);
+            }
+            let mut faces = vec![face(250.0, true)];
+            people.frame(&info, 9, 360.0, &mut faces, &[None]);
+            assert_ne!(
+                faces[0].track_id, first_id,
+                "the box is far from the lost one's"
+            );
+            let wanted = people.reassociation_wanted(0, &faces);
+            assert_eq!(wanted, [0]);
+            let reading = FaceReading {
+                male: 0.0,
+                descriptor,
+            };
+            people.reassociate(0, 360.0, &mut faces, &wanted, &[Some(reading)]);
+            // Taken over: no one is lost any more. Like no one: compared again, later.
+            let again = people.reassociation_wanted(0, &faces).len();
+            (first_id, faces[0].clone(), people.finish().len(), again)
+        };
+        let (anna, face, records, again) = run(vec![0.95, 0.2]);
+        assert_eq!(face.track_id, anna);
+        assert_eq!(face.confirmed, Some(true));
+        assert_eq!((records, again), (1, 0), "one person");
+        let (anna, face, _, again) = run(vec![0.1, 1.0]);
+        assert_ne!(face.track_id, anna);
+        assert_eq!(face.confirmed, Some(false));
+        assert_eq!(again, 0, "not again at once: comparisons are spread out");
     }
 
     /// With `min_face_frames` 0, every confirmed track is a person, as before.

@@ -6,20 +6,21 @@ use std::time::Instant;
 
 use super::people::People;
 use crate::attributes::FacesInImage;
-use crate::attributes::faceres::GenderReader;
+use crate::attributes::faceres::{FaceReading, SecondReader};
 use crate::flow::{Detected, Reorder, RunContext, RunStats, StageTimes, StreamWindows, Tracked};
 use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::record::{FaceRecord, FrameRecord, RecordKind};
 
 /// Starts the track stage on `input` (frames with their faces, in any order); each stream's
 /// frames come out in order, as records with their people. `second_reader` reads the gender of a
-/// few of each person's clearest faces again (see [`super::second`]).
+/// few of each person's clearest faces again (see [`super::second`]), and new faces while a
+/// person is lost, to give the person back their id (see [`super::appearance`]).
 pub(crate) fn spawn(
     graph: &mut Graph,
     cx: &RunContext,
     input: Input<Detected>,
     people: People,
-    second_reader: Option<Box<dyn GenderReader>>,
+    second_reader: Option<Box<dyn SecondReader>>,
 ) -> Input<Tracked> {
     let (out, tracked) = graph.channel("tracked", cx.queue_frames, WhenFull::Block);
     let stage = TrackStage {
@@ -42,7 +43,7 @@ pub(crate) fn spawn(
 struct TrackStage {
     input: Input<Detected>,
     people: People,
-    second_reader: Option<Box<dyn GenderReader>>,
+    second_reader: Option<Box<dyn SecondReader>>,
     /// A sink draws on the frames: their pixels go on with the records.
     pixels_for_sinks: bool,
     windows: Arc<StreamWindows>,
@@ -149,27 +150,25 @@ impl TrackStage {
             &d.predictions,
         ));
         let mut frame = d.frame;
-        if let Some(reader) = self.second_reader.as_mut() {
+        if self.second_reader.is_some() && !frame.rgb.is_empty() {
+            let wanted = self.people.reassociation_wanted(stream, &faces);
+            if !wanted.is_empty() {
+                let readings = self.read(&frame, &faces, &wanted)?;
+                self.people
+                    .reassociate(stream, frame.pts_ms, &mut faces, &wanted, &readings);
+            }
             let wanted = self
                 .people
                 .second_reading_wanted(stream, frame.pts_ms, &faces);
-            if !wanted.is_empty() && !frame.rgb.is_empty() {
-                let image = FacesInImage {
-                    rgb: &frame.rgb,
-                    width: frame.width as usize,
-                    height: frame.height as usize,
-                    faces: wanted.iter().map(|&i| &faces[i].face).collect(),
-                };
-                let started = Instant::now();
-                let male = reader
-                    .male_probability(&[image])
-                    .map_err(|e| format!("frame {}: {e}", frame.index))?;
-                self.times
-                    .second_reader
-                    .observe(started.elapsed().as_secs_f64());
-                let male = male.into_iter().next().unwrap_or_default();
-                self.people
-                    .add_second_readings(stream, frame.pts_ms, &mut faces, &wanted, &male);
+            if !wanted.is_empty() {
+                let readings = self.read(&frame, &faces, &wanted)?;
+                self.people.add_second_readings(
+                    stream,
+                    frame.pts_ms,
+                    &mut faces,
+                    &wanted,
+                    &readings,
+                );
             }
         }
         let pixels = if self.pixels_for_sinks {
@@ -184,6 +183,34 @@ impl TrackStage {
             ended,
             stream_ended: false,
         })
+    }
+}
+
+impl TrackStage {
+    /// The second reader's reading of the faces `wanted` of `frame` (none without a reader).
+    fn read(
+        &mut self,
+        frame: &crate::sources::Frame,
+        faces: &[FaceRecord],
+        wanted: &[usize],
+    ) -> Result<Vec<Option<FaceReading>>, String> {
+        let Some(reader) = self.second_reader.as_mut() else {
+            return Ok(vec![None; wanted.len()]);
+        };
+        let image = FacesInImage {
+            rgb: &frame.rgb,
+            width: frame.width as usize,
+            height: frame.height as usize,
+            faces: wanted.iter().map(|&i| &faces[i].face).collect(),
+        };
+        let started = Instant::now();
+        let readings = reader
+            .read(&[image])
+            .map_err(|e| format!("frame {}: {e}", frame.index))?;
+        self.times
+            .second_reader
+            .observe(started.elapsed().as_secs_f64());
+        Ok(readings.into_iter().next().unwrap_or_default())
     }
 }
 
@@ -280,16 +307,20 @@ mod tests {
     /// A stand-in second reader: counts the faces it is asked about, reads each as a man's.
     struct Counting(Arc<std::sync::atomic::AtomicUsize>);
 
-    impl GenderReader for Counting {
-        fn male_probability(
+    impl SecondReader for Counting {
+        fn read(
             &mut self,
             images: &[FacesInImage<'_>],
-        ) -> Result<Vec<Vec<Option<f32>>>, crate::attributes::AttributeError> {
+        ) -> Result<Vec<Vec<Option<FaceReading>>>, crate::attributes::AttributeError> {
             let faces: usize = images.iter().map(|i| i.faces.len()).sum();
             self.0.fetch_add(faces, std::sync::atomic::Ordering::SeqCst);
+            let man = FaceReading {
+                male: 1.0,
+                descriptor: vec![1.0, 0.0],
+            };
             Ok(images
                 .iter()
-                .map(|i| vec![Some(1.0); i.faces.len()])
+                .map(|i| vec![Some(man.clone()); i.faces.len()])
                 .collect())
         }
     }

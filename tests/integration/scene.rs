@@ -9,28 +9,69 @@ use image::{Rgb, RgbImage, imageops};
 
 use crate::util::*;
 
-/// A face pasted at a straight-line path: from `from` to `to` (top-left corners) between frames
-/// `start` and `end`, `side` pixels square.
+/// A face pasted along a path: through each [`Key`] in turn (top-left corner and side, moving in
+/// straight lines between them), from the first key's frame to the last's.
 struct Walker {
     face: RgbImage,
     /// UTKFace's label: "male" or "female".
     gender: &'static str,
-    from: (f32, f32),
-    to: (f32, f32),
-    start: u32,
-    end: u32,
-    side: u32,
+    path: Vec<Key>,
+}
+
+/// Where a walker is at `frame`: top-left corner `(x, y)` and square side, pixels.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    frame: u32,
+    x: f32,
+    y: f32,
+    side: f32,
 }
 
 impl Walker {
-    fn at(&self, frame: u32) -> Option<(i64, i64)> {
-        if frame < self.start || frame > self.end {
+    /// From `from` to `to` (top-left corners) between frames `start` and `end`, `side` square.
+    fn straight(
+        face: RgbImage,
+        gender: &'static str,
+        (from, to): ((f32, f32), (f32, f32)),
+        (start, end): (u32, u32),
+        side: u32,
+    ) -> Self {
+        let key = |frame, (x, y): (f32, f32)| Key {
+            frame,
+            x,
+            y,
+            side: side as f32,
+        };
+        Self {
+            face,
+            gender,
+            path: vec![key(start, from), key(end.max(start + 1), to)],
+        }
+    }
+
+    /// Top-left corner and side at `frame` (the side even, so resized faces are reused).
+    fn at(&self, frame: u32) -> Option<(i64, i64, u32)> {
+        let first = self.path.first()?;
+        let last = self.path.last()?;
+        if frame < first.frame || frame > last.frame {
             return None;
         }
-        let t = (frame - self.start) as f32 / (self.end - self.start).max(1) as f32;
+        let i = self
+            .path
+            .windows(2)
+            .position(|w| frame <= w[1].frame)
+            .unwrap_or(0);
+        let (a, b) = match self.path.get(i..i + 2) {
+            Some([a, b]) => (*a, *b),
+            _ => (*first, *first),
+        };
+        let t = (frame - a.frame) as f32 / (b.frame - a.frame).max(1) as f32;
+        let lerp = |u: f32, v: f32| u + (v - u) * t;
+        let side = (lerp(a.side, b.side) / 2.0).round() as u32 * 2;
         Some((
-            (self.from.0 + (self.to.0 - self.from.0) * t).round() as i64,
-            (self.from.1 + (self.to.1 - self.from.1) * t).round() as i64,
+            lerp(a.x, b.x).round() as i64,
+            lerp(a.y, b.y).round() as i64,
+            side.max(2),
         ))
     }
 }
@@ -57,24 +98,20 @@ fn render(dir: &Path, walkers: &[Walker], frames: u32, (w, h): (u32, u32)) -> (P
         let v = ((x * 7 + y * 3) % 40) as u8;
         Rgb([60 + v, 70 + (y * 60 / h) as u8, 80 + (x * 40 / w) as u8])
     });
-    let faces: Vec<RgbImage> = walkers
-        .iter()
-        .map(|walker| {
-            imageops::resize(
-                &walker.face,
-                walker.side,
-                walker.side,
-                imageops::FilterType::Triangle,
-            )
-        })
-        .collect();
+    // Each face at each side it takes, resized once.
+    let mut faces: HashMap<(usize, u32), RgbImage> = HashMap::new();
     for f in 0..frames {
         let mut img = background.clone();
         let mut here = BTreeMap::new();
         for (i, walker) in walkers.iter().enumerate() {
-            let Some((x, y)) = walker.at(f) else { continue };
-            imageops::overlay(&mut img, &faces[i], x, y);
-            let s = walker.side as f32;
+            let Some((x, y, side)) = walker.at(f) else {
+                continue;
+            };
+            let face = faces.entry((i, side)).or_insert_with(|| {
+                imageops::resize(&walker.face, side, side, imageops::FilterType::Triangle)
+            });
+            imageops::overlay(&mut img, face, x, y);
+            let s = side as f32;
             let b = [
                 (x as f32).max(0.0),
                 (y as f32).max(0.0),
@@ -283,33 +320,27 @@ impl Score {
 fn three_people(utk: &Path) -> Vec<Walker> {
     let face = |name: &str| image::open(utk.join(name)).unwrap().to_rgb8();
     vec![
-        Walker {
-            face: face("26_1_2_20170103181524137.jpg.chip.jpg"),
-            gender: "female",
-            from: (20.0, 120.0),
-            to: (520.0, 120.0),
-            start: 0,
-            end: 119,
-            side: 110,
-        },
-        Walker {
-            face: face("25_0_4_20170117155154894.jpg.chip.jpg"),
-            gender: "male",
-            from: (520.0, 135.0),
-            to: (20.0, 135.0),
-            start: 0,
-            end: 119,
-            side: 110,
-        },
-        Walker {
-            face: face("1_0_0_20161219140623097.jpg.chip.jpg"),
-            gender: "male",
-            from: (-60.0, 250.0),
-            to: (300.0, -60.0),
-            start: 10,
-            end: 110,
-            side: 100,
-        },
+        Walker::straight(
+            face("26_1_2_20170103181524137.jpg.chip.jpg"),
+            "female",
+            ((20.0, 120.0), (520.0, 120.0)),
+            (0, 119),
+            110,
+        ),
+        Walker::straight(
+            face("25_0_4_20170117155154894.jpg.chip.jpg"),
+            "male",
+            ((520.0, 135.0), (20.0, 135.0)),
+            (0, 119),
+            110,
+        ),
+        Walker::straight(
+            face("1_0_0_20161219140623097.jpg.chip.jpg"),
+            "male",
+            ((-60.0, 250.0), (300.0, -60.0)),
+            (10, 110),
+            100,
+        ),
     ]
 }
 
@@ -347,11 +378,9 @@ impl Xorshift {
     }
 }
 
-/// Twenty people over 40 s of 1280×720: in pairs that enter from opposite edges at about the same
-/// height and cross in the middle (one passes in front of the other), drifting up or down, 90 to
-/// 150 pixels, several in view at once. Faces: UTKFace adults 20 to 60, ten women and ten men,
-/// spread over the folder.
-fn twenty_people(utk: &Path) -> Vec<Walker> {
+/// Ten women and ten men, UTKFace adults 20 to 60 spread over the folder (`skip`: how many
+/// places along it to start), alternating woman and man.
+fn twenty_adults(utk: &Path, skip: usize) -> Vec<(String, &'static str)> {
     let mut names: Vec<String> = std::fs::read_dir(utk)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -379,15 +408,27 @@ fn twenty_people(utk: &Path) -> Vec<Walker> {
         chosen.extend(
             of_gender
                 .iter()
+                .skip(skip)
                 .step_by(stride)
                 .take(10)
                 .map(|n| ((*n).clone(), want)),
         );
     }
-    // Alternate women and men, so each crossing pair has one of each.
     let (women, men) = chosen.split_at(10);
-    let order: Vec<&(String, &'static str)> =
-        women.iter().zip(men).flat_map(|(a, b)| [a, b]).collect();
+    women
+        .iter()
+        .zip(men)
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect()
+}
+
+/// Twenty people over 40 s of 1280×720: in pairs that enter from opposite edges at about the same
+/// height and cross in the middle (one passes in front of the other), drifting up or down, 90 to
+/// 150 pixels, several in view at once. Faces: UTKFace adults 20 to 60, ten women and ten men,
+/// spread over the folder.
+fn twenty_people(utk: &Path) -> Vec<Walker> {
+    // Alternate women and men, so each crossing pair has one of each.
+    let order = twenty_adults(utk, 0);
     let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     let (w, h) = (1280.0f32, 720.0f32);
     let mut walkers = Vec::new();
@@ -408,17 +449,100 @@ fn twenty_people(utk: &Path) -> Vec<Walker> {
         };
         let start = (pair * 75) as u32 + (rng.next() * 20.0) as u32;
         let end = start + 240 + (rng.next() * 60.0) as u32;
+        walkers.push(Walker::straight(
+            image::open(utk.join(name)).unwrap().to_rgb8(),
+            gender,
+            ((x0, y0), (x1, y1)),
+            (start, end),
+            side,
+        ));
+    }
+    walkers
+}
+
+/// Twenty other people over 40 s of 1280×720 who move as people do, not in straight lines: each
+/// enters at an edge, walks to three or four places in the frame at its own speed (1.5 to 7
+/// pixels a frame, often diagonally), stops at some of them for one to two seconds, grows or
+/// shrinks on the way (70 to 180 pixels, as if nearer or further), and leaves at an edge; they
+/// enter about every 1.8 s, so their paths cross and pass close at different speeds, and the
+/// later one drawn passes in front.
+fn twenty_people_moving_differently(utk: &Path) -> Vec<Walker> {
+    let order = twenty_adults(utk, 3);
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let (w, h) = (1280.0f32, 720.0f32);
+    let mut walkers = Vec::new();
+    for (k, (name, gender)) in order.into_iter().enumerate() {
+        let mut side = 70.0 + rng.next() * 110.0;
+        // Enter at one of the four edges, half outside.
+        let edge = |rng: &mut Xorshift, side: f32| -> (f32, f32) {
+            match (rng.next() * 4.0) as u32 {
+                0 => (-0.5 * side, rng.next() * (h - side)),
+                1 => (w - 0.5 * side, rng.next() * (h - side)),
+                2 => (rng.next() * (w - side), -0.5 * side),
+                _ => (rng.next() * (w - side), h - 0.5 * side),
+            }
+        };
+        let mut frame = (k as f32 * 45.0 + rng.next() * 20.0) as u32;
+        let (x, y) = edge(&mut rng, side);
+        let mut path = vec![Key { frame, x, y, side }];
+        let speed = 1.5 + rng.next() * 5.5;
+        let stops = 3 + (rng.next() * 2.0) as usize;
+        for stop in 0..=stops {
+            let last = *path.last().unwrap();
+            side = (side * (0.7 + rng.next() * 0.6)).clamp(70.0, 180.0);
+            let (x, y) = if stop == stops {
+                edge(&mut rng, side)
+            } else {
+                (rng.next() * (w - side), rng.next() * (h - side))
+            };
+            let distance = (x - last.x).hypot(y - last.y);
+            frame += (distance / speed).max(10.0) as u32;
+            path.push(Key { frame, x, y, side });
+            // Some stop for a while.
+            if stop < stops && rng.next() < 0.4 {
+                frame += 25 + (rng.next() * 25.0) as u32;
+                path.push(Key { frame, x, y, side });
+            }
+        }
         walkers.push(Walker {
             face: image::open(utk.join(name)).unwrap().to_rgb8(),
             gender,
-            from: (x0, y0),
-            to: (x1, y1),
-            start,
-            end,
-            side,
+            path,
         });
     }
     walkers
+}
+
+/// The harder scene ([`twenty_people_moving_differently`]), scored like the judged one: a
+/// measurement, `cargo test --test integration scene::moving -- --ignored --nocapture`
+/// (SCENE_DETECT_EVERY, SCENE_KEEP as below).
+#[test]
+#[ignore]
+fn moving_differently_in_a_720p_scene() {
+    let Some(utk) = shared_data("utkface") else {
+        return;
+    };
+    let walkers = twenty_people_moving_differently(&utk);
+    let dir = tempfile::tempdir().unwrap();
+    let frames = walkers
+        .iter()
+        .filter_map(|w| w.path.last().map(|k| k.frame))
+        .max()
+        .unwrap_or(0)
+        .min(1500)
+        + 1;
+    let (clip, truth) = render(dir.path(), &walkers, frames, (1280, 720));
+    if let Ok(keep) = std::env::var("SCENE_KEEP") {
+        std::fs::copy(&clip, keep).unwrap();
+    }
+    let list = std::env::var("SCENE_DETECT_EVERY").unwrap_or_else(|_| "1,auto".into());
+    for every in list.split(',') {
+        let (s, fps) = run_scene(&clip, &truth, &walkers, &["--detect-every", every]);
+        eprintln!(
+            "20 people moving differently, {frames} frames, detect every {every}: {fps:.1} fps, {}",
+            s.line()
+        );
+    }
 }
 
 /// The judged scene at full size: 20 people, 40 s of 1280×720, run with `--detect-every` N for

@@ -238,8 +238,12 @@ mod tests {
         age[crate::model::fine_bin_of(34)] = 20.0;
         let p = Prediction::from_logits(&age, &[0.0, 4.0], &[0.0, 0.0, 5.0, 0.0, 0.0]);
         let spec = ModelSpec::current(&[Task::Age, Task::Gender, Task::Race]);
-        let record =
-            FaceRecord::with_attributes(face(), &p, &Readout::plain(spec, AgeGrouping::Three));
+        let record = FaceRecord::with_attributes(
+            face(),
+            &p,
+            &Readout::plain(spec, AgeGrouping::Three),
+            false,
+        );
         let json = serde_json::to_string(&record).unwrap();
         assert!(
             json.ends_with(r#""age":{"group":"27-52","index":1,"years":34.0,"probs":[0.0,1.0,0.0]},"gender":{"label":"female","prob":0.982},"race":{"label":"asian","prob":0.974}}"#),
@@ -249,8 +253,12 @@ mod tests {
         assert_eq!(back, record);
         // A model trained without race reports no race.
         let spec = ModelSpec::current(&[Task::Age, Task::Gender]);
-        let record =
-            FaceRecord::with_attributes(face(), &p, &Readout::plain(spec, AgeGrouping::Five));
+        let record = FaceRecord::with_attributes(
+            face(),
+            &p,
+            &Readout::plain(spec, AgeGrouping::Five),
+            false,
+        );
         let json = serde_json::to_string(&record).unwrap();
         assert!(
             json.contains(r#""group":"24-39""#) && !json.contains("race"),

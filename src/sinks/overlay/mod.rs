@@ -737,6 +737,7 @@ pub fn label(face: &FaceRecord) -> String {
         let initial = match g.label.as_str() {
             "female" => "F".to_string(),
             "male" => "M".to_string(),
+            crate::record::UNKNOWN => "?".to_string(),
             other => other.to_string(),
         };
         parts.push(initial);
@@ -745,7 +746,10 @@ pub fn label(face: &FaceRecord) -> String {
         parts.push(a.group.clone());
     }
     if let Some(r) = &face.attributes.race {
-        parts.push(r.label.clone());
+        // An unknown race is left unsaid.
+        if r.label != crate::record::UNKNOWN {
+            parts.push(r.label.clone());
+        }
     }
     parts.join(" ")
 }

@@ -76,7 +76,13 @@ struct SnapshotSink {
 struct Best {
     weight: f64,
     crop: image::RgbImage,
+    /// When the person was last seen, stream time.
+    seen_pts_ms: f64,
 }
+
+/// A person not seen for this long (stream time) has their snapshot forgotten: a track taken over
+/// by another (`track::appearance`) never gets a record. Longer than the longest `reentry_ms`.
+const FORGET_AFTER_MS: f64 = 2.0 * 3_600_000.0;
 
 /// Room around the face's box in its snapshot, as a fraction of the box on each side.
 const MARGIN: f32 = 0.25;
@@ -124,13 +130,23 @@ impl Sink for SnapshotSink {
             };
             let weight = readability(&face.face);
             let key = (stream, track);
-            if self.best.get(&key).is_some_and(|b| b.weight >= weight) {
+            if let Some(b) = self.best.get_mut(&key).filter(|b| b.weight >= weight) {
+                b.seen_pts_ms = record.pts_ms;
                 continue;
             }
             if let Some(crop) = crop(pixels, record.width, record.height, face.face.bbox) {
-                self.best.insert(key, Best { weight, crop });
+                self.best.insert(
+                    key,
+                    Best {
+                        weight,
+                        crop,
+                        seen_pts_ms: record.pts_ms,
+                    },
+                );
             }
         }
+        self.best
+            .retain(|(s, _), b| *s != stream || record.pts_ms - b.seen_pts_ms <= FORGET_AFTER_MS);
         Ok(())
     }
 
