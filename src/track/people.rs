@@ -246,7 +246,7 @@ impl People {
     }
 
     /// The faces of this frame of stream `index` (after [`People::frame`]) to compare with the
-    /// people lost now: faces that clearly show a face, of tracks in their first
+    /// people lost now: faces scored at least [`COMPARE_SCORE`], of tracks in their first
     /// [`COMPARE_WITHIN_FRAMES`] frames (a face coming out from behind another shows clearly
     /// only after a few), compared fewer than [`MAX_COMPARISONS`] times,
     /// while some lost person's appearance is known; at most [`MAX_COMPARED_PER_FRAME`].
@@ -268,7 +268,7 @@ impl People {
                 p.compared < MAX_COMPARISONS
                     && p.frames <= COMPARE_WITHIN_FRAMES
                     && due
-                    && shows_a_face(&f.face)
+                    && f.face.score >= COMPARE_SCORE
                     && !candidates(tracks, p.first_frame, f.face.bbox).is_empty()
             })
             .map(|(i, _)| i)
@@ -408,8 +408,12 @@ impl People {
 /// 25 fps).
 pub const COMPARE_WITHIN_FRAMES: u64 = 25;
 /// Comparisons of one new track at most, and the frames between two of them.
-pub const MAX_COMPARISONS: u32 = 3;
-pub const COMPARE_EVERY_FRAMES: u64 = 5;
+pub const MAX_COMPARISONS: u32 = 5;
+pub const COMPARE_EVERY_FRAMES: u64 = 3;
+/// Least detection score of a face compared: a face coming out from behind another is compared
+/// as soon as it is surely a face, before it shows clearly (each frame before, written under the
+/// new id, is an id switch for whoever reads the frame records).
+pub const COMPARE_SCORE: f32 = 0.9;
 /// Faces of one frame compared at most (each is one more read of the second reader).
 pub const MAX_COMPARED_PER_FRAME: usize = 2;
 /// How far from where a lost person was expected their face may come back, in face widths.
