@@ -16,6 +16,8 @@ pub(crate) struct Batching {
     pub(crate) max_batch: usize,
     /// Longest a face waits for faces of later frames to fill a batch.
     pub(crate) max_wait: Duration,
+    /// Read the faces of every frame, not only of frames searched in full.
+    pub(crate) every_frame: bool,
 }
 
 /// What reads faces' attributes: the attribute model, or a stand-in in tests.
@@ -75,10 +77,12 @@ impl<M: FacePredictor> AttributesStage<M> {
     fn run(self, control: &Control) -> Result<(), String> {
         let AttributesStage {
             mut model,
-            batching: Batching {
-                max_batch,
-                max_wait,
-            },
+            batching:
+                Batching {
+                    max_batch,
+                    max_wait,
+                    every_frame,
+                },
             windows,
             input,
             out,
@@ -86,13 +90,18 @@ impl<M: FacePredictor> AttributesStage<M> {
             times,
         } = self;
         loop {
+            // Without `every_frame`, only frames searched in full are read: a track's estimate
+            // weighs many readings of its face, and the faces between are followed (faster, but
+            // see `[attributes] every_frame`).
+            let read = |d: &Detected| every_frame || d.searched_in_full;
+            let to_read = |d: &Detected| if read(d) { d.faces.len() } else { 0 };
             let mut batch = Vec::new();
             let mut ended = false;
             match input.recv(control) {
                 Received::Item(d) => batch.push(d),
                 Received::Eos | Received::Disconnected => ended = true,
             }
-            let mut faces: usize = batch.iter().map(|d| d.faces.len()).sum();
+            let mut faces: usize = batch.iter().map(to_read).sum();
             let deadline = Instant::now() + max_wait;
             // Gather until the batch is full, the wait is over, or a stream's window is: then the
             // frames held here may be what that stream waits for, and waiting longer stalls it.
@@ -104,7 +113,7 @@ impl<M: FacePredictor> AttributesStage<M> {
                 match input.recv_until(deadline.min(now + Duration::from_millis(5)), control) {
                     None => continue,
                     Some(Received::Item(d)) => {
-                        faces += d.faces.len();
+                        faces += to_read(&d);
                         batch.push(d);
                     }
                     Some(Received::Eos | Received::Disconnected) => ended = true,
@@ -117,7 +126,11 @@ impl<M: FacePredictor> AttributesStage<M> {
                         rgb: &d.frame.rgb,
                         width: d.frame.width as usize,
                         height: d.frame.height as usize,
-                        faces: d.faces.iter().map(|f| &f.face).collect(),
+                        faces: if read(d) {
+                            d.faces.iter().map(|f| &f.face).collect()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .collect();
                 let started = Instant::now();
@@ -128,7 +141,9 @@ impl<M: FacePredictor> AttributesStage<M> {
                 drop(images);
                 // Read out later, through each face's track.
                 for (d, predicted) in batch.iter_mut().zip(predictions) {
-                    d.predictions = predicted;
+                    if read(d) {
+                        d.predictions = predicted;
+                    }
                 }
             }
             // Unless a later stage reads them, release the pixels before the frame waits to be
@@ -190,6 +205,7 @@ mod tests {
             frame: testing::frame(stream, index),
             faces: vec![face; faces],
             predictions: vec![None; faces],
+            searched_in_full: true,
             stream_ended: false,
         }
     }
@@ -212,6 +228,7 @@ mod tests {
         let batching = Batching {
             max_batch: 4,
             max_wait: Duration::from_millis(200),
+            every_frame: true,
         };
         let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
         let items = (0..10)
@@ -234,5 +251,42 @@ mod tests {
             calls.len() < out.iter().filter(|d| !d.faces.is_empty()).count(),
             "{calls:?}"
         );
+    }
+
+    /// Without `every_frame`, only the faces of frames searched in full are read; the others
+    /// pass with no reading.
+    #[test]
+    fn only_frames_searched_in_full_are_read_unless_every_frame() {
+        let streams = testing::streams(1);
+        let cx = testing::context(
+            &streams,
+            PixelReaders {
+                attributes: true,
+                ..PixelReaders::default()
+            },
+        );
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batching = Batching {
+            max_batch: 32,
+            max_wait: Duration::from_millis(0),
+            every_frame: false,
+        };
+        let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
+        let items = (0..6)
+            .map(|i| Detected {
+                searched_in_full: i % 3 == 0,
+                ..with_faces(&streams[0], i, 2)
+            })
+            .collect();
+        let out = testing::run(graph, feed, items, annotated);
+        for d in &out {
+            let read = d.predictions.iter().all(Option::is_some);
+            let unread = d.predictions.iter().all(Option::is_none);
+            assert!(if d.searched_in_full { read } else { unread });
+        }
+        let read: usize = calls.lock().expect("not poisoned").iter().sum();
+        assert_eq!(read, 4, "two frames of two faces");
     }
 }

@@ -106,6 +106,7 @@ impl DetectWorker {
                         frame,
                         faces: Vec::new(),
                         predictions: Vec::new(),
+                        searched_in_full: false,
                         stream_ended: true,
                     };
                     if self.out.send(mark, control) == Sent::Closed {
@@ -147,6 +148,7 @@ impl DetectWorker {
                 frame,
                 faces,
                 predictions,
+                searched_in_full: full,
                 stream_ended: false,
             };
             if self.out.send(detected, control) == Sent::Closed {

@@ -49,8 +49,11 @@ pub(crate) struct Detected {
     pub(crate) seq: u64,
     pub(crate) frame: Frame,
     pub(crate) faces: Vec<FaceRecord>,
-    /// The attribute model's reading of each face (`None`: no model, or no crop).
+    /// The attribute model's reading of each face (`None`: no model, no crop, or not read on
+    /// this frame: see `[attributes] every_frame`).
     pub(crate) predictions: Vec<Option<crate::model::readout::Prediction>>,
+    /// The frame was searched in full (not followed from the frame before).
+    pub(crate) searched_in_full: bool,
     /// Not a frame: the mark that `frame.stream` has ended, in its place in the stream's order
     /// (the track stage then ends that stream's tracks).
     pub(crate) stream_ended: bool,

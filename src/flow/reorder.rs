@@ -82,6 +82,7 @@ mod tests {
             frame: crate::flow::end_mark(&info),
             faces: Vec::new(),
             predictions: Vec::new(),
+            searched_in_full: true,
             stream_ended: false,
         }
     }

@@ -125,6 +125,11 @@ pub struct AttributesConfig {
     /// A gender or race whose probability (calibrated, when the model has a calibration beside
     /// it) is below this reads "unknown"; 0 says every label.
     pub unknown_below: f32,
+    /// In video, read the faces of every frame (the default); false: only those of frames
+    /// searched in full (`[detect] detect_every`), each face between showing its track's
+    /// estimate: faster (1080p about 29 → 32 fps on 2 cores), but ages were read worse on the
+    /// real-footage yardstick (in range for 10 of 13 people, against 12).
+    pub every_frame: bool,
 }
 
 /// The default of `[attributes] unknown_below` (see models/README.md, "Calibration").
@@ -143,6 +148,7 @@ impl Default for AttributesConfig {
             tasks: None,
             faceres: true,
             unknown_below: DEFAULT_UNKNOWN_BELOW,
+            every_frame: true,
         }
     }
 }
@@ -673,6 +679,7 @@ impl AttributesConfig {
         Batching {
             max_batch: self.max_batch,
             max_wait: Duration::from_millis(self.max_wait_ms),
+            every_frame: self.every_frame,
         }
     }
 }

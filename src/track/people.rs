@@ -653,6 +653,68 @@ mod tests {
         assert_eq!(again, 0, "not again at once: comparisons are spread out");
     }
 
+    /// A person faceres has read who stays out of view past `max_lost_ms` is away: not in view,
+    /// no record yet; back anywhere in the frame and alike enough (0.7 for people away), they
+    /// keep their id and make one record; less alike (0.65 would do for a person lost a moment
+    /// ago), they are someone new.
+    #[test]
+    fn a_person_away_who_comes_back_alike_keeps_their_id() {
+        let run = |descriptor: Vec<f32>| {
+            let mut people = People::new(TrackConfig::default(), None);
+            let info = stream();
+            let mut anna = None;
+            for frame in 0..5 {
+                let pts_ms = frame as f64 * 40.0;
+                let mut faces = vec![face(0.0, true)];
+                people.frame(&info, frame, pts_ms, &mut faces, &[None]);
+                anna = faces[0].track_id;
+                let wanted = people.second_reading_wanted(0, pts_ms, &faces);
+                let read = FaceReading {
+                    male: 0.0,
+                    descriptor: vec![1.0, 0.0],
+                };
+                people.add_second_readings(
+                    0,
+                    pts_ms,
+                    &mut faces,
+                    &wanted,
+                    &vec![Some(read); wanted.len()],
+                );
+            }
+            // Three seconds out of view: past max_lost_ms (1.5 s), within reentry_ms (10 s).
+            let mut ended = Vec::new();
+            for frame in 5..80 {
+                ended.extend(people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]));
+            }
+            assert!(ended.is_empty(), "no record while away");
+            assert_eq!(people.in_view(0), 0, "away is not in view");
+            // Back at the other side of the frame.
+            let mut faces = vec![face(900.0, true)];
+            people.frame(&info, 80, 3200.0, &mut faces, &[None]);
+            let wanted = people.reassociation_wanted(0, &faces);
+            assert_eq!(wanted, [0]);
+            let read = FaceReading {
+                male: 0.0,
+                descriptor,
+            };
+            people.reassociate(0, 3200.0, &mut faces, &wanted, &[Some(read)]);
+            (anna, faces[0].track_id, people.finish())
+        };
+        let (anna, back, records) = run(vec![0.95, 0.1]);
+        assert_eq!(back, anna);
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].first_frame, records[0].last_frame), (0, 80));
+        assert_eq!(records[0].frames, 6);
+        // Cosine 0.65: enough for someone lost a moment ago, not for someone away.
+        let (anna, back, records) = run(vec![0.65, 0.76]);
+        assert_ne!(back, anna);
+        assert_eq!(
+            records.len(),
+            1,
+            "anna only: the newcomer never became a person"
+        );
+    }
+
     /// With `min_face_frames` 0, every confirmed track is a person, as before.
     #[test]
     fn without_the_evidence_rule_every_confirmed_track_is_a_person() {

@@ -249,6 +249,7 @@ mod tests {
             frame,
             faces: (0..faces).map(face).collect(),
             predictions: vec![None; faces],
+            searched_in_full: true,
             stream_ended: false,
         }
     }
