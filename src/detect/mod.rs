@@ -105,6 +105,9 @@ pub struct DetectConfig {
     /// search once [`AUTO_DETECT_INTERVAL_MS`] of video have passed since the last (every 3rd
     /// frame at 25 or 30 fps, every frame at 10 fps).
     pub detect_every: u32,
+    /// Video: end every track at a scene cut (edited footage; see `detect::cut`). A fixed camera
+    /// never cuts; false spares it the (small) risk of a false one.
+    pub scene_cuts: bool,
 }
 
 impl Default for DetectConfig {
@@ -121,6 +124,7 @@ impl Default for DetectConfig {
             threads: 0,
             workers: 0,
             detect_every: 0,
+            scene_cuts: true,
         }
     }
 }

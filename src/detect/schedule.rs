@@ -53,6 +53,8 @@ pub(crate) struct Scheduler {
     pub(crate) done: Receiver<Done>,
     pub(crate) windows: Arc<StreamWindows>,
     pub(crate) detect_every: u32,
+    /// Tell scene cuts (see [`super::cut`]).
+    pub(crate) scene_cuts: bool,
 }
 
 /// A frame taken from its source queue, not yet handed to a worker.
@@ -104,8 +106,9 @@ struct StreamState {
     last_index: Option<u64>,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
-    /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]).
+    /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
     thumbnail: Option<super::cut::Thumbnail>,
+    scene_cuts: bool,
     /// Bytes of the stream's frames, as its window was sized for.
     frame_bytes: usize,
     /// Worker seconds served so far (the stream's virtual time).
@@ -127,6 +130,7 @@ impl StreamState {
             last_index: None,
             faces_done: BTreeMap::new(),
             thumbnail: None,
+            scene_cuts: true,
             frame_bytes: 0,
             served_s: 0.0,
             full_cost: Cost::guess(0.0),
@@ -173,7 +177,14 @@ impl Scheduler {
     pub(crate) fn run(self, control: &Control) -> Result<(), String> {
         let result = Schedule {
             s: &self,
-            streams: self.streams.iter().map(|_| StreamState::new()).collect(),
+            streams: self
+                .streams
+                .iter()
+                .map(|_| StreamState {
+                    scene_cuts: self.scene_cuts,
+                    ..StreamState::new()
+                })
+                .collect(),
             outstanding: vec![0; self.outs.len()],
             turn: 0,
             clock_s: 0.0,
@@ -380,8 +391,10 @@ impl Schedule<'_> {
 /// frame: the faces of the frame before belong to another shot).
 fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
     let follows_last = st.last_index.is_some_and(|last| frame.index == last + 1);
-    let thumbnail =
-        super::cut::Thumbnail::of(&frame.rgb, frame.width as usize, frame.height as usize);
+    let thumbnail = st
+        .scene_cuts
+        .then(|| super::cut::Thumbnail::of(&frame.rgb, frame.width as usize, frame.height as usize))
+        .flatten();
     frame.scene_cut = matches!((&thumbnail, &st.thumbnail), (Some(now), Some(before)) if now.is_cut_after(before));
     st.thumbnail = thumbnail;
     let run_done = match detect_every {
@@ -495,6 +508,16 @@ mod tests {
             .map(|w| w.frame.index)
             .collect();
         assert_eq!(cuts, vec![3]);
+        // With scene cuts off, the same frames make one run.
+        let mut st = StreamState {
+            scene_cuts: false,
+            ..StreamState::new()
+        };
+        for i in 0..5 {
+            take(&mut st, shot(i < 3, i), 5);
+        }
+        assert_eq!(keyframes(&st), vec![0]);
+        assert!(st.waiting.iter().all(|w| !w.frame.scene_cut));
     }
 
     #[test]
@@ -558,6 +581,7 @@ mod tests {
             done: done_rx,
             windows: Arc::new(StreamWindows::new(n, 10)),
             detect_every: 1,
+            scene_cuts: true,
         };
         let mut schedule = Schedule {
             s: &scheduler,

@@ -22,6 +22,7 @@ pub(crate) fn spawn(
     frames: Vec<Input<Frame>>,
     detectors: Vec<Box<dyn FrameDetector>>,
     detect_every: u32,
+    scene_cuts: bool,
 ) -> Input<Detected> {
     let workers = detectors.len();
     // A worker holds at most one frame, and the end marks of streams (see Scheduler), with room
@@ -46,6 +47,7 @@ pub(crate) fn spawn(
         done: done_rx,
         windows: cx.windows.clone(),
         detect_every,
+        scene_cuts,
     };
     graph.add_stage("schedule", move |c| scheduler.run(c));
     let (out, detected) = graph.channel("detected", cx.queue_frames, WhenFull::Block);
@@ -246,7 +248,7 @@ mod tests {
             .map(|_| graph.channel::<Frame>("frames", 4, WhenFull::Block))
             .unzip();
         let detectors: Vec<Box<dyn FrameDetector>> = vec![Box::new(Stamp), Box::new(Stamp)];
-        let detected = spawn(&mut graph, &cx, inputs, detectors, detect_every);
+        let detected = spawn(&mut graph, &cx, inputs, detectors, detect_every, true);
         for (feed, stream) in feeds.into_iter().zip(streams.clone()) {
             graph.add_stage(format!("test-source-{}", stream.index), move |c| {
                 for i in 0..frames_per_stream {

@@ -636,6 +636,7 @@ pub fn run_stages(
         frames,
         detectors,
         config.detect.detect_every,
+        config.detect.scene_cuts,
     );
     let mut second_reader = None;
     if let Some(a) = attributes {
