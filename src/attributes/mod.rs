@@ -333,26 +333,19 @@ impl AttributeModel {
         &mut self,
         images: &[FacesInImage<'_>],
     ) -> Result<Vec<Vec<Option<Prediction>>>, AttributeError> {
-        let (mut result, male) = self.predict_faces_apart(images)?;
-        if let Some(male) = male {
-            for (predicted, male) in result.iter_mut().zip(male) {
-                for (p, m) in predicted.iter_mut().zip(male) {
-                    if let (Some(p), Some(m)) = (p.as_mut(), m) {
-                        *p = with_second_gender(p, m);
-                    }
-                }
-            }
-        }
-        Ok(result)
+        Ok(self
+            .read_faces(images)?
+            .into_iter()
+            .map(|faces| faces.into_iter().map(|r| r.map(|r| r.combined())).collect())
+            .collect())
     }
 
-    /// As [`AttributeModel::predict_faces`], the model's readings and faceres's probability
-    /// that each face is a man's apart (`None` without faceres).
-    #[allow(clippy::type_complexity)]
-    pub fn predict_faces_apart(
+    /// As [`AttributeModel::predict_faces`], each face's readings apart: the model's, and
+    /// faceres's gender when it reads faces too.
+    pub fn read_faces(
         &mut self,
         images: &[FacesInImage<'_>],
-    ) -> Result<(Vec<Vec<Option<Prediction>>>, Option<Vec<Vec<Option<f32>>>>), AttributeError> {
+    ) -> Result<Vec<Vec<Option<FaceRead>>>, AttributeError> {
         let mut crops = Vec::new();
         let mut slots = Vec::new();
         for (i, image) in images.iter().enumerate() {
@@ -363,33 +356,55 @@ impl AttributeModel {
                 }
             }
         }
-        let mut result: Vec<Vec<Option<Prediction>>> =
+        let mut result: Vec<Vec<Option<FaceRead>>> =
             images.iter().map(|im| vec![None; im.faces.len()]).collect();
         if crops.is_empty() {
-            return Ok((result, None));
+            return Ok(result);
         }
         let predictions = self.predict(&crops)?;
-        for ((i, j), p) in slots.into_iter().zip(predictions) {
-            result[i][j] = Some(p);
-        }
         let male = match self.gender_ensemble.as_mut() {
             Some(faceres) => Some(faceres.male_probability(images)?),
             None => None,
         };
-        Ok((result, male))
+        for ((i, j), alone) in slots.into_iter().zip(predictions) {
+            let male = male.as_ref().and_then(|m| m[i][j]);
+            result[i][j] = Some(FaceRead { alone, male });
+        }
+        Ok(result)
     }
 }
 
-/// `p` with its gender the mean of its own and `male` (faceres's probability of a man's face);
-/// as it was when `male` is not a probability.
-pub fn with_second_gender(p: &Prediction, male: f32) -> Prediction {
-    let mut p = p.clone();
-    if p.gender.len() == 2 && (0.0..=1.0).contains(&male) {
-        // GENDER_LABELS: male, female.
-        let mean = 0.5 * (p.gender[0] + male);
-        p.gender = vec![mean, 1.0 - mean];
+/// One face as read: the attribute model's prediction, and faceres's probability that it is a
+/// man's face when faceres read it too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceRead {
+    pub alone: Prediction,
+    pub male: Option<f32>,
+}
+
+impl FaceRead {
+    /// The prediction reported: the model's, its gender the mean of its own and faceres's when
+    /// faceres gave a probability.
+    pub fn combined(&self) -> Prediction {
+        let mut p = self.alone.clone();
+        if let Some(male) = self.gender_read_twice() {
+            // GENDER_LABELS: male, female.
+            let mean = 0.5 * (p.gender[0] + male);
+            p.gender = vec![mean, 1.0 - mean];
+        }
+        p
     }
-    p
+
+    /// faceres's probability, when it is one and averaged in (see [`FaceRead::combined`]).
+    fn gender_read_twice(&self) -> Option<f32> {
+        self.male
+            .filter(|m| self.alone.gender.len() == 2 && (0.0..=1.0).contains(m))
+    }
+
+    /// Whether the combined gender is the mean of two readings (its calibration follows).
+    pub fn read_twice(&self) -> bool {
+        self.gender_read_twice().is_some()
+    }
 }
 
 #[cfg(test)]

@@ -210,31 +210,41 @@ mod tests {
         }
     }
 
+    /// Runs the attribute stage alone over `items` (no sink draws): what came out, and the faces
+    /// of each model call.
+    fn annotate(
+        streams: &[Arc<crate::sources::StreamInfo>],
+        batching: Batching,
+        items: Vec<Detected>,
+    ) -> (Vec<Detected>, Vec<usize>) {
+        let pixels = PixelReaders {
+            attributes: true,
+            ..PixelReaders::default()
+        };
+        let cx = testing::context(streams, pixels);
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
+        let out = testing::run(graph, feed, items, annotated);
+        let calls = calls.lock().expect("not poisoned").clone();
+        (out, calls)
+    }
+
     /// Faces of several frames share model calls of at most `max_batch` faces; every face gets
     /// its reading, frames without faces pass, and pixels no sink draws on are released.
     #[test]
     fn faces_of_several_frames_share_calls_and_every_face_is_read() {
         let streams = testing::streams(1);
-        let cx = testing::context(
-            &streams,
-            PixelReaders {
-                attributes: true,
-                ..PixelReaders::default()
-            },
-        );
-        let mut graph = testing::graph();
-        let (feed, input) = testing::feed(&mut graph);
-        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let batching = Batching {
             max_batch: 4,
             max_wait: Duration::from_millis(200),
             every_frame: true,
         };
-        let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
         let items = (0..10)
             .map(|i| with_faces(&streams[0], i, (i % 3) as usize))
             .collect();
-        let out = testing::run(graph, feed, items, annotated);
+        let (out, calls) = annotate(&streams, batching, items);
         assert_eq!(out.len(), 10);
         let faces: usize = out.iter().map(|d| d.faces.len()).sum();
         assert!(
@@ -242,7 +252,6 @@ mod tests {
                 .all(|d| d.predictions.iter().all(Option::is_some))
         );
         assert!(out.iter().all(|d| d.frame.rgb.is_empty()));
-        let calls = calls.lock().expect("not poisoned");
         assert_eq!(calls.iter().sum::<usize>(), faces);
         // A batch may pass max_batch by the faces of its last frame (at most 2), never by a whole
         // frame more.
@@ -258,35 +267,24 @@ mod tests {
     #[test]
     fn only_frames_searched_in_full_are_read_unless_every_frame() {
         let streams = testing::streams(1);
-        let cx = testing::context(
-            &streams,
-            PixelReaders {
-                attributes: true,
-                ..PixelReaders::default()
-            },
-        );
-        let mut graph = testing::graph();
-        let (feed, input) = testing::feed(&mut graph);
-        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let batching = Batching {
             max_batch: 32,
             max_wait: Duration::from_millis(0),
             every_frame: false,
         };
-        let annotated = spawn(&mut graph, &cx, input, Count(calls.clone()), batching);
         let items = (0..6)
             .map(|i| Detected {
                 searched_in_full: i % 3 == 0,
                 ..with_faces(&streams[0], i, 2)
             })
             .collect();
-        let out = testing::run(graph, feed, items, annotated);
+        let (out, calls) = annotate(&streams, batching, items);
         for d in &out {
             let read = d.predictions.iter().all(Option::is_some);
             let unread = d.predictions.iter().all(Option::is_none);
             assert!(if d.searched_in_full { read } else { unread });
         }
-        let read: usize = calls.lock().expect("not poisoned").iter().sum();
+        let read: usize = calls.iter().sum();
         assert_eq!(read, 4, "two frames of two faces");
     }
 }

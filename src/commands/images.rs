@@ -297,25 +297,19 @@ fn detect_one(
                 height: height as usize,
                 faces: faces.iter().collect(),
             };
-            let (alone, male) = model
-                .predict_faces_apart(&[image_faces])
-                .with_context(|| format!("{}: attribute model failed", path.display()))?;
-            let alone = alone.into_iter().next().unwrap_or_default();
-            let male = male.and_then(|m| m.into_iter().next()).unwrap_or_default();
+            let read = model
+                .read_faces(&[image_faces])
+                .with_context(|| format!("{}: attribute model failed", path.display()))?
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             faces
                 .into_iter()
-                .enumerate()
-                .map(|(i, face)| match alone.get(i).cloned().flatten() {
-                    // faceres's reading averaged in where it gave one (the temperature follows).
-                    Some(p) => match male.get(i).copied().flatten() {
-                        Some(m) => FaceRecord::with_attributes(
-                            face,
-                            &faceflow::attributes::with_second_gender(&p, m),
-                            readout,
-                            true,
-                        ),
-                        None => FaceRecord::with_attributes(face, &p, readout, false),
-                    },
+                .zip(read)
+                .map(|(face, read)| match read {
+                    Some(r) => {
+                        FaceRecord::with_attributes(face, &r.combined(), readout, r.read_twice())
+                    }
                     None => FaceRecord::detection(face),
                 })
                 .collect()

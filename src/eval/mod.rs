@@ -287,30 +287,20 @@ pub fn evaluate(
                         let t1 = Instant::now();
                         // Through the one place that reads faces, the model and any ensemble
                         // member apart (calibration fits each gender reading).
-                        let (alone, male) = model
-                            .predict_faces_apart(&[FacesInImage {
+                        let read = model
+                            .read_faces(&[FacesInImage {
                                 rgb: image.as_raw(),
                                 width: w,
                                 height: h,
                                 faces: vec![face],
                             }])
-                            .map_err(|e| failed("attribute model failed", &e))?;
-                        let alone = alone
+                            .map_err(|e| failed("attribute model failed", &e))?
                             .into_iter()
                             .next()
                             .and_then(|faces| faces.into_iter().next().flatten());
-                        let male = male
-                            .and_then(|m| m.into_iter().next())
-                            .and_then(|faces| faces.into_iter().next().flatten());
                         attr_s += t1.elapsed().as_secs_f64();
-                        faces += usize::from(alone.is_some());
-                        alone.map(|p| {
-                            let both = match male {
-                                Some(m) => crate::attributes::with_second_gender(&p, m),
-                                None => p.clone(),
-                            };
-                            (both, p.gender)
-                        })
+                        faces += usize::from(read.is_some());
+                        read.map(|r| (r.combined(), r.alone.gender))
                     }
                 }
             }

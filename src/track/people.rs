@@ -597,6 +597,26 @@ mod tests {
         assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
     }
 
+    /// Anna, at x = 0 for frames 0–4 (40 ms apart), read by the second reader once a person
+    /// (descriptor (1, 0)): her track id.
+    fn anna_seen_and_read(people: &mut People, info: &StreamInfo) -> Option<u64> {
+        let mut id = None;
+        for frame in 0..5 {
+            let pts_ms = frame as f64 * 40.0;
+            let mut faces = vec![face(0.0, true)];
+            people.frame(info, frame, pts_ms, &mut faces, &[None]);
+            id = faces[0].track_id;
+            let wanted = people.second_reading_wanted(0, pts_ms, &faces);
+            let read = FaceReading {
+                male: 0.0,
+                descriptor: vec![1.0, 0.0],
+            };
+            let readings = vec![Some(read); wanted.len()];
+            people.add_second_readings(0, pts_ms, &mut faces, &wanted, &readings);
+        }
+        id
+    }
+
     /// A person lost for a moment whose face comes back away from where the tracker expected it
     /// starts a new track; if it looks like them it is theirs again, else it stays someone new.
     #[test]
@@ -604,25 +624,7 @@ mod tests {
         let run = |descriptor: Vec<f32>| {
             let mut people = People::new(TrackConfig::default(), None);
             let info = stream();
-            let mut first_id = None;
-            for frame in 0..5 {
-                let pts_ms = frame as f64 * 40.0;
-                let mut faces = vec![face(0.0, true)];
-                people.frame(&info, frame, pts_ms, &mut faces, &[None]);
-                first_id = faces[0].track_id;
-                let wanted = people.second_reading_wanted(0, pts_ms, &faces);
-                let anna = FaceReading {
-                    male: 0.0,
-                    descriptor: vec![1.0, 0.0],
-                };
-                people.add_second_readings(
-                    0,
-                    pts_ms,
-                    &mut faces,
-                    &wanted,
-                    &vec![Some(anna); wanted.len()],
-                );
-            }
+            let first_id = anna_seen_and_read(&mut people, &info);
             for frame in 5..9 {
                 people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]);
             }
@@ -662,25 +664,7 @@ mod tests {
         let run = |descriptor: Vec<f32>| {
             let mut people = People::new(TrackConfig::default(), None);
             let info = stream();
-            let mut anna = None;
-            for frame in 0..5 {
-                let pts_ms = frame as f64 * 40.0;
-                let mut faces = vec![face(0.0, true)];
-                people.frame(&info, frame, pts_ms, &mut faces, &[None]);
-                anna = faces[0].track_id;
-                let wanted = people.second_reading_wanted(0, pts_ms, &faces);
-                let read = FaceReading {
-                    male: 0.0,
-                    descriptor: vec![1.0, 0.0],
-                };
-                people.add_second_readings(
-                    0,
-                    pts_ms,
-                    &mut faces,
-                    &wanted,
-                    &vec![Some(read); wanted.len()],
-                );
-            }
+            let anna = anna_seen_and_read(&mut people, &info);
             // Three seconds out of view: past max_lost_ms (1.5 s), within reentry_ms (10 s).
             let mut ended = Vec::new();
             for frame in 5..80 {

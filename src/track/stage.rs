@@ -254,21 +254,41 @@ mod tests {
         }
     }
 
+    /// Runs the track stage alone over `items`, with `pixels` read later and `second_reader`.
+    fn track_all(
+        streams: &[Arc<crate::sources::StreamInfo>],
+        pixels: PixelReaders,
+        second_reader: Option<Box<dyn SecondReader>>,
+        items: Vec<Detected>,
+    ) -> Vec<Tracked> {
+        let cx = testing::context(streams, pixels);
+        let mut graph = testing::graph();
+        let (feed, input) = testing::feed(&mut graph);
+        let people = People::new(Default::default(), None);
+        let tracked = spawn(&mut graph, &cx, input, people, second_reader);
+        testing::run(graph, feed, items, tracked)
+    }
+
+    /// A clear face filling an 8×6 frame, with a face's landmarks.
+    fn clear_face() -> FaceRecord {
+        FaceRecord::detection(Face {
+            bbox: [0.0, 0.0, 5.0, 6.0],
+            score: 0.99,
+            landmarks: [
+                [1.5, 2.25],
+                [3.5, 2.25],
+                [2.5, 3.5],
+                [1.75, 4.75],
+                [3.25, 4.75],
+            ],
+        })
+    }
+
     /// Frames of two streams arrive out of order, each stream ending with its mark: each stream
     /// comes out in its own order, its end after its last frame, and the run's end last.
     #[test]
     fn each_stream_comes_out_in_order_with_its_end() {
         let streams = testing::streams(2);
-        let cx = testing::context(&streams, PixelReaders::default());
-        let mut graph = testing::graph();
-        let (feed, input) = testing::feed(&mut graph);
-        let tracked = spawn(
-            &mut graph,
-            &cx,
-            input,
-            People::new(Default::default(), None),
-            None,
-        );
         let [a, b] = [&streams[0], &streams[1]];
         let mark = |s: &Arc<crate::sources::StreamInfo>, seq| Detected {
             stream_ended: true,
@@ -282,7 +302,7 @@ mod tests {
             mark(a, 3),
             detected(testing::frame(a, 2), 2, 1),
         ];
-        let out = testing::run(graph, feed, items, tracked);
+        let out = track_all(&streams, PixelReaders::default(), None, items);
         let said: Vec<String> = out
             .iter()
             .map(|t| match (&t.frame, t.stream_ended) {
@@ -331,42 +351,19 @@ mod tests {
     #[test]
     fn the_second_reader_reads_a_person_once_and_pixels_stop_here() {
         let streams = testing::streams(1);
-        let cx = testing::context(
-            &streams,
-            PixelReaders {
-                track: true,
-                ..PixelReaders::default()
-            },
-        );
-        let mut graph = testing::graph();
-        let (feed, input) = testing::feed(&mut graph);
         let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let tracked = spawn(
-            &mut graph,
-            &cx,
-            input,
-            People::new(Default::default(), None),
-            Some(Box::new(Counting(asked.clone()))),
-        );
-        // A clear face filling the 8×6 frame, with a face's landmarks.
-        let clear = FaceRecord::detection(Face {
-            bbox: [0.0, 0.0, 5.0, 6.0],
-            score: 0.99,
-            landmarks: [
-                [1.5, 2.25],
-                [3.5, 2.25],
-                [2.5, 3.5],
-                [1.75, 4.75],
-                [3.25, 4.75],
-            ],
-        });
         let items = (0..10)
             .map(|i| Detected {
-                faces: vec![clear.clone()],
+                faces: vec![clear_face()],
                 ..detected(testing::frame(&streams[0], i), i, 0)
             })
             .collect();
-        let out = testing::run(graph, feed, items, tracked);
+        let pixels = PixelReaders {
+            track: true,
+            ..PixelReaders::default()
+        };
+        let reader = Box::new(Counting(asked.clone()));
+        let out = track_all(&streams, pixels, Some(reader), items);
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(out.iter().all(|t| t.pixels.is_empty()));
         let confirmed = out
@@ -382,38 +379,17 @@ mod tests {
     #[test]
     fn a_scene_cut_ends_every_track() {
         let streams = testing::streams(1);
-        let cx = testing::context(&streams, PixelReaders::default());
-        let mut graph = testing::graph();
-        let (feed, input) = testing::feed(&mut graph);
-        let tracked = spawn(
-            &mut graph,
-            &cx,
-            input,
-            People::new(Default::default(), None),
-            None,
-        );
-        let clear = FaceRecord::detection(Face {
-            bbox: [0.0, 0.0, 5.0, 6.0],
-            score: 0.99,
-            landmarks: [
-                [1.5, 2.25],
-                [3.5, 2.25],
-                [2.5, 3.5],
-                [1.75, 4.75],
-                [3.25, 4.75],
-            ],
-        });
         let items = (0..8)
             .map(|i| {
                 let mut frame = testing::frame(&streams[0], i);
                 frame.scene_cut = i == 5;
                 Detected {
-                    faces: vec![clear.clone()],
+                    faces: vec![clear_face()],
                     ..detected(frame, i, 0)
                 }
             })
             .collect();
-        let out = testing::run(graph, feed, items, tracked);
+        let out = track_all(&streams, PixelReaders::default(), None, items);
         let at_cut = out
             .iter()
             .find(|t| t.frame.as_ref().is_some_and(|f| f.frame == 5))

@@ -523,7 +523,6 @@ fn moving_differently_in_a_720p_scene() {
         return;
     };
     let walkers = twenty_people_moving_differently(&utk);
-    let dir = tempfile::tempdir().unwrap();
     let frames = walkers
         .iter()
         .filter_map(|w| w.path.last().map(|k| k.frame))
@@ -531,22 +530,30 @@ fn moving_differently_in_a_720p_scene() {
         .unwrap_or(0)
         .min(1500)
         + 1;
-    let (clip, truth) = render(dir.path(), &walkers, frames, (1280, 720));
+    measure(
+        &walkers,
+        frames,
+        &format!("20 people moving differently, {frames} frames"),
+    );
+}
+
+/// Renders `walkers` over `frames` frames of 1280×720 (kept at SCENE_KEEP if set) and runs it with
+/// `--detect-every` N for each N in SCENE_DETECT_EVERY (default 1,auto), printing each score.
+fn measure(walkers: &[Walker], frames: u32, name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (clip, truth) = render(dir.path(), walkers, frames, (1280, 720));
     if let Ok(keep) = std::env::var("SCENE_KEEP") {
         std::fs::copy(&clip, keep).unwrap();
     }
     let list = std::env::var("SCENE_DETECT_EVERY").unwrap_or_else(|_| "1,auto".into());
     for every in list.split(',') {
-        let (s, fps) = run_scene(&clip, &truth, &walkers, &["--detect-every", every]);
-        eprintln!(
-            "20 people moving differently, {frames} frames, detect every {every}: {fps:.1} fps, {}",
-            s.line()
-        );
+        let (s, fps) = run_scene(&clip, &truth, walkers, &["--detect-every", every]);
+        eprintln!("{name}, detect every {every}: {fps:.1} fps, {}", s.line());
     }
 }
 
 /// The judged scene at full size: 20 people, 40 s of 1280×720, run with `--detect-every` N for
-/// each N in SCENE_DETECT_EVERY (default 1,2,3,5). A measurement (several minutes), not part of
+/// each N in SCENE_DETECT_EVERY (default 1,auto). A measurement (several minutes), not part of
 /// the suite: `cargo test --test integration scene::twenty -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -555,17 +562,5 @@ fn twenty_people_in_a_720p_scene() {
         return;
     };
     let walkers = twenty_people(&utk);
-    let dir = tempfile::tempdir().unwrap();
-    let (clip, truth) = render(dir.path(), &walkers, 1000, (1280, 720));
-    if let Ok(keep) = std::env::var("SCENE_KEEP") {
-        std::fs::copy(&clip, keep).unwrap();
-    }
-    let list = std::env::var("SCENE_DETECT_EVERY").unwrap_or_else(|_| "1,auto".into());
-    for every in list.split(',') {
-        let (s, fps) = run_scene(&clip, &truth, &walkers, &["--detect-every", every]);
-        eprintln!(
-            "20 people, detect every {every}: {fps:.1} fps, {}",
-            s.line()
-        );
-    }
+    measure(&walkers, 1000, "20 people");
 }
