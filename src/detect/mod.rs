@@ -461,7 +461,8 @@ impl Mtcnn {
         if width == 0 || height == 0 || previous.is_empty() {
             return Ok(Vec::new());
         }
-        self.integral.rebuild(image);
+        // The crops below sum only the part of the picture they read (see `crops`).
+        self.integral.forget();
         let proposals: Vec<(BoxF, f32)> = previous
             .iter()
             .flat_map(|f| {
@@ -654,6 +655,17 @@ impl Mtcnn {
             .enumerate()
             .map(|(slot, (b, rect))| (b, (slot, rect)))
             .unzip();
+        // After `follow`'s `forget`, the table covers only what crops have read: it grows to
+        // the bounding box of what is read now and before (`detect` covers the whole picture).
+        if let Some(needed) = rects.iter().map(|(_, r)| *r).reduce(bounding) {
+            if !self.integral.covers(needed) {
+                let region = match self.integral.region() {
+                    r if r.x1 > r.x0 && r.y1 > r.y0 => bounding(r, needed),
+                    _ => needed,
+                };
+                self.integral.rebuild_region(image, region);
+            }
+        }
         // Every slot is written below: no zero-fill of what is reused.
         self.input.resize(kept.len() * per_crop, 0.0);
         // Top to bottom: proposals crowd around faces, and crops taken in picture order find
@@ -785,6 +797,16 @@ fn clipped_to_frame(mut face: Face, width: usize, height: usize) -> Option<Face>
         y2.clamp(0.0, h),
     ];
     (face.bbox[2] > face.bbox[0] && face.bbox[3] > face.bbox[1]).then_some(face)
+}
+
+/// The smallest rectangle holding `a` and `b`.
+fn bounding(a: PixelRect, b: PixelRect) -> PixelRect {
+    PixelRect {
+        x0: a.x0.min(b.x0),
+        y0: a.y0.min(b.y0),
+        x1: a.x1.max(b.x1),
+        y1: a.y1.max(b.y1),
+    }
 }
 
 /// Where to look for a face in the next frame: its squared box, shifted by a tenth of its side

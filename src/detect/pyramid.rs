@@ -78,7 +78,14 @@ fn area_window(i: usize, out_len: usize, in_len: usize) -> (usize, usize) {
 ///
 /// Sums are `u32` with wrapping arithmetic: a rectangle's sum is a difference of four entries, which
 /// is exact modulo 2³², hence exact for any rectangle under 16.8 M pixels (255 × area < 2³²).
+///
+/// The table may cover only a region of the picture (`origin` and its size): following a few
+/// faces reads a few crops, and summing a whole 1080p frame for them cost as much as the crops.
 pub struct IntegralImage {
+    /// The covered region's top-left corner in the picture's pixels.
+    origin_x: usize,
+    origin_y: usize,
+    /// The covered region's size (the whole picture's after [`IntegralImage::rebuild`]).
     width: usize,
     height: usize,
     /// `(height + 1) × (width + 1) × 3`, row-major, channels interleaved.
@@ -88,22 +95,76 @@ pub struct IntegralImage {
 impl IntegralImage {
     pub fn new() -> Self {
         Self {
+            origin_x: 0,
+            origin_y: 0,
             width: 0,
             height: 0,
             sums: Vec::new(),
         }
     }
 
-    /// Rebuilds the table for `src`, reusing its allocation.
+    /// Rebuilds the table for the whole of `src`, reusing its allocation.
     pub fn rebuild(&mut self, src: RgbView<'_>) {
-        self.sweep(src, |_, _| {});
+        let whole = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: src.width,
+            y1: src.height,
+        };
+        self.sweep(src, whole, |_, _| {});
+    }
+
+    /// Rebuilds the table for `region` of `src` only (clipped to the picture).
+    pub fn rebuild_region(&mut self, src: RgbView<'_>, region: PixelRect) {
+        let region = PixelRect {
+            x0: region.x0.min(src.width),
+            y0: region.y0.min(src.height),
+            x1: region.x1.min(src.width),
+            y1: region.y1.min(src.height),
+        };
+        self.sweep(src, region, |_, _| {});
+    }
+
+    /// Covers nothing until the next rebuild: the table of an earlier picture must not be read
+    /// for a new one.
+    pub fn forget(&mut self) {
+        (self.origin_x, self.origin_y, self.width, self.height) = (0, 0, 0, 0);
+    }
+
+    /// Whether `rect` lies inside the covered region.
+    pub fn covers(&self, rect: PixelRect) -> bool {
+        rect.x0 >= self.origin_x
+            && rect.y0 >= self.origin_y
+            && rect.x1 <= self.origin_x + self.width
+            && rect.y1 <= self.origin_y + self.height
+    }
+
+    /// The covered region.
+    pub fn region(&self) -> PixelRect {
+        PixelRect {
+            x0: self.origin_x,
+            y0: self.origin_y,
+            x1: self.origin_x + self.width,
+            y1: self.origin_y + self.height,
+        }
     }
 
     /// Rebuilds the table row by row, handing `each_row` every table row `y` (the sums of
     /// source rows `[0, y)`) as soon as it is written, row 0 included.
-    fn sweep(&mut self, src: RgbView<'_>, mut each_row: impl FnMut(usize, &[u32])) {
-        let (w, h) = (src.width, src.height);
+    /// Only `region` (inside the picture) is summed; row `y` is then region row `y`.
+    fn sweep(
+        &mut self,
+        src: RgbView<'_>,
+        region: PixelRect,
+        mut each_row: impl FnMut(usize, &[u32]),
+    ) {
+        let (w, h) = (
+            region.x1.saturating_sub(region.x0),
+            region.y1.saturating_sub(region.y0),
+        );
         let stride = (w + 1) * 3;
+        self.origin_x = region.x0;
+        self.origin_y = region.y0;
         self.width = w;
         self.height = h;
         // Every entry is written below except row 0 and column 0, which stay zero: no fill of the
@@ -112,7 +173,8 @@ impl IntegralImage {
         self.sums[..stride].fill(0);
         each_row(0, &self.sums[..stride]);
         for y in 0..h {
-            let row = &src.data[y * w * 3..(y + 1) * w * 3];
+            let start = ((region.y0 + y) * src.width + region.x0) * 3;
+            let row = &src.data[start..start + w * 3];
             let (above, below) = self.sums.split_at_mut((y + 1) * stride);
             let above = &above[y * stride..];
             let below = &mut below[..stride];
@@ -155,7 +217,13 @@ impl IntegralImage {
                 Some(LevelSweep::new(out, out_w, out_h, w, h))
             })
             .collect();
-        self.sweep(src, |y, row| {
+        let whole = PixelRect {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        };
+        self.sweep(src, whole, |y, row| {
             for sweep in &mut sweeps {
                 sweep.at_row(y, row);
             }
@@ -281,15 +349,19 @@ pub fn resize_area_normalized(
     out_h: usize,
     out: &mut [f32],
 ) {
+    assert!(integral.covers(rect), "rect outside the table's region");
+    // From here on, in the table's coordinates.
+    let rect = PixelRect {
+        x0: rect.x0 - integral.origin_x,
+        y0: rect.y0 - integral.origin_y,
+        x1: rect.x1 - integral.origin_x,
+        y1: rect.y1 - integral.origin_y,
+    };
     let in_w = rect.x1 - rect.x0;
     let in_h = rect.y1 - rect.y0;
     assert!(
         in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0,
         "empty resize"
-    );
-    assert!(
-        rect.x1 <= integral.width && rect.y1 <= integral.height,
-        "rect outside image"
     );
     assert_eq!(out.len(), 3 * out_w * out_h);
     // Per output column: its window's offsets in a row of sums and 1 / its width.
@@ -558,6 +630,71 @@ mod tests {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same && one.len() == level.len(), "{out_w}x{out_h}");
         }
+    }
+
+    #[test]
+    fn a_region_table_resamples_its_rects_as_the_whole_table_does() {
+        let (w, h) = (50, 40);
+        let data: Vec<u8> = (0..w * h * 3)
+            .map(|i| (i as u8).wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let view = RgbView::new(&data, w, h).unwrap();
+        let mut whole = IntegralImage::new();
+        whole.rebuild(view);
+        let mut part = IntegralImage::new();
+        let region = PixelRect {
+            x0: 7,
+            y0: 5,
+            x1: 38,
+            y1: 33,
+        };
+        part.rebuild_region(view, region);
+        assert_eq!(part.region(), region);
+        for rect in [
+            region,
+            PixelRect {
+                x0: 9,
+                y0: 6,
+                x1: 30,
+                y1: 20,
+            },
+            PixelRect {
+                x0: 20,
+                y0: 25,
+                x1: 38,
+                y1: 33,
+            },
+        ] {
+            assert!(part.covers(rect));
+            let (mut a, mut b) = (vec![0.0; 3 * 12 * 12], vec![0.0; 3 * 12 * 12]);
+            resize_area_normalized(&whole, rect, 12, 12, &mut a);
+            resize_area_normalized(&part, rect, 12, 12, &mut b);
+            assert_eq!(a, b, "{rect:?}");
+        }
+        assert!(!part.covers(PixelRect {
+            x0: 6,
+            y0: 5,
+            x1: 20,
+            y1: 20
+        }));
+        // A region past the picture is clipped to it; a forgotten table covers nothing.
+        part.rebuild_region(
+            view,
+            PixelRect {
+                x0: 45,
+                y0: 30,
+                x1: 80,
+                y1: 90,
+            },
+        );
+        assert_eq!((part.width(), part.height()), (5, 10));
+        part.forget();
+        assert!(!part.covers(PixelRect {
+            x0: 46,
+            y0: 31,
+            x1: 47,
+            y1: 32
+        }));
     }
 
     #[test]
