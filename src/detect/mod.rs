@@ -8,6 +8,7 @@
 pub mod boxes;
 pub mod cut;
 pub mod nms;
+pub(crate) mod pace;
 pub mod pyramid;
 pub(crate) mod schedule;
 pub(crate) mod stage;
@@ -657,14 +658,14 @@ impl Mtcnn {
             .unzip();
         // After `follow`'s `forget`, the table covers only what crops have read: it grows to
         // the bounding box of what is read now and before (`detect` covers the whole picture).
-        if let Some(needed) = rects.iter().map(|(_, r)| *r).reduce(bounding) {
-            if !self.integral.covers(needed) {
-                let region = match self.integral.region() {
-                    r if r.x1 > r.x0 && r.y1 > r.y0 => bounding(r, needed),
-                    _ => needed,
-                };
-                self.integral.rebuild_region(image, region);
-            }
+        if let Some(needed) = rects.iter().map(|(_, r)| *r).reduce(bounding)
+            && !self.integral.covers(needed)
+        {
+            let region = match self.integral.region() {
+                r if r.x1 > r.x0 && r.y1 > r.y0 => bounding(r, needed),
+                _ => needed,
+            };
+            self.integral.rebuild_region(image, region);
         }
         // Every slot is written below: no zero-fill of what is reused.
         self.input.resize(kept.len() * per_crop, 0.0);

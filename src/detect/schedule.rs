@@ -14,17 +14,27 @@
 //! follows the faces of the frame before, which the frame carries to whichever worker is free. A
 //! run is therefore sequential, but the next run's first frame does not wait for it: runs of one
 //! stream overlap on several workers.
+//!
+//! A live camera cannot wait. When a live stream's frames wait for the workers longer than
+//! [`MAX_WAITING_MS`], one of them is dropped, chosen so that the frames processed stay evenly
+//! spread in time ([`drop_evenly`]) and each follows the faces of the one before; the workers
+//! never idle while frames wait. In auto mode its full searches also come less often while it is
+//! behind ([`super::pace`]). A frame after frames its source queue dropped (or a reconnection)
+//! follows the faces before only across a short gap ([`FOLLOW_GAP_MS`]). A follow that loses a
+//! face has the next frame searched in full (not while the stream is paced).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Select};
 
 use super::Face;
+use super::pace::{FOLLOW_GAP_MS, Pace};
 use crate::flow::{Done, Search, StreamWindows, Work, end_mark};
 use crate::graph::{Control, Input, Output, Received, Sent};
-use crate::sources::{Frame, StreamInfo};
+use crate::sources::{Frame, SourceCounters, StreamInfo};
 
 /// The most worker time a stream that was idle may be ahead of those that were busy: enough for
 /// a cheap stream's frame to go first, too little for a stream to hoard the workers after a
@@ -39,6 +49,14 @@ const FIRST_GUESS_FOLLOW_S: f64 = 0.001;
 /// Weight of the newest measurement in a stream's running cost estimates.
 const COST_SMOOTHING: f64 = 0.3;
 
+/// A live stream's frames waiting for a worker, in its camera's time: beyond, one is dropped
+/// evenly (see [`drop_evenly`]), so its records stay about this far behind the camera.
+const MAX_WAITING_MS: f64 = 1000.0;
+
+/// Frames a live stream may always have waiting, whatever its frame rate (a run's frames
+/// overlap on the workers).
+const MIN_WAITING_FRAMES: usize = 4;
+
 /// How long the scheduler sleeps at most before it looks at the stop flag again.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -47,6 +65,8 @@ pub(crate) struct Scheduler {
     /// One source queue per stream.
     pub(crate) inputs: Vec<Input<Frame>>,
     pub(crate) streams: Vec<Arc<StreamInfo>>,
+    /// Per stream: what its source counts, and the pace the scheduler sets for it (live streams).
+    pub(crate) sources: Vec<Arc<SourceCounters>>,
     /// One queue per detect worker; each holds at most one frame and the end marks of streams.
     pub(crate) outs: Vec<Output<Work>>,
     /// The workers' reports of frames done.
@@ -104,6 +124,20 @@ struct StreamState {
     run_frames: u32,
     run_keyframe_pts_ms: f64,
     last_index: Option<u64>,
+    last_pts_ms: Option<f64>,
+    first_pts_ms: Option<f64>,
+    /// Time between the source's frames (kept or not), ms, smoothed; 0 until two frames came.
+    frame_ms: f64,
+    /// Live streams: the pace by load.
+    pace: Option<Pace>,
+    /// The last frame handed out: its sequence number and time.
+    handed: Option<(u64, f64)>,
+    /// Auto mode: video time between full searches now, ms.
+    interval_ms: f64,
+    /// Time of the last frame handed out for a full search.
+    last_full_pts_ms: f64,
+    /// Faces each follower was handed, by sequence number, to tell a follow that lost one.
+    followed: BTreeMap<u64, usize>,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
     /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
@@ -128,6 +162,14 @@ impl StreamState {
             run_frames: 0,
             run_keyframe_pts_ms: 0.0,
             last_index: None,
+            last_pts_ms: None,
+            first_pts_ms: None,
+            frame_ms: 0.0,
+            pace: None,
+            handed: None,
+            interval_ms: super::AUTO_DETECT_INTERVAL_MS,
+            last_full_pts_ms: f64::NEG_INFINITY,
+            followed: BTreeMap::new(),
             faces_done: BTreeMap::new(),
             thumbnail: None,
             scene_cuts: true,
@@ -171,23 +213,33 @@ struct Schedule<'a> {
     /// The virtual clock: the most served time of a stream at the moment it was picked. A stream
     /// back from idle starts no further back than `clock_s - CREDIT_S`, whoever else is busy.
     clock_s: f64,
+    /// Wall clock of the live streams' pacing.
+    started: std::time::Instant,
 }
 
 impl Scheduler {
     pub(crate) fn run(self, control: &Control) -> Result<(), String> {
+        for (info, c) in self.streams.iter().zip(&self.sources) {
+            if info.live && self.detect_every == 0 {
+                c.full_search_interval_ms
+                    .store(super::AUTO_DETECT_INTERVAL_MS as u64, Ordering::Relaxed);
+            }
+        }
         let result = Schedule {
             s: &self,
             streams: self
                 .streams
                 .iter()
-                .map(|_| StreamState {
+                .map(|info| StreamState {
                     scene_cuts: self.scene_cuts,
+                    pace: info.live.then(Pace::default),
                     ..StreamState::new()
                 })
                 .collect(),
             outstanding: vec![0; self.outs.len()],
             turn: 0,
             clock_s: 0.0,
+            started: std::time::Instant::now(),
         }
         .run(control);
         // Returning drops the workers' queues: each worker's stream ends after its last item.
@@ -216,6 +268,8 @@ impl Schedule<'_> {
             if !self.hand_out(control) {
                 return Ok(());
             }
+            // After handing out: a frame that just came and goes to a worker now is no backlog.
+            self.pace();
             if self.streams.iter().all(|st| st.end_sent) {
                 return Ok(());
             }
@@ -233,7 +287,18 @@ impl Schedule<'_> {
                 if !st.open {
                     break;
                 }
+                let live = st.pace.is_some();
                 if !self.s.windows.has_room(i) {
+                    // A live stream keeps up with its camera: the new frame takes the place of a
+                    // waiting one, dropped evenly, rather than the queue dropping its oldest ones
+                    // in a burst.
+                    if live && !input.is_empty() && drop_evenly(st) {
+                        self.s.windows.release(i);
+                        if let Some(c) = self.s.sources.get(i) {
+                            c.dropped_evenly.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
                     // Held with nothing left for the workers: its frames downstream (a batch being
                     // gathered) are what it waits for.
                     held |= !input.is_empty() && st.waiting.is_empty();
@@ -251,7 +316,24 @@ impl Schedule<'_> {
                             self.s.windows.fit(i, st.frame_bytes);
                         }
                         self.s.windows.take(i);
+                        let pts_ms = frame.pts_ms;
+                        let first_pts_ms = *st.first_pts_ms.get_or_insert(pts_ms);
                         take(st, frame, self.s.detect_every);
+                        let counters = self.s.sources.get(i);
+                        if let Some(c) = counters {
+                            let span_ms = (pts_ms - first_pts_ms).max(0.0) as u64;
+                            c.video_span_ms.store(span_ms, Ordering::Relaxed);
+                        }
+                        // A live stream's frames wait at most MAX_WAITING_MS of its camera's
+                        // frames: beyond, one is dropped evenly.
+                        let frame_ms = if st.frame_ms > 0.0 { st.frame_ms } else { 40.0 };
+                        let most = ((MAX_WAITING_MS / frame_ms) as usize).max(MIN_WAITING_FRAMES);
+                        while live && st.waiting.len() > most && drop_evenly(st) {
+                            self.s.windows.release(i);
+                            if let Some(c) = counters {
+                                c.dropped_evenly.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
                     Some(Received::Eos | Received::Disconnected) => st.open = false,
                     None => break,
@@ -259,6 +341,47 @@ impl Schedule<'_> {
             }
         }
         self.s.windows.set_waiting(held);
+    }
+
+    /// Looks at each live stream's backlog and sets its pace (see [`super::pace`]).
+    fn pace(&mut self) {
+        let now_s = self.started.elapsed().as_secs_f64();
+        for (i, st) in self.streams.iter_mut().enumerate() {
+            // Only auto mode has an interval to widen (a fixed one only drops evenly), and only
+            // once frames come: its start-up time runs from the first.
+            let Some(pace) = st.pace.as_mut() else {
+                continue;
+            };
+            if self.s.detect_every != 0 || st.first_pts_ms.is_none() {
+                continue;
+            }
+            let counters = self.s.sources.get(i);
+            let dropped = counters.map_or(0, |c| {
+                c.dropped_behind.load(Ordering::Relaxed) + c.dropped_evenly.load(Ordering::Relaxed)
+            });
+            let queued = self.s.inputs.get(i).map_or(0, |input| input.len());
+            let frame_ms = if st.frame_ms > 0.0 { st.frame_ms } else { 40.0 };
+            // Video waiting: from the oldest frame not handed out to the newest taken, and the
+            // frames still in the source queue.
+            let waiting_ms = match (st.waiting.front(), st.last_pts_ms) {
+                (Some(oldest), Some(newest)) => (newest - oldest.frame.pts_ms).max(0.0),
+                _ => 0.0,
+            };
+            let backlog_ms = waiting_ms + queued as f64 * frame_ms;
+            if pace.observe(now_s, backlog_ms, dropped, frame_ms) {
+                st.interval_ms = pace.full_search_interval_ms();
+                if let Some(c) = counters {
+                    c.full_search_interval_ms
+                        .store(st.interval_ms as u64, Ordering::Relaxed);
+                }
+                tracing::debug!(
+                    stream = i,
+                    full_search_interval_ms = st.interval_ms,
+                    backlog_ms,
+                    "pace"
+                );
+            }
+        }
     }
 
     /// Hands ready frames to idle workers, least served stream first, and end marks to any
@@ -281,10 +404,19 @@ impl Schedule<'_> {
             let Some(w) = st.waiting.remove(at) else {
                 break;
             };
+            if st.handed.is_none_or(|(seq, _)| w.seq > seq) {
+                st.handed = Some((w.seq, w.frame.pts_ms));
+            }
             let search = if w.keyframe {
+                st.last_full_pts_ms = w.frame.pts_ms;
+                if let Some(c) = self.s.sources.get(i) {
+                    c.full_searches.fetch_add(1, Ordering::Relaxed);
+                }
                 Search::Full
             } else {
-                Search::Follow(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
+                let faces = st.faces_done.remove(&(w.seq - 1)).unwrap_or_default();
+                st.followed.insert(w.seq, faces.len());
+                Search::Follow(faces)
             };
             if st.full_cost.seconds == 0.0 {
                 st.full_cost = Cost::guess(
@@ -359,8 +491,26 @@ impl Schedule<'_> {
         } else {
             st.follow_cost.observe(done.cost_s);
         }
-        // Kept only if the next frame may follow it: not taken yet, or taken as a follower.
         let next = done.seq + 1;
+        // A follow that lost a face (it moved too far, or left): the next frame is searched in
+        // full, unless one was searched half an interval ago (a face that left is no reason
+        // to search every frame).
+        let lost_face = st
+            .followed
+            .remove(&done.seq)
+            .is_some_and(|handed| done.faces.len() < handed);
+        // Live streams only, not while paced by load (a full search is what it cannot afford):
+        // for a file, whether the next frame is waiting yet depends on timing, and its output
+        // must not.
+        let unpaced_live = st.pace.as_ref().is_some_and(|pace| !pace.paced());
+        if lost_face
+            && unpaced_live
+            && let Some(w) = st.waiting.iter_mut().find(|w| w.seq == next && !w.keyframe)
+            && w.frame.pts_ms - st.last_full_pts_ms >= st.interval_ms / 2.0
+        {
+            w.keyframe = true;
+        }
+        // Kept only if the next frame may follow it: not taken yet, or taken as a follower.
         let wanted = next >= st.next_seq || st.waiting.iter().any(|w| w.seq == next && !w.keyframe);
         if wanted && !st.end_sent {
             st.faces_done.insert(done.seq, done.faces);
@@ -384,13 +534,84 @@ impl Schedule<'_> {
     }
 }
 
+/// Drops one of `st`'s waiting frames, the one whose neighbours are closest in time, so the
+/// frames processed stay evenly spread (every other one, then every third…) and each follows
+/// the faces of the one before. Never the newest frame, nor one a frame already handed
+/// out comes after (its number is taken): the frames after it are renumbered, so the stream's
+/// numbers stay without gaps. False when no frame can go.
+fn drop_evenly(st: &mut StreamState) -> bool {
+    let handed_seq = st.handed.map(|(seq, _)| seq);
+    let pts_before = |st: &StreamState, j: usize| -> f64 {
+        let seq = st.waiting[j].seq;
+        match j.checked_sub(1).map(|k| &st.waiting[k]) {
+            Some(w) if w.seq + 1 == seq => w.frame.pts_ms,
+            _ => match st.handed {
+                Some((handed, pts)) if handed + 1 == seq => pts,
+                _ => f64::NEG_INFINITY,
+            },
+        }
+    };
+    let victim = (0..st.waiting.len().saturating_sub(1))
+        .filter(|&j| handed_seq.is_none_or(|h| st.waiting[j].seq > h))
+        .map(|j| (j, st.waiting[j + 1].frame.pts_ms - pts_before(st, j)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((j, _)) = victim else {
+        return false;
+    };
+    let Some(removed) = st.waiting.remove(j) else {
+        return false;
+    };
+    for w in st.waiting.iter_mut().skip(j) {
+        w.seq -= 1;
+    }
+    st.next_seq -= 1;
+    if let Some(next) = st.waiting.get_mut(j) {
+        // It followed the frame dropped: it follows the one before, however far (under this
+        // much load, a full search for every frame after a long gap would take the time of
+        // several frames, and the stream would fall further behind); the full searches still
+        // come at the stream's interval. If the frame dropped started a run, or another shot,
+        // it does.
+        next.keyframe |= removed.keyframe || removed.frame.gap_before_ms.is_some();
+        next.frame.scene_cut |= removed.frame.scene_cut;
+        if next.frame.gap_before_ms.is_none() {
+            next.frame.gap_before_ms = removed.frame.gap_before_ms;
+        }
+        if next.keyframe {
+            // Nothing follows the frame before any more.
+            if let Some(before) = next.seq.checked_sub(1) {
+                st.faces_done.remove(&before);
+            }
+        }
+    }
+    true
+}
+
 /// Takes `frame` into its stream's waiting list, numbered, and decides whether it starts a run:
-/// the first frame, a run full (`detect_every` frames, or with 0 [`super::AUTO_DETECT_INTERVAL_MS`]
-/// of video), or a frame after a gap (frames dropped behind a live source, or lost while a camera
-/// reconnected: the faces of the frame before may be far away), or a scene cut (marked on the
-/// frame: the faces of the frame before belong to another shot).
+/// the first frame, a run full (`detect_every` frames, or with 0 the stream's interval of video,
+/// [`super::AUTO_DETECT_INTERVAL_MS`] unless paced), a frame after a long gap (more than
+/// [`FOLLOW_GAP_MS`] of frames not kept behind a live source, or lost while a camera reconnected:
+/// the faces of the frame before may be far away), or a scene cut (marked on the frame: the faces
+/// of the frame before belong to another shot).
 fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
-    let follows_last = st.last_index.is_some_and(|last| frame.index == last + 1);
+    let gap_ms = st.last_pts_ms.map(|last| frame.pts_ms - last);
+    let follows_last = match st.last_index {
+        Some(last) if frame.index == last + 1 => true,
+        Some(last) if frame.index > last => {
+            gap_ms.is_some_and(|gap| gap > 0.0 && gap <= FOLLOW_GAP_MS)
+        }
+        _ => false,
+    };
+    if let (Some(last), Some(gap)) = (st.last_index, gap_ms)
+        && frame.index > last
+        && gap > 0.0
+    {
+        let per_frame_ms = gap / (frame.index - last) as f64;
+        st.frame_ms = if st.frame_ms > 0.0 {
+            st.frame_ms + 0.2 * (per_frame_ms - st.frame_ms)
+        } else {
+            per_frame_ms
+        };
+    }
     let thumbnail = st
         .scene_cuts
         .then(|| super::cut::Thumbnail::of(&frame.rgb, frame.width as usize, frame.height as usize))
@@ -400,8 +621,12 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
     let run_done = match detect_every {
         // Auto: by video time (a little early rather than a frame late: frame times are rounded).
         0 => {
-            st.run_frames >= super::AUTO_MAX_RUN
-                || frame.pts_ms - st.run_keyframe_pts_ms >= super::AUTO_DETECT_INTERVAL_MS - 2.0
+            // The frame bound grows with the interval: at high frame rates, a paced stream's
+            // runs still last its interval.
+            let max_run =
+                f64::from(super::AUTO_MAX_RUN) * st.interval_ms / super::AUTO_DETECT_INTERVAL_MS;
+            f64::from(st.run_frames) >= max_run
+                || frame.pts_ms - st.run_keyframe_pts_ms >= st.interval_ms - 2.0
         }
         n => st.run_frames >= n,
     };
@@ -420,6 +645,7 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
     }
     st.run_frames += 1;
     st.last_index = Some(frame.index);
+    st.last_pts_ms = Some(frame.pts_ms);
     let seq = st.next_seq;
     st.next_seq += 1;
     st.waiting.push_back(Waiting {
@@ -461,14 +687,14 @@ mod tests {
     }
 
     #[test]
-    fn runs_of_n_start_with_a_keyframe_and_restart_after_a_gap() {
+    fn runs_of_n_start_with_a_keyframe_and_go_on_across_a_dropped_frame() {
         let mut st = StreamState::new();
         for i in 0..7 {
             take(&mut st, frame(i, i as f64 * 40.0), 3);
         }
-        // Frame 8 after a dropped frame 7.
+        // Frame 8 after a dropped frame 7: 80 ms on, it follows frame 6.
         take(&mut st, frame(8, 320.0), 3);
-        assert_eq!(keyframes(&st), vec![0, 3, 6, 8]);
+        assert_eq!(keyframes(&st), vec![0, 3, 6]);
         let seqs: Vec<u64> = st.waiting.iter().map(|w| w.seq).collect();
         assert_eq!(
             seqs,
@@ -518,6 +744,147 @@ mod tests {
         }
         assert_eq!(keyframes(&st), vec![0]);
         assert!(st.waiting.iter().all(|w| !w.frame.scene_cut));
+    }
+
+    /// Frames not kept behind a live source leave gaps in the frame numbers: a short gap is
+    /// followed across, a long one (or a reconnection) starts a run.
+    #[test]
+    fn short_gaps_are_followed_long_ones_and_reconnections_are_searched() {
+        let mut st = StreamState::new();
+        // Every other frame of a 25 fps stream (80 ms apart), with runs of 6.
+        for i in 0..6 {
+            take(&mut st, frame(2 * i, (2 * i) as f64 * 40.0), 6);
+        }
+        assert_eq!(keyframes(&st), vec![0]);
+        // 400 ms without a frame kept: too far to follow.
+        take(&mut st, frame(20, 800.0), 6);
+        // A reconnection, however short the gap.
+        let mut back = frame(21, 840.0);
+        back.gap_before_ms = Some(30.0);
+        take(&mut st, back, 6);
+        take(&mut st, frame(23, 920.0), 6);
+        assert_eq!(keyframes(&st), vec![0, 20, 21]);
+    }
+
+    /// A paced stream's runs last its interval, frames kept or not.
+    #[test]
+    fn a_wider_interval_makes_longer_runs() {
+        let mut st = StreamState {
+            interval_ms: 500.0,
+            ..StreamState::new()
+        };
+        for i in 0..30 {
+            take(&mut st, frame(i, i as f64 * 40.0), 0);
+        }
+        assert_eq!(keyframes(&st), vec![0, 13, 26]);
+    }
+
+    /// A follow that loses a face has the next frame searched in full, unless the stream is
+    /// paced by load or was searched in full half an interval ago.
+    #[test]
+    fn a_follow_that_loses_a_face_has_the_next_frame_searched() {
+        let run = |paced: bool, lost: bool| -> Vec<u64> {
+            let scheduler = Scheduler {
+                inputs: Vec::new(),
+                streams: Vec::new(),
+                sources: Vec::new(),
+                outs: Vec::new(),
+                done: crossbeam_channel::never(),
+                windows: Arc::new(StreamWindows::new(1, 10)),
+                detect_every: 0,
+                scene_cuts: false,
+            };
+            let mut pace = Pace::default();
+            if paced {
+                // Behind for a while: at least one step.
+                let mut t = 0.0;
+                while !pace.paced() {
+                    pace.observe(t, 1000.0, 0, 40.0);
+                    t += 0.04;
+                }
+            }
+            let mut st = StreamState {
+                pace: Some(pace),
+                ..StreamState::new()
+            };
+            for i in 0..3 {
+                take(&mut st, frame(i, i as f64 * 40.0), 0);
+            }
+            let mut schedule = Schedule {
+                s: &scheduler,
+                streams: vec![st],
+                outstanding: vec![1],
+                turn: 0,
+                clock_s: 0.0,
+                started: std::time::Instant::now(),
+            };
+            let st = &mut schedule.streams[0];
+            // Frame 0 searched in full long ago; frame 1 handed out following two faces.
+            st.last_full_pts_ms = -1000.0;
+            st.waiting.retain(|w| w.seq != 1);
+            st.followed.insert(1, 2);
+            st.in_work = 1;
+            let found = if lost { 1 } else { 2 };
+            schedule.finished(Done {
+                worker: 0,
+                stream: 0,
+                seq: 1,
+                faces: vec![face(); found],
+                cost_s: 0.001,
+                estimated_s: 0.001,
+                full: Some(false),
+            });
+            keyframes(&schedule.streams[0])
+        };
+        assert_eq!(run(false, true), vec![0, 2]);
+        assert_eq!(run(false, false), vec![0]);
+        assert_eq!(run(true, true), vec![0]);
+    }
+
+    /// Frames dropped from a live backlog go evenly: the one whose neighbours are closest,
+    /// never the newest; numbers stay without gaps, and the frame after a keyframe dropped
+    /// searches in full itself.
+    #[test]
+    fn frames_are_dropped_evenly_from_a_backlog() {
+        let mut st = StreamState::new();
+        for i in 0..6 {
+            take(&mut st, frame(i, i as f64 * 40.0), 0);
+        }
+        // Frame 0 handed out (the keyframe); 1..=5 wait, 3 starts the next run.
+        let first = st.waiting.pop_front().unwrap();
+        st.handed = Some((first.seq, first.frame.pts_ms));
+        assert_eq!(keyframes(&st), vec![3]);
+        let indices =
+            |st: &StreamState| -> Vec<u64> { st.waiting.iter().map(|w| w.frame.index).collect() };
+        assert!(drop_evenly(&mut st));
+        assert_eq!(
+            indices(&st),
+            vec![2, 3, 4, 5],
+            "the oldest of equals goes first"
+        );
+        // Then frame 3 (between 2 and 4, 80 ms apart; frame 4 takes its place as the run's
+        // keyframe), then frame 4 (80 to 200 ms): 0, 2 and 5 are kept.
+        assert!(drop_evenly(&mut st));
+        assert_eq!(indices(&st), vec![2, 4, 5]);
+        assert_eq!(keyframes(&st), vec![4]);
+        assert!(drop_evenly(&mut st));
+        assert_eq!(indices(&st), vec![2, 5]);
+        assert_eq!(keyframes(&st), vec![5]);
+        let seqs: Vec<u64> = st.waiting.iter().map(|w| w.seq).collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert_eq!(st.next_seq, 3);
+        assert!(drop_evenly(&mut st));
+        assert_eq!(indices(&st), vec![5]);
+        // The newest frame never goes.
+        assert!(!drop_evenly(&mut st));
+    }
+
+    fn face() -> Face {
+        Face {
+            bbox: [0.0, 0.0, 10.0, 10.0],
+            score: 0.99,
+            landmarks: [[0.0; 2]; 5],
+        }
     }
 
     #[test]
@@ -577,6 +944,7 @@ mod tests {
         let scheduler = Scheduler {
             inputs: source_ins,
             streams: infos.clone(),
+            sources: Vec::new(),
             outs: work_outs,
             done: done_rx,
             windows: Arc::new(StreamWindows::new(n, 10)),
@@ -589,6 +957,7 @@ mod tests {
             outstanding: vec![0; workers],
             turn: 0,
             clock_s: 0.0,
+            started: std::time::Instant::now(),
         };
         let control = Control::new();
         let mut next_index = vec![0u64; n];

@@ -43,6 +43,7 @@ pub(crate) fn spawn(
     let scheduler = Scheduler {
         inputs: frames,
         streams: cx.streams.clone(),
+        sources: cx.sources.clone(),
         outs: work_outs,
         done: done_rx,
         windows: cx.windows.clone(),

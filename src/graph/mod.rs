@@ -290,6 +290,11 @@ impl<T> Input<T> {
         self.rx.is_empty()
     }
 
+    /// Items waiting now.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Adds this input to `select`, for a stage that waits on several channels at once (the
     /// item is then taken with [`try_recv`](Self::try_recv)); the operation's index.
     pub fn register<'a>(&'a self, select: &mut crossbeam_channel::Select<'a>) -> usize {

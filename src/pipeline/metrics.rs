@@ -78,6 +78,19 @@ impl Sources {
             "People (confirmed tracks) that ended",
         );
         let reconnects = family(&mut registry, "reconnections", "Camera reconnections");
+        let evenly = family(
+            &mut registry,
+            "frames_dropped_evenly",
+            "Frames of a live stream under load dropped evenly from its backlog (counted in \
+             frames_dropped too)",
+        );
+        let interval = Family::<StreamLabel, Gauge>::default();
+        registry.register(
+            "full_search_interval_ms",
+            "Video time between full searches now, live streams in auto mode (widened under load)",
+            interval.clone(),
+        );
+
         let active = Family::<StreamLabel, Gauge>::default();
         registry.register(
             "people_in_view",
@@ -91,12 +104,20 @@ impl Sources {
                 decoded
                     .get_or_create(&label)
                     .inc_by(c.decoded.load(Ordering::Relaxed));
-                dropped
-                    .get_or_create(&label)
-                    .inc_by(c.dropped_behind.load(Ordering::Relaxed));
+                dropped.get_or_create(&label).inc_by(
+                    c.dropped_behind.load(Ordering::Relaxed)
+                        + c.dropped_evenly.load(Ordering::Relaxed),
+                );
                 reconnects
                     .get_or_create(&label)
                     .inc_by(c.reconnects.load(Ordering::Relaxed));
+                evenly
+                    .get_or_create(&label)
+                    .inc_by(c.dropped_evenly.load(Ordering::Relaxed));
+                let ms = c.full_search_interval_ms.load(Ordering::Relaxed);
+                if info.live && ms > 0 {
+                    interval.get_or_create(&label).set(ms as i64);
+                }
             }
             let at = |v: &Vec<u64>| v.get(i).copied().unwrap_or(0);
             reported.get_or_create(&label).inc_by(at(&sink.reported));

@@ -721,6 +721,7 @@ fn run_graph(
                     .unwrap_or(Duration::from_secs(86_400)),
                 started: cx.started,
                 sources: cx.sources.clone(),
+                streams: cx.streams.iter().map(|info| info.id.clone()).collect(),
                 sink: cx.stats.clone(),
                 probes,
             };
@@ -766,13 +767,25 @@ fn summarize(cx: &RunContext, control: &Control) -> Result<RunSummary, PipelineE
                 .filter(|&s| s > 0.0)
                 .unwrap_or(decoded_until_s);
             let c = counts.count(info.index);
+            let dropped_evenly = cx
+                .sources
+                .get(info.index)
+                .map_or(0, |c| c.dropped_evenly.load(Ordering::Relaxed));
             StreamSummary {
                 stream: info.id.clone(),
                 source: info.uri.clone(),
                 live: info.live,
                 frames_decoded: stats.decoded,
                 frames_reported: *c.reported,
-                frames_dropped: stats.dropped_behind,
+                frames_dropped: stats.dropped_behind + dropped_evenly,
+                frames_dropped_evenly: dropped_evenly,
+                full_search_every_ms: cx.sources.get(info.index).filter(|_| info.live).and_then(
+                    |c| {
+                        let searches = c.full_searches.load(Ordering::Relaxed);
+                        let span_ms = c.video_span_ms.load(Ordering::Relaxed);
+                        (searches > 0 && span_ms > 0).then(|| span_ms as f64 / searches as f64)
+                    },
+                ),
                 frames_not_written: *c.not_written,
                 reconnects: stats.reconnects,
                 gap_seconds: stats.gap_ms / 1e3,

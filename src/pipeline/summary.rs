@@ -35,6 +35,12 @@ pub struct StreamSummary {
     pub frames_decoded: u64,
     pub frames_reported: u64,
     pub frames_dropped: u64,
+    /// Of `frames_dropped`: dropped evenly from the stream's backlog under load (the rest its
+    /// source queue dropped when it overflowed).
+    pub frames_dropped_evenly: u64,
+    /// Live streams: video time per full search over the run, ms (auto mode widens it under
+    /// load); `None` for files and when nothing was searched.
+    pub full_search_every_ms: Option<f64>,
     pub frames_not_written: u64,
     /// Live sources: successful reconnections and the time without frames they cost.
     pub reconnects: u32,
@@ -60,6 +66,7 @@ impl RunSummary {
             t.frames_decoded += s.frames_decoded;
             t.frames_reported += s.frames_reported;
             t.frames_dropped += s.frames_dropped;
+            t.frames_dropped_evenly += s.frames_dropped_evenly;
             t.frames_not_written += s.frames_not_written;
             t.reconnects += s.reconnects;
             t.gap_seconds += s.gap_seconds;
@@ -126,12 +133,24 @@ impl RunSummary {
         };
         // A file never drops a frame (decoding waits): no count that could only ever be 0.
         let dropped = if s.live || s.frames_dropped > 0 {
-            format!(", {} dropped (behind live source)", s.frames_dropped)
+            let evenly = if s.frames_dropped_evenly > 0 {
+                format!(", {} of them evenly", s.frames_dropped_evenly)
+            } else {
+                String::new()
+            };
+            format!(
+                ", {} dropped (behind live source{evenly})",
+                s.frames_dropped
+            )
         } else {
             String::new()
         };
+        let searched = s
+            .full_search_every_ms
+            .map(|ms| format!("; full search every {ms:.0} ms"))
+            .unwrap_or_default();
         format!(
-            "{name}: {} decoded, {} reported{dropped}{not_written}; {}, {}; {:.1} s, {:.1} fps{}{ending}",
+            "{name}: {} decoded, {} reported{dropped}{not_written}; {}, {}; {:.1} s, {:.1} fps{searched}{}{ending}",
             count(s.frames_decoded, "frame"),
             s.frames_reported,
             count(s.faces, "face"),
@@ -188,6 +207,9 @@ pub struct Health {
     pub rss_mb: Option<f64>,
     /// Queue name, items waiting, capacity.
     pub queues: Vec<(String, usize, usize)>,
+    /// Live streams paced by load: stream id and full-search interval now (ms, auto mode).
+    /// Empty when none is.
+    pub paced: Vec<(String, u64)>,
 }
 
 impl Health {
@@ -204,8 +226,19 @@ impl Health {
         } else {
             format!("{:.0}", self.seconds)
         };
+        // Only streams under load: `paced=lobby:300ms,…` (their full-search interval).
+        let paced: Vec<String> = self
+            .paced
+            .iter()
+            .map(|(id, ms)| format!("{id}:{ms}ms"))
+            .collect();
+        let paced = if paced.is_empty() {
+            String::new()
+        } else {
+            format!(" paced={}", paced.join(","))
+        };
         format!(
-            "stats: t={t}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}",
+            "stats: t={t}s decoded={} reported={} dropped={} faces={} rss_mb={} queues={}{paced}",
             self.frames_decoded,
             self.frames_reported,
             self.frames_dropped,
@@ -230,6 +263,8 @@ pub(crate) struct Monitor {
     pub(crate) every: Duration,
     pub(crate) started: Instant,
     pub(crate) sources: Vec<Arc<SourceCounters>>,
+    /// Stream ids, in the order of `sources`.
+    pub(crate) streams: Vec<String>,
     pub(crate) sink: RunStats,
     pub(crate) probes: Arc<Vec<graph::QueueProbe>>,
 }
@@ -276,11 +311,24 @@ impl Monitor {
                 frames_dropped: self
                     .sources
                     .iter()
-                    .map(|c| c.dropped_behind.load(Ordering::Relaxed))
+                    .map(|c| {
+                        c.dropped_behind.load(Ordering::Relaxed)
+                            + c.dropped_evenly.load(Ordering::Relaxed)
+                    })
                     .sum(),
                 faces,
                 rss_mb: resident_memory_mb(),
                 queues,
+                paced: self
+                    .streams
+                    .iter()
+                    .zip(self.sources.iter())
+                    .filter_map(|(id, c)| {
+                        let ms = c.full_search_interval_ms.load(Ordering::Relaxed);
+                        (ms > crate::detect::AUTO_DETECT_INTERVAL_MS as u64)
+                            .then(|| (id.clone(), ms))
+                    })
+                    .collect(),
             });
         }
     }

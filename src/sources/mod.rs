@@ -177,6 +177,7 @@ pub struct StreamInfo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SourceStats {
     pub decoded: u64,
+    /// Frames a live source dropped because its queue overflowed (the run was behind).
     pub dropped_behind: u64,
     /// Successful reconnections of a live source.
     pub reconnects: u32,
@@ -189,6 +190,16 @@ pub struct SourceStats {
 pub struct SourceCounters {
     pub decoded: AtomicU64,
     pub dropped_behind: AtomicU64,
+    /// Frames of a live stream under load that the detect scheduler dropped evenly from its
+    /// backlog (not counted in `dropped_behind`).
+    pub dropped_evenly: AtomicU64,
+    /// Set by the detect scheduler in auto mode: video time between full searches now, ms (0
+    /// until set: the default).
+    pub full_search_interval_ms: AtomicU64,
+    /// Frames handed out for a full search, and the video time from the first frame the
+    /// detect scheduler took to the last, ms (their ratio: how often it searched in full).
+    pub full_searches: AtomicU64,
+    pub video_span_ms: AtomicU64,
     pub reconnects: AtomicU64,
     /// Frames a file will give (its duration over its frame interval, or the frame limit when
     /// lower); 0 while unknown and for live sources. For progress with time left.

@@ -136,7 +136,15 @@ pub struct Tracker {
     /// [`crate::detect::AUTO_DETECT_INTERVAL_MS`]): a face that enters between them is found at a
     /// full detection and may not be followed on the frames after.
     detect_every: u32,
+    /// With auto: video time between the last two full searches seen (a live stream under
+    /// load is searched in full less often, see `detect::pace`), ms; 0 until two came.
+    full_search_gap_ms: f64,
+    last_full_search_ms: Option<f64>,
 }
+
+/// The longest gap between full searches a tentative track waits out (a paced stream's widest
+/// interval is a second; longer gaps are reconnections).
+const MAX_FULL_SEARCH_GAP_MS: f64 = 1100.0;
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes (0 for empty ones).
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
@@ -195,7 +203,20 @@ impl Tracker {
             last_ms: None,
             frame_ms: 40.0,
             detect_every: 1,
+            full_search_gap_ms: 0.0,
+            last_full_search_ms: None,
         }
+    }
+
+    /// The frame at `pts_ms` was searched in full (not only followed): with auto, tentative
+    /// tracks wait for the next full search however far apart they come.
+    pub fn full_search_at(&mut self, pts_ms: f64) {
+        if let Some(last) = self.last_full_search_ms
+            && pts_ms > last
+        {
+            self.full_search_gap_ms = (pts_ms - last).min(MAX_FULL_SEARCH_GAP_MS);
+        }
+        self.last_full_search_ms = Some(pts_ms);
     }
 
     /// A tracker for a stream searched in full every `n` frames only (see [`Self::new`]).
@@ -353,7 +374,10 @@ impl Tracker {
     /// false detections cannot add up to a person over a long `detect_every`.
     fn tentative_patience_ms(&self) -> f64 {
         let wanted = match self.detect_every {
-            0 => crate::detect::AUTO_DETECT_INTERVAL_MS + 1.5 * self.frame_ms,
+            0 => {
+                crate::detect::AUTO_DETECT_INTERVAL_MS.max(self.full_search_gap_ms)
+                    + 1.5 * self.frame_ms
+            }
             n => (f64::from(n) + 0.5) * self.frame_ms,
         };
         TENTATIVE_PATIENCE_MS.max(wanted.min(self.config.max_lost_ms))

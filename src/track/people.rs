@@ -90,6 +90,13 @@ impl People {
         self
     }
 
+    /// `stream`'s frame at `pts_ms` was searched in full (see [`Tracker::full_search_at`]).
+    pub fn full_search_at(&mut self, stream: &StreamInfo, pts_ms: f64) {
+        tracks_of(&mut self.streams, &self.config, self.detect_every, stream)
+            .tracker
+            .full_search_at(pts_ms);
+    }
+
     /// One frame of `stream`, frames of a stream given in decode order: sets each face's
     /// `track_id` and, with attributes, its track's estimate so far (this face included); returns
     /// the records of the people whose tracks ended at this frame.
@@ -101,17 +108,7 @@ impl People {
         faces: &mut [FaceRecord],
         predictions: &[Option<Prediction>],
     ) -> Vec<TrackRecord> {
-        if self.streams.len() <= stream.index {
-            self.streams.resize_with(stream.index + 1, || None);
-        }
-        let slot = &mut self.streams[stream.index];
-        let tracks = slot.get_or_insert_with(|| StreamTracks {
-            id: stream.id.clone(),
-            uri: stream.uri.clone(),
-            tracker: Tracker::new(self.config.clone()).with_detect_every(self.detect_every),
-            people: HashMap::new(),
-            counted: 0,
-        });
+        let tracks = tracks_of(&mut self.streams, &self.config, self.detect_every, stream);
         let detections: Vec<Detection> = faces
             .iter()
             .map(|f| Detection {
@@ -491,6 +488,25 @@ impl TrackRecord {
         });
         self
     }
+}
+
+/// `stream`'s tracks in `streams`, made on its first frame.
+fn tracks_of<'a>(
+    streams: &'a mut Vec<Option<StreamTracks>>,
+    config: &TrackConfig,
+    detect_every: u32,
+    stream: &StreamInfo,
+) -> &'a mut StreamTracks {
+    if streams.len() <= stream.index {
+        streams.resize_with(stream.index + 1, || None);
+    }
+    streams[stream.index].get_or_insert_with(|| StreamTracks {
+        id: stream.id.clone(),
+        uri: stream.uri.clone(),
+        tracker: Tracker::new(config.clone()).with_detect_every(detect_every),
+        people: HashMap::new(),
+        counted: 0,
+    })
 }
 
 #[cfg(test)]

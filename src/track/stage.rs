@@ -142,6 +142,9 @@ impl TrackStage {
         } else {
             Vec::new()
         };
+        if d.searched_in_full {
+            self.people.full_search_at(&d.frame.stream, d.frame.pts_ms);
+        }
         ended.extend(self.people.frame(
             &d.frame.stream,
             d.frame.index,

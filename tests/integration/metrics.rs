@@ -72,6 +72,8 @@ fn metrics_are_served_while_the_run_goes_on() {
         "faceflow_people_ended_total{stream=\"0\"}",
         "faceflow_people_in_view{stream=\"1\"}",
         "faceflow_reconnections_total{stream=\"0\"}",
+        "faceflow_frames_dropped_evenly_total{stream=\"0\"}",
+        "faceflow_full_search_interval_ms{stream=\"1\"}",
         "faceflow_queue_depth{queue=\"work-0\"}",
         "faceflow_queue_capacity{queue=\"reorder\"}",
         "faceflow_detect_seconds_count",

@@ -95,10 +95,10 @@ pub fn dropped_from_summary(stderr: &str) -> usize {
         .split(" reported")
         .nth(1)
         .unwrap_or_else(|| panic!("no summary line in {stderr:?}"));
-    // `…, N reported, D dropped (behind live source)…` for a live stream.
+    // `…, N reported, D dropped (behind live source[, S of them evenly])…` for a live stream.
     after
         .strip_prefix(", ")
-        .and_then(|rest| rest.split_once(" dropped (behind live source)"))
+        .and_then(|rest| rest.split_once(" dropped (behind live source"))
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or(0)
 }
