@@ -65,7 +65,7 @@ alone_frames = sum(len(v) for v in frames.values())
 alone_fpf = sum(faces.values()) / max(alone_frames, 1)
 alone_people = sum(people.values())
 print(f"alone (file, every frame): {alone_frames} frames, {alone_fpf:.2f} faces per frame, {alone_people} people\n")
-print("| live streams | frames kept | fps processed (all streams) | faces per processed frame (vs alone) | people per stream (vs alone) | longest run not kept | full search every (median stream) |")
+print("| live streams | frames kept (all; least stream) | fps processed (all streams) | faces per processed frame (vs alone) | people per stream (vs alone) | longest run not kept | full search every (median stream) |")
 print("|---|---|---|---|---|---|---|")
 for n in range(1, top + 1):
     frames, faces, people = read(f"{out}/live-{n}.jsonl")
@@ -84,5 +84,7 @@ for n in range(1, top + 1):
         for l in log if "full search every " in l and l.startswith("faceflow: stream")
     )
     interval = f"{intervals[len(intervals) // 2]:.0f} ms" if intervals else "-"
-    print(f"| {n} | {100 * kept / max(decoded, 1):.1f} % ({kept}/{decoded}) | {kept / secs:.1f} | {fpf:.2f} ({fpf / alone_fpf:.2f}) | {ppl:.1f} ({ppl / max(alone_people, 1):.2f}) | {max(runs)} | {interval} |")
+    per_stream = decoded / n
+    least = min((len(v) for v in frames.values()), default=0) if len(frames) == n else 0
+    print(f"| {n} | {100 * kept / max(decoded, 1):.1f} % ({kept}/{decoded}); {100 * least / max(per_stream, 1):.1f} % | {kept / secs:.1f} | {fpf:.2f} ({fpf / alone_fpf:.2f}) | {ppl:.1f} ({ppl / max(alone_people, 1):.2f}) | {max(runs)} | {interval} |")
 EOF

@@ -93,7 +93,8 @@ impl<M: FacePredictor> AttributesStage<M> {
             // Without `every_frame`, only frames searched in full are read: a track's estimate
             // weighs many readings of its face, and the faces between are followed (faster, but
             // see `[attributes] every_frame`).
-            let read = |d: &Detected| every_frame || d.searched_in_full;
+            // A live stream that drops frames (shedding) is read like that too.
+            let read = |d: &Detected| (every_frame && !d.shedding) || d.searched_in_full;
             let to_read = |d: &Detected| if read(d) { d.faces.len() } else { 0 };
             let mut batch = Vec::new();
             let mut ended = false;
@@ -206,6 +207,7 @@ mod tests {
             faces: vec![face; faces],
             predictions: vec![None; faces],
             searched_in_full: true,
+            shedding: false,
             stream_ended: false,
         }
     }
@@ -275,6 +277,7 @@ mod tests {
         let items = (0..6)
             .map(|i| Detected {
                 searched_in_full: i % 3 == 0,
+                shedding: false,
                 ..with_faces(&streams[0], i, 2)
             })
             .collect();

@@ -88,9 +88,11 @@ impl Pace {
         FULL_SEARCH_INTERVALS_MS[self.level.min(FULL_SEARCH_INTERVALS_MS.len() - 1)]
     }
 
-    /// Under load: the interval is wider than at rest.
-    pub(crate) fn paced(&self) -> bool {
-        self.level > 0
+    /// Past the widest interval a backlog alone leads to: frames are being dropped, and more
+    /// work may be shed (a lost face is not searched for at once; attributes are read on full
+    /// searches only).
+    pub(crate) fn shedding(&self) -> bool {
+        self.level > WIDEST_WITHOUT_DROPS
     }
 
     /// Looks at the stream at `now_s`: `backlog_ms` of video waits for the workers (frames
@@ -219,7 +221,7 @@ mod tests {
     fn the_first_second_is_not_load() {
         let mut pace = Pace::default();
         hold(&mut pace, 0.0, STARTUP_S - 0.05, 2000.0);
-        assert!(!pace.paced());
+        assert_eq!(pace.level, 0);
     }
 
     #[test]
@@ -264,13 +266,13 @@ mod tests {
             pace.observe(t, 400.0, dropped, 40.0);
             t += 0.04;
         }
-        assert!(pace.paced());
+        assert!(pace.level > 0);
         // 5 fps: one frame waiting, 200 ms of its video.
         while t < 120.0 {
             pace.observe(t, 200.0, dropped, 200.0);
             t += 0.2;
         }
-        assert!(!pace.paced());
+        assert_eq!(pace.level, 0);
     }
 
     #[test]

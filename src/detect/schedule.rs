@@ -20,8 +20,8 @@
 //! spread in time ([`drop_evenly`]) and each follows the faces of the one before; the workers
 //! never idle while frames wait. In auto mode its full searches also come less often while it is
 //! behind ([`super::pace`]). A frame after frames its source queue dropped (or a reconnection)
-//! follows the faces before only across a short gap ([`FOLLOW_GAP_MS`]). A follow that loses a
-//! face has the next frame searched in full (not while the stream is paced).
+//! follows the faces before only across a short gap ([`FOLLOW_GAP_MS`]). While frames are
+//! dropped, work is shed further ([`Work::shedding`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -134,10 +134,6 @@ struct StreamState {
     handed: Option<(u64, f64)>,
     /// Auto mode: video time between full searches now, ms.
     interval_ms: f64,
-    /// Time of the last frame handed out for a full search.
-    last_full_pts_ms: f64,
-    /// Faces each follower was handed, by sequence number, to tell a follow that lost one.
-    followed: BTreeMap<u64, usize>,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
     /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
@@ -168,8 +164,6 @@ impl StreamState {
             pace: None,
             handed: None,
             interval_ms: super::AUTO_DETECT_INTERVAL_MS,
-            last_full_pts_ms: f64::NEG_INFINITY,
-            followed: BTreeMap::new(),
             faces_done: BTreeMap::new(),
             thumbnail: None,
             scene_cuts: true,
@@ -408,15 +402,12 @@ impl Schedule<'_> {
                 st.handed = Some((w.seq, w.frame.pts_ms));
             }
             let search = if w.keyframe {
-                st.last_full_pts_ms = w.frame.pts_ms;
                 if let Some(c) = self.s.sources.get(i) {
                     c.full_searches.fetch_add(1, Ordering::Relaxed);
                 }
                 Search::Full
             } else {
-                let faces = st.faces_done.remove(&(w.seq - 1)).unwrap_or_default();
-                st.followed.insert(w.seq, faces.len());
-                Search::Follow(faces)
+                Search::Follow(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
             };
             if st.full_cost.seconds == 0.0 {
                 st.full_cost = Cost::guess(
@@ -433,6 +424,7 @@ impl Schedule<'_> {
                 frame: w.frame,
                 search,
                 estimated_s,
+                shedding: st.pace.as_ref().is_some_and(Pace::shedding),
             };
             if !self.send(worker, work, control) {
                 return false;
@@ -455,6 +447,7 @@ impl Schedule<'_> {
                 frame: end_mark(&self.s.streams[i]),
                 search: Search::EndMark,
                 estimated_s: 0.0,
+                shedding: false,
             };
             let worker = (0..self.outstanding.len())
                 .min_by_key(|&w| self.outstanding[w])
@@ -492,24 +485,6 @@ impl Schedule<'_> {
             st.follow_cost.observe(done.cost_s);
         }
         let next = done.seq + 1;
-        // A follow that lost a face (it moved too far, or left): the next frame is searched in
-        // full, unless one was searched half an interval ago (a face that left is no reason
-        // to search every frame).
-        let lost_face = st
-            .followed
-            .remove(&done.seq)
-            .is_some_and(|handed| done.faces.len() < handed);
-        // Live streams only, not while paced by load (a full search is what it cannot afford):
-        // for a file, whether the next frame is waiting yet depends on timing, and its output
-        // must not.
-        let unpaced_live = st.pace.as_ref().is_some_and(|pace| !pace.paced());
-        if lost_face
-            && unpaced_live
-            && let Some(w) = st.waiting.iter_mut().find(|w| w.seq == next && !w.keyframe)
-            && w.frame.pts_ms - st.last_full_pts_ms >= st.interval_ms / 2.0
-        {
-            w.keyframe = true;
-        }
         // Kept only if the next frame may follow it: not taken yet, or taken as a follower.
         let wanted = next >= st.next_seq || st.waiting.iter().any(|w| w.seq == next && !w.keyframe);
         if wanted && !st.end_sent {
@@ -779,68 +754,6 @@ mod tests {
         assert_eq!(keyframes(&st), vec![0, 13, 26]);
     }
 
-    /// A follow that loses a face has the next frame searched in full, unless the stream is
-    /// paced by load or was searched in full half an interval ago.
-    #[test]
-    fn a_follow_that_loses_a_face_has_the_next_frame_searched() {
-        let run = |paced: bool, lost: bool| -> Vec<u64> {
-            let scheduler = Scheduler {
-                inputs: Vec::new(),
-                streams: Vec::new(),
-                sources: Vec::new(),
-                outs: Vec::new(),
-                done: crossbeam_channel::never(),
-                windows: Arc::new(StreamWindows::new(1, 10)),
-                detect_every: 0,
-                scene_cuts: false,
-            };
-            let mut pace = Pace::default();
-            if paced {
-                // Behind for a while: at least one step.
-                let mut t = 0.0;
-                while !pace.paced() {
-                    pace.observe(t, 1000.0, 0, 40.0);
-                    t += 0.04;
-                }
-            }
-            let mut st = StreamState {
-                pace: Some(pace),
-                ..StreamState::new()
-            };
-            for i in 0..3 {
-                take(&mut st, frame(i, i as f64 * 40.0), 0);
-            }
-            let mut schedule = Schedule {
-                s: &scheduler,
-                streams: vec![st],
-                outstanding: vec![1],
-                turn: 0,
-                clock_s: 0.0,
-                started: std::time::Instant::now(),
-            };
-            let st = &mut schedule.streams[0];
-            // Frame 0 searched in full long ago; frame 1 handed out following two faces.
-            st.last_full_pts_ms = -1000.0;
-            st.waiting.retain(|w| w.seq != 1);
-            st.followed.insert(1, 2);
-            st.in_work = 1;
-            let found = if lost { 1 } else { 2 };
-            schedule.finished(Done {
-                worker: 0,
-                stream: 0,
-                seq: 1,
-                faces: vec![face(); found],
-                cost_s: 0.001,
-                estimated_s: 0.001,
-                full: Some(false),
-            });
-            keyframes(&schedule.streams[0])
-        };
-        assert_eq!(run(false, true), vec![0, 2]);
-        assert_eq!(run(false, false), vec![0]);
-        assert_eq!(run(true, true), vec![0]);
-    }
-
     /// Frames dropped from a live backlog go evenly: the one whose neighbours are closest,
     /// never the newest; numbers stay without gaps, and the frame after a keyframe dropped
     /// searches in full itself.
@@ -877,14 +790,6 @@ mod tests {
         assert_eq!(indices(&st), vec![5]);
         // The newest frame never goes.
         assert!(!drop_evenly(&mut st));
-    }
-
-    fn face() -> Face {
-        Face {
-            bbox: [0.0, 0.0, 10.0, 10.0],
-            score: 0.99,
-            landmarks: [[0.0; 2]; 5],
-        }
     }
 
     #[test]

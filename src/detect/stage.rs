@@ -96,6 +96,7 @@ impl DetectWorker {
                 mut frame,
                 search,
                 estimated_s,
+                shedding,
             } = match self.input.recv(control) {
                 Received::Item(item) => item,
                 Received::Eos | Received::Disconnected => return Ok(()),
@@ -110,6 +111,7 @@ impl DetectWorker {
                         faces: Vec::new(),
                         predictions: Vec::new(),
                         searched_in_full: false,
+                        shedding: false,
                         stream_ended: true,
                     };
                     if self.out.send(mark, control) == Sent::Closed {
@@ -127,7 +129,7 @@ impl DetectWorker {
                     continue;
                 }
                 Search::Full => (self.detect(&frame)?, true),
-                Search::Follow(previous) => self.follow(&frame, &previous)?,
+                Search::Follow(previous) => self.follow(&frame, &previous, !shedding)?,
             };
             let cost_s = started.elapsed().as_secs_f64();
             self.times.detect.observe(cost_s);
@@ -152,6 +154,7 @@ impl DetectWorker {
                 faces,
                 predictions,
                 searched_in_full: full,
+                shedding,
                 stream_ended: false,
             };
             if self.out.send(detected, control) == Sent::Closed {
@@ -172,7 +175,14 @@ impl DetectWorker {
     /// The faces of `previous` in this frame; a clear face lost while following (it moved too
     /// far or turned) gets the full search at once, not a run later. Weak faces come and go on
     /// full searches too; they wait for the next keyframe. Also says whether it searched in full.
-    fn follow(&mut self, frame: &Frame, previous: &[Face]) -> Result<(Vec<Face>, bool), String> {
+    /// Follows `previous` into `frame`; with `search_lost`, a clear face lost has the frame
+    /// searched in full instead.
+    fn follow(
+        &mut self,
+        frame: &Frame,
+        previous: &[Face],
+        search_lost: bool,
+    ) -> Result<(Vec<Face>, bool), String> {
         let followed = self
             .detector
             .follow_frame(
@@ -188,7 +198,7 @@ impl DetectWorker {
                     .iter()
                     .any(|f| crate::track::iou(f.bbox, p.bbox) > 0.3)
         });
-        if lost_clear_face {
+        if lost_clear_face && search_lost {
             Ok((self.detect(frame)?, true))
         } else {
             Ok((followed, false))

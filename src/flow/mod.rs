@@ -54,6 +54,8 @@ pub(crate) struct Detected {
     pub(crate) predictions: Vec<Option<crate::model::readout::Prediction>>,
     /// The frame was searched in full (not followed from the frame before).
     pub(crate) searched_in_full: bool,
+    /// See [`Work::shedding`].
+    pub(crate) shedding: bool,
     /// Not a frame: the mark that `frame.stream` has ended, in its place in the stream's order
     /// (the track stage then ends that stream's tracks).
     pub(crate) stream_ended: bool,
@@ -90,6 +92,10 @@ pub(crate) struct Work {
     pub(crate) search: Search,
     /// What the scheduler expected the frame to cost, handed back in [`Done`].
     pub(crate) estimated_s: f64,
+    /// The frame's live stream drops frames (see `detect::pace`): a follow that loses a clear
+    /// face is not searched in full at once, and only frames searched in full have their
+    /// faces' attributes read (the track's estimate stands for the others).
+    pub(crate) shedding: bool,
 }
 
 /// A detect worker's report to the scheduler that a frame is done.

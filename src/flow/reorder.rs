@@ -83,6 +83,7 @@ mod tests {
             faces: Vec::new(),
             predictions: Vec::new(),
             searched_in_full: true,
+            shedding: false,
             stream_ended: false,
         }
     }

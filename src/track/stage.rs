@@ -253,6 +253,7 @@ mod tests {
             faces: (0..faces).map(face).collect(),
             predictions: vec![None; faces],
             searched_in_full: true,
+            shedding: false,
             stream_ended: false,
         }
     }
