@@ -431,25 +431,23 @@ impl Source {
         session.stats.decoded += 1;
         here.frames += 1;
         here.last_pts_ms = Some(frame.pts_ms);
-        self.counters
-            .decoded
-            .store(session.stats.decoded, Ordering::Relaxed);
         let sent = out.send(frame, control);
         if let Sent::DroppedOldest(n) = sent {
             session.stats.dropped_behind += n;
         }
+        self.counters
+            .decoded
+            .store(session.stats.decoded, Ordering::Relaxed);
         self.counters
             .dropped_behind
             .store(session.stats.dropped_behind, Ordering::Relaxed);
         if sent == Sent::Closed {
             return Ok(Some(Ended::Finished));
         }
-        Ok(self.frame_limit_reached_at(session.stats.decoded))
-    }
-
-    /// `Some` once `decoded` frames reach the frame limit.
-    fn frame_limit_reached_at(&self, decoded: u64) -> Option<Ended> {
-        (self.config.max_frames > 0 && decoded >= self.config.max_frames).then_some(Ended::Finished)
+        if self.config.max_frames > 0 && session.stats.decoded >= self.config.max_frames {
+            return Ok(Some(Ended::Finished));
+        }
+        Ok(None)
     }
 
     /// How many frames the input will give, 0 when not known (a live source, a container
