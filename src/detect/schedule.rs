@@ -174,6 +174,15 @@ impl StreamState {
         }
     }
 
+    /// Time between the source's frames, 40 ms (25 fps) until measured.
+    fn frame_ms_or_guess(&self) -> f64 {
+        if self.frame_ms > 0.0 {
+            self.frame_ms
+        } else {
+            40.0
+        }
+    }
+
     /// Waiting frames or frames in work: the stream competes for the workers.
     fn busy(&self) -> bool {
         !self.waiting.is_empty() || self.in_work > 0
@@ -212,6 +221,18 @@ struct Schedule<'a> {
 }
 
 impl Scheduler {
+    /// [`drop_evenly`] for stream `i`, its window slot released and the drop counted.
+    fn drop_evenly(&self, i: usize, st: &mut StreamState) -> bool {
+        if !drop_evenly(st) {
+            return false;
+        }
+        self.windows.release(i);
+        if let Some(c) = self.sources.get(i) {
+            c.dropped_evenly.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
     pub(crate) fn run(self, control: &Control) -> Result<(), String> {
         for (info, c) in self.streams.iter().zip(&self.sources) {
             if info.live && self.detect_every == 0 {
@@ -286,11 +307,7 @@ impl Schedule<'_> {
                     // A live stream keeps up with its camera: the new frame takes the place of a
                     // waiting one, dropped evenly, rather than the queue dropping its oldest ones
                     // in a burst.
-                    if live && !input.is_empty() && drop_evenly(st) {
-                        self.s.windows.release(i);
-                        if let Some(c) = self.s.sources.get(i) {
-                            c.dropped_evenly.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if live && !input.is_empty() && self.s.drop_evenly(i, st) {
                         continue;
                     }
                     // Held with nothing left for the workers: its frames downstream (a batch being
@@ -313,21 +330,15 @@ impl Schedule<'_> {
                         let pts_ms = frame.pts_ms;
                         let first_pts_ms = *st.first_pts_ms.get_or_insert(pts_ms);
                         take(st, frame, self.s.detect_every);
-                        let counters = self.s.sources.get(i);
-                        if let Some(c) = counters {
+                        if let Some(c) = self.s.sources.get(i) {
                             let span_ms = (pts_ms - first_pts_ms).max(0.0) as u64;
                             c.video_span_ms.store(span_ms, Ordering::Relaxed);
                         }
                         // A live stream's frames wait at most MAX_WAITING_MS of its camera's
                         // frames: beyond, one is dropped evenly.
-                        let frame_ms = if st.frame_ms > 0.0 { st.frame_ms } else { 40.0 };
-                        let most = ((MAX_WAITING_MS / frame_ms) as usize).max(MIN_WAITING_FRAMES);
-                        while live && st.waiting.len() > most && drop_evenly(st) {
-                            self.s.windows.release(i);
-                            if let Some(c) = counters {
-                                c.dropped_evenly.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        let most = ((MAX_WAITING_MS / st.frame_ms_or_guess()) as usize)
+                            .max(MIN_WAITING_FRAMES);
+                        while live && st.waiting.len() > most && self.s.drop_evenly(i, st) {}
                     }
                     Some(Received::Eos | Received::Disconnected) => st.open = false,
                     None => break,
@@ -343,18 +354,13 @@ impl Schedule<'_> {
         for (i, st) in self.streams.iter_mut().enumerate() {
             // Only auto mode has an interval to widen (a fixed one only drops evenly), and only
             // once frames come: its start-up time runs from the first.
-            let Some(pace) = st.pace.as_mut() else {
-                continue;
-            };
-            if self.s.detect_every != 0 || st.first_pts_ms.is_none() {
+            if st.pace.is_none() || self.s.detect_every != 0 || st.first_pts_ms.is_none() {
                 continue;
             }
             let counters = self.s.sources.get(i);
-            let dropped = counters.map_or(0, |c| {
-                c.dropped_behind.load(Ordering::Relaxed) + c.dropped_evenly.load(Ordering::Relaxed)
-            });
+            let dropped = counters.map_or(0, |c| c.dropped());
             let queued = self.s.inputs.get(i).map_or(0, |input| input.len());
-            let frame_ms = if st.frame_ms > 0.0 { st.frame_ms } else { 40.0 };
+            let frame_ms = st.frame_ms_or_guess();
             // Video waiting: from the oldest frame not handed out to the newest taken, and the
             // frames still in the source queue.
             let waiting_ms = match (st.waiting.front(), st.last_pts_ms) {
@@ -362,6 +368,9 @@ impl Schedule<'_> {
                 _ => 0.0,
             };
             let backlog_ms = waiting_ms + queued as f64 * frame_ms;
+            let Some(pace) = st.pace.as_mut() else {
+                continue;
+            };
             if pace.observe(now_s, backlog_ms, dropped, frame_ms) {
                 st.interval_ms = pace.full_search_interval_ms();
                 if let Some(c) = counters {

@@ -104,10 +104,7 @@ impl Sources {
                 decoded
                     .get_or_create(&label)
                     .inc_by(c.decoded.load(Ordering::Relaxed));
-                dropped.get_or_create(&label).inc_by(
-                    c.dropped_behind.load(Ordering::Relaxed)
-                        + c.dropped_evenly.load(Ordering::Relaxed),
-                );
+                dropped.get_or_create(&label).inc_by(c.dropped());
                 reconnects
                     .get_or_create(&label)
                     .inc_by(c.reconnects.load(Ordering::Relaxed));

@@ -308,14 +308,7 @@ impl Monitor {
                     .map(|c| c.decoded.load(Ordering::Relaxed))
                     .sum(),
                 frames_reported: reported,
-                frames_dropped: self
-                    .sources
-                    .iter()
-                    .map(|c| {
-                        c.dropped_behind.load(Ordering::Relaxed)
-                            + c.dropped_evenly.load(Ordering::Relaxed)
-                    })
-                    .sum(),
+                frames_dropped: self.sources.iter().map(|c| c.dropped()).sum(),
                 faces,
                 rss_mb: resident_memory_mb(),
                 queues,

@@ -25,7 +25,7 @@ pub use session::Source;
 pub use testsrc::{TestPattern, test_patterns};
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gstreamer as gst;
 use serde::{Deserialize, Serialize};
@@ -204,6 +204,13 @@ pub struct SourceCounters {
     /// Frames a file will give (its duration over its frame interval, or the frame limit when
     /// lower); 0 while unknown and for live sources. For progress with time left.
     pub expected_frames: AtomicU64,
+}
+
+impl SourceCounters {
+    /// Frames not processed because the run was behind: dropped by the source queue or evenly.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_behind.load(Ordering::Relaxed) + self.dropped_evenly.load(Ordering::Relaxed)
+    }
 }
 
 /// Where the frames come from, parsed from the `input` string.

@@ -40,6 +40,13 @@ struct Person {
 }
 
 impl Person {
+    /// The person's attributes as `readout` says them now, kept to what was said before
+    /// (hysteresis); `None` without a readout or an estimate yet.
+    fn attributes_now(&self, readout: Option<&Readout>) -> Option<crate::record::Attributes> {
+        let p = self.estimate.current()?;
+        Some(readout?.attributes_after(&p, self.estimate.read_twice(), &self.said))
+    }
+
     /// Whether the track has shown a face in enough frames to be a person.
     fn is_person(&self, min_face_frames: u32) -> bool {
         self.face_frames >= min_face_frames
@@ -151,10 +158,9 @@ impl People {
                 person.estimate.add(p, readability(&face.face));
             }
             face.track_id = Some(id);
-            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
-                face.attributes =
-                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
-                person.said = face.attributes.clone();
+            if let Some(now) = person.attributes_now(self.attributes.as_ref()) {
+                face.attributes = now.clone();
+                person.said = now;
             }
         }
         let ended = update.ended;
@@ -234,10 +240,9 @@ impl People {
                     tracks.tracker.keep_for_reentry(id);
                 }
             }
-            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
-                face.attributes =
-                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
-                person.said = face.attributes.clone();
+            if let Some(now) = person.attributes_now(self.attributes.as_ref()) {
+                face.attributes = now.clone();
+                person.said = now;
             }
         }
     }
@@ -336,10 +341,9 @@ impl People {
             person.compared = MAX_COMPARISONS;
             face.track_id = Some(lost_id);
             face.confirmed = Some(person.is_person(min_face_frames));
-            if let (Some(readout), Some(p)) = (&self.attributes, person.estimate.current()) {
-                face.attributes =
-                    readout.attributes_after(&p, person.estimate.read_twice(), &person.said);
-                person.said = face.attributes.clone();
+            if let Some(now) = person.attributes_now(self.attributes.as_ref()) {
+                face.attributes = now.clone();
+                person.said = now;
             }
         }
     }
@@ -456,12 +460,8 @@ fn record(
     person: Person,
     attributes: &Option<Readout>,
 ) -> TrackRecord {
-    let attributes = attributes
-        .as_ref()
-        .zip(person.estimate.current())
-        .map(|(readout, p)| {
-            readout.attributes_after(&p, person.estimate.read_twice(), &person.said)
-        })
+    let attributes = person
+        .attributes_now(attributes.as_ref())
         .unwrap_or_default();
     TrackRecord {
         kind: RecordKind::Track,
