@@ -109,6 +109,15 @@ impl BoxFilter {
         ]
     }
 
+    /// How uncertain the centre is now (the larger of its two standard deviations), pixels: it
+    /// grows while the box is predicted without measurements.
+    pub fn centre_std_px(&self) -> f64 {
+        self.axes[0].p[0][0]
+            .max(self.axes[1].p[0][0])
+            .max(0.0)
+            .sqrt()
+    }
+
     /// Velocity of the centre, pixels per second.
     pub fn velocity(&self) -> [f64; 2] {
         [self.axes[0].x[1], self.axes[1].x[1]]

@@ -1,8 +1,9 @@
 //! Face tracking, per stream: a constant-velocity Kalman filter on each face's box (centre and
 //! size), optimal assignment of detections to tracks by IoU (Kuhn–Munkres), ByteTrack's two
 //! stages (confident detections first, then the others keep tracks alive through blur and partial
-//! cover), tentative tracks confirmed after a few hits, and lost tracks predicted for a while
-//! before they end, so a face that passes behind another keeps its id.
+//! cover), a third by place for faces partly hidden or cut by the frame's edge, tentative tracks
+//! confirmed after a few hits, and lost tracks predicted for a while before they end, so a face
+//! that passes behind another keeps its id.
 //!
 //! The tracker is pure: it sees boxes, scores and times, and says which track each face belongs
 //! to and which tracks ended. Attribute smoothing lives in [`estimate`].
@@ -104,6 +105,8 @@ struct Track {
     filter: BoxFilter,
     hits: u32,
     last_seen_ms: f64,
+    /// The box its face was last seen in.
+    last_bbox: [f32; 4],
     /// Kept `Away` after `max_lost_ms` (the person can be recognised by their face).
     reentry: bool,
 }
@@ -310,6 +313,32 @@ impl Tracker {
             &mut matched_track,
             pts_ms,
         );
+        // Stage 3: what is left, by place. A face partly hidden by another, or half outside the
+        // frame, gives a box whose overlap with its track's prediction is small though its centre
+        // is where the track expects it; without this it would start a track of its own for a
+        // frame or two, and its person would change ids twice.
+        let left_tracks: Vec<usize> = (0..self.tracks.len())
+            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Away)
+            .collect();
+        let left_dets: Vec<usize> = (0..detections.len())
+            .filter(|&d| ids[d].is_none())
+            .collect();
+        let closeness: Vec<Vec<f32>> = left_tracks
+            .iter()
+            .map(|&t| {
+                let track = &self.tracks[t];
+                left_dets
+                    .iter()
+                    .map(|&d| closeness(track, detections[d].bbox))
+                    .collect()
+            })
+            .collect();
+        for (i, j) in assign(&closeness, 1e-3) {
+            let (t, d) = (left_tracks[i], left_dets[j]);
+            self.hit(t, detections[d].bbox, pts_ms);
+            matched_track[t] = true;
+            ids[d] = Some(self.tracks[t].id);
+        }
         // Unmatched tracks age: confirmed ones become lost; a tentative one that stays unseen
         // longer than a frame or so was not a face after all, and a lost one ends after
         // `max_lost_ms`.
@@ -356,6 +385,7 @@ impl Tracker {
                     filter: BoxFilter::new(det.bbox),
                     hits: 1,
                     last_seen_ms: pts_ms,
+                    last_bbox: det.bbox,
                     reentry: false,
                 });
                 ids[d] = Some(id);
@@ -419,6 +449,7 @@ impl Tracker {
         taker.filter = BoxFilter::new(face_box);
         taker.hits += hits;
         taker.last_seen_ms = pts_ms;
+        taker.last_bbox = face_box;
         taker.state = TrackState::Confirmed;
         self.tracks.remove(n);
         true
@@ -457,18 +488,69 @@ impl Tracker {
             .collect();
         for (i, j) in assign(&ious, least_iou) {
             let (t, d) = (tracks[i], dets[j]);
-            let track = &mut self.tracks[t];
-            track.filter.update(detections[d].bbox);
-            track.hits += 1;
-            track.last_seen_ms = pts_ms;
-            if track.state == TrackState::Lost
-                || (track.state == TrackState::Tentative && track.hits >= self.config.confirm_hits)
-            {
-                track.state = TrackState::Confirmed;
-            }
+            self.hit(t, detections[d].bbox, pts_ms);
             matched_track[t] = true;
-            ids[d] = Some(track.id);
+            ids[d] = Some(self.tracks[t].id);
         }
+    }
+
+    /// Track `t` saw its face at `bbox`.
+    fn hit(&mut self, t: usize, bbox: [f32; 4], pts_ms: f64) {
+        let confirm_hits = self.config.confirm_hits;
+        let track = &mut self.tracks[t];
+        track.filter.update(bbox);
+        track.hits += 1;
+        track.last_seen_ms = pts_ms;
+        track.last_bbox = bbox;
+        if track.state == TrackState::Lost
+            || (track.state == TrackState::Tentative && track.hits >= confirm_hits)
+        {
+            track.state = TrackState::Confirmed;
+        }
+    }
+}
+
+/// How far a face's centre may be from where a track expects it, in the track's face sides, at
+/// least (the filter's own uncertainty widens this while a track is predicted unseen) ...
+const NEAR_SIDES: f64 = 0.5;
+/// ... and at most.
+const FAR_SIDES: f64 = 1.0;
+/// How many standard deviations of the predicted centre count as near.
+const NEAR_STDS: f64 = 2.5;
+/// A face this much larger or smaller (sides) than the track's is someone else.
+const SIDE_RATIO: f64 = 2.0;
+
+/// How close `bbox` is to where `track` expects its face, or to where it last saw it (a person
+/// hidden for a while may have stopped, which the filter's constant speed does not foresee).
+fn closeness(track: &Track, bbox: [f32; 4]) -> f32 {
+    let spread_px = track.filter.centre_std_px();
+    closeness_to(track.filter.bbox(), spread_px, bbox).max(closeness_to(
+        track.last_bbox,
+        spread_px,
+        bbox,
+    ))
+}
+
+/// How close `bbox` is to `expected` (1 on the spot, falling to 0 at the edge of the gate, which
+/// widens with `spread_px`, the uncertainty of the expected centre), or 0: too far, or too unlike
+/// in size. Sides are the longer of width and height, which stays a face's size when a frame's
+/// edge or another face cuts its box.
+fn closeness_to(expected: [f32; 4], spread_px: f64, bbox: [f32; 4]) -> f32 {
+    let p = expected.map(f64::from);
+    let b = bbox.map(f64::from);
+    let side = |r: &[f64; 4]| (r[2] - r[0]).max(r[3] - r[1]).max(1.0);
+    let (expected, seen) = (side(&p), side(&b));
+    if seen > expected * SIDE_RATIO || seen * SIDE_RATIO < expected {
+        return 0.0;
+    }
+    let gate = (NEAR_STDS * spread_px)
+        .max(NEAR_SIDES * expected)
+        .min(FAR_SIDES * expected);
+    let distance = ((b[0] + b[2]) - (p[0] + p[2])).hypot((b[1] + b[3]) - (p[1] + p[3])) / 2.0;
+    if distance >= gate {
+        0.0
+    } else {
+        (1.0 - distance / gate) as f32
     }
 }
 
@@ -538,6 +620,74 @@ mod tests {
             }]
         );
         assert!((1480.0..1600.0).contains(&t), "{t}");
+    }
+
+    /// A face half hidden behind another, or half outside the frame, gives a box that overlaps
+    /// its track's too little for IoU; it is still the same face, near where it was expected and
+    /// about as large, and keeps its id. A face a face width and more away starts a track.
+    #[test]
+    fn a_partly_hidden_face_keeps_its_id_and_one_further_away_does_not() {
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let mut id = 0;
+        for f in 0..6 {
+            id = tracker
+                .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
+                .ids[0];
+        }
+        // Its right 40 % only (IoU 0.4 with the whole box) at a weak score: stage 2 wants 0.5.
+        let hidden = Detection {
+            bbox: [160.0, 95.0, 200.0, 205.0],
+            score: 0.8,
+        };
+        assert!(iou(hidden.bbox, [100.0, 100.0, 200.0, 200.0]) < 0.5);
+        assert_eq!(tracker.update(240.0, &[hidden]).ids, [id]);
+        assert_eq!(
+            tracker.update(280.0, &[det(100.0, 100.0, 100.0, 0.99)]).ids,
+            [id]
+        );
+        // Gone for a moment, then a face 1.6 widths away: someone else.
+        tracker.update(320.0, &[]);
+        let far = tracker.update(360.0, &[det(260.0, 100.0, 100.0, 0.99)]).ids[0];
+        assert_ne!(far, id);
+        // A face as near but twice as large: someone else too (nearer the camera).
+        let mut other = Tracker::new(TrackConfig::default());
+        let first = (0..4)
+            .map(|f| {
+                other
+                    .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
+                    .ids[0]
+            })
+            .last();
+        let big = other.update(160.0, &[det(60.0, 60.0, 210.0, 0.8)]).ids[0];
+        assert_ne!(Some(big), first);
+    }
+
+    /// A person who stops behind another is found where they were last seen when they come out,
+    /// though the filter, still moving them at their old speed, expects them further on.
+    #[test]
+    fn a_person_who_stopped_while_hidden_is_found_where_last_seen() {
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let mut id = 0;
+        let mut x = 100.0;
+        for f in 0..10 {
+            id = tracker
+                .update(f as f64 * 40.0, &[det(x, 100.0, 80.0, 0.99)])
+                .ids[0];
+            x += 12.0;
+        }
+        let last_x = x - 12.0;
+        // Hidden for 0.6 s: the filter moves them 180 px on, more than two widths.
+        for f in 10..25 {
+            tracker.update(f as f64 * 40.0, &[]);
+        }
+        let predicted = tracker.predicted_box(id).unwrap();
+        assert!(predicted[0] - last_x > 160.0, "{predicted:?}");
+        // Out again where they stopped, partly hidden still.
+        let back = Detection {
+            bbox: [last_x + 30.0, 100.0, last_x + 80.0, 180.0],
+            score: 0.85,
+        };
+        assert_eq!(tracker.update(1000.0, &[back]).ids, [id]);
     }
 
     #[test]

@@ -537,13 +537,18 @@ fn moving_differently_in_a_720p_scene() {
     );
 }
 
-/// Renders `walkers` over `frames` frames of 1280×720 (kept at SCENE_KEEP if set) and runs it with
+/// Renders `walkers` over `frames` frames of 1280×720 (kept at SCENE_KEEP if set, its truth at
+/// SCENE_KEEP.truth.json, for `scripts/scene_score.py`) and runs it with
 /// `--detect-every` N for each N in SCENE_DETECT_EVERY (default 1,auto), printing each score.
 fn measure(walkers: &[Walker], frames: u32, name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (clip, truth) = render(dir.path(), walkers, frames, (1280, 720));
     if let Ok(keep) = std::env::var("SCENE_KEEP") {
-        std::fs::copy(&clip, keep).unwrap();
+        std::fs::copy(&clip, &keep).unwrap();
+        // The truth beside it (frame → person → pasted square), to score runs of the kept clip.
+        let visible: Vec<&BTreeMap<usize, [f32; 4]>> = truth.visible.iter().collect();
+        let text = serde_json::to_string(&visible).unwrap();
+        std::fs::write(format!("{keep}.truth.json"), text).unwrap();
     }
     let list = std::env::var("SCENE_DETECT_EVERY").unwrap_or_else(|_| "1,auto".into());
     // SCENE_LIVE_STREAMS=N: N copies played live at once (a machine under load), stream 0 scored.

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Scores a faceflow run of a synthetic scene kept by the scene tests (SCENE_KEEP=CLIP writes
+CLIP and CLIP.truth.json), as tests/integration/scene.rs scores it: faces found, id consistency,
+id switches, ids per person. For trying tracker changes without re-rendering the scene:
+
+    SCENE_KEEP=/tmp/hard.mp4 SCENE_DETECT_EVERY=auto cargo test --release --features train \
+        --test integration -- scene::moving --ignored --nocapture
+    target/release/faceflow run --input /tmp/hard.mp4 --json /tmp/hard.jsonl --detect-every auto
+    scripts/scene_score.py /tmp/hard.mp4.truth.json /tmp/hard.jsonl [--runs]
+"""
+
+import json
+import sys
+from collections import Counter, defaultdict
+
+
+def iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def face_box(t):
+    """The middle of the pasted square, where UTKFace's aligned face is."""
+    w, h = t[2] - t[0], t[3] - t[1]
+    return [t[0] + 0.2 * w, t[1] + 0.2 * h, t[0] + 0.8 * w, t[1] + 0.85 * h]
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit("usage: scene_score.py TRUTH.json RUN.jsonl [--runs]")
+    truth = json.load(open(sys.argv[1]))
+    records = [json.loads(line) for line in open(sys.argv[2])]
+    per_person = defaultdict(list)
+    expected = 0
+    for r in records:
+        if "faces" not in r or r["frame"] >= len(truth):
+            continue
+        f = r["frame"]
+        visible = {int(p): b for p, b in truth[f].items()}
+        expected += len(visible)
+        pairs = []
+        for d, face in enumerate(r["faces"]):
+            for p, t in visible.items():
+                o = iou(face["bbox"], face_box(t))
+                if o > 0.1:
+                    pairs.append((o, d, p))
+        pairs.sort(key=lambda x: -x[0])
+        taken_d, taken_p = set(), set()
+        for _, d, p in pairs:
+            if d in taken_d or p in taken_p:
+                continue
+            taken_d.add(d)
+            taken_p.add(p)
+            face = r["faces"][d]
+            per_person[p].append((f, face["track_id"], face.get("confirmed")))
+    matched = on_main = switches = ids = 0
+    for p, seen in sorted(per_person.items()):
+        counts = Counter(i for _, i, _ in seen)
+        matched += len(seen)
+        on_main += counts.most_common(1)[0][1]
+        ids += len(counts)
+        switches += sum(1 for a, b in zip(seen, seen[1:]) if a[1] != b[1])
+        if "--runs" in sys.argv:
+            runs = []
+            for f, i, c in seen:
+                if runs and runs[-1][2] == i:
+                    runs[-1][1] = f
+                else:
+                    runs.append([f, f, i, c])
+            print(f"person {p}: {[tuple(x[:3]) + (('' if x[3] else '?'),) for x in runs]}")
+    people = len(per_person)
+    print(
+        f"{people} people, faces found {matched}/{expected} ({matched / max(expected, 1):.3f}), "
+        f"id consistency {on_main / max(matched, 1):.3f}, {switches} id switches, "
+        f"{ids / max(people, 1):.2f} ids per person"
+    )
+
+
+if __name__ == "__main__":
+    main()
