@@ -72,10 +72,17 @@ def main():
                     runs.append([f, f, i, c])
             print(f"person {p}: {[tuple(x[:3]) + (('' if x[3] else '?'),) for x in runs]}")
     people = len(per_person)
+    # Ids given to two or more people for 5 frames or more each (one id, two people: the
+    # per-person figures above do not see it, a people count does).
+    frames_of = defaultdict(Counter)
+    for p, seen in per_person.items():
+        for _, i, _ in seen:
+            frames_of[i][p] += 1
+    shared = sum(1 for c in frames_of.values() if sum(1 for n in c.values() if n >= 5) >= 2)
     print(
         f"{people} people, faces found {matched}/{expected} ({matched / max(expected, 1):.3f}), "
         f"id consistency {on_main / max(matched, 1):.3f}, {switches} id switches, "
-        f"{ids / max(people, 1):.2f} ids per person"
+        f"{ids / max(people, 1):.2f} ids per person, {shared} ids shared by people"
     )
 
 

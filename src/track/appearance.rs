@@ -18,6 +18,11 @@
 pub const SAME_PERSON: f32 = 0.6;
 /// The same for a person away (out of view longer than `max_lost_ms`, anywhere in the frame).
 pub const SAME_PERSON_AWAY: f32 = 0.7;
+/// A face less like a person found again by place than this is someone else's. On the harder
+/// synthetic scene (`scene::moving`), the faces given to the right person at such moments measured
+/// at least 0.515 (partly hidden faces read worse than whole ones), and every one below 0.5 that
+/// could be told was someone else's.
+pub const DIFFERENT_PERSON: f32 = 0.45;
 /// How much more alike the best lost person must be than the next best.
 pub const MARGIN: f32 = 0.05;
 

@@ -143,7 +143,14 @@ pub struct Tracker {
     /// load is searched in full less often, see `detect::pace`), ms; 0 until two came.
     full_search_gap_ms: f64,
     last_full_search_ms: Option<f64>,
+    /// Tracks found again this frame after [`REFOUND_AFTER_MS`] unseen, as they were before: their
+    /// person may be checked by face, and the match undone ([`Tracker::undo_refind`]).
+    refound: Vec<Track>,
 }
+
+/// How long a track must have been unseen for its finding again, by place, to be worth checking
+/// by face: a person who passed behind another may come out where someone else does.
+pub const REFOUND_AFTER_MS: f64 = 120.0;
 
 /// The longest gap between full searches a tentative track waits out (a paced stream's widest
 /// interval is a second; longer gaps are reconnections).
@@ -208,6 +215,7 @@ impl Tracker {
             detect_every: 1,
             full_search_gap_ms: 0.0,
             last_full_search_ms: None,
+            refound: Vec::new(),
         }
     }
 
@@ -248,6 +256,7 @@ impl Tracker {
         self.last_ms = Some(pts_ms.max(self.last_ms.unwrap_or(f64::MIN)));
         // Tracks out of view for too long end before matching: after a gap in the stream (a
         // camera reconnecting) an old track must not take a new face.
+        self.refound.clear();
         let mut ended = Vec::new();
         let patience = self.tentative_patience_ms();
         let max_lost = self.config.max_lost_ms;
@@ -455,6 +464,38 @@ impl Tracker {
         true
     }
 
+    /// Tracks found again by place this frame after [`REFOUND_AFTER_MS`] unseen.
+    pub fn refound(&self) -> impl Iterator<Item = u64> + '_ {
+        self.refound.iter().map(|t| t.id)
+    }
+
+    /// The track `id`, found again this frame ([`Self::refound`]), was not its person after all
+    /// (their faces differ): it goes back to lost as it was, and the face starts a track of its
+    /// own, whose id is returned. `None`, changing nothing, for a track not found again this frame.
+    pub fn undo_refind(&mut self, id: u64) -> Option<u64> {
+        let before = self.refound.iter().position(|t| t.id == id)?;
+        let before = self.refound.swap_remove(before);
+        let now = self.tracks.iter_mut().find(|t| t.id == id)?;
+        let (face_box, seen_ms) = (now.last_bbox, now.last_seen_ms);
+        *now = before;
+        let new = self.next_id;
+        self.next_id += 1;
+        self.tracks.push(Track {
+            id: new,
+            state: if self.config.confirm_hits <= 1 {
+                TrackState::Confirmed
+            } else {
+                TrackState::Tentative
+            },
+            filter: BoxFilter::new(face_box),
+            hits: 1,
+            last_seen_ms: seen_ms,
+            last_bbox: face_box,
+            reentry: false,
+        });
+        Some(new)
+    }
+
     /// Ends every track (end of stream): confirmed and lost ones are people.
     pub fn finish(&mut self) -> Vec<Ended> {
         std::mem::take(&mut self.tracks)
@@ -497,6 +538,11 @@ impl Tracker {
     /// Track `t` saw its face at `bbox`.
     fn hit(&mut self, t: usize, bbox: [f32; 4], pts_ms: f64) {
         let confirm_hits = self.config.confirm_hits;
+        if self.tracks[t].state == TrackState::Lost
+            && pts_ms - self.tracks[t].last_seen_ms >= REFOUND_AFTER_MS
+        {
+            self.refound.push(self.tracks[t].clone());
+        }
         let track = &mut self.tracks[t];
         track.filter.update(bbox);
         track.hits += 1;
@@ -524,11 +570,8 @@ const SIDE_RATIO: f64 = 2.0;
 /// hidden for a while may have stopped, which the filter's constant speed does not foresee).
 fn closeness(track: &Track, bbox: [f32; 4]) -> f32 {
     let spread_px = track.filter.centre_std_px();
-    closeness_to(track.filter.bbox(), spread_px, bbox).max(closeness_to(
-        track.last_bbox,
-        spread_px,
-        bbox,
-    ))
+    let to = |expected| closeness_to(expected, spread_px, bbox);
+    to(track.filter.bbox()).max(to(track.last_bbox))
 }
 
 /// How close `bbox` is to `expected` (1 on the spot, falling to 0 at the edge of the gate, which
@@ -688,6 +731,49 @@ mod tests {
             score: 0.85,
         };
         assert_eq!(tracker.update(1000.0, &[back]).ids, [id]);
+    }
+
+    /// A track found again by place after a while unseen is listed as found again for that frame
+    /// only; undoing it puts it back as it was (lost, where it was expected) and gives the face a
+    /// new tentative track.
+    #[test]
+    fn a_track_found_again_can_be_undone() {
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let mut id = 0;
+        for f in 0..5 {
+            id = tracker
+                .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
+                .ids[0];
+        }
+        assert_eq!(tracker.refound().count(), 0);
+        for f in 5..10 {
+            tracker.update(f as f64 * 40.0, &[]);
+        }
+        let expected = tracker.predicted_box(id).unwrap();
+        assert_eq!(
+            tracker.update(400.0, &[det(105.0, 100.0, 100.0, 0.99)]).ids,
+            [id]
+        );
+        assert_eq!(tracker.refound().collect::<Vec<_>>(), [id]);
+        let new = tracker.undo_refind(id).unwrap();
+        assert_ne!(new, id);
+        assert_eq!(tracker.undo_refind(id), None, "once");
+        let state = |t: &Tracker, id| t.live_tracks().find(|(i, _)| *i == id).map(|(_, s)| s);
+        assert_eq!(state(&tracker, id), Some(TrackState::Lost));
+        assert_eq!(state(&tracker, new), Some(TrackState::Tentative));
+        assert_eq!(tracker.predicted_box(id), Some(expected));
+        // The next frame's face follows the new track (it is where that face was).
+        let next = tracker.update(440.0, &[det(106.0, 100.0, 100.0, 0.99)]);
+        assert_eq!(next.ids, [new]);
+        assert_eq!(tracker.refound().count(), 0);
+        // Seen a frame ago is not "found again".
+        let mut steady = Tracker::new(TrackConfig::default());
+        for f in 0..5 {
+            steady.update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)]);
+        }
+        steady.update(200.0, &[]);
+        steady.update(240.0, &[det(100.0, 100.0, 100.0, 0.99)]);
+        assert_eq!(steady.refound().count(), 0);
     }
 
     #[test]

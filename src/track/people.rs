@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::TrackState;
-use super::appearance::{Appearance, SAME_PERSON, SAME_PERSON_AWAY, best_match};
+use super::appearance::{Appearance, DIFFERENT_PERSON, SAME_PERSON, SAME_PERSON_AWAY, best_match};
 use super::estimate::{Estimate, readability};
 use super::evidence::shows_a_face;
 use super::second::{self, SecondReads};
@@ -40,6 +40,24 @@ struct Person {
 }
 
 impl Person {
+    /// A track first seen at `frame`, `pts_ms`.
+    fn new(frame: u64, pts_ms: f64) -> Self {
+        Self {
+            first_frame: frame,
+            last_frame: frame,
+            first_pts_ms: pts_ms,
+            last_pts_ms: pts_ms,
+            frames: 0,
+            face_frames: 0,
+            estimate: Estimate::default(),
+            second: SecondReads::default(),
+            appearance: Appearance::default(),
+            said: Default::default(),
+            compared: 0,
+            compared_frame: 0,
+        }
+    }
+
     /// The person's attributes as `readout` says them now, kept to what was said before
     /// (hysteresis); `None` without a readout or an estimate yet.
     fn attributes_now(&self, readout: Option<&Readout>) -> Option<crate::record::Attributes> {
@@ -61,6 +79,9 @@ struct StreamTracks {
     people: HashMap<u64, Person>,
     /// Confirmed tracks that ended so far.
     counted: u64,
+    /// The people of the tracks found again by place at the last frame, whose appearance is
+    /// known, as they were before it.
+    refound: HashMap<u64, Person>,
 }
 
 /// The people of every stream of a run.
@@ -124,6 +145,16 @@ impl People {
             })
             .collect();
         let update = tracks.tracker.update(pts_ms, &detections);
+        // People found again by place whose face is known: as they were, in case the face found
+        // is someone else's (see `verify`).
+        tracks.refound = tracks
+            .tracker
+            .refound()
+            .filter_map(|id| {
+                let person = tracks.people.get(&id)?;
+                person.appearance.known().then(|| (id, person.clone()))
+            })
+            .collect();
         // Tracks the tracker has confirmed (seen on `confirm_hits` frames) by now.
         let established: std::collections::HashSet<u64> = tracks
             .tracker
@@ -132,20 +163,10 @@ impl People {
             .map(|(id, _)| id)
             .collect();
         for (i, (face, &id)) in faces.iter_mut().zip(&update.ids).enumerate() {
-            let person = tracks.people.entry(id).or_insert_with(|| Person {
-                first_frame: frame,
-                last_frame: frame,
-                first_pts_ms: pts_ms,
-                last_pts_ms: pts_ms,
-                frames: 0,
-                face_frames: 0,
-                estimate: Estimate::default(),
-                second: SecondReads::default(),
-                appearance: Appearance::default(),
-                said: Default::default(),
-                compared: 0,
-                compared_frame: 0,
-            });
+            let person = tracks
+                .people
+                .entry(id)
+                .or_insert_with(|| Person::new(frame, pts_ms));
             person.last_frame = frame;
             person.last_pts_ms = pts_ms;
             person.frames += 1;
@@ -244,6 +265,70 @@ impl People {
                 face.attributes = now.clone();
                 person.said = now;
             }
+        }
+    }
+
+    /// The faces of this frame of stream `index` (after [`People::frame`]) that were given to a
+    /// person found again by place after a while unseen, whose face is known: the second reader
+    /// should read them, to check that they are that person's ([`People::verify`]); at most
+    /// [`MAX_COMPARED_PER_FRAME`].
+    pub fn verification_wanted(&self, index: usize, faces: &[FaceRecord]) -> Vec<usize> {
+        let Some(Some(tracks)) = self.streams.get(index) else {
+            return Vec::new();
+        };
+        faces
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                f.track_id
+                    .is_some_and(|id| tracks.refound.contains_key(&id))
+            })
+            .map(|(i, _)| i)
+            .take(MAX_COMPARED_PER_FRAME)
+            .collect()
+    }
+
+    /// The second reader's reading of each face of `wanted` (from
+    /// [`People::verification_wanted`]), at `frame`, `pts_ms`: a face clearly unlike the person
+    /// it was given to ([`DIFFERENT_PERSON`]) is someone else's, who came out where the person was
+    /// expected. The person goes back to lost as they were, and the face starts a track of its
+    /// own (which may then be recognised as someone lost, see [`People::reassociate`]).
+    pub fn verify(
+        &mut self,
+        index: usize,
+        (frame, pts_ms): (u64, f64),
+        faces: &mut [FaceRecord],
+        wanted: &[usize],
+        readings: &[Option<FaceReading>],
+    ) {
+        let Some(Some(tracks)) = self.streams.get_mut(index) else {
+            return;
+        };
+        for (&i, reading) in wanted.iter().zip(readings) {
+            let (Some(face), Some(reading)) = (faces.get_mut(i), reading) else {
+                continue;
+            };
+            let Some(id) = face.track_id else {
+                continue;
+            };
+            let Some(before) = tracks.refound.remove(&id) else {
+                continue;
+            };
+            if before.appearance.similarity(&reading.descriptor) >= DIFFERENT_PERSON {
+                continue;
+            }
+            let Some(new_id) = tracks.tracker.undo_refind(id) else {
+                continue;
+            };
+            tracks.people.insert(id, before);
+            let mut person = Person::new(frame, pts_ms);
+            person.frames = 1;
+            person.face_frames = u32::from(shows_a_face(&face.face));
+            person.appearance.add(&reading.descriptor);
+            tracks.people.insert(new_id, person);
+            face.track_id = Some(new_id);
+            face.confirmed = Some(false);
+            face.attributes = Default::default();
         }
     }
 
@@ -506,6 +591,7 @@ fn tracks_of<'a>(
         tracker: Tracker::new(config.clone()).with_detect_every(detect_every),
         people: HashMap::new(),
         counted: 0,
+        refound: HashMap::new(),
     })
 }
 
@@ -635,6 +721,53 @@ mod tests {
 
     /// A person lost for a moment whose face comes back away from where the tracker expected it
     /// starts a new track; if it looks like them it is theirs again, else it stays someone new.
+    /// Anna, known by face, is hidden for 200 ms; a face then comes out where she was and is
+    /// given her track by place. Read, it is checked: hers, it stays hers; someone else's, Anna
+    /// goes back to lost (her record keeps her frames only) and the face is someone new.
+    #[test]
+    fn a_face_found_where_a_lost_person_was_is_checked_by_face() {
+        let run = |descriptor: Vec<f32>| {
+            let mut people = People::new(TrackConfig::default(), None);
+            let info = stream();
+            let anna = anna_seen_and_read(&mut people, &info);
+            for frame in 5..10 {
+                people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]);
+            }
+            let mut faces = vec![face(10.0, true)];
+            people.frame(&info, 10, 400.0, &mut faces, &[None]);
+            assert_eq!(faces[0].track_id, anna, "found again by place");
+            let wanted = people.verification_wanted(0, &faces);
+            assert_eq!(wanted, [0]);
+            let reading = FaceReading {
+                male: 1.0,
+                descriptor,
+            };
+            people.verify(0, (10, 400.0), &mut faces, &wanted, &[Some(reading)]);
+            assert!(
+                people.verification_wanted(0, &faces).is_empty(),
+                "checked once"
+            );
+            (anna, faces[0].clone(), people)
+        };
+        let (anna, face, mut people) = run(vec![0.9, 0.3]);
+        assert_eq!(face.track_id, anna);
+        let records = people.finish();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].last_frame, 10);
+        let (anna, face, mut people) = run(vec![0.2, 1.0]);
+        assert_ne!(face.track_id, anna);
+        assert_eq!(face.confirmed, Some(false));
+        // Anna is lost again, as before the face came: her record ends at frame 4.
+        let records = people.finish();
+        let hers: Vec<_> = records
+            .iter()
+            .filter(|r| Some(r.track_id) == anna)
+            .collect();
+        assert_eq!(hers.len(), 1);
+        assert_eq!((hers[0].first_frame, hers[0].last_frame), (0, 4));
+        assert_eq!(hers[0].frames, 5);
+    }
+
     #[test]
     fn a_lost_person_who_looks_the_same_gets_their_id_back() {
         let run = |descriptor: Vec<f32>| {

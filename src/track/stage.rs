@@ -154,6 +154,13 @@ impl TrackStage {
         ));
         let mut frame = d.frame;
         if self.second_reader.is_some() && !frame.rgb.is_empty() {
+            let wanted = self.people.verification_wanted(stream, &faces);
+            if !wanted.is_empty() {
+                let readings = self.read(&frame, &faces, &wanted)?;
+                let at = (frame.index, frame.pts_ms);
+                self.people
+                    .verify(stream, at, &mut faces, &wanted, &readings);
+            }
             let wanted = self.people.reassociation_wanted(stream, &faces);
             if !wanted.is_empty() {
                 let readings = self.read(&frame, &faces, &wanted)?;
