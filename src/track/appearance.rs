@@ -59,9 +59,17 @@ impl Appearance {
 
     /// Cosine similarity of `descriptor` to the mean descriptor (0 when either is unknown).
     pub fn similarity(&self, descriptor: &[f32]) -> f32 {
+        self.compare(descriptor).unwrap_or(0.0)
+    }
+
+    /// Cosine similarity of `descriptor` to the mean descriptor, or `None` when they cannot be
+    /// compared (either unknown, zero, not finite, or their lengths differ).
+    pub fn compare(&self, descriptor: &[f32]) -> Option<f32> {
         match (unit(&self.sum), unit(descriptor)) {
-            (Some(a), Some(b)) if a.len() == b.len() => a.iter().zip(&b).map(|(x, y)| x * y).sum(),
-            _ => 0.0,
+            (Some(a), Some(b)) if a.len() == b.len() => {
+                Some(a.iter().zip(&b).map(|(x, y)| x * y).sum())
+            }
+            _ => None,
         }
     }
 

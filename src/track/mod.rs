@@ -109,6 +109,18 @@ struct Track {
     last_bbox: [f32; 4],
     /// Kept `Away` after `max_lost_ms` (the person can be recognised by their face).
     reentry: bool,
+    /// A face found where this track expected it was someone else's, now this track's
+    /// ([`Tracker::undo_refind`]): while that track lives, this one is found again only by face
+    /// ([`Tracker::take_over`]), never by place, or that face, moving on as this person was,
+    /// would be given back to it on the next frame.
+    not_by_place_while: Option<u64>,
+}
+
+impl Track {
+    /// Whether faces may be given to the track by where they are (IoU or place).
+    fn by_place(&self) -> bool {
+        self.state != TrackState::Away && self.not_by_place_while.is_none()
+    }
 }
 
 /// A track that ended: confirmed tracks are people, tentative ones were not.
@@ -280,9 +292,16 @@ impl Tracker {
             }
             keep
         });
+        let alive: Vec<u64> = self.tracks.iter().map(|t| t.id).collect();
         for track in &mut self.tracks {
             if track.state != TrackState::Away {
                 track.filter.predict(dt_s);
+            }
+            if track
+                .not_by_place_while
+                .is_some_and(|id| !alive.contains(&id))
+            {
+                track.not_by_place_while = None;
             }
         }
         let mut ids: Vec<Option<u64>> = vec![None; detections.len()];
@@ -293,7 +312,7 @@ impl Tracker {
             .collect();
         // Tracks away are recognised by face only, never matched by place.
         let every: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| self.tracks[t].state != TrackState::Away)
+            .filter(|&t| self.tracks[t].by_place())
             .collect();
         self.match_into(
             &every,
@@ -311,7 +330,7 @@ impl Tracker {
             .filter(|&d| ids[d].is_none() && detections[d].score < self.config.high_score)
             .collect();
         let established: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Away)
+            .filter(|&t| !matched_track[t] && self.tracks[t].by_place())
             .collect();
         self.match_into(
             &established,
@@ -327,7 +346,7 @@ impl Tracker {
         // is where the track expects it; without this it would start a track of its own for a
         // frame or two, and its person would change ids twice.
         let left_tracks: Vec<usize> = (0..self.tracks.len())
-            .filter(|&t| !matched_track[t] && self.tracks[t].state != TrackState::Away)
+            .filter(|&t| !matched_track[t] && self.tracks[t].by_place())
             .collect();
         let left_dets: Vec<usize> = (0..detections.len())
             .filter(|&d| ids[d].is_none())
@@ -396,6 +415,7 @@ impl Tracker {
                     last_seen_ms: pts_ms,
                     last_bbox: det.bbox,
                     reentry: false,
+                    not_by_place_while: None,
                 });
                 ids[d] = Some(id);
             }
@@ -460,6 +480,7 @@ impl Tracker {
         taker.last_seen_ms = pts_ms;
         taker.last_bbox = face_box;
         taker.state = TrackState::Confirmed;
+        taker.not_by_place_while = None;
         self.tracks.remove(n);
         true
     }
@@ -473,11 +494,16 @@ impl Tracker {
     /// (their faces differ): it goes back to lost as it was, and the face starts a track of its
     /// own, whose id is returned. `None`, changing nothing, for a track not found again this frame.
     pub fn undo_refind(&mut self, id: u64) -> Option<u64> {
+        let now = self.tracks.iter().position(|t| t.id == id)?;
         let before = self.refound.iter().position(|t| t.id == id)?;
         let before = self.refound.swap_remove(before);
-        let now = self.tracks.iter_mut().find(|t| t.id == id)?;
-        let (face_box, seen_ms) = (now.last_bbox, now.last_seen_ms);
-        *now = before;
+        let now = &mut self.tracks[now];
+        // The face moves on as the track did: it keeps the filter's speed.
+        let (filter, face_box, seen_ms) = (now.filter.clone(), now.last_bbox, now.last_seen_ms);
+        *now = Track {
+            not_by_place_while: Some(self.next_id),
+            ..before
+        };
         let new = self.next_id;
         self.next_id += 1;
         self.tracks.push(Track {
@@ -487,11 +513,12 @@ impl Tracker {
             } else {
                 TrackState::Tentative
             },
-            filter: BoxFilter::new(face_box),
+            filter,
             hits: 1,
             last_seen_ms: seen_ms,
             last_bbox: face_box,
             reentry: false,
+            not_by_place_while: None,
         });
         Some(new)
     }
@@ -600,6 +627,12 @@ fn closeness_to(expected: [f32; 4], spread_px: f64, bbox: [f32; 4]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Tracker {
+        fn clone_track(&self, id: u64) -> Track {
+            self.tracks.iter().find(|t| t.id == id).cloned().unwrap()
+        }
+    }
 
     fn det(x: f32, y: f32, side: f32, score: f32) -> Detection {
         Detection {
@@ -774,6 +807,71 @@ mod tests {
         steady.update(200.0, &[]);
         steady.update(240.0, &[det(100.0, 100.0, 100.0, 0.99)]);
         assert_eq!(steady.refound().count(), 0);
+    }
+
+    /// A moving person, hidden for a moment; someone else comes out near where they were
+    /// expected. Once that finding is undone, the lost track is as it was before, and while the
+    /// other face's track lives it is found again by face only: a face just where it expects one
+    /// is not given to it. When that track is gone, it is found by place again.
+    #[test]
+    fn after_an_undo_the_lost_track_waits_for_a_face_while_the_other_track_lives() {
+        let at = |f: u32, dx: f32| det(100.0 + 8.0 * f as f32 + dx, 100.0, 100.0, 0.99);
+        let hidden = |tracker: &mut Tracker| {
+            let mut id = 0;
+            for f in 0..8 {
+                id = tracker.update(f as f64 * 40.0, &[at(f, 0.0)]).ids[0];
+            }
+            for f in 8..12 {
+                tracker.update(f as f64 * 40.0, &[]);
+            }
+            id
+        };
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let id = hidden(&mut tracker);
+        let mut before = tracker.clone_track(id);
+        // Someone else, 40 px to the right of where they were expected.
+        assert_eq!(tracker.update(480.0, &[at(12, 40.0)]).ids, [id]);
+        let new = tracker.undo_refind(id).unwrap();
+        assert_eq!(tracker.undo_refind(id), None, "once");
+        // The other face goes on, and a third face comes just where the lost one expects theirs.
+        let u = tracker.update(520.0, &[at(13, 40.0), at(13, 0.0)]);
+        assert_eq!(u.ids[0], new);
+        assert!(u.ids[1] != id && u.ids[1] != new, "{u:?}");
+        assert_eq!(tracker.refound().count(), 0);
+        // As it was at 440 ms, predicted on to 520 ms like any lost track.
+        before.filter.predict(0.04);
+        before.filter.predict(0.04);
+        let lost = tracker.clone_track(id);
+        assert_eq!(lost.filter.bbox(), before.filter.bbox());
+        assert_eq!(lost.state, TrackState::Lost);
+        // Without the other face's track, the lost one is found by place.
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let id = hidden(&mut tracker);
+        tracker.update(480.0, &[at(12, 40.0)]);
+        let new = tracker.undo_refind(id).unwrap();
+        let mut t = 480.0;
+        while tracker.live_tracks().any(|(i, _)| i == new) {
+            t += 40.0;
+            tracker.update(t, &[]);
+        }
+        let f = ((t + 40.0) / 40.0) as u32;
+        assert_eq!(tracker.update(t + 40.0, &[at(f, 0.0)]).ids, [id]);
+    }
+
+    /// The place gate widens with the filter's uncertainty, but never past a face side.
+    #[test]
+    fn the_place_gate_is_at_most_a_face_side() {
+        let expected = [100.0, 100.0, 200.0, 200.0];
+        let moved = |dx: f32| [100.0 + dx, 100.0, 200.0 + dx, 200.0];
+        assert!(closeness_to(expected, 1.0, moved(40.0)) > 0.0);
+        assert_eq!(closeness_to(expected, 1.0, moved(60.0)), 0.0);
+        assert!(closeness_to(expected, 1000.0, moved(90.0)) > 0.0);
+        assert_eq!(closeness_to(expected, 1000.0, moved(110.0)), 0.0);
+        // Twice as large, on the spot: someone else.
+        assert_eq!(
+            closeness_to(expected, 1000.0, [50.0, 50.0, 260.0, 260.0]),
+            0.0
+        );
     }
 
     #[test]

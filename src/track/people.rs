@@ -289,18 +289,21 @@ impl People {
     }
 
     /// The second reader's reading of each face of `wanted` (from
-    /// [`People::verification_wanted`]), at `frame`, `pts_ms`: a face clearly unlike the person
-    /// it was given to ([`DIFFERENT_PERSON`]) is someone else's, who came out where the person was
-    /// expected. The person goes back to lost as they were, and the face starts a track of its
-    /// own (which may then be recognised as someone lost, see [`People::reassociate`]).
+    /// [`People::verification_wanted`]), at `frame`, `pts_ms`, with the attribute model's
+    /// `predictions` of this frame's faces: a face clearly unlike the person it was given to
+    /// ([`DIFFERENT_PERSON`]) is someone else's, who came out where the person was expected. The
+    /// person goes back to lost as they were, to be found again by face only, and the face starts
+    /// a track of its own (which may then be recognised as someone lost, see
+    /// [`People::reassociate`]).
     pub fn verify(
         &mut self,
         index: usize,
         (frame, pts_ms): (u64, f64),
         faces: &mut [FaceRecord],
-        wanted: &[usize],
-        readings: &[Option<FaceReading>],
+        predictions: &[Option<Prediction>],
+        (wanted, readings): (&[usize], &[Option<FaceReading>]),
     ) {
+        let min_face_frames = self.config.min_face_frames;
         let Some(Some(tracks)) = self.streams.get_mut(index) else {
             return;
         };
@@ -314,8 +317,11 @@ impl People {
             let Some(before) = tracks.refound.remove(&id) else {
                 continue;
             };
-            if before.appearance.similarity(&reading.descriptor) >= DIFFERENT_PERSON {
-                continue;
+            // A reading that cannot be compared (a crop at the frame's edge may give none worth
+            // the name) says nothing against the person.
+            match before.appearance.compare(&reading.descriptor) {
+                Some(similarity) if similarity < DIFFERENT_PERSON => {}
+                _ => continue,
             }
             let Some(new_id) = tracks.tracker.undo_refind(id) else {
                 continue;
@@ -324,11 +330,20 @@ impl People {
             let mut person = Person::new(frame, pts_ms);
             person.frames = 1;
             person.face_frames = u32::from(shows_a_face(&face.face));
-            person.appearance.add(&reading.descriptor);
-            tracks.people.insert(new_id, person);
+            if let Some(Some(p)) = predictions.get(i) {
+                person.estimate.add(p, readability(&face.face));
+            }
+            let established = tracks
+                .tracker
+                .live_tracks()
+                .any(|(t, state)| t == new_id && state != TrackState::Tentative);
             face.track_id = Some(new_id);
-            face.confirmed = Some(false);
-            face.attributes = Default::default();
+            face.confirmed = Some(established && person.is_person(min_face_frames));
+            face.attributes = person
+                .attributes_now(self.attributes.as_ref())
+                .unwrap_or_default();
+            person.said = face.attributes.clone();
+            tracks.people.insert(new_id, person);
         }
     }
 
@@ -719,8 +734,6 @@ mod tests {
         id
     }
 
-    /// A person lost for a moment whose face comes back away from where the tracker expected it
-    /// starts a new track; if it looks like them it is theirs again, else it stays someone new.
     /// Anna, known by face, is hidden for 200 ms; a face then comes out where she was and is
     /// given her track by place. Read, it is checked: hers, it stays hers; someone else's, Anna
     /// goes back to lost (her record keeps her frames only) and the face is someone new.
@@ -742,7 +755,8 @@ mod tests {
                 male: 1.0,
                 descriptor,
             };
-            people.verify(0, (10, 400.0), &mut faces, &wanted, &[Some(reading)]);
+            let readings = [Some(reading)];
+            people.verify(0, (10, 400.0), &mut faces, &[None], (&wanted, &readings));
             assert!(
                 people.verification_wanted(0, &faces).is_empty(),
                 "checked once"
@@ -768,6 +782,8 @@ mod tests {
         assert_eq!(hers[0].frames, 5);
     }
 
+    /// A person lost for a moment whose face comes back away from where the tracker expected it
+    /// starts a new track; if it looks like them it is theirs again, else it stays someone new.
     #[test]
     fn a_lost_person_who_looks_the_same_gets_their_id_back() {
         let run = |descriptor: Vec<f32>| {

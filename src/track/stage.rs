@@ -154,16 +154,36 @@ impl TrackStage {
         ));
         let mut frame = d.frame;
         if self.second_reader.is_some() && !frame.rgb.is_empty() {
-            let wanted = self.people.verification_wanted(stream, &faces);
-            if !wanted.is_empty() {
-                let readings = self.read(&frame, &faces, &wanted)?;
+            let checked = self.people.verification_wanted(stream, &faces);
+            let mut checked_readings = Vec::new();
+            if !checked.is_empty() {
+                checked_readings = self.read(&frame, &faces, &checked)?;
                 let at = (frame.index, frame.pts_ms);
+                let check = (checked.as_slice(), checked_readings.as_slice());
                 self.people
-                    .verify(stream, at, &mut faces, &wanted, &readings);
+                    .verify(stream, at, &mut faces, &d.predictions, check);
             }
             let wanted = self.people.reassociation_wanted(stream, &faces);
             if !wanted.is_empty() {
-                let readings = self.read(&frame, &faces, &wanted)?;
+                // A face just checked is not read again.
+                let unread: Vec<usize> = wanted
+                    .iter()
+                    .copied()
+                    .filter(|i| !checked.contains(i))
+                    .collect();
+                let mut fresh = if unread.is_empty() {
+                    Vec::new()
+                } else {
+                    self.read(&frame, &faces, &unread)?
+                }
+                .into_iter();
+                let readings: Vec<Option<FaceReading>> = wanted
+                    .iter()
+                    .map(|i| match checked.iter().position(|c| c == i) {
+                        Some(k) => checked_readings.get(k).cloned().flatten(),
+                        None => fresh.next().flatten(),
+                    })
+                    .collect();
                 self.people
                     .reassociate(stream, frame.pts_ms, &mut faces, &wanted, &readings);
             }
