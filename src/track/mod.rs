@@ -471,7 +471,7 @@ impl Tracker {
         ) else {
             return false;
         };
-        let face_box = self.tracks[n].filter.bbox();
+        let face_box = self.tracks[n].last_bbox;
         let hits = self.tracks[n].hits;
         let taker = &mut self.tracks[l];
         // The face may be far from where the lost track predicted it: start the filter afresh.
@@ -482,6 +482,12 @@ impl Tracker {
         taker.state = TrackState::Confirmed;
         taker.not_by_place_while = None;
         self.tracks.remove(n);
+        // A track waiting for `new` to end waits for its face's new owner instead.
+        for t in &mut self.tracks {
+            if t.not_by_place_while == Some(new) {
+                t.not_by_place_while = Some(lost);
+            }
+        }
         true
     }
 
@@ -844,6 +850,25 @@ mod tests {
         let lost = tracker.clone_track(id);
         assert_eq!(lost.filter.bbox(), before.filter.bbox());
         assert_eq!(lost.state, TrackState::Lost);
+        // The other face recognised as someone else lost: the wait goes on with that track.
+        let mut tracker = Tracker::new(TrackConfig::default());
+        let (mut id, mut other) = (0, 0);
+        for f in 0..8 {
+            let u = tracker.update(
+                f as f64 * 40.0,
+                &[at(f, 0.0), det(900.0, 100.0, 100.0, 0.99)],
+            );
+            (id, other) = (u.ids[0], u.ids[1]);
+        }
+        for f in 8..12 {
+            tracker.update(f as f64 * 40.0, &[]);
+        }
+        tracker.update(480.0, &[at(12, 40.0)]);
+        let new = tracker.undo_refind(id).unwrap();
+        assert!(tracker.take_over(other, new, 480.0));
+        let u = tracker.update(520.0, &[at(13, 40.0), at(13, 0.0)]);
+        assert_eq!(u.ids[0], other);
+        assert!(u.ids[1] != id, "{u:?}");
         // Without the other face's track, the lost one is found by place.
         let mut tracker = Tracker::new(TrackConfig::default());
         let id = hidden(&mut tracker);

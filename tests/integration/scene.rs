@@ -169,6 +169,9 @@ struct Score {
     gender_flips: usize,
     /// People whose main track's record names their gender.
     track_gender_right: usize,
+    /// Track ids given to two people or more, 5 frames or more each (per-person figures do not
+    /// see an id handed on to someone else; a people count does).
+    shared_ids: usize,
 }
 
 /// Matches each record's faces to the truth (a face belongs to the person whose face box it
@@ -226,6 +229,16 @@ fn score(
             per_person.entry(p).or_default().push((f, id, gender));
         }
     }
+    let mut frames_of: HashMap<u64, HashMap<usize, usize>> = HashMap::new();
+    for (p, seen) in &per_person {
+        for (_, id, _) in seen {
+            *frames_of.entry(*id).or_default().entry(*p).or_default() += 1;
+        }
+    }
+    s.shared_ids = frames_of
+        .values()
+        .filter(|people| people.values().filter(|n| **n >= 5).count() >= 2)
+        .count();
     for (p, seen) in &per_person {
         if std::env::var("SCENE_DEBUG").is_ok() {
             // Runs of one id: (first frame, last frame, id).
@@ -299,7 +312,7 @@ impl Score {
     }
     fn line(&self) -> String {
         format!(
-            "{} people, faces found {}/{} ({:.3}), id consistency {:.3}, {} id switches, {:.2} ids per person, gender flicker {}/{}, track gender right {}/{}",
+            "{} people, faces found {}/{} ({:.3}), id consistency {:.3}, {} id switches, {:.2} ids per person, {} ids shared by people, gender flicker {}/{}, track gender right {}/{}",
             self.people,
             self.matched,
             self.expected_faces,
@@ -307,6 +320,7 @@ impl Score {
             self.consistency(),
             self.switches,
             self.ids_per_person(),
+            self.shared_ids,
             self.gender_flips,
             self.gender_pairs,
             self.track_gender_right,
@@ -361,6 +375,7 @@ fn people_crossing_entering_and_leaving_keep_their_ids() {
         assert!(s.found() >= 0.8, "{s:?}");
         assert!(s.consistency() >= 0.95, "{s:?}");
         assert!(s.switches <= 2, "{s:?}");
+        assert_eq!(s.shared_ids, 0, "no one's id handed on: {s:?}");
         assert!(s.gender_flips * 100 <= s.gender_pairs, "{s:?}");
     }
 }
