@@ -292,18 +292,12 @@ impl Tracker {
             }
             keep
         });
-        let alive: Vec<u64> = self.tracks.iter().map(|t| t.id).collect();
         for track in &mut self.tracks {
             if track.state != TrackState::Away {
                 track.filter.predict(dt_s);
             }
-            if track
-                .not_by_place_while
-                .is_some_and(|id| !alive.contains(&id))
-            {
-                track.not_by_place_while = None;
-            }
         }
+        self.lift_waits_on_ended_tracks();
         let mut ids: Vec<Option<u64>> = vec![None; detections.len()];
         let mut matched_track = vec![false; self.tracks.len()];
         // Stage 1: confident detections against every track.
@@ -318,7 +312,7 @@ impl Tracker {
             &every,
             &high,
             detections,
-            self.config.match_iou,
+            (overlap, self.config.match_iou),
             &mut ids,
             &mut matched_track,
             pts_ms,
@@ -336,7 +330,7 @@ impl Tracker {
             &established,
             &low,
             detections,
-            self.config.low_match_iou,
+            (overlap, self.config.low_match_iou),
             &mut ids,
             &mut matched_track,
             pts_ms,
@@ -351,22 +345,15 @@ impl Tracker {
         let left_dets: Vec<usize> = (0..detections.len())
             .filter(|&d| ids[d].is_none())
             .collect();
-        let closeness: Vec<Vec<f32>> = left_tracks
-            .iter()
-            .map(|&t| {
-                let track = &self.tracks[t];
-                left_dets
-                    .iter()
-                    .map(|&d| closeness(track, detections[d].bbox))
-                    .collect()
-            })
-            .collect();
-        for (i, j) in assign(&closeness, 1e-3) {
-            let (t, d) = (left_tracks[i], left_dets[j]);
-            self.hit(t, detections[d].bbox, pts_ms);
-            matched_track[t] = true;
-            ids[d] = Some(self.tracks[t].id);
-        }
+        self.match_into(
+            &left_tracks,
+            &left_dets,
+            detections,
+            (closeness, 1e-3),
+            &mut ids,
+            &mut matched_track,
+            pts_ms,
+        );
         // Unmatched tracks age: confirmed ones become lost; a tentative one that stays unseen
         // longer than a frame or so was not a face after all, and a lost one ends after
         // `max_lost_ms`.
@@ -400,24 +387,7 @@ impl Tracker {
         // Every detection left starts a track: every face gets an id.
         for (d, det) in detections.iter().enumerate() {
             if ids[d].is_none() {
-                let id = self.next_id;
-                self.next_id += 1;
-                let state = if self.config.confirm_hits <= 1 {
-                    TrackState::Confirmed
-                } else {
-                    TrackState::Tentative
-                };
-                self.tracks.push(Track {
-                    id,
-                    state,
-                    filter: BoxFilter::new(det.bbox),
-                    hits: 1,
-                    last_seen_ms: pts_ms,
-                    last_bbox: det.bbox,
-                    reentry: false,
-                    not_by_place_while: None,
-                });
-                ids[d] = Some(id);
+                ids[d] = Some(self.start_track(BoxFilter::new(det.bbox), det.bbox, pts_ms));
             }
         }
         Update {
@@ -491,6 +461,28 @@ impl Tracker {
         true
     }
 
+    /// Tracks waiting for a track that no longer is ([`Track::not_by_place_while`]) may be found
+    /// by place again.
+    fn lift_waits_on_ended_tracks(&mut self) {
+        let waits: Vec<u64> = self
+            .tracks
+            .iter()
+            .filter_map(|t| t.not_by_place_while)
+            .filter(|id| self.tracks.iter().all(|t| t.id != *id))
+            .collect();
+        if waits.is_empty() {
+            return;
+        }
+        for track in &mut self.tracks {
+            if track
+                .not_by_place_while
+                .is_some_and(|id| waits.contains(&id))
+            {
+                track.not_by_place_while = None;
+            }
+        }
+    }
+
     /// Tracks found again by place this frame after [`REFOUND_AFTER_MS`] unseen.
     pub fn refound(&self) -> impl Iterator<Item = u64> + '_ {
         self.refound.iter().map(|t| t.id)
@@ -510,10 +502,15 @@ impl Tracker {
             not_by_place_while: Some(self.next_id),
             ..before
         };
-        let new = self.next_id;
+        Some(self.start_track(filter, face_box, seen_ms))
+    }
+
+    /// A new track for a face seen at `bbox` at `pts_ms`, its box followed by `filter`: its id.
+    fn start_track(&mut self, filter: BoxFilter, bbox: [f32; 4], pts_ms: f64) -> u64 {
+        let id = self.next_id;
         self.next_id += 1;
         self.tracks.push(Track {
-            id: new,
+            id,
             state: if self.config.confirm_hits <= 1 {
                 TrackState::Confirmed
             } else {
@@ -521,12 +518,12 @@ impl Tracker {
             },
             filter,
             hits: 1,
-            last_seen_ms: seen_ms,
-            last_bbox: face_box,
+            last_seen_ms: pts_ms,
+            last_bbox: bbox,
             reentry: false,
             not_by_place_while: None,
         });
-        Some(new)
+        id
     }
 
     /// Ends every track (end of stream): confirmed and lost ones are people.
@@ -541,26 +538,28 @@ impl Tracker {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Gives the detections `dets` to the tracks `tracks` (indices), pairs maximising the total
+    /// of `likeness` and at least `least` each.
     fn match_into(
         &mut self,
         tracks: &[usize],
         dets: &[usize],
         detections: &[Detection],
-        least_iou: f32,
+        (likeness, least): (Likeness, f32),
         ids: &mut [Option<u64>],
         matched_track: &mut [bool],
         pts_ms: f64,
     ) {
-        let ious: Vec<Vec<f32>> = tracks
+        let likenesses: Vec<Vec<f32>> = tracks
             .iter()
             .map(|&t| {
-                let predicted = self.tracks[t].filter.bbox();
+                let track = &self.tracks[t];
                 dets.iter()
-                    .map(|&d| iou(predicted, detections[d].bbox))
+                    .map(|&d| likeness(track, detections[d].bbox))
                     .collect()
             })
             .collect();
-        for (i, j) in assign(&ious, least_iou) {
+        for (i, j) in assign(&likenesses, least) {
             let (t, d) = (tracks[i], dets[j]);
             self.hit(t, detections[d].bbox, pts_ms);
             matched_track[t] = true;
@@ -598,6 +597,14 @@ const FAR_SIDES: f64 = 1.0;
 const NEAR_STDS: f64 = 2.5;
 /// A face this much larger or smaller (sides) than the track's is someone else.
 const SIDE_RATIO: f64 = 2.0;
+
+/// How alike a track and a face's box are for matching (0: not at all).
+type Likeness = fn(&Track, [f32; 4]) -> f32;
+
+/// How much `bbox` overlaps where `track` expects its face (IoU).
+fn overlap(track: &Track, bbox: [f32; 4]) -> f32 {
+    iou(track.filter.bbox(), bbox)
+}
 
 /// How close `bbox` is to where `track` expects its face, or to where it last saw it (a person
 /// hidden for a while may have stopped, which the filter's constant speed does not foresee).
@@ -637,6 +644,28 @@ mod tests {
     impl Tracker {
         fn clone_track(&self, id: u64) -> Track {
             self.tracks.iter().find(|t| t.id == id).cloned().unwrap()
+        }
+
+        /// One still, clear face at (100, 100), 100 px, on `frames` (40 ms apart): its id.
+        fn still_face(&mut self, frames: std::ops::Range<u32>) -> u64 {
+            let mut id = 0;
+            for f in frames {
+                id = self
+                    .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
+                    .ids[0];
+            }
+            id
+        }
+
+        /// No face on `frames` (40 ms apart).
+        fn unseen(&mut self, frames: std::ops::Range<u32>) {
+            for f in frames {
+                self.update(f as f64 * 40.0, &[]);
+            }
+        }
+
+        fn state(&self, id: u64) -> Option<TrackState> {
+            self.live_tracks().find(|(i, _)| *i == id).map(|(_, s)| s)
         }
     }
 
@@ -680,13 +709,12 @@ mod tests {
                 confirmed: true
             }]
         );
-        let state = |t: &Tracker, id| t.live_tracks().find(|(i, _)| *i == id).map(|(_, s)| s);
-        assert_eq!(state(&tracker, kept), Some(TrackState::Away));
+        assert_eq!(tracker.state(kept), Some(TrackState::Away));
         // A face where the kept one was is not matched by place: a new track.
         let u = tracker.update(480.0, &[det(0.0, 0.0, 100.0, 0.99)]);
         assert_ne!(u.ids[0], kept);
         assert!(tracker.take_over(kept, u.ids[0], 480.0));
-        assert_eq!(state(&tracker, kept), Some(TrackState::Confirmed));
+        assert_eq!(tracker.state(kept), Some(TrackState::Confirmed));
         // Out of view again: away after 200 ms, ended after 1000.
         let mut ended = Vec::new();
         let mut t = 480.0;
@@ -710,12 +738,7 @@ mod tests {
     #[test]
     fn a_partly_hidden_face_keeps_its_id_and_one_further_away_does_not() {
         let mut tracker = Tracker::new(TrackConfig::default());
-        let mut id = 0;
-        for f in 0..6 {
-            id = tracker
-                .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
-                .ids[0];
-        }
+        let id = tracker.still_face(0..6);
         // Its right 40 % only (IoU 0.4 with the whole box) at a weak score: stage 2 wants 0.5.
         let hidden = Detection {
             bbox: [160.0, 95.0, 200.0, 205.0],
@@ -733,15 +756,9 @@ mod tests {
         assert_ne!(far, id);
         // A face as near but twice as large: someone else too (nearer the camera).
         let mut other = Tracker::new(TrackConfig::default());
-        let first = (0..4)
-            .map(|f| {
-                other
-                    .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
-                    .ids[0]
-            })
-            .last();
+        let first = other.still_face(0..4);
         let big = other.update(160.0, &[det(60.0, 60.0, 210.0, 0.8)]).ids[0];
-        assert_ne!(Some(big), first);
+        assert_ne!(big, first);
     }
 
     /// A person who stops behind another is found where they were last seen when they come out,
@@ -759,9 +776,7 @@ mod tests {
         }
         let last_x = x - 12.0;
         // Hidden for 0.6 s: the filter moves them 180 px on, more than two widths.
-        for f in 10..25 {
-            tracker.update(f as f64 * 40.0, &[]);
-        }
+        tracker.unseen(10..25);
         let predicted = tracker.predicted_box(id).unwrap();
         assert!(predicted[0] - last_x > 160.0, "{predicted:?}");
         // Out again where they stopped, partly hidden still.
@@ -778,16 +793,9 @@ mod tests {
     #[test]
     fn a_track_found_again_can_be_undone() {
         let mut tracker = Tracker::new(TrackConfig::default());
-        let mut id = 0;
-        for f in 0..5 {
-            id = tracker
-                .update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)])
-                .ids[0];
-        }
+        let id = tracker.still_face(0..5);
         assert_eq!(tracker.refound().count(), 0);
-        for f in 5..10 {
-            tracker.update(f as f64 * 40.0, &[]);
-        }
+        tracker.unseen(5..10);
         let expected = tracker.predicted_box(id).unwrap();
         assert_eq!(
             tracker.update(400.0, &[det(105.0, 100.0, 100.0, 0.99)]).ids,
@@ -797,9 +805,8 @@ mod tests {
         let new = tracker.undo_refind(id).unwrap();
         assert_ne!(new, id);
         assert_eq!(tracker.undo_refind(id), None, "once");
-        let state = |t: &Tracker, id| t.live_tracks().find(|(i, _)| *i == id).map(|(_, s)| s);
-        assert_eq!(state(&tracker, id), Some(TrackState::Lost));
-        assert_eq!(state(&tracker, new), Some(TrackState::Tentative));
+        assert_eq!(tracker.state(id), Some(TrackState::Lost));
+        assert_eq!(tracker.state(new), Some(TrackState::Tentative));
         assert_eq!(tracker.predicted_box(id), Some(expected));
         // The next frame's face follows the new track (it is where that face was).
         let next = tracker.update(440.0, &[det(106.0, 100.0, 100.0, 0.99)]);
@@ -807,9 +814,7 @@ mod tests {
         assert_eq!(tracker.refound().count(), 0);
         // Seen a frame ago is not "found again".
         let mut steady = Tracker::new(TrackConfig::default());
-        for f in 0..5 {
-            steady.update(f as f64 * 40.0, &[det(100.0, 100.0, 100.0, 0.99)]);
-        }
+        steady.still_face(0..5);
         steady.update(200.0, &[]);
         steady.update(240.0, &[det(100.0, 100.0, 100.0, 0.99)]);
         assert_eq!(steady.refound().count(), 0);
@@ -827,9 +832,7 @@ mod tests {
             for f in 0..8 {
                 id = tracker.update(f as f64 * 40.0, &[at(f, 0.0)]).ids[0];
             }
-            for f in 8..12 {
-                tracker.update(f as f64 * 40.0, &[]);
-            }
+            tracker.unseen(8..12);
             id
         };
         let mut tracker = Tracker::new(TrackConfig::default());
@@ -860,9 +863,7 @@ mod tests {
             );
             (id, other) = (u.ids[0], u.ids[1]);
         }
-        for f in 8..12 {
-            tracker.update(f as f64 * 40.0, &[]);
-        }
+        tracker.unseen(8..12);
         tracker.update(480.0, &[at(12, 40.0)]);
         let new = tracker.undo_refind(id).unwrap();
         assert!(tracker.take_over(other, new, 480.0));

@@ -58,6 +58,35 @@ impl Person {
         }
     }
 
+    /// The track `id`'s face `face` at `frame`, `pts_ms` (the track confirmed by the tracker when
+    /// `established`), with the attribute model's `prediction` of it: counted, added to the
+    /// estimate, and the face given the track's id, whether it is a person's (at least
+    /// `min_face_frames` clear faces) and the attributes `readout` says now.
+    fn sees(
+        &mut self,
+        face: &mut FaceRecord,
+        (id, established): (u64, bool),
+        (frame, pts_ms): (u64, f64),
+        prediction: Option<&Prediction>,
+        (min_face_frames, readout): (u32, Option<&Readout>),
+    ) {
+        self.last_frame = frame;
+        self.last_pts_ms = pts_ms;
+        self.frames += 1;
+        if shows_a_face(&face.face) {
+            self.face_frames = self.face_frames.saturating_add(1);
+        }
+        face.confirmed = Some(established && self.is_person(min_face_frames));
+        if let Some(p) = prediction {
+            self.estimate.add(p, readability(&face.face));
+        }
+        face.track_id = Some(id);
+        if let Some(now) = self.attributes_now(readout) {
+            face.attributes = now.clone();
+            self.said = now;
+        }
+    }
+
     /// The person's attributes as `readout` says them now, kept to what was said before
     /// (hysteresis); `None` without a readout or an estimate yet.
     fn attributes_now(&self, readout: Option<&Readout>) -> Option<crate::record::Attributes> {
@@ -163,26 +192,17 @@ impl People {
             .map(|(id, _)| id)
             .collect();
         for (i, (face, &id)) in faces.iter_mut().zip(&update.ids).enumerate() {
-            let person = tracks
+            tracks
                 .people
                 .entry(id)
-                .or_insert_with(|| Person::new(frame, pts_ms));
-            person.last_frame = frame;
-            person.last_pts_ms = pts_ms;
-            person.frames += 1;
-            if shows_a_face(&face.face) {
-                person.face_frames = person.face_frames.saturating_add(1);
-            }
-            face.confirmed =
-                Some(established.contains(&id) && person.is_person(self.config.min_face_frames));
-            if let Some(Some(p)) = predictions.get(i) {
-                person.estimate.add(p, readability(&face.face));
-            }
-            face.track_id = Some(id);
-            if let Some(now) = person.attributes_now(self.attributes.as_ref()) {
-                face.attributes = now.clone();
-                person.said = now;
-            }
+                .or_insert_with(|| Person::new(frame, pts_ms))
+                .sees(
+                    face,
+                    (id, established.contains(&id)),
+                    (frame, pts_ms),
+                    predictions.get(i).and_then(Option::as_ref),
+                    (self.config.min_face_frames, self.attributes.as_ref()),
+                );
         }
         let ended = update.ended;
         let min_face_frames = self.config.min_face_frames;
@@ -327,22 +347,20 @@ impl People {
                 continue;
             };
             tracks.people.insert(id, before);
-            let mut person = Person::new(frame, pts_ms);
-            person.frames = 1;
-            person.face_frames = u32::from(shows_a_face(&face.face));
-            if let Some(Some(p)) = predictions.get(i) {
-                person.estimate.add(p, readability(&face.face));
-            }
             let established = tracks
                 .tracker
                 .live_tracks()
                 .any(|(t, state)| t == new_id && state != TrackState::Tentative);
-            face.track_id = Some(new_id);
-            face.confirmed = Some(established && person.is_person(min_face_frames));
-            face.attributes = person
-                .attributes_now(self.attributes.as_ref())
-                .unwrap_or_default();
-            person.said = face.attributes.clone();
+            // The face is seen afresh by its own track: nothing the person said stays on it.
+            face.attributes = Default::default();
+            let mut person = Person::new(frame, pts_ms);
+            person.sees(
+                face,
+                (new_id, established),
+                (frame, pts_ms),
+                predictions.get(i).and_then(Option::as_ref),
+                (min_face_frames, self.attributes.as_ref()),
+            );
             tracks.people.insert(new_id, person);
         }
     }
@@ -714,6 +732,13 @@ mod tests {
         assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
     }
 
+    /// No face on `frames` (40 ms apart).
+    fn out_of_view(people: &mut People, info: &StreamInfo, frames: std::ops::Range<u64>) {
+        for frame in frames {
+            people.frame(info, frame, frame as f64 * 40.0, &mut [], &[]);
+        }
+    }
+
     /// Anna, at x = 0 for frames 0–4 (40 ms apart), read by the second reader once a person
     /// (descriptor (1, 0)): her track id.
     fn anna_seen_and_read(people: &mut People, info: &StreamInfo) -> Option<u64> {
@@ -743,9 +768,7 @@ mod tests {
             let mut people = People::new(TrackConfig::default(), None);
             let info = stream();
             let anna = anna_seen_and_read(&mut people, &info);
-            for frame in 5..10 {
-                people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]);
-            }
+            out_of_view(&mut people, &info, 5..10);
             let mut faces = vec![face(10.0, true)];
             people.frame(&info, 10, 400.0, &mut faces, &[None]);
             assert_eq!(faces[0].track_id, anna, "found again by place");
@@ -790,9 +813,7 @@ mod tests {
             let mut people = People::new(TrackConfig::default(), None);
             let info = stream();
             let first_id = anna_seen_and_read(&mut people, &info);
-            for frame in 5..9 {
-                people.frame(&info, frame, frame as f64 * 40.0, &mut [], &[]);
-            }
+            out_of_view(&mut people, &info, 5..9);
             let mut faces = vec![face(250.0, true)];
             people.frame(&info, 9, 360.0, &mut faces, &[None]);
             assert_ne!(

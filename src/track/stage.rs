@@ -1,6 +1,7 @@
 //! The track stage of a run: each stream's frames back in its decode order, its faces tracked into
 //! people ([`People`]), frame and track records handed to the sinks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,36 +155,19 @@ impl TrackStage {
         ));
         let mut frame = d.frame;
         if self.second_reader.is_some() && !frame.rgb.is_empty() {
-            let checked = self.people.verification_wanted(stream, &faces);
-            let mut checked_readings = Vec::new();
-            if !checked.is_empty() {
-                checked_readings = self.read(&frame, &faces, &checked)?;
+            // Each face is read at most once, whichever steps want it.
+            let mut read = HashMap::new();
+            let wanted = self.people.verification_wanted(stream, &faces);
+            if !wanted.is_empty() {
+                let readings = self.read_once(&frame, &faces, &wanted, &mut read)?;
                 let at = (frame.index, frame.pts_ms);
-                let check = (checked.as_slice(), checked_readings.as_slice());
+                let check = (wanted.as_slice(), readings.as_slice());
                 self.people
                     .verify(stream, at, &mut faces, &d.predictions, check);
             }
             let wanted = self.people.reassociation_wanted(stream, &faces);
             if !wanted.is_empty() {
-                // A face just checked is not read again.
-                let unread: Vec<usize> = wanted
-                    .iter()
-                    .copied()
-                    .filter(|i| !checked.contains(i))
-                    .collect();
-                let mut fresh = if unread.is_empty() {
-                    Vec::new()
-                } else {
-                    self.read(&frame, &faces, &unread)?
-                }
-                .into_iter();
-                let readings: Vec<Option<FaceReading>> = wanted
-                    .iter()
-                    .map(|i| match checked.iter().position(|c| c == i) {
-                        Some(k) => checked_readings.get(k).cloned().flatten(),
-                        None => fresh.next().flatten(),
-                    })
-                    .collect();
+                let readings = self.read_once(&frame, &faces, &wanted, &mut read)?;
                 self.people
                     .reassociate(stream, frame.pts_ms, &mut faces, &wanted, &readings);
             }
@@ -191,7 +175,7 @@ impl TrackStage {
                 .people
                 .second_reading_wanted(stream, frame.pts_ms, &faces);
             if !wanted.is_empty() {
-                let readings = self.read(&frame, &faces, &wanted)?;
+                let readings = self.read_once(&frame, &faces, &wanted, &mut read)?;
                 self.people.add_second_readings(
                     stream,
                     frame.pts_ms,
@@ -217,6 +201,30 @@ impl TrackStage {
 }
 
 impl TrackStage {
+    /// [`Self::read`] of the faces `wanted`, those already in `read` (face index → reading) not
+    /// read again, and the new readings added to it.
+    fn read_once(
+        &mut self,
+        frame: &crate::sources::Frame,
+        faces: &[FaceRecord],
+        wanted: &[usize],
+        read: &mut HashMap<usize, Option<FaceReading>>,
+    ) -> Result<Vec<Option<FaceReading>>, String> {
+        let unread: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|i| !read.contains_key(i))
+            .collect();
+        if !unread.is_empty() {
+            let fresh = self.read(frame, faces, &unread)?;
+            read.extend(unread.into_iter().zip(fresh));
+        }
+        Ok(wanted
+            .iter()
+            .map(|i| read.get(i).cloned().flatten())
+            .collect())
+    }
+
     /// The second reader's reading of the faces `wanted` of `frame` (none without a reader).
     fn read(
         &mut self,
