@@ -79,12 +79,12 @@ impl Readout {
         }
     }
 
-    /// The attributes of `prediction` (`gender_read_twice`: its gender is the mean of the
+    /// The attributes of `prediction` (`read_twice`: its gender and race are the means of the
     /// model's and faceres's): calibrated, then a gender or race below the threshold reads
     /// `unknown` (its `prob` stays the most probable label's). Age always names its most probable
     /// group, with every group's (calibrated) probability beside it.
-    pub fn attributes(&self, prediction: &Prediction, gender_read_twice: bool) -> Attributes {
-        self.attributes_after(prediction, gender_read_twice, &Attributes::default())
+    pub fn attributes(&self, prediction: &Prediction, read_twice: bool) -> Attributes {
+        self.attributes_after(prediction, read_twice, &Attributes::default())
     }
 
     /// As [`Readout::attributes`], for a track whose faces were last said as `before`: a gender
@@ -93,13 +93,13 @@ impl Readout {
     pub fn attributes_after(
         &self,
         prediction: &Prediction,
-        gender_read_twice: bool,
+        read_twice: bool,
         before: &Attributes,
     ) -> Attributes {
         let calibrated;
         let p = match &self.calibration {
             Some(c) => {
-                calibrated = c.apply(prediction, gender_read_twice);
+                calibrated = c.apply(prediction, read_twice);
                 &calibrated
             }
             None => prediction,
@@ -146,18 +146,18 @@ impl FaceRecord {
     }
 
     /// A face with the attributes its model was trained for, read out by `readout`
-    /// (`gender_read_twice`: see [`Readout::attributes`]).
+    /// (`read_twice`: see [`Readout::attributes`]).
     pub fn with_attributes(
         face: Face,
         prediction: &Prediction,
         readout: &Readout,
-        gender_read_twice: bool,
+        read_twice: bool,
     ) -> Self {
         Self {
             face,
             track_id: None,
             confirmed: None,
-            attributes: readout.attributes(prediction, gender_read_twice),
+            attributes: readout.attributes(prediction, read_twice),
         }
     }
 }
@@ -282,6 +282,7 @@ mod tests {
             gender: 1.0,
             gender_alone: 2.0,
             race: 1.0,
+            race_alone: None,
             fitted_on: "test".into(),
             ece: Vec::new(),
         });

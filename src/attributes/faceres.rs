@@ -3,6 +3,10 @@
 //! gender on IMDB faces, as converted by `models/convert_faceres.py` (see models/README.md). It
 //! was trained on faces in the wild, where the attribute model (trained on UTKFace's well-lit
 //! frontal chips) errs most; their gender probabilities are averaged.
+//!
+//! faceres reads no race, but its face descriptor carries it: a linear head fitted on UTKFace's
+//! descriptors (`models/faceres_race.py`, kept as `faceres.race.json` beside the model) reads
+//! race from it, and that reading is averaged with the attribute model's as gender is.
 
 use std::path::{Path, PathBuf};
 
@@ -24,18 +28,97 @@ const MARGIN: f32 = 0.1;
 const MEAN_BGR: [f32; 3] = [103.939, 116.779, 123.68];
 /// Faces per model call at most.
 const MAX_BATCH: usize = 16;
+/// Values in a descriptor.
+const DESCRIPTOR: usize = 1024;
 
 pub struct Faceres {
     session: Session,
     input: Vec<f32>,
+    race_head: Option<RaceHead>,
 }
 
-/// What faceres reads of one face: the probability that it is a man's, and its face descriptor
-/// (1,024 values, unit length: an appearance to tell people apart).
+/// What faceres reads of one face: the probability that it is a man's, its face descriptor
+/// (1,024 values, unit length: an appearance to tell people apart), and with the race head, the
+/// race probabilities (in [`crate::model::RACE_LABELS`]' order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceReading {
     pub male: f32,
     pub descriptor: Vec<f32>,
+    pub race: Option<Vec<f32>>,
+}
+
+/// A softmax regression on the descriptor: race = softmax(weights · descriptor + bias).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RaceHead {
+    classes: Vec<String>,
+    weights: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+}
+
+impl RaceHead {
+    /// The head kept beside the model at `model`: `<model without .onnx>.race.json`.
+    pub fn path_beside(model: &Path) -> PathBuf {
+        model.with_extension("race.json")
+    }
+
+    /// Reads and checks a head: the attribute model's races in its order, one weight per
+    /// descriptor value.
+    pub fn load(path: &Path) -> Result<Self, AttributeError> {
+        let bad = |detail: String| AttributeError::Graph {
+            path: path.to_path_buf(),
+            what: "race head",
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|reason| AttributeError::Read {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let head: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let labels = crate::model::RACE_LABELS;
+        if head.classes.len() != labels.len()
+            || head
+                .classes
+                .iter()
+                .zip(labels)
+                .any(|(a, b)| a.as_str() != b)
+        {
+            return Err(bad(format!(
+                "classes {:?}, expected {labels:?}",
+                head.classes
+            )));
+        }
+        if head.bias.len() != labels.len()
+            || head.weights.len() != labels.len()
+            || head.weights.iter().any(|w| w.len() != DESCRIPTOR)
+            || head
+                .weights
+                .iter()
+                .flatten()
+                .chain(&head.bias)
+                .any(|v| !v.is_finite())
+        {
+            return Err(bad(format!(
+                "expected {} finite rows of {DESCRIPTOR} weights and {} biases",
+                labels.len(),
+                labels.len()
+            )));
+        }
+        Ok(head)
+    }
+
+    /// The race probabilities of a descriptor.
+    pub fn probabilities(&self, descriptor: &[f32]) -> Vec<f32> {
+        let logits: Vec<f32> = self
+            .weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| b + w.iter().zip(descriptor).map(|(w, d)| w * d).sum::<f32>())
+            .collect();
+        let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        exp.into_iter().map(|e| e / sum).collect()
+    }
 }
 
 /// A second reader of faces: `result[i][j]` for face `j` of picture `i`, `None` where no
@@ -63,7 +146,8 @@ pub fn default_path() -> PathBuf {
 }
 
 impl Faceres {
-    /// Loads the converted model; `threads` ONNX Runtime threads.
+    /// Loads the converted model, with the race head beside it when there is one
+    /// ([`RaceHead::path_beside`]); `threads` ONNX Runtime threads.
     pub fn load(path: &Path, threads: usize) -> Result<Self, AttributeError> {
         let bytes = std::fs::read(path).map_err(|reason| AttributeError::Read {
             path: path.to_path_buf(),
@@ -87,23 +171,13 @@ impl Faceres {
                 detail: "expected an input \"input\" and outputs \"gender\" and \"descriptor\" (models/convert_faceres.py)".into(),
             });
         }
+        let head = RaceHead::path_beside(path);
+        let race_head = head.exists().then(|| RaceHead::load(&head)).transpose()?;
         Ok(Self {
             session,
             input: Vec::new(),
+            race_head,
         })
-    }
-
-    /// The probability that each face is a man's: `result[i][j]` for face `j` of picture `i`,
-    /// `None` where its box holds no pixel.
-    pub fn male_probability(
-        &mut self,
-        images: &[FacesInImage<'_>],
-    ) -> Result<Vec<Vec<Option<f32>>>, AttributeError> {
-        Ok(self
-            .read(images)?
-            .into_iter()
-            .map(|faces| faces.into_iter().map(|r| r.map(|r| r.male)).collect())
-            .collect())
     }
 
     /// Each face's reading: `result[i][j]` for face `j` of picture `i`, `None` where its box
@@ -196,12 +270,22 @@ impl Faceres {
                 )));
             }
             let width = descriptors.len() / n;
+            if self.race_head.is_some() && width != DESCRIPTOR {
+                return Err(AttributeError::Inference(format!(
+                    "faceres gave descriptors of {width} values, its race head takes {DESCRIPTOR}"
+                )));
+            }
             for (k, m) in male.into_iter().enumerate() {
                 let d = &descriptors[k * width..(k + 1) * width];
                 let norm = d.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                let descriptor: Vec<f32> = d.iter().map(|x| x / norm).collect();
                 out.push(FaceReading {
                     male: m,
-                    descriptor: d.iter().map(|x| x / norm).collect(),
+                    race: self
+                        .race_head
+                        .as_ref()
+                        .map(|h| h.probabilities(&descriptor)),
+                    descriptor,
                 });
             }
             start += n;
@@ -290,6 +374,46 @@ mod tests {
         }
         assert!(!crop_into(&image, outside.bbox, &mut out));
         assert!(!crop_into(&image, [5.0, 5.0, 5.0, 9.0], &mut out));
+    }
+
+    fn head(classes: &[&str], rows: usize, width: usize) -> String {
+        let mut weights = vec![vec![0.0f32; width]; rows];
+        // The first descriptor value speaks for "black", the second for "asian".
+        if rows >= 3 && width >= 2 {
+            weights[1][0] = 4.0;
+            weights[2][1] = 4.0;
+        }
+        serde_json::json!({ "classes": classes, "weights": weights, "bias": vec![0.0; rows] })
+            .to_string()
+    }
+
+    /// The head reads race from a descriptor as a softmax of its lines; a head for other
+    /// classes, in another order, or of the wrong size is refused with the file named.
+    #[test]
+    fn the_race_head_reads_a_descriptor_and_refuses_a_wrong_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faceres.race.json");
+        std::fs::write(&path, head(&crate::model::RACE_LABELS, 5, DESCRIPTOR)).unwrap();
+        let h = RaceHead::load(&path).unwrap();
+        let mut d = vec![0.0f32; DESCRIPTOR];
+        d[0] = 1.0;
+        let p = h.probabilities(&d);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{p:?}");
+        // e⁴ / (e⁴ + 4)
+        assert!((p[1] - 0.9317).abs() < 1e-3, "{p:?}");
+        assert!(p[0] == p[2] && p[2] == p[3]);
+        let mut swapped = crate::model::RACE_LABELS;
+        swapped.swap(1, 2);
+        for wrong in [
+            head(&swapped, 5, DESCRIPTOR),
+            head(&crate::model::RACE_LABELS, 5, 128),
+            head(&crate::model::RACE_LABELS[..4], 4, DESCRIPTOR),
+            "{}".into(),
+        ] {
+            std::fs::write(&path, wrong).unwrap();
+            let e = RaceHead::load(&path).unwrap_err().to_string();
+            assert!(e.contains("faceres.race.json"), "{e}");
+        }
     }
 
     /// A left-to-right ramp stays a ramp: the crop keeps the picture's orientation.

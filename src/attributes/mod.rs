@@ -59,8 +59,8 @@ pub struct AttributeModel {
     input: Vec<f32>,
     /// Also run every crop mirrored and average the logits (test-time augmentation).
     flip_average: bool,
-    /// A second reader of gender, averaged in.
-    gender_ensemble: Option<faceres::Faceres>,
+    /// A second reader of gender and race, averaged in.
+    ensemble: Option<faceres::Faceres>,
 }
 
 /// Where the default model is: next to the executable's project (target/<profile>/faceflow →
@@ -157,13 +157,13 @@ impl AttributeModel {
             spec,
             input: Vec::new(),
             flip_average: false,
-            gender_ensemble: None,
+            ensemble: None,
         })
     }
 
-    /// Averages each face's gender with faceres's reading of it (see [`faceres`]).
-    pub fn set_gender_ensemble(&mut self, faceres: Option<faceres::Faceres>) {
-        self.gender_ensemble = faceres;
+    /// Averages each face's gender and race with faceres's reading of it (see [`faceres`]).
+    pub fn set_ensemble(&mut self, faceres: Option<faceres::Faceres>) {
+        self.ensemble = faceres;
     }
 
     /// Reports only `tasks` of those the model has; `Err`: a task it does not have.
@@ -362,29 +362,29 @@ impl AttributeModel {
             return Ok(result);
         }
         let predictions = self.predict(&crops)?;
-        let male = match self.gender_ensemble.as_mut() {
-            Some(faceres) => Some(faceres.male_probability(images)?),
+        let mut second = match self.ensemble.as_mut() {
+            Some(faceres) => Some(faceres.read(images)?),
             None => None,
         };
         for ((i, j), alone) in slots.into_iter().zip(predictions) {
-            let male = male.as_ref().and_then(|m| m[i][j]);
-            result[i][j] = Some(FaceRead { alone, male });
+            let second = second.as_mut().and_then(|s| s[i][j].take());
+            result[i][j] = Some(FaceRead { alone, second });
         }
         Ok(result)
     }
 }
 
-/// One face as read: the attribute model's prediction, and faceres's probability that it is a
-/// man's face when faceres read it too.
+/// One face as read: the attribute model's prediction, and faceres's reading when faceres read
+/// it too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceRead {
     pub alone: Prediction,
-    pub male: Option<f32>,
+    pub second: Option<faceres::FaceReading>,
 }
 
 impl FaceRead {
-    /// The prediction reported: the model's, its gender the mean of its own and faceres's when
-    /// faceres gave a probability.
+    /// The prediction reported: the model's, its gender (and race, with faceres's race head)
+    /// the mean of its own and faceres's when faceres gave probabilities.
     pub fn combined(&self) -> Prediction {
         let mut p = self.alone.clone();
         if let Some(male) = self.gender_read_twice() {
@@ -392,12 +392,30 @@ impl FaceRead {
             let mean = 0.5 * (p.gender[0] + male);
             p.gender = vec![mean, 1.0 - mean];
         }
+        if let Some(race) = self.race_read_twice() {
+            p.race = p
+                .race
+                .iter()
+                .zip(race)
+                .map(|(a, b)| 0.5 * (a + b))
+                .collect();
+        }
         p
+    }
+
+    /// faceres's race probabilities, when there are some to average in.
+    fn race_read_twice(&self) -> Option<&[f32]> {
+        self.second
+            .as_ref()
+            .and_then(|s| s.race.as_deref())
+            .filter(|r| r.len() == self.alone.race.len())
     }
 
     /// faceres's probability, when it is one and averaged in (see [`FaceRead::combined`]).
     fn gender_read_twice(&self) -> Option<f32> {
-        self.male
+        self.second
+            .as_ref()
+            .map(|s| s.male)
             .filter(|m| self.alone.gender.len() == 2 && (0.0..=1.0).contains(m))
     }
 
@@ -481,10 +499,11 @@ mod tests {
         );
     }
 
-    /// With faceres as an ensemble member, each face's gender is the mean of the model's and
-    /// faceres's; age and race are the model's alone.
+    /// With faceres as an ensemble member, each face's gender and race are the means of the
+    /// model's and faceres's (its race read by the race head shipped beside it); age is the
+    /// model's alone.
     #[test]
-    fn the_gender_ensemble_averages_the_two_readings() {
+    fn the_ensemble_averages_the_two_readings() {
         if runtime::environment().is_err() {
             eprintln!("SKIPPED: ONNX Runtime not found (run scripts/deps.sh)");
             return;
@@ -506,8 +525,12 @@ mod tests {
         let alone = model.predict_faces(&[image()]).unwrap()[0][0]
             .clone()
             .unwrap();
-        let male = faceres.male_probability(&[image()]).unwrap()[0][0].unwrap();
-        model.set_gender_ensemble(Some(faceres));
+        let read = faceres.read(&[image()]).unwrap()[0][0].clone().unwrap();
+        let race = read
+            .race
+            .expect("models/faceres.race.json is shipped beside faceres");
+        let male = read.male;
+        model.set_ensemble(Some(faceres));
         let both = model.predict_faces(&[image()]).unwrap()[0][0]
             .clone()
             .unwrap();
@@ -518,6 +541,10 @@ mod tests {
             both.gender[0]
         );
         assert!((both.gender[0] + both.gender[1] - 1.0).abs() < 1e-5);
-        assert_eq!((both.age_fine, both.race), (alone.age_fine, alone.race));
+        for ((b, a), r) in both.race.iter().zip(&alone.race).zip(&race) {
+            assert!((b - 0.5 * (a + r)).abs() < 1e-5, "{:?}", both.race);
+        }
+        assert!((race.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(both.age_fine, alone.age_fine);
     }
 }

@@ -222,6 +222,10 @@ pub struct EvalArgs {
     /// calibration error before and after, and coverage against precision per threshold.
     #[arg(long, value_name = "FILE")]
     pub calibrate: Option<PathBuf>,
+    /// Also write faceres's descriptor of each image's face, with the image's labels, to FILE
+    /// (JSON Lines): what models/faceres_race.py fits faceres's race head on.
+    #[arg(long, value_name = "FILE")]
+    pub descriptors: Option<PathBuf>,
     #[command(flatten)]
     pub attributes: AttributeFlags,
     #[command(flatten)]

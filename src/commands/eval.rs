@@ -23,14 +23,14 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     // The report folder first: a path that cannot be a folder fails before hours of work.
     std::fs::create_dir_all(&args.report)
         .with_context(|| format!("cannot create the report folder {}", args.report.display()))?;
-    if let Some(out) = &args.calibrate {
+    for out in [&args.calibrate, &args.descriptors].into_iter().flatten() {
         let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
         if folder.is_some_and(|f| !f.is_dir()) || out.is_dir() {
-            anyhow::bail!(
-                "--calibrate {}: not a file in an existing folder",
-                out.display()
-            );
+            anyhow::bail!("{}: not a file in an existing folder", out.display());
         }
+    }
+    if args.descriptors.is_some() && !attributes.faceres {
+        anyhow::bail!("--descriptors needs faceres (--faceres true)");
     }
     let model_path = attributes.model_path();
     let mut model = attributes
@@ -50,6 +50,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         val_fraction: args.val_fraction,
         max_images: args.max_images,
         keep_probs: args.calibrate.is_some(),
+        keep_descriptors: args.descriptors.is_some(),
     };
     let (samples, scan) = eval::select(&opts)?;
     faceflow::say!(
@@ -98,6 +99,11 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let report = report?;
     let written = eval::write_report(&args.report, &report)?;
+    if let Some(out) = &args.descriptors {
+        let kept = eval::write_descriptors(out, &report)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        faceflow::say!("eval: {kept} faces' descriptors in {}", out.display());
+    }
     println!("{}", report.tally.line());
     if args.calibrate.is_some() && report.interrupted {
         faceflow::say!(

@@ -45,10 +45,17 @@ fn gender_faces(images: &[ImageResult], alone: bool) -> Vec<Labelled> {
     })
 }
 
-fn race_faces(images: &[ImageResult]) -> Vec<Labelled> {
+/// Race as reported (`alone`: the attribute model's alone).
+fn race_faces(images: &[ImageResult], alone: bool) -> Vec<Labelled> {
     faces(images, |i| {
         let truth = RACE_LABELS.iter().position(|l| Some(*l) == i.truth.race)?;
-        Some((i.probs.as_ref()?.race.clone(), truth))
+        let probs = i.probs.as_ref()?;
+        let race = if alone {
+            &probs.race_alone
+        } else {
+            &probs.race
+        };
+        Some((race.clone(), truth))
     })
 }
 
@@ -67,11 +74,13 @@ pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     let images = &report.images;
     let gender = gender_faces(images, false);
     let gender_alone = gender_faces(images, true);
-    let race = race_faces(images);
+    let race = race_faces(images, false);
+    let race_alone = race_faces(images, true);
     let age5 = age_faces(images, AgeGrouping::Five);
     let t_gender = fit_or_one(&gender);
     let t_gender_alone = fit_or_one(&gender_alone);
     let t_race = fit_or_one(&race);
+    let t_race_alone = fit_or_one(&race_alone);
     let t_age = fit_or_one(&age5);
     let mut ece = Vec::new();
     let mut head = |name: &str, faces: &[Labelled], t: f64| {
@@ -88,6 +97,7 @@ pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     head("gender", &gender, t_gender);
     head("gender_alone", &gender_alone, t_gender_alone);
     head("race", &race, t_race);
+    head("race_alone", &race_alone, t_race_alone);
     for grouping in [AgeGrouping::Three, AgeGrouping::Five, AgeGrouping::Ten] {
         let faces = age_faces(images, grouping);
         head(&format!("age{}", grouping.len()), &faces, t_age);
@@ -97,6 +107,7 @@ pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
         gender: round(t_gender),
         gender_alone: round(t_gender_alone),
         race: round(t_race),
+        race_alone: Some(round(t_race_alone)),
         fitted_on,
         ece,
     };
@@ -104,8 +115,12 @@ pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     let _ = writeln!(md, "# Calibration: {}\n", calibration.fitted_on);
     let _ = writeln!(
         md,
-        "Temperatures: age {:.3} (fitted on 5 groups), gender {:.3} (as reported), gender read by the model alone {:.3}, race {:.3}.\n",
-        calibration.age, calibration.gender, calibration.gender_alone, calibration.race
+        "Temperatures: age {:.3} (fitted on 5 groups), gender {:.3} (as reported), gender read by the model alone {:.3}, race {:.3} (as reported), race read by the model alone {:.3}.\n",
+        calibration.age,
+        calibration.gender,
+        calibration.gender_alone,
+        calibration.race,
+        t_race_alone
     );
     let _ = writeln!(
         md,

@@ -61,6 +61,8 @@ pub struct EvalOptions {
     pub max_images: Option<usize>,
     /// Keep each face's probabilities (for `--calibrate`; 87 numbers an image).
     pub keep_probs: bool,
+    /// Keep faceres's descriptor of each face (for `--descriptors`; 1,024 numbers an image).
+    pub keep_descriptors: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,17 +106,21 @@ pub struct ImageResult {
     /// The probabilities as read (uncalibrated), with `--calibrate`: what it fits on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probs: Option<Probs>,
+    /// faceres's descriptor of the face, with `--descriptors`.
+    #[serde(skip)]
+    pub descriptor: Option<Vec<f32>>,
 }
 
 /// One face's probabilities per head as read (uncalibrated), the fine age bins (1 … 80+ years)
-/// unrounded; `gender` as reported (with faceres, the mean of the two), `gender_alone` the
-/// attribute model's.
+/// unrounded; `gender` and `race` as reported (with faceres, the means of the two), `gender_alone`
+/// and `race_alone` the attribute model's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Probs {
     pub age_fine: Vec<f32>,
     pub gender: Vec<f32>,
     pub gender_alone: Vec<f32>,
     pub race: Vec<f32>,
+    pub race_alone: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,13 +306,18 @@ pub fn evaluate(
                             .and_then(|faces| faces.into_iter().next().flatten());
                         attr_s += t1.elapsed().as_secs_f64();
                         faces += usize::from(read.is_some());
-                        read.map(|r| (r.combined(), r.alone.gender))
+                        read
                     }
                 }
             }
         };
-        let (prediction, gender_alone) = match prediction {
-            Some((p, alone)) => (Some(p), Some(alone)),
+        let descriptor = prediction
+            .as_ref()
+            .filter(|_| opts.keep_descriptors)
+            .and_then(|r| r.second.as_ref())
+            .map(|s| s.descriptor.clone());
+        let (prediction, alone) = match prediction {
+            Some(r) => (Some(r.combined()), Some(r.alone)),
             None => (None, None),
         };
         if prediction.is_none() {
@@ -326,14 +337,16 @@ pub fn evaluate(
                 .map(|p| PredictedLabels::of(p, &spec.tasks)),
             correct,
             probs: prediction
-                .zip(gender_alone)
+                .zip(alone)
                 .filter(|_| opts.keep_probs)
-                .map(|(p, gender_alone)| Probs {
+                .map(|(p, alone)| Probs {
                     age_fine: p.age_fine,
                     gender: p.gender,
-                    gender_alone,
+                    gender_alone: alone.gender,
                     race: p.race,
+                    race_alone: alone.race,
                 }),
+            descriptor,
         });
         if !progress(i + 1, samples.len()) {
             interrupted = true;
@@ -608,6 +621,30 @@ pub fn write_report(dir: &Path, report: &EvalReport) -> Result<Vec<PathBuf>, Eva
     Ok(written)
 }
 
+/// Writes each scored face's descriptor with its image's labels to `path`, one JSON object a
+/// line (`file`, `age_years`, `gender`, `race`, `descriptor`); returns how many.
+pub fn write_descriptors(path: &Path, report: &EvalReport) -> std::io::Result<usize> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut kept = 0;
+    for image in &report.images {
+        let Some(descriptor) = &image.descriptor else {
+            continue;
+        };
+        let line = serde_json::json!({
+            "file": image.file,
+            "age_years": image.truth.age_years,
+            "gender": image.truth.gender,
+            "race": image.truth.race,
+            "descriptor": descriptor,
+        });
+        writeln!(out, "{line}")?;
+        kept += 1;
+    }
+    out.flush()?;
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +664,7 @@ mod tests {
                 ..Correct::default()
             },
             probs: None,
+            descriptor: None,
         }
     }
 
@@ -639,6 +677,7 @@ mod tests {
             val_fraction,
             max_images: None,
             keep_probs: false,
+            keep_descriptors: false,
         };
         let spec = |split| {
             let mut spec = ModelSpec::current(&Task::ALL);

@@ -5,8 +5,9 @@
 //! sure enough to say rather than `unknown`. Age is calibrated on its groups' probabilities (the
 //! ones reported), not on the one-year bins, so age in years and the group do not change.
 //!
-//! Gender has two temperatures: read by the attribute model alone, and as the mean of its reading
-//! and faceres's (two models that sometimes disagree: the mean is less sure than either).
+//! Gender and race have two temperatures each: read by the attribute model alone, and as the mean
+//! of its reading and faceres's (two models that sometimes disagree: the mean is less sure than
+//! either).
 //!
 //! The temperatures are fitted by `faceflow eval --calibrate` on the faces it reads, and kept in a
 //! file beside the model (`<model>.calibration.json`).
@@ -28,7 +29,11 @@ pub struct Calibration {
     pub gender: f64,
     /// Gender read by the attribute model alone (faceres off, or a track it has not read yet).
     pub gender_alone: f64,
+    /// Race as reported: with faceres and its race head, the mean of the two readings.
     pub race: f64,
+    /// Race read by the attribute model alone; files without it use `race`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub race_alone: Option<f64>,
     /// What the temperatures were fitted on: the model, its settings and the faces.
     pub fitted_on: String,
     /// Expected calibration error of each head on those faces, before and after.
@@ -87,6 +92,7 @@ impl Calibration {
             ("gender", c.gender),
             ("gender_alone", c.gender_alone),
             ("race", c.race),
+            ("race_alone", c.race_alone.unwrap_or(c.race)),
         ] {
             if !TEMPERATURES.contains(&t) {
                 return Err(CalibrationError::Invalid {
@@ -102,19 +108,19 @@ impl Calibration {
         Ok(c)
     }
 
-    /// `p` with the gender and race temperatures applied (`gender_read_twice`: its gender is the
-    /// mean of the model's and faceres's); the one-year age bins are left as they are (see
+    /// `p` with the gender and race temperatures applied (`read_twice`: its gender and race are
+    /// the means of the model's and faceres's); the one-year age bins are left as they are (see
     /// [`Calibration::age_groups`]).
-    pub fn apply(&self, p: &Prediction, gender_read_twice: bool) -> Prediction {
-        let gender_t = if gender_read_twice {
-            self.gender
+    pub fn apply(&self, p: &Prediction, read_twice: bool) -> Prediction {
+        let (gender_t, race_t) = if read_twice {
+            (self.gender, self.race)
         } else {
-            self.gender_alone
+            (self.gender_alone, self.race_alone.unwrap_or(self.race))
         };
         Prediction {
             age_fine: p.age_fine.clone(),
             gender: scaled(&p.gender, gender_t),
-            race: scaled(&p.race, self.race),
+            race: scaled(&p.race, race_t),
         }
     }
 

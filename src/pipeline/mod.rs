@@ -192,7 +192,7 @@ impl AttributesConfig {
         let Some((mut model, grouping)) = self.load_model()? else {
             return Ok(None);
         };
-        model.set_gender_ensemble(self.load_faceres(&model)?);
+        model.set_ensemble(self.load_faceres(&model)?);
         let readout = self.readout(&model, grouping)?;
         Ok(Some((model, readout)))
     }
@@ -203,7 +203,7 @@ impl AttributesConfig {
         let Some((mut model, _)) = self.load_model()? else {
             return Ok(None);
         };
-        model.set_gender_ensemble(self.load_faceres(&model)?);
+        model.set_ensemble(self.load_faceres(&model)?);
         Ok(Some(model))
     }
 
@@ -252,12 +252,14 @@ impl AttributesConfig {
         }))
     }
 
-    /// faceres, when it is on and gender is reported (it reads gender only).
+    /// faceres, when it is on and gender or race is reported (it reads those two).
     fn load_faceres(
         &self,
         model: &AttributeModel,
     ) -> Result<Option<attributes::faceres::Faceres>, PipelineError> {
-        if !(self.faceres && model.spec().has(crate::model::spec::Task::Gender)) {
+        use crate::model::spec::Task;
+        let spec = model.spec();
+        if !(self.faceres && (spec.has(Task::Gender) || spec.has(Task::Race))) {
             return Ok(None);
         }
         let path = attributes::faceres::default_path();

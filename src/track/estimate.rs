@@ -6,9 +6,9 @@
 //! frontal it is, from its landmarks (a profile counts a tenth of a frontal face), and the estimate
 //! is the weighted mean of the fine-age, gender and race probabilities of the track's faces so far.
 //!
-//! A second reader of gender (faceres, read on a few of the track's clearest faces) keeps its own
-//! weighted mean; the track's gender is then the mean of the two models' means, each model's
-//! reading of the track counting alike however many faces each one read.
+//! A second reader of gender and race (faceres, read on a few of the track's clearest faces) keeps
+//! its own weighted means; the track's gender and race are then the mean of the two models' means,
+//! each model's reading of the track counting alike however many faces each one read.
 
 use crate::detect::Face;
 use crate::model::readout::Prediction;
@@ -20,6 +20,8 @@ pub struct Estimate {
     faces: u64,
     /// The second reader's weighted sum of P(male) and its weight.
     second_male: Option<(f64, f64)>,
+    /// The second reader's weighted sums of race probabilities and their weight.
+    second_race: Option<(Vec<f64>, f64)>,
 }
 
 /// Weighted sums of a track's probabilities, in f64: an hour of a large face at 25 fps sums past
@@ -110,6 +112,27 @@ impl Estimate {
         *total += weight;
     }
 
+    /// Adds the second reader's race probabilities of one face, with weight `weight` (ignored
+    /// when not positive, or when any is not a probability).
+    pub fn add_second_race(&mut self, race: &[f32], weight: f64) {
+        if weight.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || race.is_empty()
+            || race.iter().any(|p| !(0.0..=1.0).contains(p))
+        {
+            return;
+        }
+        let (sums, total) = self
+            .second_race
+            .get_or_insert_with(|| (vec![0.0; race.len()], 0.0));
+        if sums.len() != race.len() {
+            return;
+        }
+        for (s, p) in sums.iter_mut().zip(race) {
+            *s += f64::from(*p) * weight;
+        }
+        *total += weight;
+    }
+
     /// Adds everything `other` has counted (another track of the same person).
     pub fn absorb(&mut self, other: &Estimate) {
         if let Some(o) = &other.sums {
@@ -135,6 +158,17 @@ impl Estimate {
             mine.0 += sum;
             mine.1 += total;
         }
+        if let Some((sums, total)) = &other.second_race {
+            let mine = self
+                .second_race
+                .get_or_insert_with(|| (vec![0.0; sums.len()], 0.0));
+            if mine.0.len() == sums.len() {
+                for (a, b) in mine.0.iter_mut().zip(sums) {
+                    *a += b;
+                }
+                mine.1 += total;
+            }
+        }
     }
 
     /// Whether the second reader's gender is in the mean.
@@ -147,8 +181,8 @@ impl Estimate {
         self.faces
     }
 
-    /// The weighted mean so far (`None` before the first face), its gender averaged with the
-    /// second reader's mean when there is one.
+    /// The weighted mean so far (`None` before the first face), its gender and race averaged with
+    /// the second reader's means when there are some.
     pub fn current(&self) -> Option<Prediction> {
         let s = self.sums.as_ref()?;
         let scale = |v: &[f64]| v.iter().map(|x| (x / self.weight) as f32).collect();
@@ -158,10 +192,20 @@ impl Estimate {
             let male = 0.5 * (f64::from(gender[0]) + sum / total);
             gender = vec![male as f32, (1.0 - male) as f32];
         }
+        let mut race: Vec<f32> = scale(&s.race);
+        if let Some((sums, total)) = self
+            .second_race
+            .as_ref()
+            .filter(|(v, _)| v.len() == race.len())
+        {
+            for (r, s) in race.iter_mut().zip(sums) {
+                *r = (0.5 * (f64::from(*r) + s / total)) as f32;
+            }
+        }
         Some(Prediction {
             age_fine: scale(&s.age_fine),
             gender,
-            race: scale(&s.race),
+            race,
         })
     }
 }
@@ -217,6 +261,32 @@ mod tests {
         e.add_second_male(f32::NAN, 1.0);
         e.add_second_male(1.5, 1.0);
         assert!((e.current().unwrap().gender[0] - 0.45).abs() < 1e-6);
+    }
+
+    /// With a second reading of race, the track's race is the mean of the two models' means;
+    /// readings that are not probabilities, or of another length, change nothing.
+    #[test]
+    fn a_second_reading_of_race_is_averaged_model_for_model() {
+        let mut e = Estimate::default();
+        let q = |race: Vec<f32>| Prediction { race, ..p(0.5) };
+        e.add(&q(vec![0.8, 0.2]), 1.0);
+        e.add(&q(vec![0.6, 0.4]), 1.0);
+        e.add_second_race(&[0.0, 1.0], 1.0);
+        e.add_second_race(&[0.4, 0.6], 3.0);
+        // Model: 0.7 / 0.3; second reader: (0 + 1.2) / 4 = 0.3 / 0.7.
+        let race = e.current().unwrap().race;
+        assert!(
+            (race[0] - 0.5).abs() < 1e-6 && (race[1] - 0.5).abs() < 1e-6,
+            "{race:?}"
+        );
+        e.add_second_race(&[f32::NAN, 1.0], 1.0);
+        e.add_second_race(&[0.1, 0.2, 0.7], 1.0);
+        e.add_second_race(&[1.0, 0.0], 0.0);
+        assert_eq!(e.current().unwrap().race, race);
+        // Merged into another track's estimate, it counts there the same.
+        let mut other = Estimate::default();
+        other.absorb(&e);
+        assert_eq!(other.current().unwrap().race, race);
     }
 
     /// Two tracks of one person merged: the sums, weights and faces of both, the second

@@ -275,6 +275,9 @@ impl People {
             person.second.read(weight, pts_ms);
             if let Some(reading) = reading {
                 person.estimate.add_second_male(reading.male, weight);
+                if let Some(race) = &reading.race {
+                    person.estimate.add_second_race(race, weight);
+                }
                 person.appearance.add(&reading.descriptor);
                 // A person who can be recognised waits out of view to be (`reentry_ms`).
                 if person.appearance.known() {
@@ -713,6 +716,7 @@ mod tests {
                 &wanted,
                 &vec![
                     Some(FaceReading {
+                        race: None,
                         male: 1.0,
                         descriptor: vec![1.0, 0.0],
                     });
@@ -750,6 +754,7 @@ mod tests {
             id = faces[0].track_id;
             let wanted = people.second_reading_wanted(0, pts_ms, &faces);
             let read = FaceReading {
+                race: None,
                 male: 0.0,
                 descriptor: vec![1.0, 0.0],
             };
@@ -775,6 +780,7 @@ mod tests {
             let wanted = people.verification_wanted(0, &faces);
             assert_eq!(wanted, [0]);
             let reading = FaceReading {
+                race: None,
                 male: 1.0,
                 descriptor,
             };
@@ -823,6 +829,7 @@ mod tests {
             let wanted = people.reassociation_wanted(0, &faces);
             assert_eq!(wanted, [0]);
             let reading = FaceReading {
+                race: None,
                 male: 0.0,
                 descriptor,
             };
@@ -864,6 +871,7 @@ mod tests {
             let wanted = people.reassociation_wanted(0, &faces);
             assert_eq!(wanted, [0]);
             let read = FaceReading {
+                race: None,
                 male: 0.0,
                 descriptor,
             };

@@ -375,6 +375,7 @@ mod tests {
             let faces: usize = images.iter().map(|i| i.faces.len()).sum();
             self.0.fetch_add(faces, std::sync::atomic::Ordering::SeqCst);
             let man = FaceReading {
+                race: None,
                 male: 1.0,
                 descriptor: vec![1.0, 0.0],
             };
