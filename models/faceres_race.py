@@ -15,11 +15,14 @@ unit-length descriptor):
         --descriptors runs/desc-train.jsonl --report runs/desc-train
     (the same with --split validation into runs/desc-val.jsonl)
     models/faceres_race.py --train runs/desc-train.jsonl --val runs/desc-val.jsonl
-    models/faceres_race.py --train runs/desc-train.jsonl runs/desc-val.jsonl \\
-        --l2 L --out models/faceres.race.json       # the shipped head: every face, the L chosen
+    models/faceres_race.py --train runs/desc-train.jsonl --l2 L --out models/faceres.race.json
 
-With --val, each strength of L2 regularisation in --l2 is scored on the validation faces; the best
-is named. With --out, the head fitted on every --train file (with the first --l2) is written.
+The shipped head is fitted on the training faces only, so the validation split stays unseen and
+the calibration fitted there stays honest. With --val, each strength of L2 regularisation in --l2
+is scored on the validation faces and the best is named (and written, with --out). With --out
+alone, the head fitted on every --train file with the single --l2 given is written. A fixed number
+of gradient steps (--steps) from zero: at the weakest strengths the steps, not the L2 term, end
+the fit (early stopping), so the strengths and steps are chosen together on validation.
 Needs numpy only.
 """
 
@@ -48,16 +51,16 @@ def load(paths):
 
 
 def fit(x, y, l2, steps=3000):
-    """Softmax regression by full-batch gradient descent with Nesterov momentum; the problem is
-    convex, so this converges to the one optimum for the given L2 strength."""
+    """Softmax regression by full-batch gradient descent with Nesterov momentum from zero, for a
+    fixed number of steps (a convex problem; at weak L2 the steps end the fit before its optimum)."""
     n, d = x.shape
     k = len(RACES)
     onehot = np.eye(k)[y]
-    # Descriptors are unit length: scale so the logits can be far apart.
+    # The last row is the bias (a column of ones in xb), left out of the L2 term.
     w = np.zeros((d + 1, k))
     xb = np.hstack([x, np.ones((n, 1))])
     velocity = np.zeros_like(w)
-    # A step below 1/L for the loss's curvature bound (||x||² ≤ 2, softmax Hessian ≤ 1/2).
+    # A step of 1/L for the loss's curvature bound L (||[x, 1]||² = 2, softmax Hessian ≤ 1/2).
     lr = 1.0 / (1.0 + l2)
     for _ in range(steps):
         ahead = w + 0.9 * velocity
@@ -103,7 +106,12 @@ def main():
                 best = (acc, l2)
         print(f"best l2 {best[1]:g} ({best[0]:.4f})")
     if a.out:
-        l2 = a.l2[0]
+        if a.val:
+            l2 = best[1]
+        elif len(a.l2) == 1:
+            l2 = a.l2[0]
+        else:
+            sys.exit("error: --out without --val takes one --l2")
         w = fit(x, y, l2, a.steps)
         head = {
             "what": "faceres race head: softmax(weights · descriptor + bias), descriptor unit length",

@@ -79,11 +79,15 @@ impl Readout {
         }
     }
 
-    /// The attributes of `prediction` (`read_twice`: its gender and race are the means of the
+    /// The attributes of `prediction` (`read_twice`: which of its gender and race are means of the
     /// model's and faceres's): calibrated, then a gender or race below the threshold reads
     /// `unknown` (its `prob` stays the most probable label's). Age always names its most probable
     /// group, with every group's (calibrated) probability beside it.
-    pub fn attributes(&self, prediction: &Prediction, read_twice: bool) -> Attributes {
+    pub fn attributes(
+        &self,
+        prediction: &Prediction,
+        read_twice: crate::model::calibration::ReadTwice,
+    ) -> Attributes {
         self.attributes_after(prediction, read_twice, &Attributes::default())
     }
 
@@ -93,7 +97,7 @@ impl Readout {
     pub fn attributes_after(
         &self,
         prediction: &Prediction,
-        read_twice: bool,
+        read_twice: crate::model::calibration::ReadTwice,
         before: &Attributes,
     ) -> Attributes {
         let calibrated;
@@ -151,7 +155,7 @@ impl FaceRecord {
         face: Face,
         prediction: &Prediction,
         readout: &Readout,
-        read_twice: bool,
+        read_twice: crate::model::calibration::ReadTwice,
     ) -> Self {
         Self {
             face,
@@ -173,6 +177,10 @@ pub struct FrameRecord {
     pub frame: u64,
     #[serde(serialize_with = "microseconds")]
     pub pts_ms: f64,
+    /// Clock time of the frame (RFC 3339, UTC, ms, `Z`): live streams (when it arrived), files
+    /// given a `start_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub width: u32,
     pub height: u32,
     /// Only on the first frame after a live source reconnected: milliseconds without frames.
@@ -210,6 +218,11 @@ pub struct TrackRecord {
     pub first_pts_ms: f64,
     #[serde(serialize_with = "microseconds")]
     pub last_pts_ms: f64,
+    /// Clock times of the first and last frame, as frame records' `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<String>,
     /// Frames with this person's face.
     pub frames: u64,
     /// The track's final estimate.
@@ -266,12 +279,12 @@ mod tests {
         );
         let spec = ModelSpec::current(&Task::ALL);
         let mut readout = Readout::plain(spec, AgeGrouping::Five);
-        let plain = readout.attributes(&p, false);
+        let plain = readout.attributes(&p, Default::default());
         assert_eq!(plain.gender.as_ref().unwrap().label, "male");
         assert_eq!(plain.gender.as_ref().unwrap().prob, 0.881);
         assert_eq!(plain.race.as_ref().unwrap().label, "asian");
         readout.unknown_below = 0.8;
-        let a = readout.attributes(&p, false);
+        let a = readout.attributes(&p, Default::default());
         assert_eq!(a.gender.as_ref().unwrap().label, "male");
         // Race: e / (e + 4) = 0.405.
         assert_eq!(a.race.as_ref().unwrap().label, UNKNOWN);
@@ -286,18 +299,25 @@ mod tests {
             fitted_on: "test".into(),
             ece: Vec::new(),
         });
-        let a = readout.attributes(&p, false);
+        let a = readout.attributes(&p, Default::default());
         assert_eq!(a.gender.as_ref().unwrap().label, UNKNOWN);
         assert_eq!(a.gender.as_ref().unwrap().prob, 0.731);
         assert_eq!(a.age, plain.age, "age is not thresholded");
         // Said before, a label stays said down to 0.05 below the threshold; not below that.
         readout.calibration = None;
         readout.unknown_below = 0.9;
-        assert_eq!(readout.attributes(&p, false).gender.unwrap().label, UNKNOWN);
-        let after = readout.attributes_after(&p, false, &plain);
+        assert_eq!(
+            readout
+                .attributes(&p, Default::default())
+                .gender
+                .unwrap()
+                .label,
+            UNKNOWN
+        );
+        let after = readout.attributes_after(&p, Default::default(), &plain);
         assert_eq!(after.gender.unwrap().label, "male", "0.881 ≥ 0.85");
         readout.unknown_below = 0.95;
-        let after = readout.attributes_after(&p, false, &plain);
+        let after = readout.attributes_after(&p, Default::default(), &plain);
         assert_eq!(after.gender.unwrap().label, UNKNOWN);
     }
 }

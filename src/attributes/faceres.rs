@@ -1,4 +1,4 @@
-//! faceres: a second reader of gender, as an ensemble member of the attribute model. It is
+//! faceres: a second reader of gender and race, as an ensemble member of the attribute model. It is
 //! HSE_FaceRec_tf's MobileNet (Apache-2.0), pre-trained on VGGFace2 and trained for age and
 //! gender on IMDB faces, as converted by `models/convert_faceres.py` (see models/README.md). It
 //! was trained on faces in the wild, where the attribute model (trained on UTKFace's well-lit
@@ -106,18 +106,22 @@ impl RaceHead {
         Ok(head)
     }
 
-    /// The race probabilities of a descriptor.
-    pub fn probabilities(&self, descriptor: &[f32]) -> Vec<f32> {
+    /// The race probabilities of a descriptor; `None` when they cannot be computed (a descriptor
+    /// of NaNs, or logits past f32's range).
+    pub fn probabilities(&self, descriptor: &[f32]) -> Option<Vec<f32>> {
         let logits: Vec<f32> = self
             .weights
             .iter()
             .zip(&self.bias)
             .map(|(w, b)| b + w.iter().zip(descriptor).map(|(w, d)| w * d).sum::<f32>())
             .collect();
+        if !logits.iter().all(|l| l.is_finite()) {
+            return None;
+        }
         let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exp: Vec<f32> = logits.iter().map(|l| (l - top).exp()).collect();
         let sum: f32 = exp.iter().sum();
-        exp.into_iter().map(|e| e / sum).collect()
+        Some(exp.into_iter().map(|e| e / sum).collect())
     }
 }
 
@@ -284,7 +288,7 @@ impl Faceres {
                     race: self
                         .race_head
                         .as_ref()
-                        .map(|h| h.probabilities(&descriptor)),
+                        .and_then(|h| h.probabilities(&descriptor)),
                     descriptor,
                 });
             }
@@ -397,8 +401,10 @@ mod tests {
         let h = RaceHead::load(&path).unwrap();
         let mut d = vec![0.0f32; DESCRIPTOR];
         d[0] = 1.0;
-        let p = h.probabilities(&d);
+        let p = h.probabilities(&d).unwrap();
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{p:?}");
+        d[0] = f32::NAN;
+        assert_eq!(h.probabilities(&d), None);
         // e⁴ / (e⁴ + 4)
         assert!((p[1] - 0.9317).abs() < 1e-3, "{p:?}");
         assert!(p[0] == p[2] && p[2] == p[3]);

@@ -341,7 +341,7 @@ impl AttributeModel {
     }
 
     /// As [`AttributeModel::predict_faces`], each face's readings apart: the model's, and
-    /// faceres's gender when it reads faces too.
+    /// faceres's reading (gender, descriptor, race) when it reads faces too.
     pub fn read_faces(
         &mut self,
         images: &[FacesInImage<'_>],
@@ -408,7 +408,9 @@ impl FaceRead {
         self.second
             .as_ref()
             .and_then(|s| s.race.as_deref())
-            .filter(|r| r.len() == self.alone.race.len())
+            .filter(|r| {
+                r.len() == self.alone.race.len() && r.iter().all(|p| (0.0..=1.0).contains(p))
+            })
     }
 
     /// faceres's probability, when it is one and averaged in (see [`FaceRead::combined`]).
@@ -419,9 +421,13 @@ impl FaceRead {
             .filter(|m| self.alone.gender.len() == 2 && (0.0..=1.0).contains(m))
     }
 
-    /// Whether the combined gender is the mean of two readings (its calibration follows).
-    pub fn read_twice(&self) -> bool {
-        self.gender_read_twice().is_some()
+    /// Which of the combined gender and race are means of two readings (their calibration
+    /// follows).
+    pub fn read_twice(&self) -> crate::model::calibration::ReadTwice {
+        crate::model::calibration::ReadTwice {
+            gender: self.gender_read_twice().is_some(),
+            race: self.race_read_twice().is_some(),
+        }
     }
 }
 

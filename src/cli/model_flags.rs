@@ -85,8 +85,8 @@ pub struct AttributeFlags {
     /// [default: true for analyze and eval, false for run].
     #[arg(long, value_name = "BOOL")]
     pub flip_average: Option<bool>,
-    /// Also read gender with faceres (models/faceres.onnx, trained on faces in the wild) and
-    /// average it in: in video on a few of each person's clearest faces, on still images on every
+    /// Also read gender and race with faceres (models/faceres.onnx, trained on faces in the wild;
+    /// race through models/faceres.race.json) and average them in: in video on a few of each person's clearest faces, on still images on every
     /// face (about 13 ms a face on one core) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub faceres: Option<bool>,

@@ -22,7 +22,9 @@ pub struct RunArgs {
     /// testsrc://PATTERN?frames=N&size=WxH&fps=F&live=BOOL&error-after=N (PATTERN: smpte, ball,
     /// snow, … as videotestsrc names them; defaults smpte, 100 frames (0: endless), 640x480, 25 fps).
     /// Repeat for several streams in one process (stream ids "0", "1", … in the order given).
-    #[arg(short, long, value_name = "PATH|URI")]
+    /// NAME=PATH|URI names the stream (letters, digits, '-', '_', '.'): records, MQTT topics
+    /// and overlay files carry NAME. A file whose name contains '=' is given as ./a=b.mp4.
+    #[arg(short, long, value_name = "[NAME=]PATH|URI")]
     pub input: Vec<String>,
     #[command(flatten)]
     pub json: JsonFlag,
@@ -66,7 +68,7 @@ impl RunArgs {
         self.overlay.apply(&mut config);
         self.snapshots.apply(&mut config);
         self.metrics.apply(&mut config);
-        self.replace_streams(&mut config);
+        self.replace_streams(&mut config)?;
         // After the inputs: source flags apply to every stream.
         self.source.apply(&mut config);
         Ok(config)
@@ -74,25 +76,33 @@ impl RunArgs {
 
     /// Inputs on the command line replace the file's streams; each takes the file's (or the
     /// default) [source] settings.
-    fn replace_streams(&self, config: &mut PipelineConfig) {
+    fn replace_streams(
+        &self,
+        config: &mut PipelineConfig,
+    ) -> Result<(), faceflow::pipeline::PipelineError> {
         if self.input.is_empty() {
-            return;
+            return Ok(());
         }
         let base = config.sources.first().unwrap_or(&config.source).clone();
-        let mut streams: Vec<SourceConfig> = self
-            .input
-            .iter()
-            .map(|input| SourceConfig {
-                input: input.clone(),
-                // One input keeps the file's stream name; several are numbered.
-                name: if self.input.len() == 1 {
-                    base.name.clone()
-                } else {
-                    None
-                },
+        let mut streams = Vec::with_capacity(self.input.len());
+        for given in &self.input {
+            let (name, input) = named_input(given);
+            if let Some(why) = misread_file(given, |p| std::path::Path::new(p).exists()) {
+                return Err(faceflow::pipeline::PipelineError::Invalid(why));
+            }
+            streams.push(SourceConfig {
+                input: input.to_string(),
+                // Unnamed, one input keeps the file's stream name; several are numbered.
+                name: name.map(str::to_string).or_else(|| {
+                    if self.input.len() == 1 {
+                        base.name.clone()
+                    } else {
+                        None
+                    }
+                }),
                 ..base.clone()
-            })
-            .collect();
+            });
+        }
         if streams.len() == 1 {
             config.source = streams.remove(0);
             config.sources.clear();
@@ -100,6 +110,41 @@ impl RunArgs {
             config.source = SourceConfig::default();
             config.sources = streams;
         }
+        Ok(())
+    }
+}
+
+/// Why `given` must be written otherwise, when it reads as `NAME=input` but names a file that
+/// exists (`exists`) while that input does not: a file whose name contains '='.
+fn misread_file(given: &str, exists: impl Fn(&str) -> bool) -> Option<String> {
+    let (name, input) = named_input(given);
+    (name.is_some() && !exists(input) && exists(given)).then(|| {
+        format!(
+            "--input {given}: read as stream {:?} = {input:?}, which does not exist; for a file \
+             whose name contains '=', write ./{given}",
+            name.unwrap_or_default()
+        )
+    })
+}
+
+/// `NAME=PATH|URI` split into the stream's name and its input; anything else is all input. A
+/// name is what comes before the first '=' when it is 1 to 64 letters, digits, '-', '_' or '.'
+/// and not only dots: so a URI (`rtsp://cam/x?a=b`, its scheme ends in ':'), a Windows path
+/// (`C:\x=y.mp4`) or a relative path (`./a=b.mp4`) never reads as a name.
+pub fn named_input(given: &str) -> (Option<&str>, &str) {
+    let Some((name, input)) = given.split_once('=') else {
+        return (None, given);
+    };
+    let allowed = |c: char| c.is_alphanumeric() || "-_.".contains(c);
+    let is_name = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.chars().all(allowed)
+        && !name.chars().all(|c| c == '.')
+        && !input.is_empty();
+    if is_name {
+        (Some(name), input)
+    } else {
+        (None, given)
     }
 }
 
@@ -143,6 +188,11 @@ pub struct SourceFlags {
     /// 3600000 [default: 5000].
     #[arg(long, value_name = "MS")]
     pub stall_timeout_ms: Option<u64>,
+    /// Files: when the file began (RFC 3339, e.g. 2026-12-07T09:30:00Z), so records carry
+    /// clock time (`time`, `first_time`, `last_time`); live streams carry the time each frame
+    /// arrived and refuse it.
+    #[arg(long, value_name = "RFC3339")]
+    pub start_time: Option<String>,
 }
 
 impl SourceFlags {
@@ -175,6 +225,9 @@ impl SourceFlags {
         }
         if let Some(v) = self.stall_timeout_ms {
             source.stall_timeout_ms = v;
+        }
+        if self.start_time.is_some() {
+            source.start_time = self.start_time.clone();
         }
     }
 }
@@ -562,5 +615,59 @@ mod tests {
             streams,
             [("b.mp4", None, 9, true), ("c.mp4", None, 9, true)]
         );
+        // NAME=input names a stream, alone or among several.
+        let config = parse(&["-i", "lobby=b.mp4"]);
+        assert_eq!(
+            (config.source.input.as_str(), config.source.name.as_deref()),
+            ("b.mp4", Some("lobby"))
+        );
+        let config = parse(&["-i", "lobby=rtsp://cam/x?a=b", "-i", "c.mp4"]);
+        let streams: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| (s.input.as_str(), s.name.as_deref()))
+            .collect();
+        assert_eq!(
+            streams,
+            [("rtsp://cam/x?a=b", Some("lobby")), ("c.mp4", None)]
+        );
+    }
+
+    /// A file named a=b.mp4 given bare would read as stream "a" = "b.mp4": refused, with the
+    /// way to give it, when that file exists and b.mp4 does not.
+    #[test]
+    fn a_file_whose_name_holds_an_equals_sign_is_not_misread() {
+        let only = |files: &'static [&'static str]| move |p: &str| files.contains(&p);
+        let why = misread_file("a=b.mp4", only(&["a=b.mp4"])).unwrap();
+        assert!(why.contains("write ./a=b.mp4"), "{why}");
+        assert_eq!(misread_file("a=b.mp4", only(&["a=b.mp4", "b.mp4"])), None);
+        assert_eq!(misread_file("a=b.mp4", only(&[])), None);
+        assert_eq!(misread_file("./a=b.mp4", only(&["./a=b.mp4"])), None);
+    }
+
+    #[test]
+    fn a_name_is_a_plain_word_before_the_first_equals_sign() {
+        assert_eq!(named_input("lobby=a.mp4"), (Some("lobby"), "a.mp4"));
+        assert_eq!(
+            named_input("cam-2.b_c=rtsp://h/x"),
+            (Some("cam-2.b_c"), "rtsp://h/x")
+        );
+        for whole in [
+            "a.mp4",
+            "rtsp://h/x?a=b",
+            "testsrc://ball?frames=3",
+            "C:\\v\\a=b.mp4",
+            "./a=b.mp4",
+            "/v/a=b.mp4",
+            "file:///v/a=b.mp4",
+            "=a.mp4",
+            "..=a.mp4",
+            "lobby=",
+            "two words=a.mp4",
+        ] {
+            assert_eq!(named_input(whole), (None, whole), "{whole}");
+        }
+        let long = format!("{}=a.mp4", "n".repeat(65));
+        assert_eq!(named_input(&long), (None, long.as_str()));
     }
 }

@@ -25,6 +25,7 @@ pub const FLAG_OF_SETTING: &[(&str, &str, &str)] = &[
     ("attributes", "age_groups", "--age-groups"),
     ("attributes", "unknown_below", "--unknown-below"),
     ("", "stats_interval_s", "--stats-every"),
+    ("", "start_time", "--start-time"),
     ("source", "input", "--input"),
     ("mqtt", "ca", "--mqtt-ca"),
     ("json", "path", "--json"),

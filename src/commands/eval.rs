@@ -102,6 +102,11 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     if let Some(out) = &args.descriptors {
         let kept = eval::write_descriptors(out, &report)
             .with_context(|| format!("cannot write {}", out.display()))?;
+        if kept == 0 && !report.images.is_empty() {
+            anyhow::bail!(
+                "--descriptors: faceres read no face (it reads only for models that report gender or race)"
+            );
+        }
         faceflow::say!("eval: {kept} faces' descriptors in {}", out.display());
     }
     println!("{}", report.tally.line());

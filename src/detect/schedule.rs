@@ -647,6 +647,7 @@ mod tests {
     fn frame(index: u64, pts_ms: f64) -> Frame {
         Frame {
             stream: Arc::new(StreamInfo {
+                clock_origin_ms: Default::default(),
                 id: "0".into(),
                 index: 0,
                 uri: "testsrc://".into(),
@@ -841,6 +842,7 @@ mod tests {
         let infos: Vec<Arc<StreamInfo>> = (0..n)
             .map(|index| {
                 Arc::new(StreamInfo {
+                    clock_origin_ms: Default::default(),
                     id: index.to_string(),
                     index,
                     uri: "testsrc://".into(),

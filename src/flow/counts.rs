@@ -17,7 +17,7 @@ pub struct StageTimes {
     pub detect: Histogram,
     /// Seconds per attribute-model call (a batch of faces).
     pub attributes: Histogram,
-    /// Seconds per call of the track stage's second reader of gender (a frame's faces).
+    /// Seconds per call of the track stage's second reader of gender and race (a frame's faces).
     pub second_reader: Histogram,
     /// Seconds per item in the sinks (a frame's record and the people it ends, to every sink).
     pub sinks: Histogram,

@@ -22,7 +22,7 @@ use crate::record::{FaceRecord, FrameRecord, TrackRecord};
 use crate::sources::{Frame, StreamInfo};
 
 /// Which stages after detection read a frame's pixels: the attribute model and the track stage's
-/// second reader of gender (frames with faces), and sinks that draw (every frame). Pixels are
+/// second reader of gender and race (frames with faces), and sinks that draw (every frame). Pixels are
 /// released after their last reader.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PixelReaders {
@@ -139,6 +139,7 @@ pub(crate) mod testing {
         (0..n)
             .map(|index| {
                 Arc::new(StreamInfo {
+                    clock_origin_ms: Default::default(),
                     id: index.to_string(),
                     index,
                     uri: format!("testsrc://stream-{index}"),

@@ -72,6 +72,7 @@ mod tests {
 
     fn detected(stream: usize, seq: u64) -> Detected {
         let info = Arc::new(crate::sources::StreamInfo {
+            clock_origin_ms: Default::default(),
             id: stream.to_string(),
             index: stream,
             uri: "testsrc://".into(),

@@ -19,6 +19,14 @@ use serde::{Deserialize, Serialize};
 use super::AgeGrouping;
 use super::readout::Prediction;
 
+/// Which of a reading's gender and race are the mean of two models' (the attribute model's and
+/// faceres's): each has its own temperature.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReadTwice {
+    pub gender: bool,
+    pub race: bool,
+}
+
 /// One temperature per head, and what they were fitted on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,14 +116,19 @@ impl Calibration {
         Ok(c)
     }
 
-    /// `p` with the gender and race temperatures applied (`read_twice`: its gender and race are
-    /// the means of the model's and faceres's); the one-year age bins are left as they are (see
-    /// [`Calibration::age_groups`]).
-    pub fn apply(&self, p: &Prediction, read_twice: bool) -> Prediction {
-        let (gender_t, race_t) = if read_twice {
-            (self.gender, self.race)
+    /// `p` with the gender and race temperatures applied (`read_twice`: which of its gender and
+    /// race are the means of the model's and faceres's); the one-year age bins are left as they
+    /// are (see [`Calibration::age_groups`]).
+    pub fn apply(&self, p: &Prediction, read_twice: ReadTwice) -> Prediction {
+        let gender_t = if read_twice.gender {
+            self.gender
         } else {
-            (self.gender_alone, self.race_alone.unwrap_or(self.race))
+            self.gender_alone
+        };
+        let race_t = if read_twice.race {
+            self.race
+        } else {
+            self.race_alone.unwrap_or(self.race)
         };
         Prediction {
             age_fine: p.age_fine.clone(),

@@ -160,7 +160,7 @@ impl Sources {
         );
         registry.register(
             "second_reader_seconds",
-            "Seconds per call of the second reader of gender (a frame's faces)",
+            "Seconds per call of the second reader of gender and race (a frame's faces)",
             self.times.second_reader.clone(),
         );
         registry.register(

@@ -118,8 +118,8 @@ pub struct AttributesConfig {
     /// The attributes to report, of those the model has [default: all it has]: a deployment
     /// that must not store race leaves it out.
     pub tasks: Option<Vec<crate::model::spec::Task>>,
-    /// Also read gender with faceres (models/faceres.onnx, trained on faces in the wild) and
-    /// average it in: in video, on a few of each person's clearest faces (see `track::second`);
+    /// Also read gender and race with faceres (models/faceres.onnx, trained on faces in the wild) and
+    /// average them in: in video, on a few of each person's clearest faces (see `track::second`);
     /// on still images, on every face (about 13 ms more per face on one core).
     pub faceres: bool,
     /// A gender or race whose probability (calibrated, when the model has a calibration beside
@@ -187,7 +187,7 @@ impl AttributesConfig {
     }
 
     /// Loads the model when the stage is on, for still images: with faceres on, it reads every
-    /// face's gender too.
+    /// face's gender and race too.
     pub fn load(&self) -> Result<Option<(AttributeModel, Readout)>, PipelineError> {
         let Some((mut model, grouping)) = self.load_model()? else {
             return Ok(None);
@@ -252,17 +252,18 @@ impl AttributesConfig {
         }))
     }
 
-    /// faceres, when it is on and gender or race is reported (it reads those two).
+    /// faceres, when it is on and gender is reported, or race and faceres has its race head.
     fn load_faceres(
         &self,
         model: &AttributeModel,
     ) -> Result<Option<attributes::faceres::Faceres>, PipelineError> {
         use crate::model::spec::Task;
         let spec = model.spec();
-        if !(self.faceres && (spec.has(Task::Gender) || spec.has(Task::Race))) {
+        let path = attributes::faceres::default_path();
+        let reads_race = || attributes::faceres::RaceHead::path_beside(&path).exists();
+        if !(self.faceres && (spec.has(Task::Gender) || (spec.has(Task::Race) && reads_race()))) {
             return Ok(None);
         }
-        let path = attributes::faceres::default_path();
         Ok(Some(attributes::faceres::Faceres::load(
             &path,
             self.threads,
@@ -297,7 +298,7 @@ impl AttributesConfig {
     }
 }
 
-/// The attribute stage's model, and the track stage's second reader of gender.
+/// The attribute stage's model, and the track stage's second reader of gender and race.
 pub struct VideoAttributes {
     pub model: AttributeModel,
     pub readout: Readout,
@@ -1338,6 +1339,7 @@ mod tests {
         config.detect.models_dir = Some("m".into());
         config.attributes.model = Some("m".into());
         config.source.name = Some("n".into());
+        config.source.start_time = Some("2026-12-07T09:30:00Z".into());
         config.overlay.path = Some("o.mp4".into());
         config.mqtt.url = Some("mqtt://h/t".into());
         config.mqtt.ca = Some("ca.pem".into());

@@ -231,6 +231,7 @@ mod tests {
                 source: String::new(),
                 frame: index,
                 pts_ms: 0.0,
+                time: None,
                 width: 8,
                 height: 6,
                 gap_before_ms: None,

@@ -84,6 +84,10 @@ pub struct SourceConfig {
     /// Reconnection attempts in a row after a live camera that was streaming fails; absent:
     /// forever.
     pub reconnect_attempts: Option<u32>,
+    /// Files: when the file began, RFC 3339 (`2026-12-07T09:30:00Z`, any offset), so records
+    /// carry clock time (`time`, `first_time`, `last_time`). Live streams carry the time each
+    /// frame arrived instead and refuse this.
+    pub start_time: Option<String>,
     /// First wait before reconnecting; it doubles with every failed attempt.
     pub reconnect_backoff_ms: u64,
     /// Longest wait between reconnection attempts.
@@ -103,6 +107,7 @@ impl Default for SourceConfig {
             stall_timeout_ms: 5000,
             connect_attempts: 3,
             reconnect_attempts: None,
+            start_time: None,
             reconnect_backoff_ms: 500,
             reconnect_backoff_max_ms: 30_000,
         }
@@ -139,8 +144,47 @@ impl SourceConfig {
             MAX_WAIT_MS,
             "ms (at least reconnect_backoff_ms)",
         )?;
+        self.start_time_ms()?;
         Ok(())
     }
+
+    /// `start_time` in ms since the Unix epoch, when set.
+    pub fn start_time_ms(&self) -> Result<Option<f64>, crate::limits::RangeError> {
+        let Some(text) = &self.start_time else {
+            return Ok(None);
+        };
+        chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| Some(t.timestamp_micros() as f64 / 1e3))
+            .map_err(|e| {
+                crate::limits::Setting::key("start_time").error(
+                    format!("{text:?}"),
+                    format!("an RFC 3339 time such as 2026-12-07T09:30:00Z ({e})"),
+                )
+            })
+    }
+}
+
+impl StreamInfo {
+    /// The clock time of `pts_ms` on this stream, ms since the Unix epoch, when the stream has
+    /// one (see [`StreamInfo::clock_origin_ms`]).
+    pub fn unix_ms(&self, pts_ms: f64) -> Option<f64> {
+        self.clock_origin_ms.get().map(|origin| origin + pts_ms)
+    }
+
+    /// The clock time of `pts_ms` as records write it (RFC 3339, UTC, milliseconds, `Z`).
+    pub fn time(&self, pts_ms: f64) -> Option<String> {
+        self.unix_ms(pts_ms).and_then(rfc3339_ms)
+    }
+}
+
+/// `unix_ms` (ms since the Unix epoch) as RFC 3339 in UTC with milliseconds and a trailing `Z`:
+/// `2026-12-07T09:30:00.040Z`; `None` out of chrono's range.
+pub fn rfc3339_ms(unix_ms: f64) -> Option<String> {
+    if !unix_ms.is_finite() {
+        return None;
+    }
+    chrono::DateTime::from_timestamp_millis(unix_ms.round() as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// A decoded frame, packed RGB8 (`width * height * 3` bytes).
@@ -164,6 +208,11 @@ pub struct Frame {
 /// Identity of a stream, shared by its frames.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamInfo {
+    /// Where the stream's timeline (`pts_ms` 0) falls in clock time, ms since the Unix epoch: a
+    /// live stream's is set when its first frame arrives (so a frame's clock time is when it
+    /// arrived, on the pipeline clock that gives `pts_ms`), a file's from `start_time`; unset,
+    /// records carry no clock time. Shared by everyone holding the stream's identity.
+    pub clock_origin_ms: Arc<std::sync::OnceLock<f64>>,
     /// Stream id as written in the metadata: its name, else its position ("0", "1", …).
     pub id: String,
     /// Position among the run's streams, from 0.
@@ -253,5 +302,58 @@ pub(crate) fn build_err(input: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Build {
         input: shown(input),
         message: crate::redact::mentioning(&e.to_string(), input).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(
+            rfc3339_ms(1_796_635_800_040.4).as_deref(),
+            Some("2026-12-07T09:30:00.040Z")
+        );
+        assert_eq!(rfc3339_ms(0.0).as_deref(), Some("1970-01-01T00:00:00.000Z"));
+        assert_eq!(rfc3339_ms(f64::NAN), None);
+        assert_eq!(rfc3339_ms(1e300), None);
+        let info = StreamInfo {
+            clock_origin_ms: Default::default(),
+            id: "0".into(),
+            index: 0,
+            uri: String::new(),
+            live: true,
+        };
+        assert_eq!(info.time(40.0), None, "no clock until the first frame");
+        info.clock_origin_ms.set(1_796_635_800_000.0).unwrap();
+        assert_eq!(
+            info.time(1040.0).as_deref(),
+            Some("2026-12-07T09:30:01.040Z")
+        );
+    }
+
+    #[test]
+    fn a_start_time_is_rfc3339_with_any_offset() {
+        let at = |text: &str| {
+            SourceConfig {
+                start_time: Some(text.into()),
+                ..SourceConfig::default()
+            }
+            .start_time_ms()
+        };
+        assert_eq!(
+            at("2026-12-07T09:30:00Z").unwrap(),
+            Some(1_796_635_800_000.0)
+        );
+        assert_eq!(
+            at("2026-12-07T10:30:00.250+01:00").unwrap(),
+            Some(1_796_635_800_250.0)
+        );
+        for bad in ["2026-12-07", "yesterday", "2026-12-07 09:30:00", ""] {
+            let e = at(bad).unwrap_err().to_string();
+            assert!(e.contains("start_time") && e.contains("RFC 3339"), "{e}");
+        }
+        assert_eq!(SourceConfig::default().start_time_ms().unwrap(), None);
     }
 }

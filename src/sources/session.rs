@@ -144,10 +144,25 @@ impl Source {
             build_pipeline(input, &kind, config, stream_id, &no_video)?;
         let reconnectable =
             live && matches!(&kind, InputKind::Uri { uri, .. } if !uri.starts_with("file:"));
+        let clock_origin_ms = Arc::new(std::sync::OnceLock::new());
+        let start_ms = config.start_time_ms().map_err(|e| SourceError::Stream {
+            input: super::shown(input),
+            message: e.to_string(),
+        })?;
+        if let Some(start_ms) = start_ms {
+            if live {
+                return Err(SourceError::Stream {
+                    input: super::shown(input),
+                    message: "start_time (--start-time) is for files: a live stream's frames carry the time they arrived".into(),
+                });
+            }
+            let _ = clock_origin_ms.set(start_ms);
+        }
         Ok(Self {
             input: input.to_string(),
             shown: super::shown(input),
             info: Arc::new(StreamInfo {
+                clock_origin_ms,
                 id: stream_id.to_string(),
                 index,
                 // What records and summaries name: never a password.
@@ -409,6 +424,15 @@ impl Source {
         let mut frame =
             self.frame_from_sample(sample, session.stats.decoded, &mut session.video_info)?;
         frame.pts_ms = session.clock.place(frame.pts_ms, now);
+        if self.info.live && self.info.clock_origin_ms.get().is_none() {
+            // The first frame's arrival fixes where the stream's timeline falls in clock time;
+            // later frames are placed by their timestamps, which reconnections keep on wall
+            // time (`PtsClock`), so clock time and `pts_ms` never disagree.
+            let arrived_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+            let _ = self.info.clock_origin_ms.set(arrived_ms - frame.pts_ms);
+        }
         if let Some(since) = session.gap_since.take() {
             let gap_ms = now.duration_since(since).as_secs_f64() * 1e3;
             session.stats.reconnects += 1;

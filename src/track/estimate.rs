@@ -171,9 +171,17 @@ impl Estimate {
         }
     }
 
-    /// Whether the second reader's gender is in the mean.
-    pub fn read_twice(&self) -> bool {
-        self.second_male.is_some()
+    /// Which of the second reader's gender and race are in the means.
+    pub fn read_twice(&self) -> crate::model::calibration::ReadTwice {
+        crate::model::calibration::ReadTwice {
+            gender: self.second_male.is_some()
+                && self.sums.as_ref().is_some_and(|s| s.gender.len() == 2),
+            race: self
+                .second_race
+                .as_ref()
+                .zip(self.sums.as_ref())
+                .is_some_and(|((v, _), s)| v.len() == s.race.len()),
+        }
     }
 
     /// Faces counted so far.
@@ -306,7 +314,7 @@ mod tests {
         all.add_second_male(0.8, 1.0);
         a.absorb(&b);
         assert_eq!(a.faces(), 2);
-        assert!(a.read_twice());
+        assert!(a.read_twice().gender && !a.read_twice().race);
         let (merged, whole) = (a.current().unwrap(), all.current().unwrap());
         for (x, y) in merged.gender.iter().zip(&whole.gender) {
             assert!((x - y).abs() < 1e-6, "{merged:?} {whole:?}");

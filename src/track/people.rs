@@ -26,7 +26,7 @@ struct Person {
     /// Frames that showed a face clearly ([`shows_a_face`]).
     face_frames: u32,
     estimate: Estimate,
-    /// What the second reader of gender has read of this track.
+    /// What the second reader of gender and race has read of this track.
     second: SecondReads,
     /// What the person looks like, from the second reader's reads.
     appearance: Appearance,
@@ -104,6 +104,8 @@ impl Person {
 struct StreamTracks {
     id: String,
     uri: String,
+    /// The stream's clock (see [`StreamInfo::clock_origin_ms`]), for track records' times.
+    clock_origin_ms: std::sync::Arc<std::sync::OnceLock<f64>>,
     tracker: Tracker,
     people: HashMap<u64, Person>,
     /// Confirmed tracks that ended so far.
@@ -212,7 +214,7 @@ impl People {
                 let person = tracks.people.remove(&e.id)?;
                 (e.confirmed && person.is_person(min_face_frames)).then(|| {
                     tracks.counted += 1;
-                    record(&tracks.id, &tracks.uri, e.id, person, &self.attributes)
+                    record(tracks, e.id, person, &self.attributes)
                         .with_snapshot(self.snapshots.as_deref())
                 })
             })
@@ -246,7 +248,7 @@ impl People {
     }
 
     /// The second reader's reading of each face of `wanted` (from
-    /// [`People::second_reading_wanted`]; `None`: no reading): its gender added to its track's
+    /// [`People::second_reading_wanted`]; `None`: no reading): its gender and race added to its track's
     /// estimate, its descriptor to the person's appearance, and the face's attributes read out
     /// again.
     pub fn add_second_readings(
@@ -491,7 +493,7 @@ impl People {
             {
                 tracks.counted += 1;
                 records.push(
-                    record(&tracks.id, &tracks.uri, e.id, person, &self.attributes)
+                    record(tracks, e.id, person, &self.attributes)
                         .with_snapshot(self.snapshots.as_deref()),
                 );
             }
@@ -575,8 +577,7 @@ fn near(expected: [f32; 4], face: [f32; 4]) -> bool {
 }
 
 fn record(
-    stream: &str,
-    source: &str,
+    tracks: &StreamTracks,
     track_id: u64,
     person: Person,
     attributes: &Option<Readout>,
@@ -584,15 +585,23 @@ fn record(
     let attributes = person
         .attributes_now(attributes.as_ref())
         .unwrap_or_default();
+    let time = |pts_ms: f64| {
+        tracks
+            .clock_origin_ms
+            .get()
+            .and_then(|origin| crate::sources::rfc3339_ms(origin + pts_ms))
+    };
     TrackRecord {
         kind: RecordKind::Track,
-        stream: stream.to_string(),
-        source: source.to_string(),
+        stream: tracks.id.clone(),
+        source: tracks.uri.clone(),
         track_id,
         first_frame: person.first_frame,
         last_frame: person.last_frame,
         first_pts_ms: person.first_pts_ms,
         last_pts_ms: person.last_pts_ms,
+        first_time: time(person.first_pts_ms),
+        last_time: time(person.last_pts_ms),
         frames: person.frames,
         attributes,
         snapshot: None,
@@ -624,6 +633,7 @@ fn tracks_of<'a>(
     streams[stream.index].get_or_insert_with(|| StreamTracks {
         id: stream.id.clone(),
         uri: stream.uri.clone(),
+        clock_origin_ms: stream.clock_origin_ms.clone(),
         tracker: Tracker::new(config.clone()).with_detect_every(detect_every),
         people: HashMap::new(),
         counted: 0,
@@ -638,6 +648,7 @@ mod tests {
 
     fn stream() -> StreamInfo {
         StreamInfo {
+            clock_origin_ms: Default::default(),
             id: "0".into(),
             index: 0,
             uri: "testsrc://x".into(),
@@ -689,8 +700,8 @@ mod tests {
     }
 
     /// The second reader reads a person's first clear face once the track is a person, not a
-    /// track that never shows a face; its reading moves the person's gender, in the face's
-    /// attributes and in the track record.
+    /// track that never shows a face; its reading moves the person's gender and race, in the
+    /// face's attributes and in the track record.
     #[test]
     fn a_person_is_read_again_by_the_second_reader() {
         use crate::model::AgeGrouping;
@@ -699,9 +710,12 @@ mod tests {
         let readout = Readout::plain(spec, AgeGrouping::Five);
         let mut people = People::new(TrackConfig::default(), Some(readout));
         let info = stream();
-        // The model is sure of "female" (logits 0, 2: P(male) 0.12).
-        let female =
-            Prediction::from_logits(&[0.0; crate::model::FINE_AGE_BINS], &[0.0, 2.0], &[0.0; 5]);
+        // The model is sure of "female" (logits 0, 2: P(male) 0.12), not of "asian" (0.405).
+        let female = Prediction::from_logits(
+            &[0.0; crate::model::FINE_AGE_BINS],
+            &[0.0, 2.0],
+            &[0.0, 0.0, 1.0, 0.0, 0.0],
+        );
         let mut asked = Vec::new();
         for frame in 0..4 {
             let pts_ms = frame as f64 * 40.0;
@@ -716,17 +730,29 @@ mod tests {
                 &wanted,
                 &vec![
                     Some(FaceReading {
-                        race: None,
+                        race: Some(vec![0.0, 0.0, 1.0, 0.0, 0.0]),
                         male: 1.0,
                         descriptor: vec![1.0, 0.0],
                     });
                     wanted.len()
                 ],
             );
+            let race = faces[0].attributes.race.clone().unwrap();
+            if frame < 2 {
+                assert!(
+                    (race.prob - 0.405).abs() < 1e-3,
+                    "the model alone: {race:?}"
+                );
+            }
             asked.push(wanted);
             if frame == 3 {
                 let gender = faces[0].attributes.gender.as_ref().unwrap();
                 assert_eq!(gender.label, "male", "mean of 0.12 and 1.0");
+                assert_eq!(race.label, "asian");
+                assert!(
+                    (race.prob - 0.703).abs() < 1e-3,
+                    "mean of 0.405 and 1: {race:?}"
+                );
             }
         }
         // Confirmed at the third frame (index 2), read then, and not at once again.
@@ -734,6 +760,38 @@ mod tests {
         let records = people.finish();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
+        assert_eq!(records[0].attributes.race.as_ref().unwrap().label, "asian");
+    }
+
+    /// A stream with a clock gives its track records clock times, on the frames' timeline.
+    #[test]
+    fn track_records_carry_the_streams_clock_time() {
+        for origin in [None, Some(1_796_635_800_000.0)] {
+            let mut people = People::new(TrackConfig::default(), None);
+            let info = stream();
+            if let Some(origin) = origin {
+                info.clock_origin_ms.set(origin).unwrap();
+            }
+            for frame in 0..5 {
+                let mut faces = vec![face(0.0, true)];
+                people.frame(
+                    &info,
+                    frame,
+                    1000.0 + frame as f64 * 40.0,
+                    &mut faces,
+                    &[None],
+                );
+            }
+            let records = people.finish();
+            let times = (records[0].first_time.clone(), records[0].last_time.clone());
+            let want = origin.map(|_| {
+                (
+                    "2026-12-07T09:30:01.000Z".to_string(),
+                    "2026-12-07T09:30:01.160Z".to_string(),
+                )
+            });
+            assert_eq!((times.0.zip(times.1)), want);
+        }
     }
 
     /// No face on `frames` (40 ms apart).

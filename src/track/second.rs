@@ -1,4 +1,4 @@
-//! When a second reader of gender (faceres, about 13 ms a face on one core, against about 1 ms
+//! When a second reader of gender and race (faceres, about 13 ms a face on one core, against about 1 ms
 //! for the attribute model) looks at a person's face. Reading every face of every frame would cost
 //! 1080p its real time; a person's gender does not change, and what decides it is how well the
 //! clearest few faces are read. So the second reader reads a track's face only once the track is a

@@ -13,7 +13,7 @@ use crate::graph::{Control, Graph, Input, Output, Received, Sent, WhenFull};
 use crate::record::{FaceRecord, FrameRecord, RecordKind};
 
 /// Starts the track stage on `input` (frames with their faces, in any order); each stream's
-/// frames come out in order, as records with their people. `second_reader` reads the gender of a
+/// frames come out in order, as records with their people. `second_reader` reads gender and race of a
 /// few of each person's clearest faces again (see [`super::second`]), and new faces while a
 /// person is lost, to give the person back their id (see [`super::appearance`]).
 pub(crate) fn spawn(
@@ -260,6 +260,7 @@ fn record(frame: crate::sources::Frame, faces: Vec<FaceRecord>) -> FrameRecord {
         source: frame.stream.uri.clone(),
         frame: frame.index,
         pts_ms: frame.pts_ms,
+        time: frame.stream.time(frame.pts_ms),
         width: frame.width,
         height: frame.height,
         gap_before_ms: frame.gap_before_ms,

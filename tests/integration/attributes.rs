@@ -303,7 +303,15 @@ fn eval_writes_json_markdown_and_charts() {
         .collect();
     assert_eq!(
         heads,
-        ["gender", "gender_alone", "race", "age3", "age5", "age10"]
+        [
+            "gender",
+            "gender_alone",
+            "race",
+            "race_alone",
+            "age3",
+            "age5",
+            "age10"
+        ]
     );
     let page = std::fs::read_to_string(report.join("calibration.md")).unwrap();
     assert!(

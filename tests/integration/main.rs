@@ -4,6 +4,7 @@ mod util;
 
 mod attributes;
 mod cli_errors;
+mod clock;
 mod detect_images;
 mod geometry;
 mod hardening;

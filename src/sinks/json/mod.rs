@@ -242,7 +242,7 @@ mod tests {
             face(),
             &p,
             &Readout::plain(spec, AgeGrouping::Three),
-            false,
+            Default::default(),
         );
         let json = serde_json::to_string(&record).unwrap();
         assert!(
@@ -257,7 +257,7 @@ mod tests {
             face(),
             &p,
             &Readout::plain(spec, AgeGrouping::Five),
-            false,
+            Default::default(),
         );
         let json = serde_json::to_string(&record).unwrap();
         assert!(
@@ -276,6 +276,7 @@ mod tests {
             source: "file:///clip.mp4".into(),
             frame: 0,
             pts_ms: 0.0,
+            time: None,
             width: 854,
             height: 480,
             gap_before_ms: None,
@@ -340,6 +341,7 @@ mod tests {
             source: "x".into(),
             frame: 1,
             pts_ms: 7511.697630999999,
+            time: None,
             width: 1,
             height: 1,
             gap_before_ms: Some(1200.0000000002),
