@@ -56,6 +56,9 @@ pub(crate) struct RunCounts {
     pub(crate) reorder_window: usize,
     /// People (confirmed tracks) per stream, at the end.
     pub(crate) people: Vec<u64>,
+    /// People whose track ended, by (stream id, gender, age group) as their track record says
+    /// them (`none` where the record has none).
+    pub(crate) people_by_label: std::collections::BTreeMap<(String, String, String), u64>,
     /// The sinks' own summary lines (MQTT: published, dropped).
     pub(crate) sink_lines: Vec<String>,
     /// Outputs that failed to deliver at the end (MQTT: records never acknowledged).

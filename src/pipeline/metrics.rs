@@ -91,6 +91,21 @@ impl Sources {
             interval.clone(),
         );
 
+        let by_label = family(
+            &mut registry,
+            "people",
+            "People (confirmed tracks) that ended, by the gender and age group their track record \
+             gives (none: not reported)",
+        );
+        for ((stream, gender, age_group), n) in &self.sink.now().people_by_label {
+            let labels = vec![
+                ("stream".to_string(), stream.clone()),
+                ("gender".to_string(), gender.clone()),
+                ("age_group".to_string(), age_group.clone()),
+            ];
+            by_label.get_or_create(&labels).inc_by(*n);
+        }
+
         let active = Family::<StreamLabel, Gauge>::default();
         registry.register(
             "people_in_view",
@@ -235,6 +250,41 @@ impl Drop for MetricsServer {
         self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// People who ended are counted by stream, gender and age group, as their records say.
+    #[test]
+    fn people_are_counted_by_gender_and_age_group() {
+        let sink = RunStats::new(1, 8);
+        sink.update(|n| {
+            let mut add = |g: &str, a: &str, k: u64| {
+                n.people_by_label
+                    .insert(("lobby".into(), g.into(), a.into()), k);
+            };
+            add("female", "24-39", 2);
+            add("unknown", "40-55", 1);
+            add("none", "none", 3);
+        });
+        let text = Sources {
+            streams: Vec::new(),
+            counters: Vec::new(),
+            sink,
+            probes: Arc::new(Vec::new()),
+            times: StageTimes::default(),
+        }
+        .text();
+        for line in [
+            "faceflow_people_total{stream=\"lobby\",gender=\"female\",age_group=\"24-39\"} 2",
+            "faceflow_people_total{stream=\"lobby\",gender=\"unknown\",age_group=\"40-55\"} 1",
+            "faceflow_people_total{stream=\"lobby\",gender=\"none\",age_group=\"none\"} 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
     }
 }

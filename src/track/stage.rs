@@ -77,6 +77,7 @@ impl TrackStage {
                 while let Some(d) = reorder.pop(s, done) {
                     self.windows.release(s);
                     let item = self.track(d, control)?;
+                    self.count_ended(&item);
                     if self.out.send(item, control) == Sent::Closed {
                         return Ok(());
                     }
@@ -105,10 +106,27 @@ impl TrackStage {
                 };
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
                 self.stats.update(|n| n.people = people);
+                self.count_ended(&item);
                 self.out.send(item, control);
                 return Ok(());
             }
         }
+    }
+
+    /// Counts the people whose track ends with `item` by gender and age group (for metrics).
+    fn count_ended(&self, item: &Tracked) {
+        if item.ended.is_empty() {
+            return;
+        }
+        self.stats.update(|n| {
+            for record in &item.ended {
+                let a = &record.attributes;
+                let gender = a.gender.as_ref().map_or("none", |g| g.label.as_str());
+                let age = a.age.as_ref().map_or("none", |g| g.group.as_str());
+                let key = (record.stream.clone(), gender.to_string(), age.to_string());
+                *n.people_by_label.entry(key).or_default() += 1;
+            }
+        });
     }
 
     /// One frame (or a stream's end mark) through its stream's tracker; fails when the second
