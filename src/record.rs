@@ -200,6 +200,40 @@ pub enum RecordKind {
     #[default]
     Frame,
     Track,
+    #[serde(rename = "track_start")]
+    TrackStart,
+    #[serde(rename = "track_update")]
+    TrackUpdate,
+}
+
+/// A person now: `track_start` when a track becomes a person (before the record of the frame
+/// that made it one), `track_update` now and then while they stay in view
+/// (`[track] update_every_s`), with the track's estimate so far.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrackEvent {
+    /// "track_start" or "track_update".
+    #[serde(rename = "type")]
+    pub kind: RecordKind,
+    pub stream: String,
+    pub source: String,
+    pub track_id: u64,
+    /// The frame this is said at, and its time.
+    pub frame: u64,
+    #[serde(serialize_with = "microseconds")]
+    pub pts_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    pub first_frame: u64,
+    #[serde(serialize_with = "microseconds")]
+    pub first_pts_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_time: Option<String>,
+    /// Frames with this person's face so far.
+    pub frames: u64,
+    /// The face's box in this frame.
+    pub bbox: [f32; 4],
+    #[serde(flatten)]
+    pub attributes: Attributes,
 }
 
 /// One person: a confirmed track, written when it ends (lost long enough, end of stream, Ctrl-C),

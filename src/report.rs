@@ -128,6 +128,8 @@ impl RunRecords {
                         faces,
                     });
                 }
+                // People announced while in view: the track record says it all at the end.
+                Some("track_start" | "track_update") => {}
                 _ => return Err(parse("no \"type\": \"frame\" or \"track\"".into())),
             }
         }

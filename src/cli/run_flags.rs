@@ -48,6 +48,8 @@ pub struct RunArgs {
     pub mqtt: MqttFlags,
     #[command(flatten)]
     pub metrics: MetricsFlags,
+    #[command(flatten)]
+    pub track: TrackFlags,
 }
 
 impl RunArgs {
@@ -68,6 +70,7 @@ impl RunArgs {
         self.overlay.apply(&mut config);
         self.snapshots.apply(&mut config);
         self.metrics.apply(&mut config);
+        self.track.apply(&mut config);
         self.replace_streams(&mut config)?;
         // After the inputs: source flags apply to every stream.
         self.source.apply(&mut config);
@@ -145,6 +148,24 @@ pub fn named_input(given: &str) -> (Option<&str>, &str) {
         (Some(name), input)
     } else {
         (None, given)
+    }
+}
+
+/// What is said of people while they are in view.
+#[derive(Args)]
+pub struct TrackFlags {
+    /// While a person stays in view, a `track_update` record every SECONDS (0.1 to 86400; 0:
+    /// none) besides the `track_start` when they appear and the `track` record when they leave
+    /// [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub track_updates: Option<f64>,
+}
+
+impl TrackFlags {
+    pub fn apply(&self, config: &mut PipelineConfig) {
+        if let Some(v) = self.track_updates {
+            config.track.update_every_s = v;
+        }
     }
 }
 

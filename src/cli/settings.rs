@@ -26,6 +26,7 @@ pub const FLAG_OF_SETTING: &[(&str, &str, &str)] = &[
     ("attributes", "unknown_below", "--unknown-below"),
     ("", "stats_interval_s", "--stats-every"),
     ("", "start_time", "--start-time"),
+    ("", "update_every_s", "--track-updates"),
     ("source", "input", "--input"),
     ("mqtt", "ca", "--mqtt-ca"),
     ("json", "path", "--json"),

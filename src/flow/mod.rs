@@ -72,6 +72,8 @@ pub(crate) struct Tracked {
     pub(crate) ended: Vec<TrackRecord>,
     /// The stream ended here (its last people are in `ended`).
     pub(crate) stream_ended: bool,
+    /// People announced at this item (`track_start`, `track_update`): written before its frame.
+    pub(crate) events: Vec<crate::record::TrackEvent>,
 }
 
 /// How a detect worker finds a frame's faces.

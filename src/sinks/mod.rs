@@ -21,7 +21,7 @@ pub use snapshots::{SnapshotConfig, SnapshotError};
 
 use std::path::PathBuf;
 
-use crate::record::{FrameRecord, TrackRecord};
+use crate::record::{FrameRecord, TrackEvent, TrackRecord};
 pub use mqtt::{MqttConfig, MqttSink};
 pub use overlay::{OverlayConfig, OverlaySink, OverlayTarget};
 
@@ -172,6 +172,12 @@ pub trait Sink: Send {
         pixels: &[u8],
     ) -> Result<(), SinkError>;
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError>;
+    /// A person announced (`track_start`, `track_update`); sinks that do not write records
+    /// ignore it.
+    fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
+        let _ = record;
+        Ok(())
+    }
     /// Whether the sink needs each frame's pixels (they are then kept until it has them).
     fn draws(&self) -> bool {
         false

@@ -75,6 +75,9 @@ impl SinkStage {
     /// Writes one item to every sink; a closed output is not an error but the end of writing.
     fn write_item(&mut self, item: &Tracked) -> Result<(), SinkError> {
         for sink in &mut self.sinks {
+            for event in &item.events {
+                sink.write_event(event)?;
+            }
             if let Some(record) = &item.frame {
                 sink.write_frame(item.stream, record, &item.pixels)?;
             }
@@ -240,6 +243,7 @@ mod tests {
             pixels: Vec::new(),
             ended: Vec::new(),
             stream_ended: false,
+            events: Vec::new(),
         }
     }
 
@@ -275,6 +279,7 @@ mod tests {
             .collect();
         let ended = Tracked {
             stream_ended: true,
+            events: Vec::new(),
             frame: None,
             ..frame(1, 0)
         };

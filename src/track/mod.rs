@@ -43,6 +43,9 @@ pub struct TrackConfig {
     /// landmarks, see `track::evidence`) before it counts as a person: a neck, a hand or a shoe
     /// taken for a face does not; 0: every confirmed track is a person.
     pub min_face_frames: u32,
+    /// While a person stays in view, a `track_update` record every this many seconds (0: none);
+    /// a `track_start` record comes when a track becomes a person in any case.
+    pub update_every_s: f64,
 }
 
 impl Default for TrackConfig {
@@ -55,6 +58,7 @@ impl Default for TrackConfig {
             max_lost_ms: 1500.0,
             reentry_ms: 10_000.0,
             min_face_frames: 3,
+            update_every_s: 0.0,
         }
     }
 }
@@ -69,6 +73,14 @@ impl TrackConfig {
         Setting::key("max_lost_ms").check(self.max_lost_ms, 0.0, 600_000.0, "ms")?;
         Setting::key("reentry_ms").check(self.reentry_ms, 0.0, 3_600_000.0, "ms")?;
         Setting::key("min_face_frames").check(self.min_face_frames, 0, 1000, "frames")?;
+        if self.update_every_s != 0.0 {
+            Setting::key("update_every_s").check(
+                self.update_every_s,
+                0.1,
+                86_400.0,
+                "s (or 0: none)",
+            )?;
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use super::second::{self, SecondReads};
 use super::{Detection, TrackConfig, Tracker};
 use crate::attributes::faceres::FaceReading;
 use crate::model::readout::Prediction;
-use crate::record::{FaceRecord, Readout, RecordKind, TrackRecord};
+use crate::record::{FaceRecord, Readout, RecordKind, TrackEvent, TrackRecord};
 use crate::sources::StreamInfo;
 
 /// What is known of one track so far.
@@ -37,6 +37,10 @@ struct Person {
     /// [`People::reassociation_wanted`]), and the frame of the last time.
     compared: u32,
     compared_frame: u64,
+    /// The face's last box.
+    last_bbox: [f32; 4],
+    /// When the person was last announced (`track_start`, then `track_update`), ms.
+    announced_ms: Option<f64>,
 }
 
 impl Person {
@@ -55,6 +59,8 @@ impl Person {
             said: Default::default(),
             compared: 0,
             compared_frame: 0,
+            last_bbox: [0.0; 4],
+            announced_ms: None,
         }
     }
 
@@ -72,6 +78,7 @@ impl Person {
     ) {
         self.last_frame = frame;
         self.last_pts_ms = pts_ms;
+        self.last_bbox = face.face.bbox;
         self.frames += 1;
         if shows_a_face(&face.face) {
             self.face_frames = self.face_frames.saturating_add(1);
@@ -124,6 +131,10 @@ pub struct People {
     detect_every: u32,
     /// Where snapshots of people go (their track records name them), when they are written.
     snapshots: Option<std::path::PathBuf>,
+    /// A second reader reads faces, so a new track may still turn out to be a lost person.
+    recognises: bool,
+    /// `track_start` and `track_update` records not yet taken ([`People::take_events`]).
+    events: Vec<TrackEvent>,
 }
 
 impl People {
@@ -134,6 +145,62 @@ impl People {
             attributes,
             detect_every: 1,
             snapshots: None,
+            recognises: false,
+            events: Vec::new(),
+        }
+    }
+
+    /// A second reader reads faces (see [`People::reassociate`]): a new track is announced only
+    /// once it can no longer turn out to be a lost person.
+    pub fn with_recognition(mut self, recognises: bool) -> Self {
+        self.recognises = recognises;
+        self
+    }
+
+    /// The `track_start` and `track_update` records since the last call, in order: they go out
+    /// before the record of the frame they were said at.
+    pub fn take_events(&mut self) -> Vec<TrackEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Announces the people of this frame of stream `index` (after every step that may change
+    /// its faces' tracks): `track_start` for a track that became a person, `track_update` every
+    /// `update_every_s` while a person stays in view. A new track that may still be recognised as
+    /// a lost person (see [`People::reassociate`]) is not a person yet: its face is marked
+    /// unconfirmed until it can no longer be.
+    pub fn announce(&mut self, index: usize, frame: u64, pts_ms: f64, faces: &mut [FaceRecord]) {
+        let update_ms = self.config.update_every_s * 1000.0;
+        let recognises = self.recognises;
+        let Some(Some(tracks)) = self.streams.get_mut(index) else {
+            return;
+        };
+        for face in faces.iter_mut() {
+            let Some(id) = face.track_id.filter(|_| face.confirmed == Some(true)) else {
+                continue;
+            };
+            let Some(p) = tracks.people.get(&id) else {
+                continue;
+            };
+            let kind = match p.announced_ms {
+                None => {
+                    let may_be_lost_person = recognises
+                        && p.compared < MAX_COMPARISONS
+                        && p.frames <= COMPARE_WITHIN_FRAMES
+                        && !candidates(tracks, p.first_frame, face.face.bbox).is_empty();
+                    if may_be_lost_person {
+                        face.confirmed = Some(false);
+                        continue;
+                    }
+                    RecordKind::TrackStart
+                }
+                Some(at) if update_ms > 0.0 && pts_ms - at >= update_ms => RecordKind::TrackUpdate,
+                Some(_) => continue,
+            };
+            let event = event(tracks, id, p, kind, (frame, pts_ms), &face.attributes);
+            if let Some(p) = tracks.people.get_mut(&id) {
+                p.announced_ms = Some(pts_ms);
+            }
+            self.events.push(event);
         }
     }
 
@@ -214,6 +281,7 @@ impl People {
                 let person = tracks.people.remove(&e.id)?;
                 (e.confirmed && person.is_person(min_face_frames)).then(|| {
                     tracks.counted += 1;
+                    announce_unannounced(tracks, e.id, &person, &self.attributes, &mut self.events);
                     record(tracks, e.id, person, &self.attributes)
                         .with_snapshot(self.snapshots.as_deref())
                 })
@@ -390,7 +458,10 @@ impl People {
                 // nothing new.
                 let due =
                     p.compared == 0 || p.last_frame >= p.compared_frame + COMPARE_EVERY_FRAMES;
-                p.compared < MAX_COMPARISONS
+                // Announced as a person of their own, a track stays one (its `track_start` is
+                // out; see `announce`).
+                p.announced_ms.is_none()
+                    && p.compared < MAX_COMPARISONS
                     && p.frames <= COMPARE_WITHIN_FRAMES
                     && due
                     && f.face.score >= COMPARE_SCORE
@@ -492,6 +563,7 @@ impl People {
                 && person.is_person(self.config.min_face_frames)
             {
                 tracks.counted += 1;
+                announce_unannounced(tracks, e.id, &person, &self.attributes, &mut self.events);
                 records.push(
                     record(tracks, e.id, person, &self.attributes)
                         .with_snapshot(self.snapshots.as_deref()),
@@ -576,6 +648,61 @@ fn near(expected: [f32; 4], face: [f32; 4]) -> bool {
     (a[0] - b[0]).hypot(a[1] - b[1]) <= REAPPEAR_WITHIN_WIDTHS * width
 }
 
+/// A `kind` record of person `p` (track `id`) at `(frame, pts_ms)`, saying `attributes`.
+fn event(
+    tracks: &StreamTracks,
+    id: u64,
+    p: &Person,
+    kind: RecordKind,
+    (frame, pts_ms): (u64, f64),
+    attributes: &crate::record::Attributes,
+) -> TrackEvent {
+    TrackEvent {
+        kind,
+        stream: tracks.id.clone(),
+        source: tracks.uri.clone(),
+        track_id: id,
+        frame,
+        pts_ms,
+        time: tracks.time(pts_ms),
+        first_frame: p.first_frame,
+        first_pts_ms: p.first_pts_ms,
+        first_time: tracks.time(p.first_pts_ms),
+        frames: p.frames,
+        bbox: p.last_bbox,
+        attributes: attributes.clone(),
+    }
+}
+
+/// A person whose track ends before they were announced (their track was still a candidate
+/// for a lost person's, or the stream cut) gets their `track_start` now, at their last frame,
+/// just before their track record.
+fn announce_unannounced(
+    tracks: &StreamTracks,
+    id: u64,
+    person: &Person,
+    attributes: &Option<Readout>,
+    events: &mut Vec<TrackEvent>,
+) {
+    if person.announced_ms.is_some() {
+        return;
+    }
+    let said = person
+        .attributes_now(attributes.as_ref())
+        .unwrap_or_default();
+    let at = (person.last_frame, person.last_pts_ms);
+    events.push(event(tracks, id, person, RecordKind::TrackStart, at, &said));
+}
+
+impl StreamTracks {
+    /// The clock time of `pts_ms` on this stream, when it has a clock.
+    fn time(&self, pts_ms: f64) -> Option<String> {
+        self.clock_origin_ms
+            .get()
+            .and_then(|origin| crate::sources::rfc3339_ms(origin + pts_ms))
+    }
+}
+
 fn record(
     tracks: &StreamTracks,
     track_id: u64,
@@ -585,12 +712,6 @@ fn record(
     let attributes = person
         .attributes_now(attributes.as_ref())
         .unwrap_or_default();
-    let time = |pts_ms: f64| {
-        tracks
-            .clock_origin_ms
-            .get()
-            .and_then(|origin| crate::sources::rfc3339_ms(origin + pts_ms))
-    };
     TrackRecord {
         kind: RecordKind::Track,
         stream: tracks.id.clone(),
@@ -600,8 +721,8 @@ fn record(
         last_frame: person.last_frame,
         first_pts_ms: person.first_pts_ms,
         last_pts_ms: person.last_pts_ms,
-        first_time: time(person.first_pts_ms),
-        last_time: time(person.last_pts_ms),
+        first_time: tracks.time(person.first_pts_ms),
+        last_time: tracks.time(person.last_pts_ms),
         frames: person.frames,
         attributes,
         snapshot: None,
@@ -761,6 +882,56 @@ mod tests {
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].attributes.gender.as_ref().unwrap().label, "male");
         assert_eq!(records[0].attributes.race.as_ref().unwrap().label, "asian");
+    }
+
+    /// A person is announced once, on the frame their face is first confirmed, then every
+    /// `update_every_s` while in view; a confirmed face is never without a `track_start` before
+    /// it, and a track that ends unannounced gets its `track_start` just before its record.
+    #[test]
+    fn people_are_announced_when_they_become_people_and_while_in_view() {
+        let config = TrackConfig {
+            update_every_s: 0.1,
+            ..TrackConfig::default()
+        };
+        let mut people = People::new(config, None);
+        let info = stream();
+        let mut said = Vec::new();
+        for frame in 0..8 {
+            let pts_ms = frame as f64 * 40.0;
+            let mut faces = vec![face(0.0, true)];
+            people.frame(&info, frame, pts_ms, &mut faces, &[None]);
+            people.announce(0, frame, pts_ms, &mut faces);
+            for e in people.take_events() {
+                said.push((e.kind, e.frame, e.frames, e.first_frame));
+            }
+            if faces[0].confirmed == Some(true) {
+                assert!(
+                    !said.is_empty(),
+                    "confirmed at {frame} before any track_start"
+                );
+            }
+        }
+        assert_eq!(
+            said,
+            [
+                (RecordKind::TrackStart, 2, 3, 0),
+                (RecordKind::TrackUpdate, 5, 6, 0),
+            ]
+        );
+        // Without announcing (as when a track may still be a lost person), the end says it.
+        let mut people = People::new(TrackConfig::default(), None);
+        for frame in 0..5 {
+            let mut faces = vec![face(0.0, true)];
+            people.frame(&info, frame, frame as f64 * 40.0, &mut faces, &[None]);
+        }
+        let records = people.finish();
+        let events = people.take_events();
+        assert_eq!(records.len(), 1);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind, events[0].frame, events[0].track_id),
+            (RecordKind::TrackStart, 4, records[0].track_id)
+        );
     }
 
     /// A stream with a clock gives its track records clock times, on the frames' timeline.

@@ -26,7 +26,7 @@ pub(crate) fn spawn(
     let (out, tracked) = graph.channel("tracked", cx.queue_frames, WhenFull::Block);
     let stage = TrackStage {
         input,
-        people,
+        people: people.with_recognition(second_reader.is_some()),
         second_reader,
         pixels_for_sinks: cx.keep_pixels.sinks,
         windows: cx.windows.clone(),
@@ -93,16 +93,18 @@ impl TrackStage {
             });
             if done {
                 // The people still in view when the run ends (none written if the output closed).
+                let ended = if control.output_closed() {
+                    Vec::new()
+                } else {
+                    self.people.finish()
+                };
                 let item = Tracked {
                     stream: 0,
                     frame: None,
                     pixels: Vec::new(),
-                    ended: if control.output_closed() {
-                        Vec::new()
-                    } else {
-                        self.people.finish()
-                    },
+                    ended,
                     stream_ended: false,
+                    events: self.people.take_events(),
                 };
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
                 self.stats.update(|n| n.people = people);
@@ -142,16 +144,19 @@ impl TrackStage {
                 pixels: Vec::new(),
                 ended: Vec::new(),
                 stream_ended: d.stream_ended,
+                events: Vec::new(),
             });
         }
         if d.stream_ended {
             // The stream's people still in view end with it.
+            let ended = self.people.finish_stream(stream);
             return Ok(Tracked {
                 stream,
                 frame: None,
                 pixels: Vec::new(),
-                ended: self.people.finish_stream(stream),
+                ended,
                 stream_ended: true,
+                events: self.people.take_events(),
             });
         }
         let mut faces = d.faces;
@@ -203,6 +208,8 @@ impl TrackStage {
                 );
             }
         }
+        self.people
+            .announce(stream, frame.index, frame.pts_ms, &mut faces);
         let pixels = if self.pixels_for_sinks {
             std::mem::take(&mut frame.rgb)
         } else {
@@ -214,6 +221,7 @@ impl TrackStage {
             pixels,
             ended,
             stream_ended: false,
+            events: self.people.take_events(),
         })
     }
 }

@@ -6,6 +6,7 @@ mod attributes;
 mod cli_errors;
 mod clock;
 mod detect_images;
+mod events;
 mod geometry;
 mod hardening;
 mod metrics;

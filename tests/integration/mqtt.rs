@@ -233,11 +233,12 @@ fn key(record: &serde_json::Value) -> String {
     )
 }
 
-/// The records of a run's JSON that go to MQTT: frames with a face, and track records.
+/// The records of a run's JSON that go to MQTT: frames with a face, and people's records
+/// (`track_start`, `track_update`, `track`).
 fn published_records(json: &Path) -> HashSet<String> {
     read_all_jsonl(json)
         .iter()
-        .filter(|r| r["type"] == "track" || !r["faces"].as_array().unwrap().is_empty())
+        .filter(|r| r["type"] != "frame" || !r["faces"].as_array().unwrap().is_empty())
         .map(key)
         .collect()
 }

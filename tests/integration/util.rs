@@ -44,11 +44,12 @@ pub fn read_all_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The frame (or image) records of a JSON Lines file: people's track records left out.
+/// The frame (or image) records of a JSON Lines file: people's records (`track`,
+/// `track_start`, `track_update`) left out.
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     read_all_jsonl(path)
         .into_iter()
-        .filter(|r| r["type"] != "track")
+        .filter(|r| !r["type"].as_str().is_some_and(|t| t.starts_with("track")))
         .collect()
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Claim, OutputConfig, OutputContext, OutputError, Sink, SinkError};
-use crate::record::{FrameRecord, TrackRecord};
+use crate::record::{FrameRecord, TrackEvent, TrackRecord};
 
 /// A failure of the JSON Lines output.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +190,10 @@ impl Sink for JsonLinesWriter {
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        Ok(self.write(record)?)
+    }
+
+    fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
         Ok(self.write(record)?)
     }
 

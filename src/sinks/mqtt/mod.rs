@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{Claim, OutputConfig, OutputContext, OutputError, Sink, SinkError};
-use crate::record::{FrameRecord, TrackRecord};
+use crate::record::{FrameRecord, TrackEvent, TrackRecord};
 
 /// A failure of the MQTT output; `target` is the broker URL, its password masked.
 #[derive(Debug, thiserror::Error)]
@@ -667,6 +667,10 @@ impl Sink for MqttSink {
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        self.publish(&record.stream, record)
+    }
+
+    fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
         self.publish(&record.stream, record)
     }
 
