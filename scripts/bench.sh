@@ -50,7 +50,7 @@ mapfile -t images < <(ls "$stills"/*.png | awk -v n=$frames 'NR % 3 == 1' | head
 [ ${#images[@]} -eq $frames ] || die "$clip is too short: ${#images[@]} frames, need $frames"
 # The clip's frame rate, from the timestamps faceflow reports for its first frames.
 clip_fps=$("$ff" run --input "$cache/$name/854x480.mp4" --max-frames 11 --no-attributes --json - 2>/dev/null \
-  | python3 -c "import json,sys; t=[json.loads(l)['pts_ms'] for l in sys.stdin if '\"pts_ms\"' in l]; print(round(1000*(len(t)-1)/(t[-1]-t[0]), 2))")
+  | python3 -c "import json,sys; r=[json.loads(l) for l in sys.stdin]; t=[x['pts_ms'] for x in r if x.get('type')=='frame']; print(round(1000*(len(t)-1)/(t[-1]-t[0]), 2))")
 
 seconds() { # command... -> wall seconds of the whole process
   local start end

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use crate::model::AgeGrouping;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
-use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -35,29 +35,8 @@ pub enum ReportError {
     Chart { name: String, message: String },
 }
 
-/// The fields of a label (`{"label": "female", "prob": 0.9}`).
-#[derive(Debug, Clone, Deserialize)]
-struct Label {
-    label: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Age {
-    group: String,
-    index: usize,
-}
-
 /// A person: a track record.
-#[derive(Debug, Clone, Deserialize)]
-struct Person {
-    stream: String,
-    first_pts_ms: f64,
-    last_pts_ms: f64,
-    #[serde(default)]
-    age: Option<Age>,
-    #[serde(default)]
-    gender: Option<Label>,
-}
+type Person = crate::record::TrackRecord;
 
 /// A frame: its stream, time and number of faces.
 #[derive(Debug, Clone)]
@@ -139,6 +118,28 @@ impl RunRecords {
             });
         }
         Ok(records)
+    }
+
+    /// The age grouping the records were written with (3, 5 or 10 groups: the length of their
+    /// age probabilities), when any person has an age.
+    fn grouping(&self) -> Option<AgeGrouping> {
+        self.people
+            .iter()
+            .find_map(|p| p.attributes.age.as_ref())
+            .and_then(|a| AgeGrouping::from_count(a.probs.len() as u32).ok())
+    }
+
+    /// Every age group of the records' grouping in order (empty ones too), else the groups the
+    /// records name.
+    fn age_groups(&self) -> Vec<String> {
+        if let Some(g) = self.grouping() {
+            return (0..g.len()).filter_map(|i| g.label(i)).collect();
+        }
+        let mut named: BTreeMap<usize, String> = BTreeMap::new();
+        for a in self.people.iter().filter_map(|p| p.attributes.age.as_ref()) {
+            named.insert(a.index, a.group.clone());
+        }
+        named.into_values().collect()
     }
 
     fn streams(&self) -> Vec<String> {
@@ -284,33 +285,34 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
 }
 
 /// People by age group and gender.
-fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
-    let err = chart_error("age and gender");
-    // Age groups in their order (by index), as the records name them.
-    let mut groups: BTreeMap<usize, String> = BTreeMap::new();
-    for p in &records.people {
-        if let Some(a) = &p.age {
-            groups.insert(a.index, a.group.clone());
-        }
-    }
-    // "unknown": a gender below the run's `unknown_below` threshold.
-    let genders = ["female", "male", crate::record::UNKNOWN];
+/// "unknown": a gender below the run's `unknown_below` threshold.
+const GENDERS: [&str; 3] = ["female", "male", crate::record::UNKNOWN];
+
+/// People of `people` per age group of `groups` (rows) and gender of [`GENDERS`] (columns);
+/// people without an age or gender are not in it.
+fn age_gender_counts(people: &[&Person], groups: &[String]) -> Vec<[u32; 3]> {
     let mut counts = vec![[0u32; 3]; groups.len()];
-    let position: BTreeMap<usize, usize> =
-        groups.keys().enumerate().map(|(i, k)| (*k, i)).collect();
-    for p in &records.people {
-        let (Some(a), Some(g)) = (&p.age, &p.gender) else {
+    for p in people {
+        let (Some(a), Some(g)) = (&p.attributes.age, &p.attributes.gender) else {
             continue;
         };
-        if let (Some(&i), Some(j)) = (
-            position.get(&a.index),
-            genders.iter().position(|x| *x == g.label),
+        if let (Some(i), Some(j)) = (
+            groups.iter().position(|x| *x == a.group),
+            GENDERS.iter().position(|x| *x == g.label),
         ) {
             counts[i][j] += 1;
         }
     }
+    counts
+}
+
+fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+    let err = chart_error("age and gender");
+    let genders = GENDERS;
+    let names = records.age_groups();
+    let everyone: Vec<&Person> = records.people.iter().collect();
+    let counts = age_gender_counts(&everyone, &names);
     let top = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
-    let names: Vec<String> = groups.values().cloned().collect();
     let root = canvas(path).map_err(&err)?;
     let mut chart = titled(&root, "People by age group and gender")
         .build_cartesian_2d(0f64..names.len().max(1) as f64, 0u32..top + top / 5 + 1)
@@ -464,6 +466,170 @@ pub const CHARTS: [(&str, &str); 4] = [
     ("faces_over_time.svg", "Faces per frame over time"),
 ];
 
+/// What a person's record says of `attribute`, `none` when it says nothing (not reported).
+const NONE: &str = "none";
+
+/// The people of `people` per (age group, gender), every group of `groups` and every gender of
+/// [`GENDERS`] (zeros too), then `none` rows where records lack an age or a gender: the counts
+/// add up to the people.
+fn summary_rows(people: &[&Person], groups: &[String]) -> Vec<(String, String, usize)> {
+    let age_of = |p: &Person| {
+        p.attributes
+            .age
+            .as_ref()
+            .map_or(NONE.to_string(), |a| a.group.clone())
+    };
+    let gender_of = |p: &Person| {
+        p.attributes
+            .gender
+            .as_ref()
+            .map_or(NONE.to_string(), |g| g.label.clone())
+    };
+    let mut ages: Vec<String> = groups.to_vec();
+    let mut genders: Vec<String> = GENDERS.iter().map(|g| g.to_string()).collect();
+    for p in people {
+        for (list, value) in [(&mut ages, age_of(p)), (&mut genders, gender_of(p))] {
+            if !list.contains(&value) {
+                list.push(value);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for age in &ages {
+        for gender in &genders {
+            let n = people
+                .iter()
+                .filter(|p| age_of(p) == *age && gender_of(p) == *gender)
+                .count();
+            rows.push((age.clone(), gender.clone(), n));
+        }
+    }
+    rows
+}
+
+/// `people.csv` (one row per person) and `summary.csv` (people per stream × age group ×
+/// gender, `total` for all streams) in `out`.
+fn write_csvs(records: &RunRecords, out: &Path) -> Result<(), ReportError> {
+    let write = |name: &str, rows: &mut dyn Iterator<Item = Vec<String>>| {
+        let path = out.join(name);
+        let failed = |e: csv::Error| ReportError::Write {
+            path: path.clone(),
+            reason: std::io::Error::other(e.to_string()),
+        };
+        let mut w = csv::Writer::from_path(&path).map_err(failed)?;
+        for row in rows {
+            w.write_record(&row).map_err(failed)?;
+        }
+        w.flush().map_err(|reason| ReportError::Write {
+            path: path.clone(),
+            reason,
+        })
+    };
+    let text = |v: Option<String>| v.unwrap_or_default();
+    let number = |v: f64| format!("{}", (v * 1000.0).round() / 1000.0);
+    let header = [
+        "stream",
+        "track_id",
+        "first_frame",
+        "last_frame",
+        "first_pts_ms",
+        "last_pts_ms",
+        "first_time",
+        "last_time",
+        "frames",
+        "age_group",
+        "age_years",
+        "gender",
+        "gender_prob",
+        "race",
+        "race_prob",
+        "snapshot",
+    ];
+    let people = records.people.iter().map(|p| {
+        let a = &p.attributes;
+        let label = |l: &Option<crate::model::readout::LabelJson>| {
+            (
+                text(l.as_ref().map(|l| l.label.clone())),
+                text(l.as_ref().map(|l| format!("{:.3}", l.prob))),
+            )
+        };
+        let (gender, gender_prob) = label(&a.gender);
+        let (race, race_prob) = label(&a.race);
+        vec![
+            p.stream.clone(),
+            p.track_id.to_string(),
+            p.first_frame.to_string(),
+            p.last_frame.to_string(),
+            number(p.first_pts_ms),
+            number(p.last_pts_ms),
+            text(p.first_time.clone()),
+            text(p.last_time.clone()),
+            p.frames.to_string(),
+            text(a.age.as_ref().map(|a| a.group.clone())),
+            text(a.age.as_ref().map(|a| format!("{:.1}", a.years))),
+            gender,
+            gender_prob,
+            race,
+            race_prob,
+            text(p.snapshot.clone()),
+        ]
+    });
+    let mut rows = std::iter::once(header.iter().map(|h| h.to_string()).collect()).chain(people);
+    write("people.csv", &mut rows)?;
+    let groups = records.age_groups();
+    let mut summary = vec![
+        ["stream", "age_group", "gender", "people"]
+            .iter()
+            .map(|h| h.to_string())
+            .collect::<Vec<_>>(),
+    ];
+    let everyone: Vec<&Person> = records.people.iter().collect();
+    let streams = records.streams();
+    let per_stream = streams.iter().map(|s| {
+        let people: Vec<&Person> = records.people.iter().filter(|p| p.stream == *s).collect();
+        (s.clone(), people)
+    });
+    for (stream, people) in per_stream.chain(std::iter::once(("total".to_string(), everyone))) {
+        for (age, gender, n) in summary_rows(&people, &groups) {
+            summary.push(vec![stream.clone(), age, gender, n.to_string()]);
+        }
+    }
+    write("summary.csv", &mut summary.into_iter())
+}
+
+/// An HTML table of `people` per age group (rows, every group of `groups`) and gender.
+fn age_gender_table(title: &str, people: &[&Person], groups: &[String]) -> String {
+    let counts = age_gender_counts(people, groups);
+    let mut html = format!(
+        "<table class=\"people\"><caption>{}</caption><tr><th>age group</th>{}<th>all</th></tr>\n",
+        escape(title),
+        GENDERS
+            .iter()
+            .map(|g| format!("<th>{g}</th>"))
+            .collect::<String>()
+    );
+    for (group, row) in groups.iter().zip(&counts) {
+        html.push_str(&format!(
+            "<tr><td>{}</td>{}<td>{}</td></tr>\n",
+            escape(group),
+            row.iter()
+                .map(|n| format!("<td>{n}</td>"))
+                .collect::<String>(),
+            row.iter().sum::<u32>()
+        ));
+    }
+    let counted: u32 = counts.iter().flatten().sum();
+    if counted as usize != people.len() {
+        html.push_str(&format!(
+            "<tr><td colspan=\"{}\">{} without an age or gender</td></tr>\n",
+            GENDERS.len() + 2,
+            people.len() - counted as usize
+        ));
+    }
+    html.push_str("</table>\n");
+    html
+}
+
 /// Writes the charts and `index.html` into `out` (created); returns the page's path.
 pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
     let records = RunRecords::read(input)?;
@@ -475,6 +641,17 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
     age_by_gender(&records, &out.join(CHARTS[1].0))?;
     dwell_times(&records, &out.join(CHARTS[2].0))?;
     faces_over_time(&records, &out.join(CHARTS[3].0))?;
+    write_csvs(&records, out)?;
+    let groups = records.age_groups();
+    let everyone: Vec<&Person> = records.people.iter().collect();
+    let mut tables = age_gender_table("All streams", &everyone, &groups);
+    let streams = records.streams();
+    if streams.len() > 1 {
+        for s in &streams {
+            let people: Vec<&Person> = records.people.iter().filter(|p| p.stream == *s).collect();
+            tables.push_str(&age_gender_table(&format!("Stream {s}"), &people, &groups));
+        }
+    }
     let mut rows = String::new();
     for s in records.streams() {
         let people: Vec<&Person> = records.people.iter().filter(|p| p.stream == s).collect();
@@ -488,7 +665,7 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
         let gender = |g: &str| {
             people
                 .iter()
-                .filter(|p| p.gender.as_ref().is_some_and(|x| x.label == g))
+                .filter(|p| p.attributes.gender.as_ref().is_some_and(|x| x.label == g))
                 .count()
         };
         let mean_dwell = if people.is_empty() {
@@ -523,11 +700,14 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>faceflow report</title>\n\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{background:#f0f0f0}}\
+         table.people{{display:inline-table;margin:1em 2em 1em 0;vertical-align:top}}caption{{font-weight:bold;padding:4px}}\
          figure{{display:inline-block;margin:1em}}figcaption{{text-align:center;color:#555}}</style></head>\n\
          <body><h1>Who passed, and when</h1>\n<p>From <code>{source}</code>: {people} people \
          (one per track that faceflow confirmed), {frames} frames.</p>\n\
          <table><tr><th>stream</th><th>frames</th><th>faces</th><th>people</th><th>women</th><th>men</th><th>gender unknown</th><th>mean time in view</th></tr>\n\
-         {rows}</table>\n{charts}</body></html>\n",
+         {rows}</table>\n<h2>People by age group and gender</h2>\n{tables}\
+         <p>As CSV: <a href=\"people.csv\">people.csv</a> (one row per person), \
+         <a href=\"summary.csv\">summary.csv</a> (people per stream, age group and gender).</p>\n{charts}</body></html>\n",
         people = records.people.len(),
         frames = records.frames.len(),
     );
@@ -582,6 +762,64 @@ mod tests {
         // The age chart names the groups.
         let svg = std::fs::read_to_string(out.join(CHARTS[1].0)).unwrap();
         assert!(svg.contains("g2") && svg.contains("g4"), "{svg}");
+    }
+
+    /// Every group of the records' grouping is in the tables and the summary, empty ones too;
+    /// people.csv has a row per person and summary.csv adds up to the people, per stream and in
+    /// total, also for people without an age or gender.
+    #[test]
+    fn tables_and_csvs_show_every_group_and_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("run.jsonl");
+        let probs = "[0.1,0.6,0.1,0.1,0.1]";
+        let person = |stream: &str, id: u32, attributes: &str| {
+            format!(
+                "{{\"type\":\"track\",\"stream\":\"{stream}\",\"source\":\"x\",\"track_id\":{id},\"first_frame\":0,\"last_frame\":9,\"first_pts_ms\":0.0,\"last_pts_ms\":360.0,\"first_time\":\"2026-12-07T09:30:00.000Z\",\"last_time\":\"2026-12-07T09:30:00.360Z\",\"frames\":10{attributes}}}\n"
+            )
+        };
+        let aged = |g: &str| {
+            format!(
+                ",\"age\":{{\"group\":\"12-23\",\"index\":1,\"years\":20.0,\"probs\":{probs}}},\"gender\":{{\"label\":\"{g}\",\"prob\":0.9}}"
+            )
+        };
+        let text = [
+            person("door", 1, &aged("female")),
+            person("door", 2, &aged("unknown")),
+            person("hall", 3, &aged("female")),
+            person("hall", 4, ""),
+            "{\"type\":\"track_start\",\"stream\":\"hall\"}\n".to_string(),
+        ]
+        .concat();
+        std::fs::write(&jsonl, text).unwrap();
+        let out = dir.path().join("report");
+        let html = std::fs::read_to_string(write(&jsonl, &out).unwrap()).unwrap();
+        for group in ["1-11", "12-23", "24-39", "40-55", "56-80"] {
+            assert!(
+                html.contains(&format!("<td>{group}</td>")),
+                "{group}: {html}"
+            );
+        }
+        assert!(html.contains("Stream hall") && html.contains("1 without an age or gender"));
+        let people = std::fs::read_to_string(out.join("people.csv")).unwrap();
+        let lines: Vec<&str> = people.lines().collect();
+        assert_eq!(lines.len(), 5, "{people}");
+        assert!(lines[0].starts_with("stream,track_id,first_frame"));
+        assert!(
+            lines[1].starts_with("door,1,0,9,0,360,2026-12-07T09:30:00.000Z,")
+                && lines[1].contains(",12-23,20.0,female,0.900,"),
+            "{}",
+            lines[1]
+        );
+        let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+        let mut sums: BTreeMap<String, u32> = BTreeMap::new();
+        for line in summary.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            *sums.entry(f[0].to_string()).or_default() += f[3].parse::<u32>().unwrap();
+        }
+        let want: BTreeMap<String, u32> =
+            [("door".into(), 2), ("hall".into(), 2), ("total".into(), 4)].into();
+        assert_eq!(sums, want, "{summary}");
+        assert!(summary.contains("door,56-80,male,0") && summary.contains("hall,none,none,1"));
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl PtsClock {
         if self.from_first_frame {
             pts_ms -= first_ms;
         }
-        if self.offset_ms != 0.0
+        // A live stream's time never goes back (nor its clock time, which follows it); a file
+        // keeps its own timestamps until a reconnection shifts them.
+        if (self.offset_ms != 0.0 || self.from_first_frame)
             && let Some(last) = self.last_ms
             && pts_ms <= last
         {

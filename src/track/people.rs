@@ -526,6 +526,7 @@ impl People {
             };
             person.last_frame = new.last_frame;
             person.last_pts_ms = new.last_pts_ms;
+            person.last_bbox = new.last_bbox;
             person.frames += new.frames;
             person.face_frames = person.face_frames.saturating_add(new.face_frames);
             person.estimate.absorb(&new.estimate);

@@ -510,8 +510,15 @@ impl MqttSink {
     }
 
     /// Queues `record` as JSON to `stream`'s topic (or counts it as dropped when the buffer is
-    /// full).
-    fn publish(&mut self, stream: &str, record: &impl Serialize) -> Result<(), SinkError> {
+    /// full). People's records (`person`: `track_start`, `track_update`, `track`) have room
+    /// beyond the buffer, up to twice it: frames are dropped first, so a subscriber that gets a
+    /// person's frames after the broker came back also got the person's start.
+    fn publish(
+        &mut self,
+        stream: &str,
+        record: &impl Serialize,
+        person: bool,
+    ) -> Result<(), SinkError> {
         let payload = serde_json::to_vec(record).map_err(|e| MqttError {
             target: self.shown.clone(),
             message: e.to_string(),
@@ -520,7 +527,12 @@ impl MqttSink {
         let Ok(mut shared) = self.shared.lock() else {
             return Ok(());
         };
-        if shared.ledger.records.len() >= self.buffer {
+        let room = if person {
+            self.buffer.saturating_mul(2)
+        } else {
+            self.buffer
+        };
+        if shared.ledger.records.len() >= room {
             shared.dropped += 1;
             let dropped = shared.dropped;
             drop(shared);
@@ -663,15 +675,15 @@ impl Sink for MqttSink {
         if record.faces.is_empty() && !self.all_frames {
             return Ok(());
         }
-        self.publish(&record.stream, record)
+        self.publish(&record.stream, record, false)
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
-        self.publish(&record.stream, record)
+        self.publish(&record.stream, record, true)
     }
 
     fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
-        self.publish(&record.stream, record)
+        self.publish(&record.stream, record, true)
     }
 
     /// Waits for the acknowledgements; records the broker never acknowledged fail the run (every

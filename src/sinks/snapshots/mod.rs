@@ -78,11 +78,16 @@ struct Best {
     crop: image::RgbImage,
     /// When the person was last seen, stream time.
     seen_pts_ms: f64,
+    /// A face of the track was confirmed: it is a person (the others are kept only a while).
+    person: bool,
 }
 
 /// A person not seen for this long (stream time) has their snapshot forgotten: a track taken over
 /// by another (`track::appearance`) never gets a record. Longer than the longest `reentry_ms`.
 const FORGET_AFTER_MS: f64 = 2.0 * 3_600_000.0;
+/// A track never confirmed (a neck, or a person held back a moment) not seen for this long has its
+/// face forgotten: a person's record comes well before (`max_lost_ms`, `reentry_ms` by default).
+const FORGET_UNCONFIRMED_AFTER_MS: f64 = 60_000.0;
 
 /// Room around the face's box in its snapshot, as a fraction of the box on each side.
 const MARGIN: f32 = 0.25;
@@ -124,14 +129,19 @@ impl Sink for SnapshotSink {
             .entry(stream)
             .or_insert_with(|| record.stream.clone());
         for face in &record.faces {
-            // Only people get a snapshot (a track not yet confirmed may be a neck or a hand).
-            let (Some(track), Some(true)) = (face.track_id, face.confirmed) else {
+            // Every track's best face is kept, but only a person's track record writes it (a
+            // track not confirmed may be a neck or a hand, or a person held back until they
+            // cannot be someone lost a moment ago); the others' are forgotten.
+            let Some(track) = face.track_id else {
                 continue;
             };
             let weight = readability(&face.face);
             let key = (stream, track);
+            let confirmed = face.confirmed == Some(true);
+            let was_person = self.best.get(&key).is_some_and(|b| b.person);
             if let Some(b) = self.best.get_mut(&key).filter(|b| b.weight >= weight) {
                 b.seen_pts_ms = record.pts_ms;
+                b.person |= confirmed;
                 continue;
             }
             if let Some(crop) = crop(pixels, record.width, record.height, face.face.bbox) {
@@ -141,12 +151,19 @@ impl Sink for SnapshotSink {
                         weight,
                         crop,
                         seen_pts_ms: record.pts_ms,
+                        person: was_person || confirmed,
                     },
                 );
             }
         }
-        self.best
-            .retain(|(s, _), b| *s != stream || record.pts_ms - b.seen_pts_ms <= FORGET_AFTER_MS);
+        self.best.retain(|(s, _), b| {
+            let forget_ms = if b.person {
+                FORGET_AFTER_MS
+            } else {
+                FORGET_UNCONFIRMED_AFTER_MS
+            };
+            *s != stream || record.pts_ms - b.seen_pts_ms <= forget_ms
+        });
         Ok(())
     }
 
