@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what faceflow needs and a fresh Debian 12 machine lacks. Idempotent: a second run only checks.
-#   - GStreamer 1.22 development files and plugins (apt)
+#   - GStreamer 1.22 development files and plugins, brokers and browsers for the tests (apt)
 #   - ONNX Runtime's shared library, taken from the pinned PyPI `onnxruntime` wheel, into .ort/lib/
 #   - the demo clip samples/astronaut.mp4, made from scikit-image's public-domain astronaut.png
 #   - with --cuda: ONNX Runtime's CUDA build and CUDA/cuDNN runtime libraries under .ort/cuda
@@ -26,6 +26,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 apt_packages=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   gstreamer1.0-libav gstreamer1.0-tools gstreamer1.0-x gstreamer1.0-rtsp fonts-dejavu-core mosquitto mosquitto-clients xvfb openssl
+  chromium
   python3 python3-pip unzip)
 missing=()
 for p in "${apt_packages[@]}"; do

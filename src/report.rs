@@ -167,6 +167,9 @@ const COLOURS: [RGBColor; 7] = [
 ];
 
 const SIZE: (u32, u32) = (760, 400);
+/// Axis labels, their titles and legends: readable at the page's size (the charts are shown at
+/// their own size). plotters writes a size of n as n / 1.24 px: 16 is 12.9 px.
+const LABEL_FONT: (&str, u32) = ("sans-serif", 16);
 
 fn chart_error(name: &str) -> impl Fn(String) -> ReportError + '_ {
     move |message| ReportError::Chart {
@@ -197,7 +200,7 @@ fn titled<'a, 'b>(
 ) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
     let mut builder = ChartBuilder::on(root);
     builder
-        .caption(title.as_ref(), ("sans-serif", 20))
+        .caption(title.as_ref(), ("sans-serif", 24))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(44);
@@ -210,6 +213,7 @@ fn legend<'a, CT: CoordTranslate>(
 ) -> Result<(), String> {
     chart
         .configure_series_labels()
+        .label_font(LABEL_FONT)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
@@ -262,6 +266,8 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
     .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
+        .label_style(LABEL_FONT)
+        .axis_desc_style(LABEL_FONT)
         .x_desc(format!("{unit} into the stream"))
         .y_desc("people")
         .x_label_formatter(&|x| format!("{x:.0}"))
@@ -320,6 +326,8 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
     let labels = names.clone();
     chart
         .configure_mesh()
+        .label_style(LABEL_FONT)
+        .axis_desc_style(LABEL_FONT)
         .x_desc("age group (years)")
         .y_desc("people")
         .x_labels(names.len().max(1) * 2 + 1)
@@ -377,6 +385,8 @@ fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
+        .label_style(LABEL_FONT)
+        .axis_desc_style(LABEL_FONT)
         .x_desc("seconds in view")
         .y_desc("people")
         .disable_x_mesh()
@@ -433,6 +443,8 @@ fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError>
         .map_err(|e| err(e.to_string()))?;
     chart
         .configure_mesh()
+        .label_style(LABEL_FONT)
+        .axis_desc_style(LABEL_FONT)
         .x_desc("seconds into the stream")
         .y_desc("faces per frame (mean per second)")
         .draw()
@@ -689,12 +701,23 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
             mean_dwell
         ));
     }
-    let charts: String = CHARTS
-        .iter()
-        .map(|(file, title)| {
-            format!("<figure><img src=\"{file}\" alt=\"{title}\"><figcaption>{title}</figcaption></figure>\n")
-        })
-        .collect();
+    // Inline, so the page stands alone and its charts' text is part of it (a browser, a test or
+    // a screen reader reads it); each chart is also its own SVG file beside the page.
+    let mut charts = String::new();
+    for (file, title) in CHARTS {
+        let path = out.join(file);
+        let svg =
+            std::fs::read_to_string(&path).map_err(|reason| ReportError::Read { path, reason })?;
+        let svg = svg.trim_start_matches(|c| c != '<');
+        let svg = match svg.strip_prefix("<?xml") {
+            Some(rest) => rest.split_once("?>").map_or(rest, |(_, after)| after),
+            None => svg,
+        };
+        charts.push_str(&format!(
+            "<figure>{}<figcaption><a href=\"{file}\">{title}</a></figcaption></figure>\n",
+            svg.trim()
+        ));
+    }
     let source = escape(&crate::redact::credentials(&input.display().to_string()));
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>faceflow report</title>\n\

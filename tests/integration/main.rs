@@ -16,6 +16,7 @@ mod output_guard;
 mod overlay;
 mod parity;
 mod readme;
+mod report;
 mod rtsp;
 mod run_video;
 mod scene;
