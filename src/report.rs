@@ -38,12 +38,70 @@ pub enum ReportError {
 /// A person: a track record.
 type Person = crate::record::TrackRecord;
 
-/// A frame: its stream, time and number of faces.
+/// A frame: its stream, time (and clock time, when it has one) and number of faces.
 #[derive(Debug, Clone)]
 struct FrameCount {
     stream: String,
     pts_ms: f64,
+    unix_ms: Option<f64>,
     faces: usize,
+}
+
+/// `time` as written in records (RFC 3339), in ms since the Unix epoch.
+fn unix_ms(time: Option<&str>) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(time?)
+        .ok()
+        .map(|t| t.timestamp_micros() as f64 / 1e3)
+}
+
+/// The charts' time axis: clock time (UTC) from the run's earliest moment when every record
+/// has one, so cameras line up in wall time; else each stream's own time from its start.
+struct Timeline {
+    origin_unix_ms: Option<f64>,
+}
+
+impl Timeline {
+    fn of(records: &RunRecords) -> Self {
+        let people = records
+            .people
+            .iter()
+            .map(|p| unix_ms(p.first_time.as_deref()));
+        let frames = records.frames.iter().map(|f| f.unix_ms);
+        let times: Option<Vec<f64>> = people.chain(frames).collect();
+        Self {
+            origin_unix_ms: times
+                .filter(|t| !t.is_empty())
+                .map(|t| t.into_iter().fold(f64::INFINITY, f64::min)),
+        }
+    }
+
+    /// Where a moment falls on the axis, ms: its clock time from the origin, or `pts_ms`.
+    fn at_ms(&self, pts_ms: f64, unix_ms: Option<f64>) -> f64 {
+        match (self.origin_unix_ms, unix_ms) {
+            (Some(origin), Some(t)) => t - origin,
+            _ => pts_ms,
+        }
+    }
+
+    /// The axis's title, for a unit of `unit`.
+    fn desc(&self, unit: &str) -> String {
+        match self.origin_unix_ms {
+            Some(_) => "time (UTC)".to_string(),
+            None => format!("{unit} into the stream"),
+        }
+    }
+
+    /// The label at `x` units of `unit_s` seconds along the axis.
+    fn label(&self, x: f64, unit_s: f64) -> String {
+        match self.origin_unix_ms {
+            Some(origin) => chrono::DateTime::from_timestamp_millis(
+                (origin + x * unit_s * 1000.0).round() as i64,
+            )
+            .map(|t| t.format("%H:%M:%S").to_string())
+            .unwrap_or_default(),
+            None => format!("{x:.0}"),
+        }
+    }
 }
 
 /// What a run's JSON says, read for the report.
@@ -104,6 +162,7 @@ impl RunRecords {
                     records.frames.push(FrameCount {
                         stream: stream.to_string(),
                         pts_ms,
+                        unix_ms: unix_ms(value["time"].as_str()),
                         faces,
                     });
                 }
@@ -226,11 +285,19 @@ fn legend<'a, CT: CoordTranslate>(
 fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
     let err = chart_error("people per minute");
     let streams = records.streams();
+    let timeline = Timeline::of(records);
+    let first_seen_ms =
+        |p: &Person| timeline.at_ms(p.first_pts_ms, unix_ms(p.first_time.as_deref()));
     let end_s = records
         .people
         .iter()
-        .map(|p| p.first_pts_ms / 1000.0)
-        .chain(records.frames.iter().map(|f| f.pts_ms / 1000.0))
+        .map(|p| first_seen_ms(p) / 1000.0)
+        .chain(
+            records
+                .frames
+                .iter()
+                .map(|f| timeline.at_ms(f.pts_ms, f.unix_ms) / 1000.0),
+        )
         .fold(0.0, f64::max);
     let bin_s = [
         5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
@@ -251,7 +318,7 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
     }
     for p in &records.people {
         if let Some(c) = counts.get_mut(p.stream.as_str()) {
-            c[bin(p.first_pts_ms)] += 1;
+            c[bin(first_seen_ms(p))] += 1;
         }
     }
     let top = counts.values().flatten().copied().max().unwrap_or(0).max(1);
@@ -268,9 +335,10 @@ fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportErro
         .configure_mesh()
         .label_style(LABEL_FONT)
         .axis_desc_style(LABEL_FONT)
-        .x_desc(format!("{unit} into the stream"))
+        .x_desc(timeline.desc(unit))
         .y_desc("people")
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(8)
+        .x_label_formatter(&|x| timeline.label(*x, unit_s))
         .disable_x_mesh()
         .draw()
         .map_err(|e| err(e.to_string()))?;
@@ -408,12 +476,13 @@ fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
 fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
     let err = chart_error("faces over time");
     let streams = records.streams();
+    let timeline = Timeline::of(records);
     let mut series: Vec<Vec<(f64, f64)>> = Vec::new();
     for s in &streams {
         let mut per_second: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
         for f in records.frames.iter().filter(|f| &f.stream == s) {
             let e = per_second
-                .entry((f.pts_ms / 1000.0).floor() as i64)
+                .entry((timeline.at_ms(f.pts_ms, f.unix_ms) / 1000.0).floor() as i64)
                 .or_default();
             e.0 += f.faces;
             e.1 += 1;
@@ -445,8 +514,10 @@ fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError>
         .configure_mesh()
         .label_style(LABEL_FONT)
         .axis_desc_style(LABEL_FONT)
-        .x_desc("seconds into the stream")
+        .x_desc(timeline.desc("seconds"))
         .y_desc("faces per frame (mean per second)")
+        .x_labels(8)
+        .x_label_formatter(&|x| timeline.label(*x, 1.0))
         .draw()
         .map_err(|e| err(e.to_string()))?;
     for (k, (stream, points)) in streams.iter().zip(series).enumerate() {
@@ -785,6 +856,12 @@ mod tests {
         // The age chart names the groups.
         let svg = std::fs::read_to_string(out.join(CHARTS[1].0)).unwrap();
         assert!(svg.contains("g2") && svg.contains("g4"), "{svg}");
+        // Without clock time, the axes are each stream's own time.
+        let svg = std::fs::read_to_string(out.join(CHARTS[0].0)).unwrap();
+        assert!(
+            svg.contains("into the stream") && !svg.contains("UTC"),
+            "{svg}"
+        );
     }
 
     /// Every group of the records' grouping is in the tables and the summary, empty ones too;
@@ -843,6 +920,12 @@ mod tests {
             [("door".into(), 2), ("hall".into(), 2), ("total".into(), 4)].into();
         assert_eq!(sums, want, "{summary}");
         assert!(summary.contains("door,56-80,male,0") && summary.contains("hall,none,none,1"));
+        // Records with clock time: the time axis is clock time.
+        let svg = std::fs::read_to_string(out.join(CHARTS[0].0)).unwrap();
+        assert!(
+            svg.contains("time (UTC)") && svg.contains("\n09:30:00\n"),
+            "{svg}"
+        );
     }
 
     #[test]
