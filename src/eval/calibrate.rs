@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{EvalReport, ImageResult};
+use super::{EvalReport, ImageResult, Probs};
 use crate::model::calibration::{
     Calibration, HeadEce, Labelled, answers, expected_calibration_error, fit_temperature,
 };
@@ -29,33 +29,17 @@ fn faces(
         .collect()
 }
 
-/// Gender as reported (`alone`: the attribute model's alone).
-fn gender_faces(images: &[ImageResult], alone: bool) -> Vec<Labelled> {
+/// A labelled head's faces: its probabilities as `probs` picks them (as reported, or the
+/// attribute model's alone) and the true label, `truth`, among `labels`.
+fn label_faces(
+    images: &[ImageResult],
+    labels: &[&str],
+    truth: impl Fn(&ImageResult) -> Option<&'static str>,
+    probs: impl Fn(&Probs) -> &Vec<f32>,
+) -> Vec<Labelled> {
     faces(images, |i| {
-        let truth = GENDER_LABELS
-            .iter()
-            .position(|l| Some(*l) == i.truth.gender)?;
-        let probs = i.probs.as_ref()?;
-        let gender = if alone {
-            &probs.gender_alone
-        } else {
-            &probs.gender
-        };
-        Some((gender.clone(), truth))
-    })
-}
-
-/// Race as reported (`alone`: the attribute model's alone).
-fn race_faces(images: &[ImageResult], alone: bool) -> Vec<Labelled> {
-    faces(images, |i| {
-        let truth = RACE_LABELS.iter().position(|l| Some(*l) == i.truth.race)?;
-        let probs = i.probs.as_ref()?;
-        let race = if alone {
-            &probs.race_alone
-        } else {
-            &probs.race
-        };
-        Some((race.clone(), truth))
+        let truth = labels.iter().position(|l| Some(*l) == truth(i))?;
+        Some((probs(i.probs.as_ref()?).clone(), truth))
     })
 }
 
@@ -72,10 +56,15 @@ fn age_faces(images: &[ImageResult], grouping: AgeGrouping) -> Vec<Labelled> {
 /// calibration, and a Markdown page of ECE and coverage.
 pub fn fit(report: &EvalReport, fitted_on: String) -> (Calibration, String) {
     let images = &report.images;
-    let gender = gender_faces(images, false);
-    let gender_alone = gender_faces(images, true);
-    let race = race_faces(images, false);
-    let race_alone = race_faces(images, true);
+    let gender = label_faces(images, &GENDER_LABELS, |i| i.truth.gender, |p| &p.gender);
+    let gender_alone = label_faces(
+        images,
+        &GENDER_LABELS,
+        |i| i.truth.gender,
+        |p| &p.gender_alone,
+    );
+    let race = label_faces(images, &RACE_LABELS, |i| i.truth.race, |p| &p.race);
+    let race_alone = label_faces(images, &RACE_LABELS, |i| i.truth.race, |p| &p.race_alone);
     let age5 = age_faces(images, AgeGrouping::Five);
     let t_gender = fit_or_one(&gender);
     let t_gender_alone = fit_or_one(&gender_alone);

@@ -165,16 +165,16 @@ impl SourceConfig {
 }
 
 impl StreamInfo {
-    /// The clock time of `pts_ms` on this stream, ms since the Unix epoch, when the stream has
-    /// one (see [`StreamInfo::clock_origin_ms`]).
-    pub fn unix_ms(&self, pts_ms: f64) -> Option<f64> {
-        self.clock_origin_ms.get().map(|origin| origin + pts_ms)
-    }
-
     /// The clock time of `pts_ms` as records write it (RFC 3339, UTC, milliseconds, `Z`).
     pub fn time(&self, pts_ms: f64) -> Option<String> {
-        self.unix_ms(pts_ms).and_then(rfc3339_ms)
+        clock_time(&self.clock_origin_ms, pts_ms)
     }
+}
+
+/// The clock time of `pts_ms` on a stream whose timeline starts at `origin` (ms since the Unix
+/// epoch, when set), as records write it.
+pub fn clock_time(origin: &std::sync::OnceLock<f64>, pts_ms: f64) -> Option<String> {
+    origin.get().and_then(|origin| rfc3339_ms(origin + pts_ms))
 }
 
 /// `unix_ms` (ms since the Unix epoch) as RFC 3339 in UTC with milliseconds and a trailing `Z`:

@@ -698,9 +698,7 @@ fn announce_unannounced(
 impl StreamTracks {
     /// The clock time of `pts_ms` on this stream, when it has a clock.
     fn time(&self, pts_ms: f64) -> Option<String> {
-        self.clock_origin_ms
-            .get()
-            .and_then(|origin| crate::sources::rfc3339_ms(origin + pts_ms))
+        crate::sources::clock_time(&self.clock_origin_ms, pts_ms)
     }
 }
 
