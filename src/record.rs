@@ -238,7 +238,7 @@ pub struct TrackEvent {
 
 /// One person: a confirmed track, written when it ends (lost long enough, end of stream, Ctrl-C),
 /// with the track's final attribute estimate.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackRecord {
     /// Always "track".
     #[serde(rename = "type")]

@@ -55,9 +55,12 @@ fn unix_ms(time: Option<&str>) -> Option<f64> {
 }
 
 /// The charts' time axis: clock time (UTC) from the run's earliest moment when every record
-/// has one, so cameras line up in wall time; else each stream's own time from its start.
+/// has one, so cameras line up in wall time; else each stream's own time from its start. Every
+/// panel (all streams, each stream) has the same axis, so they line up too.
 struct Timeline {
     origin_unix_ms: Option<f64>,
+    /// The axis's end: the latest moment of the run, s.
+    end_s: f64,
 }
 
 impl Timeline {
@@ -68,11 +71,25 @@ impl Timeline {
             .map(|p| unix_ms(p.first_time.as_deref()));
         let frames = records.frames.iter().map(|f| f.unix_ms);
         let times: Option<Vec<f64>> = people.chain(frames).collect();
-        Self {
+        let mut timeline = Self {
             origin_unix_ms: times
                 .filter(|t| !t.is_empty())
                 .map(|t| t.into_iter().fold(f64::INFINITY, f64::min)),
-        }
+            end_s: 0.0,
+        };
+        timeline.end_s = records
+            .people
+            .iter()
+            .map(|p| timeline.at_ms(p.first_pts_ms, unix_ms(p.first_time.as_deref())))
+            .chain(
+                records
+                    .frames
+                    .iter()
+                    .map(|f| timeline.at_ms(f.pts_ms, f.unix_ms)),
+            )
+            .fold(0.0, f64::max)
+            / 1000.0;
+        timeline
     }
 
     /// Where a moment falls on the axis, ms: its clock time from the origin, or `pts_ms`.
@@ -201,6 +218,24 @@ impl RunRecords {
         named.into_values().collect()
     }
 
+    /// The records of stream `stream` alone.
+    fn of_stream(&self, stream: &str) -> Self {
+        Self {
+            people: self
+                .people
+                .iter()
+                .filter(|p| p.stream == stream)
+                .cloned()
+                .collect(),
+            frames: self
+                .frames
+                .iter()
+                .filter(|f| f.stream == stream)
+                .cloned()
+                .collect(),
+        }
+    }
+
     fn streams(&self) -> Vec<String> {
         let mut s: Vec<String> = self
             .frames
@@ -225,7 +260,7 @@ const COLOURS: [RGBColor; 7] = [
     RGBColor(120, 120, 120),
 ];
 
-const SIZE: (u32, u32) = (760, 400);
+const SIZE: (u32, u32) = (580, 380);
 /// Axis labels, their titles and legends: readable at the page's size (the charts are shown at
 /// their own size). plotters writes a size of n as n / 1.24 px: 16 is 12.9 px.
 const LABEL_FONT: (&str, u32) = ("sans-serif", 16);
@@ -261,6 +296,8 @@ fn titled<'a, 'b>(
     builder
         .caption(title.as_ref(), ("sans-serif", 24))
         .margin(12)
+        // Room for the last time label, which is centred on the axis's end.
+        .margin_right(32)
         .x_label_area_size(36)
         .y_label_area_size(44);
     builder
@@ -282,23 +319,16 @@ fn legend<'a, CT: CoordTranslate>(
 /// People per time bin per stream (a person counts when first seen). The bin is the shortest
 /// round span that gives at most about 30 bars: 5 s for a short clip, a minute for half an hour,
 /// an hour for a day.
-fn people_per_minute(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+fn people_per_minute(
+    records: &RunRecords,
+    timeline: &Timeline,
+    path: &Path,
+) -> Result<(), ReportError> {
     let err = chart_error("people per minute");
     let streams = records.streams();
-    let timeline = Timeline::of(records);
     let first_seen_ms =
         |p: &Person| timeline.at_ms(p.first_pts_ms, unix_ms(p.first_time.as_deref()));
-    let end_s = records
-        .people
-        .iter()
-        .map(|p| first_seen_ms(p) / 1000.0)
-        .chain(
-            records
-                .frames
-                .iter()
-                .map(|f| timeline.at_ms(f.pts_ms, f.unix_ms) / 1000.0),
-        )
-        .fold(0.0, f64::max);
+    let end_s = timeline.end_s;
     let bin_s = [
         5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
     ]
@@ -380,7 +410,7 @@ fn age_gender_counts(people: &[&Person], groups: &[String]) -> Vec<[u32; 3]> {
     counts
 }
 
-fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+fn age_by_gender(records: &RunRecords, _: &Timeline, path: &Path) -> Result<(), ReportError> {
     let err = chart_error("age and gender");
     let genders = GENDERS;
     let names = records.age_groups();
@@ -428,7 +458,7 @@ fn age_by_gender(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
 }
 
 /// How long people stayed in view (first to last sighting), in bins of seconds.
-fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+fn dwell_times(records: &RunRecords, _: &Timeline, path: &Path) -> Result<(), ReportError> {
     let err = chart_error("dwell time");
     let seconds: Vec<f64> = records
         .people
@@ -473,10 +503,13 @@ fn dwell_times(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
 }
 
 /// Faces per frame over time, per stream (a mean per second, so long runs stay readable).
-fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError> {
+fn faces_over_time(
+    records: &RunRecords,
+    timeline: &Timeline,
+    path: &Path,
+) -> Result<(), ReportError> {
     let err = chart_error("faces over time");
     let streams = records.streams();
-    let timeline = Timeline::of(records);
     let mut series: Vec<Vec<(f64, f64)>> = Vec::new();
     for s in &streams {
         let mut per_second: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
@@ -494,12 +527,7 @@ fn faces_over_time(records: &RunRecords, path: &Path) -> Result<(), ReportError>
                 .collect(),
         );
     }
-    let end = series
-        .iter()
-        .flatten()
-        .map(|p| p.0)
-        .fold(0.0, f64::max)
-        .max(1.0);
+    let end = timeline.end_s.floor().max(1.0);
     let top = series
         .iter()
         .flatten()
@@ -541,13 +569,64 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The charts' files in `out`, in the page's order, with their titles.
-pub const CHARTS: [(&str, &str); 4] = [
-    ("people_per_minute.svg", "People over time"),
-    ("age_gender.svg", "Age group and gender of the people"),
-    ("dwell_time.svg", "Time in view"),
-    ("faces_over_time.svg", "Faces per frame over time"),
+/// A chart: its file's name (for all streams; a stream's adds a prefix), its title, and what
+/// draws it.
+type Chart = (
+    &'static str,
+    &'static str,
+    fn(&RunRecords, &Timeline, &Path) -> Result<(), ReportError>,
+);
+
+/// The charts, in the page's order: for all streams together, then for each stream.
+const CHARTS: [Chart; 4] = [
+    (
+        "people_per_minute.svg",
+        "People over time",
+        people_per_minute,
+    ),
+    (
+        "age_gender.svg",
+        "Age group and gender of the people",
+        age_by_gender,
+    ),
+    ("dwell_time.svg", "Time in view", dwell_times),
+    (
+        "faces_over_time.svg",
+        "Faces per frame over time",
+        faces_over_time,
+    ),
 ];
+
+/// Draws [`CHARTS`] of `records` into `out`, each file's name prefixed by `prefix`, and returns
+/// them as HTML figures: inline, so the page stands alone and the charts' text is part of it (a
+/// browser, a test or a screen reader reads it), each linking to its own SVG file.
+fn figures(
+    records: &RunRecords,
+    timeline: &Timeline,
+    out: &Path,
+    prefix: &str,
+) -> Result<String, ReportError> {
+    let mut html = String::new();
+    for (file, title, draw) in CHARTS {
+        let file = format!("{prefix}{file}");
+        let path = out.join(&file);
+        draw(records, timeline, &path)?;
+        let svg =
+            std::fs::read_to_string(&path).map_err(|reason| ReportError::Read { path, reason })?;
+        let svg = svg.trim_start_matches(|c| c != '<');
+        let svg = match svg.strip_prefix("<?xml") {
+            Some(rest) => rest.split_once("?>").map_or(rest, |(_, after)| after),
+            None => svg,
+        };
+        // A file name's `%` (of an encoded stream id) is itself encoded in the link.
+        let href = escape(&file.replace('%', "%25"));
+        html.push_str(&format!(
+            "<figure>{}<figcaption><a href=\"{href}\">{title}</a></figcaption></figure>\n",
+            svg.trim()
+        ));
+    }
+    Ok(html)
+}
 
 /// What a person's record says of `attribute`, `none` when it says nothing (not reported).
 const NONE: &str = "none";
@@ -720,19 +799,40 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
         path: out.to_path_buf(),
         reason,
     })?;
-    people_per_minute(&records, &out.join(CHARTS[0].0))?;
-    age_by_gender(&records, &out.join(CHARTS[1].0))?;
-    dwell_times(&records, &out.join(CHARTS[2].0))?;
-    faces_over_time(&records, &out.join(CHARTS[3].0))?;
     write_csvs(&records, out)?;
+    // One time axis for every panel, so the streams' panels line up with each other.
+    let timeline = Timeline::of(&records);
     let groups = records.age_groups();
     let everyone: Vec<&Person> = records.people.iter().collect();
-    let mut tables = age_gender_table("All streams", &everyone, &groups);
     let streams = records.streams();
+    let mut panels = format!(
+        "<section><h2>All streams</h2>\n{}{}</section>\n",
+        age_gender_table(
+            "People by age group and gender, all streams",
+            &everyone,
+            &groups
+        ),
+        figures(&records, &timeline, out, "")?
+    );
     if streams.len() > 1 {
         for s in &streams {
-            let people: Vec<&Person> = records.people.iter().filter(|p| p.stream == *s).collect();
-            tables.push_str(&age_gender_table(&format!("Stream {s}"), &people, &groups));
+            let own = records.of_stream(s);
+            let people: Vec<&Person> = own.people.iter().collect();
+            panels.push_str(&format!(
+                "<section><h2>Stream {name}</h2>\n{}{}</section>\n",
+                age_gender_table(
+                    &format!("People by age group and gender, stream {s}"),
+                    &people,
+                    &groups
+                ),
+                figures(
+                    &own,
+                    &timeline,
+                    out,
+                    &format!("stream-{}-", crate::sinks::overlay::file_name_part(s))
+                )?,
+                name = escape(s)
+            ));
         }
     }
     let mut rows = String::new();
@@ -772,36 +872,19 @@ pub fn write(input: &Path, out: &Path) -> Result<PathBuf, ReportError> {
             mean_dwell
         ));
     }
-    // Inline, so the page stands alone and its charts' text is part of it (a browser, a test or
-    // a screen reader reads it); each chart is also its own SVG file beside the page.
-    let mut charts = String::new();
-    for (file, title) in CHARTS {
-        let path = out.join(file);
-        let svg =
-            std::fs::read_to_string(&path).map_err(|reason| ReportError::Read { path, reason })?;
-        let svg = svg.trim_start_matches(|c| c != '<');
-        let svg = match svg.strip_prefix("<?xml") {
-            Some(rest) => rest.split_once("?>").map_or(rest, |(_, after)| after),
-            None => svg,
-        };
-        charts.push_str(&format!(
-            "<figure>{}<figcaption><a href=\"{file}\">{title}</a></figcaption></figure>\n",
-            svg.trim()
-        ));
-    }
     let source = escape(&crate::redact::credentials(&input.display().to_string()));
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>faceflow report</title>\n\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{background:#f0f0f0}}\
          table.people{{display:inline-table;margin:1em 2em 1em 0;vertical-align:top}}caption{{font-weight:bold;padding:4px}}\
-         figure{{display:inline-block;margin:1em}}figcaption{{text-align:center;color:#555}}</style></head>\n\
+         figure{{display:inline-block;margin:0.5em}}figcaption{{text-align:center;color:#555}}</style></head>\n\
          <body><h1>Who passed, and when</h1>\n<p>From <code>{source}</code>: {people} people \
          (one per track that faceflow confirmed), {frames} frames.</p>\n\
          <table><tr><th>stream</th><th>frames</th><th>faces</th><th>people</th><th>women</th><th>men</th><th>gender unknown</th><th>mean time in view</th></tr>\n\
-         {rows}</table>\n<h2>People by age group and gender</h2>\n{tables}\
+         {rows}</table>\n\
          <p>As CSV: <a href=\"people.csv\">people.csv</a> (one row per person), \
-         <a href=\"summary.csv\">summary.csv</a> (people per stream, age group and gender).</p>\n{charts}</body></html>\n",
+         <a href=\"summary.csv\">summary.csv</a> (people per stream, age group and gender).</p>\n{panels}</body></html>\n",
         people = records.people.len(),
         frames = records.frames.len(),
     );
@@ -849,7 +932,7 @@ mod tests {
             ),
             "{html}"
         );
-        for (file, _) in CHARTS {
+        for (file, _, _) in CHARTS {
             let svg = std::fs::read_to_string(out.join(file)).unwrap();
             assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{file}");
         }
@@ -900,6 +983,21 @@ mod tests {
             );
         }
         assert!(html.contains("Stream hall") && html.contains("1 without an age or gender"));
+        // A panel per stream: its table and its own four charts, linked from the page.
+        for stream in ["door", "hall"] {
+            assert!(
+                html.contains(&format!("<h2>Stream {stream}</h2>")),
+                "{html}"
+            );
+            for (file, _, _) in CHARTS {
+                let own = format!("stream-{stream}-{file}");
+                assert!(out.join(&own).exists(), "{own}");
+                assert!(html.contains(&format!("href=\"{own}\"")), "{own}");
+            }
+        }
+        let door = std::fs::read_to_string(out.join("stream-door-age_gender.svg")).unwrap();
+        let hall = std::fs::read_to_string(out.join("stream-hall-age_gender.svg")).unwrap();
+        assert_ne!(door, hall, "each stream's chart shows its own people");
         let people = std::fs::read_to_string(out.join("people.csv")).unwrap();
         let lines: Vec<&str> = people.lines().collect();
         assert_eq!(lines.len(), 5, "{people}");

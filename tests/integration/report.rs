@@ -119,7 +119,8 @@ b.setAttribute('data-groups', [...document.querySelectorAll('table.people td:fir
     let min_px: f64 = attribute("data-min-font-px").parse().unwrap();
     assert!(min_px >= 12.0, "text as small as {min_px} px");
     assert!(attribute("data-texts").parse::<usize>().unwrap() > 40);
-    assert_eq!(attribute("data-charts"), "4");
+    // All streams' four charts, then each stream's (door, hall).
+    assert_eq!(attribute("data-charts"), "12");
     // Every group of the five, empty ones too, in each table (all streams, door, hall).
     let groups = attribute("data-groups");
     assert_eq!(

@@ -149,7 +149,7 @@ pub fn stream_file(path: &Path, id: &str, streams: usize) -> PathBuf {
 /// A stream id as part of a file name, one to one (two ids never share a file): letters and
 /// digits of any script and `-_.` as they are, any other character percent-encoded (`a/b` →
 /// `a%2Fb`, `%` → `%25`).
-fn file_name_part(id: &str) -> String {
+pub(crate) fn file_name_part(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for c in id.chars() {
         if c.is_alphanumeric() || "-_.".contains(c) {
