@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed table of the README, on this machine, in one run: faceflow (release build, default
+# The speed table of docs/performance.md, on this machine, in one run: faceflow (release build, default
 # settings, whole process) beside the reference MTCNN (facenet-pytorch 2.6.0, same weights and
 # defaults, CPU, whole process as a user runs it; `detect` and the reference: the median of three
 # runs), on frames of one clip rendered at 854x480,

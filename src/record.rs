@@ -1,7 +1,7 @@
 //! The records of a run: what the stages find (a frame and its faces, a person's track, a still
 //! image's faces) and every output writes. They are the pipeline's vocabulary, apart from any
 //! output, so detect and track do not depend on a sink; their JSON form is the schema of the
-//! metadata stream (README, "Output").
+//! metadata stream (docs/guide.md, "The JSON Lines records").
 
 use serde::{Deserialize, Serialize};
 

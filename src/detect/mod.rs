@@ -210,7 +210,7 @@ impl Face {
 }
 
 /// With `detect_every` 0 (auto): video time from one full search to the next. Chosen from
-/// measurement (README, Speed): at 25–30 fps it is every 3rd frame, which keeps 1080p in real time
+/// measurement (docs/performance.md): at 25–30 fps it is every 3rd frame, which keeps 1080p in real time
 /// on two cores with issue 6's tracking quality; at 10–12 fps (faces move further between
 /// frames) every frame or every other one.
 pub const AUTO_DETECT_INTERVAL_MS: f64 = 100.0;

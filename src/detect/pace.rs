@@ -14,7 +14,7 @@
 /// Full-search intervals, from no load to the most load, ms. The widest ones (beyond
 /// [`WIDEST_WITHOUT_DROPS`]) come only while frames are dropped: a full search of each stream
 /// every half second can then take most of the machine, and the frames between would go
-/// (measured in the README's measured-performance table); a face that walks in is then found up
+/// (measured in docs/performance.md); a face that walks in is then found up
 /// to a second late.
 pub(crate) const FULL_SEARCH_INTERVALS_MS: [f64; 7] =
     [100.0, 150.0, 200.0, 300.0, 500.0, 700.0, 1000.0];

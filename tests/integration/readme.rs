@@ -1,5 +1,6 @@
-//! Every `faceflow …` command line in README.md's shell blocks, run as written (in a scratch
-//! folder holding small inputs under the names the README uses), so a stale example fails CI.
+//! Every `faceflow …` command line in the shell blocks of the README and the pages of docs/, run
+//! as written (in a scratch folder holding small inputs under the names they use), so a stale
+//! example fails CI.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -25,9 +26,27 @@ enum Expect {
     Webcam,
 }
 
-/// The README's commands, in the order they appear, with what each must do. A command changed in
-/// the README without this list, or listed here but gone from the README, fails the test.
+/// The documents whose commands are run, in this order.
+const DOCUMENTS: &[&str] = &[
+    "README.md",
+    "docs/guide.md",
+    "docs/training.md",
+    "docs/performance.md",
+    "docs/development.md",
+];
+
+/// The documents' commands, in the order they appear, with what each must do. A command changed
+/// in a document without this list, or listed here but gone from it, fails the test.
 const COMMANDS: &[(&str, Expect)] = &[
+    (
+        "faceflow run --input samples/astronaut.mp4 --json faces.jsonl",
+        Expect::Done,
+    ),
+    (
+        "faceflow run --input lobby=rtsp://user:pass@camera/stream --json -",
+        Expect::Live,
+    ),
+    ("faceflow report faces.jsonl --out report/", Expect::Done),
     (
         "faceflow run --input clip.mp4 --json faces.jsonl",
         Expect::Done,
@@ -89,9 +108,18 @@ const COMMANDS: &[(&str, Expect)] = &[
 /// Big inputs the README names, and the small ones that stand in for them here.
 const STAND_INS: &[(&str, &str)] = &[("../shared/data/utkface", "labelled/")];
 
-/// `faceflow …` lines of the README's ```sh blocks, comments removed.
+/// `faceflow …` lines of the documents' ```sh blocks, comments removed.
 fn readme_commands() -> Vec<String> {
-    let text = std::fs::read_to_string(project_root().join("README.md")).unwrap();
+    let mut commands = Vec::new();
+    for document in DOCUMENTS {
+        let text = std::fs::read_to_string(project_root().join(document)).unwrap();
+        commands.extend(sh_commands(&text));
+    }
+    commands
+}
+
+/// `faceflow …` lines of `text`'s ```sh blocks, comments removed.
+fn sh_commands(text: &str) -> Vec<String> {
     let mut in_sh = false;
     let mut commands = Vec::new();
     for line in text.lines() {
@@ -225,7 +253,7 @@ fn every_readme_command_runs_as_written() {
     assert_eq!(
         readme_commands(),
         listed,
-        "README commands changed: update COMMANDS in tests/integration/readme.rs (and make them run)"
+        "commands of the README or docs/ changed: update COMMANDS in tests/integration/readme.rs (and make them run)"
     );
     let dir = tempfile::tempdir().unwrap();
     scratch_folder(dir.path(), &utkface);
@@ -236,7 +264,9 @@ fn every_readme_command_runs_as_written() {
             eprintln!("SKIPPED (build without feature train): {command}");
             continue;
         }
-        let mut line = command.replace("rtsp://host/stream", &server.url());
+        let mut line = command
+            .replace("rtsp://host/stream", &server.url())
+            .replace("rtsp://user:pass@camera/stream", &server.url());
         for (big, small) in STAND_INS {
             line = line.replace(big, small);
         }
@@ -274,4 +304,68 @@ fn every_readme_command_runs_as_written() {
     assert!(dir.path().join("crops").read_dir().unwrap().count() > 0);
     assert!(dir.path().join("eval/report.md").is_file());
     eprintln!("README commands: {timings:#?}");
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every relative link of the README and docs/ leads to a file that exists, and to a heading
+/// of it where it names one; and the pages speak to users, not of the team's issue numbers.
+#[test]
+fn the_documents_links_lead_somewhere() {
+    let root = project_root();
+    for document in DOCUMENTS {
+        let path = root.join(document);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lower = text.to_lowercase();
+        for word in ["issue ", "issues "] {
+            for (at, _) in lower.match_indices(word) {
+                let next = lower[at + word.len()..].chars().next();
+                assert!(
+                    !next.is_some_and(|c| c.is_ascii_digit()),
+                    "{document} names an issue: {}",
+                    &text[at..(at + word.len() + 4).min(text.len())]
+                );
+            }
+        }
+        let targets = text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split_once(')').map(|(t, _)| t.to_string()))
+            .filter(|t| !t.contains(char::is_whitespace));
+        for target in targets {
+            if target.contains("://") {
+                continue;
+            }
+            let (file, heading) = target.split_once('#').unwrap_or((&target, ""));
+            let linked = if file.is_empty() {
+                path.clone()
+            } else {
+                path.parent().unwrap().join(file)
+            };
+            assert!(linked.exists(), "{document}: {target}: no such file");
+            if heading.is_empty() {
+                continue;
+            }
+            let headings: Vec<String> = std::fs::read_to_string(&linked)
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with('#'))
+                .map(|l| anchor(l.trim_start_matches('#')))
+                .collect();
+            assert!(
+                headings.iter().any(|h| h == heading),
+                "{document}: {target}: no such heading in {} ({headings:?})",
+                linked.display()
+            );
+        }
+    }
 }
