@@ -324,8 +324,8 @@ impl SnapshotFlag {
 #[derive(Args)]
 pub struct OverlayFlags {
     /// Also write an overlay video: each frame with its faces' boxes (a colour per track),
-    /// landmarks and labels, H.264 in an .mp4 file (several streams: PATH's stem plus
-    /// -<stream id>, one file each), served live at rtsp://HOST:PORT/PATH (several streams:
+    /// landmarks and labels, H.264 in an .mp4 file (several streams, or a named one:
+    /// PATH's stem plus -<stream id>, one file each), served live at rtsp://HOST:PORT/PATH (several streams:
     /// PATH/<stream id>), or shown in a window per stream on this machine's display (window).
     #[arg(long, value_name = "PATH.mp4|rtsp://HOST:PORT/PATH|window")]
     pub overlay: Option<String>,

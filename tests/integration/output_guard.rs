@@ -238,6 +238,41 @@ fn unicode_stream_names_get_an_overlay_file_each() {
     assert!(!dir.path().join("gate-__.mp4").exists());
 }
 
+/// A lone stream named on the command line writes its overlay under its name, as several do;
+/// a lone unnamed stream writes the path as given.
+#[test]
+fn a_named_stream_names_its_overlay_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for (input, file) in [
+        (
+            "lobby=testsrc://ball?frames=3&size=64x48",
+            "overlay-lobby.mp4",
+        ),
+        ("testsrc://ball?frames=3&size=64x48", "overlay.mp4"),
+    ] {
+        let out = output_within(
+            bin()
+                .args(["run", "--no-attributes", "--input", input, "--overlay"])
+                .arg(dir.path().join("overlay.mp4"))
+                .arg("--json")
+                .arg(dir.path().join("run.jsonl")),
+            Duration::from_secs(120),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let made: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".mp4"))
+            .collect();
+        assert_eq!(made, [file], "{input}");
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+}
+
 /// An output in a folder that does not exist is refused, the folder not created, and the JSON a
 /// previous run left is kept when the overlay's folder is the missing one.
 #[test]

@@ -1,8 +1,8 @@
 //! The overlay video sink: each stream's frames with its faces drawn on them — a box in the
 //! colour of the face's track, the five landmarks and a label (`#7 F 24-39 asian`) — encoded to
 //! H.264 in MP4 by GStreamer (appsrc → videoconvert → x264enc → mp4mux → filesink), same size,
-//! frame count and timestamps as the input. One file per stream: with several streams, `PATH`'s
-//! stem gets `-<stream id>`. A stream's file is finalised (playable) when the stream ends, and all
+//! frame count and timestamps as the input. One file per stream: with several streams, or a
+//! named one, `PATH`'s stem gets `-<stream id>`. A stream's file is finalised (playable) when the stream ends, and all
 //! of them when the run ends however it ends (end of input, Ctrl-C, a failed source).
 
 use std::path::{Path, PathBuf};
@@ -133,9 +133,11 @@ impl OutputConfig for OverlayConfig {
     }
 }
 
-/// The file of stream `id` when the run has `streams` streams.
+/// The file of stream `id` when the run has `streams` streams: `path` itself for a lone stream
+/// without a name (its id is its position, `0`), else `path`'s stem with the stream's id, so a
+/// named stream's file carries its name.
 pub fn stream_file(path: &Path, id: &str, streams: usize) -> PathBuf {
-    if streams <= 1 {
+    if streams <= 1 && id == "0" {
         return path.to_path_buf();
     }
     let stem = path
@@ -810,6 +812,10 @@ mod tests {
     fn several_streams_get_one_file_each() {
         let p = Path::new("out/overlay.mp4");
         assert_eq!(stream_file(p, "0", 1), Path::new("out/overlay.mp4"));
+        assert_eq!(
+            stream_file(p, "lobby", 1),
+            Path::new("out/overlay-lobby.mp4")
+        );
         assert_eq!(stream_file(p, "0", 2), Path::new("out/overlay-0.mp4"));
         assert_eq!(
             stream_file(p, "lobby/2", 2),
