@@ -256,7 +256,7 @@ impl SourceFlags {
 /// How the detector's work is spread over workers and frames (`run` only).
 #[derive(Args)]
 pub struct DetectWorkFlags {
-    /// Detector workers, each on its own frames, 1 to 32 [default: one per core].
+    /// Detector workers, each on its own frames, 1 to 32 [default 0: one per core].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
     /// Search each stream's frames for faces in full only every N frames, 1 to 1000; between, follow
