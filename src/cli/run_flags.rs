@@ -210,8 +210,8 @@ pub struct SourceFlags {
     #[arg(long, value_name = "MS")]
     pub stall_timeout_ms: Option<u64>,
     /// Files: when the file began (RFC 3339, e.g. 2026-12-07T09:30:00Z), so records carry
-    /// clock time (`time`, `first_time`, `last_time`); live streams carry the time each frame
-    /// arrived and refuse it.
+    /// clock time (`time`, `first_time`, `last_time`). Live streams carry the time each frame
+    /// arrived: beside files, it is for the files; alone, refused.
     #[arg(long, value_name = "RFC3339")]
     pub start_time: Option<String>,
 }
@@ -224,6 +224,22 @@ impl SourceFlags {
         } else {
             for source in &mut config.sources {
                 self.apply_to(source);
+            }
+            // Cameras beside files: the start time is the files' (a camera has its own clock).
+            // Every stream live: left on them all, so the run says it is refused.
+            let live = |s: &SourceConfig| {
+                matches!(
+                    faceflow::sources::parse_input(&s.input, s.live),
+                    Ok(faceflow::sources::InputKind::Uri { live: true, .. })
+                        | Ok(faceflow::sources::InputKind::TestPattern(
+                            faceflow::sources::TestPattern { live: true, .. }
+                        ))
+                )
+            };
+            if self.start_time.is_some() && !config.sources.iter().all(live) {
+                for source in config.sources.iter_mut().filter(|s| live(s)) {
+                    source.start_time = None;
+                }
             }
         }
     }

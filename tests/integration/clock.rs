@@ -83,6 +83,22 @@ fn a_file_has_clock_time_only_from_start_time() {
         assert_eq!(unix_ms(&r["time"]), 1_796_635_800_000.0 + pts.round());
     }
     assert_eq!(timed[1]["time"], "2026-12-07T09:30:00.040Z");
+    // Beside a camera, --start-time is the file's; the camera keeps its own clock.
+    let before_ms = now_ms();
+    let mixed = run(&[
+        "--input",
+        "cam=testsrc://ball?frames=10&size=64x48&live=true",
+        "--start-time",
+        "2026-12-07T10:30:00+01:00",
+    ]);
+    let after_ms = now_ms();
+    let (file, cam): (Vec<&Value>, Vec<&Value>) = mixed.iter().partition(|r| r["stream"] == "0");
+    assert_eq!((file.len(), cam.len()), (10, 10));
+    assert_eq!(file[1]["time"], "2026-12-07T09:30:00.040Z");
+    for r in cam {
+        let t = unix_ms(&r["time"]);
+        assert!(before_ms <= t && t <= after_ms, "{r}");
+    }
 }
 
 #[test]
