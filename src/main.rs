@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::eval(args),
         Command::Report(args) => commands::report::report(args),
         Command::Yardstick(args) => commands::eval::yardstick(args),
+        Command::Fleet(args) => commands::fleet::fleet(args),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::train(*args),
         #[cfg(not(feature = "train"))]
@@ -85,7 +86,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
                 .skip(1)
                 .find(|a| !a.starts_with('-'))
                 .filter(|a| {
-                    ["run", "detect", "analyze", "eval", "report", "train"].contains(&a.as_str())
+                    [
+                        "run", "detect", "analyze", "eval", "report", "train", "fleet",
+                    ]
+                    .contains(&a.as_str())
                 });
             let rendered = e.render().to_string();
             let mut line = cli::usage_error_line(&rendered, subcommand.as_deref());

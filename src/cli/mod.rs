@@ -4,8 +4,9 @@
 //! [`run_flags`], the networks' in [`model_flags`]; [`settings`] names the flag of a setting the
 //! library refuses.
 
+pub mod fleet_flags;
 mod model_flags;
-mod run_flags;
+pub(crate) mod run_flags;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Score runs on real clips against people labelled by eye (tests/yardstick): wrong, unknown
     /// and right per attribute, people counted against people present, phantom people.
     Yardstick(YardstickArgs),
+    /// The fleet (several machines sharing cameras through NATS JetStream): its cameras and
+    /// its status.
+    Fleet(fleet_flags::FleetArgs),
     /// Train the age/gender/race model on labelled face folders and export it to ONNX.
     #[cfg(feature = "train")]
     Train(Box<TrainArgs>),
@@ -634,7 +638,7 @@ mod tests {
                 }
             }
             // No numeric flags.
-            Command::Report(_) | Command::Yardstick(_) => {}
+            Command::Report(_) | Command::Yardstick(_) | Command::Fleet(_) => {}
             #[cfg(feature = "train")]
             Command::Train(train) => {
                 let config = train.config().and_then(|c| {

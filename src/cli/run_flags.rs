@@ -295,7 +295,7 @@ impl DetectWorkFlags {
 }
 
 /// `--detect-every`: a number of frames, or `auto` (0).
-fn parse_detect_every(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_detect_every(text: &str) -> Result<u32, String> {
     if text.eq_ignore_ascii_case("auto") {
         return Ok(0);
     }

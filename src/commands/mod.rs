@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: Ctrl-C handling and the JSON output guard.
 
 pub mod eval;
+pub mod fleet;
 pub mod images;
 pub mod report;
 pub mod run;

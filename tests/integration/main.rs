@@ -7,6 +7,7 @@ mod cli_errors;
 mod clock;
 mod detect_images;
 mod events;
+mod fleet;
 mod geometry;
 mod hardening;
 mod metrics;

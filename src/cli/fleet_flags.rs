@@ -1,0 +1,81 @@
+//! `faceflow fleet …`: the fleet's cameras and status, kept in NATS JetStream.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use faceflow::fleet::store::{DEFAULT_URL, ENV_URL, NatsOptions};
+
+/// How to reach the fleet's NATS.
+#[derive(Args, Debug, Clone)]
+pub struct NatsFlags {
+    /// The fleet's NATS servers, comma-separated (nats:// or tls://, user:password@ allowed)
+    /// [default: $FACEFLOW_NATS, else nats://127.0.0.1:4222].
+    #[arg(long, value_name = "URL[,URL…]", global = true)]
+    pub nats: Option<String>,
+    /// A CA certificate (PEM) that vouches for the NATS servers' TLS certificates.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl NatsFlags {
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions {
+            urls: self
+                .nats
+                .clone()
+                .or_else(|| std::env::var(ENV_URL).ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| DEFAULT_URL.to_string()),
+            ca: self.nats_ca.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub nats: NatsFlags,
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// The fleet's cameras: add (or update), remove, list.
+    Cameras {
+        #[command(subcommand)]
+        command: CamerasCommand,
+    },
+    /// Every camera (running, waiting or failed, and where) and every live worker.
+    Status {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CamerasCommand {
+    /// Add cameras, or update those of the same id (the worker running one restarts it):
+    /// ID URI, several pairs allowed.
+    Add {
+        /// ID URI [ID URI…]: an id of 1 to 64 ASCII letters, digits, '-' or '_', and the input
+        /// as `run --input` takes it.
+        #[arg(value_name = "ID URI", required = true, num_args = 2..)]
+        pairs: Vec<String>,
+        /// How often these cameras are searched in full: auto, or every N frames (1 to 1000).
+        #[arg(long, value_name = "N|auto")]
+        detect_every: Option<String>,
+    },
+    /// Remove cameras by id (the worker running one stops it).
+    Remove {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// The cameras, one per line.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}

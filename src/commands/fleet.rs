@@ -1,0 +1,204 @@
+//! `faceflow fleet …`: the fleet's cameras and its status, read from and written to NATS.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use serde_json::json;
+
+use crate::cli::fleet_flags::{CamerasCommand, FleetArgs, FleetCommand};
+use faceflow::fleet::store::{CameraSpec, Fleet, check_camera_id};
+
+pub fn fleet(args: FleetArgs) -> Result<ExitCode> {
+    match args.command {
+        FleetCommand::Cameras { command } => match command {
+            CamerasCommand::Add {
+                pairs,
+                detect_every,
+            } => {
+                let cameras = cameras_to_add(&pairs, detect_every.as_deref())?;
+                let fleet = Fleet::connect(&args.nats.options())?;
+                for camera in &cameras {
+                    let new = fleet.put_camera(camera)?;
+                    println!(
+                        "{} {} {}",
+                        if new { "added" } else { "updated" },
+                        camera.camera,
+                        faceflow::redact::url(&camera.uri)
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CamerasCommand::Remove { ids } => {
+                for id in &ids {
+                    check_camera_id(id)?;
+                }
+                let fleet = Fleet::connect(&args.nats.options())?;
+                let mut missing = Vec::new();
+                for id in &ids {
+                    if fleet.remove_camera(id)? {
+                        println!("removed {id}");
+                    } else {
+                        missing.push(id.as_str());
+                    }
+                }
+                if !missing.is_empty() {
+                    bail!("no such camera: {}", missing.join(", "));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            CamerasCommand::List { json } => {
+                let fleet = Fleet::connect(&args.nats.options())?;
+                for camera in fleet.cameras()?.values() {
+                    let uri = faceflow::redact::url(&camera.uri);
+                    if json {
+                        let mut line =
+                            json!({"type": "camera_config", "camera": camera.camera, "uri": uri});
+                        if let Some(n) = &camera.detect_every {
+                            line["detect_every"] = json!(n);
+                        }
+                        println!("{line}");
+                    } else {
+                        println!(
+                            "{:<20} {}{}",
+                            camera.camera,
+                            uri,
+                            camera
+                                .detect_every
+                                .as_ref()
+                                .map(|n| format!("  (detect every {n})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        FleetCommand::Status { json } => status(&Fleet::connect(&args.nats.options())?, json),
+    }
+}
+
+/// The cameras of `ID URI` pairs, each checked as `run --input` checks an input; an id given
+/// twice is refused.
+fn cameras_to_add(pairs: &[String], detect_every: Option<&str>) -> Result<Vec<CameraSpec>> {
+    if !pairs.len().is_multiple_of(2) {
+        bail!(
+            "fleet cameras add: ID URI pairs expected; {} has no URI",
+            pairs[pairs.len() - 1]
+        );
+    }
+    if let Some(n) = detect_every {
+        let frames = crate::cli::run_flags::parse_detect_every(n)
+            .map_err(|e| anyhow::anyhow!("--detect-every: {e}"))?;
+        if frames > 1000 {
+            bail!("--detect-every {n}: must be auto or 1 to 1000 frames");
+        }
+    }
+    let mut seen = BTreeSet::new();
+    let mut cameras = Vec::new();
+    for pair in pairs.chunks(2) {
+        let (id, uri) = (&pair[0], &pair[1]);
+        check_camera_id(id)?;
+        if !seen.insert(id.clone()) {
+            bail!("camera {id} given twice");
+        }
+        faceflow::sources::parse_input(uri, None)
+            .map_err(|e| anyhow::anyhow!("camera {id}: {e}"))?;
+        cameras.push(CameraSpec {
+            camera: id.clone(),
+            uri: uri.clone(),
+            detect_every: detect_every.map(|n| n.to_ascii_lowercase()),
+        });
+    }
+    Ok(cameras)
+}
+
+/// Every camera and every live worker: one JSON object per line, or two tables.
+fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
+    let cameras = fleet.cameras()?;
+    let leases = fleet.leases()?;
+    let workers = fleet.workers()?;
+    let room: usize = workers.values().map(|w| w.max_streams).sum();
+    let mut held: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (camera, lease) in &leases {
+        held.entry(lease.worker.as_str()).or_default().push(camera);
+    }
+    let mut camera_lines = Vec::new();
+    for camera in cameras.values() {
+        let lease = leases.get(&camera.camera);
+        let (state, why) = match lease {
+            Some(_) => ("running", None),
+            None if workers.is_empty() => ("waiting", Some("no live worker")),
+            None if room < cameras.len() => ("waiting", Some("no worker has room")),
+            None => ("waiting", Some("not yet claimed")),
+        };
+        camera_lines.push(json!({
+            "type": "camera",
+            "camera": camera.camera,
+            "uri": faceflow::redact::url(&camera.uri),
+            "state": state,
+            "worker": lease.map(|l| l.worker.as_str()),
+            "since": lease.map(|l| l.since.as_str()),
+            "error": why,
+        }));
+    }
+    let worker_lines: Vec<serde_json::Value> = workers
+        .values()
+        .map(|w| {
+            json!({
+                "type": "worker",
+                "worker": w.worker,
+                "cameras": held.get(w.worker.as_str()).cloned().unwrap_or_default(),
+                "max_streams": w.max_streams,
+                "seen": w.seen,
+            })
+        })
+        .collect();
+    if json {
+        for line in camera_lines.iter().chain(&worker_lines) {
+            println!("{line}");
+        }
+    } else {
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        println!(
+            "{:<20} {:<9} {:<20} {:<25} URI",
+            "CAMERA", "STATE", "WORKER", "SINCE"
+        );
+        for c in &camera_lines {
+            let state = match c["error"].as_str() {
+                Some(why) => format!("{} ({why})", text(&c["state"])),
+                None => text(&c["state"]),
+            };
+            println!(
+                "{:<20} {:<9} {:<20} {:<25} {}",
+                text(&c["camera"]),
+                state,
+                text(&c["worker"]),
+                text(&c["since"]),
+                text(&c["uri"])
+            );
+        }
+        println!();
+        println!(
+            "{:<20} {:>11} {:<25} CAMERAS",
+            "WORKER", "MAX_STREAMS", "SEEN"
+        );
+        for w in &worker_lines {
+            let list: Vec<String> = w["cameras"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<20} {:>11} {:<25} {}",
+                text(&w["worker"]),
+                w["max_streams"],
+                text(&w["seen"]),
+                list.join(",")
+            );
+        }
+        if workers.is_empty() {
+            println!("(no live worker)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

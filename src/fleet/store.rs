@@ -1,0 +1,450 @@
+//! What the fleet keeps in NATS JetStream, and the connection to it: key-value buckets of the
+//! cameras (their configuration), the leases (who runs each camera; entries expire unless
+//! renewed) and the workers (each live worker's heartbeat). faceflow is threads, not async: a
+//! small tokio runtime of its own drives the client, and every call here blocks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Where the fleet's NATS is when neither `--nats` nor the environment says.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+/// The environment variable that gives `--nats`.
+pub const ENV_URL: &str = "FACEFLOW_NATS";
+
+/// The buckets, and how long a lease or a heartbeat lives without renewal.
+const CAMERAS: &str = "faceflow-cameras";
+const LEASES: &str = "faceflow-leases";
+const WORKERS: &str = "faceflow-workers";
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How long a request to NATS may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a failed request is tried again: a cluster that lost the node leading a bucket
+/// answers "no responders" or times out until it has elected another, which takes seconds.
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
+/// `op` until it succeeds or [`RETRY_FOR`] has passed (the last error then).
+async fn retrying<T, E, F, Fut>(mut op: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + pause < RETRY_FOR => {
+                tracing::debug!("nats: {e}; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("--nats {given}: {reason}")]
+    Url { given: String, reason: String },
+    #[error("nats {url}: cannot connect: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("nats {url}: {what}: {reason}")]
+    Nats {
+        url: String,
+        what: String,
+        reason: String,
+    },
+    #[error("camera {camera}: {reason}")]
+    Camera { camera: String, reason: String },
+}
+
+/// How to reach NATS: `--nats URL[,URL…]` and `--nats-ca FILE`.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    pub urls: String,
+    pub ca: Option<PathBuf>,
+}
+
+/// A camera as the fleet keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CameraSpec {
+    pub camera: String,
+    pub uri: String,
+    /// `--detect-every` for this camera (`auto` or N), when not the worker's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_every: Option<String>,
+}
+
+/// Who runs a camera: the worker holding its lease, since when (RFC 3339).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub worker: String,
+    pub since: String,
+}
+
+/// A live worker's heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker: String,
+    pub max_streams: usize,
+    pub cameras: Vec<String>,
+    /// When it was last renewed (RFC 3339).
+    pub seen: String,
+}
+
+/// Whether a camera id can name a key and a subject: 1 to 64 ASCII letters, digits, `-` or `_`.
+pub fn check_camera_id(id: &str) -> Result<(), FleetError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(FleetError::Camera {
+            camera: id.to_string(),
+            reason: "a camera id is 1 to 64 ASCII letters, digits, '-' or '_'".into(),
+        })
+    }
+}
+
+/// The fleet's NATS, connected, with its buckets.
+pub struct Fleet {
+    runtime: tokio::runtime::Runtime,
+    /// The URLs as shown in errors: passwords masked.
+    shown: String,
+    client: async_nats::Client,
+    cameras: kv::Store,
+    leases: kv::Store,
+    workers: kv::Store,
+}
+
+/// `user:pass@` of the first URL that has one (NATS takes one set of credentials).
+fn credentials(urls: &[url::Url]) -> Option<(String, String)> {
+    urls.iter().find(|u| !u.username().is_empty()).map(|u| {
+        (
+            percent_decode(u.username()),
+            percent_decode(u.password().unwrap_or("")),
+        )
+    })
+}
+
+/// `%XX` escapes of a URL's user or password decoded.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Fleet {
+    /// Connects to the first server of `options` that answers and makes sure the buckets exist
+    /// (replicated over as many servers as the cluster has, at most 3).
+    pub fn connect(options: &NatsOptions) -> Result<Self, FleetError> {
+        let shown = crate::redact::url(&options.urls).into_owned();
+        let mut urls = Vec::new();
+        for given in options
+            .urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            let parsed = url::Url::parse(given).map_err(|e| FleetError::Url {
+                given: crate::redact::url(given).into_owned(),
+                reason: e.to_string(),
+            })?;
+            if !["nats", "tls"].contains(&parsed.scheme()) {
+                return Err(FleetError::Url {
+                    given: crate::redact::url(given).into_owned(),
+                    reason: "a NATS URL starts with nats:// or tls://".into(),
+                });
+            }
+            urls.push(parsed);
+        }
+        if urls.is_empty() {
+            return Err(FleetError::Url {
+                given: options.urls.clone(),
+                reason: "no URL".into(),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FleetError::Connect {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let addresses: Vec<async_nats::ServerAddr> = urls
+            .iter()
+            .map(|u| {
+                let mut bare = u.clone();
+                let _ = bare.set_username("");
+                let _ = bare.set_password(None);
+                bare.as_str().parse::<async_nats::ServerAddr>()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| FleetError::Url {
+                given: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut connect = async_nats::ConnectOptions::new()
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .name("faceflow");
+        if let Some((user, password)) = credentials(&urls) {
+            connect = connect.user_and_password(user, password);
+        }
+        if urls.iter().any(|u| u.scheme() == "tls") {
+            connect = connect.require_tls(true);
+        }
+        if let Some(ca) = &options.ca {
+            if !ca.is_file() {
+                return Err(FleetError::Url {
+                    given: format!("--nats-ca {}", ca.display()),
+                    reason: "no such file".into(),
+                });
+            }
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        let nats = |what: &str| {
+            let url = shown.clone();
+            let what = what.to_string();
+            move |e: &dyn std::fmt::Display| FleetError::Nats {
+                url: url.clone(),
+                what: what.clone(),
+                reason: e.to_string(),
+            }
+        };
+        let (client, cameras, leases, workers) = runtime.block_on(async {
+            let client = connect
+                .connect(addresses)
+                .await
+                .map_err(|e| FleetError::Connect {
+                    url: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            // connect_urls lists every server of the cluster that clients may use.
+            let servers = client.server_info().connect_urls.len().clamp(1, 3);
+            let js = jetstream::new(client.clone());
+            let bucket = |name: &str, max_age: Duration| kv::Config {
+                bucket: name.to_string(),
+                history: 1,
+                max_age,
+                num_replicas: servers,
+                ..Default::default()
+            };
+            let mut stores = Vec::new();
+            for (name, max_age) in [
+                (CAMERAS, Duration::ZERO),
+                (LEASES, LEASE_TTL),
+                (WORKERS, LEASE_TTL),
+            ] {
+                let store = retrying(|| async {
+                    match js.get_key_value(name).await {
+                        Ok(store) => Ok(store),
+                        Err(_) => js
+                            .create_key_value(bucket(name, max_age))
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                })
+                .await
+                .map_err(|e| nats(&format!("bucket {name}"))(&e))?;
+                stores.push(store);
+            }
+            let workers = stores.pop();
+            let leases = stores.pop();
+            let cameras = stores.pop();
+            match (cameras, leases, workers) {
+                (Some(c), Some(l), Some(w)) => Ok((client, c, l, w)),
+                _ => Err(nats("buckets")(&"missing")),
+            }
+        })?;
+        Ok(Self {
+            runtime,
+            shown,
+            client,
+            cameras,
+            leases,
+            workers,
+        })
+    }
+
+    fn failed(&self, what: impl Into<String>) -> impl Fn(&dyn std::fmt::Display) -> FleetError {
+        let url = self.shown.clone();
+        let what = what.into();
+        move |e| FleetError::Nats {
+            url: url.clone(),
+            what: what.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Every entry of `store` that holds a value, by key.
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        store: &kv::Store,
+        what: &str,
+    ) -> Result<BTreeMap<String, T>, FleetError> {
+        let failed = self.failed(what);
+        let values = self
+            .runtime
+            .block_on(retrying(|| async {
+                let mut keys = store.keys().await.map_err(|e| e.to_string())?;
+                let mut names = Vec::new();
+                while let Some(key) = keys.next().await {
+                    names.push(key.map_err(|e| e.to_string())?);
+                }
+                let mut values = Vec::new();
+                for key in names {
+                    // A key deleted or expired since it was listed has no value: left out.
+                    if let Some(value) = store.get(key.as_str()).await.map_err(|e| e.to_string())? {
+                        values.push((key, value));
+                    }
+                }
+                Ok::<_, String>(values)
+            }))
+            .map_err(|e| failed(&e))?;
+        let mut out = BTreeMap::new();
+        for (key, value) in values {
+            let parsed =
+                serde_json::from_slice(&value).map_err(|e| failed(&format!("entry {key}: {e}")))?;
+            out.insert(key, parsed);
+        }
+        Ok(out)
+    }
+
+    /// Adds a camera, or updates one of the same id; true when it was new.
+    pub fn put_camera(&self, camera: &CameraSpec) -> Result<bool, FleetError> {
+        check_camera_id(&camera.camera)?;
+        let failed = self.failed(format!("camera {}", camera.camera));
+        let value = serde_json::to_vec(camera).map_err(|e| failed(&e))?;
+        let key = camera.camera.as_str();
+        let existed = self
+            .runtime
+            .block_on(retrying(|| self.cameras.get(key)))
+            .map_err(|e| failed(&e))?
+            .is_some();
+        self.runtime
+            .block_on(retrying(|| self.cameras.put(key, value.clone().into())))
+            .map_err(|e| failed(&e))?;
+        Ok(!existed)
+    }
+
+    /// Removes a camera; false when there was none of that id.
+    pub fn remove_camera(&self, id: &str) -> Result<bool, FleetError> {
+        check_camera_id(id)?;
+        let failed = self.failed(format!("camera {id}"));
+        let existed = self
+            .runtime
+            .block_on(retrying(|| self.cameras.get(id)))
+            .map_err(|e| failed(&e))?
+            .is_some();
+        if existed {
+            self.runtime
+                .block_on(retrying(|| self.cameras.delete(id)))
+                .map_err(|e| failed(&e))?;
+        }
+        Ok(existed)
+    }
+
+    /// Every camera, by id.
+    pub fn cameras(&self) -> Result<BTreeMap<String, CameraSpec>, FleetError> {
+        self.all(&self.cameras, "cameras")
+    }
+
+    /// Every lease held now, by camera.
+    pub fn leases(&self) -> Result<BTreeMap<String, LeaseRecord>, FleetError> {
+        self.all(&self.leases, "leases")
+    }
+
+    /// Every live worker, by name.
+    pub fn workers(&self) -> Result<BTreeMap<String, WorkerRecord>, FleetError> {
+        self.all(&self.workers, "workers")
+    }
+
+    /// The URLs, passwords masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Waits until everything published so far reached the server.
+    pub fn flush(&self) -> Result<(), FleetError> {
+        let failed = self.failed("flush");
+        self.runtime
+            .block_on(self.client.flush())
+            .map_err(|e| failed(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camera_ids_are_keys_and_subject_tokens() {
+        for ok in ["lobby", "cam-2", "Gate_East", &"a".repeat(64)] {
+            assert!(check_camera_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a.b", "a b", "东门", "a/b", "*", ">", &"a".repeat(65)] {
+            let e = check_camera_id(bad).unwrap_err().to_string();
+            assert!(e.contains("1 to 64 ASCII"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_the_first_url_that_has_them() {
+        let urls: Vec<url::Url> = ["nats://a:4222", "nats://fleet:p%40ss@b:4222"]
+            .iter()
+            .map(|u| url::Url::parse(u).unwrap())
+            .collect();
+        assert_eq!(
+            credentials(&urls),
+            Some(("fleet".to_string(), "p@ss".to_string()))
+        );
+        assert_eq!(credentials(&urls[..1]), None);
+    }
+
+    #[test]
+    fn a_bad_url_is_one_line_naming_it_without_its_password() {
+        for (given, says) in [
+            ("http://cam:4222", "nats:// or tls://"),
+            ("nats://u:secret@[::1", "--nats nats://u:***@"),
+            ("", "no URL"),
+        ] {
+            let e = match Fleet::connect(&NatsOptions {
+                urls: given.into(),
+                ca: None,
+            }) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{given} connected"),
+            };
+            assert!(e.contains(says) && !e.contains("secret"), "{given}: {e}");
+        }
+    }
+}

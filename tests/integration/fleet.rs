@@ -1,0 +1,311 @@
+//! The fleet's commands against a real NATS JetStream cluster (nats-server 2.15, installed by
+//! scripts/deps.sh into .nats/bin), started here on 127.0.0.1 with its own ports and folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::metrics::{free_port, get};
+use crate::util::*;
+
+/// nats-server, when installed; under CI its absence fails.
+fn nats_server() -> Option<PathBuf> {
+    let path = project_root().join(".nats/bin/nats-server");
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{} missing under CI (scripts/deps.sh installs it)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} not found (scripts/deps.sh installs it)",
+        path.display()
+    );
+    None
+}
+
+/// One server of a cluster: its client port, monitoring port and process.
+pub(crate) struct Node {
+    pub port: u16,
+    http: u16,
+    child: Option<Child>,
+    config: PathBuf,
+    program: PathBuf,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.config.with_extension("log")).unwrap();
+        self.child = Some(
+            Command::new(&self.program)
+                .arg("-c")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// Whether JetStream answers on this node.
+    fn ready(&self) -> bool {
+        get(self.http, "/healthz?js-enabled-only=true").is_some_and(|r| r.contains("\"ok\""))
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JetStream cluster of `n` nodes (a single server for 1), each with its own store folder.
+pub(crate) struct Cluster {
+    pub nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(program: &Path, n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, http, route)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("store-{i}"));
+            let mut text = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n",
+                store.display()
+            );
+            if n > 1 {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, _, r))| format!("\"nats-route://127.0.0.1:{r}\""))
+                    .collect();
+                text.push_str(&format!(
+                    "cluster {{ name: faceflow, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                    routes.join(", ")
+                ));
+            }
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&config, text).unwrap();
+            let mut node = Node {
+                port: *port,
+                http: *http,
+                child: None,
+                config,
+                program: program.to_path_buf(),
+            };
+            node.spawn();
+            nodes.push(node);
+        }
+        let started = Instant::now();
+        while !nodes.iter().all(Node::ready) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "NATS cluster not ready in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// The client URLs of every node, as `--nats` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn fleet(urls: &str, args: &[&str]) -> std::process::Output {
+    output_within(
+        bin().arg("fleet").args(["--nats", urls]).args(args),
+        Duration::from_secs(60),
+    )
+}
+
+fn fleet_ok(urls: &str, args: &[&str]) -> String {
+    let out = fleet(urls, args);
+    assert!(
+        out.status.success(),
+        "fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// Cameras added, updated, listed (passwords masked), removed; the status says each waits for a
+/// worker; on a 3-node cluster, and still with one node killed.
+#[test]
+fn cameras_are_kept_in_the_cluster_and_survive_a_dead_node() {
+    let Some(program) = nats_server() else {
+        return;
+    };
+    let mut cluster = Cluster::start(&program, 3);
+    let urls = cluster.urls();
+    let added = fleet_ok(
+        &urls,
+        &[
+            "cameras",
+            "add",
+            "lobby",
+            "rtsp://admin:secret@cam1/stream",
+            "door",
+            "testsrc://ball?live=true",
+        ],
+    );
+    assert_eq!(
+        added,
+        "added lobby rtsp://admin:***@cam1/stream\nadded door testsrc://ball?live=true\n"
+    );
+    let updated = fleet_ok(
+        &urls,
+        &[
+            "cameras",
+            "add",
+            "door",
+            "testsrc://snow?live=true",
+            "--detect-every",
+            "auto",
+        ],
+    );
+    assert_eq!(updated, "updated door testsrc://snow?live=true\n");
+    let list = json_lines(&fleet_ok(&urls, &["cameras", "list", "--json"]));
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["camera"], "door");
+    assert_eq!(list[0]["detect_every"], "auto");
+    assert_eq!(list[1]["uri"], "rtsp://admin:***@cam1/stream");
+    let status = json_lines(&fleet_ok(&urls, &["status", "--json"]));
+    assert_eq!(status.len(), 2, "{status:?}");
+    for camera in &status {
+        assert_eq!(camera["type"], "camera");
+        assert_eq!(camera["state"], "waiting");
+        assert_eq!(camera["error"], "no live worker");
+    }
+    // The buckets are replicated on all three nodes.
+    let jsz = get(cluster.nodes[1].http, "/jsz?streams=true&config=true").unwrap();
+    let body = &jsz[jsz.find('{').unwrap()..];
+    let jsz: Value = serde_json::from_str(body).unwrap();
+    let streams = jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .unwrap();
+    for bucket in ["cameras", "leases", "workers"] {
+        let name = format!("KV_faceflow-{bucket}");
+        let stream = streams.iter().find(|s| s["name"] == name.as_str()).unwrap();
+        assert_eq!(stream["config"]["num_replicas"], 3, "{name}");
+    }
+    // With a node gone, the others still answer.
+    cluster.nodes[0].kill();
+    let others = cluster.nodes[1..]
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let started = Instant::now();
+    loop {
+        let out = fleet(&others, &["cameras", "list", "--json"]);
+        if out.status.success() {
+            assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 2);
+            break;
+        }
+        // A new leader for a bucket that the dead node led takes a few seconds.
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        fleet_ok(&others, &["cameras", "remove", "lobby"]),
+        "removed lobby\n"
+    );
+    let list = json_lines(&fleet_ok(&others, &["cameras", "list", "--json"]));
+    assert_eq!(list.len(), 1);
+    let e = one_error_line(&fleet(&others, &["cameras", "remove", "lobby"]));
+    assert!(e.contains("no such camera: lobby"), "{e}");
+}
+
+/// Unreachable NATS, a bad camera URI, a bad id and a camera id given twice: one clear line
+/// each, exit status 1, nothing written.
+#[test]
+fn fleet_mistakes_are_one_clear_line() {
+    let Some(program) = nats_server() else {
+        return;
+    };
+    let dead = format!("nats://user:secret@127.0.0.1:{}", free_port());
+    let e = one_error_line(&fleet(&dead, &["status"]));
+    assert!(
+        e.contains("cannot connect") && e.contains("user:***@") && !e.contains("secret"),
+        "{e}"
+    );
+    let cluster = Cluster::start(&program, 1);
+    let urls = cluster.urls();
+    for (args, says) in [
+        (vec!["cameras", "add", "a", "nosuch:/x"], "camera a: "),
+        (
+            vec!["cameras", "add", "a", "/no/such/file.mp4"],
+            "camera a: ",
+        ),
+        (
+            vec!["cameras", "add", "a.b", "testsrc://ball"],
+            "1 to 64 ASCII",
+        ),
+        (
+            vec![
+                "cameras",
+                "add",
+                "a",
+                "testsrc://ball",
+                "a",
+                "testsrc://snow",
+            ],
+            "camera a given twice",
+        ),
+        (
+            vec!["cameras", "add", "a", "testsrc://ball", "b"],
+            "b has no URI",
+        ),
+        (
+            vec![
+                "cameras",
+                "add",
+                "a",
+                "testsrc://ball",
+                "--detect-every",
+                "often",
+            ],
+            "--detect-every",
+        ),
+    ] {
+        let e = one_error_line(&fleet(&urls, &args));
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    assert_eq!(fleet_ok(&urls, &["cameras", "list"]), "");
+}
