@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         Command::Report(args) => commands::report::report(args),
         Command::Yardstick(args) => commands::eval::yardstick(args),
         Command::Fleet(args) => commands::fleet::fleet(args),
+        Command::Worker(args) => commands::fleet::worker(args),
         #[cfg(feature = "train")]
         Command::Train(args) => commands::train::train(*args),
         #[cfg(not(feature = "train"))]

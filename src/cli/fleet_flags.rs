@@ -79,3 +79,28 @@ pub enum CamerasCommand {
         json: bool,
     },
 }
+
+/// `faceflow worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// A pipeline file: the detector, attributes, tracking and outputs every camera runs with
+    /// (its sources are the cameras the worker holds; any given are ignored).
+    #[arg(value_name = "PIPELINE.toml")]
+    pub pipeline: Option<PathBuf>,
+    /// This worker's name in the fleet: 1 to 64 ASCII letters, digits, '-' or '_' [default: the
+    /// host name and process id].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The most cameras this worker runs at once, 1 to 64.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_streams: usize,
+    /// Detection only: no age, gender or race.
+    #[arg(long)]
+    pub no_attributes: bool,
+    /// Also write every record here as JSON Lines (- for standard output) [default: only to
+    /// JetStream].
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsFlags,
+}

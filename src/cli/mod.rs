@@ -73,6 +73,9 @@ pub enum Command {
     /// The fleet (several machines sharing cameras through NATS JetStream): its cameras and
     /// its status.
     Fleet(fleet_flags::FleetArgs),
+    /// Join the fleet: claim cameras by lease, run them (everything `run` does), publish every
+    /// record to NATS JetStream; SIGTERM or Ctrl-C hands the cameras over at once.
+    Worker(fleet_flags::WorkerArgs),
     /// Train the age/gender/race model on labelled face folders and export it to ONNX.
     #[cfg(feature = "train")]
     Train(Box<TrainArgs>),
@@ -638,7 +641,8 @@ mod tests {
                 }
             }
             // No numeric flags.
-            Command::Report(_) | Command::Yardstick(_) | Command::Fleet(_) => {}
+            Command::Report(_) | Command::Yardstick(_) | Command::Fleet(_) | Command::Worker(_) => {
+            }
             #[cfg(feature = "train")]
             Command::Train(train) => {
                 let config = train.config().and_then(|c| {

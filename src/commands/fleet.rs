@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use serde_json::json;
 
-use crate::cli::fleet_flags::{CamerasCommand, FleetArgs, FleetCommand};
+use crate::cli::fleet_flags::{CamerasCommand, FleetArgs, FleetCommand, WorkerArgs};
 use faceflow::fleet::store::{CameraSpec, Fleet, check_camera_id};
 
 pub fn fleet(args: FleetArgs) -> Result<ExitCode> {
@@ -201,4 +201,80 @@ fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `faceflow worker`: joins the fleet until SIGTERM or Ctrl-C.
+pub fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    if !(1..=64).contains(&args.max_streams) {
+        bail!(
+            "--max-streams {}: must be from 1 to 64 cameras",
+            args.max_streams
+        );
+    }
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => default_name(),
+    };
+    check_camera_id(&name).map_err(|_| {
+        anyhow::anyhow!("--name {name}: a worker name is 1 to 64 ASCII letters, digits, '-' or '_'")
+    })?;
+    let mut template = match &args.pipeline {
+        Some(path) => faceflow::pipeline::PipelineConfig::load(path)?,
+        None => faceflow::pipeline::PipelineConfig::default(),
+    };
+    template.sources.clear();
+    template.source = Default::default();
+    template.json.path = args.json.clone().unwrap_or_else(|| "/dev/null".into());
+    if args.no_attributes {
+        template.attributes.enabled = false;
+    }
+    faceflow::runtime::use_device(template.runtime.device)?;
+    let fleet = Fleet::connect(&args.nats.options())?;
+    let control = faceflow::graph::Control::new();
+    super::on_interrupt("handing the cameras over", {
+        let control = control.clone();
+        move || control.request_stop()
+    });
+    faceflow::say!(
+        "faceflow: worker {name} joined the fleet at {} (up to {} cameras)",
+        fleet.shown(),
+        args.max_streams
+    );
+    let options = faceflow::fleet::worker::WorkerOptions {
+        name: name.clone(),
+        max_streams: args.max_streams,
+        template,
+        tick: std::time::Duration::from_millis(500),
+    };
+    let summary = faceflow::fleet::worker::run(&fleet, &options, &control)?;
+    faceflow::say!(
+        "faceflow: worker {name} left the fleet: {} cameras taken, {} handed over, {} lost",
+        summary.claimed,
+        summary.released,
+        summary.lost
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The host name and process id, as a worker name.
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    let host = if host.is_empty() {
+        "worker".to_string()
+    } else {
+        host
+    };
+    format!("{host}-{}", std::process::id())
 }

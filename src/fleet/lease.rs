@@ -49,12 +49,14 @@ impl LeasePolicy {
     }
 }
 
-/// A lease this worker holds: the entry's revision (what the next update must name) and when
-/// the write that gave it was sent.
+/// A lease this worker holds: the entry's revision (what the next update must name), when the
+/// write that gave it was sent, and since when the worker holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldLease {
     pub revision: u64,
     pub confirmed_at: Duration,
+    /// When the worker took it (RFC 3339), kept through renewals.
+    pub since: String,
 }
 
 #[cfg(test)]

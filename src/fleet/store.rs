@@ -21,6 +21,9 @@ const CAMERAS: &str = "faceflow-cameras";
 const LEASES: &str = "faceflow-leases";
 const WORKERS: &str = "faceflow-workers";
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// The records stream and its subjects' prefix (`faceflow.records.<camera or job>`).
+pub const RECORDS: &str = "faceflow-records";
+pub const RECORDS_SUBJECT: &str = "faceflow.records";
 
 /// How long a request to NATS may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +123,8 @@ pub fn check_camera_id(id: &str) -> Result<(), FleetError> {
 /// The fleet's NATS, connected, with its buckets.
 pub struct Fleet {
     runtime: tokio::runtime::Runtime,
+    /// How many servers the buckets and streams are replicated over.
+    replicas: usize,
     /// The URLs as shown in errors: passwords masked.
     shown: String,
     client: async_nats::Client,
@@ -192,7 +197,11 @@ impl Fleet {
                 reason: "no URL".into(),
             });
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One thread of its own, so the connection keeps going between calls (heartbeats,
+        // acknowledgements) whichever thread calls.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nats")
             .enable_all()
             .build()
             .map_err(|e| FleetError::Connect {
@@ -240,6 +249,7 @@ impl Fleet {
                 reason: e.to_string(),
             }
         };
+        let mut replicas = 1;
         let (client, cameras, leases, workers) = runtime.block_on(async {
             let client = connect
                 .connect(addresses)
@@ -250,6 +260,7 @@ impl Fleet {
                 })?;
             // connect_urls lists every server of the cluster that clients may use.
             let servers = client.server_info().connect_urls.len().clamp(1, 3);
+            replicas = servers;
             let js = jetstream::new(client.clone());
             let bucket = |name: &str, max_age: Duration| kv::Config {
                 bucket: name.to_string(),
@@ -287,6 +298,7 @@ impl Fleet {
         })?;
         Ok(Self {
             runtime,
+            replicas,
             shown,
             client,
             cameras,
@@ -388,6 +400,92 @@ impl Fleet {
         self.all(&self.workers, "workers")
     }
 
+    /// Takes camera `camera`'s lease if nobody holds it: its revision, or `None` when another
+    /// worker holds it.
+    pub fn take_lease(&self, camera: &str, lease: &LeaseRecord) -> Result<Option<u64>, FleetError> {
+        let failed = self.failed(format!("lease {camera}"));
+        let value = serde_json::to_vec(lease).map_err(|e| failed(&e))?;
+        match self
+            .runtime
+            .block_on(self.leases.create(camera, value.into()))
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    /// Renews a lease held at `revision`: its new revision, or `None` when it is no longer this
+    /// worker's (it expired and another took it).
+    pub fn renew_lease(
+        &self,
+        camera: &str,
+        lease: &LeaseRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, FleetError> {
+        let failed = self.failed(format!("lease {camera}"));
+        let value = serde_json::to_vec(lease).map_err(|e| failed(&e))?;
+        match self
+            .runtime
+            .block_on(self.leases.update(camera, value.into(), revision))
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    /// Gives a lease back at once (only if still at `revision`, so never another's).
+    pub fn release_lease(&self, camera: &str, revision: u64) -> Result<(), FleetError> {
+        let failed = self.failed(format!("lease {camera}"));
+        self.runtime
+            .block_on(self.leases.delete_expect_revision(camera, Some(revision)))
+            .map_err(|e| failed(&e))
+    }
+
+    /// Says this worker is alive (expires with the leases' time unless said again).
+    pub fn heartbeat(&self, worker: &WorkerRecord) -> Result<(), FleetError> {
+        let failed = self.failed(format!("worker {}", worker.worker));
+        let value = serde_json::to_vec(worker).map_err(|e| failed(&e))?;
+        self.runtime
+            .block_on(self.workers.put(worker.worker.as_str(), value.into()))
+            .map(drop)
+            .map_err(|e| failed(&e))
+    }
+
+    /// Says this worker is gone.
+    pub fn leave(&self, worker: &str) -> Result<(), FleetError> {
+        let failed = self.failed(format!("worker {worker}"));
+        self.runtime
+            .block_on(self.workers.delete(worker))
+            .map_err(|e| failed(&e))
+    }
+
+    /// The records stream (`faceflow.records.>`), made if missing, and a context to publish on.
+    pub fn records(&self) -> Result<RecordsStream, FleetError> {
+        let failed = self.failed(format!("stream {RECORDS}"));
+        // The context starts a task of its own: in the runtime.
+        let _runtime = self.runtime.enter();
+        let js = jetstream::new(self.client.clone());
+        let config = jetstream::stream::Config {
+            name: RECORDS.to_string(),
+            subjects: vec![format!("{RECORDS_SUBJECT}.>")],
+            num_replicas: self.replicas,
+            // A record published twice (sent again after a lost acknowledgement, or a file job
+            // done again) within this window is stored once.
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        self.runtime
+            .block_on(retrying(|| js.get_or_create_stream(config.clone())))
+            .map_err(|e| failed(&e))?;
+        Ok(RecordsStream {
+            handle: self.runtime.handle().clone(),
+            js,
+            shown: self.shown.clone(),
+        })
+    }
+
     /// The URLs, passwords masked.
     pub fn shown(&self) -> &str {
         &self.shown
@@ -401,6 +499,16 @@ impl Fleet {
             .map_err(|e| failed(&e))
     }
 }
+
+/// Where records are published, from any thread.
+#[derive(Clone)]
+pub struct RecordsStream {
+    pub handle: tokio::runtime::Handle,
+    pub js: jetstream::Context,
+    pub shown: String,
+}
+
+impl crate::sinks::OutputError for FleetError {}
 
 #[cfg(test)]
 mod tests {

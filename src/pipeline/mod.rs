@@ -561,6 +561,12 @@ pub fn run(
     control: Control,
     hooks: RunHooks,
 ) -> Result<RunSummary, PipelineError> {
+    let stages = build_stages(config)?;
+    run_stages(config, stages, control, hooks)
+}
+
+/// Builds every stage of `config`, starting none: a bad input, model or output path fails here.
+pub fn build_stages(config: &PipelineConfig) -> Result<BuiltStages, PipelineError> {
     config.validate()?;
     config.check_outputs(&[])?;
     // Build everything before anything starts: a bad input, model or output path fails here.
@@ -587,14 +593,13 @@ pub fn run(
         .transpose()?;
     let ids = config.stream_ids();
     let sinks = sinks::build_all(&config.outputs(), &OutputContext { streams: &ids })?;
-    let stages = BuiltStages {
+    Ok(BuiltStages {
         sources,
         detectors,
         attributes,
         sinks,
         metrics_listener,
-    };
-    run_stages(config, stages, control, hooks)
+    })
 }
 
 /// Runs built stages: sources → detect (scheduler and workers) → (attributes) → track → sinks,

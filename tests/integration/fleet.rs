@@ -309,3 +309,147 @@ fn fleet_mistakes_are_one_clear_line() {
     }
     assert_eq!(fleet_ok(&urls, &["cameras", "list"]), "");
 }
+
+/// A worker process of the fleet, detection only, on `urls`.
+fn worker(urls: &str, name: &str, dir: &Path) -> Child {
+    bin()
+        .args(["worker", "--nats", urls, "--name", name, "--no-attributes"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Camera → worker, as `fleet status --json` says.
+fn placement(urls: &str) -> std::collections::BTreeMap<String, String> {
+    let out = fleet(urls, &["status", "--json"]);
+    if !out.status.success() {
+        return Default::default();
+    }
+    json_lines(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|l| l["type"] == "camera" && l["state"] == "running")
+        .map(|l| {
+            (
+                l["camera"].as_str().unwrap().to_string(),
+                l["worker"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Cameras per worker, in the workers' order.
+fn counts(placement: &std::collections::BTreeMap<String, String>, workers: &[&str]) -> Vec<usize> {
+    workers
+        .iter()
+        .map(|w| placement.values().filter(|v| v == w).count())
+        .collect()
+}
+
+/// Waits up to `limit` for `done` on the placement; how long it took.
+fn until(
+    urls: &str,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = placement(urls);
+        if done(&now) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not within {limit:?}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Messages stored in the records stream, as a node's monitoring says.
+fn records_stored(node: &Node) -> u64 {
+    let jsz = get(node.http, "/jsz?streams=true").unwrap_or_default();
+    let Some(body) = jsz.find('{').map(|i| &jsz[i..]) else {
+        return 0;
+    };
+    let jsz: Value = serde_json::from_str(body).unwrap_or_default();
+    jsz["account_details"][0]["stream_detail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "faceflow-records")
+        .and_then(|s| s["state"]["messages"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Three workers and six live cameras on a 3-node cluster: every camera runs, two per worker;
+/// a worker killed with -9 has its cameras running elsewhere within the lease time and a few
+/// seconds; back, it takes its share again; SIGTERM hands a worker's cameras over at once.
+/// Records reach the stream all along.
+#[test]
+fn workers_share_cameras_and_take_over_from_a_dead_one() {
+    let Some(program) = nats_server() else {
+        return;
+    };
+    let cluster = Cluster::start(&program, 3);
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut add = vec!["cameras".to_string(), "add".to_string()];
+    for (i, pattern) in [
+        "ball",
+        "snow",
+        "smpte",
+        "checkers-8",
+        "gradient",
+        "pinwheel",
+    ]
+    .iter()
+    .enumerate()
+    {
+        add.push(format!("cam{i}"));
+        add.push(format!(
+            "testsrc://{pattern}?live=true&frames=0&size=160x120&fps=10"
+        ));
+    }
+    let add: Vec<&str> = add.iter().map(String::as_str).collect();
+    fleet_ok(&urls, &add);
+    let names = ["wa", "wb", "wc"];
+    let mut workers: Vec<Child> = names.iter().map(|n| worker(&urls, n, dir.path())).collect();
+    let spread = until(&urls, Duration::from_secs(30), "spread", |p| {
+        p.len() == 6 && counts(p, &names) == [2, 2, 2]
+    });
+    eprintln!("six cameras on three workers in {spread:?}");
+    let stored = records_stored(&cluster.nodes[0]);
+    assert!(stored > 0, "no records in the stream");
+    // kill -9: within the lease (10 s) and a few seconds, wb and wc run wa's cameras.
+    let _ = workers[0].kill();
+    let _ = workers[0].wait();
+    let failover = until(&urls, Duration::from_secs(15), "failover", |p| {
+        p.len() == 6 && counts(p, &names[1..]) == [3, 3]
+    });
+    eprintln!("failover after kill -9 in {failover:?}");
+    // Back: the others hand over, one at a time, until it is balanced.
+    workers[0] = worker(&urls, "wa", dir.path());
+    let rebalance = until(&urls, Duration::from_secs(20), "rebalance", |p| {
+        p.len() == 6 && counts(p, &names) == [2, 2, 2]
+    });
+    eprintln!("rebalanced in {rebalance:?}");
+    // SIGTERM: wb's cameras move within a few seconds.
+    let status = Command::new("kill")
+        .args(["-TERM", &workers[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let handoff = until(&urls, Duration::from_secs(6), "handoff on SIGTERM", |p| {
+        p.len() == 6 && p.values().all(|w| w != "wb")
+    });
+    eprintln!("handed over on SIGTERM in {handoff:?}");
+    let out = workers[1].wait().unwrap();
+    assert!(out.success(), "wb exited {out:?}");
+    assert!(records_stored(&cluster.nodes[0]) > stored);
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

@@ -1,0 +1,284 @@
+//! A fleet worker: claims cameras by lease, runs them in one multi-stream pipeline (everything
+//! `run` does), publishes every record to JetStream, renews its leases and its heartbeat, hands
+//! cameras over to balance the fleet, and stops a camera before its lease can expire when it
+//! cannot renew it.
+//!
+//! When the cameras it runs change, the worker restarts its pipeline with the new set: the
+//! cameras it keeps miss a moment of frames (their next record says how long, `gap_before_ms`
+//! being for reconnections only: here the frame numbers start again). A lease is given back
+//! only after its camera stopped, and taken before it starts, so no camera runs on two workers
+//! at once.
+
+use std::collections::BTreeMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::balance::{FleetView, plan};
+use super::lease::{HeldLease, LeasePolicy};
+use super::publish::RecordsSink;
+use super::store::{CameraSpec, Fleet, FleetError, LEASE_TTL, LeaseRecord, WorkerRecord};
+use crate::graph::Control;
+use crate::pipeline::{self, PipelineConfig, PipelineError, RunHooks, RunSummary};
+
+/// How a worker runs.
+pub struct WorkerOptions {
+    pub name: String,
+    pub max_streams: usize,
+    /// The pipeline every camera runs in (detector, attributes, tracking, outputs); its sources
+    /// are the cameras held.
+    pub template: PipelineConfig,
+    /// How often the worker looks at the fleet.
+    pub tick: Duration,
+}
+
+/// The pipeline running now, and the cameras it runs.
+struct Running {
+    cameras: BTreeMap<String, CameraSpec>,
+    control: Control,
+    thread: JoinHandle<Result<RunSummary, PipelineError>>,
+}
+
+/// What a worker did, for its last lines.
+#[derive(Debug, Default)]
+pub struct WorkerSummary {
+    pub pipelines: usize,
+    pub claimed: usize,
+    pub released: usize,
+    pub lost: usize,
+}
+
+fn now_rfc3339() -> String {
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The worker's loop, until `control` is asked to stop (SIGTERM, Ctrl-C): then its cameras stop,
+/// its leases are given back at once and it leaves the fleet.
+pub fn run(
+    fleet: &Fleet,
+    options: &WorkerOptions,
+    control: &Control,
+) -> Result<WorkerSummary, FleetError> {
+    let records = fleet.records()?;
+    let policy = LeasePolicy::new(LEASE_TTL);
+    let started = Instant::now();
+    let mut held: BTreeMap<String, HeldLease> = BTreeMap::new();
+    let mut running: Option<Running> = None;
+    let mut to_release: Vec<(String, u64)> = Vec::new();
+    let mut last_heartbeat: Option<Duration> = None;
+    let mut summary = WorkerSummary::default();
+    let me = options.name.as_str();
+    let lease_record = |since: &str| LeaseRecord {
+        worker: me.to_string(),
+        since: since.to_string(),
+    };
+    while !control.stop_requested() {
+        let now = started.elapsed();
+        // Renew what is due; a lease that cannot be renewed in time stops its camera.
+        let mut taken_over = Vec::new();
+        for (camera, lease) in held.iter_mut() {
+            if policy.renewal_due(lease.confirmed_at, now) {
+                match fleet.renew_lease(camera, &lease_record(&lease.since), lease.revision) {
+                    Ok(Some(revision)) => {
+                        lease.revision = revision;
+                        lease.confirmed_at = now;
+                    }
+                    Ok(None) => taken_over.push(camera.clone()),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+        let mut lost: Vec<String> = held
+            .iter()
+            .filter(|(_, l)| policy.must_stop(l.confirmed_at, started.elapsed()))
+            .map(|(c, _)| c.clone())
+            .collect();
+        lost.extend(taken_over);
+        for camera in lost {
+            tracing::warn!(
+                "worker {me}: lease of camera {camera} lost or not renewed in time: stopping it"
+            );
+            held.remove(&camera);
+            summary.lost += 1;
+        }
+        if last_heartbeat.is_none_or(|t| policy.renewal_due(t, now)) {
+            let beat = WorkerRecord {
+                worker: me.to_string(),
+                max_streams: options.max_streams,
+                cameras: held.keys().cloned().collect(),
+                seen: now_rfc3339(),
+            };
+            match fleet.heartbeat(&beat) {
+                Ok(()) => last_heartbeat = Some(now),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        // What the fleet says now, and what to do about it.
+        let view = fleet
+            .cameras()
+            .and_then(|c| Ok((c, fleet.leases()?, fleet.workers()?)));
+        let cameras = match view {
+            Ok((cameras, leases, workers)) => {
+                let mut view = FleetView {
+                    cameras: cameras.keys().cloned().collect(),
+                    holders: leases.into_iter().map(|(c, l)| (c, l.worker)).collect(),
+                    workers: workers
+                        .into_values()
+                        .map(|w| (w.worker, w.max_streams))
+                        .collect(),
+                };
+                // This worker's own leases as it knows them (the bucket may lag).
+                view.holders.retain(|c, w| w != me || held.contains_key(c));
+                for camera in held.keys() {
+                    view.holders.insert(camera.clone(), me.to_string());
+                }
+                // A camera removed from the fleet stops and its lease goes back.
+                for camera in held.keys().cloned().collect::<Vec<_>>() {
+                    if !cameras.contains_key(&camera)
+                        && let Some(lease) = held.remove(&camera)
+                    {
+                        to_release.push((camera, lease.revision));
+                    }
+                }
+                let step = plan(me, &view);
+                for camera in step.claim {
+                    let sent = started.elapsed();
+                    let since = now_rfc3339();
+                    match fleet.take_lease(&camera, &lease_record(&since)) {
+                        Ok(Some(revision)) => {
+                            tracing::info!("worker {me}: took camera {camera}");
+                            held.insert(
+                                camera,
+                                HeldLease {
+                                    revision,
+                                    confirmed_at: sent,
+                                    since,
+                                },
+                            );
+                            summary.claimed += 1;
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+                if let Some(camera) = step.release
+                    && let Some(lease) = held.remove(&camera)
+                {
+                    tracing::info!("worker {me}: handing camera {camera} over");
+                    to_release.push((camera, lease.revision));
+                }
+                cameras
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                running
+                    .as_ref()
+                    .map(|r| r.cameras.clone())
+                    .unwrap_or_default()
+            }
+        };
+        // The cameras to run: those held, as configured now.
+        let wanted: BTreeMap<String, CameraSpec> = held
+            .keys()
+            .filter_map(|c| cameras.get(c).map(|s| (c.clone(), s.clone())))
+            .collect();
+        let finished = running.as_ref().is_some_and(|r| r.thread.is_finished());
+        if finished || running.as_ref().map(|r| &r.cameras) != Some(&wanted) {
+            if let Some(r) = running.take() {
+                stop(me, r);
+            }
+            // Stopped: their leases can go.
+            for (camera, revision) in to_release.drain(..) {
+                if let Err(e) = fleet.release_lease(&camera, revision) {
+                    tracing::warn!("{e}");
+                }
+                summary.released += 1;
+            }
+            if !wanted.is_empty() {
+                match start(options, &records, wanted) {
+                    Ok(r) => {
+                        running = Some(r);
+                        summary.pipelines += 1;
+                    }
+                    Err(e) => tracing::warn!("worker {me}: {e}"),
+                }
+            }
+        }
+        std::thread::sleep(options.tick);
+    }
+    // Asked to stop: the cameras stop, then their leases go back at once, so they move now.
+    if let Some(r) = running.take() {
+        stop(me, r);
+    }
+    for (camera, lease) in std::mem::take(&mut held) {
+        to_release.push((camera, lease.revision));
+    }
+    for (camera, revision) in to_release {
+        if let Err(e) = fleet.release_lease(&camera, revision) {
+            tracing::warn!("{e}");
+        }
+        summary.released += 1;
+    }
+    if let Err(e) = fleet.leave(me) {
+        tracing::warn!("{e}");
+    }
+    Ok(summary)
+}
+
+/// Stops a running pipeline and waits for it (its records are all published by then).
+fn stop(me: &str, running: Running) {
+    running.control.request_stop();
+    match running.thread.join() {
+        Ok(Ok(summary)) => {
+            for line in summary.lines() {
+                tracing::info!("worker {me}: {line}");
+            }
+            for failure in summary.failures() {
+                tracing::warn!("worker {me}: {failure}");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!("worker {me}: {e}"),
+        Err(_) => tracing::warn!("worker {me}: the pipeline panicked"),
+    }
+}
+
+/// Starts a pipeline over `cameras`, its records also published to JetStream.
+fn start(
+    options: &WorkerOptions,
+    records: &super::store::RecordsStream,
+    cameras: BTreeMap<String, CameraSpec>,
+) -> Result<Running, PipelineError> {
+    let mut config = options.template.clone();
+    config.sources = cameras
+        .values()
+        .map(|spec| {
+            let mut source = config.source.clone();
+            source.name = Some(spec.camera.clone());
+            source.input = spec.uri.clone();
+            source
+        })
+        .collect();
+    config.source = Default::default();
+    let mut stages = pipeline::build_stages(&config)?;
+    let run_id = format!(
+        "{}-{}",
+        options.name,
+        chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).timestamp_millis()
+    );
+    stages.sinks.push(Box::new(RecordsSink::new(
+        records.clone(),
+        &options.name,
+        &run_id,
+    )));
+    let control = Control::new();
+    let thread_control = control.clone();
+    let thread = std::thread::Builder::new()
+        .name("worker-pipeline".into())
+        .spawn(move || pipeline::run_stages(&config, stages, thread_control, RunHooks::default()))
+        .map_err(|e| PipelineError::Invalid(format!("cannot start a pipeline thread: {e}")))?;
+    Ok(Running {
+        cameras,
+        control,
+        thread,
+    })
+}
