@@ -97,10 +97,6 @@ pub struct WorkerArgs {
     /// Detection only: no age, gender or race.
     #[arg(long)]
     pub no_attributes: bool,
-    /// Also write every record here as JSON Lines (- for standard output) [default: only to
-    /// JetStream].
-    #[arg(long, value_name = "PATH|-")]
-    pub json: Option<String>,
     #[command(flatten)]
     pub nats: NatsFlags,
 }

@@ -224,11 +224,15 @@ pub fn worker(args: WorkerArgs) -> Result<ExitCode> {
     };
     template.sources.clear();
     template.source = Default::default();
-    template.json.path = args.json.clone().unwrap_or_else(|| "/dev/null".into());
+    // Records go to JetStream; a local file would be rewritten at every restart of the
+    // pipeline.
+    template.json.path = "/dev/null".into();
     if args.no_attributes {
         template.attributes.enabled = false;
     }
     faceflow::runtime::use_device(template.runtime.device)?;
+    // A worker must renew its leases in time: it cannot wait on a failing request as long as
+    // a command can (its next turn tries again).
     let fleet = Fleet::connect(&args.nats.options())?;
     let control = faceflow::graph::Control::new();
     super::on_interrupt("handing the cameras over", {

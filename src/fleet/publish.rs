@@ -20,6 +20,9 @@ use crate::sinks::{Sink, SinkError};
 const IN_FLIGHT: usize = 256;
 /// How long a record is tried before it is given up for lost.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// How long the end of a run waits for what is still unacknowledged (the worker waits on it
+/// before it can hand cameras over or start again).
+const FINISH_WITHIN: Duration = Duration::from_secs(5);
 
 /// A record on its way: its subject, message id and bytes, and its acknowledgement to come.
 struct Pending {
@@ -99,6 +102,11 @@ impl RecordsSink {
     /// Waits for the oldest record's acknowledgement, sending it again while it fails, until it
     /// is stored or given up.
     fn settle_oldest(&mut self) {
+        self.settle_oldest_by(None);
+    }
+
+    /// As [`Self::settle_oldest`], giving up at `deadline` when one is given.
+    fn settle_oldest_by(&mut self, deadline: Option<Instant>) {
         let Some(mut pending) = self.pending.pop_front() else {
             return;
         };
@@ -116,7 +124,9 @@ impl RecordsSink {
                     Err(e) => tracing::debug!("acknowledgement of {}: {e}", pending.subject),
                 }
             }
-            if pending.first_sent.elapsed() > GIVE_UP_AFTER {
+            if pending.first_sent.elapsed() > GIVE_UP_AFTER
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
                 self.lost += 1;
                 return;
             }
@@ -156,8 +166,9 @@ impl Sink for RecordsSink {
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
+        let deadline = Instant::now() + FINISH_WITHIN;
         while !self.pending.is_empty() {
-            self.settle_oldest();
+            self.settle_oldest_by(Some(deadline));
         }
         if self.lost > 0 {
             return Err(failed(

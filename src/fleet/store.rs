@@ -31,8 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// answers "no responders" or times out until it has elected another, which takes seconds.
 const RETRY_FOR: Duration = Duration::from_secs(20);
 
-/// `op` until it succeeds or [`RETRY_FOR`] has passed (the last error then).
-async fn retrying<T, E, F, Fut>(mut op: F) -> Result<T, E>
+/// `op` until it succeeds or `retry_for` has passed (the last error then).
+async fn retrying<T, E, F, Fut>(retry_for: Duration, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -43,7 +43,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() + pause < RETRY_FOR => {
+            Err(e) if started.elapsed() + pause < retry_for => {
                 tracing::debug!("nats: {e}; trying again in {pause:?}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -125,6 +125,8 @@ pub struct Fleet {
     runtime: tokio::runtime::Runtime,
     /// How many servers the buckets and streams are replicated over.
     replicas: usize,
+    /// How long a failed request is tried again, ms.
+    retry_for_ms: std::sync::atomic::AtomicU64,
     /// The URLs as shown in errors: passwords masked.
     shown: String,
     client: async_nats::Client,
@@ -275,7 +277,7 @@ impl Fleet {
                 (LEASES, LEASE_TTL),
                 (WORKERS, LEASE_TTL),
             ] {
-                let store = retrying(|| async {
+                let store = retrying(RETRY_FOR, || async {
                     match js.get_key_value(name).await {
                         Ok(store) => Ok(store),
                         Err(_) => js
@@ -299,6 +301,7 @@ impl Fleet {
         Ok(Self {
             runtime,
             replicas,
+            retry_for_ms: (RETRY_FOR.as_millis() as u64).into(),
             shown,
             client,
             cameras,
@@ -326,7 +329,7 @@ impl Fleet {
         let failed = self.failed(what);
         let values = self
             .runtime
-            .block_on(retrying(|| async {
+            .block_on(retrying(self.retry_for(), || async {
                 let mut keys = store.keys().await.map_err(|e| e.to_string())?;
                 let mut names = Vec::new();
                 while let Some(key) = keys.next().await {
@@ -344,9 +347,13 @@ impl Fleet {
             .map_err(|e| failed(&e))?;
         let mut out = BTreeMap::new();
         for (key, value) in values {
-            let parsed =
-                serde_json::from_slice(&value).map_err(|e| failed(&format!("entry {key}: {e}")))?;
-            out.insert(key, parsed);
+            // One entry written by something else must not stop the fleet: left out, said.
+            match serde_json::from_slice(&value) {
+                Ok(parsed) => {
+                    out.insert(key, parsed);
+                }
+                Err(e) => tracing::warn!("nats {}: {what}: entry {key} left out: {e}", self.shown),
+            }
         }
         Ok(out)
     }
@@ -359,11 +366,13 @@ impl Fleet {
         let key = camera.camera.as_str();
         let existed = self
             .runtime
-            .block_on(retrying(|| self.cameras.get(key)))
+            .block_on(retrying(self.retry_for(), || self.cameras.get(key)))
             .map_err(|e| failed(&e))?
             .is_some();
         self.runtime
-            .block_on(retrying(|| self.cameras.put(key, value.clone().into())))
+            .block_on(retrying(self.retry_for(), || {
+                self.cameras.put(key, value.clone().into())
+            }))
             .map_err(|e| failed(&e))?;
         Ok(!existed)
     }
@@ -374,12 +383,12 @@ impl Fleet {
         let failed = self.failed(format!("camera {id}"));
         let existed = self
             .runtime
-            .block_on(retrying(|| self.cameras.get(id)))
+            .block_on(retrying(self.retry_for(), || self.cameras.get(id)))
             .map_err(|e| failed(&e))?
             .is_some();
         if existed {
             self.runtime
-                .block_on(retrying(|| self.cameras.delete(id)))
+                .block_on(retrying(self.retry_for(), || self.cameras.delete(id)))
                 .map_err(|e| failed(&e))?;
         }
         Ok(existed)
@@ -398,6 +407,19 @@ impl Fleet {
     /// Every live worker, by name.
     pub fn workers(&self) -> Result<BTreeMap<String, WorkerRecord>, FleetError> {
         self.all(&self.workers, "workers")
+    }
+
+    /// Tries failed requests again for `retry_for` (a worker, which must renew its leases in
+    /// time, cannot wait as long as a command can).
+    pub fn set_retry_for(&self, retry_for: Duration) {
+        self.retry_for_ms.store(
+            retry_for.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn retry_for(&self) -> Duration {
+        Duration::from_millis(self.retry_for_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Takes camera `camera`'s lease if nobody holds it: its revision, or `None` when another
@@ -477,7 +499,9 @@ impl Fleet {
             ..Default::default()
         };
         self.runtime
-            .block_on(retrying(|| js.get_or_create_stream(config.clone())))
+            .block_on(retrying(RETRY_FOR, || {
+                js.get_or_create_stream(config.clone())
+            }))
             .map_err(|e| failed(&e))?;
         Ok(RecordsStream {
             handle: self.runtime.handle().clone(),

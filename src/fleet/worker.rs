@@ -10,6 +10,7 @@
 //! at once.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,52 @@ pub struct WorkerSummary {
     pub lost: usize,
 }
 
+/// How long a worker whose pipeline could not start claims nothing.
+const FAILED_START_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the watchdog watches: the running pipeline, and when each of its cameras' leases was
+/// last confirmed. It stops the pipeline when a lease may expire within the stop margin,
+/// whatever the worker's loop is doing (a request to NATS that hangs must not let a camera run
+/// on past its lease).
+#[derive(Default)]
+struct Watched {
+    pipeline: Option<Control>,
+    confirmed_at: BTreeMap<String, Duration>,
+    done: bool,
+}
+
+fn watchdog(
+    watched: Arc<Mutex<Watched>>,
+    policy: LeasePolicy,
+    started: Instant,
+    me: String,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        loop {
+            {
+                let Ok(w) = watched.lock() else { return };
+                if w.done {
+                    return;
+                }
+                let now = started.elapsed();
+                if let Some(control) = &w.pipeline
+                    && !control.stop_requested()
+                    && let Some((camera, _)) = w
+                        .confirmed_at
+                        .iter()
+                        .find(|(_, at)| policy.must_stop(**at, now))
+                {
+                    tracing::warn!(
+                        "worker {me}: the lease of camera {camera} was not renewed in time: stopping its pipeline"
+                    );
+                    control.request_stop();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
 fn now_rfc3339() -> String {
     chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -60,6 +107,9 @@ pub fn run(
     control: &Control,
 ) -> Result<WorkerSummary, FleetError> {
     let records = fleet.records()?;
+    // From here the worker must renew its leases in time: it cannot wait on a failing request
+    // as long as a command can (its next turn tries again).
+    fleet.set_retry_for(Duration::from_secs(1));
     let policy = LeasePolicy::new(LEASE_TTL);
     let started = Instant::now();
     let mut held: BTreeMap<String, HeldLease> = BTreeMap::new();
@@ -67,7 +117,15 @@ pub fn run(
     let mut to_release: Vec<(String, u64)> = Vec::new();
     let mut last_heartbeat: Option<Duration> = None;
     let mut summary = WorkerSummary::default();
+    let mut backoff_until: Option<Duration> = None;
     let me = options.name.as_str();
+    let watched = Arc::new(Mutex::new(Watched::default()));
+    let dog = watchdog(watched.clone(), policy, started, me.to_string());
+    let watch = |f: &mut dyn FnMut(&mut Watched)| {
+        if let Ok(mut w) = watched.lock() {
+            f(&mut w);
+        }
+    };
     let lease_record = |since: &str| LeaseRecord {
         worker: me.to_string(),
         since: since.to_string(),
@@ -88,18 +146,37 @@ pub fn run(
                 }
             }
         }
+        watch(&mut |w| {
+            for (camera, at) in w.confirmed_at.iter_mut() {
+                if let Some(lease) = held.get(camera) {
+                    *at = lease.confirmed_at;
+                }
+            }
+        });
         let mut lost: Vec<String> = held
             .iter()
             .filter(|(_, l)| policy.must_stop(l.confirmed_at, started.elapsed()))
             .map(|(c, _)| c.clone())
             .collect();
         lost.extend(taken_over);
-        for camera in lost {
+        lost.sort();
+        lost.dedup();
+        for camera in &lost {
             tracing::warn!(
                 "worker {me}: lease of camera {camera} lost or not renewed in time: stopping it"
             );
-            held.remove(&camera);
+            held.remove(camera);
             summary.lost += 1;
+        }
+        if !lost.is_empty() {
+            // Not a moment later: another worker may hold it already.
+            watch(&mut |w| {
+                if lost.iter().any(|c| w.confirmed_at.contains_key(c))
+                    && let Some(control) = &w.pipeline
+                {
+                    control.request_stop();
+                }
+            });
         }
         if last_heartbeat.is_none_or(|t| policy.renewal_due(t, now)) {
             let beat = WorkerRecord {
@@ -127,6 +204,26 @@ pub fn run(
                         .map(|w| (w.worker, w.max_streams))
                         .collect(),
                 };
+                // A lease the bucket gives another worker is lost, whatever this worker thought.
+                let taken: Vec<String> = held
+                    .keys()
+                    .filter(|c| view.holders.get(*c).is_some_and(|w| w != me))
+                    .cloned()
+                    .collect();
+                for camera in &taken {
+                    tracing::warn!(
+                        "worker {me}: camera {camera} is another worker's now: stopping it"
+                    );
+                    held.remove(camera);
+                    summary.lost += 1;
+                }
+                if !taken.is_empty() {
+                    watch(&mut |w| {
+                        if let Some(control) = &w.pipeline {
+                            control.request_stop();
+                        }
+                    });
+                }
                 // This worker's own leases as it knows them (the bucket may lag).
                 view.holders.retain(|c, w| w != me || held.contains_key(c));
                 for camera in held.keys() {
@@ -140,7 +237,10 @@ pub fn run(
                         to_release.push((camera, lease.revision));
                     }
                 }
-                let step = plan(me, &view);
+                let mut step = plan(me, &view);
+                if backoff_until.is_some_and(|t| started.elapsed() < t) {
+                    step.claim.clear();
+                }
                 for camera in step.claim {
                     let sent = started.elapsed();
                     let since = now_rfc3339();
@@ -178,14 +278,30 @@ pub fn run(
             }
         };
         // The cameras to run: those held, as configured now.
-        let wanted: BTreeMap<String, CameraSpec> = held
-            .keys()
-            .filter_map(|c| cameras.get(c).map(|s| (c.clone(), s.clone())))
-            .collect();
+        let wanted = |held: &BTreeMap<String, HeldLease>| -> BTreeMap<String, CameraSpec> {
+            held.keys()
+                .filter_map(|c| cameras.get(c).map(|s| (c.clone(), s.clone())))
+                .collect()
+        };
         let finished = running.as_ref().is_some_and(|r| r.thread.is_finished());
-        if finished || running.as_ref().map(|r| &r.cameras) != Some(&wanted) {
+        if finished || running.as_ref().map(|r| &r.cameras) != Some(&wanted(&held)) {
             if let Some(r) = running.take() {
+                watch(&mut |w| w.pipeline = None);
                 stop(me, r);
+                // Stopping may have taken a while: the leases kept are renewed before their
+                // cameras start again, and those that cannot be are let go.
+                let now = started.elapsed();
+                held.retain(|camera, lease| {
+                    match fleet.renew_lease(camera, &lease_record(&lease.since), lease.revision) {
+                        Ok(Some(revision)) => {
+                            lease.revision = revision;
+                            lease.confirmed_at = now;
+                            true
+                        }
+                        Ok(None) => false,
+                        Err(_) => !policy.must_stop(lease.confirmed_at, started.elapsed()),
+                    }
+                });
             }
             // Stopped: their leases can go.
             for (camera, revision) in to_release.drain(..) {
@@ -194,13 +310,35 @@ pub fn run(
                 }
                 summary.released += 1;
             }
+            let wanted = wanted(&held);
             if !wanted.is_empty() {
                 match start(options, &records, wanted) {
                     Ok(r) => {
+                        let control = r.control.clone();
+                        let at: BTreeMap<String, Duration> = r
+                            .cameras
+                            .keys()
+                            .filter_map(|c| held.get(c).map(|l| (c.clone(), l.confirmed_at)))
+                            .collect();
+                        watch(&mut |w| {
+                            w.pipeline = Some(control.clone());
+                            w.confirmed_at = at.clone();
+                        });
                         running = Some(r);
                         summary.pipelines += 1;
                     }
-                    Err(e) => tracing::warn!("worker {me}: {e}"),
+                    Err(e) => {
+                        // Nothing runs: the cameras are given back for others to try, and this
+                        // worker claims nothing for a while.
+                        tracing::warn!("worker {me}: cannot start its cameras: {e}");
+                        for (camera, lease) in std::mem::take(&mut held) {
+                            if let Err(e) = fleet.release_lease(&camera, lease.revision) {
+                                tracing::warn!("{e}");
+                            }
+                            summary.released += 1;
+                        }
+                        backoff_until = Some(started.elapsed() + FAILED_START_BACKOFF);
+                    }
                 }
             }
         }
@@ -210,6 +348,8 @@ pub fn run(
     if let Some(r) = running.take() {
         stop(me, r);
     }
+    watch(&mut |w| w.done = true);
+    let _ = dog.join();
     for (camera, lease) in std::mem::take(&mut held) {
         to_release.push((camera, lease.revision));
     }

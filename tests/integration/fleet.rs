@@ -310,14 +310,26 @@ fn fleet_mistakes_are_one_clear_line() {
     assert_eq!(fleet_ok(&urls, &["cameras", "list"]), "");
 }
 
+/// A worker process of the fleet, killed when dropped (a failed test leaves none behind).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A worker process of the fleet, detection only, on `urls`.
-fn worker(urls: &str, name: &str, dir: &Path) -> Child {
-    bin()
-        .args(["worker", "--nats", urls, "--name", name, "--no-attributes"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap()
+fn worker(urls: &str, name: &str, dir: &Path) -> Worker {
+    Worker(
+        bin()
+            .args(["worker", "--nats", urls, "--name", name, "--no-attributes"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Camera → worker, as `fleet status --json` says.
@@ -415,7 +427,7 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let add: Vec<&str> = add.iter().map(String::as_str).collect();
     fleet_ok(&urls, &add);
     let names = ["wa", "wb", "wc"];
-    let mut workers: Vec<Child> = names.iter().map(|n| worker(&urls, n, dir.path())).collect();
+    let mut workers: Vec<Worker> = names.iter().map(|n| worker(&urls, n, dir.path())).collect();
     let spread = until(&urls, Duration::from_secs(30), "spread", |p| {
         p.len() == 6 && counts(p, &names) == [2, 2, 2]
     });
@@ -423,8 +435,8 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let stored = records_stored(&cluster.nodes[0]);
     assert!(stored > 0, "no records in the stream");
     // kill -9: within the lease (10 s) and a few seconds, wb and wc run wa's cameras.
-    let _ = workers[0].kill();
-    let _ = workers[0].wait();
+    let _ = workers[0].0.kill();
+    let _ = workers[0].0.wait();
     let failover = until(&urls, Duration::from_secs(15), "failover", |p| {
         p.len() == 6 && counts(p, &names[1..]) == [3, 3]
     });
@@ -437,7 +449,7 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     eprintln!("rebalanced in {rebalance:?}");
     // SIGTERM: wb's cameras move within a few seconds.
     let status = Command::new("kill")
-        .args(["-TERM", &workers[1].id().to_string()])
+        .args(["-TERM", &workers[1].0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -445,11 +457,7 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
         p.len() == 6 && p.values().all(|w| w != "wb")
     });
     eprintln!("handed over on SIGTERM in {handoff:?}");
-    let out = workers[1].wait().unwrap();
+    let out = workers[1].0.wait().unwrap();
     assert!(out.success(), "wb exited {out:?}");
     assert!(records_stored(&cluster.nodes[0]) > stored);
-    for mut w in workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
 }
