@@ -46,6 +46,15 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: CamerasCommand,
     },
+    /// The records stored in JetStream, as JSON Lines on standard output, oldest first.
+    Tail {
+        /// Only this camera's records.
+        #[arg(long, value_name = "ID")]
+        camera: Option<String>,
+        /// Then new records as they come, until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Every camera (running, waiting or failed, and where) and every live worker.
     Status {
         /// One JSON object per line instead of a table.

@@ -75,6 +75,23 @@ pub fn fleet(args: FleetArgs) -> Result<ExitCode> {
             }
         },
         FleetCommand::Status { json } => status(&Fleet::connect(&args.nats.options())?, json),
+        FleetCommand::Tail { camera, follow } => {
+            if let Some(id) = &camera {
+                check_camera_id(id)?;
+            }
+            let fleet = Fleet::connect(&args.nats.options())?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            fleet.tail(camera.as_deref(), follow, |payload| {
+                use std::io::Write;
+                // A reader that went away (`| head`) ends the tail quietly.
+                out.write_all(payload)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| if follow { out.flush() } else { Ok(()) })
+                    .is_ok()
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -510,6 +510,60 @@ impl Fleet {
         })
     }
 
+    /// The records stored for `camera` (all when `None`), oldest first, each given to `each`
+    /// (which returns false to stop); with `follow`, new ones as they come, until `each` stops.
+    pub fn tail(
+        &self,
+        camera: Option<&str>,
+        follow: bool,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), FleetError> {
+        use jetstream::consumer::{DeliverPolicy, pull};
+        let failed = self.failed(format!("stream {RECORDS}"));
+        let subject = match camera {
+            Some(c) => format!("{RECORDS_SUBJECT}.{c}"),
+            None => format!("{RECORDS_SUBJECT}.>"),
+        };
+        let _runtime = self.runtime.enter();
+        let js = jetstream::new(self.client.clone());
+        self.runtime.block_on(async {
+            let mut stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
+                .await
+                .map_err(|e| failed(&e))?;
+            // Nothing stored: done at once, unless following.
+            let empty = match camera {
+                Some(_) => stream
+                    .get_last_raw_message_by_subject(subject.as_str())
+                    .await
+                    .is_err(),
+                None => stream.info().await.map_err(|e| failed(&e))?.state.messages == 0,
+            };
+            if empty && !follow {
+                return Ok(());
+            }
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: subject.clone(),
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(&e))?;
+            let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| failed(&e))?;
+                if !each(&message.payload) {
+                    return Ok(());
+                }
+                let caught_up = message.info().map(|i| i.pending == 0).unwrap_or(false);
+                if caught_up && !follow {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// The URLs, passwords masked.
     pub fn shown(&self) -> &str {
         &self.shown

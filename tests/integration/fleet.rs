@@ -460,4 +460,49 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let out = workers[1].0.wait().unwrap();
     assert!(out.success(), "wb exited {out:?}");
     assert!(records_stored(&cluster.nodes[0]) > stored);
+    drop(workers);
+    // The records read back: each camera's come from one worker at a time, never two at once
+    // (by the clock time of their frames), and the tail of all is the tails of each.
+    let mut total = 0;
+    for i in 0..6 {
+        let camera = format!("cam{i}");
+        let records = json_lines(&fleet_ok(&urls, &["tail", "--camera", &camera]));
+        assert!(!records.is_empty(), "{camera}: no records");
+        total += records.len();
+        // Runs of one worker, in the stream's order: (worker, first and last frame time).
+        let mut runs: Vec<(String, f64, f64)> = Vec::new();
+        for r in &records {
+            assert_eq!(r["stream"], camera.as_str(), "{r}");
+            let worker = r["worker"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no worker: {r}"));
+            let Some(time) = r["time"].as_str() else {
+                continue;
+            };
+            let t = chrono::DateTime::parse_from_rfc3339(time)
+                .unwrap()
+                .timestamp_millis() as f64;
+            match runs.last_mut() {
+                Some((w, _, last)) if w == worker => *last = t.max(*last),
+                _ => runs.push((worker.to_string(), t, t)),
+            }
+        }
+        assert!(
+            runs.len() <= 6,
+            "{camera}: {} runs of workers: {runs:?}",
+            runs.len()
+        );
+        for pair in runs.windows(2) {
+            assert!(
+                pair[0].2 <= pair[1].1,
+                "{camera}: {} still ran at {} after {} started at {}",
+                pair[0].0,
+                pair[0].2,
+                pair[1].0,
+                pair[1].1
+            );
+        }
+    }
+    let all = fleet_ok(&urls, &["tail"]);
+    assert_eq!(all.lines().count(), total);
 }
