@@ -154,15 +154,15 @@ impl Sink for RecordsSink {
         record: &FrameRecord,
         _pixels: &[u8],
     ) -> Result<(), SinkError> {
-        self.publish(&record.stream.clone(), record)
+        self.publish(&record.stream, record)
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
-        self.publish(&record.stream.clone(), record)
+        self.publish(&record.stream, record)
     }
 
     fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
-        self.publish(&record.stream.clone(), record)
+        self.publish(&record.stream, record)
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {

@@ -129,7 +129,8 @@ pub struct Fleet {
     retry_for_ms: std::sync::atomic::AtomicU64,
     /// The URLs as shown in errors: passwords masked.
     shown: String,
-    client: async_nats::Client,
+    /// JetStream on the connection (made in the runtime: it starts a task of its own).
+    js: jetstream::Context,
     cameras: kv::Store,
     leases: kv::Store,
     workers: kv::Store,
@@ -147,26 +148,9 @@ fn credentials(urls: &[url::Url]) -> Option<(String, String)> {
 
 /// `%XX` escapes of a URL's user or password decoded.
 fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
-            .flatten();
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl Fleet {
@@ -252,7 +236,7 @@ impl Fleet {
             }
         };
         let mut replicas = 1;
-        let (client, cameras, leases, workers) = runtime.block_on(async {
+        let (js, cameras, leases, workers) = runtime.block_on(async {
             let client = connect
                 .connect(addresses)
                 .await
@@ -263,7 +247,7 @@ impl Fleet {
             // connect_urls lists every server of the cluster that clients may use.
             let servers = client.server_info().connect_urls.len().clamp(1, 3);
             replicas = servers;
-            let js = jetstream::new(client.clone());
+            let js = jetstream::new(client);
             let bucket = |name: &str, max_age: Duration| kv::Config {
                 bucket: name.to_string(),
                 history: 1,
@@ -294,7 +278,7 @@ impl Fleet {
             let leases = stores.pop();
             let cameras = stores.pop();
             match (cameras, leases, workers) {
-                (Some(c), Some(l), Some(w)) => Ok((client, c, l, w)),
+                (Some(c), Some(l), Some(w)) => Ok((js, c, l, w)),
                 _ => Err(nats("buckets")(&"missing")),
             }
         })?;
@@ -303,7 +287,7 @@ impl Fleet {
             replicas,
             retry_for_ms: (RETRY_FOR.as_millis() as u64).into(),
             shown,
-            client,
+            js,
             cameras,
             leases,
             workers,
@@ -486,9 +470,7 @@ impl Fleet {
     /// The records stream (`faceflow.records.>`), made if missing, and a context to publish on.
     pub fn records(&self) -> Result<RecordsStream, FleetError> {
         let failed = self.failed(format!("stream {RECORDS}"));
-        // The context starts a task of its own: in the runtime.
-        let _runtime = self.runtime.enter();
-        let js = jetstream::new(self.client.clone());
+        let js = self.js.clone();
         let config = jetstream::stream::Config {
             name: RECORDS.to_string(),
             subjects: vec![format!("{RECORDS_SUBJECT}.>")],
@@ -524,8 +506,7 @@ impl Fleet {
             Some(c) => format!("{RECORDS_SUBJECT}.{c}"),
             None => format!("{RECORDS_SUBJECT}.>"),
         };
-        let _runtime = self.runtime.enter();
-        let js = jetstream::new(self.client.clone());
+        let js = &self.js;
         self.runtime.block_on(async {
             let mut stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
                 .await
@@ -567,14 +548,6 @@ impl Fleet {
     /// The URLs, passwords masked.
     pub fn shown(&self) -> &str {
         &self.shown
-    }
-
-    /// Waits until everything published so far reached the server.
-    pub fn flush(&self) -> Result<(), FleetError> {
-        let failed = self.failed("flush");
-        self.runtime
-            .block_on(self.client.flush())
-            .map_err(|e| failed(&e))
     }
 }
 

@@ -94,9 +94,72 @@ fn watchdog(
     })
 }
 
+/// Now, in ms since the Unix epoch.
+fn unix_now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 fn now_rfc3339() -> String {
-    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    crate::sources::rfc3339_ms(unix_now_ms()).unwrap_or_default()
+}
+
+/// Renews `camera`'s lease (its write sent at `now`): true when renewed, false when it is
+/// another worker's now.
+fn renew(
+    fleet: &Fleet,
+    me: &str,
+    camera: &str,
+    lease: &mut HeldLease,
+    now: Duration,
+) -> Result<bool, FleetError> {
+    let record = LeaseRecord {
+        worker: me.to_string(),
+        since: lease.since.clone(),
+    };
+    Ok(match fleet.renew_lease(camera, &record, lease.revision)? {
+        Some(revision) => {
+            lease.revision = revision;
+            lease.confirmed_at = now;
+            true
+        }
+        None => false,
+    })
+}
+
+/// Lets `cameras` go (their leases lost or another worker's): no longer held, and the pipeline
+/// running any of them is stopped at once, for another worker may run them already.
+fn let_go(
+    me: &str,
+    why: &str,
+    cameras: &[String],
+    held: &mut BTreeMap<String, HeldLease>,
+    summary: &mut WorkerSummary,
+    watched: &Mutex<Watched>,
+) {
+    for camera in cameras {
+        tracing::warn!("worker {me}: camera {camera} {why}: stopping it");
+        if held.remove(camera).is_some() {
+            summary.lost += 1;
+        }
+    }
+    if let Ok(w) = watched.lock()
+        && cameras.iter().any(|c| w.confirmed_at.contains_key(c))
+        && let Some(control) = &w.pipeline
+    {
+        control.request_stop();
+    }
+}
+
+/// Gives `leases` back (their cameras stopped).
+fn release(fleet: &Fleet, leases: Vec<(String, u64)>, summary: &mut WorkerSummary) {
+    for (camera, revision) in leases {
+        if let Err(e) = fleet.release_lease(&camera, revision) {
+            tracing::warn!("{e}");
+        }
+        summary.released += 1;
+    }
 }
 
 /// The worker's loop, until `control` is asked to stop (SIGTERM, Ctrl-C): then its cameras stop,
@@ -126,22 +189,15 @@ pub fn run(
             f(&mut w);
         }
     };
-    let lease_record = |since: &str| LeaseRecord {
-        worker: me.to_string(),
-        since: since.to_string(),
-    };
     while !control.stop_requested() {
         let now = started.elapsed();
         // Renew what is due; a lease that cannot be renewed in time stops its camera.
         let mut taken_over = Vec::new();
         for (camera, lease) in held.iter_mut() {
             if policy.renewal_due(lease.confirmed_at, now) {
-                match fleet.renew_lease(camera, &lease_record(&lease.since), lease.revision) {
-                    Ok(Some(revision)) => {
-                        lease.revision = revision;
-                        lease.confirmed_at = now;
-                    }
-                    Ok(None) => taken_over.push(camera.clone()),
+                match renew(fleet, me, camera, lease, now) {
+                    Ok(true) => {}
+                    Ok(false) => taken_over.push(camera.clone()),
                     Err(e) => tracing::warn!("{e}"),
                 }
             }
@@ -153,31 +209,27 @@ pub fn run(
                 }
             }
         });
-        let mut lost: Vec<String> = held
+        let late: Vec<String> = held
             .iter()
             .filter(|(_, l)| policy.must_stop(l.confirmed_at, started.elapsed()))
             .map(|(c, _)| c.clone())
             .collect();
-        lost.extend(taken_over);
-        lost.sort();
-        lost.dedup();
-        for camera in &lost {
-            tracing::warn!(
-                "worker {me}: lease of camera {camera} lost or not renewed in time: stopping it"
-            );
-            held.remove(camera);
-            summary.lost += 1;
-        }
-        if !lost.is_empty() {
-            // Not a moment later: another worker may hold it already.
-            watch(&mut |w| {
-                if lost.iter().any(|c| w.confirmed_at.contains_key(c))
-                    && let Some(control) = &w.pipeline
-                {
-                    control.request_stop();
-                }
-            });
-        }
+        let_go(
+            me,
+            "is another worker's now",
+            &taken_over,
+            &mut held,
+            &mut summary,
+            &watched,
+        );
+        let_go(
+            me,
+            "was not renewed in time",
+            &late,
+            &mut held,
+            &mut summary,
+            &watched,
+        );
         if last_heartbeat.is_none_or(|t| policy.renewal_due(t, now)) {
             let beat = WorkerRecord {
                 worker: me.to_string(),
@@ -210,20 +262,14 @@ pub fn run(
                     .filter(|c| view.holders.get(*c).is_some_and(|w| w != me))
                     .cloned()
                     .collect();
-                for camera in &taken {
-                    tracing::warn!(
-                        "worker {me}: camera {camera} is another worker's now: stopping it"
-                    );
-                    held.remove(camera);
-                    summary.lost += 1;
-                }
-                if !taken.is_empty() {
-                    watch(&mut |w| {
-                        if let Some(control) = &w.pipeline {
-                            control.request_stop();
-                        }
-                    });
-                }
+                let_go(
+                    me,
+                    "is another worker's now",
+                    &taken,
+                    &mut held,
+                    &mut summary,
+                    &watched,
+                );
                 // This worker's own leases as it knows them (the bucket may lag).
                 view.holders.retain(|c, w| w != me || held.contains_key(c));
                 for camera in held.keys() {
@@ -244,7 +290,11 @@ pub fn run(
                 for camera in step.claim {
                     let sent = started.elapsed();
                     let since = now_rfc3339();
-                    match fleet.take_lease(&camera, &lease_record(&since)) {
+                    let record = LeaseRecord {
+                        worker: me.to_string(),
+                        since: since.clone(),
+                    };
+                    match fleet.take_lease(&camera, &record) {
                         Ok(Some(revision)) => {
                             tracing::info!("worker {me}: took camera {camera}");
                             held.insert(
@@ -291,25 +341,13 @@ pub fn run(
                 // Stopping may have taken a while: the leases kept are renewed before their
                 // cameras start again, and those that cannot be are let go.
                 let now = started.elapsed();
-                held.retain(|camera, lease| {
-                    match fleet.renew_lease(camera, &lease_record(&lease.since), lease.revision) {
-                        Ok(Some(revision)) => {
-                            lease.revision = revision;
-                            lease.confirmed_at = now;
-                            true
-                        }
-                        Ok(None) => false,
-                        Err(_) => !policy.must_stop(lease.confirmed_at, started.elapsed()),
-                    }
+                held.retain(|camera, lease| match renew(fleet, me, camera, lease, now) {
+                    Ok(renewed) => renewed,
+                    Err(_) => !policy.must_stop(lease.confirmed_at, started.elapsed()),
                 });
             }
             // Stopped: their leases can go.
-            for (camera, revision) in to_release.drain(..) {
-                if let Err(e) = fleet.release_lease(&camera, revision) {
-                    tracing::warn!("{e}");
-                }
-                summary.released += 1;
-            }
+            release(fleet, std::mem::take(&mut to_release), &mut summary);
             let wanted = wanted(&held);
             if !wanted.is_empty() {
                 match start(options, &records, wanted) {
@@ -331,12 +369,12 @@ pub fn run(
                         // Nothing runs: the cameras are given back for others to try, and this
                         // worker claims nothing for a while.
                         tracing::warn!("worker {me}: cannot start its cameras: {e}");
-                        for (camera, lease) in std::mem::take(&mut held) {
-                            if let Err(e) = fleet.release_lease(&camera, lease.revision) {
-                                tracing::warn!("{e}");
-                            }
-                            summary.released += 1;
-                        }
+                        let leases = std::mem::take(&mut held);
+                        release(
+                            fleet,
+                            leases.into_iter().map(|(c, l)| (c, l.revision)).collect(),
+                            &mut summary,
+                        );
                         backoff_until = Some(started.elapsed() + FAILED_START_BACKOFF);
                     }
                 }
@@ -350,15 +388,8 @@ pub fn run(
     }
     watch(&mut |w| w.done = true);
     let _ = dog.join();
-    for (camera, lease) in std::mem::take(&mut held) {
-        to_release.push((camera, lease.revision));
-    }
-    for (camera, revision) in to_release {
-        if let Err(e) = fleet.release_lease(&camera, revision) {
-            tracing::warn!("{e}");
-        }
-        summary.released += 1;
-    }
+    to_release.extend(held.into_iter().map(|(c, l)| (c, l.revision)));
+    release(fleet, to_release, &mut summary);
     if let Err(e) = fleet.leave(me) {
         tracing::warn!("{e}");
     }
@@ -400,11 +431,7 @@ fn start(
         .collect();
     config.source = Default::default();
     let mut stages = pipeline::build_stages(&config)?;
-    let run_id = format!(
-        "{}-{}",
-        options.name,
-        chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()).timestamp_millis()
-    );
+    let run_id = format!("{}-{}", options.name, unix_now_ms() as u64);
     stages.sinks.push(Box::new(RecordsSink::new(
         records.clone(),
         &options.name,
