@@ -46,14 +46,30 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: CamerasCommand,
     },
-    /// The records stored in JetStream, as JSON Lines on standard output, oldest first.
+    /// The records stored in JetStream, as JSON Lines on standard output, oldest first; a job's
+    /// record stored twice is shown once.
     Tail {
         /// Only this camera's records.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "job")]
         camera: Option<String>,
+        /// Only this file job's records.
+        #[arg(long, value_name = "ID")]
+        job: Option<String>,
         /// Then new records as they come, until Ctrl-C.
         #[arg(long)]
         follow: bool,
+    },
+    /// Queue video files as jobs for the workers: one job id per line.
+    Submit {
+        /// Files (a path the workers can read at the same place, or a URI `run --input` takes).
+        #[arg(value_name = "FILE|URI", required = true)]
+        inputs: Vec<String>,
+    },
+    /// Every file job: queued, running, done or failed, where, and how many frames are stored.
+    Jobs {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Every camera (running, waiting or failed, and where) and every live worker.
     Status {

@@ -75,14 +75,28 @@ pub fn fleet(args: FleetArgs) -> Result<ExitCode> {
             }
         },
         FleetCommand::Status { json } => status(&Fleet::connect(&args.nats.options())?, json),
-        FleetCommand::Tail { camera, follow } => {
-            if let Some(id) = &camera {
+        FleetCommand::Submit { inputs } => {
+            let uris = jobs_to_submit(&inputs)?;
+            let fleet = Fleet::connect(&args.nats.options())?;
+            for uri in &uris {
+                println!("{}", fleet.submit(uri)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Jobs { json } => jobs(&Fleet::connect(&args.nats.options())?, json),
+        FleetCommand::Tail {
+            camera,
+            job,
+            follow,
+        } => {
+            let id = camera.or(job);
+            if let Some(id) = &id {
                 check_camera_id(id)?;
             }
             let fleet = Fleet::connect(&args.nats.options())?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            fleet.tail(camera.as_deref(), follow, |payload| {
+            fleet.tail(id.as_deref(), follow, |payload| {
                 use std::io::Write;
                 // A reader that went away (`| head`) ends the tail quietly.
                 out.write_all(payload)
@@ -93,6 +107,108 @@ pub fn fleet(args: FleetArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The inputs of `fleet submit` as workers will open them: each checked as `run --input` checks
+/// it, a local path made absolute; a live source is refused (it is a camera).
+fn jobs_to_submit(inputs: &[String]) -> Result<Vec<String>> {
+    let mut uris = Vec::new();
+    for input in inputs {
+        let kind = faceflow::sources::parse_input(input, None)?;
+        let live = match &kind {
+            faceflow::sources::InputKind::Uri { live, .. } => *live,
+            faceflow::sources::InputKind::TestPattern(p) => p.live,
+        };
+        if live {
+            bail!(
+                "{}: a live source is a camera, not a file job: add it with `faceflow fleet cameras add ID URI`",
+                faceflow::redact::url(input)
+            );
+        }
+        let is_path = !input.contains("://");
+        uris.push(if is_path {
+            std::path::absolute(input)
+                .map_err(|e| anyhow::anyhow!("{input}: {e}"))?
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            input.clone()
+        });
+    }
+    Ok(uris)
+}
+
+/// `object` as one JSON line with `first` keys in that order, then the others (the documented
+/// order, whatever order the map keeps).
+fn in_order(object: &serde_json::Value, first: &[&str]) -> String {
+    let Some(map) = object.as_object() else {
+        return object.to_string();
+    };
+    let keys = first
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k))
+        .chain(
+            map.keys()
+                .map(String::as_str)
+                .filter(|k| !first.contains(k)),
+        );
+    let fields: Vec<String> = keys
+        .map(|k| format!("{}:{}", serde_json::Value::from(k), map[k]))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+/// Every job, oldest first: one JSON object per line, or a table. A job whose worker is gone
+/// reads `queued` again (JetStream delivers it anew).
+fn jobs(fleet: &Fleet, json: bool) -> Result<ExitCode> {
+    let live = fleet.workers()?;
+    let mut jobs: Vec<_> = fleet.jobs()?.into_values().collect();
+    jobs.sort_by(|a, b| a.submitted.cmp(&b.submitted).then(a.job.cmp(&b.job)));
+    if !json {
+        println!(
+            "{:<32} {:<8} {:<20} {:>8}  FILE",
+            "JOB", "STATE", "WORKER", "FRAMES"
+        );
+    }
+    for job in &jobs {
+        let mut state = job.state.as_str();
+        let mut error = job.error.clone();
+        if state == "running" && job.worker.as_ref().is_none_or(|w| !live.contains_key(w)) {
+            state = "queued";
+            error = Some(format!(
+                "worker {} stopped; JetStream gives the job to another",
+                job.worker.as_deref().unwrap_or("?")
+            ));
+        }
+        let uri = faceflow::redact::url(&job.uri);
+        if json {
+            let line = json!({"type": "job", "job": job.job, "uri": uri, "state": state,
+                       "worker": job.worker, "frames": job.frames, "error": error,
+                       "submitted": job.submitted, "attempts": job.attempts});
+            println!(
+                "{}",
+                in_order(
+                    &line,
+                    &["type", "job", "uri", "state", "worker", "frames", "error"]
+                )
+            );
+        } else {
+            println!(
+                "{:<32} {:<8} {:<20} {:>8}  {}{}",
+                job.job,
+                state,
+                job.worker.as_deref().unwrap_or("-"),
+                job.frames,
+                uri,
+                error.map(|e| format!("  ({e})")).unwrap_or_default()
+            );
+        }
+    }
+    if !json && jobs.is_empty() {
+        println!("(no job)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The cameras of `ID URI` pairs, each checked as `run --input` checks an input; an id given
@@ -172,8 +288,20 @@ fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
         })
         .collect();
     if json {
-        for line in camera_lines.iter().chain(&worker_lines) {
-            println!("{line}");
+        for line in &camera_lines {
+            println!(
+                "{}",
+                in_order(
+                    line,
+                    &["type", "camera", "uri", "state", "worker", "since", "error"]
+                )
+            );
+        }
+        for line in &worker_lines {
+            println!(
+                "{}",
+                in_order(line, &["type", "worker", "cameras", "max_streams", "seen"])
+            );
         }
     } else {
         let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -269,10 +397,13 @@ pub fn worker(args: WorkerArgs) -> Result<ExitCode> {
     };
     let summary = faceflow::fleet::worker::run(&fleet, &options, &control)?;
     faceflow::say!(
-        "faceflow: worker {name} left the fleet: {} cameras taken, {} handed over, {} lost",
+        "faceflow: worker {name} left the fleet: {} cameras taken, {} handed over, {} lost; {} file jobs done, {} failed, {} given back",
         summary.claimed,
         summary.released,
-        summary.lost
+        summary.lost,
+        summary.jobs_done,
+        summary.jobs_failed,
+        summary.jobs_given_back
     );
     Ok(ExitCode::SUCCESS)
 }

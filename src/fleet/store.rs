@@ -29,10 +29,10 @@ pub const RECORDS_SUBJECT: &str = "faceflow.records";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a failed request is tried again: a cluster that lost the node leading a bucket
 /// answers "no responders" or times out until it has elected another, which takes seconds.
-const RETRY_FOR: Duration = Duration::from_secs(20);
+pub(super) const RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// `op` until it succeeds or `retry_for` has passed (the last error then).
-async fn retrying<T, E, F, Fut>(retry_for: Duration, mut op: F) -> Result<T, E>
+pub(super) async fn retrying<T, E, F, Fut>(retry_for: Duration, mut op: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -99,6 +99,9 @@ pub struct WorkerRecord {
     pub worker: String,
     pub max_streams: usize,
     pub cameras: Vec<String>,
+    /// The file job it runs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// When it was last renewed (RFC 3339).
     pub seen: String,
 }
@@ -122,18 +125,20 @@ pub fn check_camera_id(id: &str) -> Result<(), FleetError> {
 
 /// The fleet's NATS, connected, with its buckets.
 pub struct Fleet {
-    runtime: tokio::runtime::Runtime,
+    pub(super) runtime: tokio::runtime::Runtime,
     /// How many servers the buckets and streams are replicated over.
-    replicas: usize,
+    pub(super) replicas: usize,
     /// How long a failed request is tried again, ms.
     retry_for_ms: std::sync::atomic::AtomicU64,
     /// The URLs as shown in errors: passwords masked.
-    shown: String,
+    pub(super) shown: String,
     /// JetStream on the connection (made in the runtime: it starts a task of its own).
-    js: jetstream::Context,
+    pub(super) js: jetstream::Context,
     cameras: kv::Store,
     leases: kv::Store,
     workers: kv::Store,
+    /// The file jobs' states.
+    pub(super) jobs: kv::Store,
 }
 
 /// `user:pass@` of the first URL that has one (NATS takes one set of credentials).
@@ -236,7 +241,7 @@ impl Fleet {
             }
         };
         let mut replicas = 1;
-        let (js, cameras, leases, workers) = runtime.block_on(async {
+        let (js, cameras, leases, workers, jobs) = runtime.block_on(async {
             let client = connect
                 .connect(addresses)
                 .await
@@ -256,16 +261,18 @@ impl Fleet {
                 ..Default::default()
             };
             let mut stores = Vec::new();
-            for (name, max_age) in [
-                (CAMERAS, Duration::ZERO),
-                (LEASES, LEASE_TTL),
-                (WORKERS, LEASE_TTL),
+            for config in [
+                bucket(CAMERAS, Duration::ZERO),
+                bucket(LEASES, LEASE_TTL),
+                bucket(WORKERS, LEASE_TTL),
+                super::jobs::bucket_config(servers),
             ] {
+                let name = config.bucket.clone();
                 let store = retrying(RETRY_FOR, || async {
-                    match js.get_key_value(name).await {
+                    match js.get_key_value(name.as_str()).await {
                         Ok(store) => Ok(store),
                         Err(_) => js
-                            .create_key_value(bucket(name, max_age))
+                            .create_key_value(config.clone())
                             .await
                             .map_err(|e| e.to_string()),
                     }
@@ -274,11 +281,12 @@ impl Fleet {
                 .map_err(|e| nats(&format!("bucket {name}"))(&e))?;
                 stores.push(store);
             }
+            let jobs = stores.pop();
             let workers = stores.pop();
             let leases = stores.pop();
             let cameras = stores.pop();
-            match (cameras, leases, workers) {
-                (Some(c), Some(l), Some(w)) => Ok((js, c, l, w)),
+            match (cameras, leases, workers, jobs) {
+                (Some(c), Some(l), Some(w), Some(j)) => Ok((js, c, l, w, j)),
                 _ => Err(nats("buckets")(&"missing")),
             }
         })?;
@@ -291,10 +299,14 @@ impl Fleet {
             cameras,
             leases,
             workers,
+            jobs,
         })
     }
 
-    fn failed(&self, what: impl Into<String>) -> impl Fn(&dyn std::fmt::Display) -> FleetError {
+    pub(super) fn failed(
+        &self,
+        what: impl Into<String>,
+    ) -> impl Fn(&dyn std::fmt::Display) -> FleetError {
         let url = self.shown.clone();
         let what = what.into();
         move |e| FleetError::Nats {
@@ -305,7 +317,7 @@ impl Fleet {
     }
 
     /// Every entry of `store` that holds a value, by key.
-    fn all<T: for<'de> Deserialize<'de>>(
+    pub(super) fn all<T: for<'de> Deserialize<'de>>(
         &self,
         store: &kv::Store,
         what: &str,
@@ -402,7 +414,7 @@ impl Fleet {
         );
     }
 
-    fn retry_for(&self) -> Duration {
+    pub(super) fn retry_for(&self) -> Duration {
         Duration::from_millis(self.retry_for_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
@@ -492,7 +504,7 @@ impl Fleet {
         })
     }
 
-    /// The records stored for `camera` (all when `None`), oldest first, each given to `each`
+    /// The records stored for `camera` (a camera or a job; all when `None`), oldest first, each given to `each`
     /// (which returns false to stop); with `follow`, new ones as they come, until `each` stops.
     pub fn tail(
         &self,
@@ -531,9 +543,17 @@ impl Fleet {
                 .await
                 .map_err(|e| failed(&e))?;
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+            let mut seen = std::collections::HashSet::new();
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| failed(&e))?;
-                if !each(&message.payload) {
+                // A job's record stored twice (its key outlived the duplicate window) is shown once.
+                let key = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(super::jobs::KEY_HEADER))
+                    .map(|k| k.as_str().to_string());
+                let first = key.is_none_or(|k| seen.insert(k));
+                if first && !each(&message.payload) {
                     return Ok(());
                 }
                 let caught_up = message.info().map(|i| i.pending == 0).unwrap_or(false);

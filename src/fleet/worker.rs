@@ -10,13 +10,17 @@
 //! at once.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::AckKind;
+
 use super::balance::{FleetView, plan};
+use super::jobs::{JOB_ACK_WAIT, JobQueue, JobRecord, JobState, MAX_ATTEMPTS, TakenJob};
 use super::lease::{HeldLease, LeasePolicy};
-use super::publish::RecordsSink;
+use super::publish::{JobKeys, RecordsSink, Tally};
 use super::store::{CameraSpec, Fleet, FleetError, LEASE_TTL, LeaseRecord, WorkerRecord};
 use crate::graph::Control;
 use crate::pipeline::{self, PipelineConfig, PipelineError, RunHooks, RunSummary};
@@ -39,6 +43,17 @@ struct Running {
     thread: JoinHandle<Result<RunSummary, PipelineError>>,
 }
 
+/// A file job running, in a pipeline of its own.
+struct RunningJob {
+    taken: TakenJob,
+    record: JobRecord,
+    control: Control,
+    thread: JoinHandle<Result<RunSummary, PipelineError>>,
+    tally: Arc<Tally>,
+    /// When JetStream last heard that this worker is on it.
+    answered_at: Duration,
+}
+
 /// What a worker did, for its last lines.
 #[derive(Debug, Default)]
 pub struct WorkerSummary {
@@ -46,7 +61,14 @@ pub struct WorkerSummary {
     pub claimed: usize,
     pub released: usize,
     pub lost: usize,
+    pub jobs_done: usize,
+    pub jobs_failed: usize,
+    pub jobs_given_back: usize,
 }
+
+/// How often an idle worker with room asks the queue for a job, and how long it waits.
+const JOB_POLL_EVERY: Duration = Duration::from_secs(1);
+const JOB_POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// How long a worker whose pipeline could not start claims nothing.
 const FAILED_START_BACKOFF: Duration = Duration::from_secs(10);
@@ -101,7 +123,7 @@ fn unix_now_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     crate::sources::rfc3339_ms(unix_now_ms()).unwrap_or_default()
 }
 
@@ -170,6 +192,9 @@ pub fn run(
     control: &Control,
 ) -> Result<WorkerSummary, FleetError> {
     let records = fleet.records()?;
+    let queue = fleet.job_queue()?;
+    let mut job: Option<RunningJob> = None;
+    let mut last_poll: Option<Duration> = None;
     // From here the worker must renew its leases in time: it cannot wait on a failing request
     // as long as a command can (its next turn tries again).
     fleet.set_retry_for(Duration::from_secs(1));
@@ -235,6 +260,7 @@ pub fn run(
                 worker: me.to_string(),
                 max_streams: options.max_streams,
                 cameras: held.keys().cloned().collect(),
+                job: job.as_ref().map(|j| j.record.job.clone()),
                 seen: now_rfc3339(),
             };
             match fleet.heartbeat(&beat) {
@@ -380,11 +406,29 @@ pub fn run(
                 }
             }
         }
+        // A file job: tended while it runs, and one taken when there is room.
+        job = job.and_then(|j| tend_job(fleet, me, j, started.elapsed(), &mut summary));
+        let room = held.len() < options.max_streams
+            && backoff_until.is_none_or(|t| started.elapsed() >= t);
+        if job.is_none() && room && last_poll.is_none_or(|t| now >= t + JOB_POLL_EVERY) {
+            last_poll = Some(now);
+            match take_job(fleet, &queue, options, &records, started, &mut summary) {
+                Ok(taken) => job = taken,
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         std::thread::sleep(options.tick);
     }
-    // Asked to stop: the cameras stop, then their leases go back at once, so they move now.
+    // Asked to stop: the cameras stop, then their leases go back at once, so they move now;
+    // the file job goes back to the queue.
+    if let Some(j) = &job {
+        j.control.request_stop();
+    }
     if let Some(r) = running.take() {
         stop(me, r);
+    }
+    if let Some(j) = job.take() {
+        finish_job(fleet, me, j, &mut summary);
     }
     watch(&mut |w| w.done = true);
     let _ = dog.join();
@@ -394,6 +438,200 @@ pub fn run(
         tracing::warn!("{e}");
     }
     Ok(summary)
+}
+
+/// Looks after a running job: says it is still being worked on, and ends it once its pipeline
+/// has (`None` then). A worker that cannot tell JetStream in time stops the job, for it will be
+/// delivered to another.
+fn tend_job(
+    fleet: &Fleet,
+    me: &str,
+    mut job: RunningJob,
+    now: Duration,
+    summary: &mut WorkerSummary,
+) -> Option<RunningJob> {
+    if job.thread.is_finished() {
+        finish_job(fleet, me, job, summary);
+        return None;
+    }
+    if now >= job.answered_at + JOB_ACK_WAIT / 4 {
+        match fleet.answer_job(&job.taken, AckKind::Progress) {
+            Ok(()) => job.answered_at = now,
+            Err(e) => tracing::warn!("{e}"),
+        }
+        job.record.frames = job.tally.frames_stored.load(Ordering::Relaxed);
+        if let Err(e) = fleet.put_job(&job.record) {
+            tracing::warn!("{e}");
+        }
+    }
+    if now >= job.answered_at + JOB_ACK_WAIT * 4 / 5 && !job.control.stop_requested() {
+        tracing::warn!(
+            "worker {me}: job {}: JetStream did not hear from this worker in time: stopping it (it goes to another worker)",
+            job.record.job
+        );
+        job.control.request_stop();
+    }
+    Some(job)
+}
+
+/// Takes the next job from the queue, if any, and starts it.
+fn take_job(
+    fleet: &Fleet,
+    queue: &JobQueue,
+    options: &WorkerOptions,
+    records: &super::store::RecordsStream,
+    started: Instant,
+    summary: &mut WorkerSummary,
+) -> Result<Option<RunningJob>, FleetError> {
+    let me = options.name.as_str();
+    let Some(taken) = fleet.next_job(queue, JOB_POLL_WAIT)? else {
+        return Ok(None);
+    };
+    let mut record = fleet.job(&taken.job)?.unwrap_or_else(|| JobRecord {
+        job: taken.job.clone(),
+        uri: taken.uri.clone(),
+        state: JobState::Queued,
+        worker: None,
+        frames: 0,
+        error: None,
+        submitted: now_rfc3339(),
+        attempts: 0,
+    });
+    record.worker = Some(me.to_string());
+    record.attempts = taken.attempt;
+    let end = |record: &mut JobRecord, error: String, summary: &mut WorkerSummary| {
+        tracing::warn!("worker {me}: job {}: {error}", record.job);
+        record.state = JobState::Failed;
+        record.error = Some(error);
+        summary.jobs_failed += 1;
+        fleet.put_job(record)?;
+        fleet.answer_job(&taken, AckKind::Term)
+    };
+    if taken.attempt > MAX_ATTEMPTS {
+        end(
+            &mut record,
+            format!(
+                "started {MAX_ATTEMPTS} times, and each time its worker stopped before the end"
+            ),
+            summary,
+        )?;
+        return Ok(None);
+    }
+    // What an earlier attempt stored is not sent again.
+    let stored = fleet.stored_keys(&taken.job)?;
+    let tally = Arc::new(Tally::default());
+    let sink = RecordsSink::for_job(
+        records.clone(),
+        me,
+        JobKeys {
+            job: taken.job.clone(),
+            stored,
+        },
+        tally.clone(),
+    );
+    let mut config = options.template.clone();
+    let mut source = config.source.clone();
+    source.name = Some(taken.job.clone());
+    source.input = taken.uri.clone();
+    config.sources = vec![source];
+    config.source = Default::default();
+    // The cameras' pipeline serves the metrics.
+    config.metrics.listen = None;
+    let built = pipeline::build_stages(&config);
+    let mut stages = match built {
+        Ok(stages) => stages,
+        Err(e) => {
+            end(&mut record, e.to_string(), summary)?;
+            return Ok(None);
+        }
+    };
+    stages.sinks.push(Box::new(sink));
+    let control = Control::new();
+    let thread_control = control.clone();
+    let thread = std::thread::Builder::new()
+        .name("worker-job".into())
+        .spawn(move || pipeline::run_stages(&config, stages, thread_control, RunHooks::default()))
+        .map_err(|e| FleetError::Nats {
+            url: fleet.shown().to_string(),
+            what: format!("job {}", taken.job),
+            reason: format!("cannot start a pipeline thread: {e}"),
+        })?;
+    tracing::info!(
+        "worker {me}: took job {} ({}, attempt {})",
+        taken.job,
+        crate::redact::url(&taken.uri),
+        taken.attempt
+    );
+    record.state = JobState::Running;
+    record.error = None;
+    fleet.put_job(&record)?;
+    Ok(Some(RunningJob {
+        taken,
+        record,
+        control,
+        thread,
+        tally,
+        answered_at: started.elapsed(),
+    }))
+}
+
+/// Waits for a job's pipeline and ends the job: done once every record is stored, failed when
+/// its file could not be read, else back to the queue.
+fn finish_job(fleet: &Fleet, me: &str, job: RunningJob, summary: &mut WorkerSummary) {
+    let RunningJob {
+        taken,
+        mut record,
+        thread,
+        tally,
+        ..
+    } = job;
+    let outcome = thread.join();
+    record.frames = tally.frames_stored.load(Ordering::Relaxed);
+    let lost = tally.lost.load(Ordering::Relaxed);
+    let (state, error, answer) = match outcome {
+        Err(_) => (
+            JobState::Queued,
+            Some("its pipeline panicked; to be run again".to_string()),
+            AckKind::Nak(None),
+        ),
+        Ok(Err(e)) => (JobState::Failed, Some(e.to_string()), AckKind::Term),
+        Ok(Ok(_)) if lost > 0 => (
+            JobState::Queued,
+            Some(format!(
+                "{lost} records were not stored by JetStream; to be run again"
+            )),
+            AckKind::Nak(Some(Duration::from_secs(1))),
+        ),
+        Ok(Ok(run)) if run.interrupted => (JobState::Queued, None, AckKind::Nak(None)),
+        Ok(Ok(run)) => match run.streams.iter().find_map(|s| s.failure.clone()) {
+            Some(failure) => (JobState::Failed, Some(failure), AckKind::Term),
+            None => (JobState::Done, None, AckKind::Ack),
+        },
+    };
+    match state {
+        JobState::Done => summary.jobs_done += 1,
+        JobState::Failed => summary.jobs_failed += 1,
+        _ => summary.jobs_given_back += 1,
+    }
+    tracing::info!(
+        "worker {me}: job {} {}: {} frames stored{}",
+        record.job,
+        state.as_str(),
+        record.frames,
+        error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    record.state = state;
+    record.error = error;
+    // The state first: once acknowledged, the job is gone from the queue.
+    if let Err(e) = fleet.put_job(&record) {
+        tracing::warn!("{e}");
+    }
+    if let Err(e) = fleet.answer_job(&taken, answer) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Stops a running pipeline and waits for it (its records are all published by then).

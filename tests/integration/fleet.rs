@@ -506,3 +506,187 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let all = fleet_ok(&urls, &["tail"]);
     assert_eq!(all.lines().count(), total);
 }
+
+/// The jobs as `fleet jobs --json` says, by job id.
+fn jobs(urls: &str) -> std::collections::BTreeMap<String, Value> {
+    json_lines(&fleet_ok(urls, &["jobs", "--json"]))
+        .into_iter()
+        .map(|j| (j["job"].as_str().unwrap().to_string(), j))
+        .collect()
+}
+
+/// Waits up to `limit` for `done` on a job's line; that line.
+fn until_job(urls: &str, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let line = jobs(urls).remove(job).unwrap_or_default();
+        if done(&line) {
+            return line;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "job {job}: not within {limit:?}: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A job's frame numbers, from `fleet tail --job`, each checked to come once.
+fn job_frames(urls: &str, job: &str) -> (Vec<Value>, Vec<u64>) {
+    let records = json_lines(&fleet_ok(urls, &["tail", "--job", job]));
+    let mut frames: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "frame")
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    let n = frames.len();
+    frames.sort_unstable();
+    frames.dedup();
+    assert_eq!(frames.len(), n, "job {job}: a frame came twice");
+    (records, frames)
+}
+
+/// File jobs on a 3-node cluster: a worker killed with -9 in the middle of a real clip leaves
+/// its job to another, and every frame of it is stored exactly once; a file that is not a video
+/// ends `failed` with the reason; a worker stopped with SIGTERM gives its job back at once; a
+/// job's records are those `run` writes for the file.
+#[test]
+fn file_jobs_store_every_frame_once_across_a_killed_worker() {
+    let Some(program) = nats_server() else {
+        return;
+    };
+    let Some(clip) = shared_data("video/intel_one-by-one-person-detection.mp4") else {
+        return;
+    };
+    let Some(short) = shared_data("video/face_recognition_short_hamilton_clip.mp4") else {
+        return;
+    };
+    let cluster = Cluster::start(&program, 3);
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let not_video = dir.path().join("notes.mp4");
+    std::fs::write(&not_video, "not a video\n").unwrap();
+    let e = one_error_line(&fleet(&urls, &["submit", "/no/such/clip.mp4"]));
+    assert!(e.contains("/no/such/clip.mp4"), "{e}");
+    let e = one_error_line(&fleet(&urls, &["submit", "testsrc://ball?live=true"]));
+    assert!(e.contains("a live source is a camera"), "{e}");
+    let clip = clip.to_str().unwrap();
+    let submitted = fleet_ok(
+        &urls,
+        &[
+            "submit",
+            clip,
+            short.to_str().unwrap(),
+            not_video.to_str().unwrap(),
+        ],
+    );
+    let ids: Vec<&str> = submitted.lines().collect();
+    assert_eq!(ids.len(), 3, "{submitted}");
+    assert!(ids[0].starts_with("intel_one-by-one-person-detection-"));
+    for id in &ids {
+        assert_eq!(jobs(&urls)[*id]["state"], "queued");
+    }
+    // One worker takes the long clip first; killed once some of its frames are stored.
+    let mut wa = worker(&urls, "wa", dir.path());
+    let running = until_job(&urls, ids[0], Duration::from_secs(30), |j| {
+        j["state"] == "running" && j["frames"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(running["worker"], "wa");
+    let _ = wa.0.kill();
+    let _ = wa.0.wait();
+    let killed_at = Instant::now();
+    // The others: the job comes back after JetStream's wait for a word (10 s).
+    let wb = worker(&urls, "wb", dir.path());
+    let wc = worker(&urls, "wc", dir.path());
+    let done = until_job(&urls, ids[0], Duration::from_secs(90), |j| {
+        j["state"] == "done"
+    });
+    eprintln!("killed job done {:?} after the kill", killed_at.elapsed());
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_ne!(done["worker"], "wa");
+    assert_eq!(done["frames"], 1394, "{done}");
+    let (_, frames) = job_frames(&urls, ids[0]);
+    assert_eq!(frames, (0..1394).collect::<Vec<u64>>());
+    // The short clip: its records are what `run` writes (frames, tracks, events).
+    until_job(&urls, ids[1], Duration::from_secs(60), |j| {
+        j["state"] == "done"
+    });
+    let (records, _) = job_frames(&urls, ids[1]);
+    let local = output_within(
+        bin()
+            .args(["run", "--no-attributes", "--json", "-", "--input"])
+            .arg(&short),
+        Duration::from_secs(60),
+    );
+    let local = json_lines(&String::from_utf8_lossy(&local.stdout));
+    let kinds = |rs: &[Value]| {
+        let mut k: Vec<(String, u64)> = rs
+            .iter()
+            .map(|r| {
+                (
+                    r["type"].as_str().unwrap().to_string(),
+                    r["frame"].as_u64().or(r["track_id"].as_u64()).unwrap_or(0),
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(kinds(&records), kinds(&local));
+    assert!(
+        records
+            .iter()
+            .all(|r| r["stream"] == ids[1] && r["worker"].is_string())
+    );
+    // The file that is not a video: failed, with the reason, once.
+    let failed = until_job(&urls, ids[2], Duration::from_secs(30), |j| {
+        j["state"] == "failed"
+    });
+    assert!(
+        failed["error"].as_str().unwrap().contains("notes.mp4"),
+        "{failed}"
+    );
+    assert_eq!(failed["attempts"], 1);
+    // SIGTERM: the worker on a job gives it back at once and the other takes it.
+    let long = fleet_ok(
+        &urls,
+        &["submit", "testsrc://ball?frames=1500&size=1280x720"],
+    );
+    let long = long.trim();
+    let running = until_job(&urls, long, Duration::from_secs(30), |j| {
+        j["state"] == "running" && j["frames"].as_u64().unwrap_or(0) > 0
+    });
+    let (stopping, other) = if running["worker"] == "wb" {
+        (wb, wc)
+    } else {
+        (wc, wb)
+    };
+    let other_name = if running["worker"] == "wb" {
+        "wc"
+    } else {
+        "wb"
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", &stopping.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sigterm_at = Instant::now();
+    until_job(&urls, long, Duration::from_secs(6), |j| {
+        j["state"] == "running" && j["worker"] == other_name
+    });
+    eprintln!("job taken over {:?} after SIGTERM", sigterm_at.elapsed());
+    until_job(&urls, long, Duration::from_secs(90), |j| {
+        j["state"] == "done"
+    });
+    let (_, frames) = job_frames(&urls, long);
+    assert_eq!(frames, (0..1500).collect::<Vec<u64>>());
+    drop(stopping);
+    drop(other);
+    // Stored once, not only shown once: the stream holds as many records as the tail shows.
+    let all = fleet_ok(&urls, &["tail"]);
+    assert_eq!(
+        all.lines().count() as u64,
+        records_stored(&cluster.nodes[1])
+    );
+}
