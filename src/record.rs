@@ -167,7 +167,7 @@ impl FaceRecord {
 }
 
 /// One video frame's record.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FrameRecord {
     /// Always "frame" (track records say "track").
     #[serde(rename = "type")]
@@ -209,7 +209,7 @@ pub enum RecordKind {
 /// A person now: `track_start` when a track becomes a person (before the record of the frame
 /// that made it one), `track_update` now and then while they stay in view
 /// (`[track] update_every_s`), with the track's estimate so far.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackEvent {
     /// "track_start" or "track_update".
     #[serde(rename = "type")]

@@ -6,11 +6,13 @@
 //! - [`lease`]: when to renew a lease and when a worker cut off from NATS must stop a camera;
 //! - [`balance`]: which cameras a worker claims or hands over;
 //! - [`store`]: the buckets in NATS and the connection to them;
+//! - [`continuity`]: a camera's numbers carried on across workers;
 //! - [`jobs`]: the file jobs' work queue and states;
 //! - [`publish`]: the records sink to JetStream;
 //! - [`worker`]: the worker's loop.
 
 pub mod balance;
+pub mod continuity;
 pub mod jobs;
 pub mod lease;
 pub mod publish;

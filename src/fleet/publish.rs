@@ -4,7 +4,7 @@
 //! message id makes a second copy a duplicate the stream drops); only the end of the run, after
 //! trying for a while, gives up on a record, and then says how many were lost.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
 use serde::Serialize;
 
+use super::continuity::{Continuation, Cursor};
 use super::jobs::KEY_HEADER;
 use super::store::{FleetError, RECORDS_SUBJECT, RecordsStream};
 use crate::record::{FrameRecord, TrackEvent, TrackRecord};
@@ -35,10 +36,25 @@ struct Pending {
     keyed: bool,
     /// A frame record (counted in [`Tally::frames_stored`] once stored).
     frame: bool,
+    /// What it moves its camera's cursor to, once stored.
+    mark: Mark,
     payload: bytes::Bytes,
     ack: Option<PublishAckFuture>,
     first_sent: Instant,
 }
+
+/// What a record says of where its camera's records stop.
+#[derive(Debug, Clone, Default)]
+struct Mark {
+    camera: String,
+    /// A frame record: its number, `pts_ms` and clock time (Unix ms).
+    frame: Option<(u64, f64, Option<f64>)>,
+    /// The highest track id it names.
+    track_id: u64,
+}
+
+/// How often cameras' cursors are written while records are stored.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 
 /// A file job's records: each keyed by the job and the record, and those an earlier attempt
 /// stored already.
@@ -61,6 +77,12 @@ pub struct RecordsSink {
     run_id: String,
     job: Option<JobKeys>,
     tally: Arc<Tally>,
+    /// Each camera's numbers carried on from its stored records.
+    continuations: BTreeMap<String, Continuation>,
+    /// Each camera's cursor as acknowledged, those not yet written, and when they last were.
+    cursors: BTreeMap<String, Cursor>,
+    unwritten: BTreeSet<String>,
+    cursors_written: Instant,
     pending: VecDeque<Pending>,
     sequence: u64,
     published: u64,
@@ -70,13 +92,27 @@ pub struct RecordsSink {
 }
 
 impl RecordsSink {
-    pub fn new(stream: RecordsStream, worker: &str, run_id: &str) -> Self {
+    /// The sink of a worker's cameras: each camera's records numbered on from `after` (where
+    /// its stored records stop).
+    pub fn new(
+        stream: RecordsStream,
+        worker: &str,
+        run_id: &str,
+        after: BTreeMap<String, Cursor>,
+    ) -> Self {
         Self {
             stream,
             worker: worker.to_string(),
             run_id: run_id.to_string(),
             job: None,
             tally: Arc::default(),
+            continuations: after
+                .iter()
+                .map(|(c, cursor)| (c.clone(), Continuation::new(cursor.clone())))
+                .collect(),
+            cursors: after,
+            unwritten: BTreeSet::new(),
+            cursors_written: Instant::now(),
             pending: VecDeque::new(),
             sequence: 0,
             published: 0,
@@ -92,7 +128,7 @@ impl RecordsSink {
         Self {
             job: Some(job),
             tally,
-            ..Self::new(stream, worker, &run_id)
+            ..Self::new(stream, worker, &run_id, BTreeMap::new())
         }
     }
 
@@ -102,8 +138,9 @@ impl RecordsSink {
         id: &str,
         record: &T,
         key: impl FnOnce() -> String,
-        frame: bool,
+        mark: Mark,
     ) -> Result<(), SinkError> {
+        let frame = mark.frame.is_some();
         let message_id = match &self.job {
             Some(job) => {
                 let message_id = format!("{}:{}", job.job, key());
@@ -129,6 +166,7 @@ impl RecordsSink {
             id: message_id,
             keyed: self.job.is_some(),
             frame,
+            mark,
             payload,
             ack: None,
             first_sent: Instant::now(),
@@ -138,7 +176,50 @@ impl RecordsSink {
         while self.pending.len() > IN_FLIGHT {
             self.settle_oldest();
         }
+        if self.cursors_written.elapsed() >= CURSOR_EVERY {
+            self.write_cursors();
+        }
         Ok(())
+    }
+
+    /// Writes the cursors of cameras with records stored since the last write (a failure is
+    /// only said: the next worker reads past an old cursor).
+    fn write_cursors(&mut self) {
+        self.cursors_written = Instant::now();
+        for camera in std::mem::take(&mut self.unwritten) {
+            let Some(value) = self
+                .cursors
+                .get(&camera)
+                .and_then(|c| serde_json::to_vec(c).ok())
+            else {
+                continue;
+            };
+            if let Err(e) = self
+                .stream
+                .handle
+                .block_on(self.stream.cursors.put(camera.as_str(), value.into()))
+            {
+                tracing::warn!("nats {}: cursor {camera}: {e}", self.stream.shown);
+            }
+        }
+    }
+
+    /// A stored record moves its camera's cursor (cameras only: a job's numbers are its own).
+    fn stored(&mut self, mark: &Mark, sequence: u64) {
+        if self.job.is_some() {
+            return;
+        }
+        let cursor = self.cursors.entry(mark.camera.clone()).or_default();
+        cursor.seq = cursor.seq.max(sequence);
+        cursor.track_id = cursor.track_id.max(mark.track_id);
+        if let Some((frame, pts_ms, time_ms)) = mark.frame
+            && cursor.frame.is_none_or(|f| frame > f)
+        {
+            cursor.frame = Some(frame);
+            cursor.pts_ms = pts_ms;
+            cursor.time_ms = time_ms.or(cursor.time_ms);
+        }
+        self.unwritten.insert(mark.camera.clone());
     }
 
     /// Sends `pending` (again), keeping the acknowledgement to come.
@@ -176,6 +257,7 @@ impl RecordsSink {
             if let Some(ack) = pending.ack.take() {
                 match self.stream.handle.block_on(ack.into_future()) {
                     Ok(ack) => {
+                        self.stored(&pending.mark, ack.sequence);
                         self.published += 1;
                         if pending.frame {
                             self.tally.frames_stored.fetch_add(1, Ordering::Relaxed);
@@ -234,25 +316,65 @@ impl Sink for RecordsSink {
         record: &FrameRecord,
         _pixels: &[u8],
     ) -> Result<(), SinkError> {
+        let record = match self.continuations.get_mut(&record.stream) {
+            Some(c) => &c.frame(record),
+            None => record,
+        };
+        let mark = Mark {
+            camera: record.stream.clone(),
+            frame: Some((
+                record.frame,
+                record.pts_ms,
+                record
+                    .time
+                    .as_deref()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_millis() as f64),
+            )),
+            track_id: record
+                .faces
+                .iter()
+                .filter_map(|f| f.track_id)
+                .max()
+                .unwrap_or(0),
+        };
         self.publish(
             &record.stream,
             record,
             || format!("f{}", record.frame),
-            true,
+            mark,
         )
     }
 
     fn write_track(&mut self, record: &TrackRecord) -> Result<(), SinkError> {
+        let record = match self.continuations.get_mut(&record.stream) {
+            Some(c) => &c.track(record),
+            None => record,
+        };
+        let mark = Mark {
+            camera: record.stream.clone(),
+            frame: None,
+            track_id: record.track_id,
+        };
         self.publish(
             &record.stream,
             record,
             || format!("t{}", record.track_id),
-            false,
+            mark,
         )
     }
 
     fn write_event(&mut self, record: &TrackEvent) -> Result<(), SinkError> {
+        let record = match self.continuations.get_mut(&record.stream) {
+            Some(c) => &c.event(record),
+            None => record,
+        };
         let kind = serde_json::to_value(record.kind).unwrap_or_default();
+        let mark = Mark {
+            camera: record.stream.clone(),
+            frame: None,
+            track_id: record.track_id,
+        };
         self.publish(
             &record.stream,
             record,
@@ -264,8 +386,15 @@ impl Sink for RecordsSink {
                     record.frame
                 )
             },
-            false,
+            mark,
         )
+    }
+
+    fn idle(&mut self) -> Result<(), SinkError> {
+        if !self.unwritten.is_empty() && self.cursors_written.elapsed() >= CURSOR_EVERY {
+            self.write_cursors();
+        }
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<(), SinkError> {
@@ -273,6 +402,7 @@ impl Sink for RecordsSink {
         while !self.pending.is_empty() {
             self.settle_oldest_by(Some(deadline));
         }
+        self.write_cursors();
         if self.lost > 0 {
             return Err(failed(
                 &self.stream,

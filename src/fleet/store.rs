@@ -24,6 +24,8 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The records stream and its subjects' prefix (`faceflow.records.<camera or job>`).
 pub const RECORDS: &str = "faceflow-records";
 pub const RECORDS_SUBJECT: &str = "faceflow.records";
+/// Where each camera's stored records stop (see [`super::continuity`]).
+const CURSORS: &str = "faceflow-cursors";
 
 /// How long a request to NATS may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -497,10 +499,86 @@ impl Fleet {
                 js.get_or_create_stream(config.clone())
             }))
             .map_err(|e| failed(&e))?;
+        let cursors = self
+            .runtime
+            .block_on(retrying(RETRY_FOR, || async {
+                match js.get_key_value(CURSORS).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => js
+                        .create_key_value(kv::Config {
+                            bucket: CURSORS.to_string(),
+                            history: 1,
+                            num_replicas: self.replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| e.to_string()),
+                }
+            }))
+            .map_err(|e| self.failed(format!("bucket {CURSORS}"))(&e))?;
         Ok(RecordsStream {
             handle: self.runtime.handle().clone(),
             js,
             shown: self.shown.clone(),
+            cursors,
+        })
+    }
+
+    /// Where `camera`'s stored records stop: its cursor, moved past the records stored after
+    /// it (a worker may have died between two cursor writes).
+    pub fn cursor(
+        &self,
+        records: &RecordsStream,
+        camera: &str,
+    ) -> Result<super::continuity::Cursor, FleetError> {
+        use jetstream::consumer::{DeliverPolicy, pull};
+        let failed = self.failed(format!("cursor {camera}"));
+        let subject = format!("{RECORDS_SUBJECT}.{camera}");
+        let js = &self.js;
+        self.runtime.block_on(async {
+            let mut cursor: super::continuity::Cursor =
+                match retrying(self.retry_for(), || records.cursors.get(camera))
+                    .await
+                    .map_err(|e| failed(&e))?
+                {
+                    Some(value) => serde_json::from_slice(&value).unwrap_or_default(),
+                    None => Default::default(),
+                };
+            let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
+                .await
+                .map_err(|e| failed(&e))?;
+            let last = match stream
+                .get_last_raw_message_by_subject(subject.as_str())
+                .await
+            {
+                Ok(last) => last.sequence,
+                Err(_) => return Ok(cursor),
+            };
+            if last <= cursor.seq {
+                return Ok(cursor);
+            }
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: subject.clone(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: cursor.seq + 1,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(&e))?;
+            let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| failed(&e))?;
+                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
+                if let Ok(record) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                    cursor.see(&record, seq);
+                }
+                if seq >= last {
+                    break;
+                }
+            }
+            Ok(cursor)
         })
     }
 
@@ -577,6 +655,8 @@ pub struct RecordsStream {
     pub handle: tokio::runtime::Handle,
     pub js: jetstream::Context,
     pub shown: String,
+    /// Where each camera's stored records stop.
+    pub cursors: kv::Store,
 }
 
 impl crate::sinks::OutputError for FleetError {}

@@ -4,8 +4,9 @@
 //! cannot renew it.
 //!
 //! When the cameras it runs change, the worker restarts its pipeline with the new set: the
-//! cameras it keeps miss a moment of frames (their next record says how long, `gap_before_ms`
-//! being for reconnections only: here the frame numbers start again). A lease is given back
+//! cameras it keeps miss a moment of frames. Whichever worker runs a camera, its frame numbers,
+//! track ids and `pts_ms` go on from its stored records, the first frame of a run saying how
+//! long there were none (`gap_before_ms`; see [`super::continuity`]). A lease is given back
 //! only after its camera stopped, and taken before it starts, so no camera runs on two workers
 //! at once.
 
@@ -376,7 +377,7 @@ pub fn run(
             release(fleet, std::mem::take(&mut to_release), &mut summary);
             let wanted = wanted(&held);
             if !wanted.is_empty() {
-                match start(options, &records, wanted) {
+                match start(fleet, options, &records, wanted) {
                     Ok(r) => {
                         let control = r.control.clone();
                         let at: BTreeMap<String, Duration> = r
@@ -653,10 +654,25 @@ fn stop(me: &str, running: Running) {
 
 /// Starts a pipeline over `cameras`, its records also published to JetStream.
 fn start(
+    fleet: &Fleet,
     options: &WorkerOptions,
     records: &super::store::RecordsStream,
     cameras: BTreeMap<String, CameraSpec>,
 ) -> Result<Running, PipelineError> {
+    // Each camera's numbers go on from its stored records; when they cannot be read, the
+    // camera still runs, numbered from 0 (said).
+    let mut after = BTreeMap::new();
+    for camera in cameras.keys() {
+        match fleet.cursor(records, camera) {
+            Ok(cursor) => {
+                after.insert(camera.clone(), cursor);
+            }
+            Err(e) => tracing::warn!(
+                "worker {}: camera {camera}: its frame numbers start again at 0: {e}",
+                options.name
+            ),
+        }
+    }
     let mut config = options.template.clone();
     config.sources = cameras
         .values()
@@ -674,6 +690,7 @@ fn start(
         records.clone(),
         &options.name,
         &run_id,
+        after,
     )));
     let control = Control::new();
     let thread_control = control.clone();

@@ -460,6 +460,46 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let out = workers[1].0.wait().unwrap();
     assert!(out.success(), "wb exited {out:?}");
     assert!(records_stored(&cluster.nodes[0]) > stored);
+    // kill -9 a NATS node (the first, which the workers reached first): records keep coming,
+    // the cameras keep running, and none is lost (frame numbers stay consecutive, below).
+    let mut cluster = cluster;
+    cluster.nodes[0].kill();
+    let urls = cluster.nodes[1..]
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let before = records_stored(&cluster.nodes[1]);
+    let started = Instant::now();
+    while records_stored(&cluster.nodes[1]) < before + 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "records stopped after a NATS node died: {} then {}",
+            before,
+            records_stored(&cluster.nodes[1])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "200 more records stored {:?} after a NATS node died",
+        started.elapsed()
+    );
+    until(
+        &urls,
+        Duration::from_secs(20),
+        "cameras after a NATS node died",
+        |p| p.len() == 6 && p.values().all(|w| w != "wb"),
+    );
+    // Stopped with SIGTERM, the workers store what they have before they go.
+    for w in [&workers[0], &workers[2]] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &w.0.id().to_string()])
+            .status();
+    }
+    for w in [0, 2] {
+        let out = workers[w].0.wait().unwrap();
+        assert!(out.success(), "{} exited {out:?}", names[w]);
+    }
     drop(workers);
     // The records read back: each camera's come from one worker at a time, never two at once
     // (by the clock time of their frames), and the tail of all is the tails of each.
@@ -492,6 +532,27 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
             "{camera}: {} runs of workers: {runs:?}",
             runs.len()
         );
+        // One stream per camera: frame numbers and pts_ms go on across workers and restarts,
+        // and each run's first frame after the first says how long there was none.
+        let frames: Vec<&Value> = records.iter().filter(|r| r["type"] == "frame").collect();
+        for pair in frames.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(
+                b["frame"].as_u64().unwrap(),
+                a["frame"].as_u64().unwrap() + 1,
+                "{camera}: frame numbers not consecutive: {a} then {b}"
+            );
+            assert!(
+                b["pts_ms"].as_f64().unwrap() > a["pts_ms"].as_f64().unwrap(),
+                "{camera}: pts_ms went back: {a} then {b}"
+            );
+            if a["worker"] != b["worker"] {
+                assert!(
+                    b["gap_before_ms"].as_f64().is_some_and(|g| g >= 0.0),
+                    "{camera}: another worker's first frame without gap_before_ms: {b}"
+                );
+            }
+        }
         for pair in runs.windows(2) {
             assert!(
                 pair[0].2 <= pair[1].1,
@@ -505,6 +566,7 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     }
     let all = fleet_ok(&urls, &["tail"]);
     assert_eq!(all.lines().count(), total);
+    assert_eq!(total as u64, records_stored(&cluster.nodes[1]));
 }
 
 /// The jobs as `fleet jobs --json` says, by job id.
