@@ -16,6 +16,10 @@ pub struct NatsFlags {
     /// A CA certificate (PEM) that vouches for the NATS servers' TLS certificates.
     #[arg(long, value_name = "FILE", global = true)]
     pub nats_ca: Option<PathBuf>,
+    /// How many NATS servers keep each of the fleet's buckets and streams, 1 to 5, when they
+    /// are first made [default: as many as the cluster has, at most 3].
+    #[arg(long, value_name = "N", global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: Option<u8>,
 }
 
 impl NatsFlags {
@@ -27,6 +31,7 @@ impl NatsFlags {
                 .or_else(|| std::env::var(ENV_URL).ok().filter(|u| !u.is_empty()))
                 .unwrap_or_else(|| DEFAULT_URL.to_string()),
             ca: self.nats_ca.clone(),
+            replicas: self.replicas.map(usize::from),
         }
     }
 }
@@ -122,6 +127,32 @@ pub struct WorkerArgs {
     /// Detection only: no age, gender or race.
     #[arg(long)]
     pub no_attributes: bool,
+    /// Keep records in JetStream this long, then drop the oldest (30d, 12h, …) [default: the
+    /// stream's own; none when this worker makes it].
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub records_max_age: Option<std::time::Duration>,
+    /// Keep at most this many bytes of records in JetStream, dropping the oldest (500MiB, 20GB,
+    /// …) [default: the stream's own; no limit when this worker makes it].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub records_max_bytes: Option<u64>,
     #[command(flatten)]
     pub nats: NatsFlags,
+}
+
+fn parse_age(given: &str) -> Result<std::time::Duration, String> {
+    let age = humantime::parse_duration(given).map_err(|e| format!("{e} (e.g. 30d, 12h)"))?;
+    if age < std::time::Duration::from_secs(60) {
+        return Err("at least 1m: records must outlive a failover".into());
+    }
+    Ok(age)
+}
+
+fn parse_size(given: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = given
+        .parse()
+        .map_err(|e| format!("{e} (e.g. 500MiB, 20GB)"))?;
+    if size.as_u64() < 1 << 20 {
+        return Err("at least 1MiB".into());
+    }
+    Ok(size.as_u64())
 }

@@ -260,6 +260,7 @@ fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
     for camera in cameras.values() {
         let lease = leases.get(&camera.camera);
         let (state, why) = match lease {
+            Some(l) if l.error.is_some() => ("failed", l.error.as_deref()),
             Some(_) => ("running", None),
             None if workers.is_empty() => ("waiting", Some("no live worker")),
             None if room < cameras.len() => ("waiting", Some("no worker has room")),
@@ -310,14 +311,14 @@ fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
             "CAMERA", "STATE", "WORKER", "SINCE"
         );
         for c in &camera_lines {
-            let state = match c["error"].as_str() {
-                Some(why) => format!("{} ({why})", text(&c["state"])),
-                None => text(&c["state"]),
-            };
+            let why = c["error"]
+                .as_str()
+                .map(|why| format!("  ({why})"))
+                .unwrap_or_default();
             println!(
-                "{:<20} {:<9} {:<20} {:<25} {}",
+                "{:<20} {:<9} {:<20} {:<25} {}{why}",
                 text(&c["camera"]),
-                state,
+                text(&c["state"]),
                 text(&c["worker"]),
                 text(&c["since"]),
                 text(&c["uri"])
@@ -394,6 +395,10 @@ pub fn worker(args: WorkerArgs) -> Result<ExitCode> {
         max_streams: args.max_streams,
         template,
         tick: std::time::Duration::from_millis(500),
+        retention: faceflow::fleet::store::Retention {
+            max_age: args.records_max_age,
+            max_bytes: args.records_max_bytes,
+        },
     };
     let summary = faceflow::fleet::worker::run(&fleet, &options, &control)?;
     faceflow::say!(

@@ -52,6 +52,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         health: Some(Box::new(move |health: &pipeline::Health| {
             health_bar.suspend(|| faceflow::say!("{}", health.line()));
         })),
+        stream_end: None,
     };
     let summary = pipeline::run(&config, control, hooks);
     bar.finish_and_clear();

@@ -57,6 +57,9 @@ pub struct HeldLease {
     pub confirmed_at: Duration,
     /// When the worker took it (RFC 3339), kept through renewals.
     pub since: String,
+    /// Why its camera does not run (it failed; tried again now and then), written with the
+    /// renewals so the status shows it.
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

@@ -76,6 +76,9 @@ pub enum FleetError {
 pub struct NatsOptions {
     pub urls: String,
     pub ca: Option<PathBuf>,
+    /// Servers each bucket and stream is kept on, when they are made [default: as many as
+    /// the cluster offers clients, at most 3].
+    pub replicas: Option<usize>,
 }
 
 /// A camera as the fleet keeps it.
@@ -93,6 +96,9 @@ pub struct CameraSpec {
 pub struct LeaseRecord {
     pub worker: String,
     pub since: String,
+    /// The camera failed on this worker: why (it is tried again now and then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A live worker's heartbeat.
@@ -252,7 +258,9 @@ impl Fleet {
                     reason: e.to_string(),
                 })?;
             // connect_urls lists every server of the cluster that clients may use.
-            let servers = client.server_info().connect_urls.len().clamp(1, 3);
+            let servers = options
+                .replicas
+                .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
             replicas = servers;
             let js = jetstream::new(client);
             let bucket = |name: &str, max_age: Duration| kv::Config {
@@ -482,7 +490,8 @@ impl Fleet {
     }
 
     /// The records stream (`faceflow.records.>`), made if missing, and a context to publish on.
-    pub fn records(&self) -> Result<RecordsStream, FleetError> {
+    /// A retention given sets the stream's limits (the oldest records go first), made or not.
+    pub fn records(&self, retention: &Retention) -> Result<RecordsStream, FleetError> {
         let failed = self.failed(format!("stream {RECORDS}"));
         let js = self.js.clone();
         let config = jetstream::stream::Config {
@@ -492,13 +501,30 @@ impl Fleet {
             // A record published twice (sent again after a lost acknowledgement, or a file job
             // done again) within this window is stored once.
             duplicate_window: Duration::from_secs(120),
+            max_age: retention.max_age.unwrap_or_default(),
+            max_bytes: retention.max_bytes.map_or(-1, |b| b as i64),
             ..Default::default()
         };
-        self.runtime
+        let stream = self
+            .runtime
             .block_on(retrying(RETRY_FOR, || {
                 js.get_or_create_stream(config.clone())
             }))
             .map_err(|e| failed(&e))?;
+        if retention.max_age.is_some() || retention.max_bytes.is_some() {
+            let mut current = stream.cached_info().config.clone();
+            let changed = retention.max_age.is_some_and(|a| a != current.max_age)
+                || retention
+                    .max_bytes
+                    .is_some_and(|b| b as i64 != current.max_bytes);
+            if changed {
+                current.max_age = retention.max_age.unwrap_or(current.max_age);
+                current.max_bytes = retention.max_bytes.map_or(current.max_bytes, |b| b as i64);
+                self.runtime
+                    .block_on(js.update_stream(current))
+                    .map_err(|e| failed(&e))?;
+            }
+        }
         let cursors = self
             .runtime
             .block_on(retrying(RETRY_FOR, || async {
@@ -649,6 +675,14 @@ impl Fleet {
     }
 }
 
+/// How long the records stream keeps records, and how many bytes of them at most: the
+/// stream's own (none unless set) when `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+}
+
 /// Where records are published, from any thread.
 #[derive(Clone)]
 pub struct RecordsStream {
@@ -699,6 +733,7 @@ mod tests {
             let e = match Fleet::connect(&NatsOptions {
                 urls: given.into(),
                 ca: None,
+                replicas: None,
             }) {
                 Err(e) => e.to_string(),
                 Ok(_) => panic!("{given} connected"),

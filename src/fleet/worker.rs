@@ -35,6 +35,8 @@ pub struct WorkerOptions {
     pub template: PipelineConfig,
     /// How often the worker looks at the fleet.
     pub tick: Duration,
+    /// The records stream's limits, when this worker sets them.
+    pub retention: super::store::Retention,
 }
 
 /// The pipeline running now, and the cameras it runs.
@@ -42,7 +44,12 @@ struct Running {
     cameras: BTreeMap<String, CameraSpec>,
     control: Control,
     thread: JoinHandle<Result<RunSummary, PipelineError>>,
+    /// Cameras whose stream ended in this run, and why.
+    ended: Arc<Mutex<BTreeMap<String, String>>>,
 }
+
+/// How long a failed camera waits before its worker tries it again.
+const CAMERA_RETRY: Duration = Duration::from_secs(30);
 
 /// A file job running, in a pipeline of its own.
 struct RunningJob {
@@ -140,6 +147,7 @@ fn renew(
     let record = LeaseRecord {
         worker: me.to_string(),
         since: lease.since.clone(),
+        error: lease.error.clone(),
     };
     Ok(match fleet.renew_lease(camera, &record, lease.revision)? {
         Some(revision) => {
@@ -192,7 +200,7 @@ pub fn run(
     options: &WorkerOptions,
     control: &Control,
 ) -> Result<WorkerSummary, FleetError> {
-    let records = fleet.records()?;
+    let records = fleet.records(&options.retention)?;
     let queue = fleet.job_queue()?;
     let mut job: Option<RunningJob> = None;
     let mut last_poll: Option<Duration> = None;
@@ -207,6 +215,7 @@ pub fn run(
     let mut last_heartbeat: Option<Duration> = None;
     let mut summary = WorkerSummary::default();
     let mut backoff_until: Option<Duration> = None;
+    let mut failed_at: BTreeMap<String, Duration> = BTreeMap::new();
     let me = options.name.as_str();
     let watched = Arc::new(Mutex::new(Watched::default()));
     let dog = watchdog(watched.clone(), policy, started, me.to_string());
@@ -320,6 +329,7 @@ pub fn run(
                     let record = LeaseRecord {
                         worker: me.to_string(),
                         since: since.clone(),
+                        error: None,
                     };
                     match fleet.take_lease(&camera, &record) {
                         Ok(Some(revision)) => {
@@ -330,6 +340,7 @@ pub fn run(
                                     revision,
                                     confirmed_at: sent,
                                     since,
+                                    error: None,
                                 },
                             );
                             summary.claimed += 1;
@@ -354,17 +365,84 @@ pub fn run(
                     .unwrap_or_default()
             }
         };
-        // The cameras to run: those held, as configured now.
+        // Cameras whose stream failed: marked (the status shows why), tried again later.
+        let now = started.elapsed();
+        if let Some(r) = &running
+            && let Ok(ended) = r.ended.lock()
+        {
+            for (camera, why) in ended.iter() {
+                if let Some(lease) = held.get_mut(camera)
+                    && lease.error.is_none()
+                    && r.cameras.contains_key(camera)
+                    && !failed_at.contains_key(camera)
+                {
+                    tracing::warn!("worker {me}: camera {camera} failed: {why}");
+                    lease.error = Some(why.clone());
+                    failed_at.insert(camera.clone(), now);
+                }
+            }
+        }
+        failed_at.retain(|camera, _| held.contains_key(camera));
+        let mut retry = false;
+        for (camera, at) in failed_at.clone() {
+            if now >= at + CAMERA_RETRY
+                && let Some(lease) = held.get_mut(&camera)
+            {
+                tracing::info!("worker {me}: trying camera {camera} again");
+                lease.error = None;
+                failed_at.remove(&camera);
+                retry = true;
+            }
+        }
+        // A camera this worker cannot open fails here, alone.
+        for (camera, lease) in held.iter_mut() {
+            if lease.error.is_none()
+                && let Some(spec) = cameras.get(camera)
+                && let Err(e) = crate::sources::parse_input(&spec.uri, None)
+            {
+                tracing::warn!("worker {me}: camera {camera} failed: {e}");
+                lease.error = Some(e.to_string());
+                failed_at.insert(camera.clone(), now);
+            }
+        }
+        // The cameras to run: those held and not failed, as configured now.
         let wanted = |held: &BTreeMap<String, HeldLease>| -> BTreeMap<String, CameraSpec> {
-            held.keys()
-                .filter_map(|c| cameras.get(c).map(|s| (c.clone(), s.clone())))
+            held.iter()
+                .filter(|(_, l)| l.error.is_none())
+                .filter_map(|(c, _)| cameras.get(c).map(|s| (c.clone(), s.clone())))
                 .collect()
         };
+        let want = wanted(&held);
+        // A camera that failed in the running pipeline needs no restart (its stream ended).
+        let same = running.as_ref().is_some_and(|r| {
+            r.cameras
+                .iter()
+                .filter(|(c, _)| !failed_at.contains_key(*c))
+                .eq(want.iter())
+        });
         let finished = running.as_ref().is_some_and(|r| r.thread.is_finished());
-        if finished || running.as_ref().map(|r| &r.cameras) != Some(&wanted(&held)) {
+        if finished || retry || !same {
             if let Some(r) = running.take() {
                 watch(&mut |w| w.pipeline = None);
+                let ended = r.ended.clone();
+                let ran: Vec<String> = r.cameras.keys().cloned().collect();
                 stop(me, r);
+                // A stream that ended as its pipeline stopped failed too (unless the stop
+                // ended it).
+                if !retry && let Ok(ended) = ended.lock() {
+                    for camera in ran {
+                        if let (Some(why), Some(lease)) =
+                            (ended.get(&camera), held.get_mut(&camera))
+                            && lease.error.is_none()
+                            && !failed_at.contains_key(&camera)
+                            && finished
+                        {
+                            tracing::warn!("worker {me}: camera {camera} failed: {why}");
+                            lease.error = Some(why.clone());
+                            failed_at.insert(camera, started.elapsed());
+                        }
+                    }
+                }
                 // Stopping may have taken a while: the leases kept are renewed before their
                 // cameras start again, and those that cannot be are let go.
                 let now = started.elapsed();
@@ -694,13 +772,29 @@ fn start(
     )));
     let control = Control::new();
     let thread_control = control.clone();
+    let ended = Arc::new(Mutex::new(BTreeMap::new()));
+    let hooks = RunHooks {
+        stream_end: Some(Arc::new({
+            let ended = ended.clone();
+            move |camera: &str, failure: Option<&str>| {
+                if let Ok(mut ended) = ended.lock() {
+                    ended.insert(
+                        camera.to_string(),
+                        failure.unwrap_or("its stream ended").to_string(),
+                    );
+                }
+            }
+        })),
+        ..RunHooks::default()
+    };
     let thread = std::thread::Builder::new()
         .name("worker-pipeline".into())
-        .spawn(move || pipeline::run_stages(&config, stages, thread_control, RunHooks::default()))
+        .spawn(move || pipeline::run_stages(&config, stages, thread_control, hooks))
         .map_err(|e| PipelineError::Invalid(format!("cannot start a pipeline thread: {e}")))?;
     Ok(Running {
         cameras,
         control,
         thread,
+        ended,
     })
 }

@@ -637,7 +637,7 @@ pub fn run_stages(
     .with_detect_every(config.detect.detect_every)
     .with_snapshots(config.snapshots.dir.clone());
     let mut graph = Graph::new(control.clone());
-    let frames = crate::sources::stage::spawn(&mut graph, &cx, sources);
+    let frames = crate::sources::stage::spawn(&mut graph, &cx, sources, hooks.stream_end.clone());
     let mut faces = stage::detect::spawn(
         &mut graph,
         &cx,

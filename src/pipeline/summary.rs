@@ -186,11 +186,16 @@ pub fn count(n: u64, noun: &str) -> String {
 /// Health callback, every `stats_interval_s`.
 pub type HealthReport = Box<dyn FnMut(&Health) + Send>;
 
+/// Called when a stream's source ends, with the stream's id and its failure if it failed (its
+/// frames are still being written).
+pub type StreamEndHook = Arc<dyn Fn(&str, Option<&str>) + Send + Sync>;
+
 /// Callbacks of a run.
 #[derive(Default)]
 pub struct RunHooks {
     pub progress: Option<Progress>,
     pub health: Option<HealthReport>,
+    pub stream_end: Option<StreamEndHook>,
 }
 
 /// How a running pipeline is doing: counts so far, queue depths, resident memory.

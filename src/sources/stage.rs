@@ -7,7 +7,12 @@ use super::{Frame, Source};
 
 /// Starts one thread per source, each into its own queue: live sources drop their oldest frame
 /// when it is full, files wait. The queues, in the order of `sources`.
-pub(crate) fn spawn(graph: &mut Graph, cx: &RunContext, sources: Vec<Source>) -> Vec<Input<Frame>> {
+pub(crate) fn spawn(
+    graph: &mut Graph,
+    cx: &RunContext,
+    sources: Vec<Source>,
+    on_end: Option<crate::pipeline::StreamEndHook>,
+) -> Vec<Input<Frame>> {
     let single = sources.len() == 1;
     sources
         .into_iter()
@@ -26,6 +31,7 @@ pub(crate) fn spawn(graph: &mut Graph, cx: &RunContext, sources: Vec<Source>) ->
             let (out, frames) = graph.channel(name, source.queue_frames(), when_full);
             let stats = cx.stats.clone();
             let started = cx.started;
+            let on_end = on_end.clone();
             graph.add_stage(format!("source-{}", info.id), move |c| {
                 let (counts, result) = source.run(&out, c);
                 // The queue ends with this stage after a failure too: this stream's frames decoded
@@ -34,9 +40,12 @@ pub(crate) fn spawn(graph: &mut Graph, cx: &RunContext, sources: Vec<Source>) ->
                 let failure = result.err().map(|e| e.to_string());
                 stats.update(|n| {
                     if let Some(end) = n.stream_ends.get_mut(info.index) {
-                        *end = (counts, failure, started.elapsed().as_secs_f64());
+                        *end = (counts, failure.clone(), started.elapsed().as_secs_f64());
                     }
                 });
+                if let Some(on_end) = &on_end {
+                    on_end(&info.id, failure.as_deref());
+                }
                 Ok(())
             });
             frames

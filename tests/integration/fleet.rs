@@ -752,3 +752,61 @@ fn file_jobs_store_every_frame_once_across_a_killed_worker() {
         records_stored(&cluster.nodes[1])
     );
 }
+
+/// A camera that cannot be opened fails alone: `failed` with the reason in the status, while
+/// the camera beside it on the same worker runs on without a break.
+#[test]
+fn a_camera_that_fails_is_marked_failed_and_its_neighbour_runs_on() {
+    let Some(program) = nats_server() else {
+        return;
+    };
+    let cluster = Cluster::start(&program, 1);
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("rtsp://127.0.0.1:{}/nothing", free_port());
+    fleet_ok(
+        &urls,
+        &[
+            "cameras",
+            "add",
+            "good",
+            "testsrc://ball?live=true&frames=0&size=160x120&fps=10",
+            "bad",
+            &closed,
+        ],
+    );
+    let _w = worker(&urls, "wa", dir.path());
+    let started = Instant::now();
+    let bad = loop {
+        let lines = json_lines(&fleet_ok(&urls, &["status", "--json"]));
+        if let Some(bad) = lines
+            .into_iter()
+            .find(|l| l["camera"] == "bad" && l["state"] == "failed")
+        {
+            break bad;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bad not failed in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(bad["worker"], "wa");
+    assert!(
+        bad["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{bad}"
+    );
+    assert_eq!(placement(&urls).get("good").map(String::as_str), Some("wa"));
+    std::thread::sleep(Duration::from_secs(2));
+    let records = json_lines(&fleet_ok(&urls, &["tail", "--camera", "good"]));
+    let frames: Vec<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "frame")
+        .map(|r| r["frame"].as_u64().unwrap())
+        .collect();
+    assert!(frames.len() > 20, "{}", frames.len());
+    assert!(
+        frames.windows(2).all(|p| p[1] == p[0] + 1),
+        "good was interrupted: {frames:?}"
+    );
+}
