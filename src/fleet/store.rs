@@ -336,16 +336,38 @@ impl Fleet {
         let values = self
             .runtime
             .block_on(retrying(self.retry_for(), || async {
-                let mut keys = store.keys().await.map_err(|e| e.to_string())?;
-                let mut names = Vec::new();
-                while let Some(key) = keys.next().await {
-                    names.push(key.map_err(|e| e.to_string())?);
-                }
+                // One consumer over the bucket's latest entries (not a request per key): what
+                // a worker asks of NATS every turn stays small with many cameras.
+                let consumer = store
+                    .stream
+                    .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                        filter_subject: format!("{}>", store.prefix),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut values = Vec::new();
-                for key in names {
-                    // A key deleted or expired since it was listed has no value: left out.
-                    if let Some(value) = store.get(key.as_str()).await.map_err(|e| e.to_string())? {
-                        values.push((key, value));
+                if consumer.cached_info().num_pending == 0 {
+                    return Ok(values);
+                }
+                let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+                while let Some(message) = messages.next().await {
+                    let message = message.map_err(|e| e.to_string())?;
+                    let pending = message.info().map(|i| i.pending).unwrap_or(0);
+                    // A deleted key is a marker without a value: left out.
+                    let deleted = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("KV-Operation"))
+                        .is_some();
+                    if let Some(key) = message.subject.strip_prefix(store.prefix.as_str())
+                        && !deleted
+                    {
+                        values.push((key.to_string(), message.payload.clone()));
+                    }
+                    if pending == 0 {
+                        break;
                     }
                 }
                 Ok::<_, String>(values)

@@ -665,6 +665,11 @@ fn finish_job(fleet: &Fleet, me: &str, job: RunningJob, summary: &mut WorkerSumm
         ..
     } = job;
     let outcome = thread.join();
+    if let Ok(Ok(run)) = &outcome {
+        for line in run.lines() {
+            tracing::info!("worker {me}: job {}: {line}", record.job);
+        }
+    }
     record.frames = tally.frames_stored.load(Ordering::Relaxed);
     let lost = tally.lost.load(Ordering::Relaxed);
     let (state, error, answer) = match outcome {
