@@ -112,6 +112,8 @@ impl Cost {
 
 /// One stream's place in the schedule.
 struct StreamState {
+    /// Frames from one full search to the next (0: auto), this stream's.
+    detect_every: u32,
     /// The source queue has not ended.
     open: bool,
     end_sent: bool,
@@ -150,6 +152,7 @@ struct StreamState {
 impl StreamState {
     fn new() -> Self {
         Self {
+            detect_every: 1,
             open: true,
             end_sent: false,
             waiting: VecDeque::new(),
@@ -235,7 +238,7 @@ impl Scheduler {
 
     pub(crate) fn run(self, control: &Control) -> Result<(), String> {
         for (info, c) in self.streams.iter().zip(&self.sources) {
-            if info.live && self.detect_every == 0 {
+            if info.live && info.detect_every.unwrap_or(self.detect_every) == 0 {
                 c.full_search_interval_ms
                     .store(super::AUTO_DETECT_INTERVAL_MS as u64, Ordering::Relaxed);
             }
@@ -247,6 +250,7 @@ impl Scheduler {
                 .iter()
                 .map(|info| StreamState {
                     scene_cuts: self.scene_cuts,
+                    detect_every: info.detect_every.unwrap_or(self.detect_every),
                     pace: info.live.then(Pace::default),
                     ..StreamState::new()
                 })
@@ -329,7 +333,8 @@ impl Schedule<'_> {
                         self.s.windows.take(i);
                         let pts_ms = frame.pts_ms;
                         let first_pts_ms = *st.first_pts_ms.get_or_insert(pts_ms);
-                        take(st, frame, self.s.detect_every);
+                        let detect_every = st.detect_every;
+                        take(st, frame, detect_every);
                         if let Some(c) = self.s.sources.get(i) {
                             let span_ms = (pts_ms - first_pts_ms).max(0.0) as u64;
                             c.video_span_ms.store(span_ms, Ordering::Relaxed);
@@ -354,7 +359,7 @@ impl Schedule<'_> {
         for (i, st) in self.streams.iter_mut().enumerate() {
             // Only auto mode has an interval to widen (a fixed one only drops evenly), and only
             // once frames come: its start-up time runs from the first.
-            if st.pace.is_none() || self.s.detect_every != 0 || st.first_pts_ms.is_none() {
+            if st.pace.is_none() || st.detect_every != 0 || st.first_pts_ms.is_none() {
                 continue;
             }
             let counters = self.s.sources.get(i);
@@ -652,6 +657,7 @@ mod tests {
                 index: 0,
                 uri: "testsrc://".into(),
                 live: false,
+                detect_every: None,
             }),
             index,
             pts_ms,
@@ -847,6 +853,7 @@ mod tests {
                     index,
                     uri: "testsrc://".into(),
                     live: false,
+                    detect_every: None,
                 })
             })
             .collect();

@@ -251,7 +251,24 @@ mod tests {
     /// workers; what came out, each stream's frames released from its window as a track stage
     /// would.
     fn detect(frames_per_stream: u64, detect_every: u32) -> Vec<Detected> {
-        let streams = testing::streams(2);
+        detect_with(frames_per_stream, detect_every, [None, None])
+    }
+
+    /// As [`detect`], each stream with its own `detect_every` when given.
+    fn detect_with(
+        frames_per_stream: u64,
+        detect_every: u32,
+        own: [Option<u32>; 2],
+    ) -> Vec<Detected> {
+        let streams: Vec<Arc<crate::sources::StreamInfo>> = testing::streams(2)
+            .into_iter()
+            .zip(own)
+            .map(|(info, own)| {
+                let mut info = (*info).clone();
+                info.detect_every = own;
+                Arc::new(info)
+            })
+            .collect();
         let cx: RunContext = testing::context(&streams, Default::default());
         let mut graph = testing::graph();
         let (feeds, inputs): (Vec<_>, Vec<_>) = streams
@@ -310,6 +327,28 @@ mod tests {
                 assert_eq!(d.faces[0].face.bbox[2], (keyframe + 1) as f32, "frame {i}");
                 // No later stage reads pixels here: they are released.
                 assert!(d.frame.rgb.is_empty());
+            }
+        }
+    }
+
+    /// A stream with its own `detect_every` (a fleet camera's) follows it; the other the run's.
+    #[test]
+    fn a_stream_with_its_own_detect_every_follows_it() {
+        let out = detect_with(12, 1, [None, Some(4)]);
+        for (stream, every) in [(0, 1), (1, 4)] {
+            let mut mine: Vec<&Detected> = out
+                .iter()
+                .filter(|d| d.frame.stream.index == stream && !d.stream_ended)
+                .collect();
+            mine.sort_by_key(|d| d.seq);
+            assert_eq!(mine.len(), 12);
+            for (i, d) in mine.iter().enumerate() {
+                let keyframe = i - i % every;
+                assert_eq!(
+                    d.faces[0].face.bbox[2],
+                    (keyframe + 1) as f32,
+                    "stream {stream} frame {i}"
+                );
             }
         }
     }

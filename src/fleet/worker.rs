@@ -78,6 +78,13 @@ pub struct WorkerSummary {
 const JOB_POLL_EVERY: Duration = Duration::from_secs(1);
 const JOB_POLL_WAIT: Duration = Duration::from_millis(200);
 
+/// How often a worker reads the whole fleet (cameras, leases, workers): every turn up to 100
+/// cameras, then 5 ms more per camera, at most 3 s (1,000 cameras: 3 s), so the reads of 50
+/// workers stay a small load on NATS; renewals keep their own pace.
+fn view_interval(cameras: usize, tick: Duration) -> Duration {
+    (Duration::from_millis(5) * cameras as u32).clamp(tick, Duration::from_secs(3))
+}
+
 /// How long a worker whose pipeline could not start claims nothing.
 const FAILED_START_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -216,6 +223,7 @@ pub fn run(
     let mut summary = WorkerSummary::default();
     let mut backoff_until: Option<Duration> = None;
     let mut failed_at: BTreeMap<String, Duration> = BTreeMap::new();
+    let mut last_view: Option<(Duration, BTreeMap<String, CameraSpec>)> = None;
     let me = options.name.as_str();
     let watched = Arc::new(Mutex::new(Watched::default()));
     let dog = watchdog(watched.clone(), policy, started, me.to_string());
@@ -278,12 +286,27 @@ pub fn run(
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        // What the fleet says now, and what to do about it.
-        let view = fleet
-            .cameras()
-            .and_then(|c| Ok((c, fleet.leases()?, fleet.workers()?)));
+        // What the fleet says now, and what to do about it: read every turn in a small fleet,
+        // less often in a large one (each read delivers every camera, lease and worker).
+        let view_due = last_view
+            .as_ref()
+            .is_none_or(|(at, cameras)| now >= *at + view_interval(cameras.len(), options.tick));
+        let view = if view_due {
+            Some(
+                fleet
+                    .cameras()
+                    .and_then(|c| Ok((c, fleet.leases()?, fleet.workers()?))),
+            )
+        } else {
+            None
+        };
         let cameras = match view {
-            Ok((cameras, leases, workers)) => {
+            None => last_view
+                .as_ref()
+                .map(|(_, cameras)| cameras.clone())
+                .unwrap_or_default(),
+            Some(Ok((cameras, leases, workers))) => {
+                last_view = Some((now, cameras.clone()));
                 let mut view = FleetView {
                     cameras: cameras.keys().cloned().collect(),
                     holders: leases.into_iter().map(|(c, l)| (c, l.worker)).collect(),
@@ -357,7 +380,7 @@ pub fn run(
                 }
                 cameras
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!("{e}");
                 running
                     .as_ref()
@@ -763,6 +786,11 @@ fn start(
             let mut source = config.source.clone();
             source.name = Some(spec.camera.clone());
             source.input = spec.uri.clone();
+            // Checked when the camera was added: auto (0) or 1 to 1000 frames.
+            source.detect_every = spec.detect_every.as_deref().and_then(|n| match n {
+                "auto" => Some(0),
+                n => n.parse().ok(),
+            });
             source
         })
         .collect();

@@ -146,6 +146,7 @@ pub(crate) mod testing {
                     index,
                     uri: format!("testsrc://stream-{index}"),
                     live: false,
+                    detect_every: None,
                 })
             })
             .collect()

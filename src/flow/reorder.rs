@@ -77,6 +77,7 @@ mod tests {
             index: stream,
             uri: "testsrc://".into(),
             live: false,
+            detect_every: None,
         });
         Detected {
             seq,

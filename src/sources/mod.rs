@@ -92,6 +92,10 @@ pub struct SourceConfig {
     pub reconnect_backoff_ms: u64,
     /// Longest wait between reconnection attempts.
     pub reconnect_backoff_max_ms: u64,
+    /// This stream's own `detect_every` (0: auto), set by a fleet worker from its camera's
+    /// `--detect-every`; not a pipeline-file key.
+    #[serde(skip)]
+    pub detect_every: Option<u32>,
 }
 
 impl Default for SourceConfig {
@@ -110,6 +114,7 @@ impl Default for SourceConfig {
             start_time: None,
             reconnect_backoff_ms: 500,
             reconnect_backoff_max_ms: 30_000,
+            detect_every: None,
         }
     }
 }
@@ -220,6 +225,8 @@ pub struct StreamInfo {
     /// The URI (or test spec) the stream was opened from, its password masked.
     pub uri: String,
     pub live: bool,
+    /// This stream's own `detect_every` (a fleet camera's), else the run's.
+    pub detect_every: Option<u32>,
 }
 
 /// Frame counts of one stream, for the end summary.
@@ -324,6 +331,7 @@ mod tests {
             index: 0,
             uri: String::new(),
             live: true,
+            detect_every: None,
         };
         assert_eq!(info.time(40.0), None, "no clock until the first frame");
         info.clock_origin_ms.set(1_796_635_800_000.0).unwrap();

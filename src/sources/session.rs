@@ -168,6 +168,7 @@ impl Source {
                 // What records and summaries name: never a password.
                 uri: crate::redact::url(&uri).into_owned(),
                 live,
+                detect_every: config.detect_every,
             }),
             kind,
             config: config.clone(),

@@ -754,7 +754,8 @@ fn tracks_of<'a>(
         id: stream.id.clone(),
         uri: stream.uri.clone(),
         clock_origin_ms: stream.clock_origin_ms.clone(),
-        tracker: Tracker::new(config.clone()).with_detect_every(detect_every),
+        tracker: Tracker::new(config.clone())
+            .with_detect_every(stream.detect_every.unwrap_or(detect_every)),
         people: HashMap::new(),
         counted: 0,
         refound: HashMap::new(),
@@ -773,6 +774,7 @@ mod tests {
             index: 0,
             uri: "testsrc://x".into(),
             live: false,
+            detect_every: None,
         }
     }
 
