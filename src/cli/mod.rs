@@ -70,11 +70,12 @@ pub enum Command {
     /// Score runs on real clips against people labelled by eye (tests/yardstick): wrong, unknown
     /// and right per attribute, people counted against people present, phantom people.
     Yardstick(YardstickArgs),
-    /// The fleet (several machines sharing cameras through NATS JetStream): its cameras and
-    /// its status.
+    /// The fleet (several machines sharing cameras and video files through NATS JetStream): its
+    /// cameras, file jobs, status and records.
     Fleet(fleet_flags::FleetArgs),
-    /// Join the fleet: claim cameras by lease, run them (everything `run` does), publish every
-    /// record to NATS JetStream; SIGTERM or Ctrl-C hands the cameras over at once.
+    /// Join the fleet: claim cameras by lease, run them (everything `run` does), take file jobs
+    /// when there is room, publish every record to NATS JetStream; SIGTERM or Ctrl-C hands the
+    /// cameras and the job over at once.
     Worker(fleet_flags::WorkerArgs),
     /// Train the age/gender/race model on labelled face folders and export it to ONNX.
     #[cfg(feature = "train")]

@@ -16,7 +16,10 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, kv};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::store::{Fleet, FleetError, RECORDS, RECORDS_SUBJECT, RETRY_FOR, retrying};
+use super::store::{
+    DUPLICATE_WINDOW, Fleet, FleetError, RECORDS, RECORDS_SUBJECT, REQUEST_TIMEOUT, RETRY_FOR,
+    next_within, retrying,
+};
 
 /// The work queue of jobs, its subject, and the consumer every worker pulls from.
 const QUEUE: &str = "faceflow-job-queue";
@@ -27,7 +30,7 @@ pub(super) const JOBS: &str = "faceflow-jobs";
 /// How long a delivered job waits for its worker's word (progress, done) before JetStream
 /// delivers it again; the worker says it is still working every quarter of it.
 pub const JOB_ACK_WAIT: Duration = Duration::from_secs(10);
-/// How many times a job is started before it counts as failed (its workers died each time).
+/// How many times a job's worker may die on it (stop without a word) before it counts as failed.
 pub const MAX_ATTEMPTS: i64 = 3;
 /// The header that carries a job record's key (its message id), so readers can drop a copy.
 pub const KEY_HEADER: &str = "Faceflow-Key";
@@ -68,6 +71,10 @@ pub struct JobRecord {
     /// How many times a worker started it.
     #[serde(default)]
     pub attempts: i64,
+    /// Of those, how many ended with the job given back (a worker stopped, records to send
+    /// again): not counted against it.
+    #[serde(default)]
+    pub given_back: i64,
 }
 
 /// What is queued: the job and its file.
@@ -142,7 +149,7 @@ impl Fleet {
             retention: jetstream::stream::RetentionPolicy::WorkQueue,
             num_replicas: self.replicas,
             // A job submitted again after a lost acknowledgement is queued once.
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
         let js = &self.js;
@@ -164,6 +171,7 @@ impl Fleet {
             error: None,
             submitted: super::worker::now_rfc3339(),
             attempts: 0,
+            given_back: 0,
         };
         let state = serde_json::to_vec(&record).map_err(|e| failed(&e))?;
         let message = serde_json::to_vec(&JobMessage {
@@ -173,12 +181,18 @@ impl Fleet {
         .map_err(|e| failed(&e))?;
         self.runtime.block_on(async {
             self.queue_stream().await?;
-            retrying(self.retry_for(), || {
-                self.jobs.put(job.as_str(), state.clone().into())
+            // The state first: a worker that takes the job at once finds it (and its own write,
+            // "running", comes after).
+            retrying(self.retry_for(), || async {
+                match self.jobs.create(job.as_str(), state.clone().into()).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
             })
             .await
             .map_err(|e| failed(&e))?;
-            retrying(self.retry_for(), || async {
+            let queued = retrying(self.retry_for(), || async {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", job.as_str());
                 self.js
@@ -189,7 +203,12 @@ impl Fleet {
                     .map_err(|e| e.to_string())
             })
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| failed(&e));
+            if let Err(e) = queued {
+                // Not queued: no state left saying it is.
+                let _ = self.jobs.delete(job.as_str()).await;
+                return Err(e);
+            }
             Ok::<_, FleetError>(())
         })?;
         Ok(job)
@@ -234,9 +253,9 @@ impl Fleet {
                 durable_name: Some(CONSUMER.to_string()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: JOB_ACK_WAIT,
-                // One more than the attempts, so the worker that gets the last delivery can
-                // end the job as failed.
-                max_deliver: MAX_ATTEMPTS + 1,
+                // Delivered until a worker ends it: a job whose workers died on it too often is
+                // ended as failed by the worker that gets it next (give-backs do not count).
+                max_deliver: -1,
                 ..Default::default()
             };
             let consumer = retrying(RETRY_FOR, || {
@@ -293,7 +312,9 @@ impl Fleet {
     /// the server), to be delivered again (`Nak`) or never again (`Term`).
     pub fn answer_job(&self, taken: &TakenJob, kind: AckKind) -> Result<(), FleetError> {
         let failed = self.failed(format!("job {}", taken.job));
-        let confirm = matches!(kind, AckKind::Ack);
+        // Done and still-working are confirmed by the server: a worker must know JetStream heard
+        // it (else the job may be running elsewhere already).
+        let confirm = matches!(kind, AckKind::Ack | AckKind::Progress);
         self.runtime
             .block_on(async {
                 if confirm {
@@ -312,17 +333,21 @@ impl Fleet {
         let js = &self.js;
         self.runtime.block_on(async {
             let mut keys = HashSet::new();
-            let mut stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
+            let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
                 .await
                 .map_err(|e| failed(&e))?;
-            if stream
+            let last = match stream
                 .get_last_raw_message_by_subject(subject.as_str())
                 .await
-                .is_err()
             {
-                return Ok(keys);
-            }
-            let _ = stream.info().await;
+                Ok(last) => last.sequence,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(keys);
+                }
+                Err(e) => return Err(failed(&e)),
+            };
             let consumer = stream
                 .create_consumer(pull::OrderedConfig {
                     filter_subject: subject.clone(),
@@ -332,12 +357,16 @@ impl Fleet {
                 .await
                 .map_err(|e| failed(&e))?;
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-            while let Some(message) = messages.next().await {
+            while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT)
+                .await
+                .map_err(|e| failed(&e))?
+            {
                 let message = message.map_err(|e| failed(&e))?;
                 if let Some(key) = message.headers.as_ref().and_then(|h| h.get(KEY_HEADER)) {
                     keys.insert(key.as_str().to_string());
                 }
-                if message.info().map(|i| i.pending == 0).unwrap_or(true) {
+                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
+                if seq >= last {
                     break;
                 }
             }

@@ -206,7 +206,9 @@ impl RecordsSink {
 
     /// A stored record moves its camera's cursor (cameras only: a job's numbers are its own).
     fn stored(&mut self, mark: &Mark, sequence: u64) {
-        if self.job.is_some() {
+        // A camera whose cursor could not be read keeps the stored one (numbering restarted,
+        // writing it would hide the higher numbers before).
+        if self.job.is_some() || !self.continuations.contains_key(&mark.camera) {
             return;
         }
         let cursor = self.cursors.entry(mark.camera.clone()).or_default();

@@ -24,11 +24,13 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The records stream and its subjects' prefix (`faceflow.records.<camera or job>`).
 pub const RECORDS: &str = "faceflow-records";
 pub const RECORDS_SUBJECT: &str = "faceflow.records";
+/// A record (or job) sent again within this long is stored once.
+pub(super) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Where each camera's stored records stop (see [`super::continuity`]).
 const CURSORS: &str = "faceflow-cursors";
 
 /// How long a request to NATS may take before it counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a failed request is tried again: a cluster that lost the node leading a bucket
 /// answers "no responders" or times out until it has elected another, which takes seconds.
 pub(super) const RETRY_FOR: Duration = Duration::from_secs(20);
@@ -53,6 +55,16 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The next item of `stream`, or an error when none comes within `wait`.
+pub(super) async fn next_within<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    wait: Duration,
+) -> Result<Option<S::Item>, String> {
+    tokio::time::timeout(wait, stream.next())
+        .await
+        .map_err(|_| format!("nothing came for {} s", wait.as_secs()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -351,8 +363,11 @@ impl Fleet {
                 if consumer.cached_info().num_pending == 0 {
                     return Ok(values);
                 }
+                let name = consumer.cached_info().name.clone();
                 let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-                while let Some(message) = messages.next().await {
+                // An entry that expires before it is delivered never comes: a read that stops
+                // coming fails (and is tried again) rather than waiting forever.
+                while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT).await? {
                     let message = message.map_err(|e| e.to_string())?;
                     let pending = message.info().map(|i| i.pending).unwrap_or(0);
                     // A deleted key is a marker without a value: left out.
@@ -370,6 +385,9 @@ impl Fleet {
                         break;
                     }
                 }
+                drop(messages);
+                // Not left to linger on the server until it notices nobody reads it.
+                let _ = store.stream.delete_consumer(&name).await;
                 Ok::<_, String>(values)
             }))
             .map_err(|e| failed(&e))?;
@@ -522,7 +540,9 @@ impl Fleet {
             num_replicas: self.replicas,
             // A record published twice (sent again after a lost acknowledgement, or a file job
             // done again) within this window is stored once.
-            duplicate_window: Duration::from_secs(120),
+            duplicate_window: retention
+                .max_age
+                .map_or(DUPLICATE_WINDOW, |age| age.min(DUPLICATE_WINDOW)),
             max_age: retention.max_age.unwrap_or_default(),
             max_bytes: retention.max_bytes.map_or(-1, |b| b as i64),
             ..Default::default()
@@ -541,6 +561,10 @@ impl Fleet {
                     .is_some_and(|b| b as i64 != current.max_bytes);
             if changed {
                 current.max_age = retention.max_age.unwrap_or(current.max_age);
+                // The server refuses a duplicate window longer than the records' age.
+                if !current.max_age.is_zero() {
+                    current.duplicate_window = current.duplicate_window.min(current.max_age);
+                }
                 current.max_bytes = retention.max_bytes.map_or(current.max_bytes, |b| b as i64);
                 self.runtime
                     .block_on(js.update_stream(current))
@@ -589,7 +613,7 @@ impl Fleet {
                     .await
                     .map_err(|e| failed(&e))?
                 {
-                    Some(value) => serde_json::from_slice(&value).unwrap_or_default(),
+                    Some(value) => serde_json::from_slice(&value).map_err(|e| failed(&e))?,
                     None => Default::default(),
                 };
             let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
@@ -600,7 +624,12 @@ impl Fleet {
                 .await
             {
                 Ok(last) => last.sequence,
-                Err(_) => return Ok(cursor),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(cursor);
+                }
+                Err(e) => return Err(failed(&e)),
             };
             if last <= cursor.seq {
                 return Ok(cursor);
@@ -616,7 +645,10 @@ impl Fleet {
                 .await
                 .map_err(|e| failed(&e))?;
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-            while let Some(message) = messages.next().await {
+            while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT)
+                .await
+                .map_err(|e| failed(&e))?
+            {
                 let message = message.map_err(|e| failed(&e))?;
                 let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
                 if let Ok(record) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
@@ -670,7 +702,17 @@ impl Fleet {
                 .map_err(|e| failed(&e))?;
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
             let mut seen = std::collections::HashSet::new();
-            while let Some(message) = messages.next().await {
+            loop {
+                // Without --follow, a record that expired before it came ends the tail.
+                let message = if follow {
+                    messages.next().await
+                } else {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+                        Ok(message) => message,
+                        Err(_) => return Ok(()),
+                    }
+                };
+                let Some(message) = message else { break };
                 let message = message.map_err(|e| failed(&e))?;
                 // A job's record stored twice (its key outlived the duplicate window) is shown once.
                 let key = message

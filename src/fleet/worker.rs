@@ -407,6 +407,7 @@ pub fn run(
         }
         failed_at.retain(|camera, _| held.contains_key(camera));
         let mut retry = false;
+        let mut retried = Vec::new();
         for (camera, at) in failed_at.clone() {
             if now >= at + CAMERA_RETRY
                 && let Some(lease) = held.get_mut(&camera)
@@ -414,6 +415,7 @@ pub fn run(
                 tracing::info!("worker {me}: trying camera {camera} again");
                 lease.error = None;
                 failed_at.remove(&camera);
+                retried.push(camera);
                 retry = true;
             }
         }
@@ -436,6 +438,8 @@ pub fn run(
                 .collect()
         };
         let want = wanted(&held);
+        // A camera tried again restarts the pipeline only if it can run (not failed at once).
+        let retry = retry && retried.iter().any(|c| want.contains_key(c));
         // A camera that failed in the running pipeline needs no restart (its stream ended).
         let same = running.as_ref().is_some_and(|r| {
             r.cameras
@@ -556,7 +560,10 @@ fn tend_job(
         finish_job(fleet, me, job, summary);
         return None;
     }
-    if now >= job.answered_at + JOB_ACK_WAIT / 4 {
+    // Late already (this loop was held up): JetStream may have given the job to another
+    // worker, so it stops here whatever the next word says.
+    let late = now >= job.answered_at + JOB_ACK_WAIT * 4 / 5;
+    if !late && now >= job.answered_at + JOB_ACK_WAIT / 4 {
         match fleet.answer_job(&job.taken, AckKind::Progress) {
             Ok(()) => job.answered_at = now,
             Err(e) => tracing::warn!("{e}"),
@@ -566,7 +573,7 @@ fn tend_job(
             tracing::warn!("{e}");
         }
     }
-    if now >= job.answered_at + JOB_ACK_WAIT * 4 / 5 && !job.control.stop_requested() {
+    if (late || now >= job.answered_at + JOB_ACK_WAIT * 4 / 5) && !job.control.stop_requested() {
         tracing::warn!(
             "worker {me}: job {}: JetStream did not hear from this worker in time: stopping it (it goes to another worker)",
             job.record.job
@@ -598,29 +605,38 @@ fn take_job(
         error: None,
         submitted: now_rfc3339(),
         attempts: 0,
+        given_back: 0,
     });
     record.worker = Some(me.to_string());
     record.attempts = taken.attempt;
+    // Ends the job for good (the reason said and kept), whatever writing its state gives.
     let end = |record: &mut JobRecord, error: String, summary: &mut WorkerSummary| {
         tracing::warn!("worker {me}: job {}: {error}", record.job);
         record.state = JobState::Failed;
         record.error = Some(error);
         summary.jobs_failed += 1;
-        fleet.put_job(record)?;
-        fleet.answer_job(&taken, AckKind::Term)
+        let written = fleet.put_job(record);
+        fleet.answer_job(&taken, AckKind::Term)?;
+        written
     };
-    if taken.attempt > MAX_ATTEMPTS {
+    // Earlier deliveries that ended without a word from their worker (it died).
+    let died = taken.attempt - 1 - record.given_back;
+    if died >= MAX_ATTEMPTS {
         end(
             &mut record,
-            format!(
-                "started {MAX_ATTEMPTS} times, and each time its worker stopped before the end"
-            ),
+            format!("its worker stopped before the end {died} times"),
             summary,
         )?;
         return Ok(None);
     }
-    // What an earlier attempt stored is not sent again.
-    let stored = fleet.stored_keys(&taken.job)?;
+    // What an earlier attempt stored is not sent again; without knowing it, the job goes back.
+    let stored = match fleet.stored_keys(&taken.job) {
+        Ok(stored) => stored,
+        Err(e) => {
+            give_back(fleet, &taken, &mut record);
+            return Err(e);
+        }
+    };
     let tally = Arc::new(Tally::default());
     let sink = RecordsSink::for_job(
         records.clone(),
@@ -648,25 +664,33 @@ fn take_job(
         }
     };
     stages.sinks.push(Box::new(sink));
+    record.state = JobState::Running;
+    record.error = None;
+    if let Err(e) = fleet.put_job(&record) {
+        tracing::warn!("{e}");
+    }
     let control = Control::new();
     let thread_control = control.clone();
-    let thread = std::thread::Builder::new()
+    let thread = match std::thread::Builder::new()
         .name("worker-job".into())
         .spawn(move || pipeline::run_stages(&config, stages, thread_control, RunHooks::default()))
-        .map_err(|e| FleetError::Nats {
-            url: fleet.shown().to_string(),
-            what: format!("job {}", taken.job),
-            reason: format!("cannot start a pipeline thread: {e}"),
-        })?;
+    {
+        Ok(thread) => thread,
+        Err(e) => {
+            give_back(fleet, &taken, &mut record);
+            return Err(FleetError::Nats {
+                url: fleet.shown().to_string(),
+                what: format!("job {}", taken.job),
+                reason: format!("cannot start a pipeline thread: {e}"),
+            });
+        }
+    };
     tracing::info!(
         "worker {me}: took job {} ({}, attempt {})",
         taken.job,
         crate::redact::url(&taken.uri),
         taken.attempt
     );
-    record.state = JobState::Running;
-    record.error = None;
-    fleet.put_job(&record)?;
     Ok(Some(RunningJob {
         taken,
         record,
@@ -675,6 +699,19 @@ fn take_job(
         tally,
         answered_at: started.elapsed(),
     }))
+}
+
+/// Gives a job back to the queue at once (this worker cannot run it now; not counted against
+/// it).
+fn give_back(fleet: &Fleet, taken: &TakenJob, record: &mut JobRecord) {
+    record.state = JobState::Queued;
+    record.given_back += 1;
+    if let Err(e) = fleet.put_job(record) {
+        tracing::warn!("{e}");
+    }
+    if let Err(e) = fleet.answer_job(taken, AckKind::Nak(Some(Duration::from_secs(1)))) {
+        tracing::warn!("{e}");
+    }
 }
 
 /// Waits for a job's pipeline and ends the job: done once every record is stored, failed when
@@ -710,6 +747,12 @@ fn finish_job(fleet: &Fleet, me: &str, job: RunningJob, summary: &mut WorkerSumm
             AckKind::Nak(Some(Duration::from_secs(1))),
         ),
         Ok(Ok(run)) if run.interrupted => (JobState::Queued, None, AckKind::Nak(None)),
+        // An output of the template closed (a broken pipe): writing stopped for every sink.
+        Ok(Ok(run)) if run.output_closed => (
+            JobState::Queued,
+            Some("an output closed before the end; to be run again".to_string()),
+            AckKind::Nak(Some(Duration::from_secs(1))),
+        ),
         Ok(Ok(run)) => match run.streams.iter().find_map(|s| s.failure.clone()) {
             Some(failure) => (JobState::Failed, Some(failure), AckKind::Term),
             None => (JobState::Done, None, AckKind::Ack),
@@ -718,7 +761,10 @@ fn finish_job(fleet: &Fleet, me: &str, job: RunningJob, summary: &mut WorkerSumm
     match state {
         JobState::Done => summary.jobs_done += 1,
         JobState::Failed => summary.jobs_failed += 1,
-        _ => summary.jobs_given_back += 1,
+        _ => {
+            summary.jobs_given_back += 1;
+            record.given_back += 1;
+        }
     }
     tracing::info!(
         "worker {me}: job {} {}: {} frames stored{}",
@@ -809,7 +855,12 @@ fn start(
     let hooks = RunHooks {
         stream_end: Some(Arc::new({
             let ended = ended.clone();
+            let control = control.clone();
             move |camera: &str, failure: Option<&str>| {
+                // Every stream ends when the pipeline is stopped: only a failure counts then.
+                if failure.is_none() && control.stop_requested() {
+                    return;
+                }
                 if let Ok(mut ended) = ended.lock() {
                     ended.insert(
                         camera.to_string(),
