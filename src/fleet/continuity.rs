@@ -3,7 +3,7 @@
 //! records stopped, and marks the time without frames on its first frame (`gap_before_ms`).
 //!
 //! Where the records stopped is read back from JetStream: a cursor per camera in a key-value
-//! bucket (written by the publishing worker about once a second, from acknowledged records
+//! bucket (written by the publishing worker every 5 s, from acknowledged records
 //! only), then the records stored after the cursor's stream sequence, so a worker killed between
 //! two cursor writes loses nothing. The numbers are changed only in what goes to JetStream: a
 //! worker's own outputs (MQTT, overlay) count from its own start.

@@ -20,8 +20,10 @@ use super::store::{FleetError, RECORDS_SUBJECT, RecordsStream};
 use crate::record::{FrameRecord, TrackEvent, TrackRecord};
 use crate::sinks::{Sink, SinkError};
 
-/// Records published but not yet acknowledged, at most (then the sink waits for the oldest).
-const IN_FLIGHT: usize = 256;
+/// Records published but not yet acknowledged, at most (then the sink waits for the oldest):
+/// about 10 s of 4 cameras at 25 fps, so a NATS node that dies and the election that follows
+/// do not hold records up.
+const IN_FLIGHT: usize = 1024;
 /// How long a record is tried before it is given up for lost.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// How long the end of a run waits for what is still unacknowledged (the worker waits on it
@@ -54,7 +56,7 @@ struct Mark {
 }
 
 /// How often cameras' cursors are written while records are stored.
-const CURSOR_EVERY: Duration = Duration::from_secs(1);
+const CURSOR_EVERY: Duration = Duration::from_secs(5);
 
 /// A file job's records: each keyed by the job and the record, and those an earlier attempt
 /// stored already.
@@ -177,14 +179,16 @@ impl RecordsSink {
             self.settle_oldest();
         }
         if self.cursors_written.elapsed() >= CURSOR_EVERY {
-            self.write_cursors();
+            self.write_cursors(false);
         }
         Ok(())
     }
 
     /// Writes the cursors of cameras with records stored since the last write (a failure is
     /// only said: the next worker reads past an old cursor).
-    fn write_cursors(&mut self) {
+    /// `wait`: for the server's answer (at the end of a run: the next run reads them); else in
+    /// the background, so a NATS that does not answer never holds records up.
+    fn write_cursors(&mut self, wait: bool) {
         self.cursors_written = Instant::now();
         for camera in std::mem::take(&mut self.unwritten) {
             let Some(value) = self
@@ -194,12 +198,16 @@ impl RecordsSink {
             else {
                 continue;
             };
-            if let Err(e) = self
-                .stream
-                .handle
-                .block_on(self.stream.cursors.put(camera.as_str(), value.into()))
-            {
-                tracing::warn!("nats {}: cursor {camera}: {e}", self.stream.shown);
+            let (cursors, shown) = (self.stream.cursors.clone(), self.stream.shown.clone());
+            let put = async move {
+                if let Err(e) = cursors.put(camera.as_str(), value.into()).await {
+                    tracing::warn!("nats {shown}: cursor {camera}: {e}");
+                }
+            };
+            if wait {
+                self.stream.handle.block_on(put);
+            } else {
+                self.stream.handle.spawn(put);
             }
         }
     }
@@ -255,6 +263,7 @@ impl RecordsSink {
             return;
         };
         let mut pause = Duration::from_millis(100);
+        let mut resent = false;
         loop {
             if let Some(ack) = pending.ack.take() {
                 match self.stream.handle.block_on(ack.into_future()) {
@@ -279,10 +288,21 @@ impl RecordsSink {
                 self.tally.lost.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            // A node that died takes the stream's leader with it for a few seconds.
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(1));
+            // A node that died takes the stream's leader with it for a few seconds: the first
+            // failure sends this record and every later one again at once (their own
+            // acknowledgements have likely failed too; a copy already stored is dropped by its
+            // message id), in order; only a record that fails again waits before the next try.
+            if resent {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            resent = true;
             self.send(&mut pending);
+            let mut later = std::mem::take(&mut self.pending);
+            for p in later.iter_mut() {
+                self.send(p);
+            }
+            self.pending = later;
         }
     }
 }
@@ -394,7 +414,7 @@ impl Sink for RecordsSink {
 
     fn idle(&mut self) -> Result<(), SinkError> {
         if !self.unwritten.is_empty() && self.cursors_written.elapsed() >= CURSOR_EVERY {
-            self.write_cursors();
+            self.write_cursors(false);
         }
         Ok(())
     }
@@ -404,7 +424,7 @@ impl Sink for RecordsSink {
         while !self.pending.is_empty() {
             self.settle_oldest_by(Some(deadline));
         }
-        self.write_cursors();
+        self.write_cursors(true);
         if self.lost > 0 {
             return Err(failed(
                 &self.stream,

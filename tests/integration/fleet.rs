@@ -532,20 +532,22 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
             "{camera}: {} runs of workers: {runs:?}",
             runs.len()
         );
-        // One stream per camera: frame numbers and pts_ms go on across workers and restarts,
-        // and each run's first frame after the first says how long there was none.
+        // One stream per camera: frame numbers go on across workers and restarts (each once,
+        // each worker's after the one before), and each worker's first frame says how long
+        // there was none. A live source drops frames when its worker falls behind, so numbers
+        // may skip; a record sent again after a NATS node died may be stored after later ones;
+        // records lost on the way to JetStream would be in the workers' logs (below).
         let frames: Vec<&Value> = records.iter().filter(|r| r["type"] == "frame").collect();
+        let mut numbers: Vec<u64> = frames.iter().map(|r| r["frame"].as_u64().unwrap()).collect();
+        numbers.sort_unstable();
+        let n = numbers.len();
+        numbers.dedup();
+        assert_eq!(numbers.len(), n, "{camera}: a frame number came twice");
+        let skipped = numbers.last().unwrap() - numbers[0] + 1 - n as u64;
+        // Runs of one worker in the stream's order: (worker, lowest and highest frame).
+        let mut by_worker: Vec<(String, u64, u64)> = Vec::new();
         for pair in frames.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            assert_eq!(
-                b["frame"].as_u64().unwrap(),
-                a["frame"].as_u64().unwrap() + 1,
-                "{camera}: frame numbers not consecutive: {a} then {b}"
-            );
-            assert!(
-                b["pts_ms"].as_f64().unwrap() > a["pts_ms"].as_f64().unwrap(),
-                "{camera}: pts_ms went back: {a} then {b}"
-            );
             if a["worker"] != b["worker"] {
                 assert!(
                     b["gap_before_ms"].as_f64().is_some_and(|g| g >= 0.0),
@@ -553,6 +555,30 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
                 );
             }
         }
+        for r in &frames {
+            let (w, f) = (r["worker"].as_str().unwrap(), r["frame"].as_u64().unwrap());
+            match by_worker.last_mut() {
+                Some((last, lo, hi)) if last == w => {
+                    *lo = (*lo).min(f);
+                    *hi = (*hi).max(f);
+                }
+                _ => by_worker.push((w.to_string(), f, f)),
+            }
+        }
+        for pair in by_worker.windows(2) {
+            assert!(
+                pair[1].1 > pair[0].2,
+                "{camera}: {} numbered from {} after {} reached {}",
+                pair[1].0,
+                pair[1].1,
+                pair[0].0,
+                pair[0].2
+            );
+        }
+        eprintln!(
+            "{camera}: {} frames stored, {skipped} skipped by the source",
+            frames.len()
+        );
         for pair in runs.windows(2) {
             assert!(
                 pair[0].2 <= pair[1].1,
@@ -567,6 +593,11 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
     let all = fleet_ok(&urls, &["tail"]);
     assert_eq!(all.lines().count(), total);
     assert_eq!(total as u64, records_stored(&cluster.nodes[1]));
+    // No worker gave a record up (it says so when JetStream never acknowledged one).
+    for name in names {
+        let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap();
+        assert!(!log.contains("(lost)"), "{name} lost records:\n{log}");
+    }
 }
 
 /// The jobs as `fleet jobs --json` says, by job id.
