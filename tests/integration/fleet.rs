@@ -538,7 +538,10 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
         // may skip; a record sent again after a NATS node died may be stored after later ones;
         // records lost on the way to JetStream would be in the workers' logs (below).
         let frames: Vec<&Value> = records.iter().filter(|r| r["type"] == "frame").collect();
-        let mut numbers: Vec<u64> = frames.iter().map(|r| r["frame"].as_u64().unwrap()).collect();
+        let mut numbers: Vec<u64> = frames
+            .iter()
+            .map(|r| r["frame"].as_u64().unwrap())
+            .collect();
         numbers.sort_unstable();
         let n = numbers.len();
         numbers.dedup();
