@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::store::{
-    DUPLICATE_WINDOW, Fleet, FleetError, RECORDS, RECORDS_SUBJECT, REQUEST_TIMEOUT, RETRY_FOR,
-    next_within, retrying,
+    DUPLICATE_WINDOW, Fleet, FleetError, RECORDS, RECORDS_SUBJECT, RETRY_FOR, read_subject,
+    retrying,
 };
 
 /// The work queue of jobs, its subject, and the consumer every worker pulls from.
@@ -336,40 +336,13 @@ impl Fleet {
             let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
                 .await
                 .map_err(|e| failed(&e))?;
-            let last = match stream
-                .get_last_raw_message_by_subject(subject.as_str())
-                .await
-            {
-                Ok(last) => last.sequence,
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    return Ok(keys);
-                }
-                Err(e) => return Err(failed(&e)),
-            };
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: subject.clone(),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&e))?;
-            let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-            while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT)
-                .await
-                .map_err(|e| failed(&e))?
-            {
-                let message = message.map_err(|e| failed(&e))?;
+            read_subject(&stream, &subject, 1, |message, _| {
                 if let Some(key) = message.headers.as_ref().and_then(|h| h.get(KEY_HEADER)) {
                     keys.insert(key.as_str().to_string());
                 }
-                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
-                if seq >= last {
-                    break;
-                }
-            }
+            })
+            .await
+            .map_err(|e| failed(&e))?;
             Ok(keys)
         })
     }

@@ -57,6 +57,49 @@ where
     }
 }
 
+/// Every message stored on `subject` from stream sequence `start` (1: the first) up to the last
+/// one there now, given to `each` with its sequence; nothing when none is stored there.
+pub(super) async fn read_subject(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    start: u64,
+    mut each: impl FnMut(&jetstream::Message, u64),
+) -> Result<(), String> {
+    use jetstream::consumer::{DeliverPolicy, pull};
+    let last = match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(last) => last.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if last < start {
+        return Ok(());
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    // A message removed (its age, the stream's size) before it came would be waited for
+    // forever: a read that stops coming fails.
+    while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT).await? {
+        let message = message.map_err(|e| e.to_string())?;
+        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
+        each(&message, seq);
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The next item of `stream`, or an error when none comes within `wait`.
 pub(super) async fn next_within<S: futures_util::Stream + Unpin>(
     stream: &mut S,
@@ -596,70 +639,55 @@ impl Fleet {
         })
     }
 
-    /// Where `camera`'s stored records stop: its cursor, moved past the records stored after
-    /// it (a worker may have died between two cursor writes).
-    pub fn cursor(
+    /// Where each of `cameras`' stored records stop: its cursor, moved past the records stored
+    /// after it (a worker may have died between two cursor writes). Read all at once, each for
+    /// at most `within`: a worker must not wait on a NATS in trouble for longer than its leases
+    /// allow.
+    pub fn cursors(
+        &self,
+        records: &RecordsStream,
+        cameras: &[String],
+        within: Duration,
+    ) -> Vec<Result<super::continuity::Cursor, FleetError>> {
+        let reads = cameras.iter().map(|camera| async move {
+            match tokio::time::timeout(within, self.cursor(records, camera)).await {
+                Ok(read) => read,
+                Err(_) => Err(self.failed(format!("cursor {camera}"))(&format!(
+                    "no answer within {} s",
+                    within.as_secs_f64()
+                ))),
+            }
+        });
+        self.runtime.block_on(futures_util::future::join_all(reads))
+    }
+
+    async fn cursor(
         &self,
         records: &RecordsStream,
         camera: &str,
     ) -> Result<super::continuity::Cursor, FleetError> {
-        use jetstream::consumer::{DeliverPolicy, pull};
         let failed = self.failed(format!("cursor {camera}"));
-        let subject = format!("{RECORDS_SUBJECT}.{camera}");
         let js = &self.js;
-        self.runtime.block_on(async {
-            let mut cursor: super::continuity::Cursor =
-                match retrying(self.retry_for(), || records.cursors.get(camera))
-                    .await
-                    .map_err(|e| failed(&e))?
-                {
-                    Some(value) => serde_json::from_slice(&value).map_err(|e| failed(&e))?,
-                    None => Default::default(),
-                };
-            let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
-                .await
-                .map_err(|e| failed(&e))?;
-            let last = match stream
-                .get_last_raw_message_by_subject(subject.as_str())
-                .await
-            {
-                Ok(last) => last.sequence,
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    return Ok(cursor);
-                }
-                Err(e) => return Err(failed(&e)),
-            };
-            if last <= cursor.seq {
-                return Ok(cursor);
-            }
-            let consumer = stream
-                .create_consumer(pull::OrderedConfig {
-                    filter_subject: subject.clone(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: cursor.seq + 1,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&e))?;
-            let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-            while let Some(message) = next_within(&mut messages, REQUEST_TIMEOUT)
+        let mut cursor: super::continuity::Cursor =
+            match retrying(self.retry_for(), || records.cursors.get(camera))
                 .await
                 .map_err(|e| failed(&e))?
             {
-                let message = message.map_err(|e| failed(&e))?;
-                let seq = message.info().map(|i| i.stream_sequence).unwrap_or(last);
-                if let Ok(record) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
-                    cursor.see(&record, seq);
-                }
-                if seq >= last {
-                    break;
-                }
+                Some(value) => serde_json::from_slice(&value).map_err(|e| failed(&e))?,
+                None => Default::default(),
+            };
+        let stream = retrying(self.retry_for(), || js.get_stream(RECORDS))
+            .await
+            .map_err(|e| failed(&e))?;
+        let subject = format!("{RECORDS_SUBJECT}.{camera}");
+        read_subject(&stream, &subject, cursor.seq + 1, |message, seq| {
+            if let Ok(record) = serde_json::from_slice::<serde_json::Value>(&message.payload) {
+                cursor.see(&record, seq);
             }
-            Ok(cursor)
         })
+        .await
+        .map_err(|e| failed(&e))?;
+        Ok(cursor)
     }
 
     /// The records stored for `camera` (a camera or a job; all when `None`), oldest first, each given to `each`

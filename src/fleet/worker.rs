@@ -48,6 +48,10 @@ struct Running {
     ended: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
+/// How long a worker waits for where its cameras' records stopped before it starts them
+/// numbered from 0 (well inside the time its leases allow).
+const CURSOR_READ_WITHIN: Duration = Duration::from_secs(3);
+
 /// How long a failed camera waits before its worker tries it again.
 const CAMERA_RETRY: Duration = Duration::from_secs(30);
 
@@ -814,8 +818,12 @@ fn start(
     // Each camera's numbers go on from its stored records; when they cannot be read, the
     // camera still runs, numbered from 0 (said).
     let mut after = BTreeMap::new();
-    for camera in cameras.keys() {
-        match fleet.cursor(records, camera) {
+    let ids: Vec<String> = cameras.keys().cloned().collect();
+    for (camera, read) in ids
+        .iter()
+        .zip(fleet.cursors(records, &ids, CURSOR_READ_WITHIN))
+    {
+        match read {
             Ok(cursor) => {
                 after.insert(camera.clone(), cursor);
             }
