@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::fleet_flags::{CamerasCommand, FleetArgs, FleetCommand, WorkerArgs};
@@ -138,25 +139,39 @@ fn jobs_to_submit(inputs: &[String]) -> Result<Vec<String>> {
     Ok(uris)
 }
 
-/// `object` as one JSON line with `first` keys in that order, then the others (the documented
-/// order, whatever order the map keeps).
-fn in_order(object: &serde_json::Value, first: &[&str]) -> String {
-    let Some(map) = object.as_object() else {
-        return object.to_string();
-    };
-    let keys = first
-        .iter()
-        .copied()
-        .filter(|k| map.contains_key(*k))
-        .chain(
-            map.keys()
-                .map(String::as_str)
-                .filter(|k| !first.contains(k)),
-        );
-    let fields: Vec<String> = keys
-        .map(|k| format!("{}:{}", serde_json::Value::from(k), map[k]))
-        .collect();
-    format!("{{{}}}", fields.join(","))
+/// A line of `fleet status --json` or `fleet jobs --json`: its fields in the documented order.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Line<'a> {
+    Camera {
+        camera: &'a str,
+        uri: String,
+        state: &'a str,
+        worker: Option<&'a str>,
+        since: Option<&'a str>,
+        error: Option<&'a str>,
+    },
+    Worker {
+        worker: &'a str,
+        cameras: Vec<&'a str>,
+        max_streams: usize,
+        seen: &'a str,
+    },
+    Job {
+        job: &'a str,
+        uri: String,
+        state: &'a str,
+        worker: Option<&'a str>,
+        frames: u64,
+        error: Option<String>,
+        attempts: i64,
+        submitted: &'a str,
+    },
+}
+
+fn print_json(line: &Line<'_>) -> Result<()> {
+    println!("{}", serde_json::to_string(line)?);
+    Ok(())
 }
 
 /// Every job, oldest first: one JSON object per line, or a table. A job whose worker is gone
@@ -181,18 +196,18 @@ fn jobs(fleet: &Fleet, json: bool) -> Result<ExitCode> {
                 job.worker.as_deref().unwrap_or("?")
             ));
         }
-        let uri = faceflow::redact::url(&job.uri);
+        let uri = faceflow::redact::url(&job.uri).into_owned();
         if json {
-            let line = json!({"type": "job", "job": job.job, "uri": uri, "state": state,
-                       "worker": job.worker, "frames": job.frames, "error": error,
-                       "submitted": job.submitted, "attempts": job.attempts});
-            println!(
-                "{}",
-                in_order(
-                    &line,
-                    &["type", "job", "uri", "state", "worker", "frames", "error"]
-                )
-            );
+            print_json(&Line::Job {
+                job: &job.job,
+                uri,
+                state,
+                worker: job.worker.as_deref(),
+                frames: job.frames,
+                error,
+                attempts: job.attempts,
+                submitted: &job.submitted,
+            })?;
         } else {
             println!(
                 "{:<32} {:<8} {:<20} {:>8}  {}{}",
@@ -256,95 +271,85 @@ fn status(fleet: &Fleet, json: bool) -> Result<ExitCode> {
     for (camera, lease) in &leases {
         held.entry(lease.worker.as_str()).or_default().push(camera);
     }
-    let mut camera_lines = Vec::new();
-    for camera in cameras.values() {
-        let lease = leases.get(&camera.camera);
-        let (state, why) = match lease {
-            Some(l) if l.error.is_some() => ("failed", l.error.as_deref()),
-            Some(_) => ("running", None),
-            None if workers.is_empty() => ("waiting", Some("no live worker")),
-            None if room < cameras.len() => ("waiting", Some("no worker has room")),
-            None => ("waiting", Some("not yet claimed")),
-        };
-        camera_lines.push(json!({
-            "type": "camera",
-            "camera": camera.camera,
-            "uri": faceflow::redact::url(&camera.uri),
-            "state": state,
-            "worker": lease.map(|l| l.worker.as_str()),
-            "since": lease.map(|l| l.since.as_str()),
-            "error": why,
-        }));
-    }
-    let worker_lines: Vec<serde_json::Value> = workers
+    let camera_lines: Vec<Line> = cameras
         .values()
-        .map(|w| {
-            json!({
-                "type": "worker",
-                "worker": w.worker,
-                "cameras": held.get(w.worker.as_str()).cloned().unwrap_or_default(),
-                "max_streams": w.max_streams,
-                "seen": w.seen,
-            })
+        .map(|camera| {
+            let lease = leases.get(&camera.camera);
+            let (state, error) = match lease {
+                Some(l) if l.error.is_some() => ("failed", l.error.as_deref()),
+                Some(_) => ("running", None),
+                None if workers.is_empty() => ("waiting", Some("no live worker")),
+                None if room < cameras.len() => ("waiting", Some("no worker has room")),
+                None => ("waiting", Some("not yet claimed")),
+            };
+            Line::Camera {
+                camera: &camera.camera,
+                uri: faceflow::redact::url(&camera.uri).into_owned(),
+                state,
+                worker: lease.map(|l| l.worker.as_str()),
+                since: lease.map(|l| l.since.as_str()),
+                error,
+            }
+        })
+        .collect();
+    let worker_lines: Vec<Line> = workers
+        .values()
+        .map(|w| Line::Worker {
+            worker: &w.worker,
+            cameras: held.get(w.worker.as_str()).cloned().unwrap_or_default(),
+            max_streams: w.max_streams,
+            seen: &w.seen,
         })
         .collect();
     if json {
-        for line in &camera_lines {
+        for line in camera_lines.iter().chain(&worker_lines) {
+            print_json(line)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<9} {:<20} {:<25} URI",
+        "CAMERA", "STATE", "WORKER", "SINCE"
+    );
+    for line in &camera_lines {
+        if let Line::Camera {
+            camera,
+            uri,
+            state,
+            worker,
+            since,
+            error,
+        } = line
+        {
+            let why = error.map(|why| format!("  ({why})")).unwrap_or_default();
             println!(
-                "{}",
-                in_order(
-                    line,
-                    &["type", "camera", "uri", "state", "worker", "since", "error"]
-                )
+                "{camera:<20} {state:<9} {:<20} {:<25} {uri}{why}",
+                worker.unwrap_or("-"),
+                since.unwrap_or("-"),
             );
         }
-        for line in &worker_lines {
+    }
+    println!();
+    println!(
+        "{:<20} {:>11} {:<25} CAMERAS",
+        "WORKER", "MAX_STREAMS", "SEEN"
+    );
+    for line in &worker_lines {
+        if let Line::Worker {
+            worker,
+            cameras,
+            max_streams,
+            seen,
+        } = line
+        {
             println!(
-                "{}",
-                in_order(line, &["type", "worker", "cameras", "max_streams", "seen"])
+                "{worker:<20} {max_streams:>11} {seen:<25} {}",
+                cameras.join(",")
             );
         }
-    } else {
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
-        println!(
-            "{:<20} {:<9} {:<20} {:<25} URI",
-            "CAMERA", "STATE", "WORKER", "SINCE"
-        );
-        for c in &camera_lines {
-            let why = c["error"]
-                .as_str()
-                .map(|why| format!("  ({why})"))
-                .unwrap_or_default();
-            println!(
-                "{:<20} {:<9} {:<20} {:<25} {}{why}",
-                text(&c["camera"]),
-                text(&c["state"]),
-                text(&c["worker"]),
-                text(&c["since"]),
-                text(&c["uri"])
-            );
-        }
-        println!();
-        println!(
-            "{:<20} {:>11} {:<25} CAMERAS",
-            "WORKER", "MAX_STREAMS", "SEEN"
-        );
-        for w in &worker_lines {
-            let list: Vec<String> = w["cameras"]
-                .as_array()
-                .map(|a| a.iter().map(text).collect())
-                .unwrap_or_default();
-            println!(
-                "{:<20} {:>11} {:<25} {}",
-                text(&w["worker"]),
-                w["max_streams"],
-                text(&w["seen"]),
-                list.join(",")
-            );
-        }
-        if workers.is_empty() {
-            println!("(no live worker)");
-        }
+    }
+    if workers.is_empty() {
+        println!("(no live worker)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -416,22 +421,6 @@ pub fn worker(args: WorkerArgs) -> Result<ExitCode> {
 /// The host name and process id, as a worker name.
 fn default_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(48)
-        .collect();
-    let host = if host.is_empty() {
-        "worker".to_string()
-    } else {
-        host
-    };
+    let host = faceflow::fleet::store::id_part(host.trim(), 48, "worker");
     format!("{host}-{}", std::process::id())
 }

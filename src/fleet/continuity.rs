@@ -28,7 +28,7 @@ pub struct Cursor {
 }
 
 /// Unix ms of an RFC 3339 time.
-fn unix_ms(time: &str) -> Option<f64> {
+pub(super) fn unix_ms(time: &str) -> Option<f64> {
     chrono::DateTime::parse_from_rfc3339(time)
         .ok()
         .map(|t| t.timestamp_millis() as f64)

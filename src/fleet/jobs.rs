@@ -109,22 +109,7 @@ pub fn job_id(uri: &str) -> String {
         .next()
         .unwrap_or_default();
     let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-    let stem: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect();
-    let stem = if stem.trim_matches('_').is_empty() {
-        "job".to_string()
-    } else {
-        stem
-    };
+    let stem = super::store::id_part(stem, 40, "job");
     // nuid's 22 characters mixed by a randomly keyed hash into 8 base-36 ones.
     let mut hasher =
         std::hash::BuildHasher::build_hasher(&std::collections::hash_map::RandomState::new());

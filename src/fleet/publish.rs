@@ -55,6 +55,17 @@ struct Mark {
     track_id: u64,
 }
 
+impl Mark {
+    /// A track's record or event: its id only.
+    fn of_track(camera: &str, track_id: u64) -> Self {
+        Self {
+            camera: camera.to_string(),
+            frame: None,
+            track_id,
+        }
+    }
+}
+
 /// How often cameras' cursors are written while records are stored.
 const CURSOR_EVERY: Duration = Duration::from_secs(5);
 
@@ -347,11 +358,7 @@ impl Sink for RecordsSink {
             frame: Some((
                 record.frame,
                 record.pts_ms,
-                record
-                    .time
-                    .as_deref()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.timestamp_millis() as f64),
+                record.time.as_deref().and_then(super::continuity::unix_ms),
             )),
             track_id: record
                 .faces
@@ -373,11 +380,7 @@ impl Sink for RecordsSink {
             Some(c) => &c.track(record),
             None => record,
         };
-        let mark = Mark {
-            camera: record.stream.clone(),
-            frame: None,
-            track_id: record.track_id,
-        };
+        let mark = Mark::of_track(&record.stream, record.track_id);
         self.publish(
             &record.stream,
             record,
@@ -392,11 +395,7 @@ impl Sink for RecordsSink {
             None => record,
         };
         let kind = serde_json::to_value(record.kind).unwrap_or_default();
-        let mark = Mark {
-            camera: record.stream.clone(),
-            frame: None,
-            track_id: record.track_id,
-        };
+        let mark = Mark::of_track(&record.stream, record.track_id);
         self.publish(
             &record.stream,
             record,

@@ -186,6 +186,27 @@ pub fn check_camera_id(id: &str) -> Result<(), FleetError> {
     }
 }
 
+/// `text` as the start of an id: ASCII letters, digits, `-` and `_` kept, anything else `_`, at
+/// most `max` characters; `fallback` when nothing but `_` is left.
+pub fn id_part(text: &str, max: usize, fallback: &str) -> String {
+    let part: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(max)
+        .collect();
+    if part.trim_matches('_').is_empty() {
+        fallback.to_string()
+    } else {
+        part
+    }
+}
+
 /// The fleet's NATS, connected, with its buckets.
 pub struct Fleet {
     pub(super) runtime: tokio::runtime::Runtime,
