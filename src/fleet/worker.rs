@@ -48,9 +48,10 @@ struct Running {
     ended: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
-/// How long a worker waits for where its cameras' records stopped before it starts them
-/// numbered from 0 (well inside the time its leases allow).
+/// How long a worker waits for where its cameras' records stopped (well inside the time its
+/// leases allow), and how soon it tries a camera whose records could not be read again.
 const CURSOR_READ_WITHIN: Duration = Duration::from_secs(3);
+const CURSOR_RETRY: Duration = Duration::from_secs(2);
 
 /// How long a failed camera waits before its worker tries it again.
 const CAMERA_RETRY: Duration = Duration::from_secs(30);
@@ -226,7 +227,9 @@ pub fn run(
     let mut last_heartbeat: Option<Duration> = None;
     let mut summary = WorkerSummary::default();
     let mut backoff_until: Option<Duration> = None;
-    let mut failed_at: BTreeMap<String, Duration> = BTreeMap::new();
+    // Cameras that failed (or wait to know where their records stopped), and when to try them
+    // again.
+    let mut retry_at: BTreeMap<String, Duration> = BTreeMap::new();
     let mut last_view: Option<(Duration, BTreeMap<String, CameraSpec>)> = None;
     let me = options.name.as_str();
     let watched = Arc::new(Mutex::new(Watched::default()));
@@ -401,24 +404,24 @@ pub fn run(
                 if let Some(lease) = held.get_mut(camera)
                     && lease.error.is_none()
                     && r.cameras.contains_key(camera)
-                    && !failed_at.contains_key(camera)
+                    && !retry_at.contains_key(camera)
                 {
                     tracing::warn!("worker {me}: camera {camera} failed: {why}");
                     lease.error = Some(why.clone());
-                    failed_at.insert(camera.clone(), now);
+                    retry_at.insert(camera.clone(), now + CAMERA_RETRY);
                 }
             }
         }
-        failed_at.retain(|camera, _| held.contains_key(camera));
+        retry_at.retain(|camera, _| held.contains_key(camera));
         let mut retry = false;
         let mut retried = Vec::new();
-        for (camera, at) in failed_at.clone() {
-            if now >= at + CAMERA_RETRY
+        for (camera, at) in retry_at.clone() {
+            if now >= at
                 && let Some(lease) = held.get_mut(&camera)
             {
                 tracing::info!("worker {me}: trying camera {camera} again");
                 lease.error = None;
-                failed_at.remove(&camera);
+                retry_at.remove(&camera);
                 retried.push(camera);
                 retry = true;
             }
@@ -431,7 +434,7 @@ pub fn run(
             {
                 tracing::warn!("worker {me}: camera {camera} failed: {e}");
                 lease.error = Some(e.to_string());
-                failed_at.insert(camera.clone(), now);
+                retry_at.insert(camera.clone(), now + CAMERA_RETRY);
             }
         }
         // The cameras to run: those held and not failed, as configured now.
@@ -448,7 +451,7 @@ pub fn run(
         let same = running.as_ref().is_some_and(|r| {
             r.cameras
                 .iter()
-                .filter(|(c, _)| !failed_at.contains_key(*c))
+                .filter(|(c, _)| !retry_at.contains_key(*c))
                 .eq(want.iter())
         });
         let finished = running.as_ref().is_some_and(|r| r.thread.is_finished());
@@ -465,12 +468,12 @@ pub fn run(
                         if let (Some(why), Some(lease)) =
                             (ended.get(&camera), held.get_mut(&camera))
                             && lease.error.is_none()
-                            && !failed_at.contains_key(&camera)
+                            && !retry_at.contains_key(&camera)
                             && finished
                         {
                             tracing::warn!("worker {me}: camera {camera} failed: {why}");
                             lease.error = Some(why.clone());
-                            failed_at.insert(camera, started.elapsed());
+                            retry_at.insert(camera, started.elapsed() + CAMERA_RETRY);
                         }
                     }
                 }
@@ -484,9 +487,31 @@ pub fn run(
             }
             // Stopped: their leases can go.
             release(fleet, std::mem::take(&mut to_release), &mut summary);
-            let wanted = wanted(&held);
+            let mut wanted = wanted(&held);
+            // Each camera's numbers go on from its stored records: one whose records cannot
+            // be read now waits (a moment, as a failed camera does), rather than start again
+            // at frame 0.
+            let ids: Vec<String> = wanted.keys().cloned().collect();
+            let mut after = BTreeMap::new();
+            let reads = fleet.cursors(&records, &ids, CURSOR_READ_WITHIN);
+            for (camera, read) in ids.into_iter().zip(reads) {
+                match read {
+                    Ok(cursor) => {
+                        after.insert(camera, cursor);
+                    }
+                    Err(e) => {
+                        let why = format!("where its records stopped cannot be read: {e}");
+                        tracing::warn!("worker {me}: camera {camera}: {why}");
+                        wanted.remove(&camera);
+                        if let Some(lease) = held.get_mut(&camera) {
+                            lease.error = Some(why);
+                        }
+                        retry_at.insert(camera, started.elapsed() + CURSOR_RETRY);
+                    }
+                }
+            }
             if !wanted.is_empty() {
-                match start(fleet, options, &records, wanted) {
+                match start(options, &records, wanted, after) {
                     Ok(r) => {
                         let control = r.control.clone();
                         let at: BTreeMap<String, Duration> = r
@@ -808,31 +833,14 @@ fn stop(me: &str, running: Running) {
     }
 }
 
-/// Starts a pipeline over `cameras`, its records also published to JetStream.
+/// Starts a pipeline over `cameras`, its records also published to JetStream, each camera's
+/// numbered on from `after`.
 fn start(
-    fleet: &Fleet,
     options: &WorkerOptions,
     records: &super::store::RecordsStream,
     cameras: BTreeMap<String, CameraSpec>,
+    after: BTreeMap<String, super::continuity::Cursor>,
 ) -> Result<Running, PipelineError> {
-    // Each camera's numbers go on from its stored records; when they cannot be read, the
-    // camera still runs, numbered from 0 (said).
-    let mut after = BTreeMap::new();
-    let ids: Vec<String> = cameras.keys().cloned().collect();
-    for (camera, read) in ids
-        .iter()
-        .zip(fleet.cursors(records, &ids, CURSOR_READ_WITHIN))
-    {
-        match read {
-            Ok(cursor) => {
-                after.insert(camera.clone(), cursor);
-            }
-            Err(e) => tracing::warn!(
-                "worker {}: camera {camera}: its frame numbers start again at 0: {e}",
-                options.name
-            ),
-        }
-    }
     let mut config = options.template.clone();
     config.sources = cameras
         .values()
