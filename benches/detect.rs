@@ -73,7 +73,7 @@ fn bench_detect(c: &mut Criterion) {
     }
     group.finish();
 
-    // The same picture scaled to a 1080p frame: the full search and following, one thread (a
+    // The same picture scaled to a 1080p frame: the full search, the coarse one and following, one thread (a
     // video run has one single-threaded detector per core).
     let big = image::RgbImage::from_raw(854, 480, frame.clone())
         .map(|f| image::imageops::resize(&f, 1920, 1080, image::imageops::FilterType::Triangle));
@@ -94,6 +94,14 @@ fn bench_detect(c: &mut Criterion) {
             group.bench_function("follow_1_face_threads_1", |b| {
                 b.iter(|| {
                     m.follow(black_box(&big), 1920, 1080, &previous)
+                        .map(|f| f.len())
+                })
+            });
+            // Every other keyframe of a 1080p video: all levels but the finest, the faces of
+            // a recent frame followed.
+            group.bench_function("coarse_threads_1", |b| {
+                b.iter(|| {
+                    m.detect_coarse(black_box(&big), 1920, 1080, &previous)
                         .map(|f| f.len())
                 })
             });

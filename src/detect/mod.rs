@@ -24,7 +24,8 @@ use crate::runtime::{self, RuntimeError, Shapes};
 use boxes::{Candidate, candidates_from_pnet, crop_rect, regress, regress_pnet, square};
 use nms::{BoxF, Overlap, nms};
 use pyramid::{
-    IntegralImage, PixelRect, RgbView, pyramid_scales, resize_area_normalized, scaled_size,
+    IntegralImage, PNET_CELL_PX, PixelRect, RgbView, pyramid_scales, resize_area_normalized,
+    scaled_size,
 };
 
 /// Reference defaults (facenet-pytorch `MTCNN()`).
@@ -259,6 +260,21 @@ pub trait FrameDetector: Send {
         let _ = previous;
         self.detect_frame(rgb, width, height)
     }
+
+    /// A search of the whole frame, except that the smallest faces may be looked for only
+    /// where `recent` (the faces of a recent frame of the stream) has them: video searches for
+    /// those every other keyframe (see [`Mtcnn::detect_coarse`]). A detector without a cheaper
+    /// way detects.
+    fn coarse_frame(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        recent: &[Face],
+    ) -> Result<Vec<Face>, DetectError> {
+        let _ = recent;
+        self.detect_frame(rgb, width, height)
+    }
 }
 
 impl FrameDetector for Mtcnn {
@@ -279,6 +295,16 @@ impl FrameDetector for Mtcnn {
         previous: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
         self.follow(rgb, width, height, previous)
+    }
+
+    fn coarse_frame(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        recent: &[Face],
+    ) -> Result<Vec<Face>, DetectError> {
+        self.detect_coarse(rgb, width, height, recent)
     }
 }
 
@@ -392,16 +418,41 @@ impl Mtcnn {
         width: usize,
         height: usize,
     ) -> Result<Vec<Face>, DetectError> {
-        self.detect_down_to(rgb, width, height, self.config.min_face_px)
+        self.detect_down_to(rgb, width, height, self.config.min_face_px, &[])
     }
 
-    /// [`Mtcnn::detect`] for faces of at least `min_face_px`.
+    /// [`Mtcnn::detect`] without the pyramid's finest level, where the frame is large enough for
+    /// that level to cost much (see [`COARSE_MIN_FINEST_PX`]): the faces of `recent`, a recent
+    /// frame of the same stream, are followed instead, as [`Mtcnn::follow`] follows them. The
+    /// finest level is the search for the smallest faces (`min_face_px` to `min_face_px` /
+    /// `scale_factor`) and costs about as much as every other level together; video searches it
+    /// every other keyframe, and the small faces it found are followed in between. Smaller
+    /// frames are searched in full.
+    pub fn detect_coarse(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        recent: &[Face],
+    ) -> Result<Vec<Face>, DetectError> {
+        let finest = PNET_CELL_PX / self.config.min_face_px;
+        let (finest_w, finest_h) = scaled_size(width as u32, height as u32, finest);
+        if finest_w * finest_h < COARSE_MIN_FINEST_PX {
+            return self.detect(rgb, width, height);
+        }
+        let coarse_min_face_px = self.config.min_face_px / self.config.scale_factor;
+        self.detect_down_to(rgb, width, height, coarse_min_face_px, recent)
+    }
+
+    /// [`Mtcnn::detect`] for faces of at least `min_face_px`, and the faces of `followed` (of a
+    /// recent frame) looked for where they were, as [`Mtcnn::follow`] does.
     fn detect_down_to(
         &mut self,
         rgb: &[u8],
         width: usize,
         height: usize,
         min_face_px: f64,
+        followed: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
         let image = rgb_view(rgb, width, height)?;
         if width == 0 || height == 0 {
@@ -420,7 +471,11 @@ impl Mtcnn {
             .collect();
         self.integral
             .rebuild_with_levels(image, &sizes, &mut self.levels);
-        let proposals = self.stage_pnet(image, &scales, &sizes)?;
+        let mut proposals = self.stage_pnet(image, &scales, &sizes)?;
+        proposals.extend(followed.iter().flat_map(|f| {
+            let [x1, y1, x2, y2] = f.bbox;
+            follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
+        }));
         let t1 = std::time::Instant::now();
         if proposals.is_empty() {
             return Ok(Vec::new());
@@ -508,7 +563,7 @@ impl Mtcnn {
             .config
             .min_face_px
             .max(f64::from(STILL_RETRY_MIN_FACE) * width.min(height) as f64);
-        let found = self.detect_down_to(&padded, padded_w, padded_h, min_face_px)?;
+        let found = self.detect_down_to(&padded, padded_w, padded_h, min_face_px, &[])?;
         let offset = border_px as f32;
         Ok(found
             .into_iter()
@@ -827,6 +882,12 @@ fn follow_proposals(b: &BoxF) -> impl Iterator<Item = BoxF> + use<> {
         })
     })
 }
+
+/// Frames whose finest pyramid level has fewer pixels than this are searched in full at every
+/// keyframe ([`Mtcnn::detect_coarse`]): 1280×720 and smaller (its finest level at the default 20
+/// px is 768×432, 0.33 M pixels), where it costs little time. At 1920×1080 (1152×648) it is half
+/// of P-Net's work, and P-Net two thirds of a run's.
+pub const COARSE_MIN_FINEST_PX: usize = 500_000;
 
 /// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.
 const STILL_BORDER_FRACTION: f32 = 0.25;

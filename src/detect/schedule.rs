@@ -138,6 +138,12 @@ struct StreamState {
     interval_ms: f64,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
+    /// The faces of the latest frame done, with its sequence number: a coarse keyframe follows
+    /// them (see [`Search::Coarse`]).
+    recent_faces: Option<(u64, Vec<Face>)>,
+    /// The next keyframe searches every pyramid level; keyframes alternate between that and a
+    /// coarse search (see [`crate::detect::Mtcnn::detect_coarse`]).
+    fine_next: bool,
     /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
     thumbnail: Option<super::cut::Thumbnail>,
     scene_cuts: bool,
@@ -168,6 +174,8 @@ impl StreamState {
             handed: None,
             interval_ms: super::AUTO_DETECT_INTERVAL_MS,
             faces_done: BTreeMap::new(),
+            recent_faces: None,
+            fine_next: true,
             thumbnail: None,
             scene_cuts: true,
             frame_bytes: 0,
@@ -419,7 +427,20 @@ impl Schedule<'_> {
                 if let Some(c) = self.s.sources.get(i) {
                     c.full_searches.fetch_add(1, Ordering::Relaxed);
                 }
-                Search::Full
+                // Another shot, or a gap: what was seen before is no guide.
+                let coarse = !st.fine_next && !w.frame.scene_cut && w.frame.gap_before_ms.is_none();
+                st.fine_next = coarse;
+                if coarse {
+                    let recent = st
+                        .recent_faces
+                        .as_ref()
+                        .filter(|(seq, _)| *seq < w.seq)
+                        .map(|(_, faces)| faces.clone())
+                        .unwrap_or_default();
+                    Search::Coarse(recent)
+                } else {
+                    Search::Full
+                }
             } else {
                 Search::Follow(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
             };
@@ -453,6 +474,7 @@ impl Schedule<'_> {
             }
             st.end_sent = true;
             st.faces_done.clear();
+            st.recent_faces = None;
             let seq = st.next_seq;
             st.next_seq += 1;
             self.s.windows.take(i);
@@ -497,6 +519,13 @@ impl Schedule<'_> {
             st.full_cost.observe(done.cost_s);
         } else {
             st.follow_cost.observe(done.cost_s);
+        }
+        if st
+            .recent_faces
+            .as_ref()
+            .is_none_or(|(seq, _)| done.seq > *seq)
+        {
+            st.recent_faces = Some((done.seq, done.faces.clone()));
         }
         let next = done.seq + 1;
         // Kept only if the next frame may follow it: not taken yet, or taken as a follower.
@@ -942,6 +971,105 @@ mod tests {
             scheduler.windows.release(stream);
         }
         served
+    }
+
+    /// Keyframes alternate between a search of every pyramid level and a coarse one that follows
+    /// the faces of the latest frame done; a frame after a gap (or another shot) is searched in
+    /// full whatever its turn.
+    #[test]
+    fn keyframes_alternate_full_and_coarse_and_one_after_a_gap_is_full() {
+        use crate::graph::{WhenFull, channel};
+        let info = Arc::new(StreamInfo {
+            clock_origin_ms: Default::default(),
+            id: "0".into(),
+            index: 0,
+            uri: "testsrc://".into(),
+            live: false,
+            detect_every: None,
+        });
+        let (source_out, source_in) = channel::<Frame>("frames", 32, WhenFull::Block);
+        let (work_out, work_in) = channel::<Work>("work", 32, WhenFull::Block);
+        let (_done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+        let scheduler = Scheduler {
+            inputs: vec![source_in],
+            streams: vec![info.clone()],
+            sources: Vec::new(),
+            outs: vec![work_out],
+            done: done_rx,
+            windows: Arc::new(StreamWindows::new(1, 32)),
+            detect_every: 3,
+            scene_cuts: false,
+        };
+        let mut schedule = Schedule {
+            s: &scheduler,
+            streams: vec![StreamState {
+                detect_every: 3,
+                ..StreamState::new()
+            }],
+            outstanding: vec![0],
+            turn: 0,
+            clock_s: 0.0,
+            started: std::time::Instant::now(),
+        };
+        let control = Control::new();
+        let face_of = |seq: u64| Face {
+            bbox: [seq as f32, 0.0, seq as f32 + 30.0, 30.0],
+            score: 0.99,
+            landmarks: [[0.0; 2]; 5],
+        };
+        let mut searches = Vec::new();
+        for index in 0..13u64 {
+            let frame = Frame {
+                stream: info.clone(),
+                index,
+                pts_ms: index as f64 * 40.0,
+                width: 64,
+                height: 48,
+                rgb: Vec::new(),
+                // Frame 9 comes after a gap (a camera reconnected).
+                gap_before_ms: (index == 9).then_some(400.0),
+                scene_cut: false,
+            };
+            source_out.send(frame, &control);
+            schedule.take_frames();
+            assert!(schedule.hand_out(&control));
+            // One worker, one frame at a time: each is done before the next comes.
+            let Some(Received::Item(work)) = work_in.try_recv() else {
+                panic!("frame {index} not handed out");
+            };
+            searches.push(match &work.search {
+                Search::Full => "full".to_string(),
+                Search::Coarse(recent) => format!("coarse {:?}", recent.first().map(|f| f.bbox[0])),
+                Search::Follow(_) => "follow".to_string(),
+                Search::EndMark => "end".to_string(),
+            });
+            schedule.finished(Done {
+                worker: 0,
+                stream: 0,
+                seq: work.seq,
+                faces: vec![face_of(work.seq)],
+                cost_s: 0.01,
+                estimated_s: work.estimated_s,
+                full: Some(true),
+            });
+            scheduler.windows.release(0);
+        }
+        let keyframes: Vec<&str> = searches
+            .iter()
+            .map(String::as_str)
+            .filter(|s| *s != "follow")
+            .collect();
+        assert_eq!(
+            keyframes,
+            [
+                "full",
+                "coarse Some(2.0)",
+                "full",
+                "full",
+                "coarse Some(11.0)"
+            ],
+            "{searches:?}"
+        );
     }
 
     /// Two streams that always have frames, one ten times as costly per frame: each gets half

@@ -129,6 +129,7 @@ impl DetectWorker {
                     continue;
                 }
                 Search::Full => (self.detect(&frame)?, true),
+                Search::Coarse(recent) => (self.coarse(&frame, &recent)?, true),
                 Search::Follow(previous) => self.follow(&frame, &previous, !shedding)?,
             };
             let cost_s = started.elapsed().as_secs_f64();
@@ -169,6 +170,17 @@ impl DetectWorker {
     fn detect(&mut self, frame: &Frame) -> Result<Vec<Face>, String> {
         self.detector
             .detect_frame(&frame.rgb, frame.width as usize, frame.height as usize)
+            .map_err(|e| failed(frame, e))
+    }
+
+    fn coarse(&mut self, frame: &Frame, recent: &[Face]) -> Result<Vec<Face>, String> {
+        self.detector
+            .coarse_frame(
+                &frame.rgb,
+                frame.width as usize,
+                frame.height as usize,
+                recent,
+            )
             .map_err(|e| failed(frame, e))
     }
 

@@ -80,6 +80,9 @@ pub(crate) struct Tracked {
 pub(crate) enum Search {
     /// The whole frame (a keyframe).
     Full,
+    /// The whole frame but the smallest faces, with these faces, of a recent frame of the
+    /// stream, followed instead (a keyframe; see [`crate::detect::FrameDetector::coarse_frame`]).
+    Coarse(Vec<Face>),
     /// Follow these faces, found in the stream's frame before (see [`crate::detect::FrameDetector::follow_frame`]).
     Follow(Vec<Face>),
     /// Not a frame: the stream's end mark, passed on.

@@ -177,3 +177,56 @@ fn a_detector_that_sees_many_picture_sizes_finds_what_a_fresh_one_finds() {
         "{faces_found} faces in 20 crops of 4 faces"
     );
 }
+
+/// `tiles` (a face grid) pasted onto a grey `width`×`height` frame at (`x`, `y`) each.
+fn on_canvas(width: u32, height: u32, tiles: &[(&image::RgbImage, u32, u32)]) -> image::RgbImage {
+    let mut frame = image::RgbImage::from_pixel(width, height, image::Rgb([96, 96, 96]));
+    for (tile, x, y) in tiles {
+        image::imageops::replace(&mut frame, *tile, i64::from(*x), i64::from(*y));
+    }
+    frame
+}
+
+fn side(face: &Face) -> f32 {
+    (face.bbox[2] - face.bbox[0]).max(face.bbox[3] - face.bbox[1])
+}
+
+/// A coarse keyframe (video, 1080p) leaves the pyramid's finest level out: the smallest faces are
+/// found there only where the faces of a recent frame put them. Smaller frames are searched in
+/// full.
+#[test]
+fn a_coarse_search_finds_small_faces_only_where_they_were() {
+    let (Some(small), Some(large)) = (face_grid(16, 2, 17), face_grid(4, 1, 200)) else {
+        return;
+    };
+    let mut mtcnn = Mtcnn::new(DetectConfig::default()).unwrap();
+    let frame = on_canvas(1920, 1080, &[(&small, 200, 100), (&large, 200, 600)]);
+    let (w, h) = (1920, 1080);
+    let full = mtcnn.detect(frame.as_raw(), w, h).unwrap();
+    let small_in = |faces: &[Face]| faces.iter().filter(|f| side(f) < 32.0).count();
+    let large_in = |faces: &[Face]| faces.iter().filter(|f| side(f) > 80.0).count();
+    let alone = mtcnn.detect_coarse(frame.as_raw(), w, h, &[]).unwrap();
+    let followed = mtcnn.detect_coarse(frame.as_raw(), w, h, &full).unwrap();
+    eprintln!(
+        "small faces: full {}, coarse alone {}, coarse following {}; large: {} {} {}",
+        small_in(&full),
+        small_in(&alone),
+        small_in(&followed),
+        large_in(&full),
+        large_in(&alone),
+        large_in(&followed)
+    );
+    // 32 faces of about 18 px (MTCNN's boxes), at the bottom of the finest level's range (the
+    // next level finds some of them too).
+    assert!(small_in(&full) >= 26, "{} small faces", small_in(&full));
+    assert!(small_in(&alone) + 6 <= small_in(&full));
+    assert!(small_in(&followed) + 1 >= small_in(&full));
+    assert_eq!(large_in(&alone), large_in(&full));
+    assert_eq!(large_in(&followed), large_in(&full));
+    assert_inside(&followed, w, h);
+    // 1280×720: the finest level is cheap there, and searched every time.
+    let frame = on_canvas(1280, 720, &[(&small, 100, 100), (&large, 100, 400)]);
+    let full = mtcnn.detect(frame.as_raw(), 1280, 720).unwrap();
+    let coarse = mtcnn.detect_coarse(frame.as_raw(), 1280, 720, &[]).unwrap();
+    assert_eq!(full, coarse);
+}
