@@ -262,7 +262,7 @@ pub trait FrameDetector: Send {
     }
 
     /// A search of the whole frame, except that the smallest faces may be looked for only
-    /// where `recent` (the faces of a recent frame of the stream) has them: video searches for
+    /// where `recent` (the faces of the stream's frame before) has them: video searches for
     /// those every other keyframe (see [`Mtcnn::detect_coarse`]). A detector without a cheaper
     /// way detects.
     fn coarse_frame(
@@ -418,16 +418,16 @@ impl Mtcnn {
         width: usize,
         height: usize,
     ) -> Result<Vec<Face>, DetectError> {
-        self.detect_down_to(rgb, width, height, self.config.min_face_px, &[])
+        self.detect_down_to(rgb, width, height, self.config.min_face_px, None)
     }
 
     /// [`Mtcnn::detect`] without the pyramid's finest level, where the frame is large enough for
-    /// that level to cost much (see [`COARSE_MIN_FINEST_PX`]): the faces of `recent`, a recent
-    /// frame of the same stream, are followed instead, as [`Mtcnn::follow`] follows them. The
+    /// that level to cost much ([`coarse_pays`]): the faces of `recent`, the frame before of the
+    /// same stream, are followed instead, as [`Mtcnn::follow`] follows them. The
     /// finest level is the search for the smallest faces (`min_face_px` to `min_face_px` /
     /// `scale_factor`) and costs about as much as every other level together; video searches it
     /// every other keyframe, and the small faces it found are followed in between. Smaller
-    /// frames are searched in full.
+    /// frames, and every frame on a GPU, are searched in full.
     pub fn detect_coarse(
         &mut self,
         rgb: &[u8],
@@ -435,36 +435,38 @@ impl Mtcnn {
         height: usize,
         recent: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
-        let finest = PNET_CELL_PX / self.config.min_face_px;
-        let (finest_w, finest_h) = scaled_size(width as u32, height as u32, finest);
-        if finest_w * finest_h < COARSE_MIN_FINEST_PX {
+        if !coarse_pays(width as u32, height as u32, self.config.min_face_px) {
             return self.detect(rgb, width, height);
         }
-        let coarse_min_face_px = self.config.min_face_px / self.config.scale_factor;
-        self.detect_down_to(rgb, width, height, coarse_min_face_px, recent)
+        self.detect_down_to(rgb, width, height, self.config.min_face_px, Some(recent))
     }
 
-    /// [`Mtcnn::detect`] for faces of at least `min_face_px`, and the faces of `followed` (of a
-    /// recent frame) looked for where they were, as [`Mtcnn::follow`] does.
+    /// [`Mtcnn::detect`] for faces of at least `min_face_px`; with `coarse`, without the
+    /// pyramid's finest level, the faces of `coarse` (of the frame before) looked for where they
+    /// were instead, as [`Mtcnn::follow`] does.
     fn detect_down_to(
         &mut self,
         rgb: &[u8],
         width: usize,
         height: usize,
         min_face_px: f64,
-        followed: &[Face],
+        coarse: Option<&[Face]>,
     ) -> Result<Vec<Face>, DetectError> {
         let image = rgb_view(rgb, width, height)?;
         if width == 0 || height == 0 {
             return Ok(Vec::new());
         }
         let t0 = std::time::Instant::now();
-        let scales = pyramid_scales(
+        let mut scales = pyramid_scales(
             width as u32,
             height as u32,
             min_face_px,
             self.config.scale_factor,
         );
+        // The other levels exactly as a full search has them.
+        if coarse.is_some() && !scales.is_empty() {
+            scales.remove(0);
+        }
         let sizes: Vec<(usize, usize)> = scales
             .iter()
             .map(|&s| scaled_size(width as u32, height as u32, s))
@@ -472,7 +474,7 @@ impl Mtcnn {
         self.integral
             .rebuild_with_levels(image, &sizes, &mut self.levels);
         let mut proposals = self.stage_pnet(image, &scales, &sizes)?;
-        proposals.extend(followed.iter().flat_map(|f| {
+        proposals.extend(coarse.unwrap_or_default().iter().flat_map(|f| {
             let [x1, y1, x2, y2] = f.bbox;
             follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
         }));
@@ -563,7 +565,7 @@ impl Mtcnn {
             .config
             .min_face_px
             .max(f64::from(STILL_RETRY_MIN_FACE) * width.min(height) as f64);
-        let found = self.detect_down_to(&padded, padded_w, padded_h, min_face_px, &[])?;
+        let found = self.detect_down_to(&padded, padded_w, padded_h, min_face_px, None)?;
         let offset = border_px as f32;
         Ok(found
             .into_iter()
@@ -884,10 +886,18 @@ fn follow_proposals(b: &BoxF) -> impl Iterator<Item = BoxF> + use<> {
 }
 
 /// Frames whose finest pyramid level has fewer pixels than this are searched in full at every
-/// keyframe ([`Mtcnn::detect_coarse`]): 1280×720 and smaller (its finest level at the default 20
-/// px is 768×432, 0.33 M pixels), where it costs little time. At 1920×1080 (1152×648) it is half
-/// of P-Net's work, and P-Net two thirds of a run's.
+/// keyframe ([`Mtcnn::detect_coarse`]): at the default `min_face_px` of 20, 1280×720 and smaller
+/// (its finest level is 768×432, 0.33 M pixels), where that level costs little time. At
+/// 1920×1080 (1152×648) it is half of P-Net's work, and P-Net two thirds of a run's on a CPU.
 pub const COARSE_MIN_FINEST_PX: usize = 500_000;
+
+/// Whether a coarse search ([`Mtcnn::detect_coarse`]) saves much on `width`×`height` frames:
+/// on a CPU, when the pyramid's finest level has [`COARSE_MIN_FINEST_PX`] pixels or more. On a
+/// GPU, P-Net is not what a run waits for.
+pub fn coarse_pays(width: u32, height: u32, min_face_px: f64) -> bool {
+    let (finest_w, finest_h) = scaled_size(width, height, PNET_CELL_PX / min_face_px);
+    matches!(runtime::device(), runtime::Device::Cpu) && finest_w * finest_h >= COARSE_MIN_FINEST_PX
+}
 
 /// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.
 const STILL_BORDER_FRACTION: f32 = 0.25;

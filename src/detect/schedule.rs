@@ -13,7 +13,11 @@
 //! video time) a stream's frames come in runs: the first is searched in full, each of the others
 //! follows the faces of the frame before, which the frame carries to whichever worker is free. A
 //! run is therefore sequential, but the next run's first frame does not wait for it: runs of one
-//! stream overlap on several workers.
+//! stream overlap on several workers. Where the pyramid's finest level costs much (large frames, on
+//! a CPU), keyframes alternate between a search of every level and a coarse one that leaves it out
+//! and follows the faces of the frame before instead ([`Search::Coarse`]): that one waits for the
+//! frame before, as a follower does, so a run then lasts two intervals. A keyframe that starts the
+//! stream, or comes after a gap or a cut, searches every level.
 //!
 //! A live camera cannot wait. When a live stream's frames wait for the workers longer than
 //! [`MAX_WAITING_MS`], one of them is dropped, chosen so that the frames processed stay evenly
@@ -75,6 +79,9 @@ pub(crate) struct Scheduler {
     pub(crate) detect_every: u32,
     /// Tell scene cuts (see [`super::cut`]).
     pub(crate) scene_cuts: bool,
+    /// The detector's smallest face: where the finest pyramid level costs much, keyframes
+    /// alternate with coarse ones (see [`super::coarse_pays`]).
+    pub(crate) min_face_px: f64,
 }
 
 /// A frame taken from its source queue, not yet handed to a worker.
@@ -83,6 +90,9 @@ struct Waiting {
     frame: Frame,
     /// Searched in full; otherwise follows the frame `seq - 1`.
     keyframe: bool,
+    /// A coarse keyframe ([`Search::Coarse`]): like a follower, it waits for the frame before
+    /// it and follows that frame's faces, so what it finds does not depend on timing.
+    coarse: bool,
 }
 
 /// A running estimate of seconds per frame.
@@ -138,12 +148,11 @@ struct StreamState {
     interval_ms: f64,
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
-    /// The faces of the latest frame done, with its sequence number: a coarse keyframe follows
-    /// them (see [`Search::Coarse`]).
-    recent_faces: Option<(u64, Vec<Face>)>,
     /// The next keyframe searches every pyramid level; keyframes alternate between that and a
-    /// coarse search (see [`crate::detect::Mtcnn::detect_coarse`]).
+    /// coarse search (see [`crate::detect::Mtcnn::detect_coarse`]), where that saves much: at
+    /// the stream's frame size, `coarse_pays`.
     fine_next: bool,
+    coarse_pays: bool,
     /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
     thumbnail: Option<super::cut::Thumbnail>,
     scene_cuts: bool,
@@ -152,6 +161,8 @@ struct StreamState {
     /// Worker seconds served so far (the stream's virtual time).
     served_s: f64,
     full_cost: Cost,
+    /// A coarse keyframe's ([`Search::Coarse`]); until one is measured, a full one's.
+    coarse_cost: Cost,
     follow_cost: Cost,
 }
 
@@ -174,13 +185,14 @@ impl StreamState {
             handed: None,
             interval_ms: super::AUTO_DETECT_INTERVAL_MS,
             faces_done: BTreeMap::new(),
-            recent_faces: None,
             fine_next: true,
+            coarse_pays: false,
             thumbnail: None,
             scene_cuts: true,
             frame_bytes: 0,
             served_s: 0.0,
             full_cost: Cost::guess(0.0),
+            coarse_cost: Cost::guess(0.0),
             follow_cost: Cost::guess(FIRST_GUESS_FOLLOW_S),
         }
     }
@@ -202,16 +214,16 @@ impl StreamState {
     /// The first waiting frame a worker can take now: a keyframe, or a frame whose frame before
     /// is done (its faces are known).
     fn ready(&self) -> Option<usize> {
-        self.waiting
-            .iter()
-            .position(|w| w.keyframe || self.faces_done.contains_key(&(w.seq.wrapping_sub(1))))
+        self.waiting.iter().position(|w| {
+            (w.keyframe && !w.coarse) || self.faces_done.contains_key(&(w.seq.wrapping_sub(1)))
+        })
     }
 
-    fn estimate(&self, keyframe: bool) -> f64 {
-        if keyframe {
-            self.full_cost.seconds
-        } else {
-            self.follow_cost.seconds
+    fn estimate(&self, search: &Search) -> f64 {
+        match search {
+            Search::Coarse(_) if self.coarse_cost.measured => self.coarse_cost.seconds,
+            Search::Full | Search::Coarse(_) => self.full_cost.seconds,
+            Search::Follow(_) | Search::EndMark => self.follow_cost.seconds,
         }
     }
 }
@@ -337,6 +349,8 @@ impl Schedule<'_> {
                             // The first frame, or a camera back at another size.
                             st.frame_bytes = frame.rgb.len();
                             self.s.windows.fit(i, st.frame_bytes);
+                            st.coarse_pays =
+                                super::coarse_pays(frame.width, frame.height, self.s.min_face_px);
                         }
                         self.s.windows.take(i);
                         let pts_ms = frame.pts_ms;
@@ -427,17 +441,8 @@ impl Schedule<'_> {
                 if let Some(c) = self.s.sources.get(i) {
                     c.full_searches.fetch_add(1, Ordering::Relaxed);
                 }
-                // Another shot, or a gap: what was seen before is no guide.
-                let coarse = !st.fine_next && !w.frame.scene_cut && w.frame.gap_before_ms.is_none();
-                st.fine_next = coarse;
-                if coarse {
-                    let recent = st
-                        .recent_faces
-                        .as_ref()
-                        .filter(|(seq, _)| *seq < w.seq)
-                        .map(|(_, faces)| faces.clone())
-                        .unwrap_or_default();
-                    Search::Coarse(recent)
+                if w.coarse {
+                    Search::Coarse(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
                 } else {
                     Search::Full
                 }
@@ -451,7 +456,7 @@ impl Schedule<'_> {
                         * f64::from(w.frame.height),
                 );
             }
-            let estimated_s = st.estimate(w.keyframe);
+            let estimated_s = st.estimate(&search);
             st.served_s += estimated_s;
             st.in_work += 1;
             let work = Work {
@@ -474,7 +479,6 @@ impl Schedule<'_> {
             }
             st.end_sent = true;
             st.faces_done.clear();
-            st.recent_faces = None;
             let seq = st.next_seq;
             st.next_seq += 1;
             self.s.windows.take(i);
@@ -515,21 +519,20 @@ impl Schedule<'_> {
         };
         st.in_work = st.in_work.saturating_sub(1);
         st.served_s += done.cost_s - done.estimated_s;
-        if full {
+        if done.coarse {
+            st.coarse_cost.observe(done.cost_s);
+        } else if full {
             st.full_cost.observe(done.cost_s);
         } else {
             st.follow_cost.observe(done.cost_s);
         }
-        if st
-            .recent_faces
-            .as_ref()
-            .is_none_or(|(seq, _)| done.seq > *seq)
-        {
-            st.recent_faces = Some((done.seq, done.faces.clone()));
-        }
         let next = done.seq + 1;
         // Kept only if the next frame may follow it: not taken yet, or taken as a follower.
-        let wanted = next >= st.next_seq || st.waiting.iter().any(|w| w.seq == next && !w.keyframe);
+        let wanted = next >= st.next_seq
+            || st
+                .waiting
+                .iter()
+                .any(|w| w.seq == next && (!w.keyframe || w.coarse));
         if wanted && !st.end_sent {
             st.faces_done.insert(done.seq, done.faces);
         }
@@ -589,12 +592,18 @@ fn drop_evenly(st: &mut StreamState) -> bool {
         // several frames, and the stream would fall further behind); the full searches still
         // come at the stream's interval. If the frame dropped started a run, or another shot,
         // it does.
+        if removed.frame.gap_before_ms.is_some() {
+            next.coarse = false;
+        } else if removed.keyframe && !next.keyframe {
+            // It starts the run in the dropped frame's place, coarse if that was.
+            next.coarse = removed.coarse;
+        }
         next.keyframe |= removed.keyframe || removed.frame.gap_before_ms.is_some();
         next.frame.scene_cut |= removed.frame.scene_cut;
         if next.frame.gap_before_ms.is_none() {
             next.frame.gap_before_ms = removed.frame.gap_before_ms;
         }
-        if next.keyframe {
+        if next.keyframe && !next.coarse {
             // Nothing follows the frame before any more.
             if let Some(before) = next.seq.checked_sub(1) {
                 st.faces_done.remove(&before);
@@ -648,16 +657,19 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
         }
         n => st.run_frames >= n,
     };
-    let keyframe = st.run_frames == 0
-        || run_done
-        || !follows_last
-        || frame.gap_before_ms.is_some()
-        || frame.scene_cut;
+    // Another shot, a gap, the stream's start: what was seen before is no guide.
+    let fresh =
+        st.run_frames == 0 || !follows_last || frame.gap_before_ms.is_some() || frame.scene_cut;
+    let keyframe = fresh || run_done;
+    let coarse = keyframe && !fresh && !st.fine_next && st.coarse_pays;
     if keyframe {
+        st.fine_next = coarse;
         st.run_frames = 0;
         st.run_keyframe_pts_ms = frame.pts_ms;
         // Nothing will follow the frame before.
-        if let Some(before) = st.next_seq.checked_sub(1) {
+        if let Some(before) = st.next_seq.checked_sub(1)
+            && !coarse
+        {
             st.faces_done.remove(&before);
         }
     }
@@ -670,6 +682,7 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
         seq,
         frame,
         keyframe,
+        coarse,
     });
 }
 
@@ -902,6 +915,7 @@ mod tests {
             windows: Arc::new(StreamWindows::new(n, 10)),
             detect_every: 1,
             scene_cuts: true,
+            min_face_px: 20.0,
         };
         let mut schedule = Schedule {
             s: &scheduler,
@@ -967,6 +981,7 @@ mod tests {
                 cost_s,
                 estimated_s: work.estimated_s,
                 full: Some(true),
+                coarse: false,
             });
             scheduler.windows.release(stream);
         }
@@ -974,8 +989,8 @@ mod tests {
     }
 
     /// Keyframes alternate between a search of every pyramid level and a coarse one that follows
-    /// the faces of the latest frame done; a frame after a gap (or another shot) is searched in
-    /// full whatever its turn.
+    /// the faces of the frame before; a frame after a gap (or another shot) is searched in full
+    /// whatever its turn.
     #[test]
     fn keyframes_alternate_full_and_coarse_and_one_after_a_gap_is_full() {
         use crate::graph::{WhenFull, channel};
@@ -999,11 +1014,14 @@ mod tests {
             windows: Arc::new(StreamWindows::new(1, 32)),
             detect_every: 3,
             scene_cuts: false,
+            min_face_px: 20.0,
         };
         let mut schedule = Schedule {
             s: &scheduler,
             streams: vec![StreamState {
                 detect_every: 3,
+                // As a 1080p stream's (these frames have no pixels).
+                coarse_pays: true,
                 ..StreamState::new()
             }],
             outstanding: vec![0],
@@ -1037,6 +1055,7 @@ mod tests {
             let Some(Received::Item(work)) = work_in.try_recv() else {
                 panic!("frame {index} not handed out");
             };
+            let work_is_key = matches!(work.search, Search::Full | Search::Coarse(_));
             searches.push(match &work.search {
                 Search::Full => "full".to_string(),
                 Search::Coarse(recent) => format!("coarse {:?}", recent.first().map(|f| f.bbox[0])),
@@ -1050,7 +1069,8 @@ mod tests {
                 faces: vec![face_of(work.seq)],
                 cost_s: 0.01,
                 estimated_s: work.estimated_s,
-                full: Some(true),
+                full: Some(work_is_key),
+                coarse: matches!(work.search, Search::Coarse(_)),
             });
             scheduler.windows.release(0);
         }

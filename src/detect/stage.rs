@@ -21,8 +21,7 @@ pub(crate) fn spawn(
     cx: &RunContext,
     frames: Vec<Input<Frame>>,
     detectors: Vec<Box<dyn FrameDetector>>,
-    detect_every: u32,
-    scene_cuts: bool,
+    config: &super::DetectConfig,
 ) -> Input<Detected> {
     let workers = detectors.len();
     // A worker holds at most one frame, and the end marks of streams (see Scheduler), with room
@@ -47,8 +46,9 @@ pub(crate) fn spawn(
         outs: work_outs,
         done: done_rx,
         windows: cx.windows.clone(),
-        detect_every,
-        scene_cuts,
+        detect_every: config.detect_every,
+        scene_cuts: config.scene_cuts,
+        min_face_px: config.min_face_px,
     };
     graph.add_stage("schedule", move |c| scheduler.run(c));
     let (out, detected) = graph.channel("detected", cx.queue_frames, WhenFull::Block);
@@ -103,6 +103,7 @@ impl DetectWorker {
             };
             let stream = frame.stream.index;
             let started = std::time::Instant::now();
+            let coarse = matches!(search, Search::Coarse(_));
             let (found, full) = match search {
                 Search::EndMark => {
                     let mark = Detected {
@@ -125,6 +126,7 @@ impl DetectWorker {
                         cost_s: 0.0,
                         estimated_s,
                         full: None,
+                        coarse: false,
                     });
                     continue;
                 }
@@ -142,6 +144,7 @@ impl DetectWorker {
                 cost_s,
                 estimated_s,
                 full: Some(full),
+                coarse,
             };
             let faces: Vec<FaceRecord> = found.into_iter().map(FaceRecord::detection).collect();
             // Without faces, no later stage reads the pixels either.
@@ -288,7 +291,11 @@ mod tests {
             .map(|_| graph.channel::<Frame>("frames", 4, WhenFull::Block))
             .unzip();
         let detectors: Vec<Box<dyn FrameDetector>> = vec![Box::new(Stamp), Box::new(Stamp)];
-        let detected = spawn(&mut graph, &cx, inputs, detectors, detect_every, true);
+        let config = crate::detect::DetectConfig {
+            detect_every,
+            ..Default::default()
+        };
+        let detected = spawn(&mut graph, &cx, inputs, detectors, &config);
         for (feed, stream) in feeds.into_iter().zip(streams.clone()) {
             graph.add_stage(format!("test-source-{}", stream.index), move |c| {
                 for i in 0..frames_per_stream {

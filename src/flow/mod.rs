@@ -80,8 +80,8 @@ pub(crate) struct Tracked {
 pub(crate) enum Search {
     /// The whole frame (a keyframe).
     Full,
-    /// The whole frame but the smallest faces, with these faces, of a recent frame of the
-    /// stream, followed instead (a keyframe; see [`crate::detect::FrameDetector::coarse_frame`]).
+    /// The whole frame but the smallest faces, with these faces, of the stream's frame before,
+    /// followed instead (a keyframe; see [`crate::detect::FrameDetector::coarse_frame`]).
     Coarse(Vec<Face>),
     /// Follow these faces, found in the stream's frame before (see [`crate::detect::FrameDetector::follow_frame`]).
     Follow(Vec<Face>),
@@ -117,6 +117,8 @@ pub(crate) struct Done {
     /// Searched in full (the cost of a keyframe: a follower that lost a clear face is too), or
     /// followed; `None`: an end mark.
     pub(crate) full: Option<bool>,
+    /// The full search was a coarse one ([`Search::Coarse`]), which costs less.
+    pub(crate) coarse: bool,
 }
 
 /// The frame that stands for a stream's end in the order: no pixels, no faces.

@@ -638,14 +638,7 @@ pub fn run_stages(
     .with_snapshots(config.snapshots.dir.clone());
     let mut graph = Graph::new(control.clone());
     let frames = crate::sources::stage::spawn(&mut graph, &cx, sources, hooks.stream_end.clone());
-    let mut faces = stage::detect::spawn(
-        &mut graph,
-        &cx,
-        frames,
-        detectors,
-        config.detect.detect_every,
-        config.detect.scene_cuts,
-    );
+    let mut faces = stage::detect::spawn(&mut graph, &cx, frames, detectors, &config.detect);
     let mut second_reader = None;
     if let Some(a) = attributes {
         faces = stage::attributes::spawn(
