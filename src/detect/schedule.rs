@@ -153,6 +153,8 @@ struct StreamState {
     /// the stream's frame size, `coarse_pays`.
     fine_next: bool,
     coarse_pays: bool,
+    /// The frame coming is the first at a new size: faces before are in other coordinates.
+    size_changed: bool,
     /// The last frame's thumbnail, to tell a scene cut ([`super::cut`]), when they are told.
     thumbnail: Option<super::cut::Thumbnail>,
     scene_cuts: bool,
@@ -187,6 +189,7 @@ impl StreamState {
             faces_done: BTreeMap::new(),
             fine_next: true,
             coarse_pays: false,
+            size_changed: false,
             thumbnail: None,
             scene_cuts: true,
             frame_bytes: 0,
@@ -351,6 +354,7 @@ impl Schedule<'_> {
                             self.s.windows.fit(i, st.frame_bytes);
                             st.coarse_pays =
                                 super::coarse_pays(frame.width, frame.height, self.s.min_face_px);
+                            st.size_changed = true;
                         }
                         self.s.windows.take(i);
                         let pts_ms = frame.pts_ms;
@@ -592,11 +596,11 @@ fn drop_evenly(st: &mut StreamState) -> bool {
         // several frames, and the stream would fall further behind); the full searches still
         // come at the stream's interval. If the frame dropped started a run, or another shot,
         // it does.
-        if removed.frame.gap_before_ms.is_some() {
-            next.coarse = false;
-        } else if removed.keyframe && !next.keyframe {
-            // It starts the run in the dropped frame's place, coarse if that was.
-            next.coarse = removed.coarse;
+        if removed.keyframe {
+            // It takes the dropped keyframe's search, coarse only in a follower's place: a
+            // keyframe's frame before may have let its faces go. (A frame after a gap or a cut
+            // is never coarse.)
+            next.coarse = removed.coarse && !next.keyframe;
         }
         next.keyframe |= removed.keyframe || removed.frame.gap_before_ms.is_some();
         next.frame.scene_cut |= removed.frame.scene_cut;
@@ -658,8 +662,11 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
         n => st.run_frames >= n,
     };
     // Another shot, a gap, the stream's start: what was seen before is no guide.
-    let fresh =
-        st.run_frames == 0 || !follows_last || frame.gap_before_ms.is_some() || frame.scene_cut;
+    let fresh = st.run_frames == 0
+        || !follows_last
+        || frame.gap_before_ms.is_some()
+        || frame.scene_cut
+        || std::mem::take(&mut st.size_changed);
     let keyframe = fresh || run_done;
     let coarse = keyframe && !fresh && !st.fine_next && st.coarse_pays;
     if keyframe {
@@ -848,6 +855,37 @@ mod tests {
         assert_eq!(indices(&st), vec![5]);
         // The newest frame never goes.
         assert!(!drop_evenly(&mut st));
+    }
+
+    /// A live 1080p stream searched in full every frame (full and coarse in turn) drops a full
+    /// keyframe whose frame before is done: the coarse keyframe after it, which would wait for
+    /// faces let go, searches in full instead, and every frame left becomes ready.
+    #[test]
+    fn a_coarse_keyframe_after_a_dropped_full_one_searches_in_full() {
+        let mut st = StreamState {
+            coarse_pays: true,
+            ..StreamState::new()
+        };
+        for i in 0..5 {
+            take(&mut st, frame(i, i as f64 * 40.0), 1);
+        }
+        let coarse: Vec<bool> = st.waiting.iter().map(|w| w.coarse).collect();
+        assert_eq!(coarse, [false, true, false, true, false]);
+        // Frames 0 (full) and 1 (coarse, following 0) handed out and done; 1's faces were let
+        // go, as the frame after it, 2, is a full keyframe. Frames 2..=4 wait.
+        st.waiting.pop_front();
+        st.waiting.pop_front();
+        st.handed = Some((1, 40.0));
+        // Frame 2 goes (2 and 3 are equally close to their neighbours; the oldest first).
+        assert!(drop_evenly(&mut st));
+        let left: Vec<(u64, bool, bool)> = st
+            .waiting
+            .iter()
+            .map(|w| (w.frame.index, w.keyframe, w.coarse))
+            .collect();
+        assert_eq!(left, [(3, true, false), (4, true, false)]);
+        // Nothing waits for faces that will not come.
+        assert_eq!(st.ready(), Some(0));
     }
 
     #[test]
