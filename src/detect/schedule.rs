@@ -662,11 +662,13 @@ fn take(st: &mut StreamState, mut frame: Frame, detect_every: u32) {
         n => st.run_frames >= n,
     };
     // Another shot, a gap, the stream's start: what was seen before is no guide.
-    let fresh = st.run_frames == 0
+    // Read (and reset) before the others: it must not outlive a frame that is fresh anyway.
+    let size_changed = std::mem::take(&mut st.size_changed);
+    let fresh = size_changed
+        || st.run_frames == 0
         || !follows_last
         || frame.gap_before_ms.is_some()
-        || frame.scene_cut
-        || std::mem::take(&mut st.size_changed);
+        || frame.scene_cut;
     let keyframe = fresh || run_done;
     let coarse = keyframe && !fresh && !st.fine_next && st.coarse_pays;
     if keyframe {
@@ -886,6 +888,22 @@ mod tests {
         assert_eq!(left, [(3, true, false), (4, true, false)]);
         // Nothing waits for faces that will not come.
         assert_eq!(st.ready(), Some(0));
+    }
+
+    /// A new frame size (the first frame, or a camera at another size) starts a run afresh once:
+    /// the frames after it go on as usual.
+    #[test]
+    fn a_new_size_makes_one_fresh_keyframe() {
+        let mut st = StreamState::new();
+        st.size_changed = true;
+        for i in 0..4 {
+            take(&mut st, frame(i, i as f64 * 40.0), 3);
+        }
+        st.size_changed = true;
+        for i in 4..8 {
+            take(&mut st, frame(i, i as f64 * 40.0), 3);
+        }
+        assert_eq!(keyframes(&st), vec![0, 3, 4, 7]);
     }
 
     #[test]
