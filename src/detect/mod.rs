@@ -262,7 +262,7 @@ pub trait FrameDetector: Send {
     }
 
     /// A search of the whole frame, except that the smallest faces may be looked for only
-    /// where `recent` (the faces of the stream's frame before) has them: video searches for
+    /// where `previous` (the faces of the stream's frame before) has them: video searches for
     /// those every other keyframe (see [`Mtcnn::detect_coarse`]). A detector without a cheaper
     /// way detects.
     fn coarse_frame(
@@ -270,9 +270,9 @@ pub trait FrameDetector: Send {
         rgb: &[u8],
         width: usize,
         height: usize,
-        recent: &[Face],
+        previous: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
-        let _ = recent;
+        let _ = previous;
         self.detect_frame(rgb, width, height)
     }
 }
@@ -302,9 +302,9 @@ impl FrameDetector for Mtcnn {
         rgb: &[u8],
         width: usize,
         height: usize,
-        recent: &[Face],
+        previous: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
-        self.detect_coarse(rgb, width, height, recent)
+        self.detect_coarse(rgb, width, height, previous)
     }
 }
 
@@ -422,7 +422,7 @@ impl Mtcnn {
     }
 
     /// [`Mtcnn::detect`] without the pyramid's finest level, where the frame is large enough for
-    /// that level to cost much ([`coarse_pays`]): the faces of `recent`, the frame before of the
+    /// that level to cost much ([`coarse_pays`]): the faces of `previous`, the frame before of the
     /// same stream, are followed instead, as [`Mtcnn::follow`] follows them. The
     /// finest level is the search for the smallest faces (`min_face_px` to `min_face_px` /
     /// `scale_factor`) and costs about as much as every other level together; video searches it
@@ -433,12 +433,12 @@ impl Mtcnn {
         rgb: &[u8],
         width: usize,
         height: usize,
-        recent: &[Face],
+        previous: &[Face],
     ) -> Result<Vec<Face>, DetectError> {
         if !coarse_pays(width as u32, height as u32, self.config.min_face_px) {
             return self.detect(rgb, width, height);
         }
-        self.detect_down_to(rgb, width, height, self.config.min_face_px, Some(recent))
+        self.detect_down_to(rgb, width, height, self.config.min_face_px, Some(previous))
     }
 
     /// [`Mtcnn::detect`] for faces of at least `min_face_px`; with `coarse`, without the
@@ -474,10 +474,7 @@ impl Mtcnn {
         self.integral
             .rebuild_with_levels(image, &sizes, &mut self.levels);
         let mut proposals = self.stage_pnet(image, &scales, &sizes)?;
-        proposals.extend(coarse.unwrap_or_default().iter().flat_map(|f| {
-            let [x1, y1, x2, y2] = f.bbox;
-            follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
-        }));
+        proposals.extend(follow_proposals_of(coarse.unwrap_or_default()));
         let t1 = std::time::Instant::now();
         if proposals.is_empty() {
             return Ok(Vec::new());
@@ -521,13 +518,7 @@ impl Mtcnn {
         }
         // The crops below sum only the part of the picture they read (see `crops`).
         self.integral.forget();
-        let proposals: Vec<(BoxF, f32)> = previous
-            .iter()
-            .flat_map(|f| {
-                let [x1, y1, x2, y2] = f.bbox;
-                follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
-            })
-            .collect();
+        let proposals: Vec<(BoxF, f32)> = follow_proposals_of(previous).collect();
         // A face already found needs less evidence to be kept than a new one (hysteresis, as
         // two-threshold trackers do): a weak face is not dropped on every other frame.
         let [_, rnet_threshold, onet_threshold] =
@@ -897,6 +888,14 @@ pub const COARSE_MIN_FINEST_PX: usize = 500_000;
 pub fn coarse_pays(width: u32, height: u32, min_face_px: f64) -> bool {
     let (finest_w, finest_h) = scaled_size(width, height, PNET_CELL_PX / min_face_px);
     matches!(runtime::device(), runtime::Device::Cpu) && finest_w * finest_h >= COARSE_MIN_FINEST_PX
+}
+
+/// [`follow_proposals`] of each of `faces`, with its score.
+fn follow_proposals_of(faces: &[Face]) -> impl Iterator<Item = (BoxF, f32)> + '_ {
+    faces.iter().flat_map(|f| {
+        let [x1, y1, x2, y2] = f.bbox;
+        follow_proposals(&square(&BoxF::new(x1, y1, x2, y2))).map(move |b| (b, f.score))
+    })
 }
 
 /// Border of [`Mtcnn::detect_still`]'s second look, as a fraction of the picture's longer side.

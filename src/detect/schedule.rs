@@ -149,9 +149,9 @@ struct StreamState {
     /// Faces of frames done, by sequence number, kept while the frame after them may follow them.
     faces_done: BTreeMap<u64, Vec<Face>>,
     /// The next keyframe searches every pyramid level; keyframes alternate between that and a
-    /// coarse search (see [`crate::detect::Mtcnn::detect_coarse`]), where that saves much: at
-    /// the stream's frame size, `coarse_pays`.
+    /// coarse search (see [`crate::detect::Mtcnn::detect_coarse`]) where `coarse_pays`.
     fine_next: bool,
+    /// A coarse search saves much at the stream's frame size ([`super::coarse_pays`]).
     coarse_pays: bool,
     /// The frame coming is the first at a new size: faces before are in other coordinates.
     size_changed: bool,
@@ -441,17 +441,21 @@ impl Schedule<'_> {
             if st.handed.is_none_or(|(seq, _)| w.seq > seq) {
                 st.handed = Some((w.seq, w.frame.pts_ms));
             }
-            let search = if w.keyframe {
-                if let Some(c) = self.s.sources.get(i) {
-                    c.full_searches.fetch_add(1, Ordering::Relaxed);
-                }
-                if w.coarse {
-                    Search::Coarse(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
-                } else {
-                    Search::Full
-                }
+            if w.keyframe
+                && let Some(c) = self.s.sources.get(i)
+            {
+                c.full_searches.fetch_add(1, Ordering::Relaxed);
+            }
+            let search = if w.keyframe && !w.coarse {
+                Search::Full
             } else {
-                Search::Follow(st.faces_done.remove(&(w.seq - 1)).unwrap_or_default())
+                // A follower, or a coarse keyframe: both follow the frame before.
+                let previous = st.faces_done.remove(&(w.seq - 1)).unwrap_or_default();
+                if w.coarse {
+                    Search::Coarse(previous)
+                } else {
+                    Search::Follow(previous)
+                }
             };
             if st.full_cost.seconds == 0.0 {
                 st.full_cost = Cost::guess(
@@ -1050,14 +1054,7 @@ mod tests {
     #[test]
     fn keyframes_alternate_full_and_coarse_and_one_after_a_gap_is_full() {
         use crate::graph::{WhenFull, channel};
-        let info = Arc::new(StreamInfo {
-            clock_origin_ms: Default::default(),
-            id: "0".into(),
-            index: 0,
-            uri: "testsrc://".into(),
-            live: false,
-            detect_every: None,
-        });
+        let info = frame(0, 0.0).stream;
         let (source_out, source_in) = channel::<Frame>("frames", 32, WhenFull::Block);
         let (work_out, work_in) = channel::<Work>("work", 32, WhenFull::Block);
         let (_done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
@@ -1093,18 +1090,11 @@ mod tests {
         };
         let mut searches = Vec::new();
         for index in 0..13u64 {
-            let frame = Frame {
-                stream: info.clone(),
-                index,
-                pts_ms: index as f64 * 40.0,
-                width: 64,
-                height: 48,
-                rgb: Vec::new(),
-                // Frame 9 comes after a gap (a camera reconnected).
-                gap_before_ms: (index == 9).then_some(400.0),
-                scene_cut: false,
-            };
-            source_out.send(frame, &control);
+            let mut next = frame(index, index as f64 * 40.0);
+            next.stream = info.clone();
+            // Frame 9 comes after a gap (a camera reconnected).
+            next.gap_before_ms = (index == 9).then_some(400.0);
+            source_out.send(next, &control);
             schedule.take_frames();
             assert!(schedule.hand_out(&control));
             // One worker, one frame at a time: each is done before the next comes.

@@ -131,7 +131,7 @@ impl DetectWorker {
                     continue;
                 }
                 Search::Full => (self.detect(&frame)?, true),
-                Search::Coarse(recent) => (self.coarse(&frame, &recent)?, true),
+                Search::Coarse(previous) => (self.coarse(&frame, &previous)?, true),
                 Search::Follow(previous) => self.follow(&frame, &previous, !shedding)?,
             };
             let cost_s = started.elapsed().as_secs_f64();
@@ -176,13 +176,13 @@ impl DetectWorker {
             .map_err(|e| failed(frame, e))
     }
 
-    fn coarse(&mut self, frame: &Frame, recent: &[Face]) -> Result<Vec<Face>, String> {
+    fn coarse(&mut self, frame: &Frame, previous: &[Face]) -> Result<Vec<Face>, String> {
         self.detector
             .coarse_frame(
                 &frame.rgb,
                 frame.width as usize,
                 frame.height as usize,
-                recent,
+                previous,
             )
             .map_err(|e| failed(frame, e))
     }
