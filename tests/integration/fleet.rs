@@ -534,7 +534,7 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
         // there was none. A live source drops frames when its worker falls behind, so numbers
         // may skip; a record sent again after a NATS node died may be stored after later ones;
         // records lost on the way to JetStream would be in the workers' logs (below).
-        let frames: Vec<&Value> = records.iter().filter(|r| r["type"] == "frame").collect();
+        let mut frames: Vec<&Value> = records.iter().filter(|r| r["type"] == "frame").collect();
         let mut numbers: Vec<u64> = frames
             .iter()
             .map(|r| r["frame"].as_u64().unwrap())
@@ -544,6 +544,9 @@ fn workers_share_cameras_and_take_over_from_a_dead_one() {
         numbers.dedup();
         assert_eq!(numbers.len(), n, "{camera}: a frame number came twice");
         let skipped = numbers.last().unwrap() - numbers[0] + 1 - n as u64;
+        // In the order the frames were seen (their clock time), not the order stored (see
+        // above): numbers must follow it across workers.
+        frames.sort_by_key(|r| (r["time"].as_str().map(str::to_string), r["frame"].as_u64()));
         // Runs of one worker in the stream's order: (worker, lowest and highest frame).
         let mut by_worker: Vec<(String, u64, u64)> = Vec::new();
         for pair in frames.windows(2) {
