@@ -57,6 +57,15 @@ impl Node {
         get(self.http, "/healthz?js-enabled-only=true").is_some_and(|r| r.contains("\"ok\""))
     }
 
+    /// How many servers' client URLs the node gives clients (itself and the routes it has).
+    fn client_urls(&self) -> usize {
+        get(self.http, "/varz")
+            .and_then(|r| serde_json::from_str::<Value>(&r[r.find('{')?..]).ok())
+            .and_then(|v| v["connect_urls"].as_array().map(Vec::len))
+            .unwrap_or(0)
+            .max(1)
+    }
+
     /// Sends `signal` (`STOP`, `CONT`) to the server.
     pub fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
@@ -128,7 +137,12 @@ impl Cluster {
             nodes.push(node);
         }
         let started = Instant::now();
-        while !nodes.iter().all(Node::ready) {
+        // Ready: JetStream up, and every node tells clients of all n (the default replica count
+        // of the buckets is read from that list, see `fleet::store`).
+        while !nodes
+            .iter()
+            .all(|node| node.ready() && node.client_urls() >= n)
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "NATS cluster not ready in 30 s"
