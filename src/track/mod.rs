@@ -46,6 +46,11 @@ pub struct TrackConfig {
     /// While a person stays in view, a `track_update` record every this many seconds (0: none);
     /// a `track_start` record comes when a track becomes a person in any case.
     pub update_every_s: f64,
+    /// How long a frame record of a file may wait, ms, while a new face may still turn out to be a
+    /// person lost a moment ago (needs faceres, see `track::appearance`): recognised within this
+    /// time, its faces in the records still held carry the person's id, not a new one for a few
+    /// frames. Live streams never wait. 0: every record goes out at once.
+    pub settle_ms: f64,
 }
 
 impl Default for TrackConfig {
@@ -59,6 +64,7 @@ impl Default for TrackConfig {
             reentry_ms: 10_000.0,
             min_face_frames: 3,
             update_every_s: 0.0,
+            settle_ms: 600.0,
         }
     }
 }
@@ -73,6 +79,7 @@ impl TrackConfig {
         Setting::key("max_lost_ms").check(self.max_lost_ms, 0.0, 600_000.0, "ms")?;
         Setting::key("reentry_ms").check(self.reentry_ms, 0.0, 3_600_000.0, "ms")?;
         Setting::key("min_face_frames").check(self.min_face_frames, 0, 1000, "frames")?;
+        Setting::key("settle_ms").check(self.settle_ms, 0.0, 10_000.0, "ms")?;
         if self.update_every_s != 0.0 {
             Setting::key("update_every_s").check(
                 self.update_every_s,

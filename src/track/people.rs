@@ -120,6 +120,21 @@ struct StreamTracks {
     /// The people of the tracks found again by place at the last frame, whose appearance is
     /// known, as they were before it.
     refound: HashMap<u64, Person>,
+    /// New tracks recognised as a lost person since [`People::take_renames`] last took them.
+    renamed: Vec<Rename>,
+}
+
+/// A new track recognised as a lost person (see [`People::reassociate`]): its faces already
+/// written out under its own id, `from`, are the person's, `to`. A record still held back (see
+/// `TrackConfig::settle_ms`) can be corrected to say so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rename {
+    pub from: u64,
+    pub to: u64,
+    /// Whether the person's faces count as a person's (`confirmed`).
+    pub confirmed: bool,
+    /// What is said of the person now.
+    pub attributes: crate::record::Attributes,
 }
 
 /// The people of every stream of a run.
@@ -512,6 +527,17 @@ impl People {
                         Some((id, &tracks.people.get(&id)?.appearance, least))
                     })
                     .collect();
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let alike: Vec<(u64, f32, f32)> = lost
+                    .iter()
+                    .map(|(id, a, least)| (*id, a.similarity(&reading.descriptor), *least))
+                    .collect();
+                tracing::debug!(
+                    pts_ms,
+                    new_id,
+                    "compared with the people lost (id, similarity, least): {alike:?}"
+                );
+            }
             let Some(lost_id) = best_match(lost, &reading.descriptor) else {
                 continue;
             };
@@ -540,7 +566,44 @@ impl People {
                 face.attributes = now.clone();
                 person.said = now;
             }
+            tracks.renamed.push(Rename {
+                from: new_id,
+                to: lost_id,
+                confirmed: person.is_person(min_face_frames),
+                attributes: person.said.clone(),
+            });
         }
+    }
+
+    /// The new tracks of the stream at `index` recognised as lost people since the last call.
+    pub fn take_renames(&mut self, index: usize) -> Vec<Rename> {
+        match self.streams.get_mut(index) {
+            Some(Some(tracks)) => std::mem::take(&mut tracks.renamed),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a track of the stream at `index` may still turn out to be a lost person: a new
+    /// track, not yet announced, still to be compared, near where a lost person was expected
+    /// (or while a person is away). Its faces so far carry its own id; they may be renamed.
+    pub fn settling(&self, index: usize) -> bool {
+        let Some(Some(tracks)) = self.streams.get(index) else {
+            return false;
+        };
+        self.recognises
+            && tracks.tracker.live_tracks().any(|(id, _)| {
+                tracks.people.get(&id).is_some_and(|p| {
+                    p.announced_ms.is_none()
+                        && p.compared < MAX_COMPARISONS
+                        && p.frames <= COMPARE_WITHIN_FRAMES
+                        && !candidates(tracks, p.first_frame, p.last_bbox).is_empty()
+                })
+            })
+    }
+
+    /// How long a file's frame records may wait for a new track to settle (see [`Self::settling`]), ms.
+    pub fn settle_ms(&self) -> f64 {
+        self.config.settle_ms
     }
 
     /// Ends every track of every stream (end of the run): the records of the people among them.
@@ -759,6 +822,7 @@ fn tracks_of<'a>(
         people: HashMap::new(),
         counted: 0,
         refound: HashMap::new(),
+        renamed: Vec::new(),
     })
 }
 

@@ -1,11 +1,11 @@
 //! The track stage of a run: each stream's frames back in its decode order, its faces tracked into
 //! people ([`People`]), frame and track records handed to the sinks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::people::People;
+use super::people::{People, Rename};
 use crate::attributes::FacesInImage;
 use crate::attributes::faceres::{FaceReading, SecondReader};
 use crate::flow::{Detected, Reorder, RunContext, RunStats, StageTimes, StreamWindows, Tracked};
@@ -32,6 +32,7 @@ pub(crate) fn spawn(
         windows: cx.windows.clone(),
         stats: cx.stats.clone(),
         times: cx.times.clone(),
+        held: Vec::new(),
         out,
     };
     graph.add_stage("track", move |c| stage.run(c));
@@ -50,6 +51,9 @@ struct TrackStage {
     windows: Arc<StreamWindows>,
     stats: RunStats,
     times: StageTimes,
+    /// Each stream's items held back while a new face may still be a lost person
+    /// ([`People::settling`]), oldest first.
+    held: Vec<VecDeque<Tracked>>,
     out: Output<Tracked>,
 }
 
@@ -76,9 +80,16 @@ impl TrackStage {
             for s in release {
                 while let Some(d) = reorder.pop(s, done) {
                     self.windows.release(s);
-                    let item = self.track(d, control)?;
-                    self.count_ended(&item);
-                    if self.out.send(item, control) == Sent::Closed {
+                    let live = d.frame.stream.live;
+                    let item = match self.track(d, control) {
+                        Ok(item) => item,
+                        Err(e) => {
+                            // What was made before the failure still goes out.
+                            self.release_all(control);
+                            return Err(e);
+                        }
+                    };
+                    if self.pass_on(item, live, control) == Sent::Closed {
                         return Ok(());
                     }
                 }
@@ -108,11 +119,69 @@ impl TrackStage {
                 };
                 let people = (0..streams).map(|i| self.people.people(i)).collect();
                 self.stats.update(|n| n.people = people);
+                if self.release_all(control) == Sent::Closed {
+                    return Ok(());
+                }
                 self.count_ended(&item);
                 self.out.send(item, control);
                 return Ok(());
             }
         }
+    }
+
+    /// Sends `item` on, after the items of its stream held before it. A frame of a file (not
+    /// `live`) is held while one of its stream's new faces may still turn out to be a person
+    /// lost a moment ago ([`People::settling`]), up to `settle_ms`: recognised by then, that
+    /// face's records held carry the person's id ([`Rename`]), not a new id for a few frames.
+    fn pass_on(&mut self, item: Tracked, live: bool, control: &Control) -> Sent {
+        let s = item.stream;
+        if self.held.len() <= s {
+            self.held.resize_with(s + 1, VecDeque::new);
+        }
+        let renames = self.people.take_renames(s);
+        for held in &mut self.held[s] {
+            rename(held, &renames);
+        }
+        let may_wait = !live && item.frame.is_some() && !item.stream_ended;
+        self.held[s].push_back(item);
+        let settle_ms = if may_wait && self.people.settling(s) {
+            self.people.settle_ms()
+        } else {
+            0.0
+        };
+        self.release(s, settle_ms, control)
+    }
+
+    /// Sends every stream's held items on.
+    fn release_all(&mut self, control: &Control) -> Sent {
+        for s in 0..self.held.len() {
+            if self.release(s, 0.0, control) == Sent::Closed {
+                return Sent::Closed;
+            }
+        }
+        Sent::Delivered
+    }
+
+    /// Sends stream `s`'s held items on, oldest first, but those less than `settle_ms` older
+    /// than the newest.
+    fn release(&mut self, s: usize, settle_ms: f64, control: &Control) -> Sent {
+        let pts = |item: Option<&Tracked>| item.and_then(|i| i.frame.as_ref()).map(|f| f.pts_ms);
+        while let Some(front) = self.held.get(s).and_then(|h| h.front()) {
+            let newest = pts(self.held[s].back());
+            if let (Some(oldest), Some(newest)) = (pts(Some(front)), newest)
+                && newest - oldest < settle_ms
+            {
+                break;
+            }
+            let Some(item) = self.held[s].pop_front() else {
+                break;
+            };
+            self.count_ended(&item);
+            if self.out.send(item, control) == Sent::Closed {
+                return Sent::Closed;
+            }
+        }
+        Sent::Delivered
     }
 
     /// Counts the people whose track ends with `item` by gender and age group (for metrics).
@@ -275,6 +344,21 @@ impl TrackStage {
             .second_reader
             .observe(started.elapsed().as_secs_f64());
         Ok(readings.into_iter().next().unwrap_or_default())
+    }
+}
+
+/// `item`'s faces of new tracks since recognised as lost people ([`Rename`]) given the person's
+/// id, and what is said of them.
+fn rename(item: &mut Tracked, renames: &[Rename]) {
+    let Some(frame) = item.frame.as_mut() else {
+        return;
+    };
+    for face in &mut frame.faces {
+        if let Some(r) = renames.iter().find(|r| face.track_id == Some(r.from)) {
+            face.track_id = Some(r.to);
+            face.confirmed = Some(r.confirmed);
+            face.attributes = r.attributes.clone();
+        }
     }
 }
 
@@ -503,5 +587,94 @@ mod tests {
                 .all(|f| f.faces.iter().all(|face| face.track_id.is_none()))
         );
         assert!(out.iter().all(|t| t.ended.is_empty()));
+    }
+
+    /// A stand-in second reader that reads a partly hidden face (score under 0.97) as only half
+    /// like the person it is, and a whole one as exactly them.
+    struct HalfHidden;
+
+    impl SecondReader for HalfHidden {
+        fn read(
+            &mut self,
+            images: &[FacesInImage<'_>],
+        ) -> Result<Vec<Vec<Option<FaceReading>>>, crate::attributes::AttributeError> {
+            let read = |score: f32| FaceReading {
+                race: None,
+                male: 1.0,
+                descriptor: if score < 0.97 {
+                    vec![0.5, 0.866]
+                } else {
+                    vec![1.0, 0.0]
+                },
+            };
+            Ok(images
+                .iter()
+                .map(|i| i.faces.iter().map(|f| Some(read(f.score))).collect())
+                .collect())
+        }
+    }
+
+    /// A person seen for 10 frames, away for 2 s, comes back partly hidden for 3 frames (read
+    /// too unlike them to be recognised), then whole (recognised): each track id of the frames
+    /// from the one the face came back at, in order.
+    fn ids_of_a_person_who_comes_back(
+        stream: Arc<crate::sources::StreamInfo>,
+        frames: u64,
+    ) -> Vec<u64> {
+        let items = (0..frames)
+            .map(|i| {
+                let d = detected(testing::frame(&stream, i), i, 0);
+                let score = match i {
+                    10..60 => return d,
+                    60..63 => 0.95,
+                    _ => 0.99,
+                };
+                let mut face = clear_face();
+                face.face.score = score;
+                Detected {
+                    faces: vec![face],
+                    predictions: vec![None],
+                    ..d
+                }
+            })
+            .collect();
+        let out = track_all(
+            &[stream],
+            PixelReaders::default(),
+            Some(Box::new(HalfHidden)),
+            items,
+        );
+        let ids: Vec<u64> = out
+            .iter()
+            .filter_map(|t| t.frame.as_ref())
+            .flat_map(|f| f.faces.iter().filter_map(|face| face.track_id))
+            .collect();
+        assert_eq!(
+            ids.len() as u64,
+            frames - 50,
+            "every face's record comes out"
+        );
+        assert!(ids[..10].iter().all(|id| *id == ids[0]), "{ids:?}");
+        ids[10..].to_vec()
+    }
+
+    /// A file's records wait while a new face may be a lost person: recognised 3 frames later,
+    /// the person has their id from the first frame they came back at. A live stream's records
+    /// go out at once, under a new id until then.
+    #[test]
+    fn a_files_records_wait_until_a_face_that_came_back_is_recognised() {
+        let file = testing::streams(1).remove(0);
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 75);
+        assert!(ids.iter().all(|id| *id == 1), "{ids:?}");
+        // The file ends while they are still to be recognised: the records waiting go out.
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 62);
+        assert!(ids.iter().all(|id| *id != 1), "{ids:?}");
+        let live = Arc::new(crate::sources::StreamInfo {
+            live: true,
+            ..(*file).clone()
+        });
+        let ids = ids_of_a_person_who_comes_back(live, 75);
+        assert!(ids[..3].iter().all(|id| *id != 1), "{ids:?}");
+        assert!(ids[3..].iter().all(|id| *id == 1), "{ids:?}");
     }
 }
