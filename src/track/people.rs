@@ -569,7 +569,9 @@ impl People {
             tracks.renamed.push(Rename {
                 from: new_id,
                 to: lost_id,
-                confirmed: person.is_person(min_face_frames),
+                // Not before the person's `track_start` (a person not yet announced is, at
+                // this frame).
+                confirmed: person.is_person(min_face_frames) && person.announced_ms.is_some(),
                 attributes: person.said.clone(),
             });
         }

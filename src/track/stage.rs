@@ -152,9 +152,13 @@ impl TrackStage {
         self.release(s, settle_ms, control)
     }
 
-    /// Sends every stream's held items on.
+    /// Sends every stream's held items on (renamed where their new faces were recognised).
     fn release_all(&mut self, control: &Control) -> Sent {
         for s in 0..self.held.len() {
+            let renames = self.people.take_renames(s);
+            for held in &mut self.held[s] {
+                rename(held, &renames);
+            }
             if self.release(s, 0.0, control) == Sent::Closed {
                 return Sent::Closed;
             }
@@ -166,10 +170,14 @@ impl TrackStage {
     /// than the newest.
     fn release(&mut self, s: usize, settle_ms: f64, control: &Control) -> Sent {
         let pts = |item: Option<&Tracked>| item.and_then(|i| i.frame.as_ref()).map(|f| f.pts_ms);
+        // Frames at most, whatever their times say (a file without them, or going backwards).
+        let most = (settle_ms / MIN_FRAME_MS).ceil() as usize;
         while let Some(front) = self.held.get(s).and_then(|h| h.front()) {
             let newest = pts(self.held[s].back());
             if let (Some(oldest), Some(newest)) = (pts(Some(front)), newest)
-                && newest - oldest < settle_ms
+                && settle_ms > 0.0
+                && (0.0..settle_ms).contains(&(newest - oldest))
+                && self.held[s].len() <= most
             {
                 break;
             }
@@ -347,6 +355,10 @@ impl TrackStage {
     }
 }
 
+/// The shortest frame interval [`TrackStage::release`] allows for when it caps how many frames
+/// wait (a file of 50 fps or less waits its full `settle_ms`), ms.
+const MIN_FRAME_MS: f64 = 20.0;
+
 /// `item`'s faces of new tracks since recognised as lost people ([`Rename`]) given the person's
 /// id, and what is said of them.
 fn rename(item: &mut Tracked, renames: &[Rename]) {
@@ -411,10 +423,21 @@ mod tests {
         second_reader: Option<Box<dyn SecondReader>>,
         items: Vec<Detected>,
     ) -> Vec<Tracked> {
+        track_all_with(Default::default(), streams, pixels, second_reader, items)
+    }
+
+    /// [`track_all`] with the tracker settings `config`.
+    fn track_all_with(
+        config: crate::track::TrackConfig,
+        streams: &[Arc<crate::sources::StreamInfo>],
+        pixels: PixelReaders,
+        second_reader: Option<Box<dyn SecondReader>>,
+        items: Vec<Detected>,
+    ) -> Vec<Tracked> {
         let cx = testing::context(streams, pixels);
         let mut graph = testing::graph();
         let (feed, input) = testing::feed(&mut graph);
-        let people = People::new(Default::default(), None);
+        let people = People::new(config, None);
         let tracked = spawn(&mut graph, &cx, input, people, second_reader);
         testing::run(graph, feed, items, tracked)
     }
@@ -615,12 +638,14 @@ mod tests {
     }
 
     /// A person seen for 10 frames, away for 2 s, comes back partly hidden for 3 frames (read
-    /// too unlike them to be recognised), then whole (recognised): each track id of the frames
-    /// from the one the face came back at, in order.
+    /// too unlike them to be recognised), then whole (recognised), over `frames` frames with
+    /// `settle_ms`: each track id and `confirmed` of the frames from the one the face came back
+    /// at, in order.
     fn ids_of_a_person_who_comes_back(
         stream: Arc<crate::sources::StreamInfo>,
         frames: u64,
-    ) -> Vec<u64> {
+        settle_ms: f64,
+    ) -> Vec<(u64, Option<bool>)> {
         let items = (0..frames)
             .map(|i| {
                 let d = detected(testing::frame(&stream, i), i, 0);
@@ -638,23 +663,42 @@ mod tests {
                 }
             })
             .collect();
-        let out = track_all(
+        let config = crate::track::TrackConfig {
+            settle_ms,
+            ..Default::default()
+        };
+        let reader = Box::new(HalfHidden);
+        let out = track_all_with(
+            config,
             &[stream],
             PixelReaders::default(),
-            Some(Box::new(HalfHidden)),
+            Some(reader),
             items,
         );
-        let ids: Vec<u64> = out
+        let frames_out: Vec<u64> = out
+            .iter()
+            .filter_map(|t| t.frame.as_ref().map(|f| f.frame))
+            .collect();
+        assert_eq!(frames_out, (0..frames).collect::<Vec<_>>(), "all, in order");
+        assert!(
+            out.last().is_some_and(|t| t.frame.is_none()),
+            "the run's end last"
+        );
+        let ids: Vec<(u64, Option<bool>)> = out
             .iter()
             .filter_map(|t| t.frame.as_ref())
-            .flat_map(|f| f.faces.iter().filter_map(|face| face.track_id))
+            .flat_map(|f| {
+                f.faces
+                    .iter()
+                    .map(|face| (face.track_id.unwrap_or(0), face.confirmed))
+            })
             .collect();
         assert_eq!(
             ids.len() as u64,
             frames - 50,
             "every face's record comes out"
         );
-        assert!(ids[..10].iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert!(ids[..10].iter().all(|id| id.0 == 1), "{ids:?}");
         ids[10..].to_vec()
     }
 
@@ -664,17 +708,30 @@ mod tests {
     #[test]
     fn a_files_records_wait_until_a_face_that_came_back_is_recognised() {
         let file = testing::streams(1).remove(0);
-        let ids = ids_of_a_person_who_comes_back(file.clone(), 75);
-        assert!(ids.iter().all(|id| *id == 1), "{ids:?}");
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 75, 600.0);
+        assert!(ids.iter().all(|id| id.0 == 1), "{ids:?}");
+        // The person was announced long before: their faces count as theirs at once.
+        assert!(ids.iter().all(|id| id.1 == Some(true)), "{ids:?}");
         // The file ends while they are still to be recognised: the records waiting go out.
-        let ids = ids_of_a_person_who_comes_back(file.clone(), 62);
-        assert!(ids.iter().all(|id| *id != 1), "{ids:?}");
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 62, 600.0);
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|id| id.0 > 1), "{ids:?}");
+        // Records wait no longer than settle_ms (80 ms: the first of the three frames goes out
+        // under the new id), and not at all with 0 or on a live stream.
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 75, 80.0);
+        assert!(
+            ids[0].0 > 1 && ids[1..].iter().all(|id| id.0 == 1),
+            "{ids:?}"
+        );
+        let ids = ids_of_a_person_who_comes_back(file.clone(), 75, 0.0);
+        assert!(ids[..3].iter().all(|id| id.0 > 1), "{ids:?}");
+        assert!(ids[3..].iter().all(|id| id.0 == 1), "{ids:?}");
         let live = Arc::new(crate::sources::StreamInfo {
             live: true,
             ..(*file).clone()
         });
-        let ids = ids_of_a_person_who_comes_back(live, 75);
-        assert!(ids[..3].iter().all(|id| *id != 1), "{ids:?}");
-        assert!(ids[3..].iter().all(|id| *id == 1), "{ids:?}");
+        let ids = ids_of_a_person_who_comes_back(live, 75, 600.0);
+        assert!(ids[..3].iter().all(|id| id.0 > 1), "{ids:?}");
+        assert!(ids[3..].iter().all(|id| id.0 == 1), "{ids:?}");
     }
 }
