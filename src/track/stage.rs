@@ -167,7 +167,8 @@ impl TrackStage {
     }
 
     /// Sends stream `s`'s held items on, oldest first, but those less than `settle_ms` older
-    /// than the newest.
+    /// than the newest, while no more than `settle_ms` / [`MIN_FRAME_MS`] wait (times that go
+    /// backwards release them all).
     fn release(&mut self, s: usize, settle_ms: f64, control: &Control) -> Sent {
         let pts = |item: Option<&Tracked>| item.and_then(|i| i.frame.as_ref()).map(|f| f.pts_ms);
         // Frames at most, whatever their times say (a file without them, or going backwards).
