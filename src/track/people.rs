@@ -198,11 +198,7 @@ impl People {
             };
             let kind = match p.announced_ms {
                 None => {
-                    let may_be_lost_person = recognises
-                        && p.compared < MAX_COMPARISONS
-                        && p.frames <= COMPARE_WITHIN_FRAMES
-                        && !candidates(tracks, p.first_frame, face.face.bbox).is_empty();
-                    if may_be_lost_person {
+                    if recognises && may_be_lost_person(tracks, p, face.face.bbox) {
                         face.confirmed = Some(false);
                         continue;
                     }
@@ -594,12 +590,10 @@ impl People {
         };
         self.recognises
             && tracks.tracker.live_tracks().any(|(id, _)| {
-                tracks.people.get(&id).is_some_and(|p| {
-                    p.announced_ms.is_none()
-                        && p.compared < MAX_COMPARISONS
-                        && p.frames <= COMPARE_WITHIN_FRAMES
-                        && !candidates(tracks, p.first_frame, p.last_bbox).is_empty()
-                })
+                tracks
+                    .people
+                    .get(&id)
+                    .is_some_and(|p| may_be_lost_person(tracks, p, p.last_bbox))
             })
     }
 
@@ -704,6 +698,16 @@ fn candidates(tracks: &StreamTracks, first_frame: u64, bbox: [f32; 4]) -> Vec<(u
             _ => None,
         })
         .collect()
+}
+
+/// Whether `p`, a track's person with their face at `bbox`, may still turn out to be a person
+/// lost (see [`People::reassociate`]): not announced, still to be compared, and someone lost may be
+/// them ([`candidates`]).
+fn may_be_lost_person(tracks: &StreamTracks, p: &Person, bbox: [f32; 4]) -> bool {
+    p.announced_ms.is_none()
+        && p.compared < MAX_COMPARISONS
+        && p.frames <= COMPARE_WITHIN_FRAMES
+        && !candidates(tracks, p.first_frame, bbox).is_empty()
 }
 
 /// Whether `face` is near enough to `expected` (a lost track's predicted box) to be that person.

@@ -138,27 +138,34 @@ impl TrackStage {
         if self.held.len() <= s {
             self.held.resize_with(s + 1, VecDeque::new);
         }
-        let renames = self.people.take_renames(s);
-        for held in &mut self.held[s] {
-            rename(held, &renames);
-        }
+        self.rename_held(s);
         let may_wait = !live && item.frame.is_some() && !item.stream_ended;
         self.held[s].push_back(item);
-        let settle_ms = if may_wait && self.people.settling(s) {
-            self.people.settle_ms()
+        let settle_ms = self.people.settle_ms();
+        let settle_ms = if may_wait && settle_ms > 0.0 && self.people.settling(s) {
+            settle_ms
         } else {
             0.0
         };
         self.release(s, settle_ms, control)
     }
 
+    /// Stream `s`'s held items with the faces of new tracks recognised since as lost people
+    /// ([`People::take_renames`]) given the person's id.
+    fn rename_held(&mut self, s: usize) {
+        let renames = self.people.take_renames(s);
+        if renames.is_empty() {
+            return;
+        }
+        for held in self.held.get_mut(s).into_iter().flatten() {
+            rename(held, &renames);
+        }
+    }
+
     /// Sends every stream's held items on (renamed where their new faces were recognised).
     fn release_all(&mut self, control: &Control) -> Sent {
         for s in 0..self.held.len() {
-            let renames = self.people.take_renames(s);
-            for held in &mut self.held[s] {
-                rename(held, &renames);
-            }
+            self.rename_held(s);
             if self.release(s, 0.0, control) == Sent::Closed {
                 return Sent::Closed;
             }
