@@ -27,11 +27,8 @@ const IN_FLIGHT: usize = 1024;
 /// How long a record is tried before it is given up for lost.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// How long the end of a run waits for what is still unacknowledged (the worker waits on it
-/// before it can hand cameras over or start again): well over async-nats's 5 s wait for one
-/// acknowledgement, so a record whose acknowledgement was lost in a leader election is sent
-/// again at least once before it is given up (at 5 s, one slow acknowledgement lost a record in
-/// a CI run of the workers test).
-const FINISH_WITHIN: Duration = Duration::from_secs(15);
+/// before it can hand cameras over or start again).
+const FINISH_WITHIN: Duration = Duration::from_secs(5);
 
 /// A record on its way: its subject, message id and bytes, and its acknowledgement to come.
 struct Pending {
