@@ -29,6 +29,12 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// How long the end of a run waits for what is still unacknowledged (the worker waits on it
 /// before it can hand cameras over or start again).
 const FINISH_WITHIN: Duration = Duration::from_secs(5);
+/// At the end of a run, how long a record's acknowledgement is awaited before the record is sent
+/// again. An acknowledgement lost in a leader election never comes, and async-nats gives up on
+/// one only after 5 s, all of [`FINISH_WITHIN`]: waiting that long would leave no time to send
+/// the record again. A stream answers in milliseconds; a copy sent while the first is merely
+/// slow is dropped by its message id.
+const FINISH_ACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// A record on its way: its subject, message id and bytes, and its acknowledgement to come.
 struct Pending {
@@ -268,7 +274,8 @@ impl RecordsSink {
         self.settle_oldest_by(None);
     }
 
-    /// As [`Self::settle_oldest`], giving up at `deadline` when one is given.
+    /// As [`Self::settle_oldest`], giving up at `deadline` when one is given; then an
+    /// acknowledgement is awaited at most [`FINISH_ACK_PATIENCE`] before the record is sent again.
     fn settle_oldest_by(&mut self, deadline: Option<Instant>) {
         let Some(mut pending) = self.pending.pop_front() else {
             return;
@@ -277,8 +284,21 @@ impl RecordsSink {
         let mut resent = false;
         loop {
             if let Some(ack) = pending.ack.take() {
-                match self.stream.handle.block_on(ack.into_future()) {
-                    Ok(ack) => {
+                let ack = ack.into_future();
+                let answer = match deadline {
+                    None => Some(self.stream.handle.block_on(ack)),
+                    Some(deadline) => {
+                        let patience = FINISH_ACK_PATIENCE
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        self.stream
+                            .handle
+                            .block_on(async { tokio::time::timeout(patience, ack).await })
+                            .ok()
+                    }
+                };
+                match answer {
+                    None => tracing::debug!("acknowledgement of {}: none yet", pending.subject),
+                    Some(Ok(ack)) => {
                         self.stored(&pending.mark, ack.sequence);
                         self.published += 1;
                         if pending.frame {
@@ -289,7 +309,9 @@ impl RecordsSink {
                         }
                         return;
                     }
-                    Err(e) => tracing::debug!("acknowledgement of {}: {e}", pending.subject),
+                    Some(Err(e)) => {
+                        tracing::debug!("acknowledgement of {}: {e}", pending.subject)
+                    }
                 }
             }
             if pending.first_sent.elapsed() > GIVE_UP_AFTER
