@@ -26,10 +26,16 @@ def iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
+# Where MTCNN boxes a pasted UTKFace chip's face, as fractions of its square (as
+# tests/integration/scene.rs's FACE_IN_SQUARE).
+FACE_IN_SQUARE = (0.09, -0.08, 0.93, 0.97)
+
+
 def face_box(t):
-    """The middle of the pasted square, where UTKFace's aligned face is."""
+    """The face box expected for the pasted square t."""
     w, h = t[2] - t[0], t[3] - t[1]
-    return [t[0] + 0.2 * w, t[1] + 0.2 * h, t[0] + 0.8 * w, t[1] + 0.85 * h]
+    l, u, r, d = FACE_IN_SQUARE
+    return [t[0] + l * w, t[1] + u * h, t[0] + r * w, t[1] + d * h]
 
 
 def best_pairs(pairs):
