@@ -416,17 +416,18 @@ impl Tracker {
     }
 
     /// How long a tentative track may go unseen: 100 ms, or one and a half frames on slow streams;
-    /// with full detection every N frames, until just after the next one (a face that enters at
-    /// the frame's edge is often found only by full detections until it is well in view).
+    /// with full detection every N frames, until just after the second full search to come (a
+    /// face that enters at the frame's edge is often found only by full detections until it is
+    /// well in view, and one of them may miss it).
     /// Never longer than a confirmed track is kept (`max_lost_ms`, or 100 ms if less), so sparse
     /// false detections cannot add up to a person over a long `detect_every`.
     fn tentative_patience_ms(&self) -> f64 {
         let wanted = match self.detect_every {
             0 => {
-                crate::detect::AUTO_DETECT_INTERVAL_MS.max(self.full_search_gap_ms)
+                2.0 * crate::detect::AUTO_DETECT_INTERVAL_MS.max(self.full_search_gap_ms)
                     + 1.5 * self.frame_ms
             }
-            n => (f64::from(n) + 0.5) * self.frame_ms,
+            n => (2.0 * f64::from(n) + 0.5) * self.frame_ms,
         };
         TENTATIVE_PATIENCE_MS.max(wanted.min(self.config.max_lost_ms))
     }
@@ -993,6 +994,27 @@ mod tests {
         // Detecting every frame, a face missing twice in a row was a false start.
         let ids = seen(&mut Tracker::new(TrackConfig::default()));
         assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_new_face_missed_by_one_full_detection_keeps_its_id_but_not_by_two() {
+        // Full detection every third frame; the face (cut by the frame's edge, say) is found by
+        // those of `found` only.
+        let ids = |found: &[u32]| {
+            let mut t = Tracker::new(TrackConfig::default()).with_detect_every(3);
+            (0..16)
+                .filter_map(|f| {
+                    let faces = if found.contains(&f) {
+                        vec![det(2.0 * f as f32, 80.0, 50.0, 0.98)]
+                    } else {
+                        vec![]
+                    };
+                    t.update(f as f64 * 40.0, &faces).ids.first().copied()
+                })
+                .collect::<Vec<u64>>()
+        };
+        assert_eq!(ids(&[0, 3, 9, 12]), vec![1, 1, 1, 1]);
+        assert_eq!(ids(&[0, 3, 12, 15]), vec![1, 1, 2, 2]);
     }
 
     #[test]
