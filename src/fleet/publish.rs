@@ -314,11 +314,12 @@ impl RecordsSink {
                     }
                 }
             }
-            if pending.first_sent.elapsed() > GIVE_UP_AFTER
-                || deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                self.lost += 1;
-                self.tally.lost.fetch_add(1, Ordering::Relaxed);
+            let out_of_time = || {
+                pending.first_sent.elapsed() > GIVE_UP_AFTER
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+            };
+            if out_of_time() {
+                self.give_up();
                 return;
             }
             // A node that died takes the stream's leader with it for a few seconds: the first
@@ -326,8 +327,13 @@ impl RecordsSink {
             // acknowledgements have likely failed too; a copy already stored is dropped by its
             // message id), in order; only a record that fails again waits before the next try.
             if resent {
-                std::thread::sleep(pause);
+                let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
+                std::thread::sleep(pause.min(left));
                 pause = (pause * 2).min(Duration::from_secs(1));
+                if out_of_time() {
+                    self.give_up();
+                    return;
+                }
             }
             resent = true;
             self.send(&mut pending);
@@ -337,6 +343,14 @@ impl RecordsSink {
             }
             self.pending = later;
         }
+    }
+}
+
+impl RecordsSink {
+    /// Counts the record being settled as lost.
+    fn give_up(&mut self) {
+        self.lost += 1;
+        self.tally.lost.fetch_add(1, Ordering::Relaxed);
     }
 }
 

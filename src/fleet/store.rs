@@ -338,7 +338,15 @@ impl Fleet {
                 .replicas
                 .unwrap_or_else(|| client.server_info().connect_urls.len().clamp(1, 3));
             replicas = servers;
-            let js = jetstream::new(client);
+            // Records sent again leave their first acknowledgement to async-nats's acker,
+            // which holds one of a bounded number of places for it until it comes or times out
+            // (30 s, 5,000 places by default): a few rounds of sending 1,024 records again in an
+            // election would fill them and stop publishing. An acknowledgement comes in
+            // milliseconds or, lost, never.
+            let js = jetstream::ContextBuilder::new()
+                .ack_timeout(Duration::from_secs(5))
+                .max_ack_inflight(50_000)
+                .build(client);
             let bucket = |name: &str, max_age: Duration| kv::Config {
                 bucket: name.to_string(),
                 history: 1,

@@ -374,8 +374,8 @@ impl Tracker {
             pts_ms,
         );
         // Unmatched tracks age: confirmed ones become lost; a tentative one that stays unseen
-        // longer than a frame or so was not a face after all, and a lost one ends after
-        // `max_lost_ms`.
+        // longer than its patience (two full searches) was not a face after all, and a lost one
+        // ends after `max_lost_ms`.
         let mut kept = Vec::with_capacity(self.tracks.len());
         for (t, mut track) in std::mem::take(&mut self.tracks).into_iter().enumerate() {
             if !matched_track[t] {

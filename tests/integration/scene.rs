@@ -122,9 +122,9 @@ fn render(dir: &Path, walkers: &[Walker], frames: u32, (w, h): (u32, u32)) -> (P
                 here.insert(i, b);
             }
         }
-        // A face mostly hidden by those drawn later is not expected to be seen: more than half
-        // of its face box under their squares (a small face pasted over a large one's middle
-        // hides that face, though it covers little of its square).
+        // A face mostly hidden by those drawn later is not expected to be seen: their squares'
+        // overlaps with its face box, summed, over half of it (a small face pasted over a large
+        // one's middle hides that face, though it covers little of its square).
         let visible: BTreeMap<usize, [f32; 4]> = here
             .iter()
             .filter(|(i, b)| {
