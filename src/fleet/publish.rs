@@ -314,26 +314,22 @@ impl RecordsSink {
                     }
                 }
             }
-            let out_of_time = || {
-                pending.first_sent.elapsed() > GIVE_UP_AFTER
-                    || deadline.is_some_and(|d| Instant::now() >= d)
-            };
-            if out_of_time() {
-                self.give_up();
-                return;
-            }
             // A node that died takes the stream's leader with it for a few seconds: the first
             // failure sends this record and every later one again at once (their own
             // acknowledgements have likely failed too; a copy already stored is dropped by its
-            // message id), in order; only a record that fails again waits before the next try.
+            // message id), in order; only a record that fails again waits before the next try
+            // (never past the deadline).
             if resent {
                 let left = deadline.map_or(pause, |d| d.saturating_duration_since(Instant::now()));
                 std::thread::sleep(pause.min(left));
                 pause = (pause * 2).min(Duration::from_secs(1));
-                if out_of_time() {
-                    self.give_up();
-                    return;
-                }
+            }
+            if pending.first_sent.elapsed() > GIVE_UP_AFTER
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                self.lost += 1;
+                self.tally.lost.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             resent = true;
             self.send(&mut pending);
@@ -343,14 +339,6 @@ impl RecordsSink {
             }
             self.pending = later;
         }
-    }
-}
-
-impl RecordsSink {
-    /// Counts the record being settled as lost.
-    fn give_up(&mut self) {
-        self.lost += 1;
-        self.tally.lost.fetch_add(1, Ordering::Relaxed);
     }
 }
 
